@@ -1,0 +1,206 @@
+//! Finding a Lean to run, and how to run it: a `lean` executable directly, or `lake env lean`
+//! inside a Lake project (where Mathlib lives on users' machines).
+//!
+//! Order: `--lean PATH`, `--lean-project DIR`, `$SUBGOAL_LEAN`, `lean` on `PATH`, and last the
+//! test toolchain of this checkout (`.toolchain/bin/lean`, installed by
+//! `scripts/install-test-toolchain.sh`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(
+        "no Lean found: pass --lean PATH or --lean-project DIR, or set SUBGOAL_LEAN \
+         (scripts/setup.sh installs elan and the Lake project; scripts/install-test-toolchain.sh the test Lean)"
+    )]
+    NotFound,
+    #[error("{what} {path} does not exist or is not executable")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("{path} is not a Lake project (no lakefile.lean or lakefile.toml)")]
+    NotLakeProject { path: PathBuf },
+    #[error("`{command}` failed: {detail}")]
+    Failed { command: String, detail: String },
+}
+
+/// Where the Lean in use came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeanSource {
+    Flag,
+    LakeProject,
+    Env,
+    Path,
+    TestToolchain,
+}
+
+/// How to start Lean.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LeanInstall {
+    /// Run this executable. Libraries come from `<bin>/../lib/lean` and `LEAN_PATH`.
+    Direct { lean: PathBuf, source: LeanSource },
+    /// Run `lake env lean …` in this project directory.
+    Lake { lake: PathBuf, project: PathBuf },
+}
+
+/// What the user asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct LeanChoice {
+    pub lean: Option<PathBuf>,
+    pub lean_project: Option<PathBuf>,
+}
+
+impl LeanInstall {
+    pub fn discover(choice: &LeanChoice) -> Result<Self, DiscoveryError> {
+        if let Some(path) = &choice.lean {
+            return direct(path, LeanSource::Flag);
+        }
+        if let Some(dir) = &choice.lean_project {
+            return lake_project(dir);
+        }
+        if let Some(path) = std::env::var_os("SUBGOAL_LEAN").filter(|v| !v.is_empty()) {
+            return direct(Path::new(&path), LeanSource::Env);
+        }
+        if let Some(path) = which("lean") {
+            return direct(&path, LeanSource::Path);
+        }
+        let test = test_toolchain_lean();
+        if is_executable(&test) {
+            return direct(&test, LeanSource::TestToolchain);
+        }
+        Err(DiscoveryError::NotFound)
+    }
+
+    /// The command line that runs `lean` with `args`, and the directory to run it in (for a Lake
+    /// project, its root; otherwise `None`: the caller picks a scratch directory).
+    pub fn lean_command(&self, args: &[String]) -> (PathBuf, Vec<String>, Option<PathBuf>) {
+        match self {
+            LeanInstall::Direct { lean, .. } => (lean.clone(), args.to_vec(), None),
+            LeanInstall::Lake { lake, project } => {
+                let mut a = vec!["env".to_string(), "lean".to_string()];
+                a.extend(args.iter().cloned());
+                (lake.clone(), a, Some(project.clone()))
+            }
+        }
+    }
+
+    /// `lean --version`, first line.
+    pub fn version(&self) -> Result<String, DiscoveryError> {
+        let out = self.run_sync(&["--version".to_string()])?;
+        Ok(out.lines().next().unwrap_or("").trim().to_string())
+    }
+
+    /// The library directories Lean searches: `LEAN_PATH` as Lean will see it, then `--print-libdir`.
+    pub fn search_path(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        let lean_path = match self {
+            LeanInstall::Direct { .. } => std::env::var("LEAN_PATH").ok(),
+            LeanInstall::Lake { lake, project } => std::process::Command::new(lake)
+                .args(["env", "printenv", "LEAN_PATH"])
+                .current_dir(project)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        };
+        if let Some(p) = lean_path {
+            dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
+        }
+        if let Ok(libdir) = self.run_sync(&["--print-libdir".to_string()]) {
+            let d = PathBuf::from(libdir.trim());
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+        dirs
+    }
+
+    fn run_sync(&self, args: &[String]) -> Result<String, DiscoveryError> {
+        let (prog, args, cwd) = self.lean_command(args);
+        let mut cmd = std::process::Command::new(&prog);
+        cmd.args(&args).stdin(Stdio::null());
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let shown = format!("{} {}", prog.display(), args.join(" "));
+        let out = cmd
+            .output()
+            .map_err(|e| DiscoveryError::Failed { command: shown.clone(), detail: e.to_string() })?;
+        if !out.status.success() {
+            return Err(DiscoveryError::Failed {
+                command: shown,
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The test toolchain's `lean` for this checkout.
+pub fn test_toolchain_lean() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".toolchain/bin/lean")
+}
+
+fn direct(path: &Path, source: LeanSource) -> Result<LeanInstall, DiscoveryError> {
+    let resolved = if path.components().count() == 1 && !path.exists() {
+        which(path.to_str().unwrap_or_default())
+    } else {
+        Some(path.to_path_buf())
+    };
+    match resolved {
+        Some(p) if is_executable(&p) => Ok(LeanInstall::Direct { lean: p, source }),
+        _ => Err(DiscoveryError::Missing { what: "lean executable", path: path.to_path_buf() }),
+    }
+}
+
+fn lake_project(dir: &Path) -> Result<LeanInstall, DiscoveryError> {
+    if !dir.join("lakefile.lean").exists() && !dir.join("lakefile.toml").exists() {
+        return Err(DiscoveryError::NotLakeProject { path: dir.to_path_buf() });
+    }
+    let lake = which("lake")
+        .or_else(|| {
+            let home = std::env::var_os("ELAN_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".elan")))?;
+            Some(home.join("bin/lake")).filter(|p| is_executable(p))
+        })
+        .ok_or(DiscoveryError::Missing { what: "lake executable", path: PathBuf::from("lake") })?;
+    let project = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    Ok(LeanInstall::Lake { lake, project })
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_lean_path_is_a_clear_error() {
+        let err = LeanInstall::discover(&LeanChoice {
+            lean: Some(PathBuf::from("/nonexistent/bin/lean")),
+            lean_project: None,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/bin/lean"), "{err}");
+    }
+
+    #[test]
+    fn directory_without_lakefile_is_not_a_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = LeanInstall::discover(&LeanChoice { lean: None, lean_project: Some(dir.path().into()) })
+            .unwrap_err();
+        assert!(matches!(err, DiscoveryError::NotLakeProject { .. }));
+    }
+}

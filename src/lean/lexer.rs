@@ -1,0 +1,351 @@
+//! A lexer for Lean 4 source, close enough to Lean's own tokenizer for what subgoal needs: finding
+//! declarations and their names, splitting the import header from the body, and (for the
+//! soundness gates) telling code from comments and string literals.
+//!
+//! It follows Lean's character classes (`isIdFirst`, `isIdRest`, `isLetterLike`,
+//! `isSubScriptAlnum`), nested block comments, `«escaped»` identifiers, string/char/name literals.
+//! It never fails: unknown characters become one-character symbols.
+
+use std::ops::Range;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// An identifier or keyword, possibly dotted (`Nat.succ`, `theorem`, `«my name»`).
+    Ident,
+    /// A `#`-command keyword such as `#print`, `#eval`, `#exit`.
+    HashCommand,
+    Number,
+    Str,
+    Char,
+    /// A `` `name `` or ``` ``name ``` literal.
+    NameLit,
+    Symbol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub kind: TokenKind,
+    /// Byte range in the source.
+    pub span: Range<usize>,
+}
+
+impl Token {
+    pub fn text<'a>(&self, src: &'a str) -> &'a str {
+        &src[self.span.clone()]
+    }
+}
+
+/// Lean's `isLetterLike`: Greek (but λ, Π, Σ), Coptic, polytonic Greek, the letterlike block, and
+/// the mathematical alphanumeric letters.
+pub fn is_letter_like(c: char) -> bool {
+    let u = c as u32;
+    (0x3b1..=0x3c9).contains(&u) && u != 0x3bb
+        || (0x391..=0x3a9).contains(&u) && u != 0x3a0 && u != 0x3a3
+        || (0x3ca..=0x3fb).contains(&u)
+        || (0x1f00..=0x1ffe).contains(&u)
+        || (0x2100..=0x214f).contains(&u)
+        || (0x1d49c..=0x1d59f).contains(&u)
+}
+
+/// Lean's `isSubScriptAlnum`.
+pub fn is_subscript_alnum(c: char) -> bool {
+    let u = c as u32;
+    (0x2080..=0x2089).contains(&u)
+        || (0x2090..=0x209c).contains(&u)
+        || (0x1d62..=0x1d6a).contains(&u)
+        || u == 0x2c7c
+}
+
+pub fn is_id_first(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || is_letter_like(c)
+}
+
+pub fn is_id_rest(c: char) -> bool {
+    is_id_first(c) || c.is_ascii_digit() || c == '\'' || c == '!' || c == '?' || is_subscript_alnum(c)
+}
+
+/// Tokenizes `src`, dropping whitespace and comments.
+pub fn tokenize(src: &str) -> Vec<Token> {
+    Lexer { src, pos: 0 }.run()
+}
+
+/// Byte ranges of all comments (line and nested block comments, doc comments included).
+pub fn comment_spans(src: &str) -> Vec<Range<usize>> {
+    let mut lx = Lexer { src, pos: 0 };
+    let mut spans = Vec::new();
+    while lx.pos < src.len() {
+        let start = lx.pos;
+        if lx.skip_comment() {
+            spans.push(start..lx.pos);
+        } else if lx.peek().is_some_and(char::is_whitespace) {
+            lx.bump();
+        } else {
+            lx.next_token();
+        }
+    }
+    spans
+}
+
+struct Lexer<'a> {
+    src: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn peek(&self) -> Option<char> {
+        self.src[self.pos..].chars().next()
+    }
+    fn peek_at(&self, n: usize) -> Option<char> {
+        self.src[self.pos..].chars().nth(n)
+    }
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.pos += c.len_utf8();
+        Some(c)
+    }
+    fn rest(&self) -> &'a str {
+        &self.src[self.pos..]
+    }
+
+    fn run(mut self) -> Vec<Token> {
+        let mut out = Vec::new();
+        loop {
+            self.skip_trivia();
+            if self.pos >= self.src.len() {
+                return out;
+            }
+            if let Some(t) = self.next_token() {
+                out.push(t);
+            }
+        }
+    }
+
+    fn skip_trivia(&mut self) {
+        loop {
+            if self.skip_comment() {
+                continue;
+            }
+            match self.peek() {
+                Some(c) if c.is_whitespace() => {
+                    self.bump();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Skips one comment if one starts here.
+    fn skip_comment(&mut self) -> bool {
+        if self.rest().starts_with("--") {
+            match self.rest().find('\n') {
+                Some(i) => self.pos += i,
+                None => self.pos = self.src.len(),
+            }
+            return true;
+        }
+        if self.rest().starts_with("/-") {
+            self.pos += 2;
+            let mut depth = 1usize;
+            while depth > 0 && self.pos < self.src.len() {
+                if self.rest().starts_with("/-") {
+                    depth += 1;
+                    self.pos += 2;
+                } else if self.rest().starts_with("-/") {
+                    depth -= 1;
+                    self.pos += 2;
+                } else {
+                    self.bump();
+                }
+            }
+            return true;
+        }
+        false
+    }
+
+    fn next_token(&mut self) -> Option<Token> {
+        let start = self.pos;
+        let c = self.peek()?;
+        let kind = if c == '"' {
+            self.bump();
+            self.string_body();
+            TokenKind::Str
+        } else if c == 'r' && (self.peek_at(1) == Some('"') || self.peek_at(1) == Some('#')) && self.raw_string() {
+            TokenKind::Str
+        } else if c == '\'' && self.char_literal() {
+            TokenKind::Char
+        } else if c == '`' && self.name_literal() {
+            TokenKind::NameLit
+        } else if c == '#' && self.peek_at(1).is_some_and(is_id_first) {
+            self.bump();
+            while self.peek().is_some_and(is_id_rest) {
+                self.bump();
+            }
+            TokenKind::HashCommand
+        } else if c.is_ascii_digit() {
+            self.number();
+            TokenKind::Number
+        } else if is_id_first(c) || c == '«' {
+            self.ident();
+            TokenKind::Ident
+        } else {
+            for sym in [":=", "@[", "..", "=>", "<;>", "<|>", "←", "→"] {
+                if self.rest().starts_with(sym) {
+                    self.pos += sym.len();
+                    return Some(Token { kind: TokenKind::Symbol, span: start..self.pos });
+                }
+            }
+            self.bump();
+            TokenKind::Symbol
+        };
+        Some(Token { kind, span: start..self.pos })
+    }
+
+    fn string_body(&mut self) {
+        while let Some(c) = self.bump() {
+            match c {
+                '\\' => {
+                    self.bump();
+                }
+                '"' => return,
+                _ => {}
+            }
+        }
+    }
+
+    fn raw_string(&mut self) -> bool {
+        let save = self.pos;
+        self.bump(); // r
+        let mut hashes = 0;
+        while self.peek() == Some('#') {
+            hashes += 1;
+            self.bump();
+        }
+        if self.peek() != Some('"') {
+            self.pos = save;
+            return false;
+        }
+        self.bump();
+        let close: String = std::iter::once('"').chain(std::iter::repeat('#').take(hashes)).collect();
+        match self.rest().find(&close) {
+            Some(i) => self.pos += i + close.len(),
+            None => self.pos = self.src.len(),
+        }
+        true
+    }
+
+    fn char_literal(&mut self) -> bool {
+        let save = self.pos;
+        self.bump(); // '
+        match self.bump() {
+            Some('\\') => {
+                // An escape: consume up to the closing quote on this line.
+                while let Some(c) = self.bump() {
+                    if c == '\'' {
+                        return true;
+                    }
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            Some(c) if c != '\'' && c != '\n' => {
+                if self.peek() == Some('\'') {
+                    self.bump();
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        self.pos = save;
+        false
+    }
+
+    fn name_literal(&mut self) -> bool {
+        let save = self.pos;
+        self.bump();
+        if self.peek() == Some('`') {
+            self.bump();
+        }
+        if self.peek().is_some_and(|c| is_id_first(c) || c == '«') {
+            self.ident();
+            return true;
+        }
+        self.pos = save;
+        false
+    }
+
+    fn number(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            self.bump();
+        }
+        if self.peek() == Some('.') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) {
+            self.bump();
+            while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                self.bump();
+            }
+        }
+    }
+
+    /// A dotted identifier: parts separated by `.`, each plain or `«escaped»`.
+    fn ident(&mut self) {
+        loop {
+            if self.peek() == Some('«') {
+                self.bump();
+                while let Some(c) = self.bump() {
+                    if c == '»' {
+                        break;
+                    }
+                }
+            } else {
+                while self.peek().is_some_and(is_id_rest) {
+                    self.bump();
+                }
+            }
+            if self.peek() == Some('.') && self.peek_at(1).is_some_and(|c| is_id_first(c) || c == '«') {
+                self.bump();
+            } else {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(src: &str) -> Vec<&str> {
+        tokenize(src).iter().map(|t| t.text(src)).collect()
+    }
+
+    #[test]
+    fn comments_and_strings_are_not_code() {
+        let src = "theorem t : True := -- no sorry here\n /- axiom /- nested -/ sorry -/ True.intro \"sorry\"";
+        assert_eq!(texts(src), vec!["theorem", "t", ":", "True", ":=", "True.intro", "\"sorry\""]);
+    }
+
+    #[test]
+    fn identifiers_follow_lean_character_classes() {
+        let src = "h₁' x✝ α.β 𝔽 «my name».x axiom_free_bound";
+        assert_eq!(texts(src), vec!["h₁'", "x", "✝", "α.β", "𝔽", "«my name».x", "axiom_free_bound"]);
+    }
+
+    #[test]
+    fn hash_commands_and_name_literals() {
+        let src = "#print axioms t\n#eval `foo ``Nat.succ 'a' h'";
+        let toks = tokenize(src);
+        assert_eq!(toks[0].kind, TokenKind::HashCommand);
+        assert_eq!(toks[4].kind, TokenKind::NameLit);
+        assert_eq!(toks[5].kind, TokenKind::NameLit);
+        assert_eq!(toks[6].kind, TokenKind::Char);
+        assert_eq!(toks[7].text(src), "h'");
+    }
+
+    #[test]
+    fn never_panics_on_unterminated_input() {
+        for src in ["\"abc", "/- open", "'", "`", "«abc", "r#\"x", "#", "0x", "'\\"] {
+            let _ = tokenize(src);
+            let _ = comment_spans(src);
+        }
+    }
+}

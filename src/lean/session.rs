@@ -1,0 +1,358 @@
+//! One `lean --server` process and the document it checks: start and `initialize`, open or
+//! change the document, the `waitForDiagnostics` barrier under a wall-clock timeout, goal queries,
+//! and killing the whole process tree.
+//!
+//! Policy (which diagnostics make a proof) lives in `verify`; this module only reports what Lean
+//! said, or that it did not finish (`CheckFailure`). A timeout or a crash is never a result.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lsp_types::Position;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::discovery::LeanInstall;
+use super::protocol::{self, FileProgress, LeanDiagnostic, PlainGoal, PlainTermGoal, PublishDiagnostics};
+use crate::lsp::rpc::{Notification, RpcClient, RpcError};
+use crate::process::{kill_tree, limit_command, tree_rss_bytes, ProcessLimits};
+
+/// How to start each server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub install: LeanInstall,
+    /// `-DmaxHeartbeats=` (Lean's per-command deterministic limit, in thousands of allocations).
+    pub max_heartbeats: Option<u64>,
+    /// Lean's own `--memory=` cap, in MiB.
+    pub memory_mb: Option<u64>,
+    /// `LEAN_NUM_THREADS` for the server and its workers.
+    pub threads: Option<usize>,
+    pub limits: ProcessLimits,
+    /// Limit for protocol round trips that are not checks (`initialize`, goal queries).
+    pub request_timeout: Duration,
+    /// Limit for loading a new import header (not charged to the candidate's own timeout).
+    pub import_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("could not start the Lean server `{command}`: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("the Lean server did not initialize: {0}")]
+    Initialize(RpcError),
+    #[error("could not create a scratch directory: {0}")]
+    Scratch(std::io::Error),
+    #[error("no document is open")]
+    NoDocument,
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// Why a check produced no diagnostics to judge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckFailure {
+    /// The wall-clock limit passed before Lean finished; the server was killed.
+    Timeout(Duration),
+    /// The server or its file worker died; `detail` has what is known (exit status, stderr tail).
+    Crashed(String),
+}
+
+/// What Lean reported for one version of the document.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub diagnostics: Vec<LeanDiagnostic>,
+    pub version: i64,
+    pub elapsed: Duration,
+}
+
+struct OpenDoc {
+    uri: String,
+    version: i64,
+    header_key: String,
+}
+
+pub struct LeanServer {
+    child: tokio::process::Child,
+    pid: u32,
+    rpc: RpcClient,
+    notes: mpsc::UnboundedReceiver<Notification>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    root: PathBuf,
+    _scratch: Option<tempfile::TempDir>,
+    doc: Option<OpenDoc>,
+    docs_opened: u64,
+    killed: bool,
+    request_timeout: Duration,
+    import_timeout: Duration,
+    /// Candidates checked since start.
+    pub checks: u64,
+}
+
+impl LeanServer {
+    pub async fn start(cfg: &ServerConfig) -> Result<LeanServer, SessionError> {
+        let mut args = vec!["--server".to_string(), "-Dserver.reportDelayMs=0".to_string()];
+        if let Some(h) = cfg.max_heartbeats {
+            args.push(format!("-DmaxHeartbeats={h}"));
+        }
+        if let Some(m) = cfg.memory_mb {
+            args.push(format!("--memory={m}"));
+        }
+        let (prog, args, cwd) = cfg.install.lean_command(&args);
+        let (root, scratch) = match cwd {
+            Some(dir) => (dir, None),
+            None => {
+                let t = tempfile::Builder::new().prefix("subgoal-lean-").tempdir().map_err(SessionError::Scratch)?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let mut cmd = tokio::process::Command::new(&prog);
+        cmd.args(&args)
+            .current_dir(&root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(t) = cfg.threads {
+            cmd.env("LEAN_NUM_THREADS", t.to_string());
+        }
+        limit_command(&mut cmd, &cfg.limits);
+        let shown = format!("{} {}", prog.display(), args.join(" "));
+        let mut child = cmd.spawn().map_err(|source| SessionError::Spawn { command: shown.clone(), source })?;
+        let pid = child.id().unwrap_or(0);
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(SessionError::Spawn { command: shown, source: std::io::Error::other("no stdio pipes") });
+        };
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        tokio::spawn({
+            let tail = stderr_tail.clone();
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(target: "subgoal::lean::stderr", pid, "{line}");
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() >= 40 {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                }
+            }
+        });
+        let (rpc, notes) = RpcClient::start(BufReader::new(stdout), stdin);
+        let mut server = LeanServer {
+            child,
+            pid,
+            rpc,
+            notes,
+            stderr_tail,
+            root,
+            _scratch: scratch,
+            doc: None,
+            docs_opened: 0,
+            killed: false,
+            request_timeout: cfg.request_timeout,
+            import_timeout: cfg.import_timeout,
+            checks: 0,
+        };
+        let root_uri = file_uri(&server.root);
+        let init = server
+            .rpc
+            .request("initialize", protocol::initialize_params(&root_uri), cfg.request_timeout)
+            .instrument(tracing::debug_span!("lean_request", method = "initialize", pid))
+            .await;
+        if let Err(e) = init {
+            let e = server.annotate(e);
+            server.kill();
+            return Err(SessionError::Initialize(e));
+        }
+        server.rpc.notify("initialized", serde_json::json!({}))?;
+        tracing::debug!(pid, root = %server.root.display(), "lean server started");
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Header key of the open document, if any: a check with the same key reuses the imports.
+    pub fn header_key(&self) -> Option<&str> {
+        self.doc.as_ref().map(|d| d.header_key.as_str())
+    }
+
+    /// Resident memory of the server and its file workers.
+    pub fn rss_bytes(&self) -> u64 {
+        tree_rss_bytes(self.pid)
+    }
+
+    /// Checks `text` as the next version of the document. A document with the same `header_key`
+    /// is changed in place (Lean reuses the imported environment); another header opens a new
+    /// document holding only `header_text` first, so the import is paid (and limited) apart from
+    /// the candidate's `timeout`. On timeout or crash the server is killed and must be replaced.
+    pub async fn check(
+        &mut self,
+        header_key: &str,
+        header_text: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<Checked, CheckFailure> {
+        if self.header_key() != Some(header_key) {
+            let import_timeout = self.import_timeout;
+            let span = tracing::debug_span!("import_header", header = header_key);
+            self.check_version(header_key, header_text, import_timeout).instrument(span).await?;
+        }
+        self.checks += 1;
+        self.check_version(header_key, text, timeout).await
+    }
+
+    async fn check_version(&mut self, header_key: &str, text: &str, timeout: Duration) -> Result<Checked, CheckFailure> {
+        let started = Instant::now();
+        while self.notes.try_recv().is_ok() {}
+        let (uri, version) = match self.send_text(header_key, text) {
+            Ok(uv) => uv,
+            Err(e) => return Err(self.crashed(e.to_string())),
+        };
+        let reply = self
+            .rpc
+            .request(protocol::WAIT_FOR_DIAGNOSTICS, protocol::wait_for_diagnostics_params(&uri, version), timeout)
+            .instrument(tracing::debug_span!("lean_request", method = protocol::WAIT_FOR_DIAGNOSTICS, version))
+            .await;
+        match reply {
+            Ok(_) => {}
+            Err(RpcError::Timeout { .. }) => {
+                self.kill();
+                return Err(CheckFailure::Timeout(timeout));
+            }
+            Err(e) => {
+                let detail = self.annotate(e).to_string();
+                return Err(self.crashed(detail));
+            }
+        }
+        let mut latest: Option<Vec<LeanDiagnostic>> = None;
+        while let Ok(n) = self.notes.try_recv() {
+            match n.method.as_str() {
+                protocol::PUBLISH_DIAGNOSTICS => {
+                    if let Ok(p) = serde_json::from_value::<PublishDiagnostics>(n.params) {
+                        if p.uri == uri && p.version.is_none_or(|v| v == version) {
+                            latest = Some(p.diagnostics);
+                        }
+                    }
+                }
+                protocol::FILE_PROGRESS => {
+                    if let Ok(p) = serde_json::from_value::<FileProgress>(n.params) {
+                        if p.text_document.uri == uri && p.is_fatal() {
+                            return Err(self.crashed("the file worker reported a fatal error".into()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.has_exited() {
+            return Err(self.crashed("the server exited during the check".into()));
+        }
+        Ok(Checked { diagnostics: latest.unwrap_or_default(), version, elapsed: started.elapsed() })
+    }
+
+    /// `$/lean/plainGoal` at a position of the open document (`None` outside tactic proofs).
+    pub async fn plain_goal(&self, pos: Position) -> Result<Option<PlainGoal>, SessionError> {
+        self.query(protocol::PLAIN_GOAL, pos).await
+    }
+
+    /// `$/lean/plainTermGoal` at a position of the open document.
+    pub async fn plain_term_goal(&self, pos: Position) -> Result<Option<PlainTermGoal>, SessionError> {
+        self.query(protocol::PLAIN_TERM_GOAL, pos).await
+    }
+
+    async fn query<T: serde::de::DeserializeOwned>(&self, method: &str, pos: Position) -> Result<Option<T>, SessionError> {
+        let doc = self.doc.as_ref().ok_or(SessionError::NoDocument)?;
+        let v: Value = self
+            .rpc
+            .request(method, protocol::position_params(&doc.uri, pos), self.request_timeout)
+            .instrument(tracing::debug_span!("lean_request", method))
+            .await?;
+        Ok(serde_json::from_value(v).ok())
+    }
+
+    fn send_text(&mut self, header_key: &str, text: &str) -> Result<(String, i64), RpcError> {
+        if let Some(doc) = self.doc.as_mut().filter(|d| d.header_key == header_key) {
+            doc.version += 1;
+            self.rpc.notify("textDocument/didChange", protocol::did_change_params(&doc.uri, doc.version, text))?;
+            return Ok((doc.uri.clone(), doc.version));
+        }
+        if let Some(old) = self.doc.take() {
+            self.rpc.notify("textDocument/didClose", protocol::did_close_params(&old.uri))?;
+        }
+        self.docs_opened += 1;
+        let uri = file_uri(&self.root.join(format!(".subgoal_check_{}_{}.lean", std::process::id(), self.docs_opened)));
+        self.rpc.notify("textDocument/didOpen", protocol::did_open_params(&uri, 1, text))?;
+        self.doc = Some(OpenDoc { uri: uri.clone(), version: 1, header_key: header_key.to_string() });
+        Ok((uri, 1))
+    }
+
+    fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    fn crashed(&mut self, detail: String) -> CheckFailure {
+        let tail = self.stderr_tail();
+        self.kill();
+        if tail.is_empty() {
+            CheckFailure::Crashed(detail)
+        } else {
+            CheckFailure::Crashed(format!("{detail}; stderr: {tail}"))
+        }
+    }
+
+    fn annotate(&mut self, e: RpcError) -> RpcError {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            if let RpcError::StreamClosed { method } = e {
+                return RpcError::StreamClosed { method: format!("{method} (server exited: {status})") };
+            }
+        }
+        e
+    }
+
+    fn stderr_tail(&self) -> String {
+        self.stderr_tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | ")).unwrap_or_default()
+    }
+
+    /// Kills the server and every process under it. Idempotent.
+    pub fn kill(&mut self) {
+        if !self.killed {
+            self.killed = true;
+            if self.pid != 0 {
+                kill_tree(self.pid);
+            }
+            let _ = self.child.start_kill();
+        }
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.killed || self.rpc.is_closed()
+    }
+}
+
+impl Drop for LeanServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `file://` URI of an absolute path, percent-encoding what URIs do not allow.
+pub fn file_uri(path: &std::path::Path) -> String {
+    let mut out = String::from("file://");
+    for b in path.to_string_lossy().bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

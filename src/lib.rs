@@ -1,0 +1,10 @@
+//! subgoal: a theorem-proving agent for Lean 4 after DeepSeek-Prover-V2.
+//!
+//! See ARCHITECTURE.md for the map. The library surface: `verify::Verifier` (candidates in,
+//! verdicts out), `lean` (talking to Lean), `lsp` (the protocol plumbing beneath it).
+
+pub mod lean;
+pub mod lsp;
+pub mod process;
+pub mod text;
+pub mod verify;

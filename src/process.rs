@@ -1,0 +1,140 @@
+//! Child-process control for every Lean process subgoal starts: its own session (so the whole
+//! tree can be killed), resource limits, a death signal tied to subgoal, and reading the process
+//! tree from `/proc` (to kill it or measure its memory).
+//!
+//! Invariant: every Lean child is started through `limit_command`, and every kill goes through
+//! `kill_tree`, which finds descendants before signalling anything (orphans would be lost).
+
+use std::collections::HashMap;
+
+/// OS limits applied to a child before it runs Lean. `None` leaves the inherited limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessLimits {
+    /// RLIMIT_AS, in MiB.
+    pub address_space_mb: Option<u64>,
+    /// RLIMIT_CPU, in seconds (only for one-shot processes; a warm server accumulates CPU time).
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: Option<u64>,
+    /// RLIMIT_FSIZE, in MiB.
+    pub file_size_mb: Option<u64>,
+}
+
+/// Puts the child in a new session and applies `limits` between fork and exec.
+pub fn limit_command(cmd: &mut tokio::process::Command, limits: &ProcessLimits) {
+    let limits = limits.clone();
+    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
+    // libc functions (setsid, setrlimit, prctl); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Die with subgoal, so a killed run leaves no Lean server behind.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            set_limit(libc::RLIMIT_AS, limits.address_space_mb.map(|m| m * 1024 * 1024))?;
+            set_limit(libc::RLIMIT_CPU, limits.cpu_seconds)?;
+            set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
+            set_limit(libc::RLIMIT_FSIZE, limits.file_size_mb.map(|m| m * 1024 * 1024))?;
+            Ok(())
+        });
+    }
+}
+
+fn set_limit(resource: libc::__rlimit_resource_t, value: Option<u64>) -> std::io::Result<()> {
+    let Some(v) = value else { return Ok(()) };
+    let lim = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
+    // SAFETY: plain syscall on a stack value.
+    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `pid` and all its descendants, parents before children, read from `/proc`.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = parent_of(p) {
+                children.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(c) = children.get(&out[i]) {
+            out.extend(c.iter().copied().filter(|c| !out.contains(c)).collect::<Vec<_>>());
+        }
+        i += 1;
+    }
+    out
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// SIGKILLs `pid`, its descendants and their process groups (Lean's file workers run in
+/// sessions of their own).
+pub fn kill_tree(pid: u32) {
+    let tree = process_tree(pid);
+    for &p in tree.iter().rev() {
+        // SAFETY: signalling a pid we found as our own descendant.
+        unsafe {
+            libc::kill(-(p as i32), libc::SIGKILL);
+            libc::kill(p as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// Resident memory of the whole tree, in bytes.
+pub fn tree_rss_bytes(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/statm")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn kill_tree_kills_grandchildren_in_their_own_session() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg("setsid sleep 300 & sleep 300");
+        limit_command(&mut cmd, &ProcessLimits::default());
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let tree = process_tree(pid);
+        assert!(tree.len() >= 3, "expected sh and two sleeps, got {tree:?}");
+        kill_tree(pid);
+        let _ = child.wait().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for p in &tree[1..] {
+            let state = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            assert!(state.is_empty() || state.contains(") Z"), "{p} still alive: {state}");
+        }
+    }
+
+    #[tokio::test]
+    async fn address_space_limit_is_applied() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg("ulimit -v");
+        cmd.stdout(std::process::Stdio::piped());
+        limit_command(&mut cmd, &ProcessLimits { address_space_mb: Some(512), ..Default::default() });
+        let out = cmd.output().await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "524288");
+    }
+}

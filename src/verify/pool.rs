@@ -1,0 +1,194 @@
+//! The worker pool: N Lean servers, each keeping one document open, fed from one queue.
+//!
+//! Scheduling prefers a job whose import header matches the worker's open document, so a warm
+//! worker keeps its imported environment. A timed-out or crashed server is killed and replaced;
+//! servers are recycled after `recycle_after` candidates or above `max_rss_mb`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::lean::session::{CheckFailure, Checked, LeanServer, ServerConfig};
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub server: ServerConfig,
+    pub workers: usize,
+    /// Wall-clock limit per candidate.
+    pub timeout: Duration,
+    /// Replace a server after this many candidates (bounds Lean's per-version memory growth).
+    pub recycle_after: u64,
+    /// Replace a server whose process tree holds more resident memory than this.
+    pub max_rss_mb: Option<u64>,
+}
+
+/// Counters over the pool's life.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PoolStats {
+    pub checks: u64,
+    pub server_starts: u64,
+    pub timeouts: u64,
+    pub crashes: u64,
+    pub recycles: u64,
+}
+
+struct Job {
+    header_key: String,
+    header_text: String,
+    text: String,
+    reply: oneshot::Sender<Result<Checked, CheckFailure>>,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    notify: Notify,
+    closed: AtomicBool,
+    stats: Mutex<PoolStats>,
+    /// pids of live servers, by worker index (for tests and diagnostics).
+    pids: Mutex<Vec<Option<u32>>>,
+}
+
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Starts the workers. Servers start lazily, on each worker's first job.
+    pub fn start(cfg: PoolConfig) -> WorkerPool {
+        let n = cfg.workers.max(1);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+            stats: Mutex::new(PoolStats::default()),
+            pids: Mutex::new(vec![None; n]),
+        });
+        let handles = (0..n)
+            .map(|i| {
+                let shared = shared.clone();
+                let cfg = cfg.clone();
+                tokio::spawn(worker(i, cfg, shared).instrument(tracing::debug_span!("lean_worker", worker = i)))
+            })
+            .collect();
+        WorkerPool { shared, handles }
+    }
+
+    /// Queues a document and waits for Lean's answer.
+    pub async fn check(&self, header_key: &str, header_text: &str, text: &str) -> Result<Checked, CheckFailure> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.push_back(Job {
+                header_key: header_key.to_string(),
+                header_text: header_text.to_string(),
+                text: text.to_string(),
+                reply: tx,
+            });
+        }
+        self.shared.notify.notify_waiters();
+        rx.await.unwrap_or_else(|_| Err(CheckFailure::Crashed("the worker pool shut down".into())))
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Process ids of the running servers (one per worker that has started one).
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.shared.pids.lock().map(|p| p.iter().flatten().copied().collect()).unwrap_or_default()
+    }
+
+    /// Stops the workers and kills their servers.
+    pub async fn shutdown(self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.notify.notify_waiters();
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
+    let mut server: Option<LeanServer> = None;
+    loop {
+        let notified = shared.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let job = take_job(&shared, server.as_ref().and_then(|s| s.header_key()));
+        let Some(job) = job else {
+            if shared.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            notified.await;
+            continue;
+        };
+        if server.as_ref().is_some_and(|s| s.is_dead()) {
+            server = None;
+        }
+        if server.is_none() {
+            match LeanServer::start(&cfg.server).await {
+                Ok(s) => {
+                    bump(&shared, |st| st.server_starts += 1);
+                    set_pid(&shared, index, Some(s.pid()));
+                    server = Some(s);
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(CheckFailure::Crashed(e.to_string())));
+                    continue;
+                }
+            }
+        }
+        let Some(s) = server.as_mut() else { continue };
+        let result = s.check(&job.header_key, &job.header_text, &job.text, cfg.timeout).await;
+        bump(&shared, |st| st.checks += 1);
+        match &result {
+            Err(CheckFailure::Timeout(_)) => bump(&shared, |st| st.timeouts += 1),
+            Err(CheckFailure::Crashed(_)) => bump(&shared, |st| st.crashes += 1),
+            Ok(_) => {}
+        }
+        let recycle = result.is_ok()
+            && (s.checks >= cfg.recycle_after
+                || cfg.max_rss_mb.is_some_and(|mb| s.rss_bytes() > mb * 1024 * 1024));
+        if result.is_err() || recycle {
+            if recycle {
+                bump(&shared, |st| st.recycles += 1);
+                tracing::debug!(checks = s.checks, "recycling lean server");
+            }
+            s.kill();
+            server = None;
+            set_pid(&shared, index, None);
+        }
+        let _ = job.reply.send(result);
+    }
+    if let Some(mut s) = server {
+        s.kill();
+    }
+    set_pid(&shared, index, None);
+}
+
+/// Takes the first job with the worker's header, else the oldest job.
+fn take_job(shared: &Shared, header: Option<&str>) -> Option<Job> {
+    let mut q = shared.queue.lock().ok()?;
+    let i = header.and_then(|h| q.iter().position(|j| j.header_key == h)).unwrap_or(0);
+    q.remove(i)
+}
+
+fn bump(shared: &Shared, f: impl FnOnce(&mut PoolStats)) {
+    if let Ok(mut s) = shared.stats.lock() {
+        f(&mut s);
+    }
+}
+
+fn set_pid(shared: &Shared, index: usize, pid: Option<u32>) {
+    if let Ok(mut p) = shared.pids.lock() {
+        if let Some(slot) = p.get_mut(index) {
+            *slot = pid;
+        }
+    }
+}
