@@ -188,7 +188,7 @@ mod tests {
         let d = Document::build(&proof_input("\n  𝔽x\n  bad")).unwrap();
         let off = d.text.find("bad").unwrap();
         assert_eq!(d.local_position(off), (Region::Candidate, 3, 2));
-        let off = d.text.find('x').unwrap();
+        let off = d.candidate_start + d.text[d.candidate_start..].find('x').unwrap();
         assert_eq!(d.local_position(off), (Region::Candidate, 2, 3));
     }
 

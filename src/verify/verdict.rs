@@ -144,7 +144,7 @@ pub fn judge(doc: &Document, outcome: &Result<Checked, CheckFailure>) -> (Verdic
     }
     let sorry_warning = messages
         .iter()
-        .any(|m| m.severity == Severity::Warning && m.text.contains("declaration uses 'sorry'"));
+        .any(|m| m.severity == Severity::Warning && is_sorry_warning(&m.text));
     if sorry_warning || axioms.iter().any(|a| a == "sorryAx") {
         return (Verdict::Incomplete, "the proof uses sorry".into(), messages, axioms);
     }
@@ -165,6 +165,11 @@ pub fn judge(doc: &Document, outcome: &Result<Checked, CheckFailure>) -> (Verdic
         return (Verdict::Rejected, format!("axioms gate: depends on disallowed axioms [{}]", bad.join(", ")), messages, axioms);
     }
     (Verdict::Proved, String::new(), messages, axioms)
+}
+
+/// Lean's `declaration uses 'sorry'` warning; 4.35 quotes it with backticks instead.
+pub fn is_sorry_warning(text: &str) -> bool {
+    text.starts_with("declaration uses") && (text.contains("'sorry'") || text.contains("`sorry`"))
 }
 
 fn first_line(s: &str) -> &str {

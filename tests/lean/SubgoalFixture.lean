@@ -1,12 +1,22 @@
 prelude
 /-!
-# SubgoalFixture
+# SubgoalFixture: a tiny stand-in for Lean's `Init`, for the verifier's integration tests
 
-A tiny stand-in for Lean's `Init`, for the verifier's integration tests.  The test toolchain has
-no `Init.olean`, so every test file starts with `prelude` and `import SubgoalFixture`.
+The test toolchain (`.toolchain/bin/lean`, Lean 4.35.0) ships no `Init.olean`, so every test file
+starts with `prelude` and `import SubgoalFixture`.  Build once (about 0.2 s):
 
-Build once:
-  lean -o .toolchain/lib/lean/SubgoalFixture.olean tests/lean/SubgoalFixture.lean
+    mkdir -p .toolchain/lib/lean
+    .toolchain/bin/lean -o .toolchain/lib/lean/SubgoalFixture.olean tests/lean/SubgoalFixture.lean
+
+Supported in client files: term-mode proofs (`fun`, `⟨_, _⟩`, `h.1`, `have x : T := e; b`,
+`show T from e`, `match`, numerals), `sorry`, `axiom`, `#print axioms`, `#check`, `structure`,
+`inductive`, `def` with simple structural recursion.  NOT supported: tactics (`by …`: "unknown
+tactic"), notation (`∧`, `=`, `¬`, `▸`; `→` is fine), `#eval`, `nat_lit`, well-founded or
+course-of-values recursion (`wfParam` missing), `*.inj` injectivity lemmas.
+
+Names and shapes follow core Lean where the elaborator or the kernel looks them up by name.
+Everything here is proved, except the axioms core also has (`propext`, `Classical.choice`,
+`Quot.sound`, `sorryAx`) and the compiler's `unsafe` markers.
 -/
 
 universe u v w
@@ -16,8 +26,8 @@ unsafe axiom lcErased : Type
 unsafe axiom lcAny : Type
 unsafe axiom lcVoid : Type
 
-/-! ## Basic types the elaborator builds terms with (`PUnit` in matchers, `Eq` in `inductive`'s
-auxiliary constructions, `HEq` in `noConfusion`). -/
+/-! ## Types the elaborator itself builds terms with
+(`PUnit` in matchers, `Eq`/`HEq`/`cond` in the auxiliary constructions of `inductive`). -/
 set_option bootstrap.inductiveCheckResultingUniverse false in
 inductive PUnit : Sort u where
   | unit : PUnit
@@ -41,9 +51,9 @@ export Bool (false true)
 
 def id {α : Sort u} (a : α) : α := a
 
-def cond {α : Sort u} (c : Bool) (x y : α) : α := Bool.casesOn c y x
-
 def Function.const {α : Sort u} (β : Sort v) (a : α) : β → α := fun _ => a
+
+def cond {α : Sort u} (c : Bool) (x y : α) : α := Bool.casesOn c y x
 
 abbrev Unit : Type := PUnit
 abbrev Unit.unit : Unit := PUnit.unit
@@ -52,7 +62,7 @@ unsafe axiom lcProof {α : Prop} : α
 unsafe axiom lcCast {α : Sort u} {β : Sort v} (a : α) : β
 unsafe axiom lcUnreachable {α : Sort u} : α
 
-/-! ## Propositional logic. -/
+/-! ## Propositional logic and equality. -/
 inductive True : Prop where
   | intro : True
 
@@ -83,8 +93,13 @@ theorem congrArg {α : Sort u} {β : Sort v} {a₁ a₂ : α} (f : α → β) (h
     Eq (f a₁) (f a₂) :=
   Eq.ndrec (motive := fun x => Eq (f a₁) (f x)) rfl h
 
+theorem congrFun {α : Sort u} {β : α → Sort v} {f g : (x : α) → β x} (h : Eq f g) (a : α) :
+    Eq (f a) (g a) :=
+  @Eq.ndrec ((x : α) → β x) f (fun k => Eq (f a) (k a)) rfl g h
+
 def cast {α β : Sort u} (h : Eq α β) (a : α) : β := Eq.rec (motive := fun x _ => x) a h
 
+-- `structure` needs these two (kernel-checked projections and `noConfusion`).
 theorem eq_of_heq {α : Sort u} {a a' : α} (h : HEq a a') : Eq a a' :=
   have : (α β : Sort u) → (a : α) → (b : β) → HEq a b → (h : Eq α β) → Eq (cast h a) b :=
     fun α _ a _ h₁ =>
@@ -95,11 +110,39 @@ theorem eq_of_heq {α : Sort u} {a a' : α} (h : HEq a a') : Eq a a' :=
 theorem heq_of_eq {α : Sort u} {a a' : α} (h : Eq a a') : HEq a a' :=
   Eq.ndrec (motive := fun x => HEq a x) (HEq.refl a) h
 
-inductive And (a b : Prop) : Prop where
-  | intro (left : a) (right : b) : And a b
+/-! ## Quotients: `init_quot` makes the kernel add `Quot`, `Quot.mk`, `Quot.lift`, `Quot.ind`. -/
+init_quot
 
-theorem And.left {a b : Prop} (h : And a b) : a := h.rec (fun l _ => l)
-theorem And.right {a b : Prop} (h : And a b) : b := h.rec (fun _ r => r)
+axiom Quot.sound : ∀ {α : Sort u} {r : α → α → Prop} {a b : α}, r a b →
+  Eq (Quot.mk r a) (Quot.mk r b)
+
+theorem funext {α : Sort u} {β : α → Sort v} {f g : (x : α) → β x}
+    (h : (x : α) → Eq (f x) (g x)) : Eq f g :=
+  let eqv (f g : (x : α) → β x) : Prop := (x : α) → Eq (f x) (g x)
+  let app (q : Quot eqv) (x : α) : β x :=
+    Quot.lift (fun (f : (x : α) → β x) => f x) (fun _ _ h => h x) q
+  congrArg app (Quot.sound h)
+
+/-! ## Products and lifts (`inductive`'s `below`/`brecOn`/`ctorElim` use them; `below`/`brecOn`,
+hence structural recursion in client `def`s, are only generated once `Prod` exists). -/
+structure PProd (α : Sort u) (β : Sort v) where
+  fst : α
+  snd : β
+
+structure Prod (α : Type u) (β : Type v) where
+  mk ::
+  fst : α
+  snd : β
+
+structure PULift.{r, s} (α : Sort s) : Sort (max s r 1) where
+  up ::
+  down : α
+
+/-! ## Connectives, as in core (`And`/`Iff` are structures: `h.1`, `h.left`, `⟨a, b⟩`). -/
+structure And (a b : Prop) : Prop where
+  intro ::
+  left : a
+  right : b
 
 inductive Or (a b : Prop) : Prop where
   | inl (h : a) : Or a b
@@ -108,22 +151,12 @@ inductive Or (a b : Prop) : Prop where
 theorem Or.elim {a b c : Prop} (h : Or a b) (left : a → c) (right : b → c) : c :=
   h.rec left right
 
-inductive Iff (a b : Prop) : Prop where
-  | intro (mp : a → b) (mpr : b → a) : Iff a b
+structure Iff (a b : Prop) : Prop where
+  intro ::
+  mp : a → b
+  mpr : b → a
 
-theorem Iff.mp {a b : Prop} (h : Iff a b) : a → b := h.rec (fun mp _ => mp)
-theorem Iff.mpr {a b : Prop} (h : Iff a b) : b → a := h.rec (fun _ mpr => mpr)
-
-/-! ## Products and lifts (used by `inductive`'s `below`/`brecOn`/`noConfusion` and `structure`). -/
-structure PProd (α : Sort u) (β : Sort v) where
-  fst : α
-  snd : β
-
-structure PULift.{r, s} (α : Sort s) : Sort (max s r 1) where
-  up ::
-  down : α
-
-/-! ## Decidability (needed for `Nat.decEq`). -/
+/-! ## Decidability: the auxiliary constructions of `inductive` use `dite` and `Nat.decEq`. -/
 class inductive Decidable (p : Prop) where
   | isFalse (h : Not p) : Decidable p
   | isTrue (h : p) : Decidable p
@@ -137,17 +170,19 @@ def ite {α : Sort u} (c : Prop) [h : Decidable c] (t e : α) : α :=
 theorem Bool.false_ne_true (h : Eq false true) : False :=
   @Eq.ndrec Bool false (fun b => Bool.rec (motive := fun _ => Prop) True False b) True.intro true h
 
-
-/-! ## Natural numbers: the kernel accelerates arithmetic on literals by these names. -/
+/-! ## Natural numbers.
+The kernel and `Meta.reduceNat?` compute `Nat.add/sub/mul/pow/mod/beq/ble` on literals with GMP,
+by name; the definitions below agree with those results (so the fixture stays sound).  They are
+written with recursors, which the code generator cannot compile, so they carry core's `@[extern]`
+names instead (client `def`s that `match` on `Nat` need `Nat.sub`/`Nat.decEq` to be compilable).
+`genCtorIdx false`: `Nat.ctorIdx` would need the `Nat` operations declared below. -/
 set_option genCtorIdx false in
 inductive Nat : Type where
   | zero : Nat
   | succ (n : Nat) : Nat
 
-/- Every operation below is accelerated by the kernel on literals (GMP); the definitions give
-the same results on unary numerals.  Written with recursors, so they are `noncomputable`. -/
-/- `OfNat`: numerals `0`, `1`, … elaborate to `OfNat.ofNat Nat n (instOfNatNat n)`; the `sorry`
-label (a `Lean.Name` literal) contains such numerals too. -/
+-- Numerals `0`, `1`, … elaborate to `OfNat.ofNat Nat n (instOfNatNat n)`; so does the `Nat`
+-- inside a labeled `sorry`.
 class OfNat (α : Type u) (_ : Nat) where
   ofNat : α
 
@@ -155,10 +190,36 @@ class OfNat (α : Type u) (_ : Nat) where
 instance instOfNatNat (n : Nat) : OfNat Nat n where
   ofNat := n
 
-noncomputable def Nat.beq (n : Nat) : Nat → Bool :=
+@[extern "lean_nat_pred"] def Nat.pred (n : Nat) : Nat := Nat.rec (motive := fun _ => Nat) Nat.zero (fun m _ => m) n
+
+@[extern "lean_nat_add"] def Nat.add (n m : Nat) : Nat :=
+  Nat.rec (motive := fun _ => Nat) n (fun _ ih => Nat.succ ih) m
+
+@[extern "lean_nat_sub"] def Nat.sub (n m : Nat) : Nat :=
+  Nat.rec (motive := fun _ => Nat) n (fun _ ih => Nat.pred ih) m
+
+@[extern "lean_nat_mul"] def Nat.mul (n m : Nat) : Nat :=
+  Nat.rec (motive := fun _ => Nat) Nat.zero (fun _ ih => Nat.add ih n) m
+
+@[extern "lean_nat_pow"] def Nat.pow (n m : Nat) : Nat :=
+  Nat.rec (motive := fun _ => Nat) (Nat.succ Nat.zero) (fun _ ih => Nat.mul ih n) m
+
+@[extern "lean_nat_dec_eq"] def Nat.beq (n : Nat) : Nat → Bool :=
   Nat.rec (motive := fun _ => Nat → Bool)
     (fun m => Nat.rec (motive := fun _ => Bool) true (fun _ _ => false) m)
     (fun _ ih m => Nat.rec (motive := fun _ => Bool) false (fun m' _ => ih m') m) n
+
+@[extern "lean_nat_dec_le"] def Nat.ble (n : Nat) : Nat → Bool :=
+  Nat.rec (motive := fun _ => Nat → Bool)
+    (fun _ => true)
+    (fun _ ih m => Nat.rec (motive := fun _ => Bool) false (fun m' _ => ih m') m) n
+
+-- `n % m`, with `n % 0 = n` as in core: subtract `m` while it fits, at most `n` times.
+noncomputable def Nat.modCore (fuel n m : Nat) : Nat :=
+  Nat.rec (motive := fun _ => Nat → Nat) (fun n => n)
+    (fun _ ih n => cond (Nat.ble m n) (ih (Nat.sub n m)) n) fuel n
+
+@[extern "lean_nat_mod"] def Nat.mod (n m : Nat) : Nat := cond (Nat.beq m Nat.zero) n (Nat.modCore n n m)
 
 theorem Nat.beq_refl (n : Nat) : Eq (Nat.beq n n) true :=
   Nat.rec (motive := fun n => Eq (Nat.beq n n) true) rfl (fun _ ih => ih) n
@@ -177,39 +238,16 @@ theorem Nat.ne_of_beq_eq_false {n m : Nat} (h : Eq (Nat.beq n m) false) : Not (E
     (Eq.symm (Eq.ndrec (motive := fun x => Eq (Nat.beq n x) false) h (Eq.symm e)))
     (Nat.beq_refl n))
 
-noncomputable def Nat.ble (n : Nat) : Nat → Bool :=
-  Nat.rec (motive := fun _ => Nat → Bool)
-    (fun _ => true)
-    (fun _ ih m => Nat.rec (motive := fun _ => Bool) false (fun m' _ => ih m') m) n
-
-noncomputable def Nat.pred (n : Nat) : Nat := Nat.rec (motive := fun _ => Nat) Nat.zero (fun m _ => m) n
-
-noncomputable def Nat.add (n m : Nat) : Nat :=
-  Nat.rec (motive := fun _ => Nat) n (fun _ ih => Nat.succ ih) m
-
-noncomputable def Nat.sub (n m : Nat) : Nat :=
-  Nat.rec (motive := fun _ => Nat) n (fun _ ih => Nat.pred ih) m
-
-noncomputable def Nat.mul (n m : Nat) : Nat :=
-  Nat.rec (motive := fun _ => Nat) Nat.zero (fun _ ih => Nat.add ih n) m
-
-noncomputable def Nat.pow (n m : Nat) : Nat :=
-  Nat.rec (motive := fun _ => Nat) (Nat.succ Nat.zero) (fun _ ih => Nat.mul ih n) m
-
--- `n % m` (and `n % 0 = n`, as in core): subtract `m` while it fits, at most `n` times.
-noncomputable def Nat.modCore (fuel n m : Nat) : Nat :=
-  Nat.rec (motive := fun _ => Nat → Nat) (fun n => n)
-    (fun _ ih n => cond (Nat.ble m n) (ih (Nat.sub n m)) n) fuel n
-
-noncomputable def Nat.mod (n m : Nat) : Nat := cond (Nat.beq m Nat.zero) n (Nat.modCore n n m)
-
-noncomputable def Nat.decEq (n m : Nat) : Decidable (Eq n m) :=
+@[extern "lean_nat_dec_eq"] def Nat.decEq (n m : Nat) : Decidable (Eq n m) :=
   Bool.rec (motive := fun b => Eq (Nat.beq n m) b → Decidable (Eq n m))
     (fun h => Decidable.isFalse (Nat.ne_of_beq_eq_false h))
     (fun h => Decidable.isTrue (Nat.eq_of_beq_eq_true h))
     (Nat.beq n m) rfl
 
-/-! ## `sorry`: `sorryAx` plus what a labeled sorry (`Lean.Meta.mkLabeledSorry`) is built from. -/
+/-! ## `sorry`
+`sorry` elaborates (via `Lean.Meta.mkLabeledSorry`) to `sorryAx (Lean.Name → P) false tag`, where
+`tag` is a `Lean.Name` literal built from `Lean.Name.anonymous/str/num`, string and `Nat`
+literals.  Without these, `sorry` fails with `internal exception #3`. -/
 axiom sorryAx (α : Sort u) (synthetic : Bool) : α
 
 inductive List (α : Type u) where
@@ -228,15 +266,33 @@ inductive Lean.Name : Type where
   | str (pre : Lean.Name) (s : String) : Lean.Name
   | num (pre : Lean.Name) (i : Nat) : Lean.Name
 
-/-! ## A proof that takes (practically) forever, for wall-clock timeout tests.
+-- Name-quoting helpers (`ToExpr Name` uses `mkStrN` for names made of strings only).
+@[reducible] def Lean.Name.mkStr (p : Lean.Name) (s : String) : Lean.Name := Lean.Name.str p s
+@[reducible] def Lean.Name.mkNum (p : Lean.Name) (n : Nat) : Lean.Name := Lean.Name.num p n
+@[reducible] def Lean.Name.mkStr1 (s₁ : String) : Lean.Name := .str .anonymous s₁
+@[reducible] def Lean.Name.mkStr2 (s₁ s₂ : String) : Lean.Name := .str (.str .anonymous s₁) s₂
+@[reducible] def Lean.Name.mkStr3 (s₁ s₂ s₃ : String) : Lean.Name :=
+  .str (.str (.str .anonymous s₁) s₂) s₃
+@[reducible] def Lean.Name.mkStr4 (s₁ s₂ s₃ s₄ : String) : Lean.Name :=
+  .str (.str (.str (.str .anonymous s₁) s₂) s₃) s₄
 
-`Nat.mul`/`Nat.mod`/`Nat.add` on literals run in GMP both in the elaborator (`Meta.reduceNat?`)
-and in the kernel, so the work below allocates little and is NOT stopped by `maxHeartbeats`
-(default 200000) or the recursion limits.  `Slow.spin n 0` evaluates `2^n` leaves, each a
-`Nat.mod` of a 26-million-bit number (`Slow.big = 3^(2^24)`); about 3 ms per leaf, memory flat
-(~160 MB).  Candidate text (never finishes; `Slow.spin 12 0` takes ~12 s, each +1 doubles):
+/-! ## The other standard axioms, so tests can check which axioms a verifier accepts. -/
+axiom propext {a b : Prop} : Iff a b → Eq a b
 
-  theorem slow : Eq (Nat.beq (Slow.spin 40 0) 0) false := rfl
+class inductive Nonempty (α : Sort u) : Prop where
+  | intro (val : α) : Nonempty α
+
+axiom Classical.choice {α : Sort u} : Nonempty α → α
+
+/-! ## A proof that takes (practically) forever, for wall-clock timeout tests
+`Nat.mul`/`Nat.mod`/`Nat.add` on literals run in GMP, in the elaborator (`Meta.reduceNat?`) and
+in the kernel alike, so the work allocates little and is NOT stopped by `maxHeartbeats` (default
+200000) nor by a recursion limit.  `Slow.spin n 0` evaluates `2^n` distinct leaves, each a
+`Nat.mod` of a 26-million-bit number (`Slow.big = 3^(2^24)`): about 3 ms per leaf, mostly in the
+elaborator; memory starts near 160 MB and grows ~1.5 MB/s.  Candidate text (never finishes;
+`Slow.spin 12 0` in its place takes about 12 s, each +1 doubles it):
+
+    theorem slow : Eq (Nat.beq (Slow.spin 40 0) 0) false := rfl
 -/
 namespace Slow
 
@@ -246,7 +302,7 @@ noncomputable def sqIter (k x : Nat) : Nat :=
 
 noncomputable def big : Nat := sqIter 24 3
 
-/-- A binary tree of depth `n` whose leaves are distinct (so no cache shares work). -/
+/-- A binary tree of depth `n` with distinct leaves, so no cache shares work between them. -/
 noncomputable def spin (n x : Nat) : Nat :=
   Nat.rec (motive := fun _ => Nat → Nat)
     (fun x => Nat.mod big (Nat.add x 2))

@@ -1,0 +1,61 @@
+//! Shared set-up for tests that run the real Lean test toolchain.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use subgoal::lean::discovery::{test_toolchain_lean, LeanInstall, LeanSource};
+use subgoal::lean::session::ServerConfig;
+use subgoal::process::ProcessLimits;
+use subgoal::verify::{PoolConfig, VerifyInput};
+
+pub const HEADER: &str = "prelude\nimport SubgoalFixture\n";
+
+/// The test toolchain's `lean`. Missing toolchain is a test failure, never a skip.
+pub fn lean() -> PathBuf {
+    let p = test_toolchain_lean();
+    assert!(
+        p.exists(),
+        "test Lean not installed at {}: run scripts/install-test-toolchain.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn server_config() -> ServerConfig {
+    ServerConfig {
+        install: LeanInstall::Direct { lean: lean(), source: LeanSource::TestToolchain },
+        max_heartbeats: Some(200_000),
+        memory_mb: Some(4096),
+        threads: Some(1),
+        limits: ProcessLimits { address_space_mb: Some(16384), open_files: Some(1024), ..Default::default() },
+        request_timeout: Duration::from_secs(60),
+        import_timeout: Duration::from_secs(120),
+    }
+}
+
+pub fn pool_config(workers: usize, timeout_s: f64) -> PoolConfig {
+    PoolConfig {
+        server: server_config(),
+        workers,
+        timeout: Duration::from_secs_f64(timeout_s),
+        recycle_after: 1000,
+        max_rss_mb: None,
+    }
+}
+
+/// A candidate proof of `statement` (a `theorem NAME … :=` over the fixture).
+pub fn proof(name: &str, statement: &str, proof: &str) -> VerifyInput {
+    VerifyInput {
+        name: name.into(),
+        header: HEADER.into(),
+        formal_statement: statement.into(),
+        proof: Some(proof.into()),
+        code: None,
+    }
+}
+
+/// The `subgoal` binary built for this test run.
+pub fn subgoal_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_subgoal"))
+}

@@ -1,0 +1,185 @@
+//! The verifier against the real Lean server (test toolchain + SubgoalFixture): one behaviour per
+//! test, each named for it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use subgoal::lean::session::LeanServer;
+use subgoal::process::process_tree;
+use subgoal::verify::{Region, Verdict, Verifier};
+
+const AND_SWAP: &str = "theorem and_swap (p q : Prop) (h : And p q) : And q p :=";
+const SLOW: &str = "theorem slow : Eq (Nat.beq (Slow.spin 40 0) 0) false :=";
+
+fn verifier(workers: usize, timeout_s: f64) -> Verifier {
+    Verifier::start(pool_config(workers, timeout_s)).expect("start verifier")
+}
+
+#[tokio::test]
+async fn correct_term_proof_is_proved_with_no_axioms() {
+    let v = verifier(1, 60.0);
+    let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
+    assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    assert!(r.axioms.is_empty());
+    assert!(r.lean_version.contains("4.35.0"));
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn sorry_is_incomplete() {
+    let v = verifier(1, 60.0);
+    let r = v.verify(&proof("and_swap", AND_SWAP, " sorry")).await;
+    assert_eq!(r.verdict, Verdict::Incomplete, "{r:?}");
+    assert_eq!(r.axioms, vec!["sorryAx"]);
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn sorry_in_a_nested_have_is_incomplete() {
+    let v = verifier(1, 60.0);
+    let r = v
+        .verify(&proof("and_swap", AND_SWAP, "\n  have hq : q := sorry\n  And.intro hq h.left"))
+        .await;
+    assert_eq!(r.verdict, Verdict::Incomplete, "{r:?}");
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn type_error_is_failed_with_the_error_in_candidate_coordinates() {
+    let v = verifier(1, 60.0);
+    let r = v.verify(&proof("and_swap", AND_SWAP, "\n  h")).await;
+    assert_eq!(r.verdict, Verdict::Failed, "{r:?}");
+    let err = r.messages.iter().find(|m| m.region == Region::Candidate).expect("a candidate message");
+    assert_eq!((err.start.line, err.start.column), (2, 2), "{err:?}");
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_column_after_a_non_bmp_character_counts_characters() {
+    // `𝔽` is one character but two UTF-16 units: Lean reports column 16 on the wire.
+    let v = verifier(1, 60.0);
+    let r = v.verify(&proof("and_swap", AND_SWAP, "\n  /- 𝔽 -/ (h 𝔽)")).await;
+    assert_eq!(r.verdict, Verdict::Failed, "{r:?}");
+    let m = r.messages.iter().find(|m| m.region == Region::Candidate).expect("a candidate message");
+    assert_eq!(m.start.line, 2, "{m:?}");
+    let line = "  /- 𝔽 -/ (h 𝔽)";
+    let chars: Vec<char> = line.chars().collect();
+    let col = m.start.column;
+    assert!(col < chars.len(), "{m:?}");
+    assert!(chars[col] == '(' || chars[col] == 'h' || chars[col] == '𝔽', "column {col} points at {:?}", chars[col]);
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn disallowed_axiom_is_rejected() {
+    let v = verifier(1, 60.0);
+    let statement = "axiom cheat : False\ntheorem uses_cheat : False :=";
+    let r = v.verify(&proof("uses_cheat", statement, " cheat")).await;
+    assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
+    assert!(r.reason.contains("cheat"), "{}", r.reason);
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn standard_axioms_are_allowed() {
+    let v = verifier(1, 60.0);
+    let statement = "theorem by_propext (p q : Prop) (h : Iff p q) : Eq p q :=";
+    let r = v.verify(&proof("by_propext", statement, " propext h")).await;
+    assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    assert_eq!(r.axioms, vec!["propext"]);
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn exit_before_the_trusted_epilogue_is_rejected() {
+    let v = verifier(1, 60.0);
+    let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left\n#exit")).await;
+    assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn elaboration_past_the_wall_clock_limit_is_timeout_and_the_pool_recovers() {
+    let v = verifier(1, 2.0);
+    let r = v.verify(&proof("slow", SLOW, " rfl")).await;
+    assert_eq!(r.verdict, Verdict::Timeout, "{r:?}");
+    assert!(r.elapsed_ms < 20_000, "{r:?}");
+    let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
+    assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    assert_eq!(v.stats().timeouts, 1);
+    assert_eq!(v.stats().server_starts, 2);
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn killed_worker_is_crashed_and_the_pool_recovers() {
+    let v = std::sync::Arc::new(verifier(1, 60.0));
+    let slow = tokio::spawn({
+        let v = v.clone();
+        async move { v.verify(&proof("slow", SLOW, " rfl")).await }
+    });
+    // Wait until the file worker (a child of the server) is running the slow check, then kill it.
+    let mut killed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(&server) = v.pool().server_pids().first() {
+            let tree = process_tree(server);
+            if tree.len() >= 2 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                for &p in &tree[1..] {
+                    unsafe { libc::kill(p as i32, libc::SIGKILL) };
+                }
+                killed = true;
+                break;
+            }
+        }
+    }
+    assert!(killed, "never saw a file worker to kill");
+    let r = slow.await.unwrap();
+    assert_eq!(r.verdict, Verdict::Crashed, "{r:?}");
+    let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
+    assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    assert_eq!(v.stats().crashes, 1);
+}
+
+#[tokio::test]
+async fn unchanged_header_reuses_the_same_file_worker() {
+    let cfg = server_config();
+    let mut server = LeanServer::start(&cfg).await.unwrap();
+    let doc = |n: u32| format!("{HEADER}theorem t{n} : True := True.intro\n");
+    let t = Duration::from_secs(30);
+    let key = "prelude import SubgoalFixture";
+    server.check(key, HEADER, &doc(1), t).await.unwrap();
+    let workers_before = process_tree(server.pid());
+    for n in 2..6 {
+        let c = server.check(key, HEADER, &doc(n), t).await.unwrap();
+        assert!(c.diagnostics.iter().all(|d| d.severity != Some(1)), "{:?}", c.diagnostics);
+    }
+    assert_eq!(process_tree(server.pid()), workers_before, "the file worker was restarted");
+    // A different header opens a new document: a new file worker re-imports.
+    let other = "prelude\nimport SubgoalFixture\nimport SubgoalFixture\n";
+    server.check("other", other, &format!("{other}theorem u : True := True.intro\n"), t).await.unwrap();
+    assert_ne!(process_tree(server.pid()), workers_before);
+}
+
+#[tokio::test]
+async fn two_workers_return_fifty_verdicts_in_input_order() {
+    let v = verifier(2, 60.0);
+    let inputs: Vec<_> = (0..50)
+        .map(|i| {
+            let statement = format!("theorem t{i} (p q : Prop) (h : And p q) : And q p :=");
+            let body = if i % 3 == 0 { " h" } else { " And.intro h.right h.left" };
+            proof(&format!("t{i}"), &statement, body)
+        })
+        .collect();
+    let records = futures::future::join_all(inputs.iter().map(|i| v.verify(i))).await;
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.name, format!("t{i}"));
+        let want = if i % 3 == 0 { Verdict::Failed } else { Verdict::Proved };
+        assert_eq!(r.verdict, want, "{r:?}");
+    }
+    assert_eq!(v.stats().server_starts, 2);
+    v.shutdown().await;
+}
