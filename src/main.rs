@@ -1,6 +1,6 @@
 //! The `subgoal` command line: parses flags, sets up logging, and hands off to `cli`.
-//! Exit codes: 0 success (for `verify`: every input proved), 1 finished but not all proved,
-//! 2 error.
+//! Exit codes: 0 when the command ran to the end (verdicts are data, not errors), 2 on an
+//! error (missing Lean, unreadable input, …).
 
 use std::process::ExitCode;
 

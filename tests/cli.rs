@@ -1,0 +1,116 @@
+//! The `subgoal` binary end to end: real files on disk, the real test Lean.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn subgoal(args: &[&str]) -> std::process::Output {
+    Command::new(subgoal_bin())
+        .args(args)
+        .env_remove("SUBGOAL_LEAN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run subgoal")
+}
+
+fn records(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn malformed_lines_are_invalid_input_and_the_rest_are_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let good = serde_json::json!({
+        "name": "ok", "header": HEADER,
+        "formal_statement": "theorem ok (p : Prop) (hp : p) : p :=", "proof": " hp"
+    });
+    std::fs::write(
+        &input,
+        format!("{good}\n{{\"name\": \"broken\", \"proof\": \n\n{{\"name\": 3}}\n{{\"name\": \"no_body\", \"formal_statement\": \"theorem x : True :=\"}}\n{good}\n"),
+    )
+    .unwrap();
+    let lean = lean();
+    let out = subgoal(&["verify", "--input", input.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = records(&out.stdout);
+    let verdicts: Vec<&str> = recs.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["proved", "invalid_input", "invalid_input", "invalid_input", "proved"]);
+    assert!(recs[1]["reason"].as_str().unwrap().starts_with("line 2:"), "{}", recs[1]);
+    assert!(recs[2]["reason"].as_str().unwrap().starts_with("line 4:"), "{}", recs[2]);
+    assert_eq!(recs[3]["name"], "no_body");
+}
+
+#[test]
+fn every_record_has_the_documented_fields() {
+    let lean = lean();
+    let out = subgoal(&["verify", "--json", "--lean", lean.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = records(&out.stdout);
+    assert!(recs.len() >= 5);
+    for r in &recs {
+        for key in ["name", "verdict", "reason", "messages", "axioms", "elapsed_ms", "lean_version"] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+    }
+}
+
+#[test]
+fn a_single_lean_file_is_checked_as_a_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.lean");
+    std::fs::write(&file, format!("{HEADER}theorem a : True := True.intro\ntheorem b (p : Prop) : p := sorry\n")).unwrap();
+    let lean = lean();
+    let out = subgoal(&["verify", "--input", file.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()]);
+    let recs = records(&out.stdout);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["name"], "two");
+    assert_eq!(recs[0]["verdict"], "incomplete");
+}
+
+#[test]
+fn out_file_receives_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.jsonl");
+    let lean = lean();
+    let out = subgoal(&["verify", "--out", out_file.to_str().unwrap(), "--lean", lean.to_str().unwrap()]);
+    assert!(out.status.success());
+    let written = std::fs::read(&out_file).unwrap();
+    assert_eq!(records(&written).len(), include_str!("../examples/verify-demo.jsonl").lines().count());
+}
+
+#[test]
+fn missing_lean_is_a_clear_error() {
+    let out = subgoal(&["verify", "--lean", "/nonexistent/lean"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/lean") && err.contains("not executable"), "{err}");
+}
+
+#[test]
+fn missing_input_file_is_a_clear_error() {
+    let lean = lean();
+    let out = subgoal(&["verify", "--input", "/nonexistent/in.jsonl", "--lean", lean.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/in.jsonl"));
+}
+
+#[test]
+fn doctor_reports_version_and_which_libraries_import() {
+    let lean = lean();
+    let out = subgoal(&["doctor", "--json", "--lean", lean.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["version"].as_str().unwrap().contains("4.35.0"));
+    let imports = r["imports"].as_array().unwrap();
+    let ok = |m: &str| imports.iter().find(|c| c["module"] == m).unwrap()["ok"].as_bool().unwrap();
+    assert!(ok("SubgoalFixture"));
+    assert!(!ok("Mathlib"));
+    assert!(r["search_path"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().ends_with("lib/lean")));
+}
