@@ -55,7 +55,7 @@ fn every_record_has_the_documented_fields() {
     let recs = records(&out.stdout);
     assert!(recs.len() >= 5);
     for r in &recs {
-        for key in ["name", "verdict", "reason", "messages", "axioms", "elapsed_ms", "lean_version"] {
+        for key in ["name", "verdict", "reason", "messages", "axioms", "elapsed_ms", "lean_ms", "lean_version"] {
             assert!(r.get(key).is_some(), "missing {key} in {r}");
         }
     }

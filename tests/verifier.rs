@@ -183,3 +183,16 @@ async fn two_workers_return_fifty_verdicts_in_input_order() {
     assert_eq!(v.stats().server_starts, 2);
     v.shutdown().await;
 }
+
+#[tokio::test]
+async fn unknown_import_is_failed_not_crashed_and_the_pool_recovers() {
+    let v = verifier(1, 60.0);
+    let mut bad = proof("and_swap", AND_SWAP, " And.intro h.right h.left");
+    bad.header = "prelude\nimport NoSuchModule\n".into();
+    let r = v.verify(&bad).await;
+    assert_eq!(r.verdict, Verdict::Failed, "{r:?}");
+    assert!(r.reason.contains("NoSuchModule"), "{}", r.reason);
+    let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
+    assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    v.shutdown().await;
+}

@@ -204,7 +204,12 @@ impl LeanServer {
         if self.header_key() != Some(header_key) {
             let import_timeout = self.import_timeout;
             let span = tracing::debug_span!("import_header", header = header_key);
-            self.check_version(header_key, header_text, import_timeout).instrument(span).await?;
+            let header = self.check_version(header_key, header_text, import_timeout).instrument(span).await?;
+            // A header Lean refuses (unknown module, …) is the answer for every document under it.
+            if self.killed || header.diagnostics.iter().any(|d| d.severity == Some(protocol::severity::ERROR)) {
+                self.kill();
+                return Ok(header);
+            }
         }
         self.checks += 1;
         self.check_version(header_key, text, timeout).await
@@ -234,6 +239,7 @@ impl LeanServer {
             }
         }
         let mut latest: Option<Vec<LeanDiagnostic>> = None;
+        let mut fatal = false;
         while let Ok(n) = self.notes.try_recv() {
             match n.method.as_str() {
                 protocol::PUBLISH_DIAGNOSTICS => {
@@ -245,15 +251,21 @@ impl LeanServer {
                 }
                 protocol::FILE_PROGRESS => {
                     if let Ok(p) = serde_json::from_value::<FileProgress>(n.params) {
-                        if p.text_document.uri == uri && p.is_fatal() {
-                            return Err(self.crashed("the file worker reported a fatal error".into()));
-                        }
+                        fatal |= p.text_document.uri == uri && p.is_fatal();
                     }
                 }
                 _ => {}
             }
         }
-        if self.has_exited() {
+        let errors = latest.as_ref().is_some_and(|ds| ds.iter().any(|d| d.severity == Some(protocol::severity::ERROR)));
+        if fatal {
+            // A fatal error with an error message is Lean refusing the document (e.g. an unknown
+            // import): a result. Without one it is a crash. Either way the worker is unusable.
+            if !errors {
+                return Err(self.crashed("the file worker reported a fatal error".into()));
+            }
+            self.kill();
+        } else if self.has_exited() {
             return Err(self.crashed("the server exited during the check".into()));
         }
         Ok(Checked { diagnostics: latest.unwrap_or_default(), version, elapsed: started.elapsed() })

@@ -53,6 +53,7 @@ impl Verifier {
             let header_len = crate::lean::source::header_end(&doc.text);
             let outcome = self.pool.check(&doc.header_key, &doc.text[..header_len], &doc.text).await;
             let (verdict, reason, messages, axioms) = verdict::judge(&doc, &outcome);
+            let lean_ms = outcome.as_ref().map_or(0, |c| c.elapsed.as_millis() as u64);
             tracing::info!(verdict = verdict.as_str(), "checked");
             VerifyRecord {
                 name: input.name.clone(),
@@ -61,6 +62,7 @@ impl Verifier {
                 messages,
                 axioms,
                 elapsed_ms: started.elapsed().as_millis() as u64,
+                lean_ms,
                 lean_version: self.lean_version.clone(),
             }
         }
@@ -77,6 +79,7 @@ impl Verifier {
             messages: vec![],
             axioms: vec![],
             elapsed_ms: 0,
+            lean_ms: 0,
             lean_version: self.lean_version.clone(),
         }
     }

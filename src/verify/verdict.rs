@@ -88,7 +88,10 @@ pub struct VerifyRecord {
     pub messages: Vec<Message>,
     /// Axioms of the checked theorem(s), from the trusted epilogue; empty when it did not run.
     pub axioms: Vec<String>,
+    /// Wall time from submission to verdict, queueing and header import included.
     pub elapsed_ms: u64,
+    /// Wall time Lean took for the candidate itself (from the edit to its diagnostics).
+    pub lean_ms: u64,
     pub lean_version: String,
 }
 
