@@ -124,3 +124,42 @@ fn doctor_reports_version_and_which_libraries_import() {
     assert!(!ok("Mathlib"));
     assert!(r["search_path"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().ends_with("lib/lean")));
 }
+
+#[test]
+fn lean_project_runs_lean_through_lake_env_in_the_project() {
+    // Lake is not installable here; this `lake` does what `lake env lean …` does for the
+    // test toolchain (and records its working directory), so the real command line and the
+    // real Lean server are exercised.
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("proj");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(project.join("lakefile.toml"), "name = \"p\"\n").unwrap();
+    let lake = bin.join("lake");
+    let lean = lean();
+    std::fs::write(
+        &lake,
+        format!(
+            "#!/bin/sh\npwd > \"{}/lake-cwd\"\n[ \"$1\" = env ] || exit 3\nshift\nif [ \"$1\" = lean ]; then shift; exec \"{}\" \"$@\"; fi\nexec \"$@\"\n",
+            dir.path().display(),
+            lean.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&lake).status().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new(subgoal_bin())
+        .args(["doctor", "--json", "--imports", "SubgoalFixture", "--lean-project", project.to_str().unwrap()])
+        .env("PATH", path)
+        .env_remove("SUBGOAL_LEAN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["lean"]["kind"], "lake", "{r}");
+    assert!(r["version"].as_str().unwrap().contains("4.35.0"), "{r}");
+    assert_eq!(r["imports"][0]["ok"], true, "{r}");
+    let cwd = std::fs::read_to_string(dir.path().join("lake-cwd")).unwrap();
+    assert_eq!(std::path::Path::new(cwd.trim()).canonicalize().unwrap(), project.canonicalize().unwrap());
+}

@@ -57,18 +57,16 @@ async fn type_error_is_failed_with_the_error_in_candidate_coordinates() {
 }
 
 #[tokio::test]
-async fn error_column_after_a_non_bmp_character_counts_characters() {
-    // `𝔽` is one character but two UTF-16 units: Lean reports column 16 on the wire.
+async fn error_columns_after_non_bmp_characters_count_characters_not_utf16_units() {
+    // `𝔽` is one character but two UTF-16 units; Lean's error spans `h 𝔽`, which on the wire is
+    // UTF-16 columns 12..16 of the line, and in characters 11..14.
     let v = verifier(1, 60.0);
     let r = v.verify(&proof("and_swap", AND_SWAP, "\n  /- 𝔽 -/ (h 𝔽)")).await;
     assert_eq!(r.verdict, Verdict::Failed, "{r:?}");
     let m = r.messages.iter().find(|m| m.region == Region::Candidate).expect("a candidate message");
-    assert_eq!(m.start.line, 2, "{m:?}");
-    let line = "  /- 𝔽 -/ (h 𝔽)";
-    let chars: Vec<char> = line.chars().collect();
-    let col = m.start.column;
-    assert!(col < chars.len(), "{m:?}");
-    assert!(chars[col] == '(' || chars[col] == 'h' || chars[col] == '𝔽', "column {col} points at {:?}", chars[col]);
+    assert_eq!((m.start.line, m.start.column, m.end.line, m.end.column), (2, 11, 2, 14), "{m:?}");
+    let line: Vec<char> = "  /- 𝔽 -/ (h 𝔽)".chars().collect();
+    assert_eq!(line[m.start.column..m.end.column].iter().collect::<String>(), "h 𝔽");
     v.shutdown().await;
 }
 
@@ -194,5 +192,32 @@ async fn unknown_import_is_failed_not_crashed_and_the_pool_recovers() {
     assert!(r.reason.contains("NoSuchModule"), "{}", r.reason);
     let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
     assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn servers_are_recycled_after_k_candidates() {
+    let mut cfg = pool_config(1, 60.0);
+    cfg.recycle_after = 2;
+    let v = Verifier::start(cfg).unwrap();
+    for _ in 0..5 {
+        let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
+        assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    }
+    let s = v.stats();
+    assert_eq!((s.recycles, s.server_starts), (2, 3), "{s:?}");
+    v.shutdown().await;
+}
+
+#[tokio::test]
+async fn servers_above_the_rss_bound_are_recycled() {
+    let mut cfg = pool_config(1, 60.0);
+    cfg.max_rss_mb = Some(1); // any live Lean exceeds 1 MiB
+    let v = Verifier::start(cfg).unwrap();
+    for _ in 0..2 {
+        let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
+        assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    }
+    assert_eq!(v.stats().recycles, 2);
     v.shutdown().await;
 }
