@@ -75,7 +75,8 @@ fn every_record_matches_the_documented_schema() {
 fn a_single_lean_file_is_checked_as_a_whole() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("two.lean");
-    std::fs::write(&file, format!("{HEADER}theorem a : True := True.intro\ntheorem b (p : Prop) : p := sorry\n")).unwrap();
+    std::fs::write(&file, format!("{HEADER}theorem a : True := True.intro\ntheorem b (p : Prop) : p := sorry\n"))
+        .unwrap();
     let lean = lean();
     let out = subgoal(&["verify", "--input", file.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()]);
     let recs = records(&out.stdout);

@@ -39,9 +39,7 @@ async fn sorry_is_incomplete() {
 #[tokio::test]
 async fn sorry_in_a_nested_have_is_incomplete() {
     let v = verifier(1, 60.0);
-    let r = v
-        .verify(&proof("and_swap", AND_SWAP, "\n  have hq : q := sorry\n  And.intro hq h.left"))
-        .await;
+    let r = v.verify(&proof("and_swap", AND_SWAP, "\n  have hq : q := sorry\n  And.intro hq h.left")).await;
     assert_eq!(r.verdict, Verdict::Incomplete, "{r:?}");
     v.shutdown().await;
 }

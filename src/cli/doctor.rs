@@ -71,8 +71,13 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             println!("{} {p}", if i == 0 { "search path:" } else { "            " });
         }
         for c in &report.imports {
-            println!("import {:<20} {} ({:.1} s){}", c.module, if c.ok { "ok" } else { "NO" }, c.seconds,
-                if c.detail.is_empty() { String::new() } else { format!(": {}", c.detail) });
+            println!(
+                "import {:<20} {} ({:.1} s){}",
+                c.module,
+                if c.ok { "ok" } else { "NO" },
+                c.seconds,
+                if c.detail.is_empty() { String::new() } else { format!(": {}", c.detail) }
+            );
         }
         if let Some(e) = &report.error {
             println!("error:       {e}");
@@ -98,7 +103,8 @@ async fn check_imports(mut cfg: PoolConfig, modules: &[String]) -> Vec<ImportChe
         let started = Instant::now();
         let rec = verifier.verify(&input).await;
         let ok = rec.verdict == Verdict::Proved;
-        let detail = if ok { String::new() } else { rec.messages.first().map_or(rec.reason.clone(), |m| m.text.clone()) };
+        let detail =
+            if ok { String::new() } else { rec.messages.first().map_or(rec.reason.clone(), |m| m.text.clone()) };
         out.push(ImportCheck { module: m.clone(), ok, seconds: started.elapsed().as_secs_f64(), detail });
     }
     verifier.shutdown().await;

@@ -16,7 +16,11 @@ use subgoal::process::ProcessLimits;
 use subgoal::verify::PoolConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "subgoal", version, about = "Lean 4 theorem proving after DeepSeek-Prover-V2: sketch, decompose, prove, verify")]
+#[command(
+    name = "subgoal",
+    version,
+    about = "Lean 4 theorem proving after DeepSeek-Prover-V2: sketch, decompose, prove, verify"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -77,7 +81,14 @@ impl LeanArgs {
         }
     }
 
-    pub fn pool_config(&self, install: LeanInstall, workers: usize, timeout: f64, recycle_after: u64, max_rss_mb: u64) -> PoolConfig {
+    pub fn pool_config(
+        &self,
+        install: LeanInstall,
+        workers: usize,
+        timeout: f64,
+        recycle_after: u64,
+        max_rss_mb: u64,
+    ) -> PoolConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         PoolConfig {
             server: self.server_config(install, cores / workers.max(1)),
@@ -86,6 +97,14 @@ impl LeanArgs {
             recycle_after,
             max_rss_mb: (max_rss_mb > 0).then_some(max_rss_mb),
         }
+    }
+}
+
+/// Clap parser for a duration flag in seconds: finite and positive.
+pub fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
     }
 }
 

@@ -33,7 +33,7 @@ pub struct VerifyArgs {
     #[arg(long, short)]
     pub workers: Option<usize>,
     /// Wall-clock seconds per candidate.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = super::positive_seconds)]
     pub timeout: f64,
     /// Replace a Lean server after this many candidates.
     #[arg(long, default_value_t = 500)]
@@ -46,7 +46,7 @@ pub struct VerifyArgs {
 }
 
 enum Item {
-    Input(VerifyInput),
+    Input { line: usize, input: VerifyInput },
     Bad { name: String, reason: String },
 }
 
@@ -72,7 +72,13 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut results = futures::stream::iter(items)
         .map(|item| async move {
             match item {
-                Item::Input(i) => verifier_ref.verify(&i).await,
+                Item::Input { line, input } => {
+                    let mut r = verifier_ref.verify(&input).await;
+                    if r.verdict == subgoal::verify::Verdict::InvalidInput && line > 0 {
+                        r.reason = format!("line {line}: {}", r.reason);
+                    }
+                    r
+                }
                 Item::Bad { name, reason } => verifier_ref.invalid(&name, reason),
             }
         })
@@ -115,13 +121,16 @@ fn read_items(input: Option<&PathBuf>) -> anyhow::Result<Vec<Item>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "lean") {
         let name = path.file_stem().map_or("input".into(), |s| s.to_string_lossy().into_owned());
-        return Ok(vec![Item::Input(VerifyInput {
-            name,
-            header: String::new(),
-            formal_statement: String::new(),
-            proof: None,
-            code: Some(text),
-        })]);
+        return Ok(vec![Item::Input {
+            line: 0,
+            input: VerifyInput {
+                name,
+                header: String::new(),
+                formal_statement: String::new(),
+                proof: None,
+                code: Some(text),
+            },
+        }]);
     }
     Ok(parse_jsonl(&text))
 }
@@ -131,7 +140,7 @@ fn parse_jsonl(text: &str) -> Vec<Item> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| match parse_input_line(i + 1, l) {
-            Ok(input) => Item::Input(input),
+            Ok(input) => Item::Input { line: i + 1, input },
             Err(e) => Item::Bad { name: name_for_bad_line(i + 1, l), reason: e.to_string() },
         })
         .collect()

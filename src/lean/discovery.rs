@@ -126,9 +126,7 @@ impl LeanInstall {
             cmd.current_dir(d);
         }
         let shown = format!("{} {}", prog.display(), args.join(" "));
-        let out = cmd
-            .output()
-            .map_err(|e| DiscoveryError::Failed { command: shown.clone(), detail: e.to_string() })?;
+        let out = cmd.output().map_err(|e| DiscoveryError::Failed { command: shown.clone(), detail: e.to_string() })?;
         if !out.status.success() {
             return Err(DiscoveryError::Failed {
                 command: shown,
@@ -199,8 +197,7 @@ mod tests {
     #[test]
     fn directory_without_lakefile_is_not_a_project() {
         let dir = tempfile::tempdir().unwrap();
-        let err = LeanInstall::discover(&LeanChoice { lean: None, lean_project: Some(dir.path().into()) })
-            .unwrap_err();
+        let err = LeanInstall::discover(&LeanChoice { lean: None, lean_project: Some(dir.path().into()) }).unwrap_err();
         assert!(matches!(err, DiscoveryError::NotLakeProject { .. }));
     }
 }

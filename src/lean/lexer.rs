@@ -50,10 +50,7 @@ pub fn is_letter_like(c: char) -> bool {
 /// Lean's `isSubScriptAlnum`.
 pub fn is_subscript_alnum(c: char) -> bool {
     let u = c as u32;
-    (0x2080..=0x2089).contains(&u)
-        || (0x2090..=0x209c).contains(&u)
-        || (0x1d62..=0x1d6a).contains(&u)
-        || u == 0x2c7c
+    (0x2080..=0x2089).contains(&u) || (0x2090..=0x209c).contains(&u) || (0x1d62..=0x1d6a).contains(&u) || u == 0x2c7c
 }
 
 pub fn is_id_first(c: char) -> bool {

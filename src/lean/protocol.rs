@@ -135,10 +135,7 @@ pub fn wait_for_diagnostics_params(uri: &str, version: i64) -> Value {
 /// `initialize` params: standard LSP plus Lean's `initializationOptions.editDelay` (0, so
 /// elaboration starts at once) and no widget or silent-diagnostic support (fewer messages).
 pub fn initialize_params(root_uri: &str) -> Value {
-    let params = lsp_types::InitializeParams {
-        process_id: Some(std::process::id()),
-        ..Default::default()
-    };
+    let params = lsp_types::InitializeParams { process_id: Some(std::process::id()), ..Default::default() };
     let mut v = serde_json::to_value(params).unwrap_or_else(|_| json!({}));
     v["rootUri"] = json!(root_uri);
     v["initializationOptions"] = json!({"editDelay": 0, "hasWidgets": false});

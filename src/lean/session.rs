@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use lsp_types::Position;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::discovery::LeanInstall;
@@ -70,6 +70,51 @@ pub struct Checked {
     pub elapsed: Duration,
 }
 
+/// What the server has told us about documents, kept current by a task that drains
+/// notifications as they arrive (only the latest diagnostics per document are held: Lean sends
+/// the full set each time, so queueing them all would grow quadratically).
+#[derive(Default)]
+struct Inbox {
+    diagnostics: std::collections::HashMap<String, (Option<i64>, Vec<LeanDiagnostic>)>,
+    fatal: std::collections::HashSet<String>,
+}
+
+/// Starts the inbox task; the watch counts notifications handled, to sync with `routed`.
+fn spawn_inbox(mut notes: mpsc::UnboundedReceiver<Notification>) -> (Arc<Mutex<Inbox>>, watch::Receiver<u64>) {
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let state = inbox.clone();
+    let (handled_tx, handled_rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Some(n) = notes.recv().await {
+            handle_note(&state, n);
+            handled_tx.send_modify(|c| *c += 1);
+        }
+    });
+    (inbox, handled_rx)
+}
+
+fn handle_note(state: &Mutex<Inbox>, n: Notification) {
+    match n.method.as_str() {
+        protocol::PUBLISH_DIAGNOSTICS => {
+            if let Ok(p) = serde_json::from_value::<PublishDiagnostics>(n.params) {
+                if let Ok(mut s) = state.lock() {
+                    s.diagnostics.insert(p.uri, (p.version, p.diagnostics));
+                }
+            }
+        }
+        protocol::FILE_PROGRESS => {
+            if let Ok(p) = serde_json::from_value::<FileProgress>(n.params) {
+                if p.is_fatal() {
+                    if let Ok(mut s) = state.lock() {
+                        s.fatal.insert(p.text_document.uri);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 struct OpenDoc {
     uri: String,
     version: i64,
@@ -80,7 +125,8 @@ pub struct LeanServer {
     child: tokio::process::Child,
     pid: u32,
     rpc: RpcClient,
-    notes: mpsc::UnboundedReceiver<Notification>,
+    inbox: Arc<Mutex<Inbox>>,
+    handled: watch::Receiver<u64>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     root: PathBuf,
     _scratch: Option<tempfile::TempDir>,
@@ -145,11 +191,13 @@ impl LeanServer {
             }
         });
         let (rpc, notes) = RpcClient::start(BufReader::new(stdout), stdin);
+        let (inbox, handled) = spawn_inbox(notes);
         let mut server = LeanServer {
             child,
             pid,
             rpc,
-            notes,
+            inbox,
+            handled,
             stderr_tail,
             root,
             _scratch: scratch,
@@ -215,9 +263,13 @@ impl LeanServer {
         self.check_version(header_key, text, timeout).await
     }
 
-    async fn check_version(&mut self, header_key: &str, text: &str, timeout: Duration) -> Result<Checked, CheckFailure> {
+    async fn check_version(
+        &mut self,
+        header_key: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<Checked, CheckFailure> {
         let started = Instant::now();
-        while self.notes.try_recv().is_ok() {}
         let (uri, version) = match self.send_text(header_key, text) {
             Ok(uv) => uv,
             Err(e) => return Err(self.crashed(e.to_string())),
@@ -238,25 +290,19 @@ impl LeanServer {
                 return Err(self.crashed(detail));
             }
         }
-        let mut latest: Option<Vec<LeanDiagnostic>> = None;
-        let mut fatal = false;
-        while let Ok(n) = self.notes.try_recv() {
-            match n.method.as_str() {
-                protocol::PUBLISH_DIAGNOSTICS => {
-                    if let Ok(p) = serde_json::from_value::<PublishDiagnostics>(n.params) {
-                        if p.uri == uri && p.version.is_none_or(|v| v == version) {
-                            latest = Some(p.diagnostics);
-                        }
-                    }
-                }
-                protocol::FILE_PROGRESS => {
-                    if let Ok(p) = serde_json::from_value::<FileProgress>(n.params) {
-                        fatal |= p.text_document.uri == uri && p.is_fatal();
-                    }
-                }
-                _ => {}
+        // The barrier's reply follows every notification for this version on the stream; wait
+        // until the inbox task has handled all of them.
+        let target = self.rpc.notifications_routed();
+        let mut handled = self.handled.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), handled.wait_for(|h| *h >= target)).await;
+        let (latest, fatal) = match self.inbox.lock() {
+            Ok(mut s) => {
+                let fatal = s.fatal.remove(&uri);
+                let latest = s.diagnostics.remove(&uri).filter(|(v, _)| v.is_none_or(|v| v == version)).map(|(_, d)| d);
+                (latest, fatal)
             }
-        }
+            Err(_) => (None, false),
+        };
         let errors = latest.as_ref().is_some_and(|ds| ds.iter().any(|d| d.severity == Some(protocol::severity::ERROR)));
         if fatal {
             // A fatal error with an error message is Lean refusing the document (e.g. an unknown
@@ -281,7 +327,11 @@ impl LeanServer {
         self.query(protocol::PLAIN_TERM_GOAL, pos).await
     }
 
-    async fn query<T: serde::de::DeserializeOwned>(&self, method: &str, pos: Position) -> Result<Option<T>, SessionError> {
+    async fn query<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        pos: Position,
+    ) -> Result<Option<T>, SessionError> {
         let doc = self.doc.as_ref().ok_or(SessionError::NoDocument)?;
         let v: Value = self
             .rpc

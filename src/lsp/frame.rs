@@ -20,9 +20,7 @@ pub enum FrameError {
 }
 
 /// Reads one frame. `Ok(None)` means the stream ended cleanly between frames.
-pub async fn read_frame<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<serde_json::Value>, FrameError> {
+pub async fn read_frame<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<serde_json::Value>, FrameError> {
     let mut content_length: Option<usize> = None;
     let mut line = String::new();
     let mut saw_any_header = false;
@@ -44,14 +42,11 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(
             break;
         }
         saw_any_header = true;
-        let (name, value) = trimmed
-            .split_once(':')
-            .ok_or_else(|| FrameError::Header(format!("no ':' in header line {trimmed:?}")))?;
+        let (name, value) =
+            trimmed.split_once(':').ok_or_else(|| FrameError::Header(format!("no ':' in header line {trimmed:?}")))?;
         if name.trim().eq_ignore_ascii_case("content-length") {
-            let len: usize = value
-                .trim()
-                .parse()
-                .map_err(|_| FrameError::Header(format!("bad Content-Length {value:?}")))?;
+            let len: usize =
+                value.trim().parse().map_err(|_| FrameError::Header(format!("bad Content-Length {value:?}")))?;
             if len > MAX_FRAME_BYTES {
                 return Err(FrameError::Header(format!("Content-Length {len} exceeds limit")));
             }
@@ -66,10 +61,7 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(
 }
 
 /// Writes one frame and flushes, so a message is never left half in a buffer.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    value: &serde_json::Value,
-) -> Result<(), FrameError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, value: &serde_json::Value) -> Result<(), FrameError> {
     let body = serde_json::to_vec(value)?;
     let header = format!("Content-Length: {}\r\n\r\n", body.len());
     writer.write_all(header.as_bytes()).await?;

@@ -5,7 +5,7 @@
 //! (`Timeout`, `StreamClosed`); neither of those errors is ever confused with a result.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ pub struct RpcClient {
     outgoing: mpsc::UnboundedSender<Value>,
     pending: Pending,
     closed: Arc<AtomicBool>,
+    routed: Arc<AtomicU64>,
 }
 
 impl RpcClient {
@@ -58,6 +59,7 @@ impl RpcClient {
         let (note_tx, note_rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
+        let routed = Arc::new(AtomicU64::new(0));
 
         let mut writer = writer;
         tokio::spawn(async move {
@@ -74,12 +76,13 @@ impl RpcClient {
             outgoing: out_tx.clone(),
             pending: pending.clone(),
             closed: closed.clone(),
+            routed: routed.clone(),
         };
         let mut reader = reader;
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut reader).await {
-                    Ok(Some(msg)) => route(msg, &pending, &note_tx, &out_tx),
+                    Ok(Some(msg)) => route(msg, &pending, &note_tx, &out_tx, &routed),
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "language-server stream broken");
@@ -94,6 +97,12 @@ impl RpcClient {
             }
         });
         (client, note_rx)
+    }
+
+    /// Notifications handed to the receiver so far. Every notification the server sent before a
+    /// reply is counted by the time that reply is delivered.
+    pub fn notifications_routed(&self) -> u64 {
+        self.routed.load(Ordering::SeqCst)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -113,22 +122,14 @@ impl RpcClient {
     /// Sends a request and waits for its reply. The request is queued before this returns its
     /// future's first poll, so writes keep call order. On timeout a `$/cancelRequest` is sent
     /// and a late reply is dropped.
-    pub async fn request(
-        &self,
-        method: &str,
-        params: Value,
-        timeout: Duration,
-    ) -> Result<Value, RpcError> {
+    pub async fn request(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, (method.to_string(), tx));
         }
         if self.is_closed()
-            || self
-                .outgoing
-                .send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-                .is_err()
+            || self.outgoing.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).is_err()
         {
             self.forget(id);
             return Err(RpcError::StreamClosed { method: method.into() });
@@ -156,6 +157,7 @@ fn route(
     pending: &Pending,
     notes: &mpsc::UnboundedSender<Notification>,
     out: &mpsc::UnboundedSender<Value>,
+    routed: &AtomicU64,
 ) {
     let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
     let id = msg.get("id").cloned().filter(|v| !v.is_null());
@@ -167,9 +169,7 @@ fn route(
                     let n = msg["params"]["items"].as_array().map_or(0, Vec::len);
                     json!({"jsonrpc": "2.0", "id": id, "result": vec![Value::Null; n]})
                 }
-                "client/registerCapability"
-                | "client/unregisterCapability"
-                | "window/workDoneProgress/create" => {
+                "client/registerCapability" | "client/unregisterCapability" | "window/workDoneProgress/create" => {
                     json!({"jsonrpc": "2.0", "id": id, "result": null})
                 }
                 _ => json!({"jsonrpc": "2.0", "id": id,
@@ -179,6 +179,7 @@ fn route(
         }
         (Some(method), None) => {
             let params = msg.get("params").cloned().unwrap_or(Value::Null);
+            routed.fetch_add(1, Ordering::SeqCst);
             let _ = notes.send(Notification { method, params });
         }
         (None, Some(id)) => {
@@ -231,9 +232,7 @@ mod tests {
         });
         let req = read_frame(&mut sr).await.unwrap().unwrap();
         assert_eq!(req["method"], "ping");
-        write_frame(&mut sw, &json!({"jsonrpc":"2.0","id": req["id"], "result": {"pong": 1}}))
-            .await
-            .unwrap();
+        write_frame(&mut sw, &json!({"jsonrpc":"2.0","id": req["id"], "result": {"pong": 1}})).await.unwrap();
         assert_eq!(call.await.unwrap().unwrap(), json!({"pong": 1}));
     }
 
@@ -266,9 +265,7 @@ mod tests {
         let (_client, _notes, server) = pair();
         let (sr, mut sw) = split(server);
         let mut sr = BufReader::new(sr);
-        write_frame(&mut sw, &json!({"jsonrpc":"2.0","id": 7, "method": "weird/thing"}))
-            .await
-            .unwrap();
+        write_frame(&mut sw, &json!({"jsonrpc":"2.0","id": 7, "method": "weird/thing"})).await.unwrap();
         let reply = read_frame(&mut sr).await.unwrap().unwrap();
         assert_eq!(reply["id"], 7);
         assert_eq!(reply["error"]["code"], METHOD_NOT_FOUND);
@@ -279,9 +276,7 @@ mod tests {
         let (_client, mut notes, server) = pair();
         let (_sr, mut sw) = split(server);
         for i in 0..3 {
-            write_frame(&mut sw, &json!({"jsonrpc":"2.0","method":"n","params":{"i": i}}))
-                .await
-                .unwrap();
+            write_frame(&mut sw, &json!({"jsonrpc":"2.0","method":"n","params":{"i": i}})).await.unwrap();
         }
         for i in 0..3 {
             assert_eq!(notes.recv().await.unwrap().params["i"], i);

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::lean::lexer::tokenize;
 use crate::lean::source::{declared_theorems, header_key};
 use crate::text::LineIndex;
 
@@ -29,6 +30,29 @@ pub enum InputError {
     Json { line: usize, detail: String },
     #[error("line {line}: {detail}")]
     Field { line: usize, detail: String },
+}
+
+/// Why no document could be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    /// The request itself is malformed (verdict `invalid_input`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The candidate was refused before Lean saw it (verdict `rejected`).
+    #[error("{0}")]
+    Gate(String),
+}
+
+impl From<&str> for BuildError {
+    fn from(s: &str) -> Self {
+        BuildError::Invalid(s.to_string())
+    }
+}
+
+impl From<String> for BuildError {
+    fn from(s: String) -> Self {
+        BuildError::Invalid(s)
+    }
 }
 
 /// Which part of the checked document a position lies in.
@@ -61,17 +85,43 @@ pub fn statement_name(formal_statement: &str) -> Option<String> {
     declared_theorems(formal_statement).into_iter().next()
 }
 
+/// Tokens of a statement up to (not including) its final `:=` or `:= by`.
+fn statement_tokens(statement: &str) -> Vec<String> {
+    let mut toks: Vec<String> = tokenize(statement).iter().map(|t| t.text(statement).to_string()).collect();
+    if toks.last().is_some_and(|t| t == "by") && toks.len() >= 2 && toks[toks.len() - 2] == ":=" {
+        toks.truncate(toks.len() - 2);
+    } else if toks.last().is_some_and(|t| t == ":=") {
+        toks.pop();
+    }
+    toks
+}
+
+/// Whether `code` contains the statement's tokens, contiguously, followed by `:=`.
+fn contains_statement(code: &str, statement: &str) -> bool {
+    let want = statement_tokens(statement);
+    let have: Vec<&str> = tokenize(code).iter().map(|t| t.text(code)).collect();
+    !want.is_empty()
+        && have
+            .windows(want.len() + 1)
+            .any(|w| w[..want.len()].iter().zip(&want).all(|(a, b)| a == b) && w[want.len()] == ":=")
+}
+
 impl Document {
     /// Builds the document: header, statement, candidate, then a trusted `#print axioms` for
     /// each theorem that must be proved. A missing epilogue answer is a failure, so a candidate
     /// that stops elaboration early (`#exit`) cannot pass.
-    pub fn build(input: &VerifyInput) -> Result<Document, String> {
+    pub fn build(input: &VerifyInput) -> Result<Document, BuildError> {
         match (&input.proof, &input.code) {
             (Some(_), Some(_)) => Err("give either \"proof\" or \"code\", not both".into()),
             (None, None) => Err("missing \"proof\" or \"code\"".into()),
             (Some(proof), None) => {
                 let name = statement_name(&input.formal_statement)
                     .ok_or("\"formal_statement\" declares no theorem (expected `theorem NAME …`)")?;
+                // The proof is appended to the statement: a statement that does not end at `:=`
+                // would let the candidate extend the theorem's type.
+                if statement_tokens(&input.formal_statement).len() == tokenize(&input.formal_statement).len() {
+                    return Err("\"formal_statement\" must end with `:=` or `:= by`".into());
+                }
                 let mut text = input.header.clone();
                 if !text.is_empty() && !text.ends_with('\n') {
                     text.push('\n');
@@ -81,14 +131,34 @@ impl Document {
                 let candidate_start = text.len();
                 text.push_str(proof);
                 let candidate_end = text.len();
-                Ok(Self::finish(text, input.header.as_str(), vec![name], statement_start, candidate_start, candidate_end))
+                Ok(Self::finish(
+                    text,
+                    input.header.as_str(),
+                    vec![name],
+                    statement_start,
+                    candidate_start,
+                    candidate_end,
+                ))
             }
             (None, Some(code)) => {
                 let theorems = if input.formal_statement.trim().is_empty() {
                     declared_theorems(code)
                 } else {
-                    vec![statement_name(&input.formal_statement)
-                        .ok_or("\"formal_statement\" declares no theorem (expected `theorem NAME …`)")?]
+                    let name = statement_name(&input.formal_statement)
+                        .ok_or("\"formal_statement\" declares no theorem (expected `theorem NAME …`)")?;
+                    // The candidate must keep the reference imports and state the theorem as
+                    // given (token for token, comments and layout aside).
+                    if !input.header.trim().is_empty() && header_key(code) != header_key(&input.header) {
+                        return Err(BuildError::Gate(
+                            "statement gate: the candidate's imports differ from \"header\"".into(),
+                        ));
+                    }
+                    if !contains_statement(code, &input.formal_statement) {
+                        return Err(BuildError::Gate(format!(
+                            "statement gate: the candidate does not state `{name}` exactly as \"formal_statement\""
+                        )));
+                    }
+                    vec![name]
                 };
                 if theorems.is_empty() {
                     return Err("the candidate declares no theorem".into());
@@ -203,6 +273,25 @@ mod tests {
         };
         let d = Document::build(&input).unwrap();
         assert_eq!(d.theorems, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn statement_not_ending_at_assign_is_refused() {
+        let mut i = proof_input(" → p := fun h => h");
+        i.formal_statement = "theorem t (p : Prop) : p".into();
+        assert!(Document::build(&i).unwrap_err().to_string().contains(":="));
+    }
+
+    #[test]
+    fn code_must_state_the_reference_statement_under_the_reference_imports() {
+        let mut i = proof_input("");
+        i.proof = None;
+        i.code = Some("prelude\nimport SubgoalFixture\ntheorem t : True := True.intro\n".into());
+        assert!(matches!(Document::build(&i), Err(BuildError::Gate(_))));
+        i.code = Some("prelude\nimport Other\ntheorem t (p : Prop) (hp : p) : p := hp\n".into());
+        assert!(Document::build(&i).unwrap_err().to_string().contains("imports differ"));
+        i.code = Some("prelude\nimport SubgoalFixture\n-- layout and comments may differ\ntheorem t (p : Prop)\n    (hp : p) : p := hp\n".into());
+        assert!(Document::build(&i).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-pub use candidate::{Document, InputError, Region, VerifyInput};
+pub use candidate::{BuildError, Document, InputError, Region, VerifyInput};
 pub use pool::{PoolConfig, PoolStats, WorkerPool};
 pub use verdict::{Message, Verdict, VerifyRecord, ALLOWED_AXIOMS};
 
@@ -48,7 +48,12 @@ impl Verifier {
             let started = Instant::now();
             let doc = match Document::build(input) {
                 Ok(d) => d,
-                Err(reason) => return self.invalid(&input.name, reason),
+                Err(BuildError::Invalid(reason)) => return self.invalid(&input.name, reason),
+                Err(BuildError::Gate(reason)) => {
+                    let mut r = self.invalid(&input.name, reason);
+                    r.verdict = Verdict::Rejected;
+                    return r;
+                }
             };
             let header_len = crate::lean::source::header_end(&doc.text);
             let outcome = self.pool.check(&doc.header_key, &doc.text[..header_len], &doc.text).await;
@@ -93,9 +98,7 @@ impl Verifier {
 pub fn parse_input_line(line: usize, text: &str) -> Result<VerifyInput, InputError> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| InputError::Json { line, detail: e.to_string() })?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| InputError::Field { line, detail: "expected a JSON object".into() })?;
+    let obj = value.as_object().ok_or_else(|| InputError::Field { line, detail: "expected a JSON object".into() })?;
     for key in ["name", "header", "formal_statement", "proof", "code"] {
         if let Some(v) = obj.get(key) {
             if !v.is_string() && !v.is_null() {

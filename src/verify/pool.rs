@@ -39,6 +39,8 @@ pub struct PoolStats {
 }
 
 struct Job {
+    /// Times a worker passed over this job for one with its own header.
+    skipped: u32,
     header_key: String,
     header_text: String,
     text: String,
@@ -85,6 +87,7 @@ impl WorkerPool {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut q) = self.shared.queue.lock() {
             q.push_back(Job {
+                skipped: 0,
                 header_key: header_key.to_string(),
                 header_text: header_text.to_string(),
                 text: text.to_string(),
@@ -105,11 +108,23 @@ impl WorkerPool {
     }
 
     /// Stops the workers and kills their servers.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.notify.notify_waiters();
-        for h in self.handles {
+        for h in std::mem::take(&mut self.handles) {
             let _ = h.await;
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    /// A pool dropped without `shutdown` still stops its workers; aborting a worker task drops its
+    /// `LeanServer`, whose own `Drop` kills the Lean process tree.
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.notify.notify_waiters();
+        for h in &self.handles {
+            h.abort();
         }
     }
 }
@@ -153,8 +168,7 @@ async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
             Ok(_) => {}
         }
         let recycle = result.is_ok()
-            && (s.checks >= cfg.recycle_after
-                || cfg.max_rss_mb.is_some_and(|mb| s.rss_bytes() > mb * 1024 * 1024));
+            && (s.checks >= cfg.recycle_after || cfg.max_rss_mb.is_some_and(|mb| s.rss_bytes() > mb * 1024 * 1024));
         if result.is_err() || recycle {
             if recycle {
                 bump(&shared, |st| st.recycles += 1);
@@ -172,10 +186,19 @@ async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
     set_pid(&shared, index, None);
 }
 
+/// A job passed over this many times is taken next, whatever its header (no starvation).
+const MAX_SKIPS: u32 = 16;
+
 /// Takes the first job with the worker's header, else the oldest job.
 fn take_job(shared: &Shared, header: Option<&str>) -> Option<Job> {
     let mut q = shared.queue.lock().ok()?;
-    let i = header.and_then(|h| q.iter().position(|j| j.header_key == h)).unwrap_or(0);
+    let head_starved = q.front().is_some_and(|j| j.skipped >= MAX_SKIPS);
+    let i = if head_starved { 0 } else { header.and_then(|h| q.iter().position(|j| j.header_key == h)).unwrap_or(0) };
+    if i > 0 {
+        if let Some(head) = q.front_mut() {
+            head.skipped += 1;
+        }
+    }
     q.remove(i)
 }
 

@@ -145,9 +145,7 @@ pub fn judge(doc: &Document, outcome: &Result<Checked, CheckFailure>) -> (Verdic
     if let Some(e) = messages.iter().find(|m| m.severity == Severity::Error) {
         return (Verdict::Failed, format!("Lean error: {}", first_line(&e.text)), messages, axioms);
     }
-    let sorry_warning = messages
-        .iter()
-        .any(|m| m.severity == Severity::Warning && is_sorry_warning(&m.text));
+    let sorry_warning = messages.iter().any(|m| m.severity == Severity::Warning && is_sorry_warning(&m.text));
     if sorry_warning || axioms.iter().any(|a| a == "sorryAx") {
         return (Verdict::Incomplete, "the proof uses sorry".into(), messages, axioms);
     }
@@ -165,7 +163,12 @@ pub fn judge(doc: &Document, outcome: &Result<Checked, CheckFailure>) -> (Verdic
     let bad: Vec<&String> = axioms.iter().filter(|a| !ALLOWED_AXIOMS.contains(&a.as_str())).collect();
     if !bad.is_empty() {
         let bad: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
-        return (Verdict::Rejected, format!("axioms gate: depends on disallowed axioms [{}]", bad.join(", ")), messages, axioms);
+        return (
+            Verdict::Rejected,
+            format!("axioms gate: depends on disallowed axioms [{}]", bad.join(", ")),
+            messages,
+            axioms,
+        );
     }
     (Verdict::Proved, String::new(), messages, axioms)
 }

@@ -14,11 +14,7 @@ pub const HEADER: &str = "prelude\nimport SubgoalFixture\n";
 /// The test toolchain's `lean`. Missing toolchain is a test failure, never a skip.
 pub fn lean() -> PathBuf {
     let p = test_toolchain_lean();
-    assert!(
-        p.exists(),
-        "test Lean not installed at {}: run scripts/install-test-toolchain.sh",
-        p.display()
-    );
+    assert!(p.exists(), "test Lean not installed at {}: run scripts/install-test-toolchain.sh", p.display());
     p
 }
 
