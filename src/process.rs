@@ -82,17 +82,45 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// SIGKILLs `pid`, its descendants and their process groups (Lean's file workers run in
-/// sessions of their own).
-pub fn kill_tree(pid: u32) {
-    let tree = process_tree(pid);
-    for &p in tree.iter().rev() {
-        // SAFETY: signalling a pid we found as our own descendant.
+/// A process as identified at one moment: its pid and start time, so a later signal never hits
+/// an unrelated process that reused the pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 overall; after the `(comm)` field it is the 20th.
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `pid` and its descendants with their start times.
+pub fn snapshot_tree(pid: u32) -> Vec<ProcId> {
+    process_tree(pid).into_iter().filter_map(|p| Some(ProcId { pid: p, start_time: start_time(p)? })).collect()
+}
+
+/// SIGKILLs each process (and the process group it leads) that is still the same process.
+pub fn kill_procs(procs: &[ProcId]) {
+    for p in procs.iter().rev() {
+        if start_time(p.pid) != Some(p.start_time) {
+            continue;
+        }
+        // SAFETY: signalling a process we identified by pid and start time.
         unsafe {
-            libc::kill(-(p as i32), libc::SIGKILL);
-            libc::kill(p as i32, libc::SIGKILL);
+            if libc::getpgid(p.pid as i32) == p.pid as i32 {
+                libc::kill(-(p.pid as i32), libc::SIGKILL);
+            }
+            libc::kill(p.pid as i32, libc::SIGKILL);
         }
     }
+}
+
+/// SIGKILLs `pid`, its descendants and the process groups they lead (Lean's file workers run in
+/// sessions of their own). Descendants are found before anything is signalled.
+pub fn kill_tree(pid: u32) {
+    kill_procs(&snapshot_tree(pid));
 }
 
 /// Resident memory of the whole tree, in bytes.

@@ -219,3 +219,34 @@ async fn servers_above_the_rss_bound_are_recycled() {
     assert_eq!(v.stats().recycles, 2);
     v.shutdown().await;
 }
+
+#[tokio::test]
+async fn killed_server_leaves_no_orphaned_file_worker() {
+    let v = std::sync::Arc::new(verifier(1, 60.0));
+    let slow = tokio::spawn({
+        let v = v.clone();
+        async move { v.verify(&proof("slow", SLOW, " rfl")).await }
+    });
+    let mut workers = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(&server) = v.pool().server_pids().first() {
+            let tree = process_tree(server);
+            if tree.len() >= 2 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                workers = process_tree(server)[1..].to_vec();
+                // Kill only the server: its file workers live in their own sessions.
+                unsafe { libc::kill(server as i32, libc::SIGKILL) };
+                break;
+            }
+        }
+    }
+    assert!(!workers.is_empty(), "never saw a file worker");
+    let r = slow.await.unwrap();
+    assert_eq!(r.verdict, Verdict::Crashed, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for w in workers {
+        let stat = std::fs::read_to_string(format!("/proc/{w}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z"), "file worker {w} survived: {stat}");
+    }
+}

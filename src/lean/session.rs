@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::discovery::LeanInstall;
 use super::protocol::{self, FileProgress, LeanDiagnostic, PlainGoal, PlainTermGoal, PublishDiagnostics};
 use crate::lsp::rpc::{Notification, RpcClient, RpcError};
-use crate::process::{kill_tree, limit_command, tree_rss_bytes, ProcessLimits};
+use crate::process::{kill_procs, limit_command, snapshot_tree, tree_rss_bytes, ProcId, ProcessLimits};
 
 /// How to start each server.
 #[derive(Debug, Clone)]
@@ -133,6 +133,9 @@ pub struct LeanServer {
     doc: Option<OpenDoc>,
     docs_opened: u64,
     killed: bool,
+    /// The process tree as last seen alive: file workers run in their own sessions and are
+    /// orphaned if the server dies first, so they are remembered to be killed by identity.
+    known_tree: Vec<ProcId>,
     request_timeout: Duration,
     import_timeout: Duration,
     /// Candidates checked since start.
@@ -204,6 +207,7 @@ impl LeanServer {
             doc: None,
             docs_opened: 0,
             killed: false,
+            known_tree: Vec::new(),
             request_timeout: cfg.request_timeout,
             import_timeout: cfg.import_timeout,
             checks: 0,
@@ -215,7 +219,6 @@ impl LeanServer {
             .instrument(tracing::debug_span!("lean_request", method = "initialize", pid))
             .await;
         if let Err(e) = init {
-            let e = server.annotate(e);
             server.kill();
             return Err(SessionError::Initialize(e));
         }
@@ -285,10 +288,7 @@ impl LeanServer {
                 self.kill();
                 return Err(CheckFailure::Timeout(timeout));
             }
-            Err(e) => {
-                let detail = self.annotate(e).to_string();
-                return Err(self.crashed(detail));
-            }
+            Err(e) => return Err(self.crashed(e.to_string())),
         }
         // The barrier's reply follows every notification for this version on the stream; wait
         // until the inbox task has handled all of them.
@@ -311,9 +311,10 @@ impl LeanServer {
                 return Err(self.crashed("the file worker reported a fatal error".into()));
             }
             self.kill();
-        } else if self.has_exited() {
+        } else if self.rpc.is_closed() {
             return Err(self.crashed("the server exited during the check".into()));
         }
+        self.known_tree = snapshot_tree(self.pid);
         Ok(Checked { diagnostics: latest.unwrap_or_default(), version, elapsed: started.elapsed() })
     }
 
@@ -357,27 +358,19 @@ impl LeanServer {
         Ok((uri, 1))
     }
 
-    fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
     fn crashed(&mut self, detail: String) -> CheckFailure {
-        let tail = self.stderr_tail();
+        // Kill before reaping: once the server is reaped its pid no longer leads to its workers.
         self.kill();
+        let status = match self.child.try_wait() {
+            Ok(Some(s)) => format!(" (server exit: {s})"),
+            _ => String::new(),
+        };
+        let tail = self.stderr_tail();
         if tail.is_empty() {
-            CheckFailure::Crashed(detail)
+            CheckFailure::Crashed(format!("{detail}{status}"))
         } else {
-            CheckFailure::Crashed(format!("{detail}; stderr: {tail}"))
+            CheckFailure::Crashed(format!("{detail}{status}; stderr: {tail}"))
         }
-    }
-
-    fn annotate(&mut self, e: RpcError) -> RpcError {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            if let RpcError::StreamClosed { method } = e {
-                return RpcError::StreamClosed { method: format!("{method} (server exited: {status})") };
-            }
-        }
-        e
     }
 
     fn stderr_tail(&self) -> String {
@@ -389,7 +382,9 @@ impl LeanServer {
         if !self.killed {
             self.killed = true;
             if self.pid != 0 {
-                kill_tree(self.pid);
+                let mut procs = snapshot_tree(self.pid);
+                procs.extend(self.known_tree.iter().filter(|p| !procs.contains(p)).copied().collect::<Vec<_>>());
+                kill_procs(&procs);
             }
             let _ = self.child.start_kill();
         }
