@@ -40,8 +40,12 @@ pub fn header_end(src: &str) -> usize {
 
 /// The import header of `src`, whitespace-normalised, used as the key for reusing a worker.
 pub fn header_key(src: &str) -> String {
-    let end = header_end(src);
-    src[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    normalize_header(&src[..header_end(src)])
+}
+
+/// The key of an import header already cut out of its file (see `header_end`).
+pub fn normalize_header(header: &str) -> String {
+    header.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Names of the theorems and lemmas declared in `src`, in order.

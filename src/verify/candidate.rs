@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lean::lexer::tokenize;
-use crate::lean::source::{declared_theorems, header_key};
+use crate::lean::source::{declared_theorems, header_end, normalize_header};
 use crate::text::LineIndex;
 
 /// One input line of `subgoal verify`.
@@ -71,6 +71,8 @@ pub struct Document {
     pub text: String,
     /// Import header, normalised: documents with equal keys can share a warm worker.
     pub header_key: String,
+    /// Byte length of the import header at the start of `text`.
+    pub header_end: usize,
     /// Names whose axioms the trusted epilogue prints.
     pub theorems: Vec<String>,
     /// Byte ranges in `text`.
@@ -85,20 +87,19 @@ pub fn statement_name(formal_statement: &str) -> Option<String> {
     declared_theorems(formal_statement).into_iter().next()
 }
 
-/// Tokens of a statement up to (not including) its final `:=` or `:= by`.
-fn statement_tokens(statement: &str) -> Vec<String> {
-    let mut toks: Vec<String> = tokenize(statement).iter().map(|t| t.text(statement).to_string()).collect();
-    if toks.last().is_some_and(|t| t == "by") && toks.len() >= 2 && toks[toks.len() - 2] == ":=" {
-        toks.truncate(toks.len() - 2);
-    } else if toks.last().is_some_and(|t| t == ":=") {
+/// Tokens of a statement up to (not including) its final `:=` or `:= by`; `None` when it does
+/// not end that way.
+fn statement_tokens(statement: &str) -> Option<Vec<&str>> {
+    let mut toks: Vec<&str> = tokenize(statement).iter().map(|t| t.text(statement)).collect();
+    if toks.last() == Some(&"by") {
         toks.pop();
     }
-    toks
+    (toks.pop() == Some(":=")).then_some(toks)
 }
 
 /// Whether `code` contains the statement's tokens, contiguously, followed by `:=`.
 fn contains_statement(code: &str, statement: &str) -> bool {
-    let want = statement_tokens(statement);
+    let want = statement_tokens(statement).unwrap_or_default();
     let have: Vec<&str> = tokenize(code).iter().map(|t| t.text(code)).collect();
     !want.is_empty()
         && have
@@ -119,7 +120,7 @@ impl Document {
                     .ok_or("\"formal_statement\" declares no theorem (expected `theorem NAME …`)")?;
                 // The proof is appended to the statement: a statement that does not end at `:=`
                 // would let the candidate extend the theorem's type.
-                if statement_tokens(&input.formal_statement).len() == tokenize(&input.formal_statement).len() {
+                if statement_tokens(&input.formal_statement).is_none() {
                     return Err("\"formal_statement\" must end with `:=` or `:= by`".into());
                 }
                 let mut text = input.header.clone();
@@ -131,16 +132,11 @@ impl Document {
                 let candidate_start = text.len();
                 text.push_str(proof);
                 let candidate_end = text.len();
-                Ok(Self::finish(
-                    text,
-                    input.header.as_str(),
-                    vec![name],
-                    statement_start,
-                    candidate_start,
-                    candidate_end,
-                ))
+                let header_len = header_end(&input.header);
+                Ok(Self::finish(text, header_len, vec![name], statement_start, candidate_start, candidate_end))
             }
             (None, Some(code)) => {
+                let header_len = header_end(code);
                 let theorems = if input.formal_statement.trim().is_empty() {
                     declared_theorems(code)
                 } else {
@@ -148,7 +144,10 @@ impl Document {
                         .ok_or("\"formal_statement\" declares no theorem (expected `theorem NAME …`)")?;
                     // The candidate must keep the reference imports and state the theorem as
                     // given (token for token, comments and layout aside).
-                    if !input.header.trim().is_empty() && header_key(code) != header_key(&input.header) {
+                    if !input.header.trim().is_empty()
+                        && normalize_header(&code[..header_len])
+                            != normalize_header(&input.header[..header_end(&input.header)])
+                    {
                         return Err(BuildError::Gate(
                             "statement gate: the candidate's imports differ from \"header\"".into(),
                         ));
@@ -165,14 +164,14 @@ impl Document {
                 }
                 let text = code.clone();
                 let end = text.len();
-                Ok(Self::finish(text, code, theorems, 0, 0, end))
+                Ok(Self::finish(text, header_len, theorems, 0, 0, end))
             }
         }
     }
 
     fn finish(
         mut text: String,
-        header_src: &str,
+        header_end: usize,
         theorems: Vec<String>,
         statement_start: usize,
         candidate_start: usize,
@@ -184,8 +183,9 @@ impl Document {
             text.push_str(&format!("#print axioms {t}\n"));
         }
         Document {
+            header_key: normalize_header(&text[..header_end]),
             text,
-            header_key: header_key(header_src),
+            header_end,
             theorems,
             statement_start,
             candidate_start,
@@ -207,26 +207,27 @@ impl Document {
     }
 
     /// (1-based line, 0-based char column) of a document byte offset, in the coordinates of the
-    /// region it lies in (the candidate's own text for candidate positions).
-    pub fn local_position(&self, offset: usize) -> (Region, usize, usize) {
+    /// region it lies in (the candidate's own text for candidate positions). `index` is the
+    /// document's `LineIndex`, built once per document by the caller.
+    pub fn local_position(&self, index: &LineIndex, offset: usize) -> (Region, usize, usize) {
         let region = self.region_of(offset);
-        let (l, c) = self.position_in(region, offset);
+        let (l, c) = self.position_in(index, region, offset);
         (region, l, c)
     }
 
     /// Like `local_position`, in a given region's coordinates; offsets outside it are clamped
     /// (an end position past the region's end stays at its end).
-    pub fn position_in(&self, region: Region, offset: usize) -> (usize, usize) {
+    pub fn position_in(&self, index: &LineIndex, region: Region, offset: usize) -> (usize, usize) {
         let (base, end) = match region {
             Region::Header => (0, self.statement_start),
             Region::Statement => (self.statement_start, self.candidate_start),
             Region::Candidate => (self.candidate_start, self.candidate_end),
             Region::Epilogue => (self.epilogue_start, self.text.len()),
         };
-        let end = end.max(base);
-        let offset = offset.clamp(base, end);
-        let (l, c) = LineIndex::new(&self.text[base..end]).line_char_of_offset(offset - base);
-        (l + 1, c)
+        let offset = offset.clamp(base, end.max(base));
+        let (l0, c0) = index.line_char_of_offset(base);
+        let (l, c) = index.line_char_of_offset(offset);
+        (l - l0 + 1, if l == l0 { c - c0 } else { c })
     }
 }
 
@@ -256,10 +257,11 @@ mod tests {
     #[test]
     fn candidate_positions_are_relative_to_the_candidate() {
         let d = Document::build(&proof_input("\n  𝔽x\n  bad")).unwrap();
+        let idx = LineIndex::new(&d.text);
         let off = d.text.find("bad").unwrap();
-        assert_eq!(d.local_position(off), (Region::Candidate, 3, 2));
+        assert_eq!(d.local_position(&idx, off), (Region::Candidate, 3, 2));
         let off = d.candidate_start + d.text[d.candidate_start..].find('x').unwrap();
-        assert_eq!(d.local_position(off), (Region::Candidate, 2, 3));
+        assert_eq!(d.local_position(&idx, off), (Region::Candidate, 2, 3));
     }
 
     #[test]

@@ -48,15 +48,10 @@ impl Verifier {
             let started = Instant::now();
             let doc = match Document::build(input) {
                 Ok(d) => d,
-                Err(BuildError::Invalid(reason)) => return self.invalid(&input.name, reason),
-                Err(BuildError::Gate(reason)) => {
-                    let mut r = self.invalid(&input.name, reason);
-                    r.verdict = Verdict::Rejected;
-                    return r;
-                }
+                Err(BuildError::Invalid(reason)) => return self.unchecked(&input.name, Verdict::InvalidInput, reason),
+                Err(BuildError::Gate(reason)) => return self.unchecked(&input.name, Verdict::Rejected, reason),
             };
-            let header_len = crate::lean::source::header_end(&doc.text);
-            let outcome = self.pool.check(&doc.header_key, &doc.text[..header_len], &doc.text).await;
+            let outcome = self.pool.check(&doc.header_key, &doc.text[..doc.header_end], &doc.text).await;
             let (verdict, reason, messages, axioms) = verdict::judge(&doc, &outcome);
             let lean_ms = outcome.as_ref().map_or(0, |c| c.elapsed.as_millis() as u64);
             tracing::info!(verdict = verdict.as_str(), "checked");
@@ -77,9 +72,14 @@ impl Verifier {
 
     /// The record for an input that could not be checked at all.
     pub fn invalid(&self, name: &str, reason: impl Into<String>) -> VerifyRecord {
+        self.unchecked(name, Verdict::InvalidInput, reason)
+    }
+
+    /// A verdict reached before Lean ran.
+    fn unchecked(&self, name: &str, verdict: Verdict, reason: impl Into<String>) -> VerifyRecord {
         VerifyRecord {
             name: name.to_string(),
-            verdict: Verdict::InvalidInput,
+            verdict,
             reason: reason.into(),
             messages: vec![],
             axioms: vec![],

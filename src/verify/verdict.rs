@@ -120,8 +120,8 @@ pub fn judge(doc: &Document, outcome: &Result<Checked, CheckFailure>) -> (Verdic
             severity::INFORMATION => Severity::Info,
             _ => Severity::Hint,
         };
-        let (region, sl, sc) = doc.local_position(start);
-        let (el, ec) = doc.position_in(region, end.max(start));
+        let (region, sl, sc) = doc.local_position(&index, start);
+        let (el, ec) = doc.position_in(&index, region, end.max(start));
         // Only the epilogue's own messages count as the trusted axiom report.
         if region == Region::Epilogue && sev == Severity::Info {
             if let Some((name, axioms)) = parse_axioms(d.text()) {
