@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use subgoal::lean::session::LeanServer;
 use subgoal::process::process_tree;
-use subgoal::verify::{Region, Verdict, Verifier};
+use subgoal::verify::{Region, Verdict, Verifier, VerifyInput, VerifyRecord};
 
 const AND_SWAP: &str = "theorem and_swap (p q : Prop) (h : And p q) : And q p :=";
 const SLOW: &str = "theorem slow : Eq (Nat.beq (Slow.spin 40 0) 0) false :=";
@@ -17,55 +17,68 @@ fn verifier(workers: usize, timeout_s: f64) -> Verifier {
     Verifier::start(pool_config(workers, timeout_s)).expect("start verifier")
 }
 
+/// Verifies one candidate with a fresh one-worker verifier.
+async fn check_one(input: VerifyInput) -> VerifyRecord {
+    let v = verifier(1, 60.0);
+    let r = v.verify(&input).await;
+    v.shutdown().await;
+    r
+}
+
+/// Waits until the pool's server has a file worker busy on a check; returns the server's pid and
+/// its file workers' pids.
+async fn busy_file_workers(v: &Verifier) -> Option<(u32, Vec<u32>)> {
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(&server) = v.pool().server_pids().first() {
+            if process_tree(server).len() >= 2 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Some((server, process_tree(server)[1..].to_vec()));
+            }
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn correct_term_proof_is_proved_with_no_axioms() {
-    let v = verifier(1, 60.0);
-    let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
+    let r = check_one(proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
     assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
     assert!(r.axioms.is_empty());
     assert!(r.lean_version.contains("4.35.0"));
-    v.shutdown().await;
 }
 
 #[tokio::test]
 async fn sorry_is_incomplete() {
-    let v = verifier(1, 60.0);
-    let r = v.verify(&proof("and_swap", AND_SWAP, " sorry")).await;
+    let r = check_one(proof("and_swap", AND_SWAP, " sorry")).await;
     assert_eq!(r.verdict, Verdict::Incomplete, "{r:?}");
     assert_eq!(r.axioms, vec!["sorryAx"]);
-    v.shutdown().await;
 }
 
 #[tokio::test]
 async fn sorry_in_a_nested_have_is_incomplete() {
-    let v = verifier(1, 60.0);
-    let r = v.verify(&proof("and_swap", AND_SWAP, "\n  have hq : q := sorry\n  And.intro hq h.left")).await;
+    let r = check_one(proof("and_swap", AND_SWAP, "\n  have hq : q := sorry\n  And.intro hq h.left")).await;
     assert_eq!(r.verdict, Verdict::Incomplete, "{r:?}");
-    v.shutdown().await;
 }
 
 #[tokio::test]
 async fn type_error_is_failed_with_the_error_in_candidate_coordinates() {
-    let v = verifier(1, 60.0);
-    let r = v.verify(&proof("and_swap", AND_SWAP, "\n  h")).await;
+    let r = check_one(proof("and_swap", AND_SWAP, "\n  h")).await;
     assert_eq!(r.verdict, Verdict::Failed, "{r:?}");
     let err = r.messages.iter().find(|m| m.region == Region::Candidate).expect("a candidate message");
     assert_eq!((err.start.line, err.start.column), (2, 2), "{err:?}");
-    v.shutdown().await;
 }
 
 #[tokio::test]
 async fn error_columns_after_non_bmp_characters_count_characters_not_utf16_units() {
     // `𝔽` is one character but two UTF-16 units; Lean's error spans `h 𝔽`, which on the wire is
     // UTF-16 columns 12..16 of the line, and in characters 11..14.
-    let v = verifier(1, 60.0);
-    let r = v.verify(&proof("and_swap", AND_SWAP, "\n  /- 𝔽 -/ (h 𝔽)")).await;
+    let r = check_one(proof("and_swap", AND_SWAP, "\n  /- 𝔽 -/ (h 𝔽)")).await;
     assert_eq!(r.verdict, Verdict::Failed, "{r:?}");
     let m = r.messages.iter().find(|m| m.region == Region::Candidate).expect("a candidate message");
     assert_eq!((m.start.line, m.start.column, m.end.line, m.end.column), (2, 11, 2, 14), "{m:?}");
     let line: Vec<char> = "  /- 𝔽 -/ (h 𝔽)".chars().collect();
     assert_eq!(line[m.start.column..m.end.column].iter().collect::<String>(), "h 𝔽");
-    v.shutdown().await;
 }
 
 #[tokio::test]
@@ -90,10 +103,8 @@ async fn standard_axioms_are_allowed() {
 
 #[tokio::test]
 async fn exit_before_the_trusted_epilogue_is_rejected() {
-    let v = verifier(1, 60.0);
-    let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left\n#exit")).await;
+    let r = check_one(proof("and_swap", AND_SWAP, " And.intro h.right h.left\n#exit")).await;
     assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
-    v.shutdown().await;
 }
 
 #[tokio::test]
@@ -117,22 +128,10 @@ async fn killed_worker_is_crashed_and_the_pool_recovers() {
         async move { v.verify(&proof("slow", SLOW, " rfl")).await }
     });
     // Wait until the file worker (a child of the server) is running the slow check, then kill it.
-    let mut killed = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(&server) = v.pool().server_pids().first() {
-            let tree = process_tree(server);
-            if tree.len() >= 2 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                for &p in &tree[1..] {
-                    unsafe { libc::kill(p as i32, libc::SIGKILL) };
-                }
-                killed = true;
-                break;
-            }
-        }
+    let (_, workers) = busy_file_workers(&v).await.expect("never saw a file worker to kill");
+    for p in workers {
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
     }
-    assert!(killed, "never saw a file worker to kill");
     let r = slow.await.unwrap();
     assert_eq!(r.verdict, Verdict::Crashed, "{r:?}");
     let r = v.verify(&proof("and_swap", AND_SWAP, " And.intro h.right h.left")).await;
@@ -227,21 +226,9 @@ async fn killed_server_leaves_no_orphaned_file_worker() {
         let v = v.clone();
         async move { v.verify(&proof("slow", SLOW, " rfl")).await }
     });
-    let mut workers = Vec::new();
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(&server) = v.pool().server_pids().first() {
-            let tree = process_tree(server);
-            if tree.len() >= 2 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                workers = process_tree(server)[1..].to_vec();
-                // Kill only the server: its file workers live in their own sessions.
-                unsafe { libc::kill(server as i32, libc::SIGKILL) };
-                break;
-            }
-        }
-    }
-    assert!(!workers.is_empty(), "never saw a file worker");
+    let (server, workers) = busy_file_workers(&v).await.expect("never saw a file worker");
+    // Kill only the server: its file workers live in their own sessions.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
     let r = slow.await.unwrap();
     assert_eq!(r.verdict, Verdict::Crashed, "{r:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
