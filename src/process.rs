@@ -3,7 +3,7 @@
 //! tree from `/proc` (to kill it or measure its memory).
 //!
 //! Invariant: every Lean child is started through `limit_command`, and every kill goes through
-//! `kill_tree`, which finds descendants before signalling anything (orphans would be lost).
+//! `kill_procs`, which signals a process only while its pid still names the same process.
 
 use std::collections::HashMap;
 

@@ -66,23 +66,6 @@ pub fn tokenize(src: &str) -> Vec<Token> {
     Lexer { src, pos: 0 }.run()
 }
 
-/// Byte ranges of all comments (line and nested block comments, doc comments included).
-pub fn comment_spans(src: &str) -> Vec<Range<usize>> {
-    let mut lx = Lexer { src, pos: 0 };
-    let mut spans = Vec::new();
-    while lx.pos < src.len() {
-        let start = lx.pos;
-        if lx.skip_comment() {
-            spans.push(start..lx.pos);
-        } else if lx.peek().is_some_and(char::is_whitespace) {
-            lx.bump();
-        } else {
-            lx.next_token();
-        }
-    }
-    spans
-}
-
 struct Lexer<'a> {
     src: &'a str,
     pos: usize,
@@ -342,7 +325,6 @@ mod tests {
     fn never_panics_on_unterminated_input() {
         for src in ["\"abc", "/- open", "'", "`", "«abc", "r#\"x", "#", "0x", "'\\"] {
             let _ = tokenize(src);
-            let _ = comment_spans(src);
         }
     }
 }

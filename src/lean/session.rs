@@ -257,7 +257,7 @@ impl LeanServer {
             let span = tracing::debug_span!("import_header", header = header_key);
             let header = self.check_version(header_key, header_text, import_timeout).instrument(span).await?;
             // A header Lean refuses (unknown module, …) is the answer for every document under it.
-            if self.killed || header.diagnostics.iter().any(|d| d.severity == Some(protocol::severity::ERROR)) {
+            if header.diagnostics.iter().any(|d| d.severity == Some(protocol::severity::ERROR)) {
                 self.kill();
                 return Ok(header);
             }
