@@ -6,5 +6,6 @@
 pub mod lean;
 pub mod lsp;
 pub mod process;
+pub mod sandbox;
 pub mod text;
 pub mod verify;

@@ -18,27 +18,67 @@ pub struct ProcessLimits {
     pub open_files: Option<u64>,
     /// RLIMIT_FSIZE, in MiB.
     pub file_size_mb: Option<u64>,
+    /// RLIMIT_NPROC: processes (threads included) of the user. The kernel does not apply it to
+    /// root, and it counts every process of the user, not only this tree.
+    pub processes: Option<u64>,
+}
+
+/// What a child does between fork and exec beyond rlimits (see `sandbox`).
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    pub net: Option<crate::sandbox::NetPlan>,
+    /// Landlock ruleset descriptor to enforce, or -1.
+    pub landlock_fd: i32,
 }
 
 /// Puts the child in a new session and applies `limits` between fork and exec.
 pub fn limit_command(cmd: &mut tokio::process::Command, limits: &ProcessLimits) {
+    limit_command_with(cmd, limits, ChildSetup { net: None, landlock_fd: -1 });
+}
+
+/// `limit_command`, then the sandbox steps of `setup`.
+pub fn limit_command_with(cmd: &mut tokio::process::Command, limits: &ProcessLimits, setup: ChildSetup) {
     let limits = limits.clone();
-    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // libc functions (setsid, setrlimit, prctl); it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec and only makes syscalls on data
+    // prepared before the fork; it allocates nothing.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Die with subgoal, so a killed run leaves no Lean server behind.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            set_limit(libc::RLIMIT_AS, limits.address_space_mb.map(|m| m * 1024 * 1024))?;
-            set_limit(libc::RLIMIT_CPU, limits.cpu_seconds)?;
-            set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
-            set_limit(libc::RLIMIT_FSIZE, limits.file_size_mb.map(|m| m * 1024 * 1024))?;
-            Ok(())
-        });
+        cmd.pre_exec(move || child_setup(&limits, &setup));
     }
+}
+
+/// The same for a blocking `std::process::Command` (probes).
+pub fn limit_std_command(cmd: &mut std::process::Command, limits: &ProcessLimits, setup: ChildSetup) {
+    use std::os::unix::process::CommandExt;
+    let limits = limits.clone();
+    // SAFETY: as in `limit_command_with`.
+    unsafe {
+        cmd.pre_exec(move || child_setup(&limits, &setup));
+    }
+}
+
+/// Runs in the child between fork and exec. Order matters: namespaces before the death signal
+/// (entering a user namespace clears it), Landlock last (it needs no_new_privs).
+fn child_setup(limits: &ProcessLimits, setup: &ChildSetup) -> std::io::Result<()> {
+    // SAFETY: async-signal-safe syscalls only.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    set_limit(libc::RLIMIT_AS, limits.address_space_mb.map(|m| m * 1024 * 1024))?;
+    set_limit(libc::RLIMIT_CPU, limits.cpu_seconds)?;
+    set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
+    set_limit(libc::RLIMIT_FSIZE, limits.file_size_mb.map(|m| m * 1024 * 1024))?;
+    set_limit(libc::RLIMIT_NPROC, limits.processes)?;
+    if let Some(net) = &setup.net {
+        net.enter()?;
+    }
+    // Die with subgoal, so a killed run leaves no Lean server behind.
+    // SAFETY: plain prctl.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    crate::sandbox::restrict_self(setup.landlock_fd)
 }
 
 fn set_limit(resource: libc::__rlimit_resource_t, value: Option<u64>) -> std::io::Result<()> {

@@ -34,6 +34,16 @@ impl<'a> LineIndex<'a> {
         end
     }
 
+    /// Byte offset of (0-based line, 0-based column in Unicode scalar values), as `lean --json`
+    /// reports positions; clamps like `offset_of_lsp`.
+    pub fn offset_of_line_char(&self, line: usize, col: usize) -> usize {
+        let Some(&start) = self.starts.get(line) else {
+            return self.text.len();
+        };
+        let end = self.starts.get(line + 1).map_or(self.text.len(), |&e| e);
+        self.text[start..end].char_indices().nth(col).map_or(end, |(i, _)| start + i)
+    }
+
     /// (0-based line, 0-based column in Unicode scalar values) of a byte offset.
     pub fn line_char_of_offset(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());

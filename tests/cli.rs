@@ -127,10 +127,10 @@ fn doctor_reports_version_and_which_libraries_import() {
 }
 
 #[test]
-fn lean_project_runs_lean_through_lake_env_in_the_project() {
-    // Lake is not installable here; this `lake` does what `lake env lean …` does for the
-    // test toolchain (and records its working directory), so the real command line and the
-    // real Lean server are exercised.
+fn lean_project_is_resolved_through_lake_env_to_its_lean_and_lean_path() {
+    // Lake is not installable here; this `lake` answers `lake env printenv VAR` the way Lake
+    // does for a project (and records its working directory), so discovery's real code runs and
+    // the real Lean server then starts from what it resolved.
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("proj");
     let bin = dir.path().join("bin");
@@ -139,12 +139,16 @@ fn lean_project_runs_lean_through_lake_env_in_the_project() {
     std::fs::write(project.join("lakefile.toml"), "name = \"p\"\n").unwrap();
     let lake = bin.join("lake");
     let lean = lean();
+    let sysroot = lean.parent().unwrap().parent().unwrap();
+    let lib = sysroot.join("lib/lean");
     std::fs::write(
         &lake,
         format!(
-            "#!/bin/sh\npwd > \"{}/lake-cwd\"\n[ \"$1\" = env ] || exit 3\nshift\nif [ \"$1\" = lean ]; then shift; exec \"{}\" \"$@\"; fi\nexec \"$@\"\n",
+            "#!/bin/sh\npwd > \"{}/lake-cwd\"\n[ \"$1\" = env ] || exit 3\n[ \"$2\" = printenv ] || exit 4\n\
+             case \"$3\" in LEAN_PATH) echo \"{}\";; LEAN_SYSROOT) echo \"{}\";; *) exit 1;; esac\n",
             dir.path().display(),
-            lean.display()
+            lib.display(),
+            sysroot.display()
         ),
     )
     .unwrap();
@@ -159,6 +163,7 @@ fn lean_project_runs_lean_through_lake_env_in_the_project() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["lean"]["kind"], "lake", "{r}");
+    assert_eq!(r["lean"]["lean_path"], lib.to_str().unwrap(), "{r}");
     assert!(r["version"].as_str().unwrap().contains("4.35.0"), "{r}");
     assert_eq!(r["imports"][0]["ok"], true, "{r}");
     let cwd = std::fs::read_to_string(dir.path().join("lake-cwd")).unwrap();

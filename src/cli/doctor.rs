@@ -29,6 +29,8 @@ struct Report {
     error: Option<String>,
     version: Option<String>,
     search_path: Vec<String>,
+    /// What the kernel lets the sandbox do on this machine.
+    sandbox: Option<subgoal::sandbox::Support>,
     imports: Vec<ImportCheck>,
 }
 
@@ -41,7 +43,8 @@ struct ImportCheck {
 }
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let mut report = Report { lean: None, error: None, version: None, search_path: vec![], imports: vec![] };
+    let mut report =
+        Report { lean: None, error: None, version: None, search_path: vec![], sandbox: None, imports: vec![] };
     match args.lean.install() {
         Err(e) => report.error = Some(format!("{e:#}")),
         Ok(install) => {
@@ -51,6 +54,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 Ok(v) => {
                     report.version = Some(v);
                     report.search_path = install.search_path().iter().map(|p| p.display().to_string()).collect();
+                    report.sandbox = Some(subgoal::sandbox::support(install.lean()));
                     let cfg = args.lean.pool_config(install, 1, 600.0, 1000, 0);
                     report.imports = check_imports(cfg, &args.imports).await;
                 }
@@ -69,6 +73,14 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
         for (i, p) in report.search_path.iter().enumerate() {
             println!("{} {p}", if i == 0 { "search path:" } else { "            " });
+        }
+        if let Some(s) = &report.sandbox {
+            let landlock = if s.landlock_abi > 0 {
+                format!("Landlock ABI {}", s.landlock_abi)
+            } else {
+                "no Landlock (Lean can read and write wherever you can)".into()
+            };
+            println!("sandbox:     {landlock}; network isolation: {}", serde_json::to_string(&s.net)?.trim_matches('"'));
         }
         for c in &report.imports {
             println!(

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use subgoal::lean::discovery::{LeanChoice, LeanInstall};
 use subgoal::lean::session::ServerConfig;
 use subgoal::process::ProcessLimits;
+use subgoal::sandbox::{SandboxMode, SandboxPolicy};
 use subgoal::verify::PoolConfig;
 
 #[derive(Parser, Debug)]
@@ -58,6 +59,28 @@ pub struct LeanArgs {
     /// Seconds allowed to load a new import header.
     #[arg(long, default_value_t = 600)]
     pub import_timeout: u64,
+    /// Sandbox for Lean processes: `auto` uses what the kernel offers (Landlock, network
+    /// namespace), `required` refuses to run without both, `off` keeps only the scratch
+    /// directory, scrubbed environment and rlimits.
+    #[arg(long, value_enum, default_value_t = SandboxArg::Auto)]
+    pub sandbox: SandboxArg,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxArg {
+    Auto,
+    Required,
+    Off,
+}
+
+impl From<SandboxArg> for SandboxMode {
+    fn from(a: SandboxArg) -> Self {
+        match a {
+            SandboxArg::Auto => SandboxMode::Auto,
+            SandboxArg::Required => SandboxMode::Required,
+            SandboxArg::Off => SandboxMode::Off,
+        }
+    }
 }
 
 impl LeanArgs {
@@ -76,6 +99,7 @@ impl LeanArgs {
                 open_files: Some(4096),
                 ..Default::default()
             },
+            sandbox: SandboxPolicy { mode: self.sandbox.into(), ..Default::default() },
             request_timeout: Duration::from_secs(120),
             import_timeout: Duration::from_secs(self.import_timeout),
         }

@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
 
-use subgoal::verify::{name_for_bad_line, parse_input_line, Verifier, VerifyInput, VerifyRecord};
+use subgoal::verify::{
+    name_for_bad_line, parse_input_line, GateConfig, Verifier, VerifyInput, VerifyOptions, VerifyRecord,
+};
 
 use super::LeanArgs;
 
@@ -41,6 +43,13 @@ pub struct VerifyArgs {
     /// Replace a Lean server whose resident memory exceeds this, MiB (0: never).
     #[arg(long, default_value_t = 0)]
     pub max_rss_mb: u64,
+    /// Skip the fresh-process re-check of each `proved` (for benchmarking the pool only:
+    /// records then say `"recheck": null`).
+    #[arg(long)]
+    pub no_recheck: bool,
+    /// Accept `native_decide` and the axioms of native evaluation (trusts Lean's compiler).
+    #[arg(long)]
+    pub allow_native_decide: bool,
     #[command(flatten)]
     pub lean: LeanArgs,
 }
@@ -56,7 +65,11 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = args.workers.unwrap_or(cores).max(1);
     let cfg = args.lean.pool_config(install, workers, args.timeout, args.recycle_after, args.max_rss_mb);
-    let verifier = Verifier::start(cfg).context("starting Lean")?;
+    let options = VerifyOptions {
+        gates: GateConfig { allow_native_decide: args.allow_native_decide },
+        recheck: !args.no_recheck,
+    };
+    let verifier = Verifier::start_with(cfg, options).context("starting Lean")?;
 
     let mut sink: Box<dyn Write> = match &args.out {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -90,15 +103,26 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     drop(results);
     sink.flush()?;
     let stats = verifier.stats();
+    let rechecks = verifier.recheck_stats();
     verifier.shutdown().await;
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     eprintln!(
-        "subgoal verify: {total} candidates: {} (lean servers started {}, timeouts {}, crashes {})",
+        "subgoal verify: {total} candidates: {} (lean servers started {}, timeouts {}, crashes {}; \
+         fresh re-checks {}, disagreements {})",
         summary.join(", "),
         stats.server_starts,
         stats.timeouts,
-        stats.crashes
+        stats.crashes,
+        rechecks.rechecks,
+        rechecks.disagreements
     );
+    if rechecks.disagreements > 0 {
+        eprintln!(
+            "subgoal verify: WARNING: {} candidates the Lean server accepted were refused by a fresh lean process \
+             (a bug or an attack; see records with \"rejected_by\": \"recheck\")",
+            rechecks.disagreements
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

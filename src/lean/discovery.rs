@@ -1,5 +1,7 @@
-//! Finding a Lean to run, and how to run it: a `lean` executable directly, or `lake env lean`
-//! inside a Lake project (where Mathlib lives on users' machines).
+//! Finding a Lean to run, and how to run it: a `lean` executable directly, or the `lean` and
+//! `LEAN_PATH` of a Lake project (where Mathlib lives on users' machines). A Lake project is
+//! resolved once, at discovery, by asking `lake env` for its `lean` and `LEAN_PATH`; Lean then
+//! runs directly, so `lake` never runs inside the sandbox and needs no write access there.
 //!
 //! Order: `--lean PATH`, `--lean-project DIR`, `$SUBGOAL_LEAN`, `lean` on `PATH`, and last the
 //! test toolchain of this checkout (`.toolchain/bin/lean`, installed by
@@ -42,8 +44,8 @@ pub enum LeanSource {
 pub enum LeanInstall {
     /// Run this executable. Libraries come from `<bin>/../lib/lean` and `LEAN_PATH`.
     Direct { lean: PathBuf, source: LeanSource },
-    /// Run `lake env lean …` in this project directory.
-    Lake { lake: PathBuf, project: PathBuf },
+    /// A Lake project's toolchain `lean`, with the project's `LEAN_PATH`.
+    Lake { lake: PathBuf, project: PathBuf, lean: PathBuf, lean_path: String },
 }
 
 /// What the user asked for on the command line.
@@ -74,16 +76,18 @@ impl LeanInstall {
         Err(DiscoveryError::NotFound)
     }
 
-    /// The command line that runs `lean` with `args`, and the directory to run it in (for a Lake
-    /// project, its root; otherwise `None`: the caller picks a scratch directory).
-    pub fn lean_command(&self, args: &[String]) -> (PathBuf, Vec<String>, Option<PathBuf>) {
+    /// The `lean` executable.
+    pub fn lean(&self) -> &Path {
         match self {
-            LeanInstall::Direct { lean, .. } => (lean.clone(), args.to_vec(), None),
-            LeanInstall::Lake { lake, project } => {
-                let mut a = vec!["env".to_string(), "lean".to_string()];
-                a.extend(args.iter().cloned());
-                (lake.clone(), a, Some(project.clone()))
-            }
+            LeanInstall::Direct { lean, .. } | LeanInstall::Lake { lean, .. } => lean,
+        }
+    }
+
+    /// Environment Lean needs beyond a scrubbed one (a Lake project's `LEAN_PATH`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            LeanInstall::Direct { .. } => vec![],
+            LeanInstall::Lake { lean_path, .. } => vec![("LEAN_PATH".into(), lean_path.clone())],
         }
     }
 
@@ -98,13 +102,7 @@ impl LeanInstall {
         let mut dirs = Vec::new();
         let lean_path = match self {
             LeanInstall::Direct { .. } => std::env::var("LEAN_PATH").ok(),
-            LeanInstall::Lake { lake, project } => std::process::Command::new(lake)
-                .args(["env", "printenv", "LEAN_PATH"])
-                .current_dir(project)
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            LeanInstall::Lake { lean_path, .. } => Some(lean_path.clone()),
         };
         if let Some(p) = lean_path {
             dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
@@ -119,12 +117,9 @@ impl LeanInstall {
     }
 
     fn run_sync(&self, args: &[String]) -> Result<String, DiscoveryError> {
-        let (prog, args, cwd) = self.lean_command(args);
-        let mut cmd = std::process::Command::new(&prog);
-        cmd.args(&args).stdin(Stdio::null());
-        if let Some(d) = cwd {
-            cmd.current_dir(d);
-        }
+        let prog = self.lean();
+        let mut cmd = std::process::Command::new(prog);
+        cmd.args(args).envs(self.env()).stdin(Stdio::null());
         let shown = format!("{} {}", prog.display(), args.join(" "));
         let out = cmd.output().map_err(|e| DiscoveryError::Failed { command: shown.clone(), detail: e.to_string() })?;
         if !out.status.success() {
@@ -167,7 +162,37 @@ fn lake_project(dir: &Path) -> Result<LeanInstall, DiscoveryError> {
         })
         .ok_or(DiscoveryError::Missing { what: "lake executable", path: PathBuf::from("lake") })?;
     let project = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    Ok(LeanInstall::Lake { lake, project })
+    let lean_path = lake_env(&lake, &project, "LEAN_PATH")?;
+    // Lake puts its toolchain's `bin` first on PATH; LEAN_SYSROOT names it directly where set.
+    let sysroot = lake_env(&lake, &project, "LEAN_SYSROOT").ok().filter(|s| !s.is_empty());
+    let lean = match sysroot {
+        Some(root) => PathBuf::from(root).join("bin/lean"),
+        None => {
+            let path = lake_env(&lake, &project, "PATH")?;
+            std::env::split_paths(&path).map(|d| d.join("lean")).find(|p| is_executable(p)).ok_or(
+                DiscoveryError::Missing { what: "lean executable (on `lake env` PATH)", path: PathBuf::from("lean") },
+            )?
+        }
+    };
+    if !is_executable(&lean) {
+        return Err(DiscoveryError::Missing { what: "lean executable of the Lake toolchain", path: lean });
+    }
+    Ok(LeanInstall::Lake { lake, project, lean, lean_path })
+}
+
+/// `lake env printenv VAR` in the project.
+fn lake_env(lake: &Path, project: &Path, var: &str) -> Result<String, DiscoveryError> {
+    let shown = format!("{} env printenv {var} (in {})", lake.display(), project.display());
+    let out = std::process::Command::new(lake)
+        .args(["env", "printenv", var])
+        .current_dir(project)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| DiscoveryError::Failed { command: shown.clone(), detail: e.to_string() })?;
+    if !out.status.success() {
+        return Err(DiscoveryError::Failed { command: shown, detail: String::from_utf8_lossy(&out.stderr).trim().into() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn which(name: &str) -> Option<PathBuf> {

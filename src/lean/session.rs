@@ -20,7 +20,8 @@ use tracing::Instrument;
 use super::discovery::LeanInstall;
 use super::protocol::{self, FileProgress, LeanDiagnostic, PlainGoal, PlainTermGoal, PublishDiagnostics};
 use crate::lsp::rpc::{Notification, RpcClient, RpcError};
-use crate::process::{kill_procs, limit_command, snapshot_tree, tree_rss_bytes, ProcId, ProcessLimits};
+use crate::process::{kill_procs, snapshot_tree, tree_rss_bytes, ProcId, ProcessLimits};
+use crate::sandbox::{Sandbox, SandboxError, SandboxPolicy};
 
 /// How to start each server.
 #[derive(Debug, Clone)]
@@ -33,10 +34,26 @@ pub struct ServerConfig {
     /// `LEAN_NUM_THREADS` for the server and its workers.
     pub threads: Option<usize>,
     pub limits: ProcessLimits,
+    /// The sandbox every server (and its file workers) runs in.
+    pub sandbox: SandboxPolicy,
     /// Limit for protocol round trips that are not checks (`initialize`, goal queries).
     pub request_timeout: Duration,
     /// Limit for loading a new import header (not charged to the candidate's own timeout).
     pub import_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The sandbox policy with the Lean toolchain added to what may be executed.
+    pub fn sandbox_policy(&self) -> SandboxPolicy {
+        let mut p = self.sandbox.clone();
+        p.exec_roots.extend(crate::sandbox::toolchain_root(self.install.lean()));
+        p
+    }
+
+    /// What this machine's kernel supports (probed once, with this Lean).
+    pub fn sandbox_support(&self) -> crate::sandbox::Support {
+        crate::sandbox::support(self.install.lean())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +62,8 @@ pub enum SessionError {
     Spawn { command: String, source: std::io::Error },
     #[error("the Lean server did not initialize: {0}")]
     Initialize(RpcError),
-    #[error("could not create a scratch directory: {0}")]
-    Scratch(std::io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("no document is open")]
     NoDocument,
     #[error(transparent)]
@@ -129,7 +146,8 @@ pub struct LeanServer {
     handled: watch::Receiver<u64>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     root: PathBuf,
-    _scratch: Option<tempfile::TempDir>,
+    /// Owns the scratch directory (removed when the server is dropped).
+    _sandbox: Sandbox,
     doc: Option<OpenDoc>,
     docs_opened: u64,
     killed: bool,
@@ -151,25 +169,16 @@ impl LeanServer {
         if let Some(m) = cfg.memory_mb {
             args.push(format!("--memory={m}"));
         }
-        let (prog, args, cwd) = cfg.install.lean_command(&args);
-        let (root, scratch) = match cwd {
-            Some(dir) => (dir, None),
-            None => {
-                let t = tempfile::Builder::new().prefix("subgoal-lean-").tempdir().map_err(SessionError::Scratch)?;
-                (t.path().to_path_buf(), Some(t))
-            }
-        };
+        let prog = cfg.install.lean().to_path_buf();
+        let sandbox = Sandbox::prepare(&cfg.sandbox_policy(), cfg.sandbox_support())?;
+        let root = sandbox.path().to_path_buf();
         let mut cmd = tokio::process::Command::new(&prog);
-        cmd.args(&args)
-            .current_dir(&root)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        sandbox.apply(&mut cmd, &cfg.limits);
+        cmd.envs(cfg.install.env());
         if let Some(t) = cfg.threads {
             cmd.env("LEAN_NUM_THREADS", t.to_string());
         }
-        limit_command(&mut cmd, &cfg.limits);
         let shown = format!("{} {}", prog.display(), args.join(" "));
         let mut child = cmd.spawn().map_err(|source| SessionError::Spawn { command: shown.clone(), source })?;
         let pid = child.id().unwrap_or(0);
@@ -203,7 +212,7 @@ impl LeanServer {
             handled,
             stderr_tail,
             root,
-            _scratch: scratch,
+            _sandbox: sandbox,
             doc: None,
             docs_opened: 0,
             killed: false,

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::lean::lexer::tokenize;
+use super::gates::{check_body, check_file, Gate, GateConfig};
+use crate::lean::lexer::{tokenize, Token};
 use crate::lean::source::{declared_theorems, header_end, normalize_header};
 use crate::text::LineIndex;
 
@@ -39,8 +40,8 @@ pub enum BuildError {
     #[error("{0}")]
     Invalid(String),
     /// The candidate was refused before Lean saw it (verdict `rejected`).
-    #[error("{0}")]
-    Gate(String),
+    #[error("{1}")]
+    Gate(Gate, String),
 }
 
 impl From<&str> for BuildError {
@@ -60,6 +61,8 @@ impl From<String> for BuildError {
 #[serde(rename_all = "snake_case")]
 pub enum Region {
     Header,
+    /// The trusted copy of the reference statement, elaborated before any candidate text.
+    Reference,
     Statement,
     Candidate,
     Epilogue,
@@ -75,11 +78,19 @@ pub struct Document {
     pub header_end: usize,
     /// Names whose axioms the trusted epilogue prints.
     pub theorems: Vec<String>,
+    /// The trusted reference axiom the epilogue compares the theorem with (statement gate).
+    pub reference: Option<String>,
     /// Byte ranges in `text`.
+    pub reference_start: usize,
     pub statement_start: usize,
     pub candidate_start: usize,
     pub candidate_end: usize,
     pub epilogue_start: usize,
+    /// (line, column) of the candidate region's start in the candidate's own text (non-zero when
+    /// the proof was cut out of a whole-file candidate).
+    pub candidate_origin: (usize, usize),
+    /// Gates this document is checked by (the re-check is added by the verifier).
+    pub gates: Vec<Gate>,
 }
 
 /// The theorem name a formal statement declares.
@@ -87,111 +98,187 @@ pub fn statement_name(formal_statement: &str) -> Option<String> {
     declared_theorems(formal_statement).into_iter().next()
 }
 
-/// Tokens of a statement up to (not including) its final `:=` or `:= by`; `None` when it does
-/// not end that way.
-fn statement_tokens(statement: &str) -> Option<Vec<&str>> {
-    let mut toks: Vec<&str> = tokenize(statement).iter().map(|t| t.text(statement)).collect();
-    if toks.last() == Some(&"by") {
-        toks.pop();
-    }
-    (toks.pop() == Some(":=")).then_some(toks)
+/// A reference statement cut at its tokens: everything up to its final `:=` (and `by`).
+struct Statement<'a> {
+    src: &'a str,
+    toks: Vec<Token>,
+    /// Index of the final `:=` token.
+    assign: usize,
 }
 
-/// Whether `code` contains the statement's tokens, contiguously, followed by `:=`.
-fn contains_statement(code: &str, statement: &str) -> bool {
-    let want = statement_tokens(statement).unwrap_or_default();
-    let have: Vec<&str> = tokenize(code).iter().map(|t| t.text(code)).collect();
-    !want.is_empty()
-        && have
-            .windows(want.len() + 1)
-            .any(|w| w[..want.len()].iter().zip(&want).all(|(a, b)| a == b) && w[want.len()] == ":=")
+impl<'a> Statement<'a> {
+    fn parse(src: &'a str) -> Option<Statement<'a>> {
+        let toks = tokenize(src);
+        let mut n = toks.len();
+        if n > 0 && toks[n - 1].text(src) == "by" {
+            n -= 1;
+        }
+        (n > 0 && toks[n - 1].text(src) == ":=").then(|| Statement { src, assign: n - 1, toks })
+    }
+
+    fn words(&self) -> impl Iterator<Item = &str> {
+        self.toks[..self.assign].iter().map(|t| t.text(self.src))
+    }
+
+    /// The statement through its `:=`, without a trailing `by`.
+    fn through_assign(&self) -> &'a str {
+        &self.src[..self.toks[self.assign].span.end]
+    }
+
+    /// `axiom NAME` + the statement's binders and type: the trusted reference.
+    fn reference_axiom(&self, name: &str) -> Option<String> {
+        let kw = self.toks.iter().position(|t| matches!(t.text(self.src), "theorem" | "lemma"))?;
+        let name_tok = self.toks.get(kw + 1)?;
+        let sig = &self.src[name_tok.span.end..self.toks[self.assign].span.start];
+        Some(format!("axiom {name}{}\n", sig.trim_end()))
+    }
+}
+
+/// Where the reference statement's tokens occur in `code`, followed by `:=`: (start byte of the
+/// statement, end byte of the `:=`).
+fn find_statement(code: &str, code_toks: &[Token], stmt: &Statement) -> Option<(usize, usize)> {
+    let want: Vec<&str> = stmt.words().collect();
+    if want.is_empty() {
+        return None;
+    }
+    let have: Vec<&str> = code_toks.iter().map(|t| t.text(code)).collect();
+    (0..have.len().saturating_sub(want.len()))
+        .find(|&i| have[i..i + want.len()] == want[..] && have[i + want.len()] == ":=")
+        .map(|i| (code_toks[i].span.start, code_toks[i + want.len()].span.end))
+}
+
+/// A fresh name for the reference axiom: a candidate cannot guess it.
+fn reference_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    format!("_subgoal_reference_{:016x}", h.finish())
+}
+
+fn shape(r: Result<(), String>) -> Result<(), BuildError> {
+    r.map_err(|e| BuildError::Gate(Gate::Shape, e))
 }
 
 impl Document {
-    /// Builds the document: header, statement, candidate, then a trusted `#print axioms` for
-    /// each theorem that must be proved. A missing epilogue answer is a failure, so a candidate
-    /// that stops elaboration early (`#exit`) cannot pass.
-    pub fn build(input: &VerifyInput) -> Result<Document, BuildError> {
+    /// Builds the document from trusted parts: the reference header, a trusted copy of the
+    /// reference statement (as an axiom, elaborated before any candidate text), the reference
+    /// statement with the candidate's proof, then a trusted epilogue that checks the theorem
+    /// against the reference and prints its axioms. A whole-file candidate contributes only its
+    /// proof, cut after its restatement of the reference statement. Refusals of the shape gate
+    /// and the statement's textual match happen here, before Lean runs.
+    pub fn build(input: &VerifyInput, cfg: &GateConfig) -> Result<Document, BuildError> {
         match (&input.proof, &input.code) {
             (Some(_), Some(_)) => Err("give either \"proof\" or \"code\", not both".into()),
             (None, None) => Err("missing \"proof\" or \"code\"".into()),
             (Some(proof), None) => {
-                let name = statement_name(&input.formal_statement)
-                    .ok_or("\"formal_statement\" declares no theorem (expected `theorem NAME …`)")?;
-                // The proof is appended to the statement: a statement that does not end at `:=`
-                // would let the candidate extend the theorem's type.
-                if statement_tokens(&input.formal_statement).is_none() {
-                    return Err("\"formal_statement\" must end with `:=` or `:= by`".into());
-                }
-                let mut text = input.header.clone();
-                if !text.is_empty() && !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                let statement_start = text.len();
-                text.push_str(&input.formal_statement);
-                let candidate_start = text.len();
-                text.push_str(proof);
-                let candidate_end = text.len();
-                let header_len = header_end(&input.header);
-                Ok(Self::finish(text, header_len, vec![name], statement_start, candidate_start, candidate_end))
+                let stmt = reference(input)?;
+                shape(check_body(proof, cfg))?;
+                Self::assemble(&input.header, &stmt, stmt.src, proof, (0, 0))
             }
+            (None, Some(code)) if input.formal_statement.trim().is_empty() => Self::whole_file(code, cfg),
             (None, Some(code)) => {
+                let stmt = reference(input)?;
                 let header_len = header_end(code);
-                let theorems = if input.formal_statement.trim().is_empty() {
-                    declared_theorems(code)
-                } else {
-                    let name = statement_name(&input.formal_statement)
-                        .ok_or("\"formal_statement\" declares no theorem (expected `theorem NAME …`)")?;
-                    // The candidate must keep the reference imports and state the theorem as
-                    // given (token for token, comments and layout aside).
-                    if !input.header.trim().is_empty()
-                        && normalize_header(&code[..header_len])
-                            != normalize_header(&input.header[..header_end(&input.header)])
-                    {
-                        return Err(BuildError::Gate(
-                            "statement gate: the candidate's imports differ from \"header\"".into(),
-                        ));
-                    }
-                    if !contains_statement(code, &input.formal_statement) {
-                        return Err(BuildError::Gate(format!(
-                            "statement gate: the candidate does not state `{name}` exactly as \"formal_statement\""
-                        )));
-                    }
-                    vec![name]
-                };
-                if theorems.is_empty() {
-                    return Err("the candidate declares no theorem".into());
+                let statement_gate = |m: String| BuildError::Gate(Gate::Statement, format!("statement gate: {m}"));
+                if !input.header.trim().is_empty()
+                    && normalize_header(&code[..header_len]) != normalize_header(&input.header[..header_end(&input.header)])
+                {
+                    return Err(statement_gate("the candidate's imports differ from \"header\"".into()));
                 }
-                let text = code.clone();
-                let end = text.len();
-                Ok(Self::finish(text, header_len, theorems, 0, 0, end))
+                let toks = tokenize(code);
+                let Some((at, assign_end)) = find_statement(code, &toks, &stmt) else {
+                    let name = statement_name(&input.formal_statement).unwrap_or_default();
+                    return Err(statement_gate(format!(
+                        "the candidate does not state `{name}` exactly as \"formal_statement\" (token for token)"
+                    )));
+                };
+                // Between the imports and the statement only `open`/allowed options may stand;
+                // they are discarded: the document is rebuilt from the reference header.
+                shape(check_body(&code[header_len..at], cfg))?;
+                let body = &code[assign_end..];
+                shape(check_body(body, cfg))?;
+                let index = LineIndex::new(code);
+                let origin = index.line_char_of_offset(assign_end);
+                // With no reference header, the candidate's own imports (and only those) stand.
+                let header = if input.header.trim().is_empty() { &code[..header_len] } else { input.header.as_str() };
+                Self::assemble(header, &stmt, stmt.through_assign(), body, origin)
             }
         }
     }
 
-    fn finish(
-        mut text: String,
-        header_end: usize,
-        theorems: Vec<String>,
-        statement_start: usize,
-        candidate_start: usize,
-        candidate_end: usize,
-    ) -> Document {
+    fn assemble(
+        header: &str,
+        stmt: &Statement,
+        statement: &str,
+        body: &str,
+        candidate_origin: (usize, usize),
+    ) -> Result<Document, BuildError> {
+        let name = statement_name(stmt.src).ok_or(NO_THEOREM)?;
+        let reference = reference_name();
+        let axiom = stmt.reference_axiom(&reference).ok_or(NO_THEOREM)?;
+        let mut text = header.to_string();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let reference_start = text.len();
+        text.push_str(&axiom);
+        let statement_start = text.len();
+        text.push_str(statement);
+        let candidate_start = text.len();
+        text.push_str(body);
+        let candidate_end = text.len();
+        text.push_str("\n\n");
+        let epilogue_start = text.len();
+        // The statement gate: the kernel must accept the theorem at the reference's type.
+        text.push_str(&format!("example : type_of% @{reference} := @{name}\n"));
+        text.push_str(&format!("#print axioms {name}\n"));
+        let header_end = header_end(header);
+        Ok(Document {
+            header_key: normalize_header(&header[..header_end]),
+            text,
+            header_end,
+            theorems: vec![name],
+            reference: Some(reference),
+            reference_start,
+            statement_start,
+            candidate_start,
+            candidate_end,
+            epilogue_start,
+            candidate_origin,
+            gates: vec![Gate::Shape, Gate::Statement, Gate::Axioms],
+        })
+    }
+
+    /// A file checked as written (no reference statement): the shape gate over everything after
+    /// its imports, and the axioms of every theorem it declares.
+    fn whole_file(code: &str, cfg: &GateConfig) -> Result<Document, BuildError> {
+        let header_len = header_end(code);
+        shape(check_file(&code[header_len..], cfg))?;
+        let theorems = declared_theorems(code);
+        if theorems.is_empty() {
+            return Err("the candidate declares no theorem".into());
+        }
+        let mut text = code.to_string();
+        let end = text.len();
         text.push_str("\n\n");
         let epilogue_start = text.len();
         for t in &theorems {
             text.push_str(&format!("#print axioms {t}\n"));
         }
-        Document {
-            header_key: normalize_header(&text[..header_end]),
+        Ok(Document {
+            header_key: normalize_header(&text[..header_len]),
             text,
-            header_end,
+            header_end: header_len,
             theorems,
-            statement_start,
-            candidate_start,
-            candidate_end,
+            reference: None,
+            reference_start: 0,
+            statement_start: 0,
+            candidate_start: 0,
+            candidate_end: end,
             epilogue_start,
-        }
+            candidate_origin: (0, 0),
+            gates: vec![Gate::Shape, Gate::Axioms],
+        })
     }
 
     pub fn region_of(&self, offset: usize) -> Region {
@@ -201,6 +288,8 @@ impl Document {
             Region::Candidate
         } else if offset >= self.statement_start {
             Region::Statement
+        } else if offset >= self.reference_start && self.reference.is_some() {
+            Region::Reference
         } else {
             Region::Header
         }
@@ -219,7 +308,8 @@ impl Document {
     /// (an end position past the region's end stays at its end).
     pub fn position_in(&self, index: &LineIndex, region: Region, offset: usize) -> (usize, usize) {
         let (base, end) = match region {
-            Region::Header => (0, self.statement_start),
+            Region::Header => (0, if self.reference.is_some() { self.reference_start } else { self.statement_start }),
+            Region::Reference => (self.reference_start, self.statement_start),
             Region::Statement => (self.statement_start, self.candidate_start),
             Region::Candidate => (self.candidate_start, self.candidate_end),
             Region::Epilogue => (self.epilogue_start, self.text.len()),
@@ -227,13 +317,33 @@ impl Document {
         let offset = offset.clamp(base, end.max(base));
         let (l0, c0) = index.line_char_of_offset(base);
         let (l, c) = index.line_char_of_offset(offset);
-        (l - l0 + 1, if l == l0 { c - c0 } else { c })
+        let (line, col) = (l - l0, if l == l0 { c - c0 } else { c });
+        if region == Region::Candidate {
+            let (ol, oc) = self.candidate_origin;
+            return (line + ol + 1, if line == 0 { col + oc } else { col });
+        }
+        (line + 1, col)
     }
+}
+
+const NO_THEOREM: &str = "\"formal_statement\" declares no theorem (expected `theorem NAME …`)";
+
+/// The request's reference statement, which must declare a theorem and end at `:=` (the proof
+/// is appended to it: a statement that does not end there would let the candidate extend the
+/// theorem's type).
+fn reference(input: &VerifyInput) -> Result<Statement<'_>, BuildError> {
+    statement_name(&input.formal_statement).ok_or(NO_THEOREM)?;
+    Statement::parse(&input.formal_statement)
+        .ok_or_else(|| "\"formal_statement\" must end with `:=` or `:= by`".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn build(i: &VerifyInput) -> Result<Document, BuildError> {
+        Document::build(i, &GateConfig::default())
+    }
 
     fn proof_input(proof: &str) -> VerifyInput {
         VerifyInput {
@@ -246,17 +356,23 @@ mod tests {
     }
 
     #[test]
-    fn proof_is_appended_after_statement_with_trusted_epilogue() {
-        let d = Document::build(&proof_input(" hp")).unwrap();
-        assert!(d.text.starts_with("prelude\nimport SubgoalFixture\ntheorem t"));
-        assert!(d.text.ends_with("\n\n#print axioms t\n"));
+    fn proof_follows_a_trusted_reference_and_statement_with_a_trusted_epilogue() {
+        let d = build(&proof_input(" hp")).unwrap();
+        let r = d.reference.clone().unwrap();
+        assert!(d.text.starts_with(&format!("prelude\nimport SubgoalFixture\naxiom {r} (p : Prop) (hp : p) : p\ntheorem t")));
+        assert!(d.text.ends_with(&format!("\n\nexample : type_of% @{r} := @t\n#print axioms t\n")), "{}", d.text);
         assert_eq!(&d.text[d.candidate_start..d.candidate_end], " hp");
         assert_eq!(d.header_key, "prelude import SubgoalFixture");
     }
 
     #[test]
+    fn reference_names_differ_between_documents() {
+        assert_ne!(build(&proof_input(" hp")).unwrap().reference, build(&proof_input(" hp")).unwrap().reference);
+    }
+
+    #[test]
     fn candidate_positions_are_relative_to_the_candidate() {
-        let d = Document::build(&proof_input("\n  𝔽x\n  bad")).unwrap();
+        let d = build(&proof_input("\n  𝔽x\n  bad")).unwrap();
         let idx = LineIndex::new(&d.text);
         let off = d.text.find("bad").unwrap();
         assert_eq!(d.local_position(&idx, off), (Region::Candidate, 3, 2));
@@ -273,15 +389,16 @@ mod tests {
             proof: None,
             code: Some("prelude\ntheorem a : x := y\ntheorem b : x := y".into()),
         };
-        let d = Document::build(&input).unwrap();
+        let d = build(&input).unwrap();
         assert_eq!(d.theorems, vec!["a", "b"]);
+        assert_eq!(d.gates, vec![Gate::Shape, Gate::Axioms]);
     }
 
     #[test]
     fn statement_not_ending_at_assign_is_refused() {
         let mut i = proof_input(" → p := fun h => h");
         i.formal_statement = "theorem t (p : Prop) : p".into();
-        assert!(Document::build(&i).unwrap_err().to_string().contains(":="));
+        assert!(build(&i).unwrap_err().to_string().contains(":="));
     }
 
     #[test]
@@ -289,17 +406,38 @@ mod tests {
         let mut i = proof_input("");
         i.proof = None;
         i.code = Some("prelude\nimport SubgoalFixture\ntheorem t : True := True.intro\n".into());
-        assert!(matches!(Document::build(&i), Err(BuildError::Gate(_))));
+        assert!(matches!(build(&i), Err(BuildError::Gate(Gate::Statement, _))));
         i.code = Some("prelude\nimport Other\ntheorem t (p : Prop) (hp : p) : p := hp\n".into());
-        assert!(Document::build(&i).unwrap_err().to_string().contains("imports differ"));
+        assert!(build(&i).unwrap_err().to_string().contains("imports differ"));
         i.code = Some("prelude\nimport SubgoalFixture\n-- layout and comments may differ\ntheorem t (p : Prop)\n    (hp : p) : p := hp\n".into());
-        assert!(Document::build(&i).is_ok());
+        assert!(build(&i).is_ok());
+    }
+
+    #[test]
+    fn code_contributes_only_its_proof_positioned_in_its_own_coordinates() {
+        let mut i = proof_input("");
+        i.proof = None;
+        i.code = Some("prelude\nimport SubgoalFixture\nopen Foo\ntheorem t (p : Prop) (hp : p) : p :=\n  bad".into());
+        let d = build(&i).unwrap();
+        assert_eq!(&d.text[d.candidate_start..d.candidate_end], "\n  bad");
+        assert!(!d.text.contains("open Foo"), "the candidate's preamble is not used");
+        let idx = LineIndex::new(&d.text);
+        let off = d.text.find("bad").unwrap();
+        assert_eq!(d.local_position(&idx, off), (Region::Candidate, 5, 2));
+    }
+
+    #[test]
+    fn code_with_a_helper_declaration_before_the_statement_is_refused() {
+        let mut i = proof_input("");
+        i.proof = None;
+        i.code = Some("prelude\nimport SubgoalFixture\naxiom cheat : False\ntheorem t (p : Prop) (hp : p) : p := hp".into());
+        assert!(matches!(build(&i), Err(BuildError::Gate(Gate::Shape, _))));
     }
 
     #[test]
     fn proof_and_code_together_is_refused() {
         let mut i = proof_input("hp");
         i.code = Some("x".into());
-        assert!(Document::build(&i).is_err());
+        assert!(build(&i).is_err());
     }
 }

@@ -1,32 +1,81 @@
 //! Verification: candidate proofs in, trusted verdicts out.
 //!
-//! `candidate` builds the Lean document, `pool` runs it through warm Lean servers, `verdict`
-//! judges what Lean said. `Verifier` ties them together and is the API the rest of subgoal uses.
+//! `gates` refuses candidates by their tokens, `candidate` builds the Lean document from trusted
+//! parts, `pool` runs it through warm Lean servers, `verdict` judges what Lean said, and
+//! `recheck` confirms each `proved` in a fresh process. `Verifier` ties them together and is the
+//! API the rest of subgoal uses.
 
 pub mod candidate;
+pub mod gates;
 pub mod pool;
+pub mod recheck;
 pub mod verdict;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tracing::Instrument;
 
 pub use candidate::{BuildError, Document, InputError, Region, VerifyInput};
+pub use gates::{Gate, GateConfig};
 pub use pool::{PoolConfig, PoolStats, WorkerPool};
-pub use verdict::{Message, Verdict, VerifyRecord, ALLOWED_AXIOMS};
+pub use verdict::{Message, RecheckResult, Verdict, VerifyRecord, ALLOWED_AXIOMS};
 
 use crate::lean::discovery::DiscoveryError;
+
+/// Policy beyond the pool: which gates apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyOptions {
+    pub gates: GateConfig,
+    /// Re-check every `proved` in a fresh `lean` process before reporting it (default on; off
+    /// only for benchmarking the pool).
+    pub recheck: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions { gates: GateConfig::default(), recheck: true }
+    }
+}
+
+/// Re-check counters over a verifier's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecheckStats {
+    pub rechecks: u64,
+    /// Server `proved` that the fresh process did not confirm: a bug or an attack.
+    pub disagreements: u64,
+}
 
 pub struct Verifier {
     pool: WorkerPool,
     lean_version: String,
+    options: VerifyOptions,
+    server: crate::lean::session::ServerConfig,
+    timeout: std::time::Duration,
+    /// Bounds concurrent re-check processes to the pool's size.
+    recheck_slots: tokio::sync::Semaphore,
+    rechecks: AtomicU64,
+    disagreements: AtomicU64,
 }
 
 impl Verifier {
-    /// Checks that Lean runs (`lean --version`) and starts the pool.
+    /// Checks that Lean runs (`lean --version`) and starts the pool, with every gate on.
     pub fn start(cfg: PoolConfig) -> Result<Verifier, DiscoveryError> {
+        Self::start_with(cfg, VerifyOptions::default())
+    }
+
+    pub fn start_with(cfg: PoolConfig, options: VerifyOptions) -> Result<Verifier, DiscoveryError> {
         let lean_version = cfg.server.install.version()?;
-        Ok(Verifier { pool: WorkerPool::start(cfg), lean_version })
+        Ok(Verifier {
+            server: cfg.server.clone(),
+            timeout: cfg.timeout,
+            recheck_slots: tokio::sync::Semaphore::new(cfg.workers.max(1)),
+            pool: WorkerPool::start(cfg),
+            lean_version,
+            options,
+            rechecks: AtomicU64::new(0),
+            disagreements: AtomicU64::new(0),
+        })
     }
 
     pub fn lean_version(&self) -> &str {
@@ -35,6 +84,13 @@ impl Verifier {
 
     pub fn stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    pub fn recheck_stats(&self) -> RecheckStats {
+        RecheckStats {
+            rechecks: self.rechecks.load(Ordering::Relaxed),
+            disagreements: self.disagreements.load(Ordering::Relaxed),
+        }
     }
 
     pub fn pool(&self) -> &WorkerPool {
@@ -46,28 +102,71 @@ impl Verifier {
         let span = tracing::info_span!("candidate", name = %input.name);
         async {
             let started = Instant::now();
-            let doc = match Document::build(input) {
+            let gates_cfg = self.options.gates;
+            let doc = match Document::build(input, &gates_cfg) {
                 Ok(d) => d,
                 Err(BuildError::Invalid(reason)) => return self.unchecked(&input.name, Verdict::InvalidInput, reason),
-                Err(BuildError::Gate(reason)) => return self.unchecked(&input.name, Verdict::Rejected, reason),
+                Err(BuildError::Gate(gate, reason)) => {
+                    let mut r = self.unchecked(&input.name, Verdict::Rejected, reason);
+                    r.rejected_by = Some(gate);
+                    r.gates = vec![gate];
+                    tracing::info!(verdict = "rejected", gate = gate.as_str(), "refused before Lean");
+                    return r;
+                }
             };
             let outcome = self.pool.check(&doc.header_key, &doc.text[..doc.header_end], &doc.text).await;
-            let (verdict, reason, messages, axioms) = verdict::judge(&doc, &outcome);
             let lean_ms = outcome.as_ref().map_or(0, |c| c.elapsed.as_millis() as u64);
-            tracing::info!(verdict = verdict.as_str(), "checked");
-            VerifyRecord {
+            let j = verdict::judge(&doc, outcome.map(|c| verdict::from_lsp(&doc, &c)), &gates_cfg);
+            let mut record = VerifyRecord {
                 name: input.name.clone(),
-                verdict,
-                reason,
-                messages,
-                axioms,
-                elapsed_ms: started.elapsed().as_millis() as u64,
+                verdict: j.verdict,
+                reason: j.reason,
+                rejected_by: j.rejected_by,
+                gates: doc.gates.clone(),
+                messages: j.messages,
+                axioms: j.axioms,
+                recheck: None,
+                elapsed_ms: 0,
                 lean_ms,
                 lean_version: self.lean_version.clone(),
+            };
+            if record.verdict == Verdict::Proved && self.options.recheck {
+                self.recheck(&doc, &mut record).await;
             }
+            record.elapsed_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(verdict = record.verdict.as_str(), "checked");
+            record
         }
         .instrument(span)
         .await
+    }
+
+    /// Confirms a server `proved` in a fresh process; on disagreement the fresh verdict wins.
+    async fn recheck(&self, doc: &Document, record: &mut VerifyRecord) {
+        let _slot = self.recheck_slots.acquire().await;
+        let started = Instant::now();
+        let outcome = recheck::run(&self.server, self.timeout, doc)
+            .instrument(tracing::info_span!("recheck"))
+            .await;
+        let j = verdict::judge(doc, outcome, &self.options.gates);
+        self.rechecks.fetch_add(1, Ordering::Relaxed);
+        let agreed = j.verdict == Verdict::Proved;
+        record.gates.push(Gate::Recheck);
+        record.recheck = Some(RecheckResult {
+            verdict: j.verdict,
+            reason: j.reason.clone(),
+            agreed,
+            lean_ms: started.elapsed().as_millis() as u64,
+        });
+        if !agreed {
+            self.disagreements.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(recheck = j.verdict.as_str(), reason = %j.reason, "fresh re-check disagrees with the server");
+            record.verdict = j.verdict;
+            record.reason = format!("recheck: the server said proved, a fresh lean process said {}: {}", j.verdict.as_str(), j.reason);
+            record.rejected_by = Some(Gate::Recheck);
+            record.messages = j.messages;
+            record.axioms = j.axioms;
+        }
     }
 
     /// The record for an input that could not be checked at all.
@@ -81,8 +180,11 @@ impl Verifier {
             name: name.to_string(),
             verdict,
             reason: reason.into(),
+            rejected_by: None,
+            gates: vec![],
             messages: vec![],
             axioms: vec![],
+            recheck: None,
             elapsed_ms: 0,
             lean_ms: 0,
             lean_version: self.lean_version.clone(),

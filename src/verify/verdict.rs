@@ -2,12 +2,14 @@
 //! about a document into a verdict.
 //!
 //! Invariant: only `judge` produces `Verdict::Proved`, and only when Lean finished, reported no
-//! error and no `sorry`, and the trusted epilogue's `#print axioms` for every required theorem
-//! was found and lists only allowed axioms.
+//! error and no `sorry`, the trusted epilogue's statement check passed, and its `#print axioms`
+//! for every required theorem was found and lists only allowed axioms. `Verifier` exports a
+//! `proved` only after a fresh process judged the same document `proved` too.
 
 use serde::{Deserialize, Serialize};
 
 use super::candidate::{Document, Region};
+use super::gates::{Gate, GateConfig};
 use crate::lean::protocol::severity;
 use crate::lean::session::{CheckFailure, Checked};
 use crate::text::LineIndex;
@@ -85,9 +87,15 @@ pub struct VerifyRecord {
     pub name: String,
     pub verdict: Verdict,
     pub reason: String,
+    /// The gate that refused the candidate (verdict `rejected`, or a re-check that disagreed).
+    pub rejected_by: Option<Gate>,
+    /// Gates the candidate was checked by, in order.
+    pub gates: Vec<Gate>,
     pub messages: Vec<Message>,
     /// Axioms of the checked theorem(s), from the trusted epilogue; empty when it did not run.
     pub axioms: Vec<String>,
+    /// The fresh-process re-check of a `proved` from the server; null when none ran.
+    pub recheck: Option<RecheckResult>,
     /// Wall time from submission to verdict, queueing and header import included.
     pub elapsed_ms: u64,
     /// Wall time Lean took for the candidate itself (from the edit to its diagnostics).
@@ -95,82 +103,165 @@ pub struct VerifyRecord {
     pub lean_version: String,
 }
 
-/// Turns a finished or failed check into a verdict.
-pub fn judge(doc: &Document, outcome: &Result<Checked, CheckFailure>) -> (Verdict, String, Vec<Message>, Vec<String>) {
-    let checked = match outcome {
+/// What the fresh `lean` process said about a document the server proved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecheckResult {
+    pub verdict: Verdict,
+    pub reason: String,
+    /// Whether it agreed with the server (verdict `proved` too).
+    pub agreed: bool,
+    pub lean_ms: u64,
+}
+
+/// A Lean message located in the document (byte offsets), from either the server or `lean --json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawMessage {
+    pub severity: Severity,
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+}
+
+/// Converts the server's diagnostics (UTF-16 LSP positions) into document offsets, dropping
+/// silent ones.
+pub fn from_lsp(doc: &Document, checked: &Checked) -> Vec<RawMessage> {
+    let index = LineIndex::new(&doc.text);
+    checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_silent != Some(true))
+        .map(|d| {
+            let r = d.semantic_range();
+            RawMessage {
+                severity: match d.severity.unwrap_or(severity::ERROR) {
+                    severity::ERROR => Severity::Error,
+                    severity::WARNING => Severity::Warning,
+                    severity::INFORMATION => Severity::Info,
+                    _ => Severity::Hint,
+                },
+                start: index.offset_of_lsp(r.start.line, r.start.character),
+                end: index.offset_of_lsp(r.end.line, r.end.character),
+                text: d.text().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// What `judge` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub reason: String,
+    pub rejected_by: Option<Gate>,
+    pub messages: Vec<Message>,
+    pub axioms: Vec<String>,
+}
+
+impl Judgement {
+    fn new(verdict: Verdict, reason: impl Into<String>) -> Judgement {
+        Judgement { verdict, reason: reason.into(), rejected_by: None, messages: vec![], axioms: vec![] }
+    }
+}
+
+/// Whether an axiom may appear in a proof: Lean's standard three, plus with
+/// `allow_native_decide` those of native evaluation.
+pub fn axiom_allowed(name: &str, cfg: &GateConfig) -> bool {
+    ALLOWED_AXIOMS.contains(&name)
+        || cfg.allow_native_decide
+            && (matches!(name, "Lean.ofReduceBool" | "Lean.ofReduceNat" | "Lean.trustCompiler") || name.contains("._native."))
+}
+
+/// Turns what Lean said about a document (or that it did not finish) into a verdict.
+pub fn judge(doc: &Document, outcome: Result<Vec<RawMessage>, CheckFailure>, cfg: &GateConfig) -> Judgement {
+    let raw = match outcome {
         Err(CheckFailure::Timeout(t)) => {
-            return (Verdict::Timeout, format!("Lean did not finish within {:.1} s", t.as_secs_f64()), vec![], vec![])
+            return Judgement::new(Verdict::Timeout, format!("Lean did not finish within {:.1} s", t.as_secs_f64()))
         }
-        Err(CheckFailure::Crashed(d)) => return (Verdict::Crashed, format!("Lean crashed: {d}"), vec![], vec![]),
-        Ok(c) => c,
+        Err(CheckFailure::Crashed(d)) => return Judgement::new(Verdict::Crashed, format!("Lean crashed: {d}")),
+        Ok(raw) => raw,
     };
     let index = LineIndex::new(&doc.text);
     let mut messages = Vec::new();
     let mut axioms_found: Vec<Option<Vec<String>>> = vec![None; doc.theorems.len()];
-    for d in &checked.diagnostics {
-        if d.is_silent == Some(true) {
-            continue;
-        }
-        let r = d.semantic_range();
-        let start = index.offset_of_lsp(r.start.line, r.start.character);
-        let end = index.offset_of_lsp(r.end.line, r.end.character);
-        let sev = match d.severity.unwrap_or(severity::ERROR) {
-            severity::ERROR => Severity::Error,
-            severity::WARNING => Severity::Warning,
-            severity::INFORMATION => Severity::Info,
-            _ => Severity::Hint,
-        };
-        let (region, sl, sc) = doc.local_position(&index, start);
-        let (el, ec) = doc.position_in(&index, region, end.max(start));
+    for m in raw {
+        let (region, sl, sc) = doc.local_position(&index, m.start);
+        let (el, ec) = doc.position_in(&index, region, m.end.max(m.start));
         // Only the epilogue's own messages count as the trusted axiom report.
-        if region == Region::Epilogue && sev == Severity::Info {
-            if let Some((name, axioms)) = parse_axioms(d.text()) {
+        if region == Region::Epilogue && m.severity == Severity::Info {
+            if let Some((name, axioms)) = parse_axioms(&m.text) {
                 if let Some(i) = doc.theorems.iter().position(|t| same_name(t, &name)) {
                     axioms_found[i] = Some(axioms);
                 }
             }
         }
         messages.push(Message {
-            severity: sev,
+            severity: m.severity,
             region,
             start: Pos { line: sl, column: sc },
             end: Pos { line: el, column: ec },
-            text: d.text().to_string(),
+            text: m.text,
         });
     }
     let mut axioms: Vec<String> = axioms_found.iter().flatten().flatten().cloned().collect();
     axioms.sort();
     axioms.dedup();
+    let done = |verdict, reason: String, gate: Option<Gate>, messages, axioms| Judgement {
+        verdict,
+        reason,
+        rejected_by: gate,
+        messages,
+        axioms,
+    };
 
-    if let Some(e) = messages.iter().find(|m| m.severity == Severity::Error) {
-        return (Verdict::Failed, format!("Lean error: {}", first_line(&e.text)), messages, axioms);
+    let error_in = |pred: &dyn Fn(Region) -> bool| {
+        messages.iter().find(|m| m.severity == Severity::Error && pred(m.region)).map(|m| first_line(&m.text).to_string())
+    };
+    if let Some(e) = error_in(&|r| r == Region::Header) {
+        return done(Verdict::Failed, format!("Lean error in the header: {e}"), None, messages, axioms);
+    }
+    if let Some(e) = error_in(&|r| r == Region::Reference) {
+        return done(
+            Verdict::InvalidInput,
+            format!("the reference statement does not elaborate: {e}"),
+            None,
+            messages,
+            axioms,
+        );
+    }
+    if let Some(e) = error_in(&|r| r != Region::Epilogue) {
+        return done(Verdict::Failed, format!("Lean error: {e}"), None, messages, axioms);
     }
     let sorry_warning = messages.iter().any(|m| m.severity == Severity::Warning && is_sorry_warning(&m.text));
     if sorry_warning || axioms.iter().any(|a| a == "sorryAx") {
-        return (Verdict::Incomplete, "the proof uses sorry".into(), messages, axioms);
+        return done(Verdict::Incomplete, "the proof uses sorry".into(), None, messages, axioms);
+    }
+    if let Some(e) = error_in(&|r| r == Region::Epilogue) {
+        return done(
+            Verdict::Rejected,
+            format!("statement gate: the proved theorem does not have the reference statement's type: {e}"),
+            Some(Gate::Statement),
+            messages,
+            axioms,
+        );
     }
     if let Some(i) = axioms_found.iter().position(Option::is_none) {
-        return (
+        return done(
             Verdict::Rejected,
             format!(
                 "axioms gate: the trusted `#print axioms {}` produced no answer (elaboration stopped early, e.g. #exit)",
                 doc.theorems[i]
             ),
+            Some(Gate::Axioms),
             messages,
             axioms,
         );
     }
-    let bad: Vec<&String> = axioms.iter().filter(|a| !ALLOWED_AXIOMS.contains(&a.as_str())).collect();
+    let bad: Vec<&str> = axioms.iter().map(String::as_str).filter(|a| !axiom_allowed(a, cfg)).collect();
     if !bad.is_empty() {
-        let bad: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
-        return (
-            Verdict::Rejected,
-            format!("axioms gate: depends on disallowed axioms [{}]", bad.join(", ")),
-            messages,
-            axioms,
-        );
+        let reason = format!("axioms gate: depends on disallowed axioms [{}]", bad.join(", "));
+        return done(Verdict::Rejected, reason, Some(Gate::Axioms), messages, axioms);
     }
-    (Verdict::Proved, String::new(), messages, axioms)
+    done(Verdict::Proved, String::new(), None, messages, axioms)
 }
 
 /// Lean's `declaration uses 'sorry'` warning; 4.35 quotes it with backticks instead.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use subgoal::lean::discovery::{test_toolchain_lean, LeanInstall, LeanSource};
 use subgoal::lean::session::ServerConfig;
 use subgoal::process::ProcessLimits;
+use subgoal::sandbox::{SandboxMode, SandboxPolicy};
 use subgoal::verify::{PoolConfig, VerifyInput};
 
 pub const HEADER: &str = "prelude\nimport SubgoalFixture\n";
@@ -25,6 +26,8 @@ pub fn server_config() -> ServerConfig {
         memory_mb: Some(4096),
         threads: Some(1),
         limits: ProcessLimits { address_space_mb: Some(16384), open_files: Some(1024), ..Default::default() },
+        // Tests run with the sandbox the machine offers; CI machines offer Landlock and namespaces.
+        sandbox: SandboxPolicy { mode: SandboxMode::Required, ..Default::default() },
         request_timeout: Duration::from_secs(60),
         import_timeout: Duration::from_secs(120),
     }
