@@ -165,8 +165,56 @@ pub fn kill_tree(pid: u32) {
 
 /// Resident memory of the whole tree, in bytes.
 pub fn tree_rss_bytes(pid: u32) -> u64 {
-    process_tree(pid)
-        .iter()
+    rss_of(&process_tree(pid))
+}
+
+/// Why `watch_tree` gave up on a process tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeAlarm {
+    /// Resident memory of the tree passed the limit (bytes seen, limit in MiB).
+    OverMemory { bytes: u64, limit_mb: u64 },
+    /// The tree had no process below its root for the whole grace period (a Lean server whose
+    /// file worker died: Lean may never answer for that document).
+    NoChild,
+}
+
+impl std::fmt::Display for TreeAlarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TreeAlarm::OverMemory { bytes, limit_mb } => {
+                write!(f, "resident memory {} MiB passed the limit of {limit_mb} MiB", bytes / (1024 * 1024))
+            }
+            TreeAlarm::NoChild => write!(f, "the file worker exited without an answer"),
+        }
+    }
+}
+
+/// Polls a process tree until its resident memory passes `rss_limit_mb`, or (with
+/// `child_grace`) until it has had no child for that long. Never resolves otherwise: race it
+/// against the work it guards. The poll costs one `/proc` scan every 250 ms.
+pub async fn watch_tree(pid: u32, rss_limit_mb: Option<u64>, child_grace: Option<std::time::Duration>) -> TreeAlarm {
+    let tick = std::time::Duration::from_millis(250);
+    let mut childless = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(tick).await;
+        let tree = process_tree(pid);
+        if let Some(limit_mb) = rss_limit_mb {
+            let bytes = rss_of(&tree);
+            if bytes > limit_mb * 1024 * 1024 {
+                return TreeAlarm::OverMemory { bytes, limit_mb };
+            }
+        }
+        if let Some(grace) = child_grace {
+            childless = if tree.len() < 2 { childless + tick } else { std::time::Duration::ZERO };
+            if childless >= grace {
+                return TreeAlarm::NoChild;
+            }
+        }
+    }
+}
+
+fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/statm")).ok())
         .filter_map(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
         .map(|pages| pages * 4096)
@@ -194,6 +242,16 @@ mod tests {
             let state = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
             assert!(state.is_empty() || state.contains(") Z"), "{p} still alive: {state}");
         }
+    }
+
+    #[tokio::test]
+    async fn watch_tree_reports_a_tree_over_its_memory_limit() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg("sleep 30");
+        let mut child = cmd.spawn().unwrap();
+        let alarm = watch_tree(child.id().unwrap(), Some(0), None).await;
+        assert!(matches!(alarm, TreeAlarm::OverMemory { limit_mb: 0, .. }), "{alarm:?}");
+        let _ = child.kill().await;
     }
 
     #[tokio::test]

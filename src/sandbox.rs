@@ -87,7 +87,8 @@ const SCOPE_SIGNAL: u64 = 1 << 1;
 const RULE_PATH_BENEATH: libc::c_int = 1;
 const CREATE_RULESET_VERSION: u32 = 1 << 0;
 /// Rights that may be granted on a regular file (the others only make sense on directories).
-const FILE_RIGHTS: u64 = ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_READ_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV;
+const FILE_RIGHTS: u64 =
+    ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_READ_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV;
 
 #[repr(C)]
 struct RulesetAttr {
@@ -116,9 +117,18 @@ fn fs_rights(abi: u32) -> u64 {
 fn landlock_abi() -> u32 {
     // SAFETY: the version query takes no pointers.
     let v = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<RulesetAttr>(), 0usize, CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
     };
-    if v < 0 { 0 } else { v as u32 }
+    if v < 0 {
+        0
+    } else {
+        v as u32
+    }
 }
 
 /// Probes the kernel once per process: Landlock's ABI, and which network isolation a child can
@@ -287,8 +297,12 @@ impl Ruleset {
 }
 
 /// Dynamic loaders: `execve` of a dynamically linked program opens its interpreter for execution.
-const LOADERS: [&str; 4] =
-    ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"];
+const LOADERS: [&str; 4] = [
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux-x86-64.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+];
 
 /// Environment variables a sandboxed Lean keeps from subgoal's own environment.
 const KEPT_ENV: [&str; 4] = ["LEAN_PATH", "LEAN_SRC_PATH", "LEAN_SYSROOT", "LD_LIBRARY_PATH"];
@@ -352,10 +366,8 @@ impl Sandbox {
         for (k, v) in self.env() {
             cmd.env(k, v);
         }
-        let setup = ChildSetup {
-            net: self.net.clone(),
-            landlock_fd: self.ruleset.as_ref().map_or(-1, |r| r.fd.as_raw_fd()),
-        };
+        let setup =
+            ChildSetup { net: self.net.clone(), landlock_fd: self.ruleset.as_ref().map_or(-1, |r| r.fd.as_raw_fd()) };
         limit_command_with(cmd, limits, setup);
     }
 
@@ -365,10 +377,8 @@ impl Sandbox {
         for (k, v) in self.env() {
             cmd.env(k, v);
         }
-        let setup = ChildSetup {
-            net: self.net.clone(),
-            landlock_fd: self.ruleset.as_ref().map_or(-1, |r| r.fd.as_raw_fd()),
-        };
+        let setup =
+            ChildSetup { net: self.net.clone(), landlock_fd: self.ruleset.as_ref().map_or(-1, |r| r.fd.as_raw_fd()) };
         crate::process::limit_std_command(cmd, limits, setup);
     }
 

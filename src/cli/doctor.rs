@@ -80,7 +80,10 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             } else {
                 "no Landlock (Lean can read and write wherever you can)".into()
             };
-            println!("sandbox:     {landlock}; network isolation: {}", serde_json::to_string(&s.net)?.trim_matches('"'));
+            println!(
+                "sandbox:     {landlock}; network isolation: {}",
+                serde_json::to_string(&s.net)?.trim_matches('"')
+            );
         }
         for c in &report.imports {
             println!(

@@ -56,6 +56,10 @@ pub struct LeanArgs {
     /// OS address-space limit per Lean process, MiB (0: none). Mathlib maps several GiB of .olean files.
     #[arg(long, default_value_t = 32768)]
     pub address_space_mb: u64,
+    /// Stop a check when its Lean processes hold more resident memory than this, MiB
+    /// (default: 80% of physical memory shared among the workers; 0: never).
+    #[arg(long, value_name = "MIB")]
+    pub kill_rss_mb: Option<u64>,
     /// Seconds allowed to load a new import header.
     #[arg(long, default_value_t = 600)]
     pub import_timeout: u64,
@@ -88,7 +92,7 @@ impl LeanArgs {
         Ok(LeanInstall::discover(&LeanChoice { lean: self.lean.clone(), lean_project: self.lean_project.clone() })?)
     }
 
-    pub fn server_config(&self, install: LeanInstall, threads: usize) -> ServerConfig {
+    pub fn server_config(&self, install: LeanInstall, threads: usize, workers: usize) -> ServerConfig {
         ServerConfig {
             install,
             max_heartbeats: Some(self.max_heartbeats),
@@ -100,6 +104,11 @@ impl LeanArgs {
                 ..Default::default()
             },
             sandbox: SandboxPolicy { mode: self.sandbox.into(), ..Default::default() },
+            kill_rss_mb: match self.kill_rss_mb {
+                Some(0) => None,
+                Some(mb) => Some(mb),
+                None => physical_memory_mb().map(|m| (m * 4 / 5 / workers.max(1) as u64).max(1024)),
+            },
             request_timeout: Duration::from_secs(120),
             import_timeout: Duration::from_secs(self.import_timeout),
         }
@@ -115,13 +124,20 @@ impl LeanArgs {
     ) -> PoolConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         PoolConfig {
-            server: self.server_config(install, cores / workers.max(1)),
+            server: self.server_config(install, cores / workers.max(1), workers),
             workers,
             timeout: Duration::from_secs_f64(timeout),
             recycle_after,
             max_rss_mb: (max_rss_mb > 0).then_some(max_rss_mb),
         }
     }
+}
+
+/// Total physical memory from `/proc/meminfo`, MiB.
+fn physical_memory_mb() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 /// Clap parser for a duration flag in seconds: finite and positive.

@@ -68,6 +68,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let options = VerifyOptions {
         gates: GateConfig { allow_native_decide: args.allow_native_decide },
         recheck: !args.no_recheck,
+        recheck_timeout: None,
     };
     let verifier = Verifier::start_with(cfg, options).context("starting Lean")?;
 

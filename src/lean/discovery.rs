@@ -190,7 +190,10 @@ fn lake_env(lake: &Path, project: &Path, var: &str) -> Result<String, DiscoveryE
         .output()
         .map_err(|e| DiscoveryError::Failed { command: shown.clone(), detail: e.to_string() })?;
     if !out.status.success() {
-        return Err(DiscoveryError::Failed { command: shown, detail: String::from_utf8_lossy(&out.stderr).trim().into() });
+        return Err(DiscoveryError::Failed {
+            command: shown,
+            detail: String::from_utf8_lossy(&out.stderr).trim().into(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

@@ -205,7 +205,7 @@ impl<'a> Lexer<'a> {
             return false;
         }
         self.bump();
-        let close: String = std::iter::once('"').chain(std::iter::repeat('#').take(hashes)).collect();
+        let close: String = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
         match self.rest().find(&close) {
             Some(i) => self.pos += i + close.len(),
             None => self.pos = self.src.len(),
@@ -228,11 +228,9 @@ impl<'a> Lexer<'a> {
                     }
                 }
             }
-            Some(c) if c != '\'' && c != '\n' => {
-                if self.peek() == Some('\'') {
-                    self.bump();
-                    return true;
-                }
+            Some(c) if c != '\'' && c != '\n' && self.peek() == Some('\'') => {
+                self.bump();
+                return true;
             }
             _ => {}
         }

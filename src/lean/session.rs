@@ -20,7 +20,10 @@ use tracing::Instrument;
 use super::discovery::LeanInstall;
 use super::protocol::{self, FileProgress, LeanDiagnostic, PlainGoal, PlainTermGoal, PublishDiagnostics};
 use crate::lsp::rpc::{Notification, RpcClient, RpcError};
-use crate::process::{kill_procs, snapshot_tree, tree_rss_bytes, ProcId, ProcessLimits};
+use crate::process::{kill_procs, snapshot_tree, tree_rss_bytes, watch_tree, ProcId, ProcessLimits};
+
+/// How long a server may be without a file worker during a check before it counts as crashed.
+const WORKER_GRACE: Duration = Duration::from_secs(3);
 use crate::sandbox::{Sandbox, SandboxError, SandboxPolicy};
 
 /// How to start each server.
@@ -36,6 +39,10 @@ pub struct ServerConfig {
     pub limits: ProcessLimits,
     /// The sandbox every server (and its file workers) runs in.
     pub sandbox: SandboxPolicy,
+    /// Resident memory (server and file workers, MiB) above which a check is stopped and the
+    /// server killed: the bound that holds where an address-space limit cannot (Lean reserves
+    /// far more address space than it uses, and GMP allocates outside `--memory`).
+    pub kill_rss_mb: Option<u64>,
     /// Limit for protocol round trips that are not checks (`initialize`, goal queries).
     pub request_timeout: Duration,
     /// Limit for loading a new import header (not charged to the candidate's own timeout).
@@ -156,6 +163,7 @@ pub struct LeanServer {
     known_tree: Vec<ProcId>,
     request_timeout: Duration,
     import_timeout: Duration,
+    kill_rss_mb: Option<u64>,
     /// Candidates checked since start.
     pub checks: u64,
 }
@@ -219,6 +227,7 @@ impl LeanServer {
             known_tree: Vec::new(),
             request_timeout: cfg.request_timeout,
             import_timeout: cfg.import_timeout,
+            kill_rss_mb: cfg.kill_rss_mb,
             checks: 0,
         };
         let root_uri = file_uri(&server.root);
@@ -286,11 +295,17 @@ impl LeanServer {
             Ok(uv) => uv,
             Err(e) => return Err(self.crashed(e.to_string())),
         };
-        let reply = self
+        let request = self
             .rpc
             .request(protocol::WAIT_FOR_DIAGNOSTICS, protocol::wait_for_diagnostics_params(&uri, version), timeout)
-            .instrument(tracing::debug_span!("lean_request", method = protocol::WAIT_FOR_DIAGNOSTICS, version))
-            .await;
+            .instrument(tracing::debug_span!("lean_request", method = protocol::WAIT_FOR_DIAGNOSTICS, version));
+        // Lean may never answer for a document whose file worker died before reporting, and a
+        // worker may outgrow memory long before its deadline: watch the tree meanwhile.
+        let watch = watch_tree(self.pid, self.kill_rss_mb, Some(WORKER_GRACE));
+        let reply = tokio::select! {
+            r = request => r,
+            alarm = watch => return Err(self.crashed(alarm.to_string())),
+        };
         match reply {
             Ok(_) => {}
             Err(RpcError::Timeout { .. }) => {

@@ -181,7 +181,8 @@ impl Document {
                 let header_len = header_end(code);
                 let statement_gate = |m: String| BuildError::Gate(Gate::Statement, format!("statement gate: {m}"));
                 if !input.header.trim().is_empty()
-                    && normalize_header(&code[..header_len]) != normalize_header(&input.header[..header_end(&input.header)])
+                    && normalize_header(&code[..header_len])
+                        != normalize_header(&input.header[..header_end(&input.header)])
                 {
                     return Err(statement_gate("the candidate's imports differ from \"header\"".into()));
                 }
@@ -333,8 +334,7 @@ const NO_THEOREM: &str = "\"formal_statement\" declares no theorem (expected `th
 /// theorem's type).
 fn reference(input: &VerifyInput) -> Result<Statement<'_>, BuildError> {
     statement_name(&input.formal_statement).ok_or(NO_THEOREM)?;
-    Statement::parse(&input.formal_statement)
-        .ok_or_else(|| "\"formal_statement\" must end with `:=` or `:= by`".into())
+    Statement::parse(&input.formal_statement).ok_or_else(|| "\"formal_statement\" must end with `:=` or `:= by`".into())
 }
 
 #[cfg(test)]
@@ -359,7 +359,9 @@ mod tests {
     fn proof_follows_a_trusted_reference_and_statement_with_a_trusted_epilogue() {
         let d = build(&proof_input(" hp")).unwrap();
         let r = d.reference.clone().unwrap();
-        assert!(d.text.starts_with(&format!("prelude\nimport SubgoalFixture\naxiom {r} (p : Prop) (hp : p) : p\ntheorem t")));
+        assert!(d
+            .text
+            .starts_with(&format!("prelude\nimport SubgoalFixture\naxiom {r} (p : Prop) (hp : p) : p\ntheorem t")));
         assert!(d.text.ends_with(&format!("\n\nexample : type_of% @{r} := @t\n#print axioms t\n")), "{}", d.text);
         assert_eq!(&d.text[d.candidate_start..d.candidate_end], " hp");
         assert_eq!(d.header_key, "prelude import SubgoalFixture");
@@ -430,7 +432,8 @@ mod tests {
     fn code_with_a_helper_declaration_before_the_statement_is_refused() {
         let mut i = proof_input("");
         i.proof = None;
-        i.code = Some("prelude\nimport SubgoalFixture\naxiom cheat : False\ntheorem t (p : Prop) (hp : p) : p := hp".into());
+        i.code =
+            Some("prelude\nimport SubgoalFixture\naxiom cheat : False\ntheorem t (p : Prop) (hp : p) : p := hp".into());
         assert!(matches!(build(&i), Err(BuildError::Gate(Gate::Shape, _))));
     }
 

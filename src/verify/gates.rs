@@ -50,18 +50,82 @@ pub struct GateConfig {
 /// Command keywords and meta-level constructs a proof never needs.
 const REFUSED_WORDS: &[&str] = &[
     // declarations and scopes
-    "axiom", "axioms", "theorem", "lemma", "def", "definition", "example", "instance", "structure",
-    "inductive", "coinductive", "class", "abbrev", "opaque", "namespace", "section", "end", "universe",
-    "universes", "variable", "variables", "attribute", "mutual", "private", "protected", "noncomputable",
-    "unsafe", "partial", "import", "export", "deriving", "omit", "include", "local", "scoped", "alias",
-    "irreducible_def", "add_decl_doc",
+    "axiom",
+    "axioms",
+    "theorem",
+    "lemma",
+    "def",
+    "definition",
+    "example",
+    "instance",
+    "structure",
+    "inductive",
+    "coinductive",
+    "class",
+    "abbrev",
+    "opaque",
+    "namespace",
+    "section",
+    "end",
+    "universe",
+    "universes",
+    "variable",
+    "variables",
+    "attribute",
+    "mutual",
+    "private",
+    "protected",
+    "noncomputable",
+    "unsafe",
+    "partial",
+    "import",
+    "export",
+    "deriving",
+    "omit",
+    "include",
+    "local",
+    "scoped",
+    "alias",
+    "irreducible_def",
+    "add_decl_doc",
     // code run during elaboration, new syntax, compiler hooks
-    "initialize", "builtin_initialize", "elab", "elab_rules", "macro", "macro_rules", "syntax", "notation",
-    "notation3", "infix", "infixl", "infixr", "prefix", "postfix", "declare_syntax_cat", "run_cmd",
-    "run_elab", "run_meta", "run_tac", "by_elab", "simproc", "simproc_decl", "dsimproc", "dsimproc_decl",
-    "register_simp_attr", "register_option", "declare_config_elab", "implemented_by", "extern",
+    "initialize",
+    "builtin_initialize",
+    "elab",
+    "elab_rules",
+    "macro",
+    "macro_rules",
+    "syntax",
+    "notation",
+    "notation3",
+    "infix",
+    "infixl",
+    "infixr",
+    "prefix",
+    "postfix",
+    "declare_syntax_cat",
+    "run_cmd",
+    "run_elab",
+    "run_meta",
+    "run_tac",
+    "by_elab",
+    "simproc",
+    "simproc_decl",
+    "dsimproc",
+    "dsimproc_decl",
+    "register_simp_attr",
+    "register_option",
+    "declare_config_elab",
+    "implemented_by",
+    "extern",
     // search tactics that may close a goal without a proof term
-    "hint", "says", "library_search", "suggest", "observe", "polyrith", "rw_search",
+    "hint",
+    "says",
+    "library_search",
+    "suggest",
+    "observe",
+    "polyrith",
+    "rw_search",
 ];
 
 /// Declaration keywords a whole-file candidate (no reference statement) may use.
@@ -69,8 +133,18 @@ const FILE_DECLARATIONS: &[&str] = &["theorem", "lemma", "example"];
 
 /// Namespaces of the metaprogramming and compiler API.
 const REFUSED_PREFIXES: &[&str] = &[
-    "Lean.Elab", "Lean.Meta", "Lean.Parser", "Lean.Environment", "Lean.Kernel", "Lean.Compiler", "Lean.IR",
-    "Lean.Syntax", "Lean.Macro", "Lean.addDecl", "Elab.", "Meta.",
+    "Lean.Elab",
+    "Lean.Meta",
+    "Lean.Parser",
+    "Lean.Environment",
+    "Lean.Kernel",
+    "Lean.Compiler",
+    "Lean.IR",
+    "Lean.Syntax",
+    "Lean.Macro",
+    "Lean.addDecl",
+    "Elab.",
+    "Meta.",
 ];
 
 /// Last name components that reach the compiled evaluator from a proof.
@@ -122,7 +196,9 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
         let text = t.text(src);
         match t.kind {
             TokenKind::HashCommand => return refuse(t, "is a command; a candidate may only supply a proof"),
-            TokenKind::Symbol if text == "@[" => return refuse(t, "starts an attribute; a candidate may only supply a proof"),
+            TokenKind::Symbol if text == "@[" => {
+                return refuse(t, "starts an attribute; a candidate may only supply a proof")
+            }
             TokenKind::Symbol if text == "`" => return refuse(t, "starts a syntax quotation (metaprogramming)"),
             TokenKind::Ident => {
                 if text == "set_option" {
@@ -153,7 +229,8 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                 }
                 if text.ends_with('!') {
                     if let Some(next) = toks.get(i + 1) {
-                        if next.kind == TokenKind::Str && next.span.start == t.span.end && next.text(src).contains('{') {
+                        if next.kind == TokenKind::Str && next.span.start == t.span.end && next.text(src).contains('{')
+                        {
                             return refuse(t, "interpolates code inside a string literal");
                         }
                     }
@@ -180,7 +257,8 @@ mod tests {
 
     #[test]
     fn gate_words_in_comments_and_names_are_code_free() {
-        body("  -- no sorry here, no axiom, no #eval\n  /- set_option debug.skipKernelTC true -/ axiom_free_bound h").unwrap();
+        body("  -- no sorry here, no axiom, no #eval\n  /- set_option debug.skipKernelTC true -/ axiom_free_bound h")
+            .unwrap();
         body(" fun h_unsafe macro_step => h_unsafe").unwrap();
     }
 

@@ -30,11 +30,13 @@ pub struct VerifyOptions {
     /// Re-check every `proved` in a fresh `lean` process before reporting it (default on; off
     /// only for benchmarking the pool).
     pub recheck: bool,
+    /// Wall-clock limit of one re-check (default: the pool's per-candidate timeout).
+    pub recheck_timeout: Option<std::time::Duration>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { gates: GateConfig::default(), recheck: true }
+        VerifyOptions { gates: GateConfig::default(), recheck: true, recheck_timeout: None }
     }
 }
 
@@ -51,6 +53,7 @@ pub struct Verifier {
     lean_version: String,
     options: VerifyOptions,
     server: crate::lean::session::ServerConfig,
+    /// Wall-clock limit of one re-check.
     timeout: std::time::Duration,
     /// Bounds concurrent re-check processes to the pool's size.
     recheck_slots: tokio::sync::Semaphore,
@@ -68,7 +71,7 @@ impl Verifier {
         let lean_version = cfg.server.install.version()?;
         Ok(Verifier {
             server: cfg.server.clone(),
-            timeout: cfg.timeout,
+            timeout: options.recheck_timeout.unwrap_or(cfg.timeout),
             recheck_slots: tokio::sync::Semaphore::new(cfg.workers.max(1)),
             pool: WorkerPool::start(cfg),
             lean_version,
@@ -145,9 +148,7 @@ impl Verifier {
     async fn recheck(&self, doc: &Document, record: &mut VerifyRecord) {
         let _slot = self.recheck_slots.acquire().await;
         let started = Instant::now();
-        let outcome = recheck::run(&self.server, self.timeout, doc)
-            .instrument(tracing::info_span!("recheck"))
-            .await;
+        let outcome = recheck::run(&self.server, self.timeout, doc).instrument(tracing::info_span!("recheck")).await;
         let j = verdict::judge(doc, outcome, &self.options.gates);
         self.rechecks.fetch_add(1, Ordering::Relaxed);
         let agreed = j.verdict == Verdict::Proved;
@@ -162,7 +163,11 @@ impl Verifier {
             self.disagreements.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(recheck = j.verdict.as_str(), reason = %j.reason, "fresh re-check disagrees with the server");
             record.verdict = j.verdict;
-            record.reason = format!("recheck: the server said proved, a fresh lean process said {}: {}", j.verdict.as_str(), j.reason);
+            record.reason = format!(
+                "recheck: the server said proved, a fresh lean process said {}: {}",
+                j.verdict.as_str(),
+                j.reason
+            );
             record.rejected_by = Some(Gate::Recheck);
             record.messages = j.messages;
             record.axioms = j.axioms;

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use super::candidate::Document;
 use super::verdict::{RawMessage, Severity};
 use crate::lean::session::{CheckFailure, ServerConfig};
-use crate::process::kill_tree;
+use crate::process::{kill_tree, watch_tree};
 use crate::sandbox::Sandbox;
 use crate::text::LineIndex;
 
@@ -54,15 +54,23 @@ pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Resul
         let status = child.wait().await;
         (o, e, status)
     };
-    let (stdout, stderr, status) = match tokio::time::timeout(timeout, io).await {
-        Ok(r) => r,
-        Err(_) => {
+    let watch = watch_tree(pid, cfg.kill_rss_mb, None);
+    let (stdout, stderr, status) = tokio::select! {
+        r = tokio::time::timeout(timeout, io) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                kill_tree(pid);
+                return Err(CheckFailure::Timeout(timeout));
+            }
+        },
+        alarm = watch => {
             kill_tree(pid);
-            return Err(CheckFailure::Timeout(timeout));
+            return Err(crashed(alarm.to_string()));
         }
     };
     let stderr = String::from_utf8_lossy(&stderr);
-    let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+    let tail: String =
+        stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
     let status = status.map_err(|e| crashed(e.to_string()))?;
     // Lean exits 1 when it reported errors; anything else that is not success is a crash.
     if !matches!(status.code(), Some(0 | 1)) {

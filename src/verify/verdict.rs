@@ -168,7 +168,8 @@ impl Judgement {
 pub fn axiom_allowed(name: &str, cfg: &GateConfig) -> bool {
     ALLOWED_AXIOMS.contains(&name)
         || cfg.allow_native_decide
-            && (matches!(name, "Lean.ofReduceBool" | "Lean.ofReduceNat" | "Lean.trustCompiler") || name.contains("._native."))
+            && (matches!(name, "Lean.ofReduceBool" | "Lean.ofReduceNat" | "Lean.trustCompiler")
+                || name.contains("._native."))
 }
 
 /// Turns what Lean said about a document (or that it did not finish) into a verdict.
@@ -214,7 +215,10 @@ pub fn judge(doc: &Document, outcome: Result<Vec<RawMessage>, CheckFailure>, cfg
     };
 
     let error_in = |pred: &dyn Fn(Region) -> bool| {
-        messages.iter().find(|m| m.severity == Severity::Error && pred(m.region)).map(|m| first_line(&m.text).to_string())
+        messages
+            .iter()
+            .find(|m| m.severity == Severity::Error && pred(m.region))
+            .map(|m| first_line(&m.text).to_string())
     };
     if let Some(e) = error_in(&|r| r == Region::Header) {
         return done(Verdict::Failed, format!("Lean error in the header: {e}"), None, messages, axioms);

@@ -28,6 +28,7 @@ pub fn server_config() -> ServerConfig {
         limits: ProcessLimits { address_space_mb: Some(16384), open_files: Some(1024), ..Default::default() },
         // Tests run with the sandbox the machine offers; CI machines offer Landlock and namespaces.
         sandbox: SandboxPolicy { mode: SandboxMode::Required, ..Default::default() },
+        kill_rss_mb: Some(6144),
         request_timeout: Duration::from_secs(60),
         import_timeout: Duration::from_secs(120),
     }
