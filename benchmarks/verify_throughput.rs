@@ -14,7 +14,7 @@ use serde_json::json;
 use subgoal::lean::discovery::{test_toolchain_lean, LeanInstall, LeanSource};
 use subgoal::lean::session::ServerConfig;
 use subgoal::process::ProcessLimits;
-use subgoal::sandbox::SandboxPolicy;
+use subgoal::sandbox::{SandboxMode, SandboxPolicy};
 use subgoal::verify::{Document, GateConfig, PoolConfig, Verdict, Verifier, VerifyInput, VerifyOptions};
 
 const HEAVY_MODULE: &str = "SubgoalBenchHeavy";
@@ -93,6 +93,22 @@ fn main() {
         (total, first_ms, warm, overhead)
     });
 
+    // (d) As (a) with the sandbox off (scratch directory, environment and rlimits only): what
+    // Landlock and the network namespace cost a warm check.
+    let unsandboxed_total = rt.block_on(async {
+        let mut off = cfg.clone();
+        off.server.sandbox.mode = SandboxMode::Off;
+        let v = Verifier::start_with(off, VerifyOptions { recheck: false, ..Default::default() }).unwrap();
+        assert_eq!(v.verify(&inputs[0]).await.verdict, Verdict::Proved);
+        let t = Instant::now();
+        for input in &inputs[1..] {
+            assert_eq!(v.verify(input).await.verdict, Verdict::Proved);
+        }
+        let total = t.elapsed().as_secs_f64();
+        v.shutdown().await;
+        total
+    });
+
     // (c) The default: warm pool plus a fresh re-check of every `proved` (all of them here).
     let rechecked_total = rt.block_on(async {
         let v = Verifier::start(cfg).unwrap();
@@ -145,6 +161,7 @@ fn main() {
         "warm_pool": {"candidates_per_s": round(warm_rate), "mean_ms": round(mean(&warm_ms)), "p50_ms": round(pct(&warm_ms, 0.5)), "max_ms": round(pct(&warm_ms, 1.0))},
         "cold_process": {"candidates_per_s": round(cold_rate), "mean_ms": round(mean(&cold)), "p50_ms": round(pct(&cold, 0.5)), "max_ms": round(pct(&cold, 1.0))},
         "warm_over_cold": round(warm_rate / cold_rate),
+        "warm_without_sandbox": {"candidates_per_s": round(m / unsandboxed_total), "sandbox_cost_ratio": round(warm_total / unsandboxed_total)},
         "warm_with_recheck": {"candidates_per_s": round(m / rechecked_total), "recheck_cost_ratio": round(rechecked_total / warm_total)},
         "overhead_beyond_lean_ms": {"mean": round(mean(&overhead_ms)), "p50": round(pct(&overhead_ms, 0.5)), "max": round(pct(&overhead_ms, 1.0))},
         "goals": {"warm_over_cold_at_least": 20, "overhead_ms_at_most": 5},

@@ -2,8 +2,9 @@
 //! tree can be killed), resource limits, a death signal tied to subgoal, and reading the process
 //! tree from `/proc` (to kill it or measure its memory).
 //!
-//! Invariant: every Lean child is started through `limit_command`, and every kill goes through
-//! `kill_procs`, which signals a process only while its pid still names the same process.
+//! Invariant: every Lean child is started through `limit_command_with` (via `sandbox::Sandbox`),
+//! and every kill goes through `kill_procs`, which signals a process only while its pid still
+//! names the same process.
 
 use std::collections::HashMap;
 
