@@ -128,6 +128,10 @@ const REFUSED_WORDS: &[&str] = &[
     "rw_search",
 ];
 
+/// Term elaborators written `name%` that a proof may use; any other `name%` is refused (such
+/// elaborators run code of their own at elaboration time).
+const ALLOWED_PERCENT: &[&str] = &["type_of", "ensure_type_of", "ensure_expected_type"];
+
 /// Declaration keywords a whole-file candidate (no reference statement) may use.
 const FILE_DECLARATIONS: &[&str] = &["theorem", "lemma", "example"];
 
@@ -227,6 +231,11 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                 if !cfg.allow_native_decide && NATIVE_NAMES.contains(&last) {
                     return refuse(t, "trusts the compiled evaluator (pass --allow-native-decide to accept it)");
                 }
+                if let Some(next) = toks.get(i + 1) {
+                    if next.span.start == t.span.end && next.text(src) == "%" && !ALLOWED_PERCENT.contains(&text) {
+                        return refuse(t, "is an elaborator that runs at elaboration time (`name%`)");
+                    }
+                }
                 if text.ends_with('!') {
                     if let Some(next) = toks.get(i + 1) {
                         if next.kind == TokenKind::Str && next.span.start == t.span.end && next.text(src).contains('{')
@@ -295,6 +304,8 @@ mod tests {
         assert!(body(" by run_tac do pure ()").is_err());
         assert!(body(" (by_elab pure default)").is_err());
         assert!(body(" Lean.Meta.mkSorry").is_err());
+        assert!(body(" (eval% 1)").is_err());
+        body(" (show type_of% h from h)").unwrap();
         assert!(body(" s!\"{evil}\"").is_err());
         body(" \"{not code}\"").unwrap();
     }
