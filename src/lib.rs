@@ -5,6 +5,7 @@
 
 pub mod lean;
 pub mod lsp;
+pub mod model;
 pub mod process;
 pub mod sandbox;
 pub mod text;

@@ -1,0 +1,613 @@
+//! The Llama-family decoder the prover models ship in: Llama (DeepSeek-Prover-V1.5/V2-7B),
+//! Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMS norms), from GGUF (quantized
+//! weights, `QMatMul`) or Hugging Face safetensors (dense weights).
+//!
+//! Written here rather than taken from candle-transformers because the KV cache must be ours:
+//! pass@k decodes `n` samples of one prompt as one batch after a single prefill, which needs the
+//! cache copied across the batch after prefill and rows dropped as samples finish.
+//!
+//! RoPE: llama.cpp stores Llama's q/k weights permuted for interleaved rotation (`rope_i`);
+//! Qwen GGUFs and all safetensors use the half-split rotation (`rope`).
+
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    Linear { factor: f64 },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: f64 },
+    Yarn { factor: f64, original_max: f64, beta_fast: f64, beta_slow: f64, attention_factor: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub arch: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+    pub rms_eps: f64,
+    pub rope_theta: f64,
+    pub rope_interleaved: bool,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_positions: usize,
+    pub vocab: usize,
+}
+
+/// A projection: quantized (GGUF) or dense (safetensors), with an optional bias.
+enum Linear {
+    Quantized(QMatMul, Option<Tensor>),
+    Dense(candle_nn::Linear),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Quantized(w, b) => {
+                let y = w.forward(x)?;
+                match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Dense(l) => l.forward(x),
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of every layer, `(batch, kv_heads, positions, head_dim)` each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { layers: vec![None; layers] }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies a batch-1 cache (after a prefill) into `n` rows.
+    pub fn expand(&mut self, n: usize) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let (_, h, t, d) = k.dims4()?;
+            *k = k.broadcast_as((n, h, t, d))?.contiguous()?;
+            *v = v.broadcast_as((n, h, t, d))?.contiguous()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps only the rows in `keep` (samples still running), in that order.
+    pub fn retain(&mut self, keep: &[u32]) -> Result<()> {
+        let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else { return Ok(()) };
+        let idx = Tensor::new(keep, &dev)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Model {
+    pub cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+/// Inverse frequencies of the rotary embedding, with the configured scaling, and the factor
+/// cos/sin are multiplied by (YaRN's attention factor, else 1).
+fn inv_freq(cfg: &Config) -> (Vec<f64>, f64) {
+    let d = cfg.head_dim as f64;
+    let base: Vec<f64> = (0..cfg.head_dim / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d)).collect();
+    match &cfg.rope_scaling {
+        None => (base, 1.0),
+        Some(RopeScaling::Linear { factor }) => (base.iter().map(|f| f / factor).collect(), 1.0),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max }) => {
+            let low_wavelen = original_max / low_freq_factor;
+            let high_wavelen = original_max / high_freq_factor;
+            let f = base
+                .iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (original_max / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect();
+            (f, 1.0)
+        }
+        Some(RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, attention_factor }) => {
+            let dim = cfg.head_dim as f64;
+            let correction = |rotations: f64| {
+                dim * (original_max / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * cfg.rope_theta.ln())
+            };
+            let low = correction(*beta_fast).floor().max(0.0);
+            let high = correction(*beta_slow).ceil().min(dim - 1.0);
+            let span = if (high - low).abs() < 1e-3 { 1e-3 } else { high - low };
+            let f = base
+                .iter()
+                .enumerate()
+                .map(|(i, &extrapolated)| {
+                    let ramp = ((i as f64 - low) / span).clamp(0.0, 1.0);
+                    let keep = 1.0 - ramp;
+                    extrapolated / factor * (1.0 - keep) + extrapolated * keep
+                })
+                .collect();
+            (f, *attention_factor)
+        }
+    }
+}
+
+fn rope_tables(cfg: &Config, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let (freqs, scale) = inv_freq(cfg);
+    // Enough positions for any prompt and completion the model was trained for, bounded so a
+    // huge advertised context does not cost memory up front.
+    let n = cfg.max_positions.clamp(1, 1 << 17);
+    let half = freqs.len();
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for f in &freqs {
+            let a = p as f64 * f;
+            cos.push((a.cos() * scale) as f32);
+            sin.push((a.sin() * scale) as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
+    ))
+}
+
+impl Layer {
+    fn attention(
+        &self,
+        cfg: &Config,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
+        let split = |y: Tensor, heads: usize| y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
+        let mut q = split(self.q.forward(x)?, h)?;
+        let mut k = split(self.k.forward(x)?, kvh)?;
+        let v = split(self.v.forward(x)?, kvh)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = candle_nn::ops::rms_norm(&q, qn, cfg.rms_eps as f32)?;
+            k = candle_nn::ops::rms_norm(&k, kn, cfg.rms_eps as f32)?;
+        }
+        let rope = if cfg.rope_interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let total = k.dim(2)?;
+        let rep = h / kvh;
+        let expand = |y: Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(y);
+            }
+            y.unsqueeze(2)?.broadcast_as((b, kvh, rep, total, d))?.reshape((b, h, total, d))
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v.contiguous()?)?;
+        self.o.forward(&y.transpose(1, 2)?.reshape((b, t, h * d))?)
+    }
+
+    fn forward(
+        &self,
+        cfg: &Config,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let eps = cfg.rms_eps as f32;
+        let h = candle_nn::ops::rms_norm(x, &self.attn_norm, eps)?;
+        let x = (x + self.attention(cfg, &h, cos, sin, mask, cache)?)?;
+        let h = candle_nn::ops::rms_norm(&x, &self.ffn_norm, eps)?;
+        let ffn = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;
+        x + ffn
+    }
+}
+
+impl Model {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs `ids` (`(batch, t)`, every row at the same positions `pos..pos + t`) through the model,
+    /// extending `cache`; returns the next-token logits of each row, `(batch, vocab)`, in f32.
+    pub fn forward(&self, ids: &Tensor, pos: usize, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if pos + t > self.cos.dim(0)? {
+            candle_core::bail!("position {} is past the model's context of {}", pos + t, self.cos.dim(0)?);
+        }
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden))?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let mask = if t > 1 {
+            let total = pos + t;
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (t, total), &self.device)?.to_dtype(self.dtype)?)
+        } else {
+            None
+        };
+        if cache.layers.len() != self.layers.len() {
+            *cache = KvCache::new(self.layers.len());
+        }
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&self.cfg, &x, &cos, &sin, mask.as_ref(), c)?;
+        }
+        let last = x.i((.., t - 1, ..))?.contiguous()?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, self.cfg.rms_eps as f32)?;
+        self.lm_head.forward(&last)?.to_dtype(DType::F32)
+    }
+
+    /// Loads a GGUF model (`general.architecture` llama, mistral, qwen2 or qwen3).
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        ct: &gguf_file::Content,
+        r: &mut R,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Model> {
+        let md = &ct.metadata;
+        let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+            candle_core::bail!("GGUF architecture {arch:?} is not supported (llama, mistral, qwen2, qwen3 are)");
+        }
+        let get = |k: &str| md.get(&format!("{arch}.{k}"));
+        let req = |k: &str| -> Result<usize> {
+            get(k)
+                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata lacks {arch}.{k}")))?
+                .to_u32()
+                .map(|v| v as usize)
+        };
+        let hidden = req("embedding_length")?;
+        let heads = req("attention.head_count")?;
+        let scaling = match get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
+            Some("linear") => get("rope.scaling.factor")
+                .and_then(|v| v.to_f32().ok())
+                .map(|f| RopeScaling::Linear { factor: f as f64 }),
+            Some("yarn") => {
+                let factor = get("rope.scaling.factor").and_then(|v| v.to_f32().ok()).unwrap_or(1.0) as f64;
+                let original_max =
+                    get("rope.scaling.original_context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as f64;
+                Some(RopeScaling::Yarn {
+                    factor,
+                    original_max,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                    attention_factor: 0.1 * factor.ln() + 1.0,
+                })
+            }
+            _ => None,
+        };
+        let cfg = Config {
+            arch: arch.clone(),
+            hidden,
+            layers: req("block_count")?,
+            heads,
+            kv_heads: get("attention.head_count_kv").and_then(|v| v.to_u32().ok()).map_or(heads, |v| v as usize),
+            head_dim: get("attention.key_length").and_then(|v| v.to_u32().ok()).map_or(hidden / heads, |v| v as usize),
+            intermediate: req("feed_forward_length")?,
+            rms_eps: get("attention.layer_norm_rms_epsilon").and_then(|v| v.to_f32().ok()).unwrap_or(1e-5) as f64,
+            rope_theta: get("rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0) as f64,
+            rope_interleaved: matches!(arch.as_str(), "llama" | "mistral"),
+            rope_scaling: scaling,
+            max_positions: get("context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as usize,
+            vocab: 0,
+        };
+        let embed_q = ct.tensor(r, "token_embd.weight", device)?;
+        let embed = embed_q.dequantize(device)?.to_dtype(dtype)?;
+        let vocab = embed.dim(0)?;
+        let lm_head = if ct.tensor_infos.contains_key("output.weight") {
+            Linear::Quantized(QMatMul::from_qtensor(ct.tensor(r, "output.weight", device)?)?, None)
+        } else {
+            Linear::Quantized(QMatMul::from_qtensor(embed_q)?, None)
+        };
+        let norm = ct.tensor(r, "output_norm.weight", device)?.dequantize(device)?.to_dtype(dtype)?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let name = |n: &str| format!("blk.{i}.{n}");
+            let has = |n: &str| ct.tensor_infos.contains_key(&name(n));
+            let mut dense =
+                |n: &str| -> Result<Tensor> { ct.tensor(r, &name(n), device)?.dequantize(device)?.to_dtype(dtype) };
+            let attn_norm = dense("attn_norm.weight")?;
+            let ffn_norm = dense("ffn_norm.weight")?;
+            let mut bias = |n: &str| -> Result<Option<Tensor>> {
+                if has(&format!("{n}.bias")) {
+                    dense(&format!("{n}.bias")).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (qb, kb, vb) = (bias("attn_q")?, bias("attn_k")?, bias("attn_v")?);
+            let (q_norm, k_norm) = if has("attn_q_norm.weight") {
+                (Some(dense("attn_q_norm.weight")?), Some(dense("attn_k_norm.weight")?))
+            } else {
+                (None, None)
+            };
+            let mut lin = |n: &str, b: Option<Tensor>| -> Result<Linear> {
+                Ok(Linear::Quantized(QMatMul::from_qtensor(ct.tensor(r, &name(&format!("{n}.weight")), device)?)?, b))
+            };
+            layers.push(Layer {
+                attn_norm,
+                q: lin("attn_q", qb)?,
+                k: lin("attn_k", kb)?,
+                v: lin("attn_v", vb)?,
+                o: lin("attn_output", None)?,
+                q_norm,
+                k_norm,
+                ffn_norm,
+                gate: lin("ffn_gate", None)?,
+                up: lin("ffn_up", None)?,
+                down: lin("ffn_down", None)?,
+            });
+        }
+        let cfg = Config { vocab, ..cfg };
+        let (cos, sin) = rope_tables(&cfg, dtype, device)?;
+        Ok(Model { cfg, embed, layers, norm, lm_head, cos, sin, dtype, device: device.clone() })
+    }
+
+    /// Loads a Hugging Face model directory: `config.json` and `*.safetensors`.
+    pub fn from_safetensors(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
+        let text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.join("config.json").display())))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("config.json: {e}")))?;
+        let cfg = config_from_hf(&json)?;
+        let files = safetensors_files(dir)?;
+        // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+        let tie = json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
+        let qkv_bias = cfg.arch == "qwen2" || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let o_bias = cfg.arch != "qwen2" && json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let (hd, h, kvh) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let w = vb.get((out, inp), &format!("{name}.weight"))?;
+            let b = if bias { Some(vb.get(out, &format!("{name}.bias"))?) } else { None };
+            Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
+        };
+        let embed = vb.get((cfg.vocab, cfg.hidden), "model.embed_tokens.weight")?;
+        let vocab = embed.dim(0)?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            let qk_norm = cfg.arch == "qwen3";
+            layers.push(Layer {
+                attn_norm: vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
+                q: lin(&format!("{p}.self_attn.q_proj"), h * hd, cfg.hidden, qkv_bias)?,
+                k: lin(&format!("{p}.self_attn.k_proj"), kvh * hd, cfg.hidden, qkv_bias)?,
+                v: lin(&format!("{p}.self_attn.v_proj"), kvh * hd, cfg.hidden, qkv_bias)?,
+                o: lin(&format!("{p}.self_attn.o_proj"), cfg.hidden, h * hd, o_bias)?,
+                q_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.q_norm.weight"))?) } else { None },
+                k_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.k_norm.weight"))?) } else { None },
+                ffn_norm: vb.get(cfg.hidden, &format!("{p}.post_attention_layernorm.weight"))?,
+                gate: lin(&format!("{p}.mlp.gate_proj"), cfg.intermediate, cfg.hidden, false)?,
+                up: lin(&format!("{p}.mlp.up_proj"), cfg.intermediate, cfg.hidden, false)?,
+                down: lin(&format!("{p}.mlp.down_proj"), cfg.hidden, cfg.intermediate, false)?,
+            });
+        }
+        let norm = vb.get(cfg.hidden, "model.norm.weight")?;
+        let lm_head = if tie || !vb.contains_tensor("lm_head.weight") {
+            Linear::Dense(candle_nn::Linear::new(embed.clone(), None))
+        } else {
+            lin("lm_head", vocab, cfg.hidden, false)?
+        };
+        let cfg = Config { vocab, ..cfg };
+        let (cos, sin) = rope_tables(&cfg, dtype, device)?;
+        Ok(Model { cfg, embed, layers, norm, lm_head, cos, sin, dtype, device: device.clone() })
+    }
+}
+
+/// `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", index.display())))?;
+        let mut files: Vec<String> = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .map(|m| m.values().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    candle_core::bail!("{} holds no model.safetensors or model.safetensors.index.json", dir.display())
+}
+
+/// The decoder configuration from a Hugging Face `config.json`.
+pub fn config_from_hf(json: &Value) -> Result<Config> {
+    let arch = json.get("model_type").and_then(Value::as_str).unwrap_or("llama").to_string();
+    if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        candle_core::bail!("model_type {arch:?} is not supported (llama, mistral, qwen2, qwen3 are)");
+    }
+    let n = |k: &str| json.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    let f = |k: &str| json.get(k).and_then(Value::as_f64);
+    let req = |k: &str| n(k).ok_or_else(|| candle_core::Error::Msg(format!("config.json lacks {k}")));
+    let hidden = req("hidden_size")?;
+    let heads = req("num_attention_heads")?;
+    let rope_scaling = match json.get("rope_scaling").filter(|v| !v.is_null()) {
+        None => None,
+        Some(s) => {
+            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+            let sf = |k: &str| s.get(k).and_then(Value::as_f64);
+            let factor = sf("factor").unwrap_or(1.0);
+            let original_max =
+                sf("original_max_position_embeddings").or_else(|| f("max_position_embeddings")).unwrap_or(4096.0);
+            match kind {
+                "default" => None,
+                "linear" => Some(RopeScaling::Linear { factor }),
+                "llama3" => Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor: sf("low_freq_factor").unwrap_or(1.0),
+                    high_freq_factor: sf("high_freq_factor").unwrap_or(4.0),
+                    original_max,
+                }),
+                "yarn" => {
+                    let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+                    let attention_factor = match (sf("attention_factor"), sf("mscale"), sf("mscale_all_dim")) {
+                        (Some(a), _, _) => a,
+                        (None, Some(m), Some(all)) => mscale(m) / mscale(all),
+                        _ => mscale(1.0),
+                    };
+                    Some(RopeScaling::Yarn {
+                        factor,
+                        original_max,
+                        beta_fast: sf("beta_fast").unwrap_or(32.0),
+                        beta_slow: sf("beta_slow").unwrap_or(1.0),
+                        attention_factor,
+                    })
+                }
+                other => candle_core::bail!("rope_scaling type {other:?} is not supported (linear, llama3, yarn are)"),
+            }
+        }
+    };
+    Ok(Config {
+        arch,
+        hidden,
+        layers: req("num_hidden_layers")?,
+        heads,
+        kv_heads: n("num_key_value_heads").unwrap_or(heads),
+        head_dim: n("head_dim").unwrap_or(hidden / heads),
+        intermediate: req("intermediate_size")?,
+        rms_eps: f("rms_norm_eps").unwrap_or(1e-6),
+        rope_theta: f("rope_theta").unwrap_or(10_000.0),
+        rope_interleaved: false,
+        rope_scaling,
+        max_positions: n("max_position_embeddings").unwrap_or(4096),
+        vocab: req("vocab_size")?,
+    })
+}
+
+/// Metadata of a GGUF file, for callers that only need it (tokenizer, description).
+pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
+    let mut f = std::fs::File::open(path).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    let ct =
+        gguf_file::Content::read(&mut f).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    Ok((ct, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(scaling: Option<RopeScaling>) -> Config {
+        Config {
+            arch: "llama".into(),
+            hidden: 64,
+            layers: 1,
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 64,
+            intermediate: 1,
+            rms_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_interleaved: false,
+            rope_scaling: scaling,
+            max_positions: 8,
+            vocab: 1,
+        }
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_every_frequency() {
+        let (base, _) = inv_freq(&cfg(None));
+        let (scaled, _) = inv_freq(&cfg(Some(RopeScaling::Linear { factor: 4.0 })));
+        for (b, s) in base.iter().zip(&scaled) {
+            assert!((b / 4.0 - s).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn yarn_keeps_high_frequencies_and_interpolates_low_ones() {
+        let (base, _) = inv_freq(&cfg(None));
+        let yarn = RopeScaling::Yarn {
+            factor: 4.0,
+            original_max: 4096.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 1.1,
+        };
+        let (scaled, scale) = inv_freq(&cfg(Some(yarn)));
+        assert_eq!(scale, 1.1);
+        assert!((scaled[0] - base[0]).abs() < 1e-12, "the fastest rotation is kept");
+        let last = base.len() - 1;
+        assert!((scaled[last] - base[last] / 4.0).abs() < 1e-12, "the slowest is interpolated");
+    }
+
+    #[test]
+    fn hf_config_reads_gqa_head_dim_and_scaling() {
+        let j = serde_json::json!({
+            "model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "rope_theta": 1000000.0,
+            "max_position_embeddings": 40960, "vocab_size": 100, "rope_scaling": {"rope_type": "linear", "factor": 2.0}
+        });
+        let c = config_from_hf(&j).unwrap();
+        assert_eq!((c.kv_heads, c.head_dim), (8, 128));
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        assert!(config_from_hf(&serde_json::json!({"model_type": "gpt_neox"})).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Record and replay: `Recorder` writes every prompt a generator answers, with its parameters and
+//! completions, as JSONL (one line per prompt, flushed per line); `Replay` answers from such a
+//! file, keyed by prompt and parameters. Replay makes runs reproducible and lets tests script a
+//! model with real recorded answers.
+//!
+//! A key recorded several times is answered in recorded order; once those are used up, the last
+//! answer repeats (what a seeded model would do).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Completion, GenError, GenFuture, GenRequest, Generator, Prompt, SamplingParams};
+
+/// One line of a recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordLine {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    pub completions: Vec<Completion>,
+}
+
+fn key(prompt: &Prompt, params: &SamplingParams) -> String {
+    // Field order is fixed by the types, so this is canonical.
+    serde_json::to_string(&(prompt, params)).unwrap_or_default()
+}
+
+/// Wraps a generator and appends what it answers to a JSONL file.
+pub struct Recorder {
+    inner: Box<dyn Generator>,
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl Recorder {
+    pub fn new(inner: Box<dyn Generator>, path: &Path) -> Result<Recorder, GenError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| GenError::Backend(format!("cannot open recording {}: {e}", path.display())))?;
+        Ok(Recorder { inner, path: path.to_path_buf(), file: Mutex::new(file) })
+    }
+}
+
+impl Generator for Recorder {
+    fn generate<'a>(&'a self, req: &'a GenRequest) -> GenFuture<'a> {
+        Box::pin(async move {
+            let out = self.inner.generate(req).await?;
+            let mut lines = String::new();
+            for (prompt, completions) in req.prompts.iter().zip(&out) {
+                let line =
+                    RecordLine { prompt: prompt.clone(), params: req.params.clone(), completions: completions.clone() };
+                lines.push_str(&serde_json::to_string(&line).map_err(|e| GenError::Backend(e.to_string()))?);
+                lines.push('\n');
+            }
+            let mut f = self.file.lock().map_err(|_| GenError::Backend("recording lock poisoned".into()))?;
+            f.write_all(lines.as_bytes())
+                .and_then(|_| f.flush())
+                .map_err(|e| GenError::Backend(format!("writing recording {}: {e}", self.path.display())))?;
+            Ok(out)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (recording to {})", self.inner.describe(), self.path.display())
+    }
+}
+
+/// Answers from a recording.
+pub struct Replay {
+    path: PathBuf,
+    answers: HashMap<String, Vec<Vec<Completion>>>,
+    used: Mutex<HashMap<String, usize>>,
+}
+
+impl Replay {
+    pub fn open(path: &Path) -> Result<Replay, GenError> {
+        let load = |detail: String| GenError::Load { model: format!("replay:{}", path.display()), detail };
+        let text = std::fs::read_to_string(path).map_err(|e| load(e.to_string()))?;
+        let mut answers: HashMap<String, Vec<Vec<Completion>>> = HashMap::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let r: RecordLine = serde_json::from_str(line).map_err(|e| load(format!("line {}: {e}", i + 1)))?;
+            answers.entry(key(&r.prompt, &r.params)).or_default().push(r.completions);
+        }
+        Ok(Replay { path: path.to_path_buf(), answers, used: Mutex::new(HashMap::new()) })
+    }
+
+    fn answer(&self, prompt: &Prompt, params: &SamplingParams) -> Result<Vec<Completion>, GenError> {
+        let k = key(prompt, params);
+        let Some(list) = self.answers.get(&k) else {
+            let shown = serde_json::to_string(prompt).unwrap_or_default();
+            let shown: String = shown.chars().take(120).collect();
+            return Err(GenError::ReplayMiss(format!(
+                "prompt {shown} with these parameters (n={}, temperature={}, seed={:?}) in {}",
+                params.n,
+                params.temperature,
+                params.seed,
+                self.path.display()
+            )));
+        };
+        let mut used = self.used.lock().map_err(|_| GenError::Backend("replay lock poisoned".into()))?;
+        let i = used.entry(k).or_insert(0);
+        let answer = list[(*i).min(list.len() - 1)].clone();
+        *i += 1;
+        Ok(answer)
+    }
+}
+
+impl Generator for Replay {
+    fn generate<'a>(&'a self, req: &'a GenRequest) -> GenFuture<'a> {
+        Box::pin(async move { req.prompts.iter().map(|p| self.answer(p, &req.params)).collect() })
+    }
+
+    fn describe(&self) -> String {
+        format!("replay:{}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FinishReason;
+
+    fn completion(text: &str) -> Completion {
+        Completion {
+            text: text.into(),
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            finish_reason: FinishReason::Stop,
+            error: None,
+            elapsed_ms: 1,
+        }
+    }
+
+    #[test]
+    fn recorded_keys_answer_in_order_then_repeat_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let params = SamplingParams::default();
+        let mut text = String::new();
+        for t in ["one", "two"] {
+            let line = RecordLine {
+                prompt: Prompt::Text("p".into()),
+                params: params.clone(),
+                completions: vec![completion(t)],
+            };
+            text.push_str(&serde_json::to_string(&line).unwrap());
+            text.push('\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        let r = Replay::open(&path).unwrap();
+        let p = Prompt::Text("p".into());
+        let got: Vec<String> = (0..3).map(|_| r.answer(&p, &params).unwrap()[0].text.clone()).collect();
+        assert_eq!(got, ["one", "two", "two"]);
+    }
+
+    #[test]
+    fn a_miss_names_the_prompt_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.jsonl");
+        std::fs::write(&path, "").unwrap();
+        let e = Replay::open(&path)
+            .unwrap()
+            .answer(&Prompt::Text("unseen".into()), &SamplingParams::default())
+            .unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("unseen") && e.contains("empty.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_recording_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.jsonl");
+        std::fs::write(&path, "\n{oops\n").unwrap();
+        let e = Replay::open(&path).err().unwrap().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}
