@@ -251,3 +251,34 @@ async fn a_file_worker_that_dies_before_answering_is_crashed_within_seconds_not_
     assert_eq!(r.verdict, Verdict::Crashed, "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn the_server_reports_lean_keyword_tokens_at_their_places() {
+    let cfg = server_config();
+    let mut server = LeanServer::start(&cfg).await.unwrap();
+    let text = format!("{HEADER}theorem k (p : Prop) (hp : p) : p := (fun h => h) hp\n");
+    let c = server.check("prelude import SubgoalFixture", HEADER, &text, Duration::from_secs(30)).await.unwrap();
+    let keywords = c.keywords.expect("Lean reports semantic tokens");
+    let line = text.lines().position(|l| l.starts_with("theorem k")).unwrap() as u32;
+    let col = text.lines().nth(line as usize).unwrap().find("fun").unwrap() as u32;
+    assert!(keywords.iter().any(|k| k.line == line && k.start == col && k.length == 3), "{keywords:?}");
+}
+
+#[tokio::test]
+async fn a_server_keeps_a_bounded_number_of_threads_over_many_checks() {
+    // Lean 4.35 keeps a thread per answered `semanticTokens/full`; the gate asks `range`.
+    let v = verifier(1, 60.0);
+    for i in 0..30 {
+        let r = v.verify(&proof(&format!("t{i}"), &format!("theorem t{i} (p : Prop) (hp : p) : p :="), " hp")).await;
+        assert_eq!(r.verdict, Verdict::Proved, "{r:?}");
+    }
+    let threads: usize = v
+        .pool()
+        .server_pids()
+        .iter()
+        .flat_map(|&p| process_tree(p))
+        .map(|p| std::fs::read_dir(format!("/proc/{p}/task")).map_or(0, |d| d.count()))
+        .sum();
+    v.shutdown().await;
+    assert!(threads < 40, "{threads} threads after 30 checks");
+}

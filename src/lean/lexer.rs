@@ -125,6 +125,11 @@ impl<'a> Lexer<'a> {
         }
         if self.rest().starts_with("/-") {
             self.pos += 2;
+            // `/--` (doc) and `/-!` (module doc) open with three characters: in `/--/` the
+            // `-/` is not a close.
+            if matches!(self.peek(), Some('-' | '!')) {
+                self.bump();
+            }
             let mut depth = 1usize;
             while depth > 0 && self.pos < self.src.len() {
                 if self.rest().starts_with("/-") {
@@ -151,7 +156,7 @@ impl<'a> Lexer<'a> {
             TokenKind::Str
         } else if c == 'r' && (self.peek_at(1) == Some('"') || self.peek_at(1) == Some('#')) && self.raw_string() {
             TokenKind::Str
-        } else if c == '\'' && self.char_literal() {
+        } else if c == '\'' && self.peek_at(1) != Some('\'') && self.char_literal() {
             TokenKind::Char
         } else if c == '`' && self.name_literal() {
             TokenKind::NameLit
@@ -213,29 +218,36 @@ impl<'a> Lexer<'a> {
         true
     }
 
+    /// Lean's `charLitFnAux`: `'`, then an escape (`\\x` + 2 hex, `\\u` + 4 hex, or `\\` + one
+    /// character) or any single character (a newline included), then `'`. The caller has checked
+    /// that the next character is not another `'` (Lean reads `''` differently).
     fn char_literal(&mut self) -> bool {
         let save = self.pos;
         self.bump(); // '
         match self.bump() {
-            Some('\\') => {
-                // An escape: consume up to the closing quote on this line.
-                while let Some(c) = self.bump() {
-                    if c == '\'' {
-                        return true;
-                    }
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            Some(c) if c != '\'' && c != '\n' && self.peek() == Some('\'') => {
-                self.bump();
-                return true;
-            }
-            _ => {}
+            Some('\\') => match self.bump() {
+                Some('x') => self.hex_digits(2),
+                Some('u') => self.hex_digits(4),
+                Some(_) => {}
+                None => {}
+            },
+            Some(_) => {}
+            None => {}
+        }
+        if self.peek() == Some('\'') {
+            self.bump();
+            return true;
         }
         self.pos = save;
         false
+    }
+
+    fn hex_digits(&mut self, n: usize) {
+        for _ in 0..n {
+            if self.peek().is_some_and(|c| c.is_ascii_hexdigit()) {
+                self.bump();
+            }
+        }
     }
 
     fn name_literal(&mut self) -> bool {
@@ -252,14 +264,40 @@ impl<'a> Lexer<'a> {
         false
     }
 
+    /// Lean's number literals: `0x`/`0b`/`0o` prefixed digits, or decimal digits with an optional
+    /// fraction and exponent. What follows (`0theorem` is `0` then `theorem` to Lean) is a new
+    /// token.
     fn number(&mut self) {
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
-            self.bump();
+        let radix = match (self.peek(), self.peek_at(1)) {
+            (Some('0'), Some('x' | 'X')) => Some(16),
+            (Some('0'), Some('b' | 'B')) => Some(2),
+            (Some('0'), Some('o' | 'O')) => Some(8),
+            _ => None,
+        };
+        if let Some(r) = radix {
+            if self.peek_at(2).is_some_and(|c| c.is_digit(r)) {
+                self.pos += 2;
+                while self.peek().is_some_and(|c| c.is_digit(r)) {
+                    self.bump();
+                }
+                return;
+            }
         }
+        let digits = |l: &mut Self| {
+            while l.peek().is_some_and(|c| c.is_ascii_digit()) {
+                l.bump();
+            }
+        };
+        digits(self);
         if self.peek() == Some('.') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) {
             self.bump();
-            while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
-                self.bump();
+            digits(self);
+        }
+        if matches!(self.peek(), Some('e' | 'E')) {
+            let sign = usize::from(matches!(self.peek_at(1), Some('+' | '-')));
+            if self.peek_at(1 + sign).is_some_and(|c| c.is_ascii_digit()) {
+                self.pos += 1 + sign;
+                digits(self);
             }
         }
     }
@@ -300,6 +338,32 @@ mod tests {
     fn comments_and_strings_are_not_code() {
         let src = "theorem t : True := -- no sorry here\n /- axiom /- nested -/ sorry -/ True.intro \"sorry\"";
         assert_eq!(texts(src), vec!["theorem", "t", ":", "True", ":=", "True.intro", "\"sorry\""]);
+    }
+
+    #[test]
+    fn char_literals_with_escaped_quotes_and_raw_newlines_stay_in_step_with_lean() {
+        // Each of these once made the lexer read the `#check` as part of a string.
+        for src in ["⟨'\\'','\"'⟩\n#check Nat -- \"", "⟨'\n','\"'⟩\n#check Nat -- \""] {
+            let toks = tokenize(src);
+            assert!(
+                toks.iter().any(|t| t.kind == TokenKind::HashCommand && t.text(src) == "#check"),
+                "{src:?}: {:?}",
+                toks.iter().map(|t| t.text(src)).collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(texts("'\\x41' '\\u00e9' 'a'"), vec!["'\\x41'", "'\\u00e9'", "'a'"]);
+    }
+
+    #[test]
+    fn a_keyword_glued_to_a_number_is_its_own_token() {
+        assert_eq!(texts("0theorem 0x1F 1.5e-3 2e"), vec!["0", "theorem", "0x1F", "1.5e-3", "2", "e"]);
+    }
+
+    #[test]
+    fn a_doc_comment_opener_is_three_characters() {
+        assert_eq!(texts("/--/ x -/ y"), vec!["y"]);
+        assert_eq!(texts("/-!/ x -/ y"), vec!["y"]);
+        assert_eq!(texts("/-/ x -/ y"), vec!["y"]);
     }
 
     #[test]

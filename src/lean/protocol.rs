@@ -143,6 +143,51 @@ pub fn initialize_params(root_uri: &str) -> Value {
     v
 }
 
+/// The index of the `keyword` token type in the server's semantic-token legend (from the
+/// `initialize` result), if it has one.
+pub fn keyword_token_type(init_result: &Value) -> Option<u32> {
+    init_result
+        .pointer("/capabilities/semanticTokensProvider/legend/tokenTypes")?
+        .as_array()?
+        .iter()
+        .position(|t| t.as_str() == Some("keyword"))
+        .map(|i| i as u32)
+}
+
+/// A semantic token, in LSP coordinates (0-based line, UTF-16 start column and length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SemanticToken {
+    pub line: u32,
+    pub start: u32,
+    pub length: u32,
+    pub token_type: u32,
+}
+
+/// Decodes the relative five-integer encoding of a semantic-tokens answer's `data`.
+pub fn decode_semantic_tokens(result: &Value) -> Option<Vec<SemanticToken>> {
+    let data: Vec<u32> =
+        result.get("data")?.as_array()?.iter().map(|v| v.as_u64().map(|x| x as u32)).collect::<Option<_>>()?;
+    let (mut line, mut start) = (0u32, 0u32);
+    let mut out = Vec::with_capacity(data.len() / 5);
+    for chunk in data.chunks_exact(5) {
+        if chunk[0] > 0 {
+            line += chunk[0];
+            start = chunk[1];
+        } else {
+            start += chunk[1];
+        }
+        out.push(SemanticToken { line, start, length: chunk[2], token_type: chunk[3] });
+    }
+    Some(out)
+}
+
+pub const SEMANTIC_TOKENS_RANGE: &str = "textDocument/semanticTokens/range";
+
+/// Parameters covering every line of a document.
+pub fn whole_document_range_params(uri: &str) -> Value {
+    json!({"textDocument": {"uri": uri}, "range": {"start": {"line": 0, "character": 0}, "end": {"line": u32::MAX / 2, "character": 0}}})
+}
+
 /// `didOpen` with Lean's `dependencyBuildMode: never`, so a missing `.olean` is an error, not a build.
 pub fn did_open_params(uri: &str, version: i64, text: &str) -> Value {
     json!({
@@ -165,6 +210,15 @@ pub fn did_close_params(uri: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn semantic_tokens_decode_relative_positions() {
+        let r = serde_json::json!({"data": [1, 2, 3, 0, 0,  0, 5, 2, 1, 0,  2, 1, 4, 0, 0]});
+        let t = super::decode_semantic_tokens(&r).unwrap();
+        assert_eq!((t[0].line, t[0].start, t[0].length), (1, 2, 3));
+        assert_eq!((t[1].line, t[1].start, t[1].token_type), (1, 7, 1));
+        assert_eq!((t[2].line, t[2].start), (3, 1));
+    }
+
     use super::*;
 
     #[test]

@@ -90,6 +90,9 @@ pub enum CheckFailure {
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub diagnostics: Vec<LeanDiagnostic>,
+    /// Keyword tokens Lean's parser saw in the document (its semantic tokens), when asked for;
+    /// `None` when the server reported none.
+    pub keywords: Option<Vec<protocol::SemanticToken>>,
     pub version: i64,
     pub elapsed: Duration,
 }
@@ -164,6 +167,8 @@ pub struct LeanServer {
     request_timeout: Duration,
     import_timeout: Duration,
     kill_rss_mb: Option<u64>,
+    /// The `keyword` index in the server's semantic-token legend.
+    keyword_type: Option<u32>,
     /// Candidates checked since start.
     pub checks: u64,
 }
@@ -228,6 +233,7 @@ impl LeanServer {
             request_timeout: cfg.request_timeout,
             import_timeout: cfg.import_timeout,
             kill_rss_mb: cfg.kill_rss_mb,
+            keyword_type: None,
             checks: 0,
         };
         let root_uri = file_uri(&server.root);
@@ -236,9 +242,12 @@ impl LeanServer {
             .request("initialize", protocol::initialize_params(&root_uri), cfg.request_timeout)
             .instrument(tracing::debug_span!("lean_request", method = "initialize", pid))
             .await;
-        if let Err(e) = init {
-            server.kill();
-            return Err(SessionError::Initialize(e));
+        match init {
+            Err(e) => {
+                server.kill();
+                return Err(SessionError::Initialize(e));
+            }
+            Ok(result) => server.keyword_type = protocol::keyword_token_type(&result),
         }
         server.rpc.notify("initialized", serde_json::json!({}))?;
         tracing::debug!(pid, root = %server.root.display(), "lean server started");
@@ -273,7 +282,7 @@ impl LeanServer {
         if self.header_key() != Some(header_key) {
             let import_timeout = self.import_timeout;
             let span = tracing::debug_span!("import_header", header = header_key);
-            let header = self.check_version(header_key, header_text, import_timeout).instrument(span).await?;
+            let header = self.check_version(header_key, header_text, import_timeout, false).instrument(span).await?;
             // A header Lean refuses (unknown module, …) is the answer for every document under it.
             if header.diagnostics.iter().any(|d| d.severity == Some(protocol::severity::ERROR)) {
                 self.kill();
@@ -281,7 +290,7 @@ impl LeanServer {
             }
         }
         self.checks += 1;
-        self.check_version(header_key, text, timeout).await
+        self.check_version(header_key, text, timeout, true).await
     }
 
     async fn check_version(
@@ -289,6 +298,7 @@ impl LeanServer {
         header_key: &str,
         text: &str,
         timeout: Duration,
+        keywords: bool,
     ) -> Result<Checked, CheckFailure> {
         let started = Instant::now();
         let (uri, version) = match self.send_text(header_key, text) {
@@ -339,7 +349,24 @@ impl LeanServer {
             return Err(self.crashed("the server exited during the check".into()));
         }
         self.known_tree = snapshot_tree(self.pid);
-        Ok(Checked { diagnostics: latest.unwrap_or_default(), version, elapsed: started.elapsed() })
+        let elapsed = started.elapsed();
+        let keywords = if keywords && !fatal { self.keyword_tokens(&uri).await } else { None };
+        Ok(Checked { diagnostics: latest.unwrap_or_default(), keywords, version, elapsed })
+    }
+
+    /// Keyword tokens of the open document, from Lean's semantic tokens (elaboration has finished
+    /// when this is asked, so the answer covers the whole document). The `range` request, not
+    /// `full`: Lean 4.35's server keeps one thread per answered `full` request alive (about 1 GB
+    /// of address space each; a worker died of it after ~20 candidates), `range` does not.
+    async fn keyword_tokens(&self, uri: &str) -> Option<Vec<protocol::SemanticToken>> {
+        let kw = self.keyword_type?;
+        let result = self
+            .rpc
+            .request(protocol::SEMANTIC_TOKENS_RANGE, protocol::whole_document_range_params(uri), self.request_timeout)
+            .instrument(tracing::debug_span!("lean_request", method = protocol::SEMANTIC_TOKENS_RANGE))
+            .await
+            .ok()?;
+        Some(protocol::decode_semantic_tokens(&result)?.into_iter().filter(|t| t.token_type == kw).collect())
     }
 
     /// `$/lean/plainGoal` at a position of the open document (`None` outside tactic proofs).

@@ -78,15 +78,16 @@ fn params(body: &Value) -> Result<SamplingParams, String> {
     Ok(p)
 }
 
-fn parse_body(bytes: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("the body is not JSON: {e}")))
+fn parse_body(bytes: &[u8]) -> Result<Value, Box<Response>> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Box::new(error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("the body is not JSON: {e}")))
+    })
 }
 
 async fn completions(State(s): State<Arc<AppState>>, bytes: axum::body::Bytes) -> Response {
     let body = match parse_body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let prompts: Vec<Prompt> = match body.get("prompt") {
         Some(Value::String(t)) => vec![Prompt::Text(t.clone())],
@@ -107,7 +108,7 @@ async fn completions(State(s): State<Arc<AppState>>, bytes: axum::body::Bytes) -
 async fn chat_completions(State(s): State<Arc<AppState>>, bytes: axum::body::Bytes) -> Response {
     let body = match parse_body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let messages: Result<Vec<ChatMessage>, _> =
         serde_json::from_value(body.get("messages").cloned().unwrap_or(Value::Null));

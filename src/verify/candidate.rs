@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::gates::{check_body, check_file, Gate, GateConfig};
+use super::gates::{check_body, check_file, check_preamble, Gate, GateConfig};
 use crate::lean::lexer::{tokenize, Token};
 use crate::lean::source::{declared_theorems, header_end, normalize_header};
 use crate::text::LineIndex;
@@ -195,7 +195,7 @@ impl Document {
                 };
                 // Between the imports and the statement only `open`/allowed options may stand;
                 // they are discarded: the document is rebuilt from the reference header.
-                shape(check_body(&code[header_len..at], cfg))?;
+                shape(check_preamble(&code[header_len..at]))?;
                 let body = &code[assign_end..];
                 shape(check_body(body, cfg))?;
                 let index = LineIndex::new(code);

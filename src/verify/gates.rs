@@ -47,15 +47,13 @@ pub struct GateConfig {
     pub allow_native_decide: bool,
 }
 
-/// Command keywords and meta-level constructs a proof never needs.
-const REFUSED_WORDS: &[&str] = &[
+/// Keywords of core Lean that start commands or run code during elaboration: refused wherever
+/// they appear as code, before Lean runs (core keywords can never be identifiers).
+const CORE_WORDS: &[&str] = &[
     // declarations and scopes
     "axiom",
-    "axioms",
     "theorem",
-    "lemma",
     "def",
-    "definition",
     "example",
     "instance",
     "structure",
@@ -68,9 +66,7 @@ const REFUSED_WORDS: &[&str] = &[
     "section",
     "end",
     "universe",
-    "universes",
     "variable",
-    "variables",
     "attribute",
     "mutual",
     "private",
@@ -78,6 +74,8 @@ const REFUSED_WORDS: &[&str] = &[
     "noncomputable",
     "unsafe",
     "partial",
+    "nonrec",
+    "meta",
     "import",
     "export",
     "deriving",
@@ -85,9 +83,18 @@ const REFUSED_WORDS: &[&str] = &[
     "include",
     "local",
     "scoped",
-    "alias",
-    "irreducible_def",
     "add_decl_doc",
+    "init_quot",
+    "unif_hint",
+    "binder_predicate",
+    "grind_pattern",
+    "seal",
+    "unseal",
+    "recommended_spelling",
+    "register_builtin_option",
+    "register_tactic_tag",
+    "register_linter_set",
+    "declare_simp_like_tactic",
     // code run during elaboration, new syntax, compiler hooks
     "initialize",
     "builtin_initialize",
@@ -97,7 +104,6 @@ const REFUSED_WORDS: &[&str] = &[
     "macro_rules",
     "syntax",
     "notation",
-    "notation3",
     "infix",
     "infixl",
     "infixr",
@@ -113,12 +119,38 @@ const REFUSED_WORDS: &[&str] = &[
     "simproc_decl",
     "dsimproc",
     "dsimproc_decl",
+    "builtin_simproc",
+    "builtin_simproc_decl",
+    "builtin_dsimproc",
+    "builtin_dsimproc_decl",
     "register_simp_attr",
     "register_option",
     "declare_config_elab",
     "implemented_by",
-    "extern",
-    // search tactics that may close a goal without a proof term
+    "native_decide",
+];
+
+/// Keywords libraries (Mathlib, Batteries, Aesop) add. They are refused where Lean itself reports
+/// them as keywords (its semantic tokens, after elaboration), so a local variable that happens
+/// to be called `hint` or `alias` in a world without Mathlib is not refused.
+const LIBRARY_WORDS: &[&str] = &[
+    "lemma",
+    "alias",
+    "irreducible_def",
+    "notation3",
+    "proof_wanted",
+    "compile_inductive",
+    "compile_def",
+    "suppress_compilation",
+    "unsuppress_compilation",
+    "assert_not_exists",
+    "assert_not_imported",
+    "library_note",
+    "initialize_simps_projections",
+    "mk_iff_of_inductive_prop",
+    "register_label_attr",
+    "declare_aesop_rule_sets",
+    "add_aesop_rules",
     "hint",
     "says",
     "library_search",
@@ -126,14 +158,46 @@ const REFUSED_WORDS: &[&str] = &[
     "observe",
     "polyrith",
     "rw_search",
+    "variable?",
 ];
+
+/// Search tactics that may close a goal without a proof term (refused before Lean runs; any other
+/// keyword ending in `?` is refused when Lean reports it).
+const SEARCH_TACTICS: &[&str] = &[
+    "apply?",
+    "exact?",
+    "rw?",
+    "rw??",
+    "simp?",
+    "simp?!",
+    "simp_all?",
+    "simp_all?!",
+    "simpa?",
+    "simpa?!",
+    "dsimp?",
+    "dsimp?!",
+    "aesop?",
+    "field_simp?",
+    "norm_num?",
+    "push_cast?",
+    "rfl?",
+    "decide?",
+    "omega?",
+    "grind?",
+    "try?",
+    "unfold?",
+    "show_term?",
+    "observe?",
+    "hint?",
+    "bound?",
+];
+
+/// Declaration keywords a whole-file candidate (no reference statement) may use.
+const FILE_DECLARATIONS: &[&str] = &["theorem", "lemma", "example"];
 
 /// Term elaborators written `name%` that a proof may use; any other `name%` is refused (such
 /// elaborators run code of their own at elaboration time).
 const ALLOWED_PERCENT: &[&str] = &["type_of", "ensure_type_of", "ensure_expected_type"];
-
-/// Declaration keywords a whole-file candidate (no reference statement) may use.
-const FILE_DECLARATIONS: &[&str] = &["theorem", "lemma", "example"];
 
 /// Namespaces of the metaprogramming and compiler API.
 const REFUSED_PREFIXES: &[&str] = &[
@@ -152,27 +216,51 @@ const REFUSED_PREFIXES: &[&str] = &[
 ];
 
 /// Last name components that reach the compiled evaluator from a proof.
-const NATIVE_NAMES: &[&str] =
-    &["native_decide", "native", "ofReduceBool", "ofReduceNat", "reduceBool", "reduceNat", "trustCompiler"];
+const NATIVE_NAMES: &[&str] = &["ofReduceBool", "ofReduceNat", "reduceBool", "reduceNat", "trustCompiler"];
 
 /// Options a proof may set (`set_option NAME VALUE in …`): limits that only make elaboration
-/// give up sooner or later (the wall clock still bounds it), and printing/linting options that
-/// only change messages. Everything else (`debug.skipKernelTC`, `trace.*` floods, `compiler.*`)
-/// is refused.
+/// give up sooner or later (the wall clock still bounds it; recursion depth is capped so Lean's
+/// stack is not), and printing/linting options that only change messages. Everything else
+/// (`debug.skipKernelTC`, `trace.*` floods, `compiler.*`) is refused.
 fn option_allowed(name: &str, value: &str) -> bool {
-    let positive = value.parse::<u64>().is_ok_and(|v| v > 0);
+    let number = value.parse::<u64>().ok();
     match name {
-        "maxRecDepth" | "synthInstance.maxSize" => positive,
-        // 0 would turn the heartbeat limit off.
-        "maxHeartbeats" | "synthInstance.maxHeartbeats" => positive,
-        _ => (name.starts_with("pp.") || name.starts_with("linter.")) && matches!(value, "true" | "false"),
+        "maxRecDepth" => number.is_some_and(|v| (1..=100_000).contains(&v)),
+        // 0 would turn the limit off.
+        "maxHeartbeats" | "synthInstance.maxHeartbeats" | "synthInstance.maxSize" => number.is_some_and(|v| v > 0),
+        _ => {
+            (name.starts_with("pp.") || name.starts_with("linter."))
+                && (matches!(value, "true" | "false") || number.is_some())
+        }
     }
 }
+
+const OPTION_RULE: &str =
+    "maxHeartbeats/synthInstance.maxHeartbeats/synthInstance.maxSize > 0, maxRecDepth ≤ 100000, pp.*, linter.*";
+
+/// Commands a whole-file candidate may put between its imports and the restated statement
+/// (they are discarded: the document is rebuilt from the reference header).
+const PREAMBLE_WORDS: &[&str] = &["open", "scoped", "in", "set_option", "universe", "noncomputable", "section"];
 
 /// Characters that make code read differently from how Lean parses it: bidirectional controls
 /// ("Trojan Source") and zero-width characters. Refused anywhere, comments included.
 fn invisible(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200F}' | '\u{FEFF}' | '\u{2060}')
+}
+
+/// Whether Lean reporting `word` as a keyword in a candidate refuses it (`file`: a whole file
+/// checked as written, where `theorem`/`lemma`/`example` may declare).
+pub fn refused_lean_keyword(word: &str, file: bool, cfg: &GateConfig) -> bool {
+    if file && FILE_DECLARATIONS.contains(&word) {
+        return false;
+    }
+    if word == "native_decide" {
+        return !cfg.allow_native_decide;
+    }
+    word.starts_with('#')
+        || CORE_WORDS.contains(&word)
+        || LIBRARY_WORDS.contains(&word)
+        || word.len() > 1 && word.ends_with('?')
 }
 
 /// Checks a proof body (the text after the reference statement's `:=`).
@@ -186,6 +274,28 @@ pub fn check_file(src: &str, cfg: &GateConfig) -> Result<(), String> {
     check_tokens(src, cfg, FILE_DECLARATIONS)
 }
 
+/// Checks what a whole-file candidate wrote between its imports and its restatement of the
+/// reference statement: only `open`, options and the like, which are discarded.
+pub fn check_preamble(src: &str) -> Result<(), String> {
+    if let Some((i, c)) = src.char_indices().find(|&(_, c)| invisible(c)) {
+        return Err(format!("shape gate: invisible character U+{:04X} at line {}", c as u32, line_of(src, i)));
+    }
+    for t in tokenize(src) {
+        let text = t.text(src);
+        let command = t.kind == TokenKind::HashCommand
+            || t.kind == TokenKind::Symbol && text == "@["
+            || t.kind == TokenKind::Ident && CORE_WORDS.iter().chain(LIBRARY_WORDS).any(|w| *w == text);
+        if command && !PREAMBLE_WORDS.contains(&text) {
+            return Err(format!(
+                "shape gate: `{text}` at line {} before the statement; a candidate may only supply a proof \
+                 (only open/set_option/universe may precede the statement, and they are not used)",
+                line_of(src, t.span.start)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(), String> {
     if let Some((i, c)) = src.char_indices().find(|&(_, c)| invisible(c)) {
         return Err(format!("shape gate: invisible character U+{:04X} at line {}", c as u32, line_of(src, i)));
@@ -194,6 +304,8 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
     let refuse = |t: &Token, why: &str| {
         Err(format!("shape gate: `{}` at line {} {why}", t.text(src), line_of(src, t.span.start)))
     };
+    let adjacent =
+        |a: &Token, b: Option<&Token>, text: &str| b.is_some_and(|b| b.span.start == a.span.end && b.text(src) == text);
     let mut i = 0;
     while i < toks.len() {
         let t = &toks[i];
@@ -210,18 +322,26 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                     let value = toks.get(i + 2).map(|t| t.text(src)).unwrap_or("");
                     if !option_allowed(name, value) {
                         return Err(format!(
-                            "shape gate: `set_option {name} {value}` at line {} is not on the allow-list \
-                             (maxHeartbeats/maxRecDepth > 0, pp.*, linter.*)",
+                            "shape gate: `set_option {name} {value}` at line {} is not on the allow-list ({OPTION_RULE})",
                             line_of(src, t.span.start)
                         ));
                     }
                     i += 3;
                     continue;
                 }
-                if REFUSED_WORDS.contains(&text) && !allowed_words.contains(&text) {
+                if text == "native_decide"
+                    || text == "native"
+                        && (i > 0 && matches!(toks[i - 1].text(src), "+" | "-")
+                            || adjacent(t, toks.get(i + 1), ":=")
+                            || toks.get(i + 1).is_some_and(|n| n.text(src) == ":="))
+                {
+                    if !cfg.allow_native_decide {
+                        return refuse(t, "trusts the compiled evaluator (pass --allow-native-decide to accept it)");
+                    }
+                } else if CORE_WORDS.contains(&text) && !allowed_words.contains(&text) {
                     return refuse(t, "is a command or meta-level construct; a candidate may only supply a proof");
                 }
-                if !text.contains('.') && text.len() > 1 && text.ends_with('?') {
+                if SEARCH_TACTICS.contains(&text) {
                     return refuse(t, "is a search tactic (it can hide `sorry`)");
                 }
                 if let Some(p) = REFUSED_PREFIXES.iter().find(|p| text.starts_with(*p)) {
@@ -231,10 +351,8 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                 if !cfg.allow_native_decide && NATIVE_NAMES.contains(&last) {
                     return refuse(t, "trusts the compiled evaluator (pass --allow-native-decide to accept it)");
                 }
-                if let Some(next) = toks.get(i + 1) {
-                    if next.span.start == t.span.end && next.text(src) == "%" && !ALLOWED_PERCENT.contains(&text) {
-                        return refuse(t, "is an elaborator that runs at elaboration time (`name%`)");
-                    }
+                if adjacent(t, toks.get(i + 1), "%") && !ALLOWED_PERCENT.contains(&text) {
+                    return refuse(t, "is an elaborator that runs at elaboration time (`name%`)");
                 }
                 if text.ends_with('!') {
                     if let Some(next) = toks.get(i + 1) {
@@ -248,6 +366,33 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
             _ => {}
         }
         i += 1;
+    }
+    Ok(())
+}
+
+/// The shape gate's second look, after Lean ran: every keyword Lean's own parser reports in
+/// the candidate (its semantic tokens, `keywords` as byte ranges of `candidate`) must be one the
+/// lexer saw at the same place (else the lexer was out of step with Lean, and what it passed is
+/// not what Lean ran), and must not be refused.
+pub fn check_lean_keywords(
+    candidate: &str,
+    keywords: &[std::ops::Range<usize>],
+    file: bool,
+    cfg: &GateConfig,
+) -> Result<(), String> {
+    let toks = tokenize(candidate);
+    for r in keywords {
+        let Some(word) = candidate.get(r.clone()) else { continue };
+        let line = line_of(candidate, r.start);
+        if !toks.iter().any(|t| t.span.start == r.start && t.text(candidate) == word) {
+            return Err(format!(
+                "shape gate: Lean reads `{word}` at line {line} as code where the gate saw a comment, a literal or \
+                 other text (the candidate is written to be read two ways)"
+            ));
+        }
+        if refused_lean_keyword(word, file, cfg) && !(word == "set_option" || word == "open") {
+            return Err(format!("shape gate: `{word}` at line {line} is a keyword a candidate may not use"));
+        }
     }
     Ok(())
 }
@@ -294,9 +439,12 @@ mod tests {
         assert!(body(" by apply?").is_err());
         assert!(body(" by native_decide").unwrap_err().contains("--allow-native-decide"));
         assert!(body(" by decide +native").is_err());
+        assert!(body(" by decide (config := { native := true })").is_err());
         check_body(" by native_decide", &GateConfig { allow_native_decide: true }).unwrap();
-        // A library function whose name ends in `?` is not a search tactic.
+        // Functions whose names end in `?`, and locals named like library tactics, are not search tactics.
         body(" List.get? l 0").unwrap();
+        body(" get? l 0").unwrap();
+        body(" fun (hint : p) (native : q) (alias : r) => hint").unwrap();
     }
 
     #[test]
@@ -308,6 +456,32 @@ mod tests {
         body(" (show type_of% h from h)").unwrap();
         assert!(body(" s!\"{evil}\"").is_err());
         body(" \"{not code}\"").unwrap();
+    }
+
+    #[test]
+    fn lean_keywords_the_lexer_did_not_see_are_refused() {
+        let cfg = GateConfig::default();
+        // Lean reads `#check` here; a lexer out of step would have seen a string.
+        let src = " x \"hidden\" #check";
+        let at = |w: &str| src.find(w).unwrap()..src.find(w).unwrap() + w.len();
+        check_lean_keywords(src, &[at("#check")], false, &cfg).unwrap_err();
+        let desync = check_lean_keywords(src, &[at("hidden")], false, &cfg).unwrap_err();
+        assert!(desync.contains("read two ways"), "{desync}");
+        check_lean_keywords(" fun h => h", &[std::ops::Range { start: 1, end: 4 }], false, &cfg).unwrap();
+    }
+
+    #[test]
+    fn library_keywords_are_refused_when_lean_reports_them() {
+        let cfg = GateConfig::default();
+        check_lean_keywords(" hint", &[std::ops::Range { start: 1, end: 5 }], false, &cfg).unwrap_err();
+        check_lean_keywords(" lemma", &[std::ops::Range { start: 1, end: 6 }], true, &cfg).unwrap();
+        check_lean_keywords(" aesop?", &[std::ops::Range { start: 1, end: 7 }], false, &cfg).unwrap_err();
+    }
+
+    #[test]
+    fn preambles_may_open_and_set_options_only() {
+        check_preamble("open scoped Real\nset_option autoImplicit false\n").unwrap();
+        assert!(check_preamble("theorem helper : True := True.intro\n").unwrap_err().contains("`theorem`"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::candidate::Document;
-use super::verdict::{RawMessage, Severity};
+use super::verdict::{LeanKeywords, LeanOutput, RawMessage, Severity};
 use crate::lean::session::{CheckFailure, ServerConfig};
 use crate::process::{kill_tree, watch_tree};
 use crate::sandbox::Sandbox;
@@ -18,7 +18,7 @@ use crate::text::LineIndex;
 const FILE: &str = "Candidate.lean";
 
 /// Runs `lean --json` on `doc.text` and returns its messages as document offsets.
-pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Result<Vec<RawMessage>, CheckFailure> {
+pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Result<LeanOutput, CheckFailure> {
     let crashed = |what: String| CheckFailure::Crashed(format!("re-check: {what}"));
     let sandbox = Sandbox::prepare(&cfg.sandbox_policy(), cfg.sandbox_support()).map_err(|e| crashed(e.to_string()))?;
     std::fs::write(sandbox.path().join(FILE), &doc.text).map_err(|e| crashed(format!("writing the document: {e}")))?;
@@ -80,7 +80,7 @@ pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Resul
     if status.code() == Some(1) && messages.iter().all(|m| m.severity != Severity::Error) {
         return Err(crashed(format!("lean failed without reporting an error: {tail}")));
     }
-    Ok(messages)
+    Ok(LeanOutput { messages, keywords: LeanKeywords::NotChecked })
 }
 
 /// Parses `lean --json` output (one message object per line; 1-based lines, columns in

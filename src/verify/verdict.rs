@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::candidate::{Document, Region};
-use super::gates::{Gate, GateConfig};
+use super::gates::{check_lean_keywords, Gate, GateConfig};
 use crate::lean::protocol::severity;
 use crate::lean::session::{CheckFailure, Checked};
 use crate::text::LineIndex;
@@ -122,11 +122,38 @@ pub struct RawMessage {
     pub text: String,
 }
 
-/// Converts the server's diagnostics (UTF-16 LSP positions) into document offsets, dropping
-/// silent ones.
-pub fn from_lsp(doc: &Document, checked: &Checked) -> Vec<RawMessage> {
+/// Keyword tokens Lean's parser saw, for the shape gate's second look.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeanKeywords {
+    /// Not asked for (the fresh re-check: `lean --json` reports no tokens; the same text passed
+    /// the server's look).
+    NotChecked,
+    /// Asked for, but the server gave none: the gate cannot look, so it refuses.
+    Missing,
+    /// Byte ranges in the document.
+    Seen(Vec<std::ops::Range<usize>>),
+}
+
+/// What Lean said about a document, in document offsets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeanOutput {
+    pub messages: Vec<RawMessage>,
+    pub keywords: LeanKeywords,
+}
+
+/// Converts the server's diagnostics and keyword tokens (UTF-16 LSP positions) into document
+/// offsets, dropping silent diagnostics.
+pub fn from_lsp(doc: &Document, checked: &Checked) -> LeanOutput {
     let index = LineIndex::new(&doc.text);
-    checked
+    let keywords = match &checked.keywords {
+        None => LeanKeywords::Missing,
+        Some(ks) => LeanKeywords::Seen(
+            ks.iter()
+                .map(|k| index.offset_of_lsp(k.line, k.start)..index.offset_of_lsp(k.line, k.start + k.length))
+                .collect(),
+        ),
+    };
+    let messages = checked
         .diagnostics
         .iter()
         .filter(|d| d.is_silent != Some(true))
@@ -144,7 +171,8 @@ pub fn from_lsp(doc: &Document, checked: &Checked) -> Vec<RawMessage> {
                 text: d.text().to_string(),
             }
         })
-        .collect()
+        .collect();
+    LeanOutput { messages, keywords }
 }
 
 /// What `judge` decided.
@@ -173,8 +201,8 @@ pub fn axiom_allowed(name: &str, cfg: &GateConfig) -> bool {
 }
 
 /// Turns what Lean said about a document (or that it did not finish) into a verdict.
-pub fn judge(doc: &Document, outcome: Result<Vec<RawMessage>, CheckFailure>, cfg: &GateConfig) -> Judgement {
-    let raw = match outcome {
+pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &GateConfig) -> Judgement {
+    let LeanOutput { messages: raw, keywords } = match outcome {
         Err(CheckFailure::Timeout(t)) => {
             return Judgement::new(Verdict::Timeout, format!("Lean did not finish within {:.1} s", t.as_secs_f64()))
         }
@@ -214,15 +242,42 @@ pub fn judge(doc: &Document, outcome: Result<Vec<RawMessage>, CheckFailure>, cfg
         axioms,
     };
 
+    let header_error = messages
+        .iter()
+        .find(|m| m.severity == Severity::Error && m.region == Region::Header)
+        .map(|m| first_line(&m.text).to_string());
+    if let Some(e) = header_error {
+        // Nothing after a header Lean refused was elaborated.
+        return done(Verdict::Failed, format!("Lean error in the header: {e}"), None, messages, axioms);
+    }
+    // The shape gate's second look comes next: a candidate Lean read differently from the
+    // gate is refused whatever else Lean said about it.
+    let candidate = &doc.text[doc.candidate_start..doc.candidate_end];
+    let shape = match &keywords {
+        LeanKeywords::NotChecked => Ok(()),
+        LeanKeywords::Missing => {
+            Err("shape gate: Lean did not report the candidate's tokens, so they cannot be checked".into())
+        }
+        LeanKeywords::Seen(ks) => {
+            let local: Vec<std::ops::Range<usize>> = ks
+                .iter()
+                // A whole-file candidate's import header is Lean's to read (`import` is a keyword).
+                .filter(|r| r.start >= doc.candidate_start.max(doc.header_end) && r.end <= doc.candidate_end)
+                .map(|r| r.start - doc.candidate_start..r.end - doc.candidate_start)
+                .collect();
+            check_lean_keywords(candidate, &local, doc.reference.is_none(), cfg)
+        }
+    };
+    if let Err(reason) = shape {
+        return done(Verdict::Rejected, reason, Some(Gate::Shape), messages, axioms);
+    }
+
     let error_in = |pred: &dyn Fn(Region) -> bool| {
         messages
             .iter()
             .find(|m| m.severity == Severity::Error && pred(m.region))
             .map(|m| first_line(&m.text).to_string())
     };
-    if let Some(e) = error_in(&|r| r == Region::Header) {
-        return done(Verdict::Failed, format!("Lean error in the header: {e}"), None, messages, axioms);
-    }
     if let Some(e) = error_in(&|r| r == Region::Reference) {
         return done(
             Verdict::InvalidInput,
