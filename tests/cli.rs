@@ -169,3 +169,27 @@ fn lean_project_is_resolved_through_lake_env_to_its_lean_and_lean_path() {
     let cwd = std::fs::read_to_string(dir.path().join("lake-cwd")).unwrap();
     assert_eq!(std::path::Path::new(cwd.trim()).canonicalize().unwrap(), project.canonicalize().unwrap());
 }
+
+#[test]
+fn generate_prints_n_completions_as_json() {
+    let out = Command::new(subgoal_bin())
+        .args(["generate", "--prompt", "Two plus two is", "--n", "2", "--seed", "1", "--max-tokens", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cs = doc["results"][0]["completions"].as_array().unwrap();
+    assert_eq!(cs.len(), 2);
+    assert!(cs.iter().all(|c| c["completion_tokens"].as_u64().unwrap() <= 5));
+    assert!(doc["model"].as_str().unwrap().starts_with("embedded:"));
+}
+
+#[test]
+fn generate_with_a_missing_model_names_it() {
+    let out = Command::new(subgoal_bin())
+        .args(["generate", "--prompt", "x", "--model", "/nonexistent/m.gguf"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/m.gguf"));
+}

@@ -2,6 +2,8 @@
 //! context naming the file or flag involved; the library below stays typed.
 
 mod doctor;
+mod generate;
+mod serve;
 mod verify;
 
 use std::path::PathBuf;
@@ -10,8 +12,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use anyhow::Context;
 use subgoal::lean::discovery::{LeanChoice, LeanInstall};
 use subgoal::lean::session::ServerConfig;
+use subgoal::model::embedded::EmbeddedOptions;
+use subgoal::model::spec::{open, ModelSpec, OpenOptions};
 use subgoal::process::ProcessLimits;
 use subgoal::sandbox::{SandboxMode, SandboxPolicy};
 use subgoal::verify::PoolConfig;
@@ -36,6 +41,79 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Show which Lean subgoal finds and what it can import.
     Doctor(doctor::DoctorArgs),
+    /// Sample completions from a model (embedded, an OpenAI-compatible server, or a recording).
+    Generate(generate::GenerateArgs),
+    /// Serve a model over the OpenAI-compatible API.
+    Serve(serve::ServeArgs),
+}
+
+/// Which model to use and how; shared by every command that generates.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file or Hugging Face model directory, `ORG/NAME[:FILE.gguf][@REV]` (Hugging Face Hub),
+    /// `http(s)://HOST:PORT` (an OpenAI-compatible server) or `replay:FILE` (a recording).
+    /// Default: the test model this checkout installs (SmolLM2-135M-Instruct, Q4_1).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Embedded backend device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Embedded backend precision: f32, bf16, f16 (default: f32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// A tokenizer.json to use instead of the model's own (for GGUF files).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// The model name sent to a server.
+    #[arg(long)]
+    pub server_model: Option<String>,
+    /// Seconds per server request attempt.
+    #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
+    pub server_timeout: f64,
+    /// Server requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub server_concurrency: usize,
+    /// Hugging Face cache directory (default: $HF_HOME/hub or ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR")]
+    pub hf_cache: Option<PathBuf>,
+    /// Use only files already in the Hugging Face cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Append every prompt, its parameters and completions to this JSONL file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub async fn open(&self) -> anyhow::Result<Box<dyn subgoal::model::Generator>> {
+        let spec_text = match &self.model {
+            Some(m) => m.clone(),
+            None => {
+                let p = subgoal::model::test_model_path();
+                anyhow::ensure!(
+                    p.exists(),
+                    "no --model given and the test model is not installed at {} (run scripts/install-test-model.sh)",
+                    p.display()
+                );
+                p.display().to_string()
+            }
+        };
+        let spec = ModelSpec::parse(&spec_text)?;
+        let opts = OpenOptions {
+            embedded: EmbeddedOptions {
+                device: self.device.clone(),
+                dtype: self.dtype.clone(),
+                tokenizer: self.tokenizer.clone(),
+            },
+            server_model: self.server_model.clone(),
+            server_timeout: Some(Duration::from_secs_f64(self.server_timeout)),
+            server_concurrency: Some(self.server_concurrency),
+            hub_cache: self.hf_cache.clone(),
+            offline: self.offline,
+            record: self.record.clone(),
+        };
+        open(&spec, &opts).await.with_context(|| format!("opening model {spec_text}"))
+    }
 }
 
 /// How to find and bound Lean; shared by every command that runs it.
@@ -163,5 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Verify(a) => verify::run(a).await,
         Command::Doctor(a) => doctor::run(a).await,
+        Command::Generate(a) => generate::run(a).await,
+        Command::Serve(a) => serve::run(a).await,
     }
 }

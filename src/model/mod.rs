@@ -141,6 +141,11 @@ pub trait Generator: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// The test model `scripts/install-test-model.sh` installs in this checkout.
+pub fn test_model_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".toolchain/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
 impl SamplingParams {
     /// Refuses parameters no backend can honour.
     pub fn validate(&self) -> Result<(), GenError> {

@@ -74,46 +74,9 @@ impl ModelTokenizer {
     pub fn from_gguf(md: &HashMap<String, GgufValue>) -> Result<ModelTokenizer, GenError> {
         let s = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
         let u = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
-        let tokens: Vec<String> = md
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.to_vec().ok())
-            .ok_or_else(|| err("the GGUF file has no tokenizer.ggml.tokens (give --tokenizer tokenizer.json)"))?
-            .iter()
-            .map(|t| t.to_string().cloned().unwrap_or_default())
-            .collect();
-        let types: Vec<i32> = md
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.to_vec().ok())
-            .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
-            .unwrap_or_default();
+        let doc = gguf_tokenizer_document(md)?;
+        let tokens = gguf_tokens(md)?;
         let model = s("tokenizer.ggml.model").unwrap_or_else(|| "gpt2".into());
-        let doc = match model.as_str() {
-            "gpt2" => {
-                let merges: Vec<String> = md
-                    .get("tokenizer.ggml.merges")
-                    .and_then(|v| v.to_vec().ok())
-                    .ok_or_else(|| err("a gpt2 GGUF tokenizer needs tokenizer.ggml.merges"))?
-                    .iter()
-                    .map(|m| m.to_string().cloned().unwrap_or_default())
-                    .collect();
-                byte_level_bpe(&tokens, &types, &merges, &s("tokenizer.ggml.pre").unwrap_or_default())
-            }
-            "llama" => {
-                let scores: Vec<f32> = md
-                    .get("tokenizer.ggml.scores")
-                    .and_then(|v| v.to_vec().ok())
-                    .map(|v| v.iter().map(|t| t.to_f32().unwrap_or(0.0)).collect())
-                    .unwrap_or_default();
-                let space_prefix =
-                    md.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
-                sentencepiece_bpe(&tokens, &types, &scores, space_prefix)
-            }
-            other => {
-                return Err(err(format!(
-                    "GGUF tokenizer model {other:?} is not supported (give --tokenizer tokenizer.json)"
-                )))
-            }
-        };
         let tok = tokenizers::Tokenizer::from_str(&doc.to_string()).map_err(err)?;
         let bos_id = u("tokenizer.ggml.bos_token_id");
         let eos_ids: Vec<u32> = u("tokenizer.ggml.eos_token_id").into_iter().collect();
@@ -165,6 +128,56 @@ impl ModelTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.tok.get_vocab_size(true)
     }
+}
+
+/// The GGUF vocabulary.
+fn gguf_tokens(md: &HashMap<String, GgufValue>) -> Result<Vec<String>, GenError> {
+    Ok(md
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .ok_or_else(|| err("the GGUF file has no tokenizer.ggml.tokens (give --tokenizer tokenizer.json)"))?
+        .iter()
+        .map(|t| t.to_string().cloned().unwrap_or_default())
+        .collect())
+}
+
+/// The `tokenizer.json` document equivalent to a GGUF file's tokenizer metadata.
+pub fn gguf_tokenizer_document(md: &HashMap<String, GgufValue>) -> Result<Value, GenError> {
+    let s = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
+    let tokens = gguf_tokens(md)?;
+    let types: Vec<i32> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let model = s("tokenizer.ggml.model").unwrap_or_else(|| "gpt2".into());
+    let doc = match model.as_str() {
+        "gpt2" => {
+            let merges: Vec<String> = md
+                .get("tokenizer.ggml.merges")
+                .and_then(|v| v.to_vec().ok())
+                .ok_or_else(|| err("a gpt2 GGUF tokenizer needs tokenizer.ggml.merges"))?
+                .iter()
+                .map(|m| m.to_string().cloned().unwrap_or_default())
+                .collect();
+            byte_level_bpe(&tokens, &types, &merges, &s("tokenizer.ggml.pre").unwrap_or_default())
+        }
+        "llama" => {
+            let scores: Vec<f32> = md
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.iter().map(|t| t.to_f32().unwrap_or(0.0)).collect())
+                .unwrap_or_default();
+            let space_prefix = md.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+            sentencepiece_bpe(&tokens, &types, &scores, space_prefix)
+        }
+        other => {
+            return Err(err(format!(
+                "GGUF tokenizer model {other:?} is not supported (give --tokenizer tokenizer.json)"
+            )))
+        }
+    };
+    Ok(doc)
 }
 
 /// Tokens of type 3 (control) and 4 (user-defined) are added tokens; control ones are special.
