@@ -21,7 +21,8 @@ fn main() {
     let tokens: usize = arg(&args, "--tokens").and_then(|v| v.parse().ok()).unwrap_or(64);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let t = Instant::now();
-    let m = Embedded::load(&model, &EmbeddedOptions { device: device.clone(), ..Default::default() }).expect("load the model");
+    let m = Embedded::load(&model, &EmbeddedOptions { device: device.clone(), ..Default::default() })
+        .expect("load the model");
     let load_s = t.elapsed().as_secs_f64();
     // A prover-style prompt: a Lean statement and the start of a proof.
     let prompt = Prompt::Text(

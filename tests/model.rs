@@ -338,3 +338,73 @@ async fn a_recording_replays_the_same_completions() {
     let other = GenRequest { prompts: vec![text("c")], params: params(2, 0.8, 5, 5) };
     assert!(replay.generate(&other).await.is_err());
 }
+
+/// Writes a small random-weight Hugging Face model of `model_type` (2 layers, hidden 64) with the
+/// test model's tokenizer, as a real directory on disk.
+fn random_hf_model(dir: &Path, model_type: &str) {
+    let (ct, _) = subgoal::model::llama::read_gguf(&model_path()).unwrap();
+    let doc = subgoal::model::tokenizer::gguf_tokenizer_document(&ct.metadata).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), doc.to_string()).unwrap();
+    let (vocab, hidden, inter, heads, kv, hd, layers) = (49152, 64, 128, 4, 2, 16, 2);
+    let dev = Device::Cpu;
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: &[usize]| {
+        w.insert(name, Tensor::randn(0f32, 0.05, shape, &dev).unwrap());
+    };
+    put("model.embed_tokens.weight".into(), &[vocab, hidden]);
+    put("model.norm.weight".into(), &[hidden]);
+    for i in 0..layers {
+        let p = format!("model.layers.{i}");
+        put(format!("{p}.input_layernorm.weight"), &[hidden]);
+        put(format!("{p}.post_attention_layernorm.weight"), &[hidden]);
+        for (n, out) in [("q", heads * hd), ("k", kv * hd), ("v", kv * hd)] {
+            put(format!("{p}.self_attn.{n}_proj.weight"), &[out, hidden]);
+            if model_type == "qwen2" {
+                put(format!("{p}.self_attn.{n}_proj.bias"), &[out]);
+            }
+        }
+        put(format!("{p}.self_attn.o_proj.weight"), &[hidden, heads * hd]);
+        if model_type == "qwen3" {
+            put(format!("{p}.self_attn.q_norm.weight"), &[hd]);
+            put(format!("{p}.self_attn.k_norm.weight"), &[hd]);
+        }
+        put(format!("{p}.mlp.gate_proj.weight"), &[inter, hidden]);
+        put(format!("{p}.mlp.up_proj.weight"), &[inter, hidden]);
+        put(format!("{p}.mlp.down_proj.weight"), &[hidden, inter]);
+    }
+    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": model_type, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv, "head_dim": hd, "intermediate_size": inter, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "max_position_embeddings": 512, "vocab_size": vocab, "tie_word_embeddings": true,
+        "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256}
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn qwen2_and_qwen3_model_directories_load_and_generate() {
+    for arch in ["qwen2", "qwen3"] {
+        let dir = tempfile::tempdir().unwrap();
+        random_hf_model(dir.path(), arch);
+        let m = Embedded::load(dir.path(), &EmbeddedOptions::default()).unwrap();
+        assert!(m.describe().contains(arch), "{}", m.describe());
+        let cs = one(&m, text("theorem"), params(2, 1.0, 4, 6)).await;
+        assert!(cs.iter().all(|c| c.error.is_none() && c.completion_tokens > 0), "{arch}: {cs:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_qwen_specific_weights_change_what_the_model_computes() {
+    // A Qwen3 directory relabelled as Llama ignores q/k norms: the logits must differ, which
+    // shows the norms are applied when the config says qwen3.
+    let dir = tempfile::tempdir().unwrap();
+    random_hf_model(dir.path(), "qwen3");
+    let ids = model().encode_prompt(&text("a b c")).unwrap();
+    let qwen = Embedded::load(dir.path(), &EmbeddedOptions::default()).unwrap().next_logits(&ids).unwrap();
+    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("qwen3", "llama");
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    let llama = Embedded::load(dir.path(), &EmbeddedOptions::default()).unwrap().next_logits(&ids).unwrap();
+    let diff: f32 = qwen.iter().zip(&llama).map(|(a, b)| (a - b).abs()).sum();
+    assert!(diff > 1e-3, "q/k norms made no difference");
+}

@@ -274,17 +274,20 @@ impl<'a> Lexer<'a> {
             (Some('0'), Some('o' | 'O')) => Some(8),
             _ => None,
         };
+        // Digits may be separated by `_` (Lean 4.35 reads `1_000` as 1000).
         if let Some(r) = radix {
-            if self.peek_at(2).is_some_and(|c| c.is_digit(r)) {
+            if self.peek_at(2).is_some_and(|c| c.is_digit(r) || c == '_') {
                 self.pos += 2;
-                while self.peek().is_some_and(|c| c.is_digit(r)) {
+                while self.peek().is_some_and(|c| c.is_digit(r) || c == '_') {
                     self.bump();
                 }
                 return;
             }
         }
         let digits = |l: &mut Self| {
-            while l.peek().is_some_and(|c| c.is_ascii_digit()) {
+            while l.peek().is_some_and(|c| c.is_ascii_digit())
+                || l.peek() == Some('_') && l.peek_at(1).is_some_and(|c| c.is_ascii_digit())
+            {
                 l.bump();
             }
         };
@@ -357,6 +360,7 @@ mod tests {
     #[test]
     fn a_keyword_glued_to_a_number_is_its_own_token() {
         assert_eq!(texts("0theorem 0x1F 1.5e-3 2e"), vec!["0", "theorem", "0x1F", "1.5e-3", "2", "e"]);
+        assert_eq!(texts("1_000_000 0x_ff"), vec!["1_000_000", "0x_ff"]);
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct SemanticToken {
     pub start: u32,
     pub length: u32,
     pub token_type: u32,
+    /// The legend names this type `keyword` (set by the session, which knows the legend).
+    pub keyword: bool,
 }
 
 /// Decodes the relative five-integer encoding of a semantic-tokens answer's `data`.
@@ -176,7 +178,7 @@ pub fn decode_semantic_tokens(result: &Value) -> Option<Vec<SemanticToken>> {
         } else {
             start += chunk[1];
         }
-        out.push(SemanticToken { line, start, length: chunk[2], token_type: chunk[3] });
+        out.push(SemanticToken { line, start, length: chunk[2], token_type: chunk[3], keyword: false });
     }
     Some(out)
 }

@@ -90,8 +90,8 @@ pub enum CheckFailure {
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub diagnostics: Vec<LeanDiagnostic>,
-    /// Keyword tokens Lean's parser saw in the document (its semantic tokens), when asked for;
-    /// `None` when the server reported none.
+    /// The tokens Lean's parser saw in the document (its semantic tokens, every kind), when
+    /// asked for; `None` when the server reported none.
     pub keywords: Option<Vec<protocol::SemanticToken>>,
     pub version: i64,
     pub elapsed: Duration,
@@ -354,7 +354,7 @@ impl LeanServer {
         Ok(Checked { diagnostics: latest.unwrap_or_default(), keywords, version, elapsed })
     }
 
-    /// Keyword tokens of the open document, from Lean's semantic tokens (elaboration has finished
+    /// Tokens of the open document, from Lean's semantic tokens (elaboration has finished
     /// when this is asked, so the answer covers the whole document). The `range` request, not
     /// `full`: Lean 4.35's server keeps one thread per answered `full` request alive (about 1 GB
     /// of address space each; a worker died of it after ~20 candidates), `range` does not.
@@ -366,7 +366,11 @@ impl LeanServer {
             .instrument(tracing::debug_span!("lean_request", method = protocol::SEMANTIC_TOKENS_RANGE))
             .await
             .ok()?;
-        Some(protocol::decode_semantic_tokens(&result)?.into_iter().filter(|t| t.token_type == kw).collect())
+        let mut tokens = protocol::decode_semantic_tokens(&result)?;
+        for t in &mut tokens {
+            t.keyword = t.token_type == kw;
+        }
+        Some(tokens)
     }
 
     /// `$/lean/plainGoal` at a position of the open document (`None` outside tactic proofs).

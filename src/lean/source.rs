@@ -7,31 +7,42 @@ use super::lexer::{tokenize, TokenKind};
 /// before it is what Lean re-imports when it changes; everything after is ordinary commands.
 pub fn header_end(src: &str) -> usize {
     let toks = tokenize(src);
+    let text = |i: usize| toks.get(i).map(|t| t.text(src));
     let mut end = 0;
     let mut i = 0;
-    while i < toks.len() {
-        let t = toks[i].text(src);
-        match t {
-            "prelude" | "module" => {
-                end = toks[i].span.end;
-                i += 1;
-            }
-            "public" | "private" | "meta" if toks.get(i + 1).is_some_and(|n| n.text(src) == "import") => {
-                i += 1;
-            }
-            "import" => {
-                // `import all X` exists in module syntax; take identifiers up to the next line.
-                let line_end = src[toks[i].span.end..].find('\n').map_or(src.len(), |n| toks[i].span.end + n);
-                i += 1;
-                while i < toks.len() && toks[i].kind == TokenKind::Ident && toks[i].span.start < line_end {
-                    end = toks[i].span.end;
-                    i += 1;
-                }
+    if matches!(text(0), Some("module")) {
+        end = toks[0].span.end;
+        i = 1;
+    }
+    if matches!(text(i), Some("prelude")) {
+        end = toks[i].span.end;
+        i += 1;
+    }
+    // Lean's grammar: `[public] [meta] import [all] MODULE`, one module per `import`.
+    loop {
+        let mut j = i;
+        if matches!(text(j), Some("public" | "private")) {
+            j += 1;
+        }
+        if matches!(text(j), Some("meta")) {
+            j += 1;
+        }
+        if text(j) != Some("import") {
+            break;
+        }
+        j += 1;
+        if matches!(text(j), Some("all")) {
+            j += 1;
+        }
+        match toks.get(j) {
+            Some(m) if m.kind == TokenKind::Ident => {
+                end = m.span.end;
+                i = j + 1;
             }
             _ => break,
         }
     }
-    // Include the rest of the header's last line.
+    // Include the rest of the header's last line when nothing else is on it.
     match src[end..].find('\n') {
         Some(n) if src[end..end + n].trim().is_empty() => end + n + 1,
         _ => end,
@@ -60,6 +71,16 @@ pub fn declared_theorems(src: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_import_takes_one_module_and_the_header_ends_at_anything_else() {
+        let src = "prelude\nimport SubgoalFixture inductive Evil : Prop\ntheorem t : True := True.intro\n";
+        assert_eq!(&src[..header_end(src)], "prelude\nimport SubgoalFixture");
+        let src = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n";
+        assert_eq!(&src[..header_end(src)], "import Mathlib\nimport Aesop\n");
+        let src = "module\npublic import all A.B\nmeta import C\n";
+        assert_eq!(header_end(src), src.len());
+    }
 
     #[test]
     fn header_is_prelude_and_imports_only() {

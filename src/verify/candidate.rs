@@ -91,6 +91,9 @@ pub struct Document {
     pub candidate_origin: (usize, usize),
     /// Gates this document is checked by (the re-check is added by the verifier).
     pub gates: Vec<Gate>,
+    /// The import header came from the candidate (a whole file, or code under an empty
+    /// reference header): Lean's tokens there are checked too.
+    pub candidate_chose_header: bool,
 }
 
 /// The theorem name a formal statement declares.
@@ -202,7 +205,9 @@ impl Document {
                 let origin = index.line_char_of_offset(assign_end);
                 // With no reference header, the candidate's own imports (and only those) stand.
                 let header = if input.header.trim().is_empty() { &code[..header_len] } else { input.header.as_str() };
-                Self::assemble(header, &stmt, stmt.through_assign(), body, origin)
+                let mut doc = Self::assemble(header, &stmt, stmt.through_assign(), body, origin)?;
+                doc.candidate_chose_header = input.header.trim().is_empty();
+                Ok(doc)
             }
         }
     }
@@ -225,6 +230,9 @@ impl Document {
         text.push_str(&axiom);
         let statement_start = text.len();
         text.push_str(statement);
+        // A space between statement and proof, so neither can extend the other's last token
+        // (`:= by` + `_elab …` would read as `by_elab`).
+        text.push(' ');
         let candidate_start = text.len();
         text.push_str(body);
         let candidate_end = text.len();
@@ -247,6 +255,7 @@ impl Document {
             epilogue_start,
             candidate_origin,
             gates: vec![Gate::Shape, Gate::Statement, Gate::Axioms],
+            candidate_chose_header: false,
         })
     }
 
@@ -279,6 +288,7 @@ impl Document {
             epilogue_start,
             candidate_origin: (0, 0),
             gates: vec![Gate::Shape, Gate::Axioms],
+            candidate_chose_header: true,
         })
     }
 

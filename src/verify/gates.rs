@@ -223,7 +223,7 @@ const NATIVE_NAMES: &[&str] = &["ofReduceBool", "ofReduceNat", "reduceBool", "re
 /// stack is not), and printing/linting options that only change messages. Everything else
 /// (`debug.skipKernelTC`, `trace.*` floods, `compiler.*`) is refused.
 fn option_allowed(name: &str, value: &str) -> bool {
-    let number = value.parse::<u64>().ok();
+    let number = value.replace('_', "").parse::<u64>().ok();
     match name {
         "maxRecDepth" => number.is_some_and(|v| (1..=100_000).contains(&v)),
         // 0 would turn the limit off.
@@ -370,27 +370,35 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
     Ok(())
 }
 
-/// The shape gate's second look, after Lean ran: every keyword Lean's own parser reports in
-/// the candidate (its semantic tokens, `keywords` as byte ranges of `candidate`) must be one the
-/// lexer saw at the same place (else the lexer was out of step with Lean, and what it passed is
-/// not what Lean ran), and must not be refused.
-pub fn check_lean_keywords(
+/// The shape gate's second look, after Lean ran, at the tokens Lean's own parser reports in the
+/// candidate (its semantic tokens of every kind, as byte ranges of `candidate`): each must start
+/// inside a code token the lexer saw (not in a comment, a string or character literal, or between
+/// tokens); else the lexer was out of step with Lean and what it passed is not what Lean ran.
+/// Tokens whose text is refused (library keywords such as `lemma`, anything `#…`, keywords
+/// ending in `?`) are refused where Lean calls them keywords. A Lean token may be longer than the lexer's (`type_of%`,
+/// `ℝ≥0`), so only its start is matched.
+pub fn check_lean_tokens(
     candidate: &str,
-    keywords: &[std::ops::Range<usize>],
+    tokens: &[(std::ops::Range<usize>, bool)],
     file: bool,
     cfg: &GateConfig,
 ) -> Result<(), String> {
     let toks = tokenize(candidate);
-    for r in keywords {
+    for (r, keyword) in tokens {
         let Some(word) = candidate.get(r.clone()) else { continue };
         let line = line_of(candidate, r.start);
-        if !toks.iter().any(|t| t.span.start == r.start && t.text(candidate) == word) {
+        let in_code = toks.iter().any(|t| {
+            t.span.start <= r.start && r.start < t.span.end && !matches!(t.kind, TokenKind::Str | TokenKind::Char)
+        });
+        if !in_code {
             return Err(format!(
                 "shape gate: Lean reads `{word}` at line {line} as code where the gate saw a comment, a literal or \
                  other text (the candidate is written to be read two ways)"
             ));
         }
-        if refused_lean_keyword(word, file, cfg) && !(word == "set_option" || word == "open") {
+        // Names are refused only where Lean calls them keywords (a local `alias` is fine);
+        // `#…` never names anything.
+        if (*keyword || word.starts_with('#')) && refused_lean_keyword(word, file, cfg) {
             return Err(format!("shape gate: `{word}` at line {line} is a keyword a candidate may not use"));
         }
     }
@@ -464,18 +472,24 @@ mod tests {
         // Lean reads `#check` here; a lexer out of step would have seen a string.
         let src = " x \"hidden\" #check";
         let at = |w: &str| src.find(w).unwrap()..src.find(w).unwrap() + w.len();
-        check_lean_keywords(src, &[at("#check")], false, &cfg).unwrap_err();
-        let desync = check_lean_keywords(src, &[at("hidden")], false, &cfg).unwrap_err();
+        check_lean_tokens(src, &[(at("#check"), false)], false, &cfg).unwrap_err();
+        let desync = check_lean_tokens(src, &[(at("hidden"), true)], false, &cfg).unwrap_err();
         assert!(desync.contains("read two ways"), "{desync}");
-        check_lean_keywords(" fun h => h", &[std::ops::Range { start: 1, end: 4 }], false, &cfg).unwrap();
+        check_lean_tokens(" fun h => h", &[(std::ops::Range { start: 1, end: 4 }, true)], false, &cfg).unwrap();
+    }
+
+    #[test]
+    fn a_local_named_like_a_library_keyword_is_not_refused() {
+        check_lean_tokens(" alias", &[(std::ops::Range { start: 1, end: 6 }, false)], false, &GateConfig::default())
+            .unwrap();
     }
 
     #[test]
     fn library_keywords_are_refused_when_lean_reports_them() {
         let cfg = GateConfig::default();
-        check_lean_keywords(" hint", &[std::ops::Range { start: 1, end: 5 }], false, &cfg).unwrap_err();
-        check_lean_keywords(" lemma", &[std::ops::Range { start: 1, end: 6 }], true, &cfg).unwrap();
-        check_lean_keywords(" aesop?", &[std::ops::Range { start: 1, end: 7 }], false, &cfg).unwrap_err();
+        check_lean_tokens(" hint", &[(std::ops::Range { start: 1, end: 5 }, true)], false, &cfg).unwrap_err();
+        check_lean_tokens(" lemma", &[(std::ops::Range { start: 1, end: 6 }, true)], true, &cfg).unwrap();
+        check_lean_tokens(" aesop?", &[(std::ops::Range { start: 1, end: 7 }, true)], false, &cfg).unwrap_err();
     }
 
     #[test]

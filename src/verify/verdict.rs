@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::candidate::{Document, Region};
-use super::gates::{check_lean_keywords, Gate, GateConfig};
+use super::gates::{check_lean_tokens, Gate, GateConfig};
 use crate::lean::protocol::severity;
 use crate::lean::session::{CheckFailure, Checked};
 use crate::text::LineIndex;
@@ -130,8 +130,8 @@ pub enum LeanKeywords {
     NotChecked,
     /// Asked for, but the server gave none: the gate cannot look, so it refuses.
     Missing,
-    /// Byte ranges in the document.
-    Seen(Vec<std::ops::Range<usize>>),
+    /// Byte ranges in the document, and whether Lean calls each a keyword.
+    Seen(Vec<(std::ops::Range<usize>, bool)>),
 }
 
 /// What Lean said about a document, in document offsets.
@@ -149,7 +149,9 @@ pub fn from_lsp(doc: &Document, checked: &Checked) -> LeanOutput {
         None => LeanKeywords::Missing,
         Some(ks) => LeanKeywords::Seen(
             ks.iter()
-                .map(|k| index.offset_of_lsp(k.line, k.start)..index.offset_of_lsp(k.line, k.start + k.length))
+                .map(|k| {
+                    (index.offset_of_lsp(k.line, k.start)..index.offset_of_lsp(k.line, k.start + k.length), k.keyword)
+                })
                 .collect(),
         ),
     };
@@ -259,13 +261,30 @@ pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &Ga
             Err("shape gate: Lean did not report the candidate's tokens, so they cannot be checked".into())
         }
         LeanKeywords::Seen(ks) => {
-            let local: Vec<std::ops::Range<usize>> = ks
+            // Candidate text runs from its start; when the candidate chose the imports (a whole
+            // file, or code under an empty reference header) only import syntax may stand there.
+            let mut result = Ok(());
+            for (r, _) in ks {
+                if r.start < doc.candidate_start && r.end > doc.candidate_start {
+                    result = Err("shape gate: a Lean token spans the statement and the candidate".to_string());
+                    break;
+                }
+            }
+            let from = doc.candidate_start.max(doc.header_end);
+            let local: Vec<(std::ops::Range<usize>, bool)> = ks
                 .iter()
-                // A whole-file candidate's import header is Lean's to read (`import` is a keyword).
-                .filter(|r| r.start >= doc.candidate_start.max(doc.header_end) && r.end <= doc.candidate_end)
-                .map(|r| r.start - doc.candidate_start..r.end - doc.candidate_start)
+                .filter(|(r, _)| r.start >= from && r.end <= doc.candidate_end)
+                .map(|(r, k)| (r.start - doc.candidate_start..r.end - doc.candidate_start, *k))
                 .collect();
-            check_lean_keywords(candidate, &local, doc.reference.is_none(), cfg)
+            result.and_then(|_| check_lean_tokens(candidate, &local, doc.reference.is_none(), cfg)).and_then(|_| {
+                if doc.candidate_chose_header {
+                    let header: Vec<_> =
+                        ks.iter().filter(|(r, _)| r.end <= doc.header_end).map(|(r, _)| r.clone()).collect();
+                    header_tokens_are_imports(&doc.text, &header)
+                } else {
+                    Ok(())
+                }
+            })
         }
     };
     if let Err(reason) = shape {
@@ -321,6 +340,21 @@ pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &Ga
         return done(Verdict::Rejected, reason, Some(Gate::Axioms), messages, axioms);
     }
     done(Verdict::Proved, String::new(), None, messages, axioms)
+}
+
+/// In a header the candidate wrote, Lean may read only import syntax.
+fn header_tokens_are_imports(text: &str, tokens: &[std::ops::Range<usize>]) -> Result<(), String> {
+    for r in tokens {
+        let word = text.get(r.clone()).unwrap_or("");
+        if word.chars().next().is_some_and(|c| c.is_alphabetic() || c == '#')
+            && !matches!(word, "prelude" | "module" | "import" | "public" | "private" | "meta" | "all")
+            && !text[..r.start].trim_end().ends_with("import")
+            && !text[..r.start].trim_end().ends_with("all")
+        {
+            return Err(format!("shape gate: `{word}` in the candidate's import header is not import syntax"));
+        }
+    }
+    Ok(())
 }
 
 /// Lean's `declaration uses 'sorry'` warning; 4.35 quotes it with backticks instead.
