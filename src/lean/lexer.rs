@@ -125,11 +125,10 @@ impl<'a> Lexer<'a> {
         }
         if self.rest().starts_with("/-") {
             self.pos += 2;
-            // `/--` (doc) and `/-!` (module doc) open with three characters: in `/--/` the
-            // `-/` is not a close.
-            if matches!(self.peek(), Some('-' | '!')) {
-                self.bump();
-            }
+            // Lean consumes one more character after `/-` before it looks for `-/` or a nested
+            // `/-`: `/--` and `/-!` open doc comments, and in `/-/- -/` the second `/` is skipped,
+            // so that text is one whole comment.
+            self.bump();
             let mut depth = 1usize;
             while depth > 0 && self.pos < self.src.len() {
                 if self.rest().starts_with("/-") {
@@ -291,7 +290,12 @@ impl<'a> Lexer<'a> {
                 l.bump();
             }
         };
+        // After a `.` a number is a field index (`h.1.1`): no fraction.
+        let field_index = self.src[..self.pos].ends_with('.');
         digits(self);
+        if field_index {
+            return;
+        }
         if self.peek() == Some('.') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) {
             self.bump();
             digits(self);
@@ -361,6 +365,7 @@ mod tests {
     fn a_keyword_glued_to_a_number_is_its_own_token() {
         assert_eq!(texts("0theorem 0x1F 1.5e-3 2e"), vec!["0", "theorem", "0x1F", "1.5e-3", "2", "e"]);
         assert_eq!(texts("1_000_000 0x_ff"), vec!["1_000_000", "0x_ff"]);
+        assert_eq!(texts("h.1.1"), vec!["h", ".", "1", ".", "1"]);
     }
 
     #[test]
@@ -368,6 +373,8 @@ mod tests {
         assert_eq!(texts("/--/ x -/ y"), vec!["y"]);
         assert_eq!(texts("/-!/ x -/ y"), vec!["y"]);
         assert_eq!(texts("/-/ x -/ y"), vec!["y"]);
+        // Lean skips the character after `/-`: this is one comment, and `x` is code.
+        assert_eq!(texts("/-/- -/ x -- -/ y"), vec!["x"]);
     }
 
     #[test]

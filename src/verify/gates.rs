@@ -316,6 +316,7 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                 return refuse(t, "starts an attribute; a candidate may only supply a proof")
             }
             TokenKind::Symbol if text == "`" => return refuse(t, "starts a syntax quotation (metaprogramming)"),
+            TokenKind::Ident if text.contains(['\n', '\r']) => return refuse(t, "is a name spanning lines"),
             TokenKind::Ident => {
                 if text == "set_option" {
                     let name = toks.get(i + 1).map(|t| t.text(src)).unwrap_or("");
@@ -329,12 +330,12 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                     i += 3;
                     continue;
                 }
-                if text == "native_decide"
-                    || text == "native"
-                        && (i > 0 && matches!(toks[i - 1].text(src), "+" | "-")
-                            || adjacent(t, toks.get(i + 1), ":=")
-                            || toks.get(i + 1).is_some_and(|n| n.text(src) == ":="))
-                {
+                // `decide +native`, `{ native := true }`; a local `let native := …` is fine.
+                let prev = (i > 0).then(|| toks[i - 1].text(src));
+                let next = toks.get(i + 1).map(|n| n.text(src));
+                let native_option = text == "native"
+                    && (matches!(prev, Some("+" | "-")) || matches!(prev, Some("{" | ",")) && next == Some(":="));
+                if text == "native_decide" || native_option {
                     if !cfg.allow_native_decide {
                         return refuse(t, "trusts the compiled evaluator (pass --allow-native-decide to accept it)");
                     }
@@ -387,8 +388,15 @@ pub fn check_lean_tokens(
     for (r, keyword) in tokens {
         let Some(word) = candidate.get(r.clone()) else { continue };
         let line = line_of(candidate, r.start);
+        // A Lean token must start where a gate token starts, or at a component of a dotted name
+        // the gate read as one identifier (`h.left`).
         let in_code = toks.iter().any(|t| {
-            t.span.start <= r.start && r.start < t.span.end && !matches!(t.kind, TokenKind::Str | TokenKind::Char)
+            !matches!(t.kind, TokenKind::Str | TokenKind::Char)
+                && (t.span.start == r.start
+                    || t.kind == TokenKind::Ident
+                        && t.span.start < r.start
+                        && r.start < t.span.end
+                        && candidate[..r.start].ends_with('.'))
         });
         if !in_code {
             return Err(format!(
@@ -453,6 +461,7 @@ mod tests {
         body(" List.get? l 0").unwrap();
         body(" get? l 0").unwrap();
         body(" fun (hint : p) (native : q) (alias : r) => hint").unwrap();
+        body(" let native := h\n  native").unwrap();
     }
 
     #[test]

@@ -278,9 +278,8 @@ pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &Ga
                 .collect();
             result.and_then(|_| check_lean_tokens(candidate, &local, doc.reference.is_none(), cfg)).and_then(|_| {
                 if doc.candidate_chose_header {
-                    let header: Vec<_> =
-                        ks.iter().filter(|(r, _)| r.end <= doc.header_end).map(|(r, _)| r.clone()).collect();
-                    header_tokens_are_imports(&doc.text, &header)
+                    let header: Vec<_> = ks.iter().filter(|(r, _)| r.start < doc.header_end).cloned().collect();
+                    header_tokens_are_imports(&doc.text[..doc.header_end], &header)
                 } else {
                     Ok(())
                 }
@@ -342,15 +341,18 @@ pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &Ga
     done(Verdict::Proved, String::new(), None, messages, axioms)
 }
 
-/// In a header the candidate wrote, Lean may read only import syntax.
-fn header_tokens_are_imports(text: &str, tokens: &[std::ops::Range<usize>]) -> Result<(), String> {
-    for r in tokens {
+/// In a header the candidate wrote, Lean may read only import syntax, token for token with the
+/// gate's reading of it (`header_end` accepted that text as `prelude`/`import M` lines only).
+fn header_tokens_are_imports(text: &str, tokens: &[(std::ops::Range<usize>, bool)]) -> Result<(), String> {
+    let gate = crate::lean::lexer::tokenize(text);
+    for (r, keyword) in tokens {
         let word = text.get(r.clone()).unwrap_or("");
-        if word.chars().next().is_some_and(|c| c.is_alphabetic() || c == '#')
-            && !matches!(word, "prelude" | "module" | "import" | "public" | "private" | "meta" | "all")
-            && !text[..r.start].trim_end().ends_with("import")
-            && !text[..r.start].trim_end().ends_with("all")
-        {
+        if !gate.iter().any(|t| t.span.start == r.start) {
+            return Err(format!(
+                "shape gate: Lean reads `{word}` in the candidate's import header where the gate saw no token"
+            ));
+        }
+        if *keyword && !matches!(word, "prelude" | "module" | "import" | "public" | "private" | "meta" | "all") {
             return Err(format!("shape gate: `{word}` in the candidate's import header is not import syntax"));
         }
     }
