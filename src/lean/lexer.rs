@@ -172,7 +172,8 @@ impl<'a> Lexer<'a> {
             self.ident();
             TokenKind::Ident
         } else {
-            for sym in [":=", "@[", "..", "=>", "<;>", "<|>", "←", "→"] {
+            // `<-` is one token to Lean: in `<--` the `--` does not start a comment.
+            for sym in [":=", "@[", "..", "=>", "<;>", "<|>", "<-", "←", "→"] {
                 if self.rest().starts_with(sym) {
                     self.pos += sym.len();
                     return Some(Token { kind: TokenKind::Symbol, span: start..self.pos });
@@ -375,6 +376,7 @@ mod tests {
         assert_eq!(texts("/-/ x -/ y"), vec!["y"]);
         // Lean skips the character after `/-`: this is one comment, and `x` is code.
         assert_eq!(texts("/-/- -/ x -- -/ y"), vec!["x"]);
+        assert_eq!(texts("h <-- axiom"), vec!["h", "<-", "-", "axiom"]);
     }
 
     #[test]

@@ -128,12 +128,41 @@ impl<'a> Statement<'a> {
         &self.src[..self.toks[self.assign].span.end]
     }
 
-    /// `axiom NAME` + the statement's binders and type: the trusted reference.
-    fn reference_axiom(&self, name: &str) -> Option<String> {
+    /// The trusted reference: whatever precedes the declaration keyword (`open … in`, doc
+    /// comments, modifiers), then `axiom NAME` + the statement's binders and type. `NAME` sits in
+    /// the theorem's namespace, so the signature resolves names as the theorem's does (a
+    /// declaration `A.foo` reads its signature inside namespace `A`).
+    fn reference_axiom(&self, name: &str) -> Option<(String, String)> {
         let kw = self.toks.iter().position(|t| matches!(t.text(self.src), "theorem" | "lemma"))?;
         let name_tok = self.toks.get(kw + 1)?;
+        // Scoping prefixes (`open … in`, `set_option … in`) carry over; attributes and
+        // modifiers that do not apply to an axiom (`@[simp]`, `noncomputable`) do not.
+        let mut prefix = String::new();
+        let mut depth = 0usize;
+        for t in &self.toks[..kw] {
+            let w = t.text(self.src);
+            match w {
+                "@[" => depth += 1,
+                "]" if depth > 0 => depth -= 1,
+                _ if depth > 0 => {}
+                "noncomputable" | "nonrec" | "partial" => {}
+                _ => {
+                    prefix.push_str(w);
+                    prefix.push(if w == "in" { '\n' } else { ' ' });
+                }
+            }
+        }
+        let namespace = name_tok.text(self.src).rsplit_once('.').map(|(ns, _)| format!("{ns}.")).unwrap_or_default();
+        let full = format!("{namespace}{name}");
         let sig = &self.src[name_tok.span.end..self.toks[self.assign].span.start];
-        Some(format!("axiom {name}{}\n", sig.trim_end()))
+        Some((format!("{prefix}axiom {full}{}\n", sig.trim_end()), full))
+    }
+
+    /// The statement through its last token (`:=` or `by`): a trailing comment is dropped, so the
+    /// proof cannot land inside it.
+    fn through_last_token(&self) -> &'a str {
+        // `parse` checked that the last token is `:=` or `by`.
+        self.toks.last().map_or(self.src, |t| &self.src[..t.span.end])
     }
 }
 
@@ -176,7 +205,7 @@ impl Document {
             (Some(proof), None) => {
                 let stmt = reference(input)?;
                 shape(check_body(proof, cfg))?;
-                Self::assemble(&input.header, &stmt, stmt.src, proof, (0, 0))
+                Self::assemble(&input.header, &stmt, stmt.through_last_token(), "", proof, (0, 0))
             }
             (None, Some(code)) if input.formal_statement.trim().is_empty() => Self::whole_file(code, cfg),
             (None, Some(code)) => {
@@ -205,7 +234,8 @@ impl Document {
                 let origin = index.line_char_of_offset(assign_end);
                 // With no reference header, the candidate's own imports (and only those) stand.
                 let header = if input.header.trim().is_empty() { &code[..header_len] } else { input.header.as_str() };
-                let mut doc = Self::assemble(header, &stmt, stmt.through_assign(), body, origin)?;
+                let opens = preamble_opens(&code[header_len..at]);
+                let mut doc = Self::assemble(header, &stmt, stmt.through_assign(), &opens, body, origin)?;
                 doc.candidate_chose_header = input.header.trim().is_empty();
                 Ok(doc)
             }
@@ -216,12 +246,12 @@ impl Document {
         header: &str,
         stmt: &Statement,
         statement: &str,
+        opens: &str,
         body: &str,
         candidate_origin: (usize, usize),
     ) -> Result<Document, BuildError> {
         let name = statement_name(stmt.src).ok_or(NO_THEOREM)?;
-        let reference = reference_name();
-        let axiom = stmt.reference_axiom(&reference).ok_or(NO_THEOREM)?;
+        let (axiom, reference) = stmt.reference_axiom(&reference_name()).ok_or(NO_THEOREM)?;
         let mut text = header.to_string();
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -233,6 +263,9 @@ impl Document {
         // A space between statement and proof, so neither can extend the other's last token
         // (`:= by` + `_elab …` would read as `by_elab`).
         text.push(' ');
+        // `open` commands a whole-file candidate wrote before its statement apply to its proof
+        // only (`open A in …`), never to the trusted statement.
+        text.push_str(opens);
         let candidate_start = text.len();
         text.push_str(body);
         let candidate_end = text.len();
@@ -337,6 +370,35 @@ impl Document {
     }
 }
 
+/// `open A B in ` for the `open A B` commands of a candidate's preamble (names only; the
+/// preamble passed `check_preamble`).
+fn preamble_opens(preamble: &str) -> String {
+    let toks = tokenize(preamble);
+    let mut out = String::new();
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i].text(preamble) == "open" {
+            let mut names = Vec::new();
+            let mut j = i + 1;
+            while j < toks.len()
+                && toks[j].kind == crate::lean::lexer::TokenKind::Ident
+                && toks[j].text(preamble) != "open"
+            {
+                names.push(toks[j].text(preamble));
+                j += 1;
+            }
+            let plain = names.iter().all(|n| !matches!(*n, "in" | "hiding" | "renaming" | "private" | "set_option"));
+            if !names.is_empty() && plain {
+                out.push_str(&format!("open {} in ", names.join(" ")));
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 const NO_THEOREM: &str = "\"formal_statement\" declares no theorem (expected `theorem NAME …`)";
 
 /// The request's reference statement, which must declare a theorem and end at `:=` (the proof
@@ -432,7 +494,9 @@ mod tests {
         i.code = Some("prelude\nimport SubgoalFixture\nopen Foo\ntheorem t (p : Prop) (hp : p) : p :=\n  bad".into());
         let d = build(&i).unwrap();
         assert_eq!(&d.text[d.candidate_start..d.candidate_end], "\n  bad");
-        assert!(!d.text.contains("open Foo"), "the candidate's preamble is not used");
+        // The candidate's `open` applies to its proof only, never to the trusted statement.
+        assert!(!d.text[..d.statement_start].contains("open Foo"));
+        assert!(d.text[..d.candidate_start].ends_with(":= open Foo in "), "{}", d.text);
         let idx = LineIndex::new(&d.text);
         let off = d.text.find("bad").unwrap();
         assert_eq!(d.local_position(&idx, off), (Region::Candidate, 5, 2));

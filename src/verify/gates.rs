@@ -195,10 +195,6 @@ const SEARCH_TACTICS: &[&str] = &[
 /// Declaration keywords a whole-file candidate (no reference statement) may use.
 const FILE_DECLARATIONS: &[&str] = &["theorem", "lemma", "example"];
 
-/// Term elaborators written `name%` that a proof may use; any other `name%` is refused (such
-/// elaborators run code of their own at elaboration time).
-const ALLOWED_PERCENT: &[&str] = &["type_of", "ensure_type_of", "ensure_expected_type"];
-
 /// Namespaces of the metaprogramming and compiler API.
 const REFUSED_PREFIXES: &[&str] = &[
     "Lean.Elab",
@@ -304,8 +300,6 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
     let refuse = |t: &Token, why: &str| {
         Err(format!("shape gate: `{}` at line {} {why}", t.text(src), line_of(src, t.span.start)))
     };
-    let adjacent =
-        |a: &Token, b: Option<&Token>, text: &str| b.is_some_and(|b| b.span.start == a.span.end && b.text(src) == text);
     let mut i = 0;
     while i < toks.len() {
         let t = &toks[i];
@@ -334,7 +328,8 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                 let prev = (i > 0).then(|| toks[i - 1].text(src));
                 let next = toks.get(i + 1).map(|n| n.text(src));
                 let native_option = text == "native"
-                    && (matches!(prev, Some("+" | "-")) || matches!(prev, Some("{" | ",")) && next == Some(":="));
+                    && (i > 0 && matches!(prev, Some("+" | "-")) && toks[i - 1].span.end == t.span.start
+                        || matches!(prev, Some("{" | ",")) && next == Some(":="));
                 if text == "native_decide" || native_option {
                     if !cfg.allow_native_decide {
                         return refuse(t, "trusts the compiled evaluator (pass --allow-native-decide to accept it)");
@@ -352,13 +347,10 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                 if !cfg.allow_native_decide && NATIVE_NAMES.contains(&last) {
                     return refuse(t, "trusts the compiled evaluator (pass --allow-native-decide to accept it)");
                 }
-                if adjacent(t, toks.get(i + 1), "%") && !ALLOWED_PERCENT.contains(&text) {
-                    return refuse(t, "is an elaborator that runs at elaboration time (`name%`)");
-                }
-                if text.ends_with('!') {
+                // `s!"…{e}…"`, `s! "…"`, `dbg_trace "…{e}…"`: code inside the literal.
+                if text.ends_with('!') || text == "dbg_trace" {
                     if let Some(next) = toks.get(i + 1) {
-                        if next.kind == TokenKind::Str && next.span.start == t.span.end && next.text(src).contains('{')
-                        {
+                        if next.kind == TokenKind::Str && next.text(src).contains('{') {
                             return refuse(t, "interpolates code inside a string literal");
                         }
                     }
@@ -462,6 +454,7 @@ mod tests {
         body(" get? l 0").unwrap();
         body(" fun (hint : p) (native : q) (alias : r) => hint").unwrap();
         body(" let native := h\n  native").unwrap();
+        body(" a + native").unwrap();
     }
 
     #[test]
@@ -469,8 +462,10 @@ mod tests {
         assert!(body(" by run_tac do pure ()").is_err());
         assert!(body(" (by_elab pure default)").is_err());
         assert!(body(" Lean.Meta.mkSorry").is_err());
-        assert!(body(" (eval% 1)").is_err());
         body(" (show type_of% h from h)").unwrap();
+        body(" Nat.mod n%2").unwrap();
+        assert!(body(" (dbg_trace \"{x}\"; h)").is_err());
+        assert!(body(" s! \"{x}\"").is_err());
         assert!(body(" s!\"{evil}\"").is_err());
         body(" \"{not code}\"").unwrap();
     }

@@ -369,7 +369,14 @@ fn first_line(s: &str) -> &str {
 }
 
 fn same_name(a: &str, b: &str) -> bool {
-    let strip = |s: &str| s.replace(['«', '»'], "");
+    // A private declaration prints as `_private.«file».0.NAME`.
+    let strip = |s: &str| {
+        let s = s.replace(['«', '»'], "");
+        match (s.starts_with("_private."), s.rfind(".0.")) {
+            (true, Some(i)) => s[i + 3..].to_string(),
+            _ => s,
+        }
+    };
     strip(a) == strip(b)
 }
 
