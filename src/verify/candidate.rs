@@ -135,22 +135,26 @@ impl<'a> Statement<'a> {
     fn reference_axiom(&self, name: &str) -> Option<(String, String)> {
         let kw = self.toks.iter().position(|t| matches!(t.text(self.src), "theorem" | "lemma"))?;
         let name_tok = self.toks.get(kw + 1)?;
-        // Scoping prefixes (`open … in`, `set_option … in`) carry over; attributes and
-        // modifiers that do not apply to an axiom (`@[simp]`, `noncomputable`) do not.
+        // Scoping prefixes (`open … in`, `set_option … in`) and the `private`/`protected`
+        // modifier carry over; anything else before the keyword (attributes, other commands
+        // the statement text happens to hold) does not.
+        let words: Vec<&str> = self.toks[..kw].iter().map(|t| t.text(self.src)).collect();
         let mut prefix = String::new();
-        let mut depth = 0usize;
-        for t in &self.toks[..kw] {
-            let w = t.text(self.src);
-            match w {
-                "@[" => depth += 1,
-                "]" if depth > 0 => depth -= 1,
-                _ if depth > 0 => {}
-                "noncomputable" | "nonrec" | "partial" => {}
-                _ => {
-                    prefix.push_str(w);
-                    prefix.push(if w == "in" { '\n' } else { ' ' });
+        let mut i = 0;
+        while i < words.len() {
+            if matches!(words[i], "open" | "set_option") {
+                if let Some(end) = words[i..].iter().position(|w| *w == "in") {
+                    prefix.push_str(&words[i..=i + end].join(" "));
+                    prefix.push('\n');
+                    i += end + 1;
+                    continue;
                 }
             }
+            if matches!(words[i], "private" | "protected") && i + 1 == words.len() {
+                prefix.push_str(words[i]);
+                prefix.push(' ');
+            }
+            i += 1;
         }
         let namespace = name_tok.text(self.src).rsplit_once('.').map(|(ns, _)| format!("{ns}.")).unwrap_or_default();
         let full = format!("{namespace}{name}");
