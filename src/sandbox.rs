@@ -362,24 +362,18 @@ impl Sandbox {
     /// `limits`, the network namespace and the Landlock domain. The ruleset descriptor must stay
     /// open until the child is spawned, so `self` must outlive the spawn.
     pub fn apply(&self, cmd: &mut tokio::process::Command, limits: &ProcessLimits) {
-        cmd.current_dir(self.path()).env_clear();
-        for (k, v) in self.env() {
-            cmd.env(k, v);
-        }
-        let setup =
-            ChildSetup { net: self.net.clone(), landlock_fd: self.ruleset.as_ref().map_or(-1, |r| r.fd.as_raw_fd()) };
-        limit_command_with(cmd, limits, setup);
+        cmd.current_dir(self.path()).env_clear().envs(self.env());
+        limit_command_with(cmd, limits, self.child_setup());
     }
 
     /// Like `apply`, for a blocking `std::process::Command`.
     pub fn apply_std(&self, cmd: &mut std::process::Command, limits: &ProcessLimits) {
-        cmd.current_dir(self.path()).env_clear();
-        for (k, v) in self.env() {
-            cmd.env(k, v);
-        }
-        let setup =
-            ChildSetup { net: self.net.clone(), landlock_fd: self.ruleset.as_ref().map_or(-1, |r| r.fd.as_raw_fd()) };
-        crate::process::limit_std_command(cmd, limits, setup);
+        cmd.current_dir(self.path()).env_clear().envs(self.env());
+        crate::process::limit_std_command(cmd, limits, self.child_setup());
+    }
+
+    fn child_setup(&self) -> ChildSetup {
+        ChildSetup { net: self.net.clone(), landlock_fd: self.ruleset.as_ref().map_or(-1, |r| r.fd.as_raw_fd()) }
     }
 
     fn env(&self) -> Vec<(String, std::ffi::OsString)> {
