@@ -94,6 +94,8 @@ pub struct Document {
     /// The import header came from the candidate (a whole file, or code under an empty
     /// reference header): Lean's tokens there are checked too.
     pub candidate_chose_header: bool,
+    /// The theorem is `private` (Lean prints its name mangled).
+    pub private: bool,
 }
 
 /// The theorem name a formal statement declares.
@@ -160,6 +162,12 @@ impl<'a> Statement<'a> {
         let full = format!("{namespace}{name}");
         let sig = &self.src[name_tok.span.end..self.toks[self.assign].span.start];
         Some((format!("{prefix}axiom {full}{}\n", sig.trim_end()), full))
+    }
+
+    /// Whether the declaration is `private`.
+    fn is_private(&self) -> bool {
+        let kw = self.toks.iter().position(|t| matches!(t.text(self.src), "theorem" | "lemma")).unwrap_or(0);
+        self.toks[..kw].iter().any(|t| t.text(self.src) == "private")
     }
 
     /// The statement through its last token (`:=` or `by`): a trailing comment is dropped, so the
@@ -275,15 +283,21 @@ impl Document {
         let candidate_end = text.len();
         text.push_str("\n\n");
         let epilogue_start = text.len();
+        // The epilogue names the theorem by its full name from the root, so no `open` in the
+        // header or alias can make it mean another constant (a private name resolves only as
+        // written).
+        let private = stmt.is_private();
+        let full = format!("{}{name}", current_namespace(header));
+        let target = if private { name.clone() } else { format!("_root_.{full}") };
         // The statement gate: the kernel must accept the theorem at the reference's type.
-        text.push_str(&format!("example : type_of% @{reference} := @{name}\n"));
-        text.push_str(&format!("#print axioms {name}\n"));
+        text.push_str(&format!("example : type_of% @{reference} := @{target}\n"));
+        text.push_str(&format!("#print axioms {target}\n"));
         let header_end = header_end(header);
         Ok(Document {
             header_key: normalize_header(&header[..header_end]),
             text,
             header_end,
-            theorems: vec![name],
+            theorems: vec![if private { name } else { full }],
             reference: Some(reference),
             reference_start,
             statement_start,
@@ -293,6 +307,7 @@ impl Document {
             candidate_origin,
             gates: vec![Gate::Shape, Gate::Statement, Gate::Axioms],
             candidate_chose_header: false,
+            private,
         })
     }
 
@@ -310,7 +325,7 @@ impl Document {
         text.push_str("\n\n");
         let epilogue_start = text.len();
         for t in &theorems {
-            text.push_str(&format!("#print axioms {t}\n"));
+            text.push_str(&format!("#print axioms _root_.{t}\n"));
         }
         Ok(Document {
             header_key: normalize_header(&text[..header_len]),
@@ -326,6 +341,7 @@ impl Document {
             candidate_origin: (0, 0),
             gates: vec![Gate::Shape, Gate::Axioms],
             candidate_chose_header: true,
+            private: false,
         })
     }
 
@@ -374,31 +390,59 @@ impl Document {
     }
 }
 
-/// `open A B in ` for the `open A B` commands of a candidate's preamble (names only; the
-/// preamble passed `check_preamble`).
+/// The namespace the header leaves open (`namespace A.B` … without its `end`), as `A.B.`.
+fn current_namespace(header: &str) -> String {
+    let toks = tokenize(header);
+    let mut scopes: Vec<Option<String>> = Vec::new();
+    let start = header_end(header);
+    let mut k = toks.iter().position(|t| t.span.start >= start).unwrap_or(toks.len());
+    while k < toks.len() {
+        let word = toks[k].text(header);
+        let next = toks.get(k + 1).map(|t| t.text(header));
+        match word {
+            "namespace" => scopes.push(next.map(str::to_owned)),
+            "section" => scopes.push(None),
+            "end" => {
+                scopes.pop();
+            }
+            _ => {}
+        }
+        k += 1;
+    }
+    scopes.into_iter().flatten().map(|n| format!("{n}.")).collect()
+}
+
+/// `open … in ` for each `open` command of a candidate's preamble: its names and
+/// `renaming`/`hiding` clauses up to the end of its line or the next command (the preamble passed
+/// `check_preamble`; the text only ever scopes the proof).
 fn preamble_opens(preamble: &str) -> String {
     let toks = tokenize(preamble);
     let mut out = String::new();
     let mut i = 0;
     while i < toks.len() {
-        if toks[i].text(preamble) == "open" {
-            let mut names = Vec::new();
-            let mut j = i + 1;
-            while j < toks.len()
-                && toks[j].kind == crate::lean::lexer::TokenKind::Ident
-                && toks[j].text(preamble) != "open"
-            {
-                names.push(toks[j].text(preamble));
-                j += 1;
-            }
-            let plain = names.iter().all(|n| !matches!(*n, "in" | "hiding" | "renaming" | "private" | "set_option"));
-            if !names.is_empty() && plain {
-                out.push_str(&format!("open {} in ", names.join(" ")));
-            }
-            i = j;
-        } else {
+        if toks[i].text(preamble) != "open" {
             i += 1;
+            continue;
         }
+        let line_end = preamble[toks[i].span.end..].find('\n').map_or(preamble.len(), |n| toks[i].span.end + n);
+        let mut words = Vec::new();
+        let mut j = i + 1;
+        while j < toks.len() && toks[j].span.start < line_end {
+            let w = toks[j].text(preamble);
+            if matches!(w, "open" | "set_option" | "universe" | "noncomputable" | "section" | "in") {
+                break;
+            }
+            words.push(w);
+            j += 1;
+        }
+        if !words.is_empty() {
+            out.push_str(&format!("open {} in ", words.join(" ")));
+        }
+        // `open X in` before the statement: its `in` is consumed here.
+        if toks.get(j).is_some_and(|t| t.text(preamble) == "in") {
+            j += 1;
+        }
+        i = j;
     }
     out
 }
@@ -438,7 +482,11 @@ mod tests {
         assert!(d
             .text
             .starts_with(&format!("prelude\nimport SubgoalFixture\naxiom {r} (p : Prop) (hp : p) : p\ntheorem t")));
-        assert!(d.text.ends_with(&format!("\n\nexample : type_of% @{r} := @t\n#print axioms t\n")), "{}", d.text);
+        assert!(
+            d.text.ends_with(&format!("\n\nexample : type_of% @{r} := @_root_.t\n#print axioms _root_.t\n")),
+            "{}",
+            d.text
+        );
         assert_eq!(&d.text[d.candidate_start..d.candidate_end], " hp");
         assert_eq!(d.header_key, "prelude import SubgoalFixture");
     }

@@ -281,6 +281,14 @@ pub fn check_preamble(src: &str) -> Result<(), String> {
         let command = t.kind == TokenKind::HashCommand
             || t.kind == TokenKind::Symbol && text == "@["
             || t.kind == TokenKind::Ident && CORE_WORDS.iter().chain(LIBRARY_WORDS).any(|w| *w == text);
+        if t.kind == TokenKind::Ident {
+            if let Some(p) = REFUSED_PREFIXES.iter().find(|p| text.starts_with(*p)) {
+                return Err(format!(
+                    "shape gate: `{text}` at line {} uses the metaprogramming API (`{p}`)",
+                    line_of(src, t.span.start)
+                ));
+            }
+        }
         if command && !PREAMBLE_WORDS.contains(&text) {
             return Err(format!(
                 "shape gate: `{text}` at line {} before the statement; a candidate may only supply a proof \
@@ -336,6 +344,12 @@ fn check_tokens(src: &str, cfg: &GateConfig, allowed_words: &[&str]) -> Result<(
                     }
                 } else if CORE_WORDS.contains(&text) && !allowed_words.contains(&text) {
                     return refuse(t, "is a command or meta-level construct; a candidate may only supply a proof");
+                }
+                // Inside a proof `open` scopes a term (`open A in e`); without its `in` it is a
+                // command after the proof (an alias for the epilogue to trip on). A whole file
+                // may open namespaces: its epilogue names theorems from `_root_`.
+                if text == "open" && !allowed_words.contains(&"theorem") && !open_has_in(src, &toks, i) {
+                    return refuse(t, "opens namespaces for the rest of the file; write `open … in`");
                 }
                 if SEARCH_TACTICS.contains(&text) {
                     return refuse(t, "is a search tactic (it can hide `sorry`)");
@@ -405,6 +419,20 @@ pub fn check_lean_tokens(
     Ok(())
 }
 
+/// Whether the `open` at `toks[i]` is followed, after its names and clauses, by `in`.
+fn open_has_in(src: &str, toks: &[Token], i: usize) -> bool {
+    for t in &toks[i + 1..] {
+        let w = t.text(src);
+        match t.kind {
+            TokenKind::Ident if w == "in" => return true,
+            TokenKind::Ident if !CORE_WORDS.contains(&w) => {}
+            TokenKind::Symbol if matches!(w, "(" | ")" | "→" | "->") => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].matches('\n').count() + 1
 }
@@ -455,6 +483,8 @@ mod tests {
         body(" fun (hint : p) (native : q) (alias : r) => hint").unwrap();
         body(" let native := h\n  native").unwrap();
         body(" a + native").unwrap();
+        body(" open Nat renaming succ → s in h").unwrap();
+        assert!(body(" h\nopen a renaming b → e\n").unwrap_err().contains("open … in"));
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Resul
     args.push(FILE.to_string());
     let mut limits = cfg.limits.clone();
     // A one-shot process may also be bounded by CPU time (a server accumulates it).
-    limits.cpu_seconds = Some(timeout.as_secs() + 2);
+    // Lean elaborates on several threads: CPU time can outrun the wall clock by the core count.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    limits.cpu_seconds = Some((timeout.as_secs() + 2) * cores.max(cfg.threads.unwrap_or(1) as u64) + 5);
     let mut cmd = tokio::process::Command::new(cfg.install.lean());
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     sandbox.apply(&mut cmd, &limits);

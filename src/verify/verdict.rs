@@ -214,13 +214,17 @@ pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &Ga
     let index = LineIndex::new(&doc.text);
     let mut messages = Vec::new();
     let mut axioms_found: Vec<Option<Vec<String>>> = vec![None; doc.theorems.len()];
+    let mut conflicting: Option<String> = None;
     for m in raw {
         let (region, sl, sc) = doc.local_position(&index, m.start);
         let (el, ec) = doc.position_in(&index, region, m.end.max(m.start));
         // Only the epilogue's own messages count as the trusted axiom report.
         if region == Region::Epilogue && m.severity == Severity::Info {
             if let Some((name, axioms)) = parse_axioms(&m.text) {
-                if let Some(i) = doc.theorems.iter().position(|t| same_name(t, &name)) {
+                if let Some(i) = doc.theorems.iter().position(|t| same_name(t, &name, doc.private)) {
+                    if axioms_found[i].as_ref().is_some_and(|prev| *prev != axioms) {
+                        conflicting = Some(doc.theorems[i].clone());
+                    }
                     axioms_found[i] = Some(axioms);
                 }
             }
@@ -321,6 +325,15 @@ pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &Ga
             axioms,
         );
     }
+    if let Some(t) = conflicting {
+        return done(
+            Verdict::Rejected,
+            format!("axioms gate: the trusted `#print axioms` answered twice for `{t}`, differently"),
+            Some(Gate::Axioms),
+            messages,
+            axioms,
+        );
+    }
     if let Some(i) = axioms_found.iter().position(Option::is_none) {
         return done(
             Verdict::Rejected,
@@ -368,29 +381,45 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-fn same_name(a: &str, b: &str) -> bool {
-    // A private declaration prints as `_private.«file».0.NAME`.
-    let strip = |s: &str| {
-        let s = s.replace(['«', '»'], "");
-        match (s.starts_with("_private."), s.rfind(".0.")) {
-            (true, Some(i)) => s[i + 3..].to_string(),
-            _ => s,
-        }
+/// Whether Lean's printed name `printed` is the declared name `declared`: component by
+/// component, a `«x»` that needs no escaping equals `x` (Lean prints it bare), but `«a.b»` is one
+/// component and never equals `a.b`. A private declaration prints as `_private.«file».0.NAME`.
+fn same_name(declared: &str, printed: &str, private: bool) -> bool {
+    let printed = match (private, printed.strip_prefix("_private.")) {
+        (true, Some(rest)) => rest.rsplit_once(".0.").map_or(printed, |(_, n)| n),
+        _ => printed,
     };
-    strip(a) == strip(b)
+    components(declared) == components(printed)
+}
+
+/// Name components with unnecessary `«»` removed.
+fn components(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut escaped = false;
+    for c in name.chars() {
+        match c {
+            '«' if !escaped => escaped = true,
+            '»' if escaped => escaped = false,
+            '.' if !escaped => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
 }
 
 /// Parses `'NAME' depends on axioms: [a, b]` or `'NAME' does not depend on any axioms`.
 pub fn parse_axioms(text: &str) -> Option<(String, Vec<String>)> {
     let text = text.trim();
     let rest = text.strip_prefix('\'')?;
-    let close = rest.find("' ")?;
-    let name = rest[..close].to_string();
-    let tail = rest[close + 2..].trim();
-    if tail == "does not depend on any axioms" {
-        return Some((name, vec![]));
+    // The name may itself hold `' ` (`«a' b»`): cut at the fixed suffixes, not the first quote.
+    if let Some(name) = rest.strip_suffix("' does not depend on any axioms") {
+        return Some((name.to_string(), vec![]));
     }
-    let list = tail.strip_prefix("depends on axioms:")?.trim();
+    let close = rest.rfind("' depends on axioms:")?;
+    let name = rest[..close].to_string();
+    let list = rest[close + "' depends on axioms:".len()..].trim();
     let list = list.strip_prefix('[')?.strip_suffix(']')?;
     let axioms = list.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
     Some((name, axioms))
@@ -402,6 +431,11 @@ mod tests {
 
     #[test]
     fn parses_axiom_lists_across_lines() {
+        assert_eq!(parse_axioms("'«a' b»' does not depend on any axioms").unwrap().0, "«a' b»");
+        assert!(!same_name("«a.b»", "a.b", false));
+        assert!(same_name("«foo».bar", "foo.bar", false));
+        assert!(same_name("x", "_private.«external:file:///t.lean».0.x", true));
+        assert!(!same_name("x", "_private.«external:file:///t.lean».0.x", false));
         let (n, a) = parse_axioms("'t' depends on axioms: [propext,\n Classical.choice, Quot.sound]").unwrap();
         assert_eq!(n, "t");
         assert_eq!(a, vec!["propext", "Classical.choice", "Quot.sound"]);
