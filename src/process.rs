@@ -256,6 +256,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn watch_tree_reports_a_tree_that_stays_without_children() {
+        // A Lean server whose file worker died has no child left; Lean never answers then.
+        let mut child = tokio::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let started = std::time::Instant::now();
+        let alarm = watch_tree(child.id().unwrap(), None, Some(std::time::Duration::from_millis(500))).await;
+        assert_eq!(alarm, TreeAlarm::NoChild);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let _ = child.kill().await;
+    }
+
+    #[tokio::test]
     async fn address_space_limit_is_applied() {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c").arg("ulimit -v");
