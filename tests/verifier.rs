@@ -244,7 +244,7 @@ async fn the_server_reports_lean_keyword_tokens_at_their_places() {
     let mut server = LeanServer::start(&cfg).await.unwrap();
     let text = format!("{HEADER}theorem k (p : Prop) (hp : p) : p := (fun h => h) hp\n");
     let c = server.check("prelude import SubgoalFixture", HEADER, &text, Duration::from_secs(30)).await.unwrap();
-    let keywords = c.keywords.expect("Lean reports semantic tokens");
+    let keywords = c.tokens.expect("Lean reports semantic tokens");
     let line = text.lines().position(|l| l.starts_with("theorem k")).unwrap() as u32;
     let col = text.lines().nth(line as usize).unwrap().find("fun").unwrap() as u32;
     assert!(keywords.iter().any(|k| k.line == line && k.start == col && k.length == 3), "{keywords:?}");

@@ -92,7 +92,7 @@ pub struct Checked {
     pub diagnostics: Vec<LeanDiagnostic>,
     /// The tokens Lean's parser saw in the document (its semantic tokens, every kind), when
     /// asked for; `None` when the server reported none.
-    pub keywords: Option<Vec<protocol::SemanticToken>>,
+    pub tokens: Option<Vec<protocol::SemanticToken>>,
     pub version: i64,
     pub elapsed: Duration,
 }
@@ -298,7 +298,7 @@ impl LeanServer {
         header_key: &str,
         text: &str,
         timeout: Duration,
-        keywords: bool,
+        tokens: bool,
     ) -> Result<Checked, CheckFailure> {
         let started = Instant::now();
         let (uri, version) = match self.send_text(header_key, text) {
@@ -350,15 +350,15 @@ impl LeanServer {
         }
         self.known_tree = snapshot_tree(self.pid);
         let elapsed = started.elapsed();
-        let keywords = if keywords && !fatal { self.keyword_tokens(&uri).await } else { None };
-        Ok(Checked { diagnostics: latest.unwrap_or_default(), keywords, version, elapsed })
+        let tokens = if tokens && !fatal { self.lean_tokens(&uri).await } else { None };
+        Ok(Checked { diagnostics: latest.unwrap_or_default(), tokens, version, elapsed })
     }
 
     /// Tokens of the open document, from Lean's semantic tokens (elaboration has finished
     /// when this is asked, so the answer covers the whole document). The `range` request, not
     /// `full`: Lean 4.35's server keeps one thread per answered `full` request alive (about 1 GB
     /// of address space each; a worker died of it after ~20 candidates), `range` does not.
-    async fn keyword_tokens(&self, uri: &str) -> Option<Vec<protocol::SemanticToken>> {
+    async fn lean_tokens(&self, uri: &str) -> Option<Vec<protocol::SemanticToken>> {
         let kw = self.keyword_type?;
         let result = self
             .rpc

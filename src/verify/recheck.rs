@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::candidate::Document;
-use super::verdict::{LeanKeywords, LeanOutput, RawMessage, Severity};
+use super::verdict::{LeanOutput, LeanTokens, RawMessage, Severity};
 use crate::lean::session::{CheckFailure, ServerConfig};
 use crate::process::{kill_tree, watch_tree};
 use crate::sandbox::Sandbox;
@@ -82,7 +82,7 @@ pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Resul
     if status.code() == Some(1) && messages.iter().all(|m| m.severity != Severity::Error) {
         return Err(crashed(format!("lean failed without reporting an error: {tail}")));
     }
-    Ok(LeanOutput { messages, keywords: LeanKeywords::NotChecked })
+    Ok(LeanOutput { messages, tokens: LeanTokens::NotChecked })
 }
 
 /// Parses `lean --json` output (one message object per line; 1-based lines, columns in

@@ -122,9 +122,9 @@ pub struct RawMessage {
     pub text: String,
 }
 
-/// Keyword tokens Lean's parser saw, for the shape gate's second look.
+/// The tokens Lean's parser saw in the document, for the shape gate's second look.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LeanKeywords {
+pub enum LeanTokens {
     /// Not asked for (the fresh re-check: `lean --json` reports no tokens; the same text passed
     /// the server's look).
     NotChecked,
@@ -138,16 +138,16 @@ pub enum LeanKeywords {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeanOutput {
     pub messages: Vec<RawMessage>,
-    pub keywords: LeanKeywords,
+    pub tokens: LeanTokens,
 }
 
 /// Converts the server's diagnostics and keyword tokens (UTF-16 LSP positions) into document
 /// offsets, dropping silent diagnostics.
 pub fn from_lsp(doc: &Document, checked: &Checked) -> LeanOutput {
     let index = LineIndex::new(&doc.text);
-    let keywords = match &checked.keywords {
-        None => LeanKeywords::Missing,
-        Some(ks) => LeanKeywords::Seen(
+    let tokens = match &checked.tokens {
+        None => LeanTokens::Missing,
+        Some(ks) => LeanTokens::Seen(
             ks.iter()
                 .map(|k| {
                     (index.offset_of_lsp(k.line, k.start)..index.offset_of_lsp(k.line, k.start + k.length), k.keyword)
@@ -174,7 +174,7 @@ pub fn from_lsp(doc: &Document, checked: &Checked) -> LeanOutput {
             }
         })
         .collect();
-    LeanOutput { messages, keywords }
+    LeanOutput { messages, tokens }
 }
 
 /// What `judge` decided.
@@ -204,7 +204,7 @@ pub fn axiom_allowed(name: &str, cfg: &GateConfig) -> bool {
 
 /// Turns what Lean said about a document (or that it did not finish) into a verdict.
 pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &GateConfig) -> Judgement {
-    let LeanOutput { messages: raw, keywords } = match outcome {
+    let LeanOutput { messages: raw, tokens } = match outcome {
         Err(CheckFailure::Timeout(t)) => {
             return Judgement::new(Verdict::Timeout, format!("Lean did not finish within {:.1} s", t.as_secs_f64()))
         }
@@ -240,118 +240,96 @@ pub fn judge(doc: &Document, outcome: Result<LeanOutput, CheckFailure>, cfg: &Ga
     let mut axioms: Vec<String> = axioms_found.iter().flatten().flatten().cloned().collect();
     axioms.sort();
     axioms.dedup();
-    let done = |verdict, reason: String, gate: Option<Gate>, messages, axioms| Judgement {
-        verdict,
-        reason,
-        rejected_by: gate,
-        messages,
-        axioms,
-    };
+    let (verdict, reason, rejected_by) = decide(doc, &messages, &tokens, &axioms_found, &axioms, conflicting, cfg);
+    Judgement { verdict, reason, rejected_by, messages, axioms }
+}
 
-    let header_error = messages
-        .iter()
-        .find(|m| m.severity == Severity::Error && m.region == Region::Header)
-        .map(|m| first_line(&m.text).to_string());
-    if let Some(e) = header_error {
-        // Nothing after a header Lean refused was elaborated.
-        return done(Verdict::Failed, format!("Lean error in the header: {e}"), None, messages, axioms);
-    }
-    // The shape gate's second look comes next: a candidate Lean read differently from the
-    // gate is refused whatever else Lean said about it.
-    let candidate = &doc.text[doc.candidate_start..doc.candidate_end];
-    let shape = match &keywords {
-        LeanKeywords::NotChecked => Ok(()),
-        LeanKeywords::Missing => {
-            Err("shape gate: Lean did not report the candidate's tokens, so they cannot be checked".into())
-        }
-        LeanKeywords::Seen(ks) => {
-            // Candidate text runs from its start; when the candidate chose the imports (a whole
-            // file, or code under an empty reference header) only import syntax may stand there.
-            let mut result = Ok(());
-            for (r, _) in ks {
-                if r.start < doc.candidate_start && r.end > doc.candidate_start {
-                    result = Err("shape gate: a Lean token spans the statement and the candidate".to_string());
-                    break;
-                }
-            }
-            let from = doc.candidate_start.max(doc.header_end);
-            let local: Vec<(std::ops::Range<usize>, bool)> = ks
-                .iter()
-                .filter(|(r, _)| r.start >= from && r.end <= doc.candidate_end)
-                .map(|(r, k)| (r.start - doc.candidate_start..r.end - doc.candidate_start, *k))
-                .collect();
-            result.and_then(|_| check_lean_tokens(candidate, &local, doc.reference.is_none(), cfg)).and_then(|_| {
-                if doc.candidate_chose_header {
-                    let header: Vec<_> = ks.iter().filter(|(r, _)| r.start < doc.header_end).cloned().collect();
-                    header_tokens_are_imports(&doc.text[..doc.header_end], &header)
-                } else {
-                    Ok(())
-                }
-            })
-        }
-    };
-    if let Err(reason) = shape {
-        return done(Verdict::Rejected, reason, Some(Gate::Shape), messages, axioms);
-    }
-
+/// The verdict, its reason and the refusing gate, in the order the checks apply.
+fn decide(
+    doc: &Document,
+    messages: &[Message],
+    tokens: &LeanTokens,
+    axioms_found: &[Option<Vec<String>>],
+    axioms: &[String],
+    conflicting: Option<String>,
+    cfg: &GateConfig,
+) -> (Verdict, String, Option<Gate>) {
     let error_in = |pred: &dyn Fn(Region) -> bool| {
         messages
             .iter()
             .find(|m| m.severity == Severity::Error && pred(m.region))
             .map(|m| first_line(&m.text).to_string())
     };
+    let rejected = |gate: Gate, reason: String| (Verdict::Rejected, reason, Some(gate));
+    // Nothing after a header Lean refused was elaborated.
+    if let Some(e) = error_in(&|r| r == Region::Header) {
+        return (Verdict::Failed, format!("Lean error in the header: {e}"), None);
+    }
+    // A candidate Lean read differently from the gate is refused whatever else Lean said.
+    if let Err(reason) = second_look(doc, tokens, cfg) {
+        return rejected(Gate::Shape, reason);
+    }
     if let Some(e) = error_in(&|r| r == Region::Reference) {
-        return done(
-            Verdict::InvalidInput,
-            format!("the reference statement does not elaborate: {e}"),
-            None,
-            messages,
-            axioms,
-        );
+        return (Verdict::InvalidInput, format!("the reference statement does not elaborate: {e}"), None);
     }
     if let Some(e) = error_in(&|r| r != Region::Epilogue) {
-        return done(Verdict::Failed, format!("Lean error: {e}"), None, messages, axioms);
+        return (Verdict::Failed, format!("Lean error: {e}"), None);
     }
     let sorry_warning = messages.iter().any(|m| m.severity == Severity::Warning && is_sorry_warning(&m.text));
     if sorry_warning || axioms.iter().any(|a| a == "sorryAx") {
-        return done(Verdict::Incomplete, "the proof uses sorry".into(), None, messages, axioms);
+        return (Verdict::Incomplete, "the proof uses sorry".into(), None);
     }
     if let Some(e) = error_in(&|r| r == Region::Epilogue) {
-        return done(
-            Verdict::Rejected,
-            format!("statement gate: the proved theorem does not have the reference statement's type: {e}"),
-            Some(Gate::Statement),
-            messages,
-            axioms,
-        );
+        let reason = format!("statement gate: the proved theorem does not have the reference statement's type: {e}");
+        return rejected(Gate::Statement, reason);
     }
     if let Some(t) = conflicting {
-        return done(
-            Verdict::Rejected,
+        return rejected(
+            Gate::Axioms,
             format!("axioms gate: the trusted `#print axioms` answered twice for `{t}`, differently"),
-            Some(Gate::Axioms),
-            messages,
-            axioms,
         );
     }
     if let Some(i) = axioms_found.iter().position(Option::is_none) {
-        return done(
-            Verdict::Rejected,
-            format!(
-                "axioms gate: the trusted `#print axioms {}` produced no answer (elaboration stopped early, e.g. #exit)",
-                doc.theorems[i]
-            ),
-            Some(Gate::Axioms),
-            messages,
-            axioms,
+        let reason = format!(
+            "axioms gate: the trusted `#print axioms {}` produced no answer (elaboration stopped early, e.g. #exit)",
+            doc.theorems[i]
         );
+        return rejected(Gate::Axioms, reason);
     }
     let bad: Vec<&str> = axioms.iter().map(String::as_str).filter(|a| !axiom_allowed(a, cfg)).collect();
     if !bad.is_empty() {
-        let reason = format!("axioms gate: depends on disallowed axioms [{}]", bad.join(", "));
-        return done(Verdict::Rejected, reason, Some(Gate::Axioms), messages, axioms);
+        return rejected(Gate::Axioms, format!("axioms gate: depends on disallowed axioms [{}]", bad.join(", ")));
     }
-    done(Verdict::Proved, String::new(), None, messages, axioms)
+    (Verdict::Proved, String::new(), None)
+}
+
+/// The shape gate's look at the tokens Lean reported: none may straddle the statement and the
+/// candidate, the candidate's must pass `check_lean_tokens`, and a header the candidate chose
+/// may hold only import syntax.
+fn second_look(doc: &Document, tokens: &LeanTokens, cfg: &GateConfig) -> Result<(), String> {
+    let ks = match tokens {
+        LeanTokens::NotChecked => return Ok(()),
+        LeanTokens::Missing => {
+            return Err("shape gate: Lean did not report the candidate's tokens, so they cannot be checked".into())
+        }
+        LeanTokens::Seen(ks) => ks,
+    };
+    if ks.iter().any(|(r, _)| r.start < doc.candidate_start && r.end > doc.candidate_start) {
+        return Err("shape gate: a Lean token spans the statement and the candidate".into());
+    }
+    let from = doc.candidate_start.max(doc.header_end);
+    let local: Vec<(std::ops::Range<usize>, bool)> = ks
+        .iter()
+        .filter(|(r, _)| r.start >= from && r.end <= doc.candidate_end)
+        .map(|(r, k)| (r.start - doc.candidate_start..r.end - doc.candidate_start, *k))
+        .collect();
+    let candidate = &doc.text[doc.candidate_start..doc.candidate_end];
+    check_lean_tokens(candidate, &local, doc.reference.is_none(), cfg)?;
+    if doc.candidate_chose_header {
+        let header: Vec<_> = ks.iter().filter(|(r, _)| r.start < doc.header_end).cloned().collect();
+        header_tokens_are_imports(&doc.text[..doc.header_end], &header)?;
+    }
+    Ok(())
 }
 
 /// In a header the candidate wrote, Lean may read only import syntax, token for token with the
