@@ -27,7 +27,18 @@ pub async fn resolve(
 ) -> Result<PathBuf, GenError> {
     let cache = cache_dir.map(Cache::new).unwrap_or_else(Cache::from_env);
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
-    let fetch = Fetcher { repo, cache: cache.clone(), hub_repo: hub_repo.clone(), offline };
+    // The download client is built once, and only when downloads are allowed.
+    let api = if offline {
+        None
+    } else {
+        Some(
+            hf_hub::api::tokio::ApiBuilder::from_cache(cache.clone())
+                .with_progress(false)
+                .build()
+                .map_err(|e| err(repo, e))?,
+        )
+    };
+    let fetch = Fetcher { repo, cache, hub_repo, api };
     if let Some(f) = file {
         return fetch.get(f).await;
     }
@@ -53,7 +64,8 @@ struct Fetcher<'a> {
     repo: &'a str,
     cache: Cache,
     hub_repo: Repo,
-    offline: bool,
+    /// `None`: offline.
+    api: Option<hf_hub::api::tokio::Api>,
 }
 
 impl Fetcher<'_> {
@@ -61,16 +73,12 @@ impl Fetcher<'_> {
         if let Some(p) = self.cache.repo(self.hub_repo.clone()).get(file) {
             return Ok(p);
         }
-        if self.offline {
+        let Some(api) = &self.api else {
             return Err(err(
                 self.repo,
                 format!("{file} is not in the Hugging Face cache {} (offline)", self.cache.path().display()),
             ));
-        }
-        let api = hf_hub::api::tokio::ApiBuilder::from_cache(self.cache.clone())
-            .with_progress(false)
-            .build()
-            .map_err(|e| err(self.repo, e))?;
+        };
         api.repo(self.hub_repo.clone()).get(file).await.map_err(|e| err(self.repo, format!("downloading {file}: {e}")))
     }
 }

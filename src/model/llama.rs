@@ -198,16 +198,18 @@ fn rope_tables(cfg: &Config, dtype: DType, device: &Device) -> Result<(Tensor, T
     ))
 }
 
+/// What every layer of one forward pass shares: the configuration, the rotary tables for its
+/// positions and the causal mask (prefill only).
+struct Step<'a> {
+    cfg: &'a Config,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
 impl Layer {
-    fn attention(
-        &self,
-        cfg: &Config,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<Tensor> {
+    fn attention(&self, step: &Step, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+        let Step { cfg, cos, sin, mask } = step;
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
         let split = |y: Tensor, heads: usize| y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
@@ -245,18 +247,10 @@ impl Layer {
         self.o.forward(&y.transpose(1, 2)?.reshape((b, t, h * d))?)
     }
 
-    fn forward(
-        &self,
-        cfg: &Config,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<Tensor> {
-        let eps = cfg.rms_eps as f32;
+    fn forward(&self, step: &Step, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+        let eps = step.cfg.rms_eps as f32;
         let h = candle_nn::ops::rms_norm(x, &self.attn_norm, eps)?;
-        let x = (x + self.attention(cfg, &h, cos, sin, mask, cache)?)?;
+        let x = (x + self.attention(step, &h, cache)?)?;
         let h = candle_nn::ops::rms_norm(&x, &self.ffn_norm, eps)?;
         let ffn = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;
         x + ffn
@@ -276,8 +270,6 @@ impl Model {
             candle_core::bail!("position {} is past the model's context of {}", pos + t, self.cos.dim(0)?);
         }
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden))?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
         let mask = if t > 1 {
             let total = pos + t;
             let m: Vec<f32> = (0..t)
@@ -290,8 +282,9 @@ impl Model {
         if cache.layers.len() != self.layers.len() {
             *cache = KvCache::new(self.layers.len());
         }
+        let step = Step { cfg: &self.cfg, cos: self.cos.narrow(0, pos, t)?, sin: self.sin.narrow(0, pos, t)?, mask };
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&self.cfg, &x, &cos, &sin, mask.as_ref(), c)?;
+            x = layer.forward(&step, &x, c)?;
         }
         let last = x.i((.., t - 1, ..))?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.cfg.rms_eps as f32)?;

@@ -154,12 +154,9 @@ async fn run(s: &AppState, body: &Value, prompts: Vec<Prompt>, chat: bool) -> Re
             choices.push(choice);
         }
     }
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let id = format!(
-        "{}-{}",
-        if chat { "chatcmpl" } else { "cmpl" },
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-    );
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let created = now.as_secs();
+    let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now.as_nanos());
     Json(json!({
         "id": id,
         "object": if chat { "chat.completion" } else { "text_completion" },

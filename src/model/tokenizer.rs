@@ -75,14 +75,13 @@ impl ModelTokenizer {
         let s = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
         let u = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
         let doc = gguf_tokenizer_document(md)?;
-        let tokens = gguf_tokens(md)?;
         let model = s("tokenizer.ggml.model").unwrap_or_else(|| "gpt2".into());
         let tok = tokenizers::Tokenizer::from_str(&doc.to_string()).map_err(err)?;
         let bos_id = u("tokenizer.ggml.bos_token_id");
         let eos_ids: Vec<u32> = u("tokenizer.ggml.eos_token_id").into_iter().collect();
         let default_bos = model == "llama";
         let add_bos = md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(default_bos);
-        let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned()).unwrap_or_default();
+        let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
         let chat = match s("tokenizer.chat_template") {
             Some(src) => Some(ChatTemplate::new(&src, &name(bos_id), &name(eos_ids.first().copied()))?),
             None => None,
