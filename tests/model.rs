@@ -64,7 +64,7 @@ async fn n_samples_are_decoded_as_one_batch_and_each_is_reported() {
 }
 
 #[tokio::test]
-async fn sample_i_of_a_batch_is_sample_seed_plus_i_alone() {
+async fn a_greedy_batch_of_two_equals_the_single_greedy_run() {
     // Greedy rows do not depend on the seed: a batch of two equals the single greedy run.
     let m = model();
     let single = one(m.as_ref(), text("The square root of 16 is"), params(1, 0.0, 0, 8)).await;

@@ -25,6 +25,12 @@ async fn check_one(input: VerifyInput) -> VerifyRecord {
     r
 }
 
+/// Starts the never-finishing `SLOW` check on `v` in the background.
+fn slow_check_in_background(v: &std::sync::Arc<Verifier>) -> tokio::task::JoinHandle<VerifyRecord> {
+    let v = v.clone();
+    tokio::spawn(async move { v.verify(&proof("slow", SLOW, " rfl")).await })
+}
+
 /// Waits until the pool's server has a file worker busy on a check; returns the server's pid and
 /// its file workers' pids.
 async fn busy_file_workers(v: &Verifier) -> Option<(u32, Vec<u32>)> {
@@ -123,10 +129,7 @@ async fn elaboration_past_the_wall_clock_limit_is_timeout_and_the_pool_recovers(
 #[tokio::test]
 async fn killed_worker_is_crashed_and_the_pool_recovers() {
     let v = std::sync::Arc::new(verifier(1, 60.0));
-    let slow = tokio::spawn({
-        let v = v.clone();
-        async move { v.verify(&proof("slow", SLOW, " rfl")).await }
-    });
+    let slow = slow_check_in_background(&v);
     // Wait until the file worker (a child of the server) is running the slow check, then kill it.
     let (_, workers) = busy_file_workers(&v).await.expect("never saw a file worker to kill");
     for p in workers {
@@ -222,10 +225,7 @@ async fn servers_above_the_rss_bound_are_recycled() {
 #[tokio::test]
 async fn killed_server_leaves_no_orphaned_file_worker() {
     let v = std::sync::Arc::new(verifier(1, 60.0));
-    let slow = tokio::spawn({
-        let v = v.clone();
-        async move { v.verify(&proof("slow", SLOW, " rfl")).await }
-    });
+    let slow = slow_check_in_background(&v);
     let (server, workers) = busy_file_workers(&v).await.expect("never saw a file worker");
     // Kill only the server: its file workers live in their own sessions.
     unsafe { libc::kill(server as i32, libc::SIGKILL) };

@@ -179,6 +179,10 @@ impl LeanArgs {
             limits: ProcessLimits {
                 address_space_mb: (self.address_space_mb > 0).then_some(self.address_space_mb),
                 open_files: Some(4096),
+                // Bounds a fork bomb; Linux does not apply RLIMIT_NPROC to root, and it counts all
+                // of the user's processes and threads, hence the generous figure.
+                // SAFETY: getuid cannot fail.
+                processes: (unsafe { libc::getuid() } != 0).then_some(16384),
                 ..Default::default()
             },
             sandbox: SandboxPolicy { mode: self.sandbox.into(), ..Default::default() },

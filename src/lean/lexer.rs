@@ -224,15 +224,12 @@ impl<'a> Lexer<'a> {
     fn char_literal(&mut self) -> bool {
         let save = self.pos;
         self.bump(); // '
-        match self.bump() {
-            Some('\\') => match self.bump() {
+        if self.bump() == Some('\\') {
+            match self.bump() {
                 Some('x') => self.hex_digits(2),
                 Some('u') => self.hex_digits(4),
-                Some(_) => {}
-                None => {}
-            },
-            Some(_) => {}
-            None => {}
+                _ => {}
+            }
         }
         if self.peek() == Some('\'') {
             self.bump();

@@ -392,22 +392,18 @@ impl Document {
 
 /// The namespace the header leaves open (`namespace A.B` … without its `end`), as `A.B.`.
 fn current_namespace(header: &str) -> String {
-    let toks = tokenize(header);
-    let mut scopes: Vec<Option<String>> = Vec::new();
-    let start = header_end(header);
-    let mut k = toks.iter().position(|t| t.span.start >= start).unwrap_or(toks.len());
-    while k < toks.len() {
-        let word = toks[k].text(header);
-        let next = toks.get(k + 1).map(|t| t.text(header));
-        match word {
-            "namespace" => scopes.push(next.map(str::to_owned)),
+    let rest = &header[header_end(header)..];
+    let words: Vec<&str> = tokenize(rest).iter().map(|t| t.text(rest)).collect();
+    let mut scopes: Vec<Option<&str>> = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        match *w {
+            "namespace" => scopes.push(words.get(i + 1).copied()),
             "section" => scopes.push(None),
             "end" => {
                 scopes.pop();
             }
             _ => {}
         }
-        k += 1;
     }
     scopes.into_iter().flatten().map(|n| format!("{n}.")).collect()
 }

@@ -71,8 +71,8 @@ pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Resul
         }
     };
     let stderr = String::from_utf8_lossy(&stderr);
-    let tail: String =
-        stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
     let status = status.map_err(|e| crashed(e.to_string()))?;
     // Lean exits 1 when it reported errors; anything else that is not success is a crash.
     if !matches!(status.code(), Some(0 | 1)) {
