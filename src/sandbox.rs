@@ -391,18 +391,6 @@ impl Sandbox {
         }
         env
     }
-
-    /// Which protections this sandbox applies.
-    pub fn describe(&self) -> String {
-        let mut parts = vec!["scratch dir", "scrubbed env", "rlimits"];
-        if self.ruleset.is_some() {
-            parts.push("landlock");
-        }
-        if self.net.is_some() {
-            parts.push("netns");
-        }
-        parts.join(", ")
-    }
 }
 
 /// The directories a toolchain's programs live in: for `bin/lean`, the toolchain root (`bin/`

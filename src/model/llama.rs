@@ -85,15 +85,6 @@ impl KvCache {
         KvCache { layers: vec![None; layers] }
     }
 
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Copies a batch-1 cache (after a prefill) into `n` rows.
     pub fn expand(&mut self, n: usize) -> Result<()> {
         for (k, v) in self.layers.iter_mut().flatten() {

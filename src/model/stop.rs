@@ -15,10 +15,6 @@ impl StopMatcher {
         StopMatcher { stops, longest }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.stops.is_empty()
-    }
-
     /// The byte offset where `text` must be cut: the start of the earliest stop string that
     /// ends after byte `old_len` (text before it was checked already).
     pub fn cut(&self, text: &str, old_len: usize) -> Option<usize> {
