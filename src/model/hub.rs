@@ -83,8 +83,8 @@ impl Fetcher<'_> {
     }
 }
 
-/// Shard file names listed in a `model.safetensors.index.json`.
-fn shards(index: &Path) -> Result<Vec<String>, String> {
+/// Shard file names listed in a `model.safetensors.index.json`, sorted, each once.
+pub fn shards(index: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(index).map_err(|e| format!("{}: {e}", index.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
     let mut files: Vec<String> = json

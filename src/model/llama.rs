@@ -443,16 +443,7 @@ impl Model {
 fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index)?;
-        let json: Value =
-            serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", index.display())))?;
-        let mut files: Vec<String> = json
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .map(|m| m.values().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_default();
-        files.sort();
-        files.dedup();
+        let files = super::hub::shards(&index).map_err(candle_core::Error::Msg)?;
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");
