@@ -6,6 +6,7 @@
 pub mod lean;
 pub mod lsp;
 pub mod model;
+pub mod pipeline;
 pub mod process;
 pub mod sandbox;
 pub mod text;

@@ -61,6 +61,21 @@ impl<'a> LineIndex<'a> {
         }
         (line, self.text[start..end].chars().count())
     }
+
+    /// LSP position (0-based line, UTF-16 column) of a byte offset: the inverse of `offset_of_lsp`.
+    pub fn lsp_of_offset(&self, offset: usize) -> (u32, u32) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = match self.starts.binary_search(&offset) {
+            Ok(l) => l,
+            Err(l) => l - 1,
+        };
+        let start = self.starts[line].min(offset);
+        let units: usize = self.text[start..offset].chars().map(char::len_utf16).sum();
+        (line as u32, units as u32)
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +90,7 @@ mod tests {
         let off = idx.offset_of_lsp(1, 5); // after "x 𝔽 " = 1+1+2+1 units
         assert_eq!(&text[off..off + 1], "y");
         assert_eq!(idx.line_char_of_offset(off), (1, 4));
+        assert_eq!(idx.lsp_of_offset(off), (1, 5));
     }
 
     #[test]

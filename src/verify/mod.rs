@@ -174,6 +174,19 @@ impl Verifier {
         }
     }
 
+    /// Checks a document under `header` (no gates: nothing here is trusted) and reads the goal
+    /// at each position: Lean's printed goal, for the planner to restate as lemmas.
+    pub async fn goals(
+        &self,
+        header: &str,
+        text: &str,
+        positions: Vec<lsp_types::Position>,
+    ) -> Result<Vec<Option<String>>, crate::lean::session::CheckFailure> {
+        let key = crate::lean::source::normalize_header(header);
+        let (_, goals) = self.pool.check_with_goals(&key, header, text, positions).await?;
+        Ok(goals)
+    }
+
     /// The record for an input that could not be checked at all.
     pub fn invalid(&self, name: &str, reason: impl Into<String>) -> VerifyRecord {
         self.unchecked(name, Verdict::InvalidInput, reason)

@@ -14,6 +14,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use lsp_types::Position;
+
 use crate::lean::session::{CheckFailure, Checked, LeanServer, ServerConfig};
 
 #[derive(Debug, Clone)]
@@ -44,7 +46,9 @@ struct Job {
     header_key: String,
     header_text: String,
     text: String,
-    reply: oneshot::Sender<Result<Checked, CheckFailure>>,
+    /// Positions whose goals are asked for once the check is done.
+    goals: Vec<Position>,
+    reply: oneshot::Sender<Result<(Checked, Vec<Option<String>>), CheckFailure>>,
 }
 
 struct Shared {
@@ -84,6 +88,19 @@ impl WorkerPool {
 
     /// Queues a document and waits for Lean's answer.
     pub async fn check(&self, header_key: &str, header_text: &str, text: &str) -> Result<Checked, CheckFailure> {
+        self.check_with_goals(header_key, header_text, text, vec![]).await.map(|(c, _)| c)
+    }
+
+    /// Checks a document, then asks Lean for the goal at each position: the tactic goal
+    /// (`$/lean/plainGoal`, its first goal) where there is one, else the expected type
+    /// (`$/lean/plainTermGoal`). `None` where Lean has neither.
+    pub async fn check_with_goals(
+        &self,
+        header_key: &str,
+        header_text: &str,
+        text: &str,
+        goals: Vec<Position>,
+    ) -> Result<(Checked, Vec<Option<String>>), CheckFailure> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut q) = self.shared.queue.lock() {
             q.push_back(Job {
@@ -91,6 +108,7 @@ impl WorkerPool {
                 header_key: header_key.to_string(),
                 header_text: header_text.to_string(),
                 text: text.to_string(),
+                goals,
                 reply: tx,
             });
         }
@@ -160,7 +178,10 @@ async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
             }
         }
         let Some(s) = server.as_mut() else { continue };
-        let result = s.check(&job.header_key, &job.header_text, &job.text, cfg.timeout).await;
+        let result = match s.check(&job.header_key, &job.header_text, &job.text, cfg.timeout).await {
+            Ok(c) => Ok((c, goals_at(s, &job.goals).await)),
+            Err(e) => Err(e),
+        };
         bump(&shared, |st| st.checks += 1);
         match &result {
             Err(CheckFailure::Timeout(_)) => bump(&shared, |st| st.timeouts += 1),
@@ -184,6 +205,22 @@ async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
         s.kill();
     }
     set_pid(&shared, index, None);
+}
+
+async fn goals_at(server: &LeanServer, positions: &[Position]) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(positions.len());
+    for &pos in positions {
+        let tactic = match server.plain_goal(pos).await {
+            Ok(Some(g)) => g.goals.into_iter().next(),
+            _ => None,
+        };
+        let goal = match tactic {
+            Some(g) => Some(g),
+            None => server.plain_term_goal(pos).await.ok().flatten().map(|g| g.goal),
+        };
+        out.push(goal);
+    }
+    out
 }
 
 /// A job passed over this many times is taken next, whatever its header (no starvation).

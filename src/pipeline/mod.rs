@@ -1,0 +1,13 @@
+//! The DeepSeek-Prover-V2 pipeline: sketch a theorem into `have` steps, turn each `sorry` into a
+//! subgoal lemma, prove the lemmas (recursively decomposing failures), recompose, verify.
+//!
+//! `sketch` reads Lean proof text (steps, `sorry` sites, hollowing and filling); `goal` turns
+//! Lean's printed goals into lemma statements; `dag` holds the subgoal graph; `prompts` renders
+//! the prompt templates; `recompose` puts proofs back; `scheduler` runs it all within budgets.
+
+pub mod dag;
+pub mod goal;
+pub mod prompts;
+pub mod recompose;
+pub mod scheduler;
+pub mod sketch;

@@ -1,0 +1,157 @@
+//! The prompt templates of `prompts/`: loaded (the binary's copies, or a user's directory),
+//! rendered into chat prompts, and hashed so a run records exactly what the models were asked.
+
+use std::path::Path;
+
+use minijinja::Environment;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::model::{ChatMessage, Prompt};
+
+/// The templates, by file name, with the copies this binary was built with.
+pub const TEMPLATES: [(&str, &str); 4] = [
+    ("sketch.md", include_str!("../../prompts/sketch.md")),
+    ("prove.md", include_str!("../../prompts/prove.md")),
+    ("prove-cot.md", include_str!("../../prompts/prove-cot.md")),
+    ("repair.md", include_str!("../../prompts/repair.md")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("prompt template {file}: {detail}")]
+    Template { file: String, detail: String },
+}
+
+/// What a theorem-level template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementVars<'a> {
+    pub name: &'a str,
+    pub header: &'a str,
+    pub informal_statement: &'a str,
+    pub formal_statement: &'a str,
+}
+
+/// What the repair template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairVars<'a> {
+    pub name: &'a str,
+    pub header: &'a str,
+    pub formal_statement: &'a str,
+    pub candidate: &'a str,
+    pub errors: &'a str,
+}
+
+pub struct Prompts {
+    env: Environment<'static>,
+    /// (file, sha256 hex, where it came from) for every template.
+    pub sources: Vec<TemplateSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TemplateSource {
+    pub file: String,
+    pub sha256: String,
+    /// `builtin` or the path it was read from.
+    pub origin: String,
+}
+
+impl Prompts {
+    /// The built-in templates, each replaced by `dir/<file>` where that file exists.
+    pub fn load(dir: Option<&Path>) -> Result<Prompts, PromptError> {
+        let mut env = Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .build()
+            .map_err(|e| PromptError::Template { file: "(syntax)".into(), detail: e.to_string() })?;
+        env.set_syntax(syntax);
+        let mut sources = Vec::new();
+        for (file, builtin) in TEMPLATES {
+            let err = |detail: String| PromptError::Template { file: file.to_string(), detail };
+            let (text, origin) = match dir.map(|d| d.join(file)).filter(|p| p.exists()) {
+                Some(p) => (std::fs::read_to_string(&p).map_err(|e| err(e.to_string()))?, p.display().to_string()),
+                None => (builtin.to_string(), "builtin".to_string()),
+            };
+            sources.push(TemplateSource { file: file.to_string(), sha256: sha256_hex(&text), origin });
+            env.add_template_owned(file.to_string(), text).map_err(|e| err(e.to_string()))?;
+        }
+        Ok(Prompts { env, sources })
+    }
+
+    fn render(&self, file: &str, vars: impl Serialize) -> Result<Prompt, PromptError> {
+        let err = |e: minijinja::Error| PromptError::Template { file: file.to_string(), detail: e.to_string() };
+        let text = self.env.get_template(file).and_then(|t| t.render(minijinja::value::Serde(&vars))).map_err(err)?;
+        Ok(Prompt::Chat(vec![ChatMessage::new("user", text.trim().to_string())]))
+    }
+
+    pub fn sketch(&self, v: &StatementVars) -> Result<Prompt, PromptError> {
+        self.render("sketch.md", v)
+    }
+
+    pub fn prove(&self, v: &StatementVars, cot: bool) -> Result<Prompt, PromptError> {
+        self.render(if cot { "prove-cot.md" } else { "prove.md" }, v)
+    }
+
+    pub fn repair(&self, v: &RepairVars) -> Result<Prompt, PromptError> {
+        self.render("repair.md", v)
+    }
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(informal: &'a str) -> StatementVars<'a> {
+        StatementVars {
+            name: "t",
+            header: "import Mathlib\n",
+            informal_statement: informal,
+            formal_statement: "theorem t (n : ℕ) : n = n :=",
+        }
+    }
+
+    fn text(p: Prompt) -> String {
+        match p {
+            Prompt::Chat(m) => m[0].content.clone(),
+            Prompt::Text(t) => t,
+        }
+    }
+
+    #[test]
+    fn the_prover_prompt_is_the_papers_non_cot_prompt() {
+        let p = text(Prompts::load(None).unwrap().prove(&vars(""), false).unwrap());
+        assert_eq!(
+            p,
+            "Complete the following Lean 4 code:\n\n```lean4\nimport Mathlib\ntheorem t (n : ℕ) : n = n := by\n  sorry\n```"
+        );
+    }
+
+    #[test]
+    fn the_informal_statement_reaches_the_prompt_only_when_given() {
+        let prompts = Prompts::load(None).unwrap();
+        assert!(text(prompts.prove(&vars("Show n = n."), true).unwrap()).contains("/-- Show n = n. -/\ntheorem t"));
+        assert!(!text(prompts.sketch(&vars("")).unwrap()).contains("Statement:"));
+    }
+
+    #[test]
+    fn a_users_directory_replaces_only_the_files_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prove.md"), "PROVE {{ name }}").unwrap();
+        let prompts = Prompts::load(Some(dir.path())).unwrap();
+        assert_eq!(text(prompts.prove(&vars(""), false).unwrap()), "PROVE t");
+        let origins: Vec<&str> = prompts.sources.iter().map(|s| s.origin.as_str()).collect();
+        assert_eq!(origins.iter().filter(|o| **o == "builtin").count(), 3);
+    }
+
+    #[test]
+    fn a_broken_template_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sketch.md"), "{% if %}").unwrap();
+        let e = Prompts::load(Some(dir.path())).err().unwrap().to_string();
+        assert!(e.contains("sketch.md"), "{e}");
+    }
+}

@@ -1,0 +1,225 @@
+//! Recomposition: the subgoals' verified proofs put back in place of the sketch's `sorry`s.
+//!
+//! Two layouts, tried in order by the scheduler: `Inline` pastes each lemma's proof at its
+//! `sorry`, re-indented for the site (the lemma's binders carry the context's own names, so the
+//! proof reads the same there); `Applied` puts the lemma itself there as `(fun binders => proof)`
+//! applied to the context's variables, for when the names differ (inaccessible `x✝`, a `let`'s
+//! equation). Only Lean decides which one is a proof: this module writes text.
+
+use serde::{Deserialize, Serialize};
+
+use super::goal::Lemma;
+use super::sketch::{fill, SiteKind, SorrySite};
+use crate::lean::lexer::tokenize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    Inline,
+    Applied,
+}
+
+/// The proof of `name` in a verified file: the text after its statement's `:=`, and the column
+/// that text starts at.
+pub fn proof_body(code: &str, name: &str) -> Option<(String, usize)> {
+    let toks = tokenize(code);
+    let decl =
+        toks.windows(2).position(|w| matches!(w[0].text(code), "theorem" | "lemma") && w[1].text(code) == name)?;
+    let mut depth = 0i32;
+    let mut assign = None;
+    for t in &toks[decl + 2..] {
+        match t.text(code) {
+            "(" | "[" | "{" | "⦃" | "⟨" => depth += 1,
+            ")" | "]" | "}" | "⦄" | "⟩" => depth -= 1,
+            ":=" if depth == 0 => {
+                assign = Some(t.span.end);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let after = assign?;
+    let rest = &code[after..];
+    let lead = rest.len() - rest.trim_start().len();
+    let start = after + lead;
+    let body = code[start..].trim_end();
+    if body.is_empty() {
+        return None;
+    }
+    let line_start = code[..start].rfind('\n').map_or(0, |i| i + 1);
+    Some((body.to_string(), code[line_start..start].chars().count()))
+}
+
+/// A proof body as lines with their columns (the first line at `col`, the body's own column).
+struct Block {
+    lines: Vec<(usize, String)>,
+}
+
+impl Block {
+    fn new(text: &str, col: usize) -> Block {
+        let lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == 0 {
+                    (col, l.trim().to_string())
+                } else {
+                    (l.len() - l.trim_start().len(), l.trim().to_string())
+                }
+            })
+            .collect();
+        Block { lines }
+    }
+
+    /// Lines shifted so the least indented non-blank line sits at `target`.
+    fn render(&self, target: usize, first_inline: bool) -> String {
+        let min = self.lines.iter().filter(|(_, l)| !l.is_empty()).map(|(c, _)| *c).min().unwrap_or(0);
+        let mut out = String::new();
+        for (i, (c, l)) in self.lines.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            if l.is_empty() {
+                continue;
+            }
+            if !(i == 0 && first_inline) {
+                out.push_str(&" ".repeat(c - min + target));
+            }
+            out.push_str(l);
+        }
+        out
+    }
+}
+
+/// A proof body's tactic block (after `by`), if it is one.
+fn tactics(body: &str, body_col: usize) -> Option<Block> {
+    let rest = body.strip_prefix("by")?;
+    if rest.starts_with(crate::lean::lexer::is_id_rest) || rest.trim().is_empty() {
+        return None;
+    }
+    let first = rest.lines().next().unwrap_or("");
+    if first.trim().is_empty() {
+        // `by` alone on its line: every tactic line keeps its own indentation.
+        let after = &rest[rest.find('\n')? + 1..];
+        let own = after.len() - after.trim_start_matches([' ', '\t']).len();
+        Some(Block::new(after, own))
+    } else {
+        // `by tac`: the first tactic sits after `by` and its spaces.
+        let lead = first.len() - first.trim_start().len();
+        Some(Block::new(rest.trim_start(), body_col + 2 + lead))
+    }
+}
+
+/// What replaces one `sorry` site, given the lemma's verified proof body.
+pub fn site_text(
+    site: &SorrySite,
+    site_col: usize,
+    lemma: &Lemma,
+    body: &str,
+    body_col: usize,
+    layout: Layout,
+) -> String {
+    let tac = tactics(body, body_col);
+    match (layout, site.kind) {
+        (Layout::Inline, SiteKind::Term) => match tac {
+            Some(b) => format!("by\n{}", b.render(site.indent + 2, false)),
+            None => format!("({})", Block::new(body, body_col).render(site.indent + 4, true)),
+        },
+        (Layout::Inline, SiteKind::Tactic) => match tac {
+            Some(b) => b.render(site_col, true),
+            None => format!("exact ({})", Block::new(body, body_col).render(site_col + 4, true)),
+        },
+        (Layout::Applied, kind) => {
+            let term = match tac {
+                Some(b) => format!("by\n{}", b.render(site.indent + 6, false)),
+                None => Block::new(body, body_col).render(site.indent + 6, true),
+            };
+            let applied = lemma.application(&term);
+            match kind {
+                SiteKind::Term => applied,
+                SiteKind::Tactic => format!("exact {applied}"),
+            }
+        }
+    }
+}
+
+/// The sketch with every site replaced, in one layout. `proofs[i]` is the verified lemma code
+/// for site `i` and the lemma's name.
+pub fn recompose(
+    sketch: &str,
+    sites: &[SorrySite],
+    lemmas: &[Lemma],
+    proofs: &[String],
+    layout: Layout,
+) -> Option<String> {
+    let mut texts = Vec::with_capacity(sites.len());
+    for ((site, lemma), proof) in sites.iter().zip(lemmas).zip(proofs) {
+        let (body, col) = proof_body(proof, &lemma.name)?;
+        let line_start = sketch[..site.range.start].rfind('\n').map_or(0, |i| i + 1);
+        let site_col = sketch[line_start..site.range.start].chars().count();
+        texts.push(Some(site_text(site, site_col, lemma, &body, col, layout)));
+    }
+    Some(fill(sketch, sites, &texts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::goal::{parse_goal, Lemma};
+
+    fn lemma(name: &str, goal: &str) -> Lemma {
+        Lemma::from_goal(name, &parse_goal(goal).unwrap(), &[], true)
+    }
+
+    fn site(range: std::ops::Range<usize>, kind: SiteKind, indent: usize) -> SorrySite {
+        SorrySite { range, kind, step: Some(0), indent }
+    }
+
+    #[test]
+    fn the_body_is_what_follows_the_statements_assign() {
+        let code = "import M\ntheorem L (x : Nat := 1) : P x := by\n  simp\n  rfl\n";
+        assert_eq!(proof_body(code, "L"), Some(("by\n  simp\n  rfl".to_string(), 34)));
+        assert_eq!(proof_body(code, "Other"), None);
+    }
+
+    #[test]
+    fn a_tactic_proof_is_indented_under_its_have() {
+        let sketch = "theorem t : P := by\n  have h : Q := by sorry\n  exact h";
+        let start = sketch.find("by sorry").unwrap();
+        let s = site(start..start + 8, SiteKind::Term, 2);
+        let l = lemma("t_h", "⊢ Q");
+        let out = recompose(sketch, &[s], &[l], &["theorem t_h : Q := by\n    simp\n    ring".into()], Layout::Inline);
+        assert_eq!(out.unwrap(), "theorem t : P := by\n  have h : Q := by\n    simp\n    ring\n  exact h");
+    }
+
+    #[test]
+    fn a_term_proof_is_parenthesized() {
+        let sketch = "theorem t : P :=\n  have h : Q := sorry\n  f h";
+        let start = sketch.find("sorry").unwrap();
+        let s = site(start..start + 5, SiteKind::Term, 2);
+        let out =
+            recompose(sketch, &[s], &[lemma("t_h", "⊢ Q")], &["theorem t_h : Q := Q.intro".into()], Layout::Inline);
+        assert_eq!(out.unwrap(), "theorem t : P :=\n  have h : Q := (Q.intro)\n  f h");
+    }
+
+    #[test]
+    fn a_closing_sorry_tactic_takes_the_tactics_at_its_column() {
+        let sketch = "theorem t : P := by\n  have h : Q := by sorry\n  sorry";
+        let start = sketch.rfind("sorry").unwrap();
+        let s = SorrySite { range: start..start + 5, kind: SiteKind::Tactic, step: None, indent: 2 };
+        let proof = "theorem t_final (h : Q) : P := by\n  apply f\n  exact h";
+        let out = recompose(sketch, &[s], &[lemma("t_final", "h : Q\n⊢ P")], &[proof.into()], Layout::Inline);
+        assert_eq!(out.unwrap(), "theorem t : P := by\n  have h : Q := by sorry\n  apply f\n  exact h");
+    }
+
+    #[test]
+    fn the_applied_layout_passes_the_contexts_variables() {
+        let sketch = "theorem t (n : Nat) : P n :=\n  fun _ =>\n  have h : Q := sorry\n  h";
+        let start = sketch.find("sorry").unwrap();
+        let s = site(start..start + 5, SiteKind::Term, 2);
+        let l = lemma("t_h", "n : Nat\nx✝ : R n\n⊢ Q");
+        let out =
+            recompose(sketch, &[s], &[l], &["theorem t_h (n : Nat) (x_1 : R n) : Q := g x_1".into()], Layout::Applied);
+        assert!(out.unwrap().contains("have h : Q := ((fun (n : Nat) (x_1 : R n) => g x_1) n _)"));
+    }
+}
