@@ -4,7 +4,9 @@
 //! model with real recorded answers.
 //!
 //! A key recorded several times is answered in recorded order; once those are used up, the last
-//! answer repeats (what a seeded model would do).
+//! answer repeats (what a seeded model would do). A timed replay also takes as long as the
+//! recording says each request took (`elapsed_ms`), to stand in for a model's latency in
+//! benchmarks and cancellation tests.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -75,6 +77,7 @@ pub struct Replay {
     path: PathBuf,
     answers: HashMap<String, Vec<Vec<Completion>>>,
     used: Mutex<HashMap<String, usize>>,
+    timed: bool,
 }
 
 impl Replay {
@@ -86,7 +89,13 @@ impl Replay {
             let r: RecordLine = serde_json::from_str(line).map_err(|e| load(format!("line {}: {e}", i + 1)))?;
             answers.entry(key(&r.prompt, &r.params)).or_default().push(r.completions);
         }
-        Ok(Replay { path: path.to_path_buf(), answers, used: Mutex::new(HashMap::new()) })
+        Ok(Replay { path: path.to_path_buf(), answers, used: Mutex::new(HashMap::new()), timed: false })
+    }
+
+    /// Makes each request last as long as the slowest of its recorded answers took.
+    pub fn timed(mut self, timed: bool) -> Replay {
+        self.timed = timed;
+        self
     }
 
     fn answer(&self, prompt: &Prompt, params: &SamplingParams) -> Result<Vec<Completion>, GenError> {
@@ -112,11 +121,20 @@ impl Replay {
 
 impl Generator for Replay {
     fn generate<'a>(&'a self, req: &'a GenRequest) -> GenFuture<'a> {
-        Box::pin(async move { req.prompts.iter().map(|p| self.answer(p, &req.params)).collect() })
+        Box::pin(async move {
+            let out: Vec<Vec<Completion>> =
+                req.prompts.iter().map(|p| self.answer(p, &req.params)).collect::<Result<_, _>>()?;
+            if self.timed {
+                let ms = out.iter().flatten().map(|c| c.elapsed_ms).max().unwrap_or(0);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            Ok(out)
+        })
     }
 
     fn describe(&self) -> String {
-        format!("replay:{}", self.path.display())
+        let kind = if self.timed { "replay-timed" } else { "replay" };
+        format!("{kind}:{}", self.path.display())
     }
 }
 

@@ -1,6 +1,6 @@
 //! `--model` specifications and opening a generator from one:
 //!
-//! - `replay:FILE`: answers from a recording;
+//! - `replay:FILE`: answers from a recording (`replay-timed:FILE`: with the recorded latency);
 //! - `http://…` / `https://…`: an OpenAI-compatible server;
 //! - a path: a GGUF file, a directory holding one, or a Hugging Face model directory;
 //! - `ORG/NAME[:FILE.gguf][@REVISION]`: a Hugging Face Hub model, from the local cache (offline)
@@ -17,6 +17,7 @@ use super::{GenError, Generator};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSpec {
     Replay(PathBuf),
+    ReplayTimed(PathBuf),
     Server(String),
     Local(PathBuf),
     Hub { repo: String, file: Option<String>, revision: String },
@@ -26,6 +27,9 @@ impl ModelSpec {
     pub fn parse(s: &str) -> Result<ModelSpec, GenError> {
         if let Some(p) = s.strip_prefix("replay:") {
             return Ok(ModelSpec::Replay(PathBuf::from(p)));
+        }
+        if let Some(p) = s.strip_prefix("replay-timed:") {
+            return Ok(ModelSpec::ReplayTimed(PathBuf::from(p)));
         }
         if s.starts_with("http://") || s.starts_with("https://") {
             return Ok(ModelSpec::Server(s.to_string()));
@@ -72,6 +76,7 @@ pub struct OpenOptions {
 pub async fn open(spec: &ModelSpec, opts: &OpenOptions) -> Result<Box<dyn Generator>, GenError> {
     let g: Box<dyn Generator> = match spec {
         ModelSpec::Replay(p) => Box::new(Replay::open(p)?),
+        ModelSpec::ReplayTimed(p) => Box::new(Replay::open(p)?.timed(true)),
         ModelSpec::Server(url) => {
             let mut cfg = OpenAiConfig::new(url, opts.server_model.as_deref().unwrap_or("default"));
             if let Some(t) = opts.server_timeout {
@@ -110,6 +115,7 @@ mod tests {
     #[test]
     fn specs_name_their_backend() {
         assert_eq!(ModelSpec::parse("replay:a.jsonl").unwrap(), ModelSpec::Replay("a.jsonl".into()));
+        assert_eq!(ModelSpec::parse("replay-timed:a.jsonl").unwrap(), ModelSpec::ReplayTimed("a.jsonl".into()));
         assert_eq!(ModelSpec::parse("http://h:8000").unwrap(), ModelSpec::Server("http://h:8000".into()));
         assert_eq!(ModelSpec::parse("./m.gguf").unwrap(), ModelSpec::Local("./m.gguf".into()));
         assert_eq!(

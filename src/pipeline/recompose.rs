@@ -143,23 +143,26 @@ pub fn site_text(
     }
 }
 
-/// The sketch with every site replaced, in one layout. `proofs[i]` is the verified lemma code
-/// for site `i` and the lemma's name.
+/// The sketch with every site replaced, in one layout. `bodies[i]` is the verified proof body for
+/// site `i` and its column (see `proof_body`).
 pub fn recompose(
     sketch: &str,
     sites: &[SorrySite],
     lemmas: &[Lemma],
-    proofs: &[String],
+    bodies: &[(String, usize)],
     layout: Layout,
-) -> Option<String> {
-    let mut texts = Vec::with_capacity(sites.len());
-    for ((site, lemma), proof) in sites.iter().zip(lemmas).zip(proofs) {
-        let (body, col) = proof_body(proof, &lemma.name)?;
-        let line_start = sketch[..site.range.start].rfind('\n').map_or(0, |i| i + 1);
-        let site_col = sketch[line_start..site.range.start].chars().count();
-        texts.push(Some(site_text(site, site_col, lemma, &body, col, layout)));
-    }
-    Some(fill(sketch, sites, &texts))
+) -> String {
+    let texts: Vec<Option<String>> = sites
+        .iter()
+        .zip(lemmas)
+        .zip(bodies)
+        .map(|((site, lemma), (body, col))| {
+            let line_start = sketch[..site.range.start].rfind('\n').map_or(0, |i| i + 1);
+            let site_col = sketch[line_start..site.range.start].chars().count();
+            Some(site_text(site, site_col, lemma, body, *col, layout))
+        })
+        .collect();
+    fill(sketch, sites, &texts)
 }
 
 #[cfg(test)]
@@ -169,6 +172,10 @@ mod tests {
 
     fn lemma(name: &str, goal: &str) -> Lemma {
         Lemma::from_goal(name, &parse_goal(goal).unwrap(), &[], true)
+    }
+
+    fn body(code: &str, name: &str) -> (String, usize) {
+        proof_body(code, name).unwrap()
     }
 
     fn site(range: std::ops::Range<usize>, kind: SiteKind, indent: usize) -> SorrySite {
@@ -188,7 +195,13 @@ mod tests {
         let start = sketch.find("by sorry").unwrap();
         let s = site(start..start + 8, SiteKind::Term, 2);
         let l = lemma("t_h", "⊢ Q");
-        let out = recompose(sketch, &[s], &[l], &["theorem t_h : Q := by\n    simp\n    ring".into()], Layout::Inline);
+        let out = Some(recompose(
+            sketch,
+            &[s],
+            &[l],
+            &[body("theorem t_h : Q := by\n    simp\n    ring", "t_h")],
+            Layout::Inline,
+        ));
         assert_eq!(out.unwrap(), "theorem t : P := by\n  have h : Q := by\n    simp\n    ring\n  exact h");
     }
 
@@ -208,7 +221,8 @@ mod tests {
         let start = sketch.rfind("sorry").unwrap();
         let s = SorrySite { range: start..start + 5, kind: SiteKind::Tactic, step: None, indent: 2 };
         let proof = "theorem t_final (h : Q) : P := by\n  apply f\n  exact h";
-        let out = recompose(sketch, &[s], &[lemma("t_final", "h : Q\n⊢ P")], &[proof.into()], Layout::Inline);
+        let out =
+            Some(recompose(sketch, &[s], &[lemma("t_final", "h : Q\n⊢ P")], &[body(proof, "t_final")], Layout::Inline));
         assert_eq!(out.unwrap(), "theorem t : P := by\n  have h : Q := by sorry\n  apply f\n  exact h");
     }
 

@@ -30,7 +30,7 @@ use tracing::Instrument;
 use super::dag::{Dag, DagExport, Node, NodeKind, Provenance, Status};
 use super::goal::{parse_goal, Lemma};
 use super::prompts::{Prompts, RepairVars, StatementVars};
-use super::recompose::{recompose, Layout};
+use super::recompose::{proof_body, recompose, Layout};
 use super::sketch::{outline, parse_answer, sorry_sites, SorrySite};
 use crate::lean::lexer::tokenize;
 use crate::lean::source::{header_end, normalize_header};
@@ -715,10 +715,13 @@ impl Engine {
         let mut lemmas = Vec::new();
         let mut subs = Vec::new();
         let mut used_names: Vec<String> = Vec::new();
+        let have_names: Vec<Option<String>> = sites.iter().map(|site| have_name(body, site)).collect();
         for (n, (site, goal)) in sites.iter().zip(goals).enumerate() {
-            let step = site.step.map(|s| outline.steps[s].name.clone());
-            let premises: Vec<String> =
+            let step = site.step.map(|s| outline.steps[s].name.clone()).or_else(|| have_names[n].clone());
+            // Earlier steps are premises: the outline's, and every `have` proved by an earlier site.
+            let mut premises: Vec<String> =
                 outline.steps.iter().take(site.step.unwrap_or(outline.steps.len())).map(|s| s.name.clone()).collect();
+            premises.extend(have_names[..n].iter().flatten().cloned());
             let mut lemma_name = format!("{name}_{}", sanitize(step.as_deref().unwrap_or("final")));
             if used_names.contains(&lemma_name) {
                 lemma_name = format!("{lemma_name}_{n}");
@@ -785,20 +788,23 @@ impl Engine {
         // Solve every subgoal; the first failure fails the sketch and drops the others' handles.
         let handles: Vec<Subscription> = subs.iter().map(|&s| self.subscribe(s, ctx.clone())).collect();
         let names: Vec<String> = lemmas.iter().map(|l| l.name.clone()).collect();
-        let proofs = futures::future::try_join_all(
+        let proofs: Vec<String> = futures::future::try_join_all(
             handles
                 .into_iter()
                 .zip(names)
                 .map(|(h, n)| async move { h.await.map_err(|r| format!("subgoal {n} failed: {r}")) }),
         )
         .await?;
+        // A shared node's proof declares the node's own name, not this sketch's lemma name.
+        let mut bodies = Vec::with_capacity(subs.len());
+        for (&sub, proof) in subs.iter().zip(&proofs) {
+            let node_name = self.with_dag(|d| d.node(sub).name.clone());
+            bodies.push(proof_body(proof, &node_name).ok_or_else(|| format!("the proof of {node_name} has no body"))?);
+        }
         // Recompose and verify: inline first, then each lemma applied at its site.
         let mut last = String::new();
         for layout in [Layout::Inline, Layout::Applied] {
-            let Some(filled) = recompose(body, &sites, &lemmas, &proofs, layout) else {
-                last = "a subgoal proof has no body to put back".into();
-                continue;
-            };
+            let filled = recompose(body, &sites, &lemmas, &bodies, layout);
             let full = format!("{}{filled}", &code[..header_end(code)]);
             let input = VerifyInput {
                 name: name.to_string(),
@@ -977,6 +983,32 @@ fn sorry_offset(body: &str, site: &SorrySite) -> usize {
         .iter()
         .rfind(|t| t.text(text) == "sorry")
         .map_or(site.range.start, |t| site.range.start + t.span.start)
+}
+
+/// The name of the `have` a site is the proof of (`have h : P := sorry`), if it is one.
+fn have_name(body: &str, site: &SorrySite) -> Option<String> {
+    let toks = tokenize(&body[..site.range.start]);
+    let mut i = toks.len().checked_sub(1)?;
+    if toks[i].text(body) != ":=" {
+        return None;
+    }
+    // Back to the `have` this `:=` belongs to, not past another step.
+    while i > 0 {
+        i -= 1;
+        match toks[i].text(body) {
+            "have" => {
+                let next = toks.get(i + 1)?;
+                return Some(match next.text(body) {
+                    ":" => "this".to_string(),
+                    t if next.kind == crate::lean::lexer::TokenKind::Ident => t.to_string(),
+                    _ => return None,
+                });
+            }
+            ":=" | "sorry" | "by" | "=>" | ";" => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A statement without its declared name (`theorem X …` → `theorem …`), for keys.

@@ -1,0 +1,371 @@
+//! The decomposition pipeline end to end: real Lean (the test toolchain), models scripted by
+//! replay transcripts these tests write. Each lemma statement a test scripts is what the pipeline
+//! must restate from Lean's goals: a different restatement misses the transcript and fails.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{pool_config, HEADER};
+use subgoal::model::record::{RecordLine, Replay};
+use subgoal::model::{Completion, FinishReason, Generator, SamplingParams};
+use subgoal::pipeline::dag::{NodeKind, Status};
+use subgoal::pipeline::prompts::{Prompts, StatementVars};
+use subgoal::pipeline::scheduler::{Attempt, Engine, EngineConfig, Problem, ProblemOutcome, Role, Strategy, Via};
+use subgoal::verify::{Verdict, Verifier, VerifyInput};
+
+fn config(depth: u32) -> EngineConfig {
+    EngineConfig {
+        strategy: Strategy::Both,
+        depth,
+        k: 2,
+        sketches: 1,
+        prover: SamplingParams { max_new_tokens: 512, seed: Some(1), ..Default::default() },
+        planner: SamplingParams { max_new_tokens: 1024, seed: Some(2), ..Default::default() },
+        model_concurrency: 2,
+        ..Default::default()
+    }
+}
+
+/// A transcript under construction: which answers the models give to which prompts.
+struct Script {
+    cfg: EngineConfig,
+    prompts: Prompts,
+    lines: Vec<RecordLine>,
+}
+
+fn answer(code: &str, elapsed_ms: u64) -> Completion {
+    Completion {
+        text: format!("Here is the proof.\n\n```lean4\n{HEADER}\n{code}\n```\n"),
+        prompt_tokens: 10,
+        completion_tokens: 20,
+        finish_reason: FinishReason::Stop,
+        error: None,
+        elapsed_ms,
+    }
+}
+
+impl Script {
+    fn new(cfg: &EngineConfig) -> Script {
+        Script { cfg: cfg.clone(), prompts: Prompts::load(None).unwrap(), lines: vec![] }
+    }
+
+    fn vars<'a>(name: &'a str, statement: &'a str, informal: &'a str) -> StatementVars<'a> {
+        StatementVars { name, header: HEADER, informal_statement: informal, formal_statement: statement }
+    }
+
+    /// The prover's `k` answers for a node (fewer given: the last repeats).
+    fn prover(&mut self, name: &str, statement: &str, informal: &str, codes: &[&str], elapsed_ms: u64) {
+        let prompt = self.prompts.prove(&Self::vars(name, statement, informal), false).unwrap();
+        let params = SamplingParams { n: self.cfg.k, ..self.cfg.prover.clone() };
+        let completions =
+            (0..self.cfg.k).map(|i| answer(codes[i.min(codes.len() - 1)], elapsed_ms)).collect::<Vec<_>>();
+        self.lines.push(RecordLine { prompt, params, completions });
+    }
+
+    /// The planner's sketch for a node.
+    fn planner(&mut self, name: &str, statement: &str, informal: &str, sketch: &str) {
+        let prompt = self.prompts.sketch(&Self::vars(name, statement, informal)).unwrap();
+        let params = SamplingParams { n: self.cfg.sketches, ..self.cfg.planner.clone() };
+        let mut c = answer(sketch, 0);
+        c.text = format!("### Detailed Proof and Analysis\nSplit the goal.\n\n{}", c.text);
+        self.lines.push(RecordLine { prompt, params, completions: vec![c] });
+    }
+
+    fn models(&self, dir: &std::path::Path, timed: bool) -> Arc<dyn Generator> {
+        let path = dir.join("transcript.jsonl");
+        let text: String = self.lines.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect();
+        std::fs::write(&path, text).unwrap();
+        Arc::new(Replay::open(&path).unwrap().timed(timed))
+    }
+}
+
+struct Run {
+    engine: Arc<Engine>,
+    verifier: Arc<Verifier>,
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn start(script: &Script, timed: bool) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let model = script.models(dir.path(), timed);
+    let verifier = Arc::new(Verifier::start(pool_config(2, 60.0)).unwrap());
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let sink = attempts.clone();
+    let engine = Engine::new(
+        verifier.clone(),
+        model.clone(),
+        model,
+        Prompts::load(None).unwrap(),
+        script.cfg.clone(),
+        Some(Arc::new(move |a: &Attempt| sink.lock().unwrap().push(a.clone()))),
+    );
+    Run { engine, verifier, attempts, _dir: dir }
+}
+
+impl Run {
+    fn attempts(&self, node: &str, role: Role) -> Vec<Attempt> {
+        self.attempts.lock().unwrap().iter().filter(|a| a.node == node && a.role == role).cloned().collect()
+    }
+
+    fn status(&self, name: &str) -> Status {
+        let dag = self.engine.export_dag(None);
+        dag.nodes
+            .iter()
+            .find(|n| n.node.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in {dag:#?}"))
+            .node
+            .status
+    }
+}
+
+fn problem(name: &str, statement: &str) -> Problem {
+    Problem {
+        name: name.into(),
+        header: HEADER.into(),
+        informal_statement: "Prove it.".into(),
+        formal_statement: statement.into(),
+    }
+}
+
+const TWO_LEVEL: &str = "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r :=";
+const WRONG: &str = "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r := hp";
+const H1: &str = "theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    And p q :=";
+const H2: &str = "theorem two_level_h2 (p q r : Prop) (hp : p) (hq : q) (hr : r) (h1 : And p q) :\n    r :=";
+const H1_A: &str = "theorem two_level_h1_a (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    p :=";
+const H1_B: &str = "theorem two_level_h1_b (p q r : Prop) (hp : p) (hq : q) (hr : r) (a : p) :\n    q :=";
+
+fn sketch_two_level() -> &'static str {
+    "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r :=\n  have h1 : And p q := sorry\n  have h2 : r := sorry\n  And.intro h1 h2"
+}
+
+fn sketch_h1() -> &'static str {
+    "theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    And p q :=\n  have a : p := sorry\n  have b : q := sorry\n  And.intro a b"
+}
+
+/// The theorem's whole proofs fail; its sketch has two subgoals; the first of them fails whole
+/// and is sketched again; everything at the bottom is proved by the prover.
+fn two_level_script(cfg: &EngineConfig) -> Script {
+    let mut s = Script::new(cfg);
+    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
+    s.planner("two_level", TWO_LEVEL, "Prove it.", sketch_two_level());
+    s.prover(
+        "two_level_h1",
+        H1,
+        "",
+        &["theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) : And p q := hp"],
+        0,
+    );
+    s.planner("two_level_h1", H1, "", sketch_h1());
+    s.prover(
+        "two_level_h1_a",
+        H1_A,
+        "",
+        &["theorem two_level_h1_a (p q r : Prop) (hp : p) (hq : q) (hr : r) : p := hp"],
+        0,
+    );
+    s.prover(
+        "two_level_h1_b",
+        H1_B,
+        "",
+        &["theorem two_level_h1_b (p q r : Prop) (hp : p) (hq : q) (hr : r) (a : p) : q := hq"],
+        0,
+    );
+    s.prover(
+        "two_level_h2",
+        H2,
+        "",
+        &["theorem two_level_h2 (p q r : Prop) (hp : p) (hq : q) (hr : r) (h1 : And p q) : r := hr"],
+        0,
+    );
+    s
+}
+
+async fn prove(run: &Run, name: &str, statement: &str) -> ProblemOutcome {
+    run.engine.prove(&problem(name, statement)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_level_decomposition_proves_the_theorem() {
+    let run = start(&two_level_script(&config(2)), false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(out.solved, "{out:#?}\n{:#?}", run.engine.export_dag(None));
+    assert_eq!(out.via, Some(Via::Decomposition));
+    for node in ["two_level", "two_level_h1", "two_level_h2", "two_level_h1_a", "two_level_h1_b"] {
+        assert_eq!(run.status(node), Status::Proved, "{node}");
+    }
+    // The sub-subgoal was restated with the earlier step `a` as a premise (form b) …
+    let dag = run.engine.export_dag(Some("two_level"));
+    let b = dag.nodes.iter().find(|n| n.node.name == "two_level_h1_b").unwrap();
+    assert_eq!(b.node.statement, H1_B);
+    // … and without it in form (a).
+    assert_eq!(
+        b.node.statement_without_premises.as_deref(),
+        Some("theorem two_level_h1_b (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    q :=")
+    );
+    assert!(run.engine.dag_is_acyclic());
+    assert_eq!(dag.nodes.iter().filter(|n| n.node.kind == NodeKind::Sketch).count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recomposed_proof_is_verified_again_and_holds_every_step() {
+    let run = start(&two_level_script(&config(2)), false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    let proof = out.proof.expect("solved");
+    // The final proof went through every gate and the fresh re-check …
+    let recomposed = run.attempts("two_level", Role::Recompose);
+    assert!(recomposed.iter().any(|a| a.verdict == Verdict::Proved && a.code == proof), "{recomposed:#?}");
+    // … holds the sub-subgoal proofs in place, no `sorry` …
+    assert!(proof.contains("have a : p := (hp)") && proof.contains("have h2 : r := (hr)"), "{proof}");
+    assert!(!proof.contains("sorry"), "{proof}");
+    // … and verifies on its own.
+    let input = VerifyInput {
+        name: "two_level".into(),
+        header: HEADER.into(),
+        formal_statement: TWO_LEVEL.into(),
+        proof: None,
+        code: Some(proof),
+    };
+    let record = run.verifier.verify(&input).await;
+    assert_eq!(record.verdict, Verdict::Proved, "{record:#?}");
+    assert!(record.recheck.is_some_and(|r| r.agreed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_depth_limit_stops_decomposition_and_a_failed_subgoal_fails_its_parents() {
+    // Depth 1: the theorem is decomposed, its subgoals are not; `two_level_h1` fails whole.
+    let run = start(&two_level_script(&config(1)), false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(!out.solved && out.proof.is_none(), "{out:#?}");
+    assert!(out.reason.contains("subgoal two_level_h1 failed"), "{}", out.reason);
+    assert!(run.attempts("two_level_h1", Role::Sketch).is_empty(), "decomposed beyond the depth limit");
+    assert_eq!(run.status("two_level_h1"), Status::Failed);
+    assert_eq!(run.status("two_level"), Status::Failed);
+    let dag = run.engine.export_dag(Some("two_level"));
+    let sketch = dag.nodes.iter().find(|n| n.node.kind == NodeKind::Sketch).unwrap();
+    assert_eq!(sketch.node.status, Status::Failed);
+    // Nothing on the path to the theorem is exported as proved.
+    assert!(dag.nodes.iter().filter(|n| n.node.kind != NodeKind::Subgoal).all(|n| n.node.status != Status::Proved));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_subgoal_cancels_the_outstanding_work_of_its_siblings() {
+    let cfg = config(1);
+    let mut s = two_level_script(&cfg);
+    // `two_level_h2`'s prover takes 60 s; `two_level_h1` fails at once.
+    s.lines.retain(|l| !serde_json::to_string(&l.prompt).unwrap().contains("two_level_h2"));
+    s.prover(
+        "two_level_h2",
+        H2,
+        "",
+        &["theorem two_level_h2 (p q r : Prop) (hp : p) (hq : q) (hr : r) (h1 : And p q) : r := hr"],
+        60_000,
+    );
+    let run = start(&s, true);
+    let started = std::time::Instant::now();
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(!out.solved);
+    assert!(started.elapsed().as_secs() < 45, "the sibling's model call was not cancelled");
+    assert_eq!(run.status("two_level_h2"), Status::Cancelled);
+    assert!(run.attempts("two_level_h2", Role::Prover).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_subgoal_in_two_theorems_is_proved_once() {
+    let cfg = config(1);
+    let mut s = Script::new(&cfg);
+    let t1 = "theorem t1 (p q : Prop) (hp : p) (hq : q) : And (And p q) p :=";
+    let t2 = "theorem t2 (p q : Prop) (hp : p) (hq : q) : And q (And p q) :=";
+    s.prover("t1", t1, "Prove it.", &["theorem t1 (p q : Prop) (hp : p) (hq : q) : And (And p q) p := hp"], 0);
+    s.prover("t2", t2, "Prove it.", &["theorem t2 (p q : Prop) (hp : p) (hq : q) : And q (And p q) := hp"], 0);
+    s.planner(
+        "t1",
+        t1,
+        "Prove it.",
+        "theorem t1 (p q : Prop) (hp : p) (hq : q) : And (And p q) p :=\n  have h : And p q := sorry\n  And.intro h hp",
+    );
+    s.planner("t2", t2, "Prove it.", "theorem t2 (p q : Prop) (hp : p) (hq : q) : And q (And p q) :=\n  have pq : And p q := sorry\n  And.intro hq pq");
+    // Only `t1_h` is scripted: `t2_pq` is the same statement and must not reach the prover.
+    s.prover(
+        "t1_h",
+        "theorem t1_h (p q : Prop) (hp : p) (hq : q) :\n    And p q :=",
+        "",
+        &["theorem t1_h (p q : Prop) (hp : p) (hq : q) : And p q := And.intro hp hq"],
+        0,
+    );
+    let run = start(&s, false);
+    let o1 = prove(&run, "t1", t1).await;
+    let o2 = prove(&run, "t2", t2).await;
+    assert!(o1.solved && o2.solved, "{o1:#?}\n{o2:#?}");
+    let dag = run.engine.export_dag(None);
+    let shared: Vec<_> = dag.nodes.iter().filter(|n| n.node.kind == NodeKind::Subgoal).collect();
+    assert_eq!(shared.len(), 1, "{dag:#?}");
+    assert_eq!(shared[0].node.problems, ["t1", "t2"]);
+    assert_eq!(shared[0].node.attempts, 1);
+    // Both sketches need the one node.
+    assert_eq!(dag.edges.iter().filter(|[from, _]| *from == shared[0].id).count(), 2);
+    assert!(o2.proof.unwrap().contains("have pq : And p q := (And.intro hp hq)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sketch_that_changes_the_statement_is_refused() {
+    let cfg = config(1);
+    let mut s = Script::new(&cfg);
+    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
+    // The sketch drops the conclusion's `r`.
+    s.planner(
+        "two_level",
+        TWO_LEVEL,
+        "Prove it.",
+        "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And p q :=\n  have h1 : p := sorry\n  And.intro h1 hq",
+    );
+    let run = start(&s, false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(!out.solved);
+    let sketches = run.attempts("two_level", Role::Sketch);
+    assert_eq!(sketches.len(), 1);
+    assert_eq!(sketches[0].verdict, Verdict::Rejected, "{:#?}", sketches[0]);
+    assert!(out.reason.contains("the sketch is rejected"), "{}", out.reason);
+    // No subgoal was made of it.
+    let dag = run.engine.export_dag(None);
+    assert!(dag.nodes.iter().all(|n| n.node.kind != NodeKind::Subgoal));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goals_with_inaccessible_names_an_instance_and_a_let_are_restated_and_applied() {
+    let cfg = EngineConfig { strategy: Strategy::Decompose, ..config(1) };
+    let mut s = Script::new(&cfg);
+    let stmt =
+        "theorem inacc (p : Prop) [Decidable p] (f : Nat → Prop) : (m : Nat) → f m → And (f m) (Or p (Not p)) :=";
+    s.planner(
+        "inacc",
+        stmt,
+        "Prove it.",
+        &format!("{stmt}\n  fun _ h =>\n  let k : Nat := Nat.add 1 1\n  have h1 : Eq k 2 := sorry\n  sorry"),
+    );
+    // Lean prints `x✝ : Nat`, `inst✝ : Decidable p` and `k : Nat := Nat.add 1 1`.
+    let binders =
+        "(p : Prop) [Decidable p] (f : Nat → Prop) (x_1 : Nat) (h : f x_1) (k : Nat) (k_def : Eq k (Nat.add 1 1))";
+    let h1 = format!("theorem inacc_h1 {binders} :\n    Eq k 2 :=");
+    let fin = format!("theorem inacc_final {binders} (h1 : Eq k 2) :\n    And (f x_1) (Or p (Not p)) :=");
+    // Both proofs use names the sketch's context does not have (`k_def`, `x_1`).
+    s.prover("inacc_h1", &h1, "", &[&format!("theorem inacc_h1 {binders} : Eq k 2 := k_def")], 0);
+    let fin_proof = format!(
+        "theorem inacc_final {binders} (h1 : Eq k 2) : And (f x_1) (Or p (Not p)) :=\n  @And.intro (f x_1) (Or p (Not p)) h (dite p (fun hp => Or.inl hp) (fun hn => Or.inr hn))"
+    );
+    s.prover("inacc_final", &fin, "", &[&fin_proof], 0);
+    let run = start(&s, false);
+    let out = prove(&run, "inacc", stmt).await;
+    assert!(out.solved, "{out:#?}\n{:#?}", run.engine.export_dag(None));
+    // Each restated lemma elaborated on its own before it was proved.
+    for lemma in ["inacc_h1", "inacc_final"] {
+        let checks = run.attempts(lemma, Role::Lemma);
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].verdict, Verdict::Incomplete, "{:#?}", checks[0]);
+    }
+    // Pasting the proofs in place fails (their names are not the context's); applying the
+    // lemmas at their `sorry`s is what Lean accepted.
+    let layouts: Vec<Verdict> = run.attempts("inacc", Role::Recompose).iter().map(|a| a.verdict).collect();
+    assert_eq!(layouts, [Verdict::Failed, Verdict::Proved]);
+}
