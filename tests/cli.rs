@@ -193,3 +193,82 @@ fn generate_with_a_missing_model_names_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/m.gguf"));
 }
+
+#[test]
+fn prove_writes_the_proof_the_graph_and_every_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    // The CLI's defaults for what the transcript is keyed by.
+    let cfg = subgoal::pipeline::scheduler::EngineConfig {
+        k: 2,
+        sketches: 1,
+        prover: subgoal::model::SamplingParams { max_new_tokens: 2048, seed: Some(7), ..Default::default() },
+        planner: subgoal::model::SamplingParams {
+            max_new_tokens: 4096,
+            temperature: 0.6,
+            seed: Some(7),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let transcript = dir.path().join("transcript.jsonl");
+    script::two_level_script(&cfg).write(&transcript);
+    let file = dir.path().join("two_level.lean");
+    std::fs::write(&file, format!("{HEADER}\n/-- Prove it. -/\n{} by\n  sorry\n", script::TWO_LEVEL)).unwrap();
+    let out_dir = dir.path().join("out");
+    let model = format!("replay:{}", transcript.display());
+    let lean = lean();
+    let out = subgoal(&[
+        "prove",
+        file.to_str().unwrap(),
+        "--prover",
+        &model,
+        "-k",
+        "2",
+        "--sketches",
+        "1",
+        "--seed",
+        "7",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--lean",
+        lean.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("two_level: proved via Decomposition"), "{stdout}");
+    let proof = std::fs::read_to_string(out_dir.join("proof.lean")).unwrap();
+    assert!(proof.starts_with(HEADER) && proof.contains("have h1 : And p q :="), "{proof}");
+    let dag: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("dag.json")).unwrap()).unwrap();
+    assert_eq!(dag["schema"], "subgoal.dag.v1");
+    assert_eq!(dag["nodes"].as_array().unwrap().len(), 7, "theorem, 2 sketches, 4 subgoals");
+    assert!(std::fs::read_to_string(out_dir.join("dag.dot")).unwrap().starts_with("digraph subgoals {"));
+    let result: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["solved"], true);
+    let attempts = records(&std::fs::read(out_dir.join("attempts.jsonl")).unwrap());
+    assert!(attempts.iter().any(|a| a["role"] == "recompose" && a["verdict"] == "proved"));
+    let prover_attempts = |node: &str| attempts.iter().filter(|a| a["role"] == "prover" && a["node"] == node).count();
+    // Both samples fail for the theorem and its first subgoal; elsewhere a success may stop the rest.
+    assert_eq!((prover_attempts("two_level"), prover_attempts("two_level_h1")), (2, 2));
+    for node in ["two_level_h2", "two_level_h1_a", "two_level_h1_b"] {
+        assert!((1..=2).contains(&prover_attempts(node)), "{node}");
+    }
+}
+
+#[test]
+fn prove_names_the_file_without_a_theorem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.lean");
+    std::fs::write(&file, "prelude\nimport SubgoalFixture\n-- nothing here\n").unwrap();
+    let lean = lean();
+    let out = subgoal(&[
+        "prove",
+        file.to_str().unwrap(),
+        "--prover",
+        "replay:/nonexistent",
+        "--lean",
+        lean.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("empty.lean") && err.contains("no theorem"), "{err}");
+}

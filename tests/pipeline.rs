@@ -6,11 +6,11 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use common::script::*;
 use common::{pool_config, HEADER};
-use subgoal::model::record::{RecordLine, Replay};
-use subgoal::model::{Completion, FinishReason, Generator, SamplingParams};
+use subgoal::model::SamplingParams;
 use subgoal::pipeline::dag::{NodeKind, Status};
-use subgoal::pipeline::prompts::{Prompts, StatementVars};
+use subgoal::pipeline::prompts::Prompts;
 use subgoal::pipeline::scheduler::{Attempt, Engine, EngineConfig, Problem, ProblemOutcome, Role, Strategy, Via};
 use subgoal::verify::{Verdict, Verifier, VerifyInput};
 
@@ -24,59 +24,6 @@ fn config(depth: u32) -> EngineConfig {
         planner: SamplingParams { max_new_tokens: 1024, seed: Some(2), ..Default::default() },
         model_concurrency: 2,
         ..Default::default()
-    }
-}
-
-/// A transcript under construction: which answers the models give to which prompts.
-struct Script {
-    cfg: EngineConfig,
-    prompts: Prompts,
-    lines: Vec<RecordLine>,
-}
-
-fn answer(code: &str, elapsed_ms: u64) -> Completion {
-    Completion {
-        text: format!("Here is the proof.\n\n```lean4\n{HEADER}\n{code}\n```\n"),
-        prompt_tokens: 10,
-        completion_tokens: 20,
-        finish_reason: FinishReason::Stop,
-        error: None,
-        elapsed_ms,
-    }
-}
-
-impl Script {
-    fn new(cfg: &EngineConfig) -> Script {
-        Script { cfg: cfg.clone(), prompts: Prompts::load(None).unwrap(), lines: vec![] }
-    }
-
-    fn vars<'a>(name: &'a str, statement: &'a str, informal: &'a str) -> StatementVars<'a> {
-        StatementVars { name, header: HEADER, informal_statement: informal, formal_statement: statement }
-    }
-
-    /// The prover's `k` answers for a node (fewer given: the last repeats).
-    fn prover(&mut self, name: &str, statement: &str, informal: &str, codes: &[&str], elapsed_ms: u64) {
-        let prompt = self.prompts.prove(&Self::vars(name, statement, informal), false).unwrap();
-        let params = SamplingParams { n: self.cfg.k, ..self.cfg.prover.clone() };
-        let completions =
-            (0..self.cfg.k).map(|i| answer(codes[i.min(codes.len() - 1)], elapsed_ms)).collect::<Vec<_>>();
-        self.lines.push(RecordLine { prompt, params, completions });
-    }
-
-    /// The planner's sketch for a node.
-    fn planner(&mut self, name: &str, statement: &str, informal: &str, sketch: &str) {
-        let prompt = self.prompts.sketch(&Self::vars(name, statement, informal)).unwrap();
-        let params = SamplingParams { n: self.cfg.sketches, ..self.cfg.planner.clone() };
-        let mut c = answer(sketch, 0);
-        c.text = format!("### Detailed Proof and Analysis\nSplit the goal.\n\n{}", c.text);
-        self.lines.push(RecordLine { prompt, params, completions: vec![c] });
-    }
-
-    fn models(&self, dir: &std::path::Path, timed: bool) -> Arc<dyn Generator> {
-        let path = dir.join("transcript.jsonl");
-        let text: String = self.lines.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect();
-        std::fs::write(&path, text).unwrap();
-        Arc::new(Replay::open(&path).unwrap().timed(timed))
     }
 }
 
@@ -127,59 +74,6 @@ fn problem(name: &str, statement: &str) -> Problem {
         informal_statement: "Prove it.".into(),
         formal_statement: statement.into(),
     }
-}
-
-const TWO_LEVEL: &str = "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r :=";
-const WRONG: &str = "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r := hp";
-const H1: &str = "theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    And p q :=";
-const H2: &str = "theorem two_level_h2 (p q r : Prop) (hp : p) (hq : q) (hr : r) (h1 : And p q) :\n    r :=";
-const H1_A: &str = "theorem two_level_h1_a (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    p :=";
-const H1_B: &str = "theorem two_level_h1_b (p q r : Prop) (hp : p) (hq : q) (hr : r) (a : p) :\n    q :=";
-
-fn sketch_two_level() -> &'static str {
-    "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r :=\n  have h1 : And p q := sorry\n  have h2 : r := sorry\n  And.intro h1 h2"
-}
-
-fn sketch_h1() -> &'static str {
-    "theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    And p q :=\n  have a : p := sorry\n  have b : q := sorry\n  And.intro a b"
-}
-
-/// The theorem's whole proofs fail; its sketch has two subgoals; the first of them fails whole
-/// and is sketched again; everything at the bottom is proved by the prover.
-fn two_level_script(cfg: &EngineConfig) -> Script {
-    let mut s = Script::new(cfg);
-    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
-    s.planner("two_level", TWO_LEVEL, "Prove it.", sketch_two_level());
-    s.prover(
-        "two_level_h1",
-        H1,
-        "",
-        &["theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) : And p q := hp"],
-        0,
-    );
-    s.planner("two_level_h1", H1, "", sketch_h1());
-    s.prover(
-        "two_level_h1_a",
-        H1_A,
-        "",
-        &["theorem two_level_h1_a (p q r : Prop) (hp : p) (hq : q) (hr : r) : p := hp"],
-        0,
-    );
-    s.prover(
-        "two_level_h1_b",
-        H1_B,
-        "",
-        &["theorem two_level_h1_b (p q r : Prop) (hp : p) (hq : q) (hr : r) (a : p) : q := hq"],
-        0,
-    );
-    s.prover(
-        "two_level_h2",
-        H2,
-        "",
-        &["theorem two_level_h2 (p q r : Prop) (hp : p) (hq : q) (hr : r) (h1 : And p q) : r := hr"],
-        0,
-    );
-    s
 }
 
 async fn prove(run: &Run, name: &str, statement: &str) -> ProblemOutcome {

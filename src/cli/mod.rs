@@ -3,6 +3,7 @@
 
 mod doctor;
 mod generate;
+mod prove;
 mod serve;
 mod verify;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Serve a model over the OpenAI-compatible API.
     Serve(serve::ServeArgs),
+    /// Prove one theorem: whole-proof sampling and recursive decomposition into subgoals.
+    Prove(Box<prove::ProveArgs>),
 }
 
 /// Which model to use and how; shared by every command that generates.
@@ -55,6 +58,19 @@ pub struct ModelArgs {
     /// Default: the test model this checkout installs (SmolLM2-135M-Instruct, Q4_1).
     #[arg(long, short)]
     pub model: Option<String>,
+    #[command(flatten)]
+    pub options: ModelOptions,
+}
+
+impl ModelArgs {
+    pub async fn open(&self) -> anyhow::Result<Box<dyn subgoal::model::Generator>> {
+        self.options.open(self.model.as_deref()).await
+    }
+}
+
+/// How to open and run a model, whichever one it is.
+#[derive(Args, Debug, Clone)]
+pub struct ModelOptions {
     /// Embedded backend device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -84,10 +100,11 @@ pub struct ModelArgs {
     pub record: Option<PathBuf>,
 }
 
-impl ModelArgs {
-    pub async fn open(&self) -> anyhow::Result<Box<dyn subgoal::model::Generator>> {
-        let spec_text = match &self.model {
-            Some(m) => m.clone(),
+impl ModelOptions {
+    /// Opens the model `spec` names (default: the installed test model).
+    pub async fn open(&self, spec: Option<&str>) -> anyhow::Result<Box<dyn subgoal::model::Generator>> {
+        let spec_text = match spec {
+            Some(m) => m.to_string(),
             None => {
                 let p = subgoal::model::test_model_path();
                 anyhow::ensure!(
@@ -247,5 +264,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => doctor::run(a).await,
         Command::Generate(a) => generate::run(a).await,
         Command::Serve(a) => serve::run(a).await,
+        Command::Prove(a) => prove::run(*a).await,
     }
 }

@@ -59,6 +59,32 @@ pub fn normalize_header(header: &str) -> String {
     header.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Where the theorem or lemma `name` (or, with `None`, the last one) is declared: the byte offset
+/// of its `theorem`/`lemma` keyword, the offset just past its statement's `:=` (the first `:=`
+/// outside brackets, so a binder default `(x : T := d)` stays in the statement), and its name.
+pub fn statement_span(src: &str, name: Option<&str>) -> Option<(usize, usize, String)> {
+    let toks = tokenize(src);
+    let decl = toks
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| matches!(w[0].text(src), "theorem" | "lemma") && w[1].kind == TokenKind::Ident)
+        .filter(|(_, w)| name.is_none_or(|n| w[1].text(src) == n))
+        .map(|(i, _)| i)
+        .next_back()?;
+    let mut depth = 0i32;
+    for t in &toks[decl + 2..] {
+        match t.text(src) {
+            "(" | "[" | "{" | "⦃" | "⟨" => depth += 1,
+            ")" | "]" | "}" | "⦄" | "⟩" => depth -= 1,
+            ":=" if depth == 0 => {
+                return Some((toks[decl].span.start, t.span.end, toks[decl + 1].text(src).to_string()))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Names of the theorems and lemmas declared in `src`, in order.
 pub fn declared_theorems(src: &str) -> Vec<String> {
     let toks = tokenize(src);

@@ -7,6 +7,7 @@
 
 pub mod dag;
 pub mod goal;
+pub mod problem;
 pub mod prompts;
 pub mod recompose;
 pub mod scheduler;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::goal::Lemma;
 use super::sketch::{fill, SiteKind, SorrySite};
-use crate::lean::lexer::tokenize;
+use crate::lean::source::statement_span;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -22,23 +22,7 @@ pub enum Layout {
 /// The proof of `name` in a verified file: the text after its statement's `:=`, and the column
 /// that text starts at.
 pub fn proof_body(code: &str, name: &str) -> Option<(String, usize)> {
-    let toks = tokenize(code);
-    let decl =
-        toks.windows(2).position(|w| matches!(w[0].text(code), "theorem" | "lemma") && w[1].text(code) == name)?;
-    let mut depth = 0i32;
-    let mut assign = None;
-    for t in &toks[decl + 2..] {
-        match t.text(code) {
-            "(" | "[" | "{" | "⦃" | "⟨" => depth += 1,
-            ")" | "]" | "}" | "⦄" | "⟩" => depth -= 1,
-            ":=" if depth == 0 => {
-                assign = Some(t.span.end);
-                break;
-            }
-            _ => {}
-        }
-    }
-    let after = assign?;
+    let (_, after, _) = statement_span(code, Some(name))?;
     let rest = &code[after..];
     let lead = rest.len() - rest.trim_start().len();
     let start = after + lead;
@@ -195,14 +179,9 @@ mod tests {
         let start = sketch.find("by sorry").unwrap();
         let s = site(start..start + 8, SiteKind::Term, 2);
         let l = lemma("t_h", "⊢ Q");
-        let out = Some(recompose(
-            sketch,
-            &[s],
-            &[l],
-            &[body("theorem t_h : Q := by\n    simp\n    ring", "t_h")],
-            Layout::Inline,
-        ));
-        assert_eq!(out.unwrap(), "theorem t : P := by\n  have h : Q := by\n    simp\n    ring\n  exact h");
+        let b = body("theorem t_h : Q := by\n    simp\n    ring", "t_h");
+        let out = recompose(sketch, &[s], &[l], &[b], Layout::Inline);
+        assert_eq!(out, "theorem t : P := by\n  have h : Q := by\n    simp\n    ring\n  exact h");
     }
 
     #[test]
@@ -210,9 +189,9 @@ mod tests {
         let sketch = "theorem t : P :=\n  have h : Q := sorry\n  f h";
         let start = sketch.find("sorry").unwrap();
         let s = site(start..start + 5, SiteKind::Term, 2);
-        let out =
-            recompose(sketch, &[s], &[lemma("t_h", "⊢ Q")], &["theorem t_h : Q := Q.intro".into()], Layout::Inline);
-        assert_eq!(out.unwrap(), "theorem t : P :=\n  have h : Q := (Q.intro)\n  f h");
+        let b = body("theorem t_h : Q := Q.intro", "t_h");
+        let out = recompose(sketch, &[s], &[lemma("t_h", "⊢ Q")], &[b], Layout::Inline);
+        assert_eq!(out, "theorem t : P :=\n  have h : Q := (Q.intro)\n  f h");
     }
 
     #[test]
@@ -221,9 +200,8 @@ mod tests {
         let start = sketch.rfind("sorry").unwrap();
         let s = SorrySite { range: start..start + 5, kind: SiteKind::Tactic, step: None, indent: 2 };
         let proof = "theorem t_final (h : Q) : P := by\n  apply f\n  exact h";
-        let out =
-            Some(recompose(sketch, &[s], &[lemma("t_final", "h : Q\n⊢ P")], &[body(proof, "t_final")], Layout::Inline));
-        assert_eq!(out.unwrap(), "theorem t : P := by\n  have h : Q := by sorry\n  apply f\n  exact h");
+        let out = recompose(sketch, &[s], &[lemma("t_final", "h : Q\n⊢ P")], &[body(proof, "t_final")], Layout::Inline);
+        assert_eq!(out, "theorem t : P := by\n  have h : Q := by sorry\n  apply f\n  exact h");
     }
 
     #[test]
@@ -232,8 +210,8 @@ mod tests {
         let start = sketch.find("sorry").unwrap();
         let s = site(start..start + 5, SiteKind::Term, 2);
         let l = lemma("t_h", "n : Nat\nx✝ : R n\n⊢ Q");
-        let out =
-            recompose(sketch, &[s], &[l], &["theorem t_h (n : Nat) (x_1 : R n) : Q := g x_1".into()], Layout::Applied);
-        assert!(out.unwrap().contains("have h : Q := ((fun (n : Nat) (x_1 : R n) => g x_1) n _)"));
+        let b = body("theorem t_h (n : Nat) (x_1 : R n) : Q := g x_1", "t_h");
+        let out = recompose(sketch, &[s], &[l], &[b], Layout::Applied);
+        assert!(out.contains("have h : Q := ((fun (n : Nat) (x_1 : R n) => g x_1) n _)"));
     }
 }

@@ -38,17 +38,7 @@ use crate::model::{Completion, GenRequest, Generator, Prompt, SamplingParams};
 use crate::text::LineIndex;
 use crate::verify::{Verdict, Verifier, VerifyInput, VerifyRecord};
 
-/// One theorem to prove.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Problem {
-    pub name: String,
-    /// Import header (and `open` lines), with its trailing newline.
-    pub header: String,
-    #[serde(default)]
-    pub informal_statement: String,
-    /// The statement through its `:=`.
-    pub formal_statement: String,
-}
+pub use super::problem::Problem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

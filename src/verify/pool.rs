@@ -40,6 +40,9 @@ pub struct PoolStats {
     pub recycles: u64,
 }
 
+/// A check's result with the goals asked for.
+type CheckedWithGoals = Result<(Checked, Vec<Option<String>>), CheckFailure>;
+
 struct Job {
     /// Times a worker passed over this job for one with its own header.
     skipped: u32,
@@ -48,7 +51,7 @@ struct Job {
     text: String,
     /// Positions whose goals are asked for once the check is done.
     goals: Vec<Position>,
-    reply: oneshot::Sender<Result<(Checked, Vec<Option<String>>), CheckFailure>>,
+    reply: oneshot::Sender<CheckedWithGoals>,
 }
 
 struct Shared {
@@ -100,7 +103,7 @@ impl WorkerPool {
         header_text: &str,
         text: &str,
         goals: Vec<Position>,
-    ) -> Result<(Checked, Vec<Option<String>>), CheckFailure> {
+    ) -> CheckedWithGoals {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut q) = self.shared.queue.lock() {
             q.push_back(Job {

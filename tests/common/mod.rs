@@ -59,3 +59,5 @@ pub fn proof(name: &str, statement: &str, proof: &str) -> VerifyInput {
 pub fn subgoal_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_subgoal"))
 }
+
+pub mod script;

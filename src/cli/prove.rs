@@ -1,0 +1,258 @@
+//! `subgoal prove`: one theorem through the pipeline; writes the proof, the subgoal graph (JSON
+//! and DOT), every attempt (JSONL) and the outcome into an output directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use subgoal::model::{Generator, SamplingParams};
+use subgoal::pipeline::dag::Status;
+use subgoal::pipeline::problem::Problem;
+use subgoal::pipeline::prompts::Prompts;
+use subgoal::pipeline::scheduler::{Attempt, Budget, Engine, EngineConfig, Strategy};
+use subgoal::verify::{GateConfig, Verifier, VerifyOptions};
+
+use super::{LeanArgs, ModelOptions};
+
+#[derive(Args, Debug)]
+pub struct ProveArgs {
+    /// A Lean file holding the theorem (its last theorem, or --name); its docstring is the
+    /// informal statement.
+    #[arg(value_name = "FILE.lean", required_unless_present = "statement", conflicts_with = "statement")]
+    pub file: Option<PathBuf>,
+    /// The theorem to prove in FILE (default: the last one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The formal statement (`theorem NAME … :=`) instead of a file.
+    #[arg(long)]
+    pub statement: Option<String>,
+    /// Import header for --statement (e.g. "import Mathlib").
+    #[arg(long, default_value = "", requires = "statement")]
+    pub header: String,
+    /// Informal statement for --statement.
+    #[arg(long, default_value = "", requires = "statement")]
+    pub informal: String,
+    /// The prover model (see `subgoal generate --help` for the forms; default: the test model).
+    #[arg(long)]
+    pub prover: Option<String>,
+    /// The planner model that writes sketches (default: the prover).
+    #[arg(long)]
+    pub planner: Option<String>,
+    #[arg(long, value_enum, default_value_t = Strategy::Both)]
+    pub strategy: Strategy,
+    /// Decomposition levels (0: none; 1: the theorem only; 2: its subgoals too; …).
+    #[arg(long, default_value_t = 2)]
+    pub depth: u32,
+    /// Prover samples per theorem and subgoal (pass@k).
+    #[arg(long, short, default_value_t = 8)]
+    pub k: usize,
+    /// Planner sketches per decomposition, tried in turn.
+    #[arg(long, default_value_t = 2)]
+    pub sketches: usize,
+    /// Use the CoT prover prompt.
+    #[arg(long)]
+    pub cot: bool,
+    /// One repair round: failed candidates go back to the prover with Lean's errors.
+    #[arg(long)]
+    pub repair: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Prover tokens per sample.
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 0.6)]
+    pub planner_temperature: f64,
+    /// Planner tokens per sketch.
+    #[arg(long, default_value_t = 4096)]
+    pub planner_max_tokens: usize,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Budget: model requests for the problem.
+    #[arg(long)]
+    pub max_model_calls: Option<u64>,
+    /// Budget: prompt + completion tokens for the problem.
+    #[arg(long)]
+    pub max_tokens_total: Option<u64>,
+    /// Budget: wall-clock seconds for the problem.
+    #[arg(long, value_parser = super::positive_seconds)]
+    pub max_wall: Option<f64>,
+    /// Model requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub model_concurrency: usize,
+    /// Prompt templates replacing the built-in ones (files named as in prompts/).
+    #[arg(long, value_name = "DIR")]
+    pub prompts: Option<PathBuf>,
+    /// Output directory (default: subgoal-out/NAME).
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Lean servers to run (default: number of cores).
+    #[arg(long, short)]
+    pub workers: Option<usize>,
+    /// Wall-clock seconds per Lean check.
+    #[arg(long, default_value_t = 60.0, value_parser = super::positive_seconds)]
+    pub timeout: f64,
+    /// Accept `native_decide` and the axioms of native evaluation.
+    #[arg(long)]
+    pub allow_native_decide: bool,
+    #[command(flatten)]
+    pub model: ModelOptions,
+    #[command(flatten)]
+    pub lean: LeanArgs,
+}
+
+pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
+    let problem = match (&args.file, &args.statement) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            Problem::from_lean(&text, args.name.as_deref()).with_context(|| format!("in {}", f.display()))?
+        }
+        (None, Some(s)) => Problem::from_statement(s, &args.header, &args.informal).context("in --statement")?,
+        (None, None) => anyhow::bail!("give a FILE.lean or --statement"),
+    };
+    let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from("subgoal-out").join(&problem.name));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+
+    let prompts = Prompts::load(args.prompts.as_deref()).context("loading prompt templates")?;
+    let prover: Arc<dyn Generator> = Arc::from(args.model.open(args.prover.as_deref()).await?);
+    let planner: Arc<dyn Generator> = match &args.planner {
+        Some(p) if Some(p) != args.prover.as_ref() => Arc::from(args.model.open(Some(p)).await?),
+        _ => prover.clone(),
+    };
+    let install = args.lean.install()?;
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let pool = args.lean.pool_config(install, workers, args.timeout, 500, 0);
+    let options =
+        VerifyOptions { gates: GateConfig { allow_native_decide: args.allow_native_decide }, ..Default::default() };
+    let verifier = Arc::new(Verifier::start_with(pool, options).context("starting Lean")?);
+
+    let attempts_path = out_dir.join("attempts.jsonl");
+    let attempts =
+        std::fs::File::create(&attempts_path).with_context(|| format!("creating {}", attempts_path.display()))?;
+    let attempts = Arc::new(Mutex::new(std::io::BufWriter::new(attempts)));
+    let sink_file = attempts.clone();
+    let sink = Arc::new(move |a: &Attempt| {
+        if let (Ok(mut f), Ok(line)) = (sink_file.lock(), serde_json::to_string(a)) {
+            // One line per attempt, flushed, so a killed run keeps what it did.
+            let _ = writeln!(f, "{line}").and_then(|_| f.flush());
+        }
+    });
+    let cfg = EngineConfig {
+        strategy: args.strategy,
+        depth: args.depth,
+        k: args.k,
+        sketches: args.sketches,
+        prover: SamplingParams {
+            n: 1,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            max_new_tokens: args.max_tokens,
+            stop: vec![],
+            seed: args.seed,
+        },
+        planner: SamplingParams {
+            n: 1,
+            temperature: args.planner_temperature,
+            top_p: args.top_p,
+            max_new_tokens: args.planner_max_tokens,
+            stop: vec![],
+            seed: args.seed,
+        },
+        cot: args.cot,
+        repair: args.repair,
+        verify_all: false,
+        budget: Budget {
+            max_model_calls: args.max_model_calls,
+            max_tokens: args.max_tokens_total,
+            max_wall: args.max_wall.map(Duration::from_secs_f64),
+        },
+        model_concurrency: args.model_concurrency,
+    };
+    eprintln!(
+        "proving {} with prover {} and planner {} (strategy {:?}, depth {}, k {}); output in {}",
+        problem.name,
+        prover.describe(),
+        planner.describe(),
+        args.strategy,
+        args.depth,
+        args.k,
+        out_dir.display()
+    );
+    let engine = Engine::new(verifier.clone(), prover, planner, prompts, cfg, Some(sink));
+    let progress = tokio::spawn(report_progress(engine.clone()));
+    let outcome = engine.prove(&problem).await;
+    progress.abort();
+    let _ = progress.await;
+
+    let dag = engine.export_dag(Some(&problem.name));
+    write(&out_dir.join("dag.json"), &serde_json::to_string_pretty(&dag)?)?;
+    write(&out_dir.join("dag.dot"), &dag.to_dot())?;
+    write(&out_dir.join("result.json"), &serde_json::to_string_pretty(&outcome)?)?;
+    if let Some(proof) = &outcome.proof {
+        write(&out_dir.join("proof.lean"), proof)?;
+    }
+    if let Ok(mut f) = attempts.lock() {
+        f.flush().with_context(|| format!("writing {}", attempts_path.display()))?;
+    }
+    drop(engine);
+    match Arc::try_unwrap(verifier) {
+        Ok(v) => v.shutdown().await,
+        Err(_) => tracing::debug!("verifier still shared at exit"),
+    }
+    if outcome.solved {
+        println!(
+            "{}: proved via {:?} in {:.1} s ({} model calls, {} Lean checks); proof in {}",
+            outcome.name,
+            outcome.via.unwrap_or(subgoal::pipeline::scheduler::Via::Prover),
+            outcome.elapsed_ms as f64 / 1000.0,
+            outcome.model_calls,
+            outcome.lean_checks,
+            out_dir.join("proof.lean").display()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{}: not proved in {:.1} s ({} model calls, {} Lean checks): {}",
+            outcome.name,
+            outcome.elapsed_ms as f64 / 1000.0,
+            outcome.model_calls,
+            outcome.lean_checks,
+            outcome.reason
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A status line on stderr whenever the graph changes.
+async fn report_progress(engine: Arc<Engine>) {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let dag = engine.export_dag(None);
+        let count = |s: Status| dag.nodes.iter().filter(|n| n.node.status == s).count();
+        let line = format!(
+            "{} nodes: {} proved, {} proving, {} decomposing, {} failed, {} cancelled",
+            dag.nodes.len(),
+            count(Status::Proved),
+            count(Status::Proving),
+            count(Status::Decomposing),
+            count(Status::Failed) + count(Status::Unrestatable),
+            count(Status::Cancelled)
+        );
+        if line != last {
+            eprintln!("[{:6.1}s] {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+    }
+}
