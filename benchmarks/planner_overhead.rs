@@ -6,7 +6,8 @@
 //! Prints JSON. Every problem takes the full path: the prover's whole proof fails, the planner's
 //! sketch has two steps, each step's lemma is proved by the prover, and the recomposed proof is
 //! verified. Models answer from a timed replay (each call takes `--latency-ms`); the fresh
-//! re-check of each `proved` is off here (it measures Lean, not the pipeline).
+//! re-check of each `proved` is off here (it measures Lean, not the pipeline). Finished problems
+//! are retired from the graph as a batch run does (`--keep-graph` keeps them, for comparison).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,8 @@ fn main() {
     let jobs = arg(&args, "--jobs", 32) as usize;
     let latency_ms = arg(&args, "--latency-ms", 20);
     let workers = arg(&args, "--workers", 2) as usize;
+    // `--keep-graph`: never retire finished problems (the whole run's graph stays in memory).
+    let retire = !args.iter().any(|a| a == "--keep-graph");
     let lean = test_toolchain_lean();
     assert!(lean.exists(), "run scripts/install-test-toolchain.sh first");
 
@@ -87,8 +90,12 @@ fn main() {
             async move { engine.prove(p).await }
         }))
         .buffer_unordered(jobs);
+        let mut retired = 0usize;
         while let Some(o) = outcomes.next().await {
             done += 1;
+            if retire {
+                retired += engine.retire(&o.name);
+            }
             solved += o.solved as usize;
             model_calls += o.model_calls;
             lean_checks += o.lean_checks;
@@ -118,7 +125,9 @@ fn main() {
             "outside_model_and_lean_fraction": round4(idle / wall),
             "engine_cpu_fraction_of_wall": round4(cpu / wall),
             "engine_cpu_ms_per_problem": round(cpu * 1e3 / n as f64),
-            "dag_nodes": dag.nodes.len(),
+            "retire_finished_problems": retire,
+            "nodes_retired": retired,
+            "dag_nodes_at_end": dag.nodes.len(),
             "dag_json_mb": round(dag_json_mb),
             "rss_mb_after_problems": rss_mb_at,
             "peak_rss_mb": round(rss_mb("VmHWM")),

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -75,8 +76,8 @@ impl Generator for Recorder {
 /// Answers from a recording.
 pub struct Replay {
     path: PathBuf,
-    answers: HashMap<String, Vec<Vec<Completion>>>,
-    used: Mutex<HashMap<String, usize>>,
+    /// Recorded answers by key, with how many of them were given (no allocation per request).
+    answers: HashMap<String, (Vec<Vec<Completion>>, AtomicUsize)>,
     timed: bool,
 }
 
@@ -84,12 +85,12 @@ impl Replay {
     pub fn open(path: &Path) -> Result<Replay, GenError> {
         let load = |detail: String| GenError::Load { model: format!("replay:{}", path.display()), detail };
         let text = std::fs::read_to_string(path).map_err(|e| load(e.to_string()))?;
-        let mut answers: HashMap<String, Vec<Vec<Completion>>> = HashMap::new();
+        let mut answers: HashMap<String, (Vec<Vec<Completion>>, AtomicUsize)> = HashMap::new();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let r: RecordLine = serde_json::from_str(line).map_err(|e| load(format!("line {}: {e}", i + 1)))?;
-            answers.entry(key(&r.prompt, &r.params)).or_default().push(r.completions);
+            answers.entry(key(&r.prompt, &r.params)).or_default().0.push(r.completions);
         }
-        Ok(Replay { path: path.to_path_buf(), answers, used: Mutex::new(HashMap::new()), timed: false })
+        Ok(Replay { path: path.to_path_buf(), answers, timed: false })
     }
 
     /// Makes each request last as long as the slowest of its recorded answers took.
@@ -100,7 +101,7 @@ impl Replay {
 
     fn answer(&self, prompt: &Prompt, params: &SamplingParams) -> Result<Vec<Completion>, GenError> {
         let k = key(prompt, params);
-        let Some(list) = self.answers.get(&k) else {
+        let Some((list, used)) = self.answers.get(&k) else {
             let shown = serde_json::to_string(prompt).unwrap_or_default();
             let shown: String = shown.chars().take(120).collect();
             return Err(GenError::ReplayMiss(format!(
@@ -111,11 +112,8 @@ impl Replay {
                 self.path.display()
             )));
         };
-        let mut used = self.used.lock().map_err(|_| GenError::Backend("replay lock poisoned".into()))?;
-        let i = used.entry(k).or_insert(0);
-        let answer = list[(*i).min(list.len() - 1)].clone();
-        *i += 1;
-        Ok(answer)
+        let i = used.fetch_add(1, Ordering::Relaxed);
+        Ok(list[i.min(list.len() - 1)].clone())
     }
 }
 

@@ -4,11 +4,13 @@
 //! Invariants: a subgoal is one node per normalized statement (`key`) within a run, however many
 //! sketches (of however many problems) need it; the graph is acyclic (`link` refuses an edge that
 //! would close a cycle: a sketch that needs the very statement it is proving). The graph only
-//! records; the scheduler decides what runs.
+//! records; the scheduler decides what runs. `retire` forgets a finished problem's part (keeping
+//! proved subgoals for reuse), so a long run's memory follows its live problems, not its length.
 
 use std::collections::HashMap;
 
-use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::graph::NodeIndex;
+use petgraph::stable_graph::StableDiGraph;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
@@ -109,7 +111,7 @@ pub enum DagError {
 
 #[derive(Debug, Default)]
 pub struct Dag {
-    graph: DiGraph<Node, ()>,
+    graph: StableDiGraph<Node, ()>,
     /// Theorems and subgoals by key (sketches are never shared).
     by_key: HashMap<String, NodeIndex>,
 }
@@ -135,6 +137,10 @@ pub const DAG_SCHEMA: &str = "subgoal.dag.v1";
 impl Dag {
     pub fn new() -> Dag {
         Dag::default()
+    }
+
+    pub fn contains(&self, i: NodeIndex) -> bool {
+        self.graph.contains_node(i)
     }
 
     pub fn node(&self, i: NodeIndex) -> &Node {
@@ -195,6 +201,43 @@ impl Dag {
         }
         debug_assert!(!petgraph::algo::is_cyclic_directed(&self.graph), "the subgoal graph has a cycle");
         Ok(())
+    }
+
+    /// Forgets what only `problem` needed, once it is done: every node no other problem needs,
+    /// except proved subgoals (kept, so a later sketch reuses them) and nodes that work still in
+    /// `running` depends on. Returns the nodes removed.
+    pub fn retire(&mut self, problem: &str, running: &[NodeIndex]) -> Vec<NodeIndex> {
+        // Nodes some running node needs, directly or not, must stay.
+        let mut live: Vec<NodeIndex> = running.iter().copied().filter(|&i| self.graph.contains_node(i)).collect();
+        let mut stack = live.clone();
+        while let Some(i) = stack.pop() {
+            for d in self.dependencies(i) {
+                if !live.contains(&d) {
+                    live.push(d);
+                    stack.push(d);
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        let ids: Vec<NodeIndex> = self.graph.node_indices().collect();
+        for i in ids {
+            let n = &mut self.graph[i];
+            n.problems.retain(|p| p != problem);
+            let keep = !n.problems.is_empty()
+                || (n.kind == NodeKind::Subgoal && n.status == Status::Proved)
+                || live.contains(&i)
+                || !n.status.is_final();
+            if keep {
+                continue;
+            }
+            if self.by_key.get(&n.key) == Some(&i) {
+                let key = n.key.clone();
+                self.by_key.remove(&key);
+            }
+            self.graph.remove_node(i);
+            removed.push(i);
+        }
+        removed
     }
 
     /// Nodes `i` is needed by.
@@ -325,6 +368,43 @@ mod tests {
         let s2 = d.add_sketch(g, node(NodeKind::Sketch, "sk2", "ks2", "p"));
         assert_eq!(d.link(t, s2), Err(DagError::Cycle("t".into())));
         assert!(d.is_acyclic());
+    }
+
+    #[test]
+    fn retiring_a_problem_keeps_proved_subgoals_and_what_others_need() {
+        let mut d = Dag::new();
+        let (t1, _) = d.intern(node(NodeKind::Theorem, "t1", "k1", "p1"));
+        let s1 = d.add_sketch(t1, node(NodeKind::Sketch, "s1", "ks1", "p1"));
+        let (proved, _) = d.intern(node(NodeKind::Subgoal, "g", "kg", "p1"));
+        let (failed, _) = d.intern(node(NodeKind::Subgoal, "f", "kf", "p1"));
+        let (shared, _) = d.intern(node(NodeKind::Subgoal, "h", "kh", "p1"));
+        d.intern(node(NodeKind::Subgoal, "h", "kh", "p2"));
+        for (i, st) in [(t1, Status::Failed), (s1, Status::Failed), (proved, Status::Proved), (failed, Status::Failed)]
+        {
+            d.node_mut(i).status = st;
+        }
+        for g in [proved, failed, shared] {
+            d.link(g, s1).unwrap();
+        }
+        let removed = d.retire("p1", &[]);
+        assert_eq!(removed, [t1, s1, failed]);
+        assert!(d.contains(proved) && d.contains(shared));
+        assert_eq!(d.find("kg"), Some(proved));
+        assert_eq!(d.find("kf"), None);
+        assert_eq!(d.node(shared).problems, ["p2"]);
+    }
+
+    #[test]
+    fn retiring_keeps_what_running_work_needs() {
+        let mut d = Dag::new();
+        let (t, _) = d.intern(node(NodeKind::Theorem, "t", "kt", "p1"));
+        let s = d.add_sketch(t, node(NodeKind::Sketch, "s", "ks", "p1"));
+        d.node_mut(s).status = Status::Failed;
+        let (g, _) = d.intern(node(NodeKind::Subgoal, "g", "kg", "p1"));
+        d.node_mut(g).status = Status::Failed;
+        d.link(g, s).unwrap();
+        // `t` is still being solved (for another problem): its sketch and subgoal stay.
+        assert!(d.retire("p1", &[t]).is_empty());
     }
 
     #[test]

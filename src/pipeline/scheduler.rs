@@ -240,6 +240,23 @@ impl Engine {
         self.with_dag(|d| d.export(problem))
     }
 
+    /// Forgets a finished problem's part of the graph (see `Dag::retire`); call it once its
+    /// outcome and export are written, in runs over many problems.
+    pub fn retire(&self, problem: &str) -> usize {
+        let running: Vec<NodeIndex> = match self.running.lock() {
+            Ok(r) => r.keys().copied().collect(),
+            Err(_) => return 0,
+        };
+        let removed = self.with_dag(|d| d.retire(problem, &running));
+        if let Ok(mut v) = self.via.lock() {
+            v.retain(|i, _| !removed.contains(i));
+        }
+        if let Ok(mut m) = self.metas.lock() {
+            m.retain(|i, _| !removed.contains(i));
+        }
+        removed.len()
+    }
+
     pub fn dag_is_acyclic(&self) -> bool {
         self.with_dag(|d| d.is_acyclic())
     }

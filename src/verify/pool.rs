@@ -38,6 +38,8 @@ pub struct PoolStats {
     pub timeouts: u64,
     pub crashes: u64,
     pub recycles: u64,
+    /// Queued checks dropped because their caller had gone.
+    pub skipped: u64,
 }
 
 /// A check's result with the goals asked for.
@@ -164,6 +166,11 @@ async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
             notified.await;
             continue;
         };
+        // Nobody waits for this check any more (its caller was cancelled): skip it.
+        if job.reply.is_closed() {
+            bump(&shared, |st| st.skipped += 1);
+            continue;
+        }
         if server.as_ref().is_some_and(|s| s.is_dead()) {
             server = None;
         }
