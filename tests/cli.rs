@@ -49,22 +49,13 @@ fn malformed_lines_are_invalid_input_and_the_rest_are_still_checked() {
 
 #[test]
 fn every_record_matches_the_documented_schema() {
-    let schema: Value = serde_json::from_str(include_str!("../schemas/verify-record.schema.json")).unwrap();
-    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    let verdicts = schema["properties"]["verdict"]["enum"].as_array().unwrap();
     let lean = lean();
     let out = subgoal(&["verify", "--json", "--lean", lean.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let recs = records(&out.stdout);
     assert!(recs.len() >= 5);
     for r in &recs {
-        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut sorted_required = required.clone();
-        sorted_required.sort();
-        let mut sorted_keys = keys.clone();
-        sorted_keys.sort();
-        assert_eq!(sorted_keys, sorted_required, "{r}");
-        assert!(verdicts.contains(&r["verdict"]), "{r}");
+        assert_schema_valid("verify-record.schema.json", r);
         for m in r["messages"].as_array().unwrap() {
             assert!(m["start"]["line"].as_u64().unwrap() >= 1, "{m}");
         }
@@ -239,12 +230,16 @@ fn prove_writes_the_proof_the_graph_and_every_attempt() {
     let proof = std::fs::read_to_string(out_dir.join("proof.lean")).unwrap();
     assert!(proof.starts_with(HEADER) && proof.contains("have h1 : And p q :="), "{proof}");
     let dag: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("dag.json")).unwrap()).unwrap();
-    assert_eq!(dag["schema"], "subgoal.dag.v1");
+    assert_schema_valid("dag.schema.json", &dag);
     assert_eq!(dag["nodes"].as_array().unwrap().len(), 7, "theorem, 2 sketches, 4 subgoals");
     assert!(std::fs::read_to_string(out_dir.join("dag.dot")).unwrap().starts_with("digraph subgoals {"));
     let result: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("result.json")).unwrap()).unwrap();
+    assert_schema_valid("prove-result.schema.json", &result);
     assert_eq!(result["solved"], true);
     let attempts = records(&std::fs::read(out_dir.join("attempts.jsonl")).unwrap());
+    for a in &attempts {
+        assert_schema_valid("attempt.schema.json", a);
+    }
     assert!(attempts.iter().any(|a| a["role"] == "recompose" && a["verdict"] == "proved"));
     let prover_attempts = |node: &str| attempts.iter().filter(|a| a["role"] == "prover" && a["node"] == node).count();
     // Both samples fail for the theorem and its first subgoal; elsewhere a success may stop the rest.

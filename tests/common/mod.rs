@@ -61,3 +61,12 @@ pub fn subgoal_bin() -> PathBuf {
 }
 
 pub mod script;
+
+/// Fails unless `value` is valid against `schemas/<file>` (a JSON Schema, draft 2020-12).
+pub fn assert_schema_valid(file: &str, value: &serde_json::Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(file);
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{file} is not a valid schema: {e}"));
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    assert!(errors.is_empty(), "{file}: {errors:#?}\nin {value:#}");
+}
