@@ -263,3 +263,78 @@ async fn goals_with_inaccessible_names_an_instance_and_a_let_are_restated_and_ap
     let layouts: Vec<Verdict> = run.attempts("inacc", Role::Recompose).iter().map(|a| a.verdict).collect();
     assert_eq!(layouts, [Verdict::Failed, Verdict::Proved]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_candidate_goes_back_once_with_leans_errors() {
+    let cfg = EngineConfig { strategy: Strategy::Whole, repair: true, k: 1, ..config(0) };
+    // What Lean says about the wrong proof is what the repair prompt must carry.
+    // The candidate as the pipeline cuts it out of the answer's code block.
+    let wrong_code = format!("{HEADER}\n{WRONG}\n");
+    let verifier = Verifier::start(pool_config(1, 60.0)).unwrap();
+    let input = VerifyInput {
+        name: "two_level".into(),
+        header: HEADER.into(),
+        formal_statement: TWO_LEVEL.into(),
+        proof: None,
+        code: Some(wrong_code.clone()),
+    };
+    let errors = subgoal::pipeline::scheduler::lean_errors(&verifier.verify(&input).await);
+    verifier.shutdown().await;
+    assert!(errors.contains("line "), "{errors}");
+    let mut s = Script::new(&cfg);
+    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
+    let fixed = "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r := And.intro (And.intro hp hq) hr";
+    s.repair("two_level", TWO_LEVEL, &wrong_code, &errors, fixed);
+    let run = start(&s, false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(out.solved, "{out:#?}");
+    assert_eq!(out.via, Some(Via::Repair));
+    assert_eq!(run.attempts("two_level", Role::Repair).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_strategy_never_sketches() {
+    let cfg = EngineConfig { strategy: Strategy::Whole, ..config(2) };
+    let run = start(&two_level_script(&cfg), false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(!out.solved);
+    assert_eq!(out.reason, "prover: no proof in 2 samples");
+    assert!(run.attempts("two_level", Role::Sketch).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_problem_stops_at_its_model_call_budget() {
+    let mut cfg = config(2);
+    cfg.budget.max_model_calls = Some(1);
+    let run = start(&two_level_script(&cfg), false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(!out.solved);
+    assert_eq!(out.model_calls, 1);
+    assert!(out.reason.contains("budget: 1 model calls used"), "{}", out.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_problem_past_its_wall_time_is_stopped_and_its_work_cancelled() {
+    let mut cfg = config(2);
+    cfg.budget.max_wall = Some(std::time::Duration::from_secs(1));
+    let mut s = Script::new(&cfg);
+    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 60_000);
+    let run = start(&s, true);
+    let started = std::time::Instant::now();
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(started.elapsed().as_secs() < 10);
+    assert!(!out.solved && out.reason.contains("wall-time limit of 1 s"), "{}", out.reason);
+    assert_eq!(run.status("two_level"), Status::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sketch_node_keeps_the_planners_informal_reasoning() {
+    let run = start(&two_level_script(&config(2)), false);
+    prove(&run, "two_level", TWO_LEVEL).await;
+    let dag = run.engine.export_dag(Some("two_level"));
+    let sketch = dag.nodes.iter().find(|n| n.node.name == "two_level#sketch0").unwrap();
+    assert_eq!(
+        sketch.node.informal.as_deref(),
+        Some("### Detailed Proof and Analysis\nSplit the goal.\n\nHere is the proof.")
+    );
+}

@@ -70,6 +70,9 @@ pub struct Node {
     /// Subgoals: the statement without earlier subgoals as premises (the paper's form (a)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_without_premises: Option<String>,
+    /// Sketches: the planner's informal reasoning that came with the sketch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub informal: Option<String>,
     /// Normalized statement with its import header: equal keys are one node.
     pub key: String,
     pub status: Status,
@@ -92,6 +95,7 @@ impl Node {
             name: name.to_string(),
             statement: statement.to_string(),
             statement_without_premises: None,
+            informal: None,
             key,
             status: Status::Open,
             reason: None,

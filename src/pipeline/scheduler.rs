@@ -564,12 +564,15 @@ impl Engine {
         if let Some((_, code)) = found {
             return Ok((code, Via::Prover));
         }
+        let mut reason = format!("prover: no proof in {} samples", self.cfg.k);
         if self.cfg.repair && !failures.is_empty() {
-            if let Some(code) = self.repair(i, ctx, &name, &header, &statement, failures).await {
-                return Ok((code, Via::Repair));
+            match self.repair(i, ctx, &name, &header, &statement, failures).await {
+                Ok(Some(code)) => return Ok((code, Via::Repair)),
+                Ok(None) => reason.push_str(", nor in the repair round"),
+                Err(e) => reason.push_str(&format!("; repair: {e}")),
             }
         }
-        Err(format!("prover: no proof in {} samples", self.cfg.k))
+        Err(reason)
     }
 
     async fn repair(
@@ -580,26 +583,24 @@ impl Engine {
         header: &str,
         statement: &str,
         failures: Vec<(String, String)>,
-    ) -> Option<String> {
-        let prompts: Vec<Prompt> = failures
-            .iter()
-            .filter_map(|(code, errors)| {
-                let v = RepairVars { name, header, formal_statement: statement, candidate: code, errors };
-                self.prompts.repair(&v).ok()
-            })
-            .collect();
+    ) -> Result<Option<String>, String> {
+        let mut prompts = Vec::with_capacity(failures.len());
+        for (code, errors) in &failures {
+            let v = RepairVars { name, header, formal_statement: statement, candidate: code, errors };
+            prompts.push(self.prompts.repair(&v).map_err(|e| e.to_string())?);
+        }
         let params = SamplingParams { n: 1, ..self.cfg.prover.clone() };
-        let out = self.generate(self.prover.as_ref(), prompts, params, ctx).await.ok()?;
+        let out = self.generate(self.prover.as_ref(), prompts, params, ctx).await?;
         for (s, c) in out.into_iter().flatten().enumerate() {
             let input = candidate_input(name, header, statement, &c.text);
             let record = self.verify(&input, ctx).await;
             self.with_dag(|d| d.node_mut(i).attempts += 1);
             self.log(ctx, name, Role::Repair, s, Some(self.prover.describe()), &input_code(&input), Some(&c), &record);
             if record.verdict == Verdict::Proved {
-                return Some(assembled(&input));
+                return Ok(Some(assembled(&input)));
             }
         }
-        None
+        Ok(None)
     }
 
     /// Planner sketches, tried in turn.
@@ -630,7 +631,7 @@ impl Engine {
         let (name, header, _, statement) = self.statement_vars(i);
         let depth = self.with_dag(|d| d.node(i).provenance.depth);
         let answer = parse_answer(&c.text);
-        let code = answer.code.ok_or("the planner's answer has no Lean code block")?;
+        let code = answer.code.clone().ok_or("the planner's answer has no Lean code block")?;
         let input = VerifyInput {
             name: name.clone(),
             header: header.clone(),
@@ -640,7 +641,7 @@ impl Engine {
         };
         let record = self.verify(&input, ctx).await;
         self.log(ctx, &name, Role::Sketch, s, Some(self.planner.describe()), &code, Some(c), &record);
-        let sketch_node = Node::new(
+        let mut sketch_node = Node::new(
             NodeKind::Sketch,
             &format!("{name}#sketch{s}"),
             &code,
@@ -652,6 +653,7 @@ impl Engine {
                 ..Default::default()
             },
         );
+        sketch_node.informal = Some(answer.informal.clone()).filter(|t| !t.is_empty());
         let k = self.with_dag(|d| d.add_sketch(i, sketch_node));
         let guard = SketchGuard { engine: self.as_ref(), node: k };
         match record.verdict {
@@ -969,7 +971,8 @@ fn assembled(input: &VerifyInput) -> String {
     }
 }
 
-fn lean_errors(r: &VerifyRecord) -> String {
+/// Lean's error messages of a failed candidate, as the repair prompt shows them.
+pub fn lean_errors(r: &VerifyRecord) -> String {
     let errors: Vec<String> = r
         .messages
         .iter()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use subgoal::model::record::{RecordLine, Replay};
 use subgoal::model::{Completion, FinishReason, Generator, SamplingParams};
-use subgoal::pipeline::prompts::{Prompts, StatementVars};
+use subgoal::pipeline::prompts::{Prompts, RepairVars, StatementVars};
 use subgoal::pipeline::scheduler::EngineConfig;
 
 use super::HEADER;
@@ -53,6 +53,14 @@ impl Script {
         let mut c = answer(sketch, 0);
         c.text = format!("### Detailed Proof and Analysis\nSplit the goal.\n\n{}", c.text);
         self.lines.push(RecordLine { prompt, params, completions: vec![c] });
+    }
+
+    /// The prover's fix for a failed candidate (the repair round).
+    pub fn repair(&mut self, name: &str, statement: &str, candidate: &str, errors: &str, fix: &str) {
+        let vars = RepairVars { name, header: HEADER, formal_statement: statement, candidate, errors };
+        let prompt = self.prompts.repair(&vars).unwrap();
+        let params = SamplingParams { n: 1, ..self.cfg.prover.clone() };
+        self.lines.push(RecordLine { prompt, params, completions: vec![answer(fix, 0)] });
     }
 
     pub fn models(&self, dir: &std::path::Path, timed: bool) -> Arc<dyn Generator> {
