@@ -3,6 +3,8 @@
 //! See ARCHITECTURE.md for the map. The library surface: `verify::Verifier` (candidates in,
 //! verdicts out), `lean` (talking to Lean), `lsp` (the protocol plumbing beneath it).
 
+pub mod bench;
+pub mod datasets;
 pub mod lean;
 pub mod lsp;
 pub mod model;

@@ -1,9 +1,11 @@
 //! Command-line edge: flag definitions and the commands. Errors become `anyhow` here, with
 //! context naming the file or flag involved; the library below stays typed.
 
+mod bench;
 mod doctor;
 mod generate;
 mod prove;
+mod report;
 mod serve;
 mod verify;
 
@@ -48,6 +50,13 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Prove one theorem: whole-proof sampling and recursive decomposition into subgoals.
     Prove(Box<prove::ProveArgs>),
+    /// Run a dataset (MiniF2F, ProverBench, PutnamBench, ProofNet, any JSONL) into a resumable run directory.
+    Bench(Box<bench::BenchArgs>),
+    /// Tables and plots of one run, or several side by side.
+    Report(report::ReportArgs),
+    /// The registry of named datasets.
+    #[command(subcommand)]
+    Datasets(bench::DatasetsCommand),
 }
 
 /// Which model to use and how; shared by every command that generates.
@@ -247,7 +256,12 @@ pub fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn init_logging(verbose: u8) {
+/// Logs to stderr (`-v`, `-vv`, `RUST_LOG`), and for commands with a run directory also to
+/// `run.log` there, at info level whatever the verbosity.
+pub fn init_logging(verbose: u8, file: Option<&std::path::Path>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let default = match verbose {
         0 => "warn",
         1 => "subgoal=info",
@@ -255,15 +269,36 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
+    let file_layer = file.and_then(|path| {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path).ok()?;
+        let level = tracing_subscriber::EnvFilter::new(if verbose > 1 { "subgoal=debug" } else { "subgoal=info" });
+        Some(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f)).with_filter(level))
+    });
+    let _ = tracing_subscriber::registry().with(stderr).with(file_layer).try_init();
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    // A fresh run's default directory is named once, here, so its log and its files agree.
+    if let Command::Bench(a) = &mut cli.command {
+        if a.resume.is_none() && a.run_dir.is_none() {
+            a.run_dir = Some(a.run_path());
+        }
+    }
+    let log_file = match &cli.command {
+        Command::Bench(a) => Some(a.run_path().join("run.log")),
+        _ => None,
+    };
+    init_logging(cli.verbose, log_file.as_deref());
     match cli.command {
         Command::Verify(a) => verify::run(a).await,
         Command::Doctor(a) => doctor::run(a).await,
         Command::Generate(a) => generate::run(a).await,
         Command::Serve(a) => serve::run(a).await,
         Command::Prove(a) => prove::run(*a).await,
+        Command::Bench(a) => bench::run(*a).await,
+        Command::Report(a) => report::run(a).await,
+        Command::Datasets(c) => bench::datasets_command(c).await,
     }
 }

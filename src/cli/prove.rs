@@ -37,6 +37,16 @@ pub struct ProveArgs {
     /// Informal statement for --statement.
     #[arg(long, default_value = "", requires = "statement")]
     pub informal: String,
+    /// Output directory (default: subgoal-out/NAME).
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// Models, strategy, budgets and Lean settings: what `prove` and `bench` share.
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
     /// The prover model (see `subgoal generate --help` for the forms; default: the test model).
     #[arg(long)]
     pub prover: Option<String>,
@@ -89,9 +99,6 @@ pub struct ProveArgs {
     /// Prompt templates replacing the built-in ones (files named as in prompts/).
     #[arg(long, value_name = "DIR")]
     pub prompts: Option<PathBuf>,
-    /// Output directory (default: subgoal-out/NAME).
-    #[arg(long, short, value_name = "DIR")]
-    pub out: Option<PathBuf>,
     /// Lean servers to run (default: number of cores).
     #[arg(long, short)]
     pub workers: Option<usize>,
@@ -107,6 +114,64 @@ pub struct ProveArgs {
     pub lean: LeanArgs,
 }
 
+impl PipelineArgs {
+    /// The engine's configuration; `verify_all` for pass@k counting.
+    pub fn engine_config(&self, verify_all: bool) -> EngineConfig {
+        EngineConfig {
+            strategy: self.strategy,
+            depth: self.depth,
+            k: self.k,
+            sketches: self.sketches,
+            prover: SamplingParams {
+                n: 1,
+                temperature: self.temperature,
+                top_p: self.top_p,
+                max_new_tokens: self.max_tokens,
+                stop: vec![],
+                seed: self.seed,
+            },
+            planner: SamplingParams {
+                n: 1,
+                temperature: self.planner_temperature,
+                top_p: self.top_p,
+                max_new_tokens: self.planner_max_tokens,
+                stop: vec![],
+                seed: self.seed,
+            },
+            cot: self.cot,
+            repair: self.repair,
+            verify_all,
+            budget: Budget {
+                max_model_calls: self.max_model_calls,
+                max_tokens: self.max_tokens_total,
+                max_wall_s: self.max_wall,
+            },
+            model_concurrency: self.model_concurrency,
+        }
+    }
+
+    /// The prover and the planner (the same generator when they are the same model).
+    pub async fn models(&self) -> anyhow::Result<(Arc<dyn Generator>, Arc<dyn Generator>)> {
+        let prover: Arc<dyn Generator> = Arc::from(self.model.open(self.prover.as_deref()).await?);
+        let planner: Arc<dyn Generator> = match &self.planner {
+            Some(p) if Some(p) != self.prover.as_ref() => Arc::from(self.model.open(Some(p)).await?),
+            _ => prover.clone(),
+        };
+        Ok((prover, planner))
+    }
+
+    /// The verifier: Lean found, pool started, every gate on.
+    pub fn verifier(&self) -> anyhow::Result<Arc<Verifier>> {
+        let install = self.lean.install()?;
+        let workers =
+            self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        let pool = self.lean.pool_config(install, workers, self.timeout, 500, 0);
+        let options =
+            VerifyOptions { gates: GateConfig { allow_native_decide: self.allow_native_decide }, ..Default::default() };
+        Ok(Arc::new(Verifier::start_with(pool, options).context("starting Lean")?))
+    }
+}
+
 pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
     let problem = match (&args.file, &args.statement) {
         (Some(f), _) => {
@@ -119,18 +184,10 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
     let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from("subgoal-out").join(&problem.name));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
-    let prompts = Prompts::load(args.prompts.as_deref()).context("loading prompt templates")?;
-    let prover: Arc<dyn Generator> = Arc::from(args.model.open(args.prover.as_deref()).await?);
-    let planner: Arc<dyn Generator> = match &args.planner {
-        Some(p) if Some(p) != args.prover.as_ref() => Arc::from(args.model.open(Some(p)).await?),
-        _ => prover.clone(),
-    };
-    let install = args.lean.install()?;
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let pool = args.lean.pool_config(install, workers, args.timeout, 500, 0);
-    let options =
-        VerifyOptions { gates: GateConfig { allow_native_decide: args.allow_native_decide }, ..Default::default() };
-    let verifier = Arc::new(Verifier::start_with(pool, options).context("starting Lean")?);
+    let p = &args.pipeline;
+    let prompts = Prompts::load(p.prompts.as_deref()).context("loading prompt templates")?;
+    let (prover, planner) = p.models().await?;
+    let verifier = p.verifier()?;
 
     let attempts_path = out_dir.join("attempts.jsonl");
     let attempts =
@@ -143,45 +200,15 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
             let _ = writeln!(f, "{line}").and_then(|_| f.flush());
         }
     });
-    let cfg = EngineConfig {
-        strategy: args.strategy,
-        depth: args.depth,
-        k: args.k,
-        sketches: args.sketches,
-        prover: SamplingParams {
-            n: 1,
-            temperature: args.temperature,
-            top_p: args.top_p,
-            max_new_tokens: args.max_tokens,
-            stop: vec![],
-            seed: args.seed,
-        },
-        planner: SamplingParams {
-            n: 1,
-            temperature: args.planner_temperature,
-            top_p: args.top_p,
-            max_new_tokens: args.planner_max_tokens,
-            stop: vec![],
-            seed: args.seed,
-        },
-        cot: args.cot,
-        repair: args.repair,
-        verify_all: false,
-        budget: Budget {
-            max_model_calls: args.max_model_calls,
-            max_tokens: args.max_tokens_total,
-            max_wall: args.max_wall.map(Duration::from_secs_f64),
-        },
-        model_concurrency: args.model_concurrency,
-    };
+    let cfg = p.engine_config(false);
     eprintln!(
         "proving {} with prover {} and planner {} (strategy {:?}, depth {}, k {}); output in {}",
         problem.name,
         prover.describe(),
         planner.describe(),
-        args.strategy,
-        args.depth,
-        args.k,
+        p.strategy,
+        p.depth,
+        p.k,
         out_dir.display()
     );
     let engine = Engine::new(verifier.clone(), prover, planner, prompts, cfg, Some(sink));

@@ -72,10 +72,14 @@ pub fn statement_span(src: &str, name: Option<&str>) -> Option<(usize, usize, St
         .map(|(i, _)| i)
         .next_back()?;
     let mut depth = 0i32;
+    // A `let x := v; …` or `have h : p := e; …` inside the statement owns the next `:=`.
+    let mut owed = 0usize;
     for t in &toks[decl + 2..] {
         match t.text(src) {
             "(" | "[" | "{" | "⦃" | "⟨" => depth += 1,
             ")" | "]" | "}" | "⦄" | "⟩" => depth -= 1,
+            "let" | "letI" | "have" | "haveI" if depth == 0 => owed += 1,
+            ":=" if depth == 0 && owed > 0 => owed -= 1,
             ":=" if depth == 0 => {
                 return Some((toks[decl].span.start, t.span.end, toks[decl + 1].text(src).to_string()))
             }
@@ -83,6 +87,18 @@ pub fn statement_span(src: &str, name: Option<&str>) -> Option<(usize, usize, St
         }
     }
     None
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::*;
+
+    #[test]
+    fn a_let_inside_the_statement_keeps_its_own_assign() {
+        let src = "theorem t : let x := 1; x = 1 := by rfl";
+        let (start, end, name) = statement_span(src, None).unwrap();
+        assert_eq!((&src[start..end], name.as_str()), ("theorem t : let x := 1; x = 1 :=", "t"));
+    }
 }
 
 /// Names of the theorems and lemmas declared in `src`, in order.

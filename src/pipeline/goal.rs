@@ -215,7 +215,8 @@ impl Lemma {
                     binders.push(Binder { text: format!("({new} : {ty})"), args: vec![arg], premise: false });
                     let v = rename(v);
                     let eq = if eq_notation { format!("{new} = {v}") } else { format!("Eq {new} ({v})") };
-                    binders.push(Binder { text: format!("({new}_def : {eq})"), args: vec![Arg::Rfl], premise: false });
+                    let def = fresh_def_name(goal, &new);
+                    binders.push(Binder { text: format!("({def} : {eq})"), args: vec![Arg::Rfl], premise: false });
                 }
                 continue;
             }
@@ -318,6 +319,21 @@ fn indent_continuation(text: &str, cols: usize) -> String {
         .map(|(i, l)| if i == 0 { l.to_string() } else { format!("{pad}{}", l.trim_start()) })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `x_def`, or `x_def_2`, … when the goal already uses that name.
+fn fresh_def_name(goal: &Goal, var: &str) -> String {
+    let used = |cand: &str| {
+        goal.hyps.iter().flat_map(|h| &h.names).any(|n| n == cand)
+            || goal.texts().any(|t| replace_name(t, cand, "") != t)
+    };
+    let mut cand = format!("{var}_def");
+    let mut i = 2;
+    while used(&cand) {
+        cand = format!("{var}_def_{i}");
+        i += 1;
+    }
+    cand
 }
 
 /// Fresh names for the inaccessible ones (`x✝` → `x_1`), avoiding every name in the goal.
@@ -439,6 +455,13 @@ mod tests {
         assert_eq!(l.application("pf"), "((fun (n : Nat) (k : Nat) (k_def : Eq k (n.add 1)) => pf) n k rfl)");
         let l = Lemma::from_goal("L", &g, &[], true);
         assert!(l.statement().contains("(k_def : k = n.add 1)"));
+    }
+
+    #[test]
+    fn a_let_equation_avoids_a_name_in_use() {
+        let g = parse_goal("k : Nat := 1\nk_def : True\n⊢ P k").unwrap();
+        let l = Lemma::from_goal("L", &g, &[], true);
+        assert!(l.statement().contains("(k : Nat) (k_def_2 : k = 1) (k_def : True)"), "{}", l.statement());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::goal::Lemma;
 use super::sketch::{fill, SiteKind, SorrySite};
+use crate::lean::lexer::tokenize;
 use crate::lean::source::statement_span;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,10 +144,35 @@ pub fn recompose(
         .map(|((site, lemma), (body, col))| {
             let line_start = sketch[..site.range.start].rfind('\n').map_or(0, |i| i + 1);
             let site_col = sketch[line_start..site.range.start].chars().count();
-            Some(site_text(site, site_col, lemma, body, *col, layout))
+            let anchored = SorrySite { indent: anchor_column(sketch, site), ..site.clone() };
+            Some(site_text(&anchored, site_col, lemma, body, *col, layout))
         })
         .collect();
     fill(sketch, sites, &texts)
+}
+
+/// The column a site's pasted lines must stay right of: that of the `have` (or `show`, `let`,
+/// …) whose `:=` the site follows, which may sit deeper than its step (`· have h : Q := sorry`);
+/// else the deeper of the step's and the line's indentation.
+fn anchor_column(sketch: &str, site: &SorrySite) -> usize {
+    let col_of = |offset: usize| {
+        let line_start = sketch[..offset].rfind('\n').map_or(0, |i| i + 1);
+        sketch[line_start..offset].chars().count()
+    };
+    let toks = tokenize(&sketch[..site.range.start]);
+    if toks.last().map(|t| t.text(sketch)) == Some(":=") {
+        for t in toks.iter().rev().skip(1).take(400) {
+            match t.text(sketch) {
+                "have" | "show" | "let" | "suffices" | "obtain" | "haveI" | "letI" => return col_of(t.span.start),
+                ":=" | "by" | "sorry" => break,
+                _ => {}
+            }
+        }
+    }
+    let line_start = sketch[..site.range.start].rfind('\n').map_or(0, |i| i + 1);
+    let line = &sketch[line_start..];
+    let line_indent = line.len() - line.trim_start_matches(' ').len();
+    site.indent.max(line_indent)
 }
 
 #[cfg(test)]
@@ -202,6 +228,17 @@ mod tests {
         let proof = "theorem t_final (h : Q) : P := by\n  apply f\n  exact h";
         let out = recompose(sketch, &[s], &[lemma("t_final", "h : Q\n⊢ P")], &[body(proof, "t_final")], Layout::Inline);
         assert_eq!(out, "theorem t : P := by\n  have h : Q := by sorry\n  apply f\n  exact h");
+    }
+
+    #[test]
+    fn a_have_nested_in_a_step_anchors_its_pasted_tactics() {
+        let sketch =
+            "theorem t : P := by\n  have h : P := by\n    constructor\n    · have h' : Q := sorry\n      exact h'";
+        let start = sketch.find("sorry").unwrap();
+        let s = site(start..start + 5, SiteKind::Term, 2);
+        let b = body("theorem t_h' : Q := by\n  simp\n  ring", "t_h'");
+        let out = recompose(sketch, &[s], &[lemma("t_h'", "⊢ Q")], &[b], Layout::Inline);
+        assert!(out.contains("    · have h' : Q := by\n        simp\n        ring\n      exact h'"), "{out}");
     }
 
     #[test]

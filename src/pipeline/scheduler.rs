@@ -31,12 +31,12 @@ use super::dag::{Dag, DagExport, Node, NodeKind, Provenance, Status};
 use super::goal::{parse_goal, Lemma};
 use super::prompts::{Prompts, RepairVars, StatementVars};
 use super::recompose::{proof_body, recompose, Layout};
-use super::sketch::{outline, parse_answer, sorry_sites, SorrySite};
+use super::sketch::{outline, parse_answer, sorry_sites, SiteKind, SorrySite};
 use crate::lean::lexer::tokenize;
-use crate::lean::source::{header_end, normalize_header};
+use crate::lean::source::normalize_header;
 use crate::model::{Completion, GenRequest, Generator, Prompt, SamplingParams};
 use crate::text::LineIndex;
-use crate::verify::{Verdict, Verifier, VerifyInput, VerifyRecord};
+use crate::verify::{GoalKind, Verdict, Verifier, VerifyInput, VerifyRecord};
 
 pub use super::problem::Problem;
 
@@ -56,7 +56,8 @@ pub enum Strategy {
 pub struct Budget {
     pub max_model_calls: Option<u64>,
     pub max_tokens: Option<u64>,
-    pub max_wall: Option<Duration>,
+    /// Seconds.
+    pub max_wall_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +187,8 @@ type NodeResult = Result<String, String>;
 struct Running {
     fut: Shared<BoxFuture<'static, NodeResult>>,
     interest: usize,
+    /// Which run of the node this is (a cancelled node may run again later).
+    generation: u64,
 }
 
 pub struct Engine {
@@ -200,6 +203,7 @@ pub struct Engine {
     via: Mutex<HashMap<NodeIndex, Via>>,
     /// Header and informal statement of each theorem and subgoal.
     metas: Mutex<HashMap<NodeIndex, NodeMeta>>,
+    generations: AtomicU64,
     model_slots: tokio::sync::Semaphore,
     sink: Option<AttemptSink>,
     /// Time with at least one model call or Lean check in flight is not the engine's own.
@@ -221,6 +225,7 @@ impl Engine {
             planner,
             prompts,
             model_slots: tokio::sync::Semaphore::new(cfg.model_concurrency.max(1)),
+            generations: AtomicU64::new(0),
             cfg,
             dag: Mutex::new(Dag::new()),
             running: Mutex::new(HashMap::new()),
@@ -286,24 +291,27 @@ impl Engine {
         let started = Instant::now();
         let ctx = Ctx { problem: Arc::from(problem.name.as_str()), spend: Arc::new(Spend::default()) };
         let span = tracing::info_span!("problem", name = %problem.name);
+        // The key keeps the declared name: its namespace decides how the statement's names
+        // resolve, so two statements alike but for their names may mean different things.
         let header_key = normalize_header(&problem.header);
-        let key =
-            format!("{header_key}\n{}", super::sketch::normalize_statement(&strip_name(&problem.formal_statement)));
-        let mut node = Node::new(
+        let key = format!("{header_key}\n{}", super::sketch::normalize_statement(&problem.formal_statement));
+        let node = Node::new(
             NodeKind::Theorem,
             &problem.name,
             &problem.formal_statement,
             key,
             Provenance { problem: problem.name.clone(), ..Default::default() },
         );
-        node.statement_without_premises = None;
         let (i, _) = self.with_dag(|d| d.intern(node));
-        self.meta(i, NodeMeta { header: problem.header.clone(), informal: problem.informal_statement.clone() });
+        self.meta(
+            i,
+            NodeMeta { header: problem.header.clone(), informal: problem.informal_statement.clone(), elaborates: None },
+        );
         let work = self.subscribe(i, ctx.clone());
-        let result = match self.cfg.budget.max_wall {
-            Some(limit) => match tokio::time::timeout(limit, work).instrument(span).await {
+        let result = match self.cfg.budget.max_wall_s {
+            Some(limit) => match tokio::time::timeout(Duration::from_secs_f64(limit), work).instrument(span).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("budget: the problem ran past its wall-time limit of {} s", limit.as_secs())),
+                Err(_) => Err(format!("budget: the problem ran past its wall-time limit of {limit} s")),
             },
             None => work.instrument(span).await,
         };
@@ -335,8 +343,20 @@ impl Engine {
         self.metas.lock().ok()?.get(&i).cloned()
     }
 
-    /// A handle on the node's result, starting its work if nobody has yet.
+    /// A handle on the node's result, starting its work if nobody has yet. Lock order: `running`
+    /// then the graph, here and wherever a node's run starts or ends, so a node is never started
+    /// twice nor cancelled after it finished.
     fn subscribe(self: &Arc<Self>, i: NodeIndex, ctx: Ctx) -> Subscription {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = running.get_mut(&i) {
+            entry.interest += 1;
+            return Subscription {
+                engine: self.clone(),
+                node: i,
+                fut: entry.fut.clone(),
+                generation: Some(entry.generation),
+            };
+        }
         let (status, proof, reason) = self.with_dag(|d| {
             let n = d.node(i);
             (n.status, n.proof.clone(), n.reason.clone())
@@ -347,105 +367,118 @@ impl Engine {
             _ => None,
         };
         if let Some(r) = ready {
-            return Subscription {
-                engine: self.clone(),
-                node: i,
-                fut: futures::future::ready(r).boxed().shared(),
-                counted: false,
-            };
+            let fut = futures::future::ready(r).boxed().shared();
+            return Subscription { engine: self.clone(), node: i, fut, generation: None };
         }
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = running.entry(i).or_insert_with(|| {
-            let engine = self.clone();
-            let fut = async move { engine.solve(i, ctx).await }.boxed().shared();
-            Running { fut, interest: 0 }
-        });
-        entry.interest += 1;
-        Subscription { engine: self.clone(), node: i, fut: entry.fut.clone(), counted: true }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let engine = self.clone();
+        let fut = async move { engine.solve(i, ctx, generation).await }.boxed().shared();
+        running.insert(i, Running { fut: fut.clone(), interest: 1, generation });
+        Subscription { engine: self.clone(), node: i, fut, generation: Some(generation) }
     }
 
-    /// The last handle on an unfinished node is gone: drop its work.
-    fn unsubscribe(&self, i: NodeIndex) {
+    /// A handle on an unfinished node is gone; the last one drops the node's work.
+    fn unsubscribe(&self, i: NodeIndex, generation: u64) {
         let dropped = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             match running.get_mut(&i) {
-                Some(r) => {
+                // A handle on an earlier run of the node does not count against this one.
+                Some(r) if r.generation == generation => {
                     r.interest = r.interest.saturating_sub(1);
                     if r.interest == 0 {
+                        self.with_dag(|d| {
+                            let n = d.node_mut(i);
+                            if !n.status.is_final() {
+                                n.status = Status::Cancelled;
+                                n.reason = Some("no sketch needs it any more".into());
+                            }
+                        });
                         running.remove(&i)
                     } else {
                         None
                     }
                 }
-                None => None,
+                _ => None,
             }
         };
-        if dropped.is_some() {
-            self.with_dag(|d| {
-                let n = d.node_mut(i);
-                if !n.status.is_final() {
-                    n.status = Status::Cancelled;
-                    n.reason = Some("no sketch needs it any more".into());
-                }
-            });
-        }
-        // `dropped` (the map's handle on the work) goes here, outside both locks.
+        // The map's handle on the work is dropped here, outside both locks: dropping the work
+        // drops the handles it holds, which lock again.
         drop(dropped);
     }
 
-    async fn solve(self: Arc<Self>, i: NodeIndex, ctx: Ctx) -> NodeResult {
+    /// Ends a node's run: its final status and result go into the graph and its entry leaves
+    /// `running` in one step, so no subscriber sees it finished but unrecorded, or the reverse.
+    fn finish(&self, i: NodeIndex, generation: u64, result: &NodeResult, via: Option<Via>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        self.with_dag(|d| {
+            let n = d.node_mut(i);
+            match result {
+                Ok(code) => {
+                    n.status = Status::Proved;
+                    n.reason = None;
+                    n.proof = Some(code.clone());
+                }
+                // Running out of a problem's budget says nothing about the node: another problem
+                // that needs it later starts it again.
+                Err(r) if r.starts_with("budget:") => {
+                    n.status = Status::Cancelled;
+                    n.reason = Some(r.clone());
+                }
+                Err(r) => {
+                    n.status = Status::Failed;
+                    n.reason = Some(r.clone());
+                }
+            }
+        });
+        if let (Ok(_), Some(v), Ok(mut vias)) = (result, via, self.via.lock()) {
+            vias.insert(i, v);
+        }
+        let entry = if running.get(&i).is_some_and(|r| r.generation == generation) { running.remove(&i) } else { None };
+        drop(running);
+        drop(entry);
+    }
+
+    async fn solve(self: Arc<Self>, i: NodeIndex, ctx: Ctx, generation: u64) -> NodeResult {
         let (name, kind, depth) = self.with_dag(|d| {
             let n = d.node(i);
             (n.name.clone(), n.kind, n.provenance.depth)
         });
         let span = tracing::info_span!("node", name = %name, depth);
-        let result = async {
-            let mut reasons = Vec::new();
+        let (result, via) = async {
+            let mut reasons: Vec<String> = Vec::new();
             let whole = kind == NodeKind::Subgoal || self.cfg.strategy != Strategy::Decompose;
             if whole {
                 self.set_status(i, Status::Proving, None);
                 match self.prove_whole(i, &ctx).await {
-                    Ok((code, via)) => return self.proved(i, code, via),
+                    Ok((code, via)) => return (Ok(code), Some(via)),
                     Err(r) => reasons.push(r),
                 }
             }
             let decompose =
                 depth < self.cfg.depth && (kind == NodeKind::Subgoal || self.cfg.strategy != Strategy::Whole);
-            if decompose {
+            let budget_left = !reasons.iter().any(|r| r.starts_with("budget:"));
+            if decompose && budget_left {
                 self.set_status(i, Status::Decomposing, None);
                 match self.decompose(i, &ctx).await {
-                    Ok((code, via)) => return self.proved(i, code, via),
+                    Ok((code, via)) => return (Ok(code), Some(via)),
                     Err(r) => reasons.push(r),
                 }
             } else if !whole {
                 reasons.push("no strategy applies (depth 0 with --strategy decompose)".into());
             }
-            let reason = reasons.join("; ");
-            self.set_status(i, Status::Failed, Some(reason.clone()));
-            tracing::info!(%reason, "node failed");
-            Err(reason)
+            // A budget refusal leads, so the node is not recorded as failed on its merits.
+            reasons.sort_by_key(|r| !r.starts_with("budget:"));
+            (Err(reasons.join("; ")), None)
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
-        // Finished: later subscribers read the result from the graph.
-        if let Ok(mut running) = self.running.lock() {
-            running.remove(&i);
+        self.finish(i, generation, &result, via);
+        let _enter = span.enter();
+        match &result {
+            Ok(_) => tracing::info!(via = ?via, "node proved"),
+            Err(reason) => tracing::info!(%reason, "node failed"),
         }
         result
-    }
-
-    fn proved(&self, i: NodeIndex, code: String, via: Via) -> NodeResult {
-        self.with_dag(|d| {
-            let n = d.node_mut(i);
-            n.status = Status::Proved;
-            n.reason = None;
-            n.proof = Some(code.clone());
-        });
-        if let Ok(mut v) = self.via.lock() {
-            v.insert(i, via);
-        }
-        tracing::info!(via = ?via, "node proved");
-        Ok(code)
     }
 
     /// Charges a model call to the problem's budget, or refuses it.
@@ -468,8 +501,9 @@ impl Engine {
         params: SamplingParams,
         ctx: &Ctx,
     ) -> Result<Vec<Vec<Completion>>, String> {
-        self.charge(ctx)?;
+        // Charged once the request can go out, so one cancelled while queued costs nothing.
         let _slot = self.model_slots.acquire().await.map_err(|e| e.to_string())?;
+        self.charge(ctx)?;
         let req = GenRequest { prompts, params };
         let _busy = self.activity.enter();
         let out = model.generate(&req).instrument(tracing::info_span!("model_call", model = %model.describe())).await;
@@ -551,7 +585,7 @@ impl Engine {
                 if record.verdict == Verdict::Proved {
                     let better = found.as_ref().is_none_or(|(fs, _)| s < *fs);
                     if better {
-                        found = Some((s, assembled(input)));
+                        found = Some((s, self.checked_source(input)?));
                     }
                     if !self.cfg.verify_all {
                         break;
@@ -597,7 +631,7 @@ impl Engine {
             self.with_dag(|d| d.node_mut(i).attempts += 1);
             self.log(ctx, name, Role::Repair, s, Some(self.prover.describe()), &input_code(&input), Some(&c), &record);
             if record.verdict == Verdict::Proved {
-                return Ok(Some(assembled(&input)));
+                return self.checked_source(&input).map(Some);
             }
         }
         Ok(None)
@@ -660,7 +694,7 @@ impl Engine {
             Verdict::Proved => {
                 self.set_status(k, Status::Proved, None);
                 guard.done();
-                return Ok((assembled(&input), Via::Planner));
+                return self.checked_source(&input).map(|src| (src, Via::Planner));
             }
             Verdict::Incomplete => {}
             v => {
@@ -671,7 +705,7 @@ impl Engine {
             }
         }
         self.set_status(k, Status::Decomposing, None);
-        let result = self.solve_sketch(i, k, ctx, &name, &header, &statement, &code).await;
+        let result = self.solve_sketch(i, k, ctx, &input).await;
         match &result {
             Ok(_) => self.set_status(k, Status::Proved, None),
             Err(r) => self.set_status(k, Status::Failed, Some(r.clone())),
@@ -680,119 +714,174 @@ impl Engine {
         result.map(|code| (code, Via::Decomposition))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The source the verifier checked for a `proved` input: the file reported as the proof.
+    fn checked_source(&self, input: &VerifyInput) -> Result<String, String> {
+        self.verifier.document(input).map(|d| d.checked_source()).map_err(|e| e.to_string())
+    }
+
+    /// Decomposes a sketch the verifier called `incomplete`. Everything from here on works on the
+    /// text the verifier checked (reference header and statement, the sketch's `open`s turned
+    /// into `open … in`, its proof), never on the model's own file.
     async fn solve_sketch(
         self: &Arc<Self>,
         parent: NodeIndex,
         k: NodeIndex,
         ctx: &Ctx,
-        name: &str,
-        header: &str,
-        statement: &str,
-        code: &str,
+        sketch: &VerifyInput,
     ) -> Result<String, String> {
         let depth = self.with_dag(|d| d.node(parent).provenance.depth);
-        let body = &code[header_end(code)..];
-        let outline = outline(body, Some(name)).map_err(|e| format!("sketch: {e}"))?;
-        let sites = sorry_sites(body, &outline);
+        let doc = self.verifier.document(sketch).map_err(|e| e.to_string())?;
+        let (header, main) = doc.checked_parts();
+        let proof_at = doc.proof_start - doc.statement_start;
+        let declared = crate::verify::candidate::statement_name(&sketch.formal_statement).unwrap_or_default();
+        let outline = outline(main, Some(&declared)).map_err(|e| format!("sketch: {e}"))?;
+        let sites: Vec<SorrySite> =
+            sorry_sites(main, &outline).into_iter().filter(|s| s.range.start >= proof_at).collect();
         if sites.is_empty() {
             return Err("the sketch has no `sorry` to decompose".into());
         }
-        // Goals are read from a document of our own, with the options that make them re-readable.
-        let prefix = format!("{header}set_option pp.proofs true\nset_option pp.showLetValues true\n");
-        let doc = format!("{prefix}{body}");
-        let index = LineIndex::new(&doc);
-        let positions: Vec<lsp_types::Position> = sites
+        // Goals are read with options that make them readable back: proofs and `let` values
+        // shown, numerals with their types, names in full.
+        let prefix = format!("{header}{GOAL_OPTIONS}");
+        let goal_doc = format!("{prefix}{main}\n");
+        let index = LineIndex::new(&goal_doc);
+        let positions: Vec<(lsp_types::Position, GoalKind)> = sites
             .iter()
             .map(|site| {
-                let off = prefix.len() + sorry_offset(body, site);
-                let (line, character) = index.lsp_of_offset(off);
-                lsp_types::Position { line, character }
+                let (line, character) = index.lsp_of_offset(prefix.len() + sorry_offset(main, site));
+                let kind = match site.kind {
+                    SiteKind::Term => GoalKind::Term,
+                    SiteKind::Tactic => GoalKind::Tactic,
+                };
+                (lsp_types::Position { line, character }, kind)
             })
             .collect();
         ctx.spend.checks.fetch_add(1, Ordering::Relaxed);
         let goals = {
             let _busy = self.activity.enter();
             self.verifier
-                .goals(header, &doc, positions)
+                .goals(header, &goal_doc, positions)
                 .instrument(tracing::info_span!("sketch_goals", sites = sites.len()))
                 .await
                 .map_err(|e| format!("reading the sketch's goals: {e:?}"))?
         };
-        let eq_notation = !header.contains("prelude");
+        let eq_notation = tokenize(header).first().map(|t| t.text(header)) != Some("prelude");
         let header_key = normalize_header(header);
         let mut lemmas = Vec::new();
         let mut subs = Vec::new();
+        let mut created: Vec<NodeIndex> = Vec::new();
         let mut used_names: Vec<String> = Vec::new();
-        let have_names: Vec<Option<String>> = sites.iter().map(|site| have_name(body, site)).collect();
-        for (n, (site, goal)) in sites.iter().zip(goals).enumerate() {
-            let step = site.step.map(|s| outline.steps[s].name.clone()).or_else(|| have_names[n].clone());
-            // Earlier steps are premises: the outline's, and every `have` proved by an earlier site.
-            let mut premises: Vec<String> =
-                outline.steps.iter().take(site.step.unwrap_or(outline.steps.len())).map(|s| s.name.clone()).collect();
-            premises.extend(have_names[..n].iter().flatten().cloned());
-            let mut lemma_name = format!("{name}_{}", sanitize(step.as_deref().unwrap_or("final")));
-            if used_names.contains(&lemma_name) {
-                lemma_name = format!("{lemma_name}_{n}");
-            }
-            used_names.push(lemma_name.clone());
-            let parsed = goal
-                .ok_or_else(|| "Lean reports no goal at this `sorry`".to_string())
-                .and_then(|g| parse_goal(&g).map_err(|e| e.to_string()));
-            let (lemma, restated) = match parsed {
-                Ok(g) => {
-                    let l = Lemma::from_goal(&lemma_name, &g, &premises, eq_notation);
-                    (Some(l), Ok(()))
+        let have_names: Vec<Option<String>> = sites.iter().map(|site| have_name(main, site)).collect();
+        let name = &sketch.name;
+        let result: Result<(), String> = async {
+            for (n, (site, goal)) in sites.iter().zip(goals).enumerate() {
+                let step = site.step.map(|s| outline.steps[s].name.clone()).or_else(|| have_names[n].clone());
+                // Earlier steps are premises: the outline's, and every `have` an earlier site proves.
+                let mut premises: Vec<String> = outline
+                    .steps
+                    .iter()
+                    .take(site.step.unwrap_or(outline.steps.len()))
+                    .map(|s| s.name.clone())
+                    .collect();
+                premises.extend(have_names[..n].iter().flatten().cloned());
+                let mut lemma_name = format!("{name}_{}", sanitize(step.as_deref().unwrap_or("final")));
+                if used_names.contains(&lemma_name) {
+                    lemma_name = format!("{lemma_name}_{n}");
                 }
-                Err(e) => (None, Err(e)),
-            };
-            let stmt = lemma.as_ref().map_or_else(String::new, |l| l.statement());
-            let key = match &lemma {
-                Some(l) => l.key(&header_key),
-                None => format!("unrestatable:{lemma_name}:{}", super::prompts::sha256_hex(body)),
-            };
-            let mut node = Node::new(
-                NodeKind::Subgoal,
-                &lemma_name,
-                &stmt,
-                key,
-                Provenance { problem: ctx.problem.to_string(), step: step.clone(), depth: depth + 1, model: None },
-            );
-            node.statement_without_premises = lemma.as_ref().map(|l| l.statement_without_premises());
-            let (sub, new) = self.with_dag(|d| d.intern(node));
-            self.with_dag(|d| d.link(sub, k)).map_err(|e| e.to_string())?;
-            if new {
-                self.meta(sub, NodeMeta { header: header.to_string(), informal: String::new() });
-            }
-            if let Err(e) = restated {
-                let reason = format!("the goal at `sorry` {n} cannot be restated: {e}");
-                self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
-                return Err(reason);
-            }
-            let Some(lemma) = lemma else { return Err("internal: no lemma".into()) };
-            if new {
-                // The restated lemma must elaborate on its own before anyone tries to prove it.
-                let check = VerifyInput {
-                    name: lemma_name.clone(),
-                    header: header.to_string(),
-                    formal_statement: stmt.clone(),
-                    proof: Some(" sorry".into()),
-                    code: None,
+                used_names.push(lemma_name.clone());
+                let parsed = goal
+                    .ok_or_else(|| "Lean reports no goal at this `sorry`".to_string())
+                    .and_then(|g| parse_goal(&g).map_err(|e| e.to_string()));
+                let lemma = parsed.as_ref().ok().map(|g| Lemma::from_goal(&lemma_name, g, &premises, eq_notation));
+                let stmt = lemma.as_ref().map_or_else(String::new, |l| l.statement());
+                let key = match &lemma {
+                    Some(l) => l.key(&header_key),
+                    None => format!("unrestatable:{lemma_name}:{}", super::prompts::sha256_hex(main)),
                 };
-                let record = self.verify(&check, ctx).await;
-                self.log(ctx, &lemma_name, Role::Lemma, 0, None, &format!("{stmt} sorry"), None, &record);
-                if record.verdict != Verdict::Incomplete {
-                    let reason = format!(
-                        "the restated lemma does not elaborate ({}): {}",
-                        record.verdict.as_str(),
-                        record.reason
-                    );
+                let mut node = Node::new(
+                    NodeKind::Subgoal,
+                    &lemma_name,
+                    &stmt,
+                    key,
+                    Provenance { problem: ctx.problem.to_string(), step: step.clone(), depth: depth + 1, model: None },
+                );
+                node.statement_without_premises = lemma.as_ref().map(|l| l.statement_without_premises());
+                let (sub, new) = self.with_dag(|d| d.intern(node));
+                if new {
+                    created.push(sub);
+                    self.meta(sub, NodeMeta { header: header.to_string(), informal: String::new(), elaborates: None });
+                }
+                self.with_dag(|d| d.link(sub, k)).map_err(|e| e.to_string())?;
+                let lemma = match (parsed, lemma) {
+                    (Ok(_), Some(l)) => l,
+                    (parsed, _) => {
+                        let e = parsed.err().unwrap_or_default();
+                        let reason = format!("the goal at `sorry` {n} cannot be restated: {e}");
+                        self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
+                        return Err(reason);
+                    }
+                };
+                // The restated lemma must elaborate on its own before anyone tries to prove it
+                // (once per node, whichever sketch meets it first).
+                let elaborates = self.meta_of(sub).and_then(|m| m.elaborates);
+                let reason = match elaborates {
+                    Some(ok) => (!ok).then(|| "the restated lemma does not elaborate".to_string()),
+                    None => {
+                        let check = VerifyInput {
+                            name: lemma_name.clone(),
+                            header: header.to_string(),
+                            formal_statement: stmt.clone(),
+                            proof: Some(" sorry".into()),
+                            code: None,
+                        };
+                        let record = self.verify(&check, ctx).await;
+                        self.log(ctx, &lemma_name, Role::Lemma, 0, None, &format!("{stmt} sorry"), None, &record);
+                        let ok = record.verdict == Verdict::Incomplete;
+                        // A check that timed out or crashed says nothing about the statement.
+                        if matches!(
+                            record.verdict,
+                            Verdict::Incomplete | Verdict::Failed | Verdict::Rejected | Verdict::InvalidInput
+                        ) {
+                            if let Ok(mut m) = self.metas.lock() {
+                                if let Some(m) = m.get_mut(&sub) {
+                                    m.elaborates = Some(ok);
+                                }
+                            }
+                        }
+                        (!ok).then(|| {
+                            format!(
+                                "the restated lemma does not elaborate ({}): {}",
+                                record.verdict.as_str(),
+                                record.reason
+                            )
+                        })
+                    }
+                };
+                if let Some(reason) = reason {
                     self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
                     return Err(format!("{lemma_name}: {reason}"));
                 }
+                lemmas.push(lemma);
+                subs.push(sub);
             }
-            lemmas.push(lemma);
-            subs.push(sub);
+            Ok(())
+        }
+        .await;
+        // Nodes made for this sketch that nobody will solve are not left open.
+        let abandon = |engine: &Engine| {
+            engine.with_dag(|d| {
+                for &c in &created {
+                    let node = d.node_mut(c);
+                    if node.status == Status::Open {
+                        node.status = Status::Cancelled;
+                        node.reason = Some("its sketch failed before it was tried".into());
+                    }
+                }
+            })
+        };
+        if let Err(e) = result {
+            abandon(self);
+            return Err(e);
         }
         // Solve every subgoal; the first failure fails the sketch and drops the others' handles.
         let handles: Vec<Subscription> = subs.iter().map(|&s| self.subscribe(s, ctx.clone())).collect();
@@ -813,19 +902,18 @@ impl Engine {
         // Recompose and verify: inline first, then each lemma applied at its site.
         let mut last = String::new();
         for layout in [Layout::Inline, Layout::Applied] {
-            let filled = recompose(body, &sites, &lemmas, &bodies, layout);
-            let full = format!("{}{filled}", &code[..header_end(code)]);
+            let filled = recompose(main, &sites, &lemmas, &bodies, layout);
             let input = VerifyInput {
                 name: name.to_string(),
-                header: header.to_string(),
-                formal_statement: statement.to_string(),
-                proof: None,
-                code: Some(full.clone()),
+                header: sketch.header.clone(),
+                formal_statement: sketch.formal_statement.clone(),
+                proof: Some(filled[proof_at..].to_string()),
+                code: None,
             };
             let record = self.verify(&input, ctx).await;
-            self.log(ctx, name, Role::Recompose, layout as usize, None, &full, None, &record);
+            self.log(ctx, name, Role::Recompose, layout as usize, None, &input_code(&input), None, &record);
             if record.verdict == Verdict::Proved {
-                return Ok(assembled(&input));
+                return self.checked_source(&input);
             }
             last = format!("recomposed proof ({layout:?}) is {}: {}", record.verdict.as_str(), record.reason);
         }
@@ -833,11 +921,17 @@ impl Engine {
     }
 }
 
+/// Options for the document goals are read from: what Lean prints must elaborate again.
+const GOAL_OPTIONS: &str = "set_option pp.proofs true\nset_option pp.showLetValues true\n\
+    set_option pp.numericTypes true\nset_option pp.fullNames true\n";
+
 /// Per-node data the graph does not export.
 #[derive(Debug, Clone)]
 struct NodeMeta {
     header: String,
     informal: String,
+    /// Subgoals: whether the restated lemma elaborates on its own (`None`: not checked yet).
+    elaborates: Option<bool>,
 }
 
 /// A handle on a node's result; dropping the last one before it finishes cancels the work.
@@ -845,8 +939,8 @@ pub struct Subscription {
     engine: Arc<Engine>,
     node: NodeIndex,
     fut: Shared<BoxFuture<'static, NodeResult>>,
-    /// Counted in the node's interest (handles on finished nodes are not).
-    counted: bool,
+    /// The run this handle counts toward (handles on finished nodes count toward none).
+    generation: Option<u64>,
 }
 
 impl Future for Subscription {
@@ -858,8 +952,8 @@ impl Future for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if self.counted {
-            self.engine.unsubscribe(self.node);
+        if let Some(g) = self.generation {
+            self.engine.unsubscribe(self.node, g);
         }
     }
 }
@@ -962,15 +1056,6 @@ fn input_code(input: &VerifyInput) -> String {
     }
 }
 
-/// The complete Lean file of a verified input.
-fn assembled(input: &VerifyInput) -> String {
-    match &input.code {
-        Some(c) if header_end(c) > 0 || input.header.trim().is_empty() => c.clone(),
-        Some(c) => format!("{}{c}", input.header),
-        None => input_code(input),
-    }
-}
-
 /// Lean's error messages of a failed candidate, as the repair prompt shows them.
 pub fn lean_errors(r: &VerifyRecord) -> String {
     let errors: Vec<String> = r
@@ -1019,15 +1104,6 @@ fn have_name(body: &str, site: &SorrySite) -> Option<String> {
         }
     }
     None
-}
-
-/// A statement without its declared name (`theorem X …` → `theorem …`), for keys.
-fn strip_name(statement: &str) -> String {
-    let toks = tokenize(statement);
-    match toks.windows(2).find(|w| matches!(w[0].text(statement), "theorem" | "lemma")) {
-        Some(w) => format!("{}{}", &statement[..w[1].span.start], &statement[w[1].span.end..]),
-        None => statement.to_string(),
-    }
 }
 
 /// A step name usable inside a lemma name.

@@ -83,6 +83,8 @@ pub struct Document {
     /// Byte ranges in `text`.
     pub reference_start: usize,
     pub statement_start: usize,
+    /// Just past the reference statement (where the proof begins).
+    pub proof_start: usize,
     pub candidate_start: usize,
     pub candidate_end: usize,
     pub epilogue_start: usize,
@@ -272,6 +274,7 @@ impl Document {
         text.push_str(&axiom);
         let statement_start = text.len();
         text.push_str(statement);
+        let proof_start = text.len();
         // A space between statement and proof, so neither can extend the other's last token
         // (`:= by` + `_elab …` would read as `by_elab`).
         text.push(' ');
@@ -301,6 +304,7 @@ impl Document {
             reference: Some(reference),
             reference_start,
             statement_start,
+            proof_start,
             candidate_start,
             candidate_end,
             epilogue_start,
@@ -334,7 +338,8 @@ impl Document {
             theorems,
             reference: None,
             reference_start: 0,
-            statement_start: 0,
+            statement_start: header_len,
+            proof_start: header_len,
             candidate_start: 0,
             candidate_end: end,
             epilogue_start,
@@ -343,6 +348,21 @@ impl Document {
             candidate_chose_header: true,
             private: false,
         })
+    }
+
+    /// The file Lean checked, less the trusted reference axiom and epilogue: the header, then
+    /// the statement and the proof exactly as elaborated. A `proved` document's source is a
+    /// complete proof on its own.
+    pub fn checked_parts(&self) -> (&str, &str) {
+        if self.reference.is_none() {
+            return (&self.text[..self.header_end], &self.text[self.header_end..self.candidate_end]);
+        }
+        (&self.text[..self.reference_start], &self.text[self.statement_start..self.candidate_end])
+    }
+
+    pub fn checked_source(&self) -> String {
+        let (header, main) = self.checked_parts();
+        format!("{header}{main}\n")
     }
 
     pub fn region_of(&self, offset: usize) -> Region {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 pub use candidate::{BuildError, Document, InputError, Region, VerifyInput};
 pub use gates::{Gate, GateConfig};
-pub use pool::{PoolConfig, PoolStats, WorkerPool};
+pub use pool::{GoalKind, PoolConfig, PoolStats, WorkerPool};
 pub use verdict::{Message, RecheckResult, Verdict, VerifyRecord, ALLOWED_AXIOMS};
 
 use crate::lean::discovery::DiscoveryError;
@@ -174,16 +174,24 @@ impl Verifier {
         }
     }
 
-    /// Checks a document under `header` (no gates: nothing here is trusted) and reads the goal
-    /// at each position: Lean's printed goal, for the planner to restate as lemmas.
+    /// The document `verify` checks for `input`, with this verifier's gates.
+    pub fn document(&self, input: &VerifyInput) -> Result<Document, BuildError> {
+        Document::build(input, &self.options.gates)
+    }
+
+    /// Checks `text` (a whole file whose imports are those of `header`) and reads the goal at
+    /// each position: Lean's printed goal, for the planner to restate as lemmas. No gates: this
+    /// answers questions, it proves nothing. Nothing here is trusted.
     pub async fn goals(
         &self,
         header: &str,
         text: &str,
-        positions: Vec<lsp_types::Position>,
+        positions: Vec<(lsp_types::Position, GoalKind)>,
     ) -> Result<Vec<Option<String>>, crate::lean::session::CheckFailure> {
-        let key = crate::lean::source::normalize_header(header);
-        let (_, goals) = self.pool.check_with_goals(&key, header, text, positions).await?;
+        // Keyed on the imports only, as `verify` keys, so the worker keeps its imported environment.
+        let imports = &header[..crate::lean::source::header_end(header)];
+        let key = crate::lean::source::normalize_header(imports);
+        let (_, goals) = self.pool.check_with_goals(&key, imports, text, positions).await?;
         Ok(goals)
     }
 

@@ -42,6 +42,15 @@ pub struct PoolStats {
     pub skipped: u64,
 }
 
+/// Which goal to ask for first at a position: a tactic's goal (`$/lean/plainGoal`) or a term's
+/// expected type (`$/lean/plainTermGoal`). Inside a tactic block a term `sorry` also has a
+/// tactic state around it (the enclosing tactic's), which is not its goal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoalKind {
+    Tactic,
+    Term,
+}
+
 /// A check's result with the goals asked for.
 type CheckedWithGoals = Result<(Checked, Vec<Option<String>>), CheckFailure>;
 
@@ -52,7 +61,7 @@ struct Job {
     header_text: String,
     text: String,
     /// Positions whose goals are asked for once the check is done.
-    goals: Vec<Position>,
+    goals: Vec<(Position, GoalKind)>,
     reply: oneshot::Sender<CheckedWithGoals>,
 }
 
@@ -96,15 +105,15 @@ impl WorkerPool {
         self.check_with_goals(header_key, header_text, text, vec![]).await.map(|(c, _)| c)
     }
 
-    /// Checks a document, then asks Lean for the goal at each position: the tactic goal
-    /// (`$/lean/plainGoal`, its first goal) where there is one, else the expected type
-    /// (`$/lean/plainTermGoal`). `None` where Lean has neither.
+    /// Checks a document, then asks Lean for the goal at each position, of the kind given first
+    /// (the tactic goal: `$/lean/plainGoal`'s first goal; the term goal: `$/lean/plainTermGoal`),
+    /// else of the other kind. `None` where Lean has neither.
     pub async fn check_with_goals(
         &self,
         header_key: &str,
         header_text: &str,
         text: &str,
-        goals: Vec<Position>,
+        goals: Vec<(Position, GoalKind)>,
     ) -> CheckedWithGoals {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut q) = self.shared.queue.lock() {
@@ -217,17 +226,25 @@ async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
     set_pid(&shared, index, None);
 }
 
-async fn goals_at(server: &LeanServer, positions: &[Position]) -> Vec<Option<String>> {
+async fn goals_at(server: &LeanServer, positions: &[(Position, GoalKind)]) -> Vec<Option<String>> {
     let mut out = Vec::with_capacity(positions.len());
-    for &pos in positions {
-        let tactic = match server.plain_goal(pos).await {
-            Ok(Some(g)) => g.goals.into_iter().next(),
-            _ => None,
+    for &(pos, kind) in positions {
+        let order = match kind {
+            GoalKind::Tactic => [GoalKind::Tactic, GoalKind::Term],
+            GoalKind::Term => [GoalKind::Term, GoalKind::Tactic],
         };
-        let goal = match tactic {
-            Some(g) => Some(g),
-            None => server.plain_term_goal(pos).await.ok().flatten().map(|g| g.goal),
-        };
+        let mut goal = None;
+        for k in order {
+            goal = match k {
+                GoalKind::Tactic => {
+                    server.plain_goal(pos).await.ok().flatten().and_then(|g| g.goals.into_iter().next())
+                }
+                GoalKind::Term => server.plain_term_goal(pos).await.ok().flatten().map(|g| g.goal),
+            };
+            if goal.is_some() {
+                break;
+            }
+        }
         out.push(goal);
     }
     out

@@ -1,0 +1,292 @@
+//! Benchmark runs: the records a run directory holds, the pass@k estimator, and the summary.
+//!
+//! A run directory (`subgoal bench`) holds `config.json` (`RunConfig`: everything needed to
+//! reproduce the run), `attempts.jsonl` (the pipeline's `Attempt`s, appended and flushed),
+//! `results.jsonl` (`ProblemResult`, one line per finished problem, appended and flushed: the
+//! resume point), `dags/NAME.json`, `summary.json` (`Summary`) and `run.log`. `rundir` reads and
+//! repairs it; `report` renders it.
+
+pub mod report;
+pub mod rundir;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::prompts::TemplateSource;
+use crate::pipeline::scheduler::{EngineConfig, Via};
+
+pub const RUN_SCHEMA: &str = "subgoal.run.v1";
+pub const RESULT_SCHEMA: &str = "subgoal.result.v1";
+pub const SUMMARY_SCHEMA: &str = "subgoal.summary.v1";
+
+/// `config.json`: what was run, with what, so the run can be resumed and reproduced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub schema: String,
+    pub subgoal_version: String,
+    pub created_unix: u64,
+    pub dataset: DatasetInfo,
+    pub prover: ModelInfo,
+    pub planner: ModelInfo,
+    pub engine: EngineConfig,
+    pub prompts: Vec<TemplateSource>,
+    pub lean_version: String,
+    /// Lean settings that change verdicts.
+    pub lean: LeanInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// Registry name, or the file as given.
+    pub name: String,
+    pub path: String,
+    pub sha256: String,
+    pub split: Option<String>,
+    pub limit: Option<usize>,
+    /// `--field` mapping or format, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<serde_json::Value>,
+    /// Problems in the run (after split and limit).
+    pub problems: usize,
+    /// Lines of the file that could not be loaded.
+    pub load_errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// As given on the command line.
+    pub spec: String,
+    /// What the backend says it is.
+    pub describe: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeanInfo {
+    pub lean: Option<String>,
+    pub lean_project: Option<String>,
+    pub max_heartbeats: u64,
+    pub timeout_s: f64,
+    pub allow_native_decide: bool,
+}
+
+/// One line of `results.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProblemResult {
+    pub schema: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area: Option<String>,
+    /// `FILE:LINE` in the dataset.
+    pub source: String,
+    pub solved: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+    /// Whole-proof samples of the theorem that were verified (the `n` of pass@k).
+    pub samples: usize,
+    /// How many of them Lean proved (the `c` of pass@k).
+    pub correct: usize,
+    /// Index of the first proved whole-proof sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_success: Option<usize>,
+    /// Candidates verified for this problem, every role.
+    pub attempts: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+    pub reason: String,
+    pub model_calls: u64,
+    pub tokens: u64,
+    pub lean_checks: u64,
+    pub elapsed_ms: u64,
+    /// The problem's subgoal graph, relative to the run directory.
+    pub dag: String,
+}
+
+/// The unbiased pass@k estimator (Chen et al. 2021): the chance that at least one of `k`
+/// samples drawn without replacement from `n`, of which `c` are correct, is correct:
+/// `1 - C(n-c, k) / C(n, k)`, computed as a product so it neither overflows nor loses precision.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> Option<f64> {
+    if k == 0 || k > n || c > n {
+        return None;
+    }
+    if n - c < k {
+        return Some(1.0);
+    }
+    let mut fail = 1.0f64;
+    for i in (n - c + 1)..=n {
+        fail *= 1.0 - k as f64 / i as f64;
+    }
+    Some(1.0 - fail)
+}
+
+/// The ks to report for `n` samples: powers of two up to `n`, and `n` itself.
+pub fn report_ks(n: usize) -> Vec<usize> {
+    let mut ks: Vec<usize> =
+        std::iter::successors(Some(1usize), |k| k.checked_mul(2)).take_while(|&k| k <= n).collect();
+    if n > 0 && ks.last() != Some(&n) {
+        ks.push(n);
+    }
+    ks
+}
+
+/// Counts over a group of problems.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    pub problems: usize,
+    pub solved: usize,
+    /// `solved / problems`, in percent.
+    pub solved_pct: f64,
+    /// Mean unbiased pass@k over the problems with at least k whole-proof samples, in percent.
+    pub pass_at_k: BTreeMap<String, f64>,
+}
+
+/// A published number for the same benchmark, shown beside ours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaperResult {
+    pub benchmark: String,
+    pub model: String,
+    pub mode: String,
+    pub k: usize,
+    /// Percent of problems, or a count of problems when `unit` is `problems`.
+    pub value: f64,
+    #[serde(default = "percent")]
+    pub unit: String,
+    pub source: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+fn percent() -> String {
+    "percent".into()
+}
+
+/// The table of published results in `benchmarks/paper-results.json`.
+pub fn paper_results() -> Vec<PaperResult> {
+    serde_json::from_str(include_str!("../../benchmarks/paper-results.json")).unwrap_or_default()
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub schema: String,
+    pub dataset: String,
+    /// Problems in the run; `attempted` of them have finished.
+    pub problems: usize,
+    pub attempted: usize,
+    pub overall: Tally,
+    pub by_split: BTreeMap<String, Tally>,
+    pub by_area: BTreeMap<String, Tally>,
+    /// Solved problems by how they were proved.
+    pub via: BTreeMap<String, usize>,
+    pub model_calls: u64,
+    pub tokens: u64,
+    pub lean_checks: u64,
+    /// Sum of the problems' own times.
+    pub problem_seconds: f64,
+    /// Published results for this benchmark at the ks reported here.
+    pub paper: Vec<PaperResult>,
+    pub load_errors: usize,
+}
+
+fn tally<'a>(results: impl Iterator<Item = &'a ProblemResult>) -> Tally {
+    let rs: Vec<&ProblemResult> = results.collect();
+    let solved = rs.iter().filter(|r| r.solved).count();
+    let max_n = rs.iter().map(|r| r.samples).max().unwrap_or(0);
+    let mut pass = BTreeMap::new();
+    for k in report_ks(max_n) {
+        let vals: Vec<f64> = rs.iter().filter_map(|r| pass_at_k(r.samples, r.correct, k)).collect();
+        if !vals.is_empty() {
+            pass.insert(k.to_string(), round2(100.0 * vals.iter().sum::<f64>() / vals.len() as f64));
+        }
+    }
+    Tally {
+        problems: rs.len(),
+        solved,
+        solved_pct: if rs.is_empty() { 0.0 } else { round2(100.0 * solved as f64 / rs.len() as f64) },
+        pass_at_k: pass,
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The summary of a run's results so far.
+pub fn summarize(config: &RunConfig, results: &[ProblemResult]) -> Summary {
+    let mut by_split: BTreeMap<String, Vec<&ProblemResult>> = BTreeMap::new();
+    let mut by_area: BTreeMap<String, Vec<&ProblemResult>> = BTreeMap::new();
+    let mut via = BTreeMap::new();
+    for r in results {
+        if let Some(s) = &r.split {
+            by_split.entry(s.clone()).or_default().push(r);
+        }
+        if let Some(a) = &r.area {
+            by_area.entry(a.clone()).or_default().push(r);
+        }
+        if let (true, Some(v)) = (r.solved, r.via) {
+            let name = serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            *via.entry(name).or_insert(0) += 1;
+        }
+    }
+    let overall = tally(results.iter());
+    let ks: Vec<usize> = overall.pass_at_k.keys().filter_map(|k| k.parse().ok()).collect();
+    let paper =
+        paper_results().into_iter().filter(|p| p.benchmark == config.dataset.name && ks.contains(&p.k)).collect();
+    Summary {
+        schema: SUMMARY_SCHEMA.into(),
+        dataset: config.dataset.name.clone(),
+        problems: config.dataset.problems,
+        attempted: results.len(),
+        overall,
+        by_split: by_split.into_iter().map(|(k, v)| (k, tally(v.into_iter()))).collect(),
+        by_area: by_area.into_iter().map(|(k, v)| (k, tally(v.into_iter()))).collect(),
+        via,
+        model_calls: results.iter().map(|r| r.model_calls).sum(),
+        tokens: results.iter().map(|r| r.tokens).sum(),
+        lean_checks: results.iter().map(|r| r.lean_checks).sum(),
+        problem_seconds: round2(results.iter().map(|r| r.elapsed_ms as f64 / 1000.0).sum()),
+        paper,
+        load_errors: config.dataset.load_errors.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_at_k_matches_hand_computed_values() {
+        // n = 4, c = 1: pass@1 = 1/4; pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 1/2; pass@4 = 1.
+        assert_eq!(pass_at_k(4, 1, 1), Some(0.25));
+        assert!((pass_at_k(4, 1, 2).unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(pass_at_k(4, 1, 4), Some(1.0));
+        // n = 10, c = 3, k = 5: 1 - C(7,5)/C(10,5) = 1 - 21/252.
+        assert!((pass_at_k(10, 3, 5).unwrap() - (1.0 - 21.0 / 252.0)).abs() < 1e-12);
+        assert_eq!(pass_at_k(8, 0, 8), Some(0.0));
+        assert_eq!(pass_at_k(2, 1, 4), None);
+    }
+
+    #[test]
+    fn pass_at_k_stays_finite_for_thousands_of_samples() {
+        let p = pass_at_k(8192, 5, 1024).unwrap();
+        assert!(p > 0.0 && p < 1.0, "{p}");
+        assert!((pass_at_k(8192, 8192, 1).unwrap() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ks_are_powers_of_two_and_n() {
+        assert_eq!(report_ks(8), [1, 2, 4, 8]);
+        assert_eq!(report_ks(6), [1, 2, 4, 6]);
+        assert!(report_ks(0).is_empty());
+    }
+
+    #[test]
+    fn the_paper_table_parses_and_names_its_sources() {
+        let t = paper_results();
+        assert!(t.len() >= 20);
+        assert!(t.iter().all(|p| !p.source.is_empty() && p.k > 0));
+        assert!(t.iter().any(|p| p.benchmark == "minif2f-test" && p.k == 32 && p.value == 82.4));
+    }
+}

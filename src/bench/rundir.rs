@@ -1,0 +1,261 @@
+//! The run directory on disk: creating it, appending results as they happen, and repairing it
+//! after a kill so `--resume` neither loses nor double-counts a problem.
+//!
+//! Invariants: `results.jsonl` only ever gains whole lines (each written with one `write_all`
+//! and flushed); a problem is done exactly when its line is there. On resume, a torn last line
+//! is cut off, and `attempts.jsonl` keeps only the attempts of done problems (the rest are
+//! redone), rewritten through a temporary file and a rename.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{ProblemResult, RunConfig, Summary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {detail}")]
+    Corrupt { path: String, line: usize, detail: String },
+    #[error("{0} already holds a run (results.jsonl exists): use --resume {0}, or another --run-dir")]
+    Exists(String),
+    #[error("{0} holds no run (no config.json)")]
+    NotARun(String),
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io { path: path.display().to_string(), source }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename: never a torn file.
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), RunError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+impl RunDir {
+    /// A new run: the directory is created (or must not hold a run yet) and `config.json` written.
+    pub fn create(path: &Path, config: &RunConfig) -> Result<RunDir, RunError> {
+        if path.join("results.jsonl").exists() {
+            return Err(RunError::Exists(path.display().to_string()));
+        }
+        std::fs::create_dir_all(path.join("dags")).map_err(io(path))?;
+        let dir = RunDir { path: path.to_path_buf() };
+        let text = serde_json::to_string_pretty(config).unwrap_or_default();
+        write_atomic(&dir.file("config.json"), &text)?;
+        for f in ["results.jsonl", "attempts.jsonl"] {
+            File::create(dir.file(f)).map_err(io(&dir.file(f)))?;
+        }
+        Ok(dir)
+    }
+
+    /// An existing run and its configuration.
+    pub fn open(path: &Path) -> Result<(RunDir, RunConfig), RunError> {
+        let cfg_path = path.join("config.json");
+        if !cfg_path.exists() {
+            return Err(RunError::NotARun(path.display().to_string()));
+        }
+        let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+        let config: RunConfig = serde_json::from_str(&text).map_err(|e| RunError::Corrupt {
+            path: cfg_path.display().to_string(),
+            line: e.line(),
+            detail: e.to_string(),
+        })?;
+        std::fs::create_dir_all(path.join("dags")).map_err(io(path))?;
+        Ok((RunDir { path: path.to_path_buf() }, config))
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The finished problems, read-only (a torn last line is ignored, not cut).
+    pub fn results(&self) -> Result<Vec<ProblemResult>, RunError> {
+        let path = self.file("results.jsonl");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        parse_results(&path, whole_lines(&text))
+    }
+
+    /// Makes the directory consistent after a kill: cuts a torn last line off `results.jsonl`
+    /// and drops the attempts of unfinished problems. Returns the finished problems.
+    pub fn repair(&self) -> Result<Vec<ProblemResult>, RunError> {
+        let path = self.file("results.jsonl");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let whole = whole_lines(&text);
+        if whole.len() != text.len() {
+            tracing::warn!(file = %path.display(), "cutting off a torn last line");
+            write_atomic(&path, whole)?;
+        }
+        let mut results = parse_results(&path, whole)?;
+        // One line per problem, even if a crash ever wrote one twice.
+        let mut seen = HashSet::new();
+        results.retain(|r| seen.insert(r.name.clone()));
+        let done: HashSet<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        let attempts = self.file("attempts.jsonl");
+        let text = std::fs::read_to_string(&attempts).unwrap_or_default();
+        let mut kept = String::with_capacity(text.len());
+        for line in whole_lines(&text).lines() {
+            let problem = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("problem").and_then(|p| p.as_str()).map(str::to_owned));
+            if problem.is_some_and(|p| done.contains(p.as_str())) {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        if kept.len() != text.len() {
+            write_atomic(&attempts, &kept)?;
+        }
+        Ok(results)
+    }
+
+    /// Appends one finished problem (one write, flushed).
+    pub fn append_result(&self, r: &ProblemResult) -> Result<(), RunError> {
+        let path = self.file("results.jsonl");
+        let mut line = serde_json::to_string(r).unwrap_or_default();
+        line.push('\n');
+        let mut f = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
+        f.write_all(line.as_bytes()).and_then(|_| f.flush()).map_err(io(&path))
+    }
+
+    /// `attempts.jsonl`, opened for appending.
+    pub fn attempts_writer(&self) -> Result<File, RunError> {
+        let path = self.file("attempts.jsonl");
+        OpenOptions::new().append(true).create(true).open(&path).map_err(io(&path))
+    }
+
+    pub fn write_summary(&self, s: &Summary) -> Result<(), RunError> {
+        write_atomic(&self.file("summary.json"), &serde_json::to_string_pretty(s).unwrap_or_default())
+    }
+
+    pub fn summary(&self) -> Option<Summary> {
+        serde_json::from_str(&std::fs::read_to_string(self.file("summary.json")).ok()?).ok()
+    }
+}
+
+/// The text up to and including its last newline.
+fn whole_lines(text: &str) -> &str {
+    match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    }
+}
+
+fn parse_results(path: &Path, text: &str) -> Result<Vec<ProblemResult>, RunError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| RunError::Corrupt {
+                path: path.display().to_string(),
+                line: i + 1,
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{DatasetInfo, LeanInfo, ModelInfo, RESULT_SCHEMA, RUN_SCHEMA};
+
+    fn config() -> RunConfig {
+        let model = ModelInfo { spec: "replay:x".into(), describe: "replay:x".into() };
+        RunConfig {
+            schema: RUN_SCHEMA.into(),
+            subgoal_version: "0".into(),
+            created_unix: 0,
+            dataset: DatasetInfo {
+                name: "d".into(),
+                path: "d.jsonl".into(),
+                sha256: String::new(),
+                split: None,
+                limit: None,
+                format: None,
+                problems: 3,
+                load_errors: vec![],
+            },
+            prover: model.clone(),
+            planner: model,
+            engine: Default::default(),
+            prompts: vec![],
+            lean_version: "4".into(),
+            lean: LeanInfo {
+                lean: None,
+                lean_project: None,
+                max_heartbeats: 0,
+                timeout_s: 1.0,
+                allow_native_decide: false,
+            },
+        }
+    }
+
+    fn result(name: &str) -> ProblemResult {
+        ProblemResult {
+            schema: RESULT_SCHEMA.into(),
+            name: name.into(),
+            split: None,
+            area: None,
+            source: "d.jsonl:1".into(),
+            solved: false,
+            via: None,
+            samples: 1,
+            correct: 0,
+            first_success: None,
+            attempts: 1,
+            proof: None,
+            reason: "r".into(),
+            model_calls: 1,
+            tokens: 1,
+            lean_checks: 1,
+            elapsed_ms: 1,
+            dag: format!("dags/{name}.json"),
+        }
+    }
+
+    #[test]
+    fn a_second_run_in_the_same_directory_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        RunDir::create(d.path(), &config()).unwrap();
+        assert!(matches!(RunDir::create(d.path(), &config()), Err(RunError::Exists(_))));
+    }
+
+    #[test]
+    fn repair_cuts_a_torn_line_and_the_unfinished_problems_attempts() {
+        let d = tempfile::tempdir().unwrap();
+        let run = RunDir::create(d.path(), &config()).unwrap();
+        run.append_result(&result("a")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(run.file("results.jsonl")).unwrap();
+        f.write_all(b"{\"schema\":\"subgoal.result.v1\",\"name\":\"b\",\"sol").unwrap();
+        let attempts =
+            "{\"problem\":\"a\",\"n\":1}\n{\"problem\":\"b\",\"n\":2}\n{\"problem\":\"a\",\"n\":3}\n{\"probl";
+        std::fs::write(run.file("attempts.jsonl"), attempts).unwrap();
+        let done = run.repair().unwrap();
+        assert_eq!(done.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert!(std::fs::read_to_string(run.file("results.jsonl")).unwrap().ends_with("}\n"));
+        assert_eq!(
+            std::fs::read_to_string(run.file("attempts.jsonl")).unwrap(),
+            "{\"problem\":\"a\",\"n\":1}\n{\"problem\":\"a\",\"n\":3}\n"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_whole_line_names_its_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let run = RunDir::create(d.path(), &config()).unwrap();
+        run.append_result(&result("a")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(run.file("results.jsonl")).unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        let e = run.repair().unwrap_err().to_string();
+        assert!(e.contains("results.jsonl:2:"), "{e}");
+    }
+}
