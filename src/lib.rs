@@ -11,5 +11,6 @@ pub mod model;
 pub mod pipeline;
 pub mod process;
 pub mod sandbox;
+pub mod synth;
 pub mod text;
 pub mod verify;

@@ -44,6 +44,9 @@ pub struct DatasetInfo {
     pub sha256: String,
     pub split: Option<String>,
     pub limit: Option<usize>,
+    /// `--shard i/N`: this run holds the problems `shard_of` puts in shard i of N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
     /// `--field` mapping or format, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<serde_json::Value>,
@@ -68,6 +71,51 @@ pub struct LeanInfo {
     pub max_heartbeats: u64,
     pub timeout_s: f64,
     pub allow_native_decide: bool,
+}
+
+/// Shard `index` of `count`: a deterministic split of a dataset that needs no coordination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    /// `i/N` with `i < N`.
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let bad = || format!("--shard {s:?}: expected i/N with 0 <= i < N, e.g. 0/8");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) =
+            (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// Whether the problem named `name` belongs to this shard: by a hash of the name, so the
+    /// split holds whatever the order or machine.
+    pub fn holds(&self, name: &str) -> bool {
+        shard_of(name, self.count) == self.index
+    }
+}
+
+/// The shard of `count` a problem name falls in (SHA-256 of the name, first 8 bytes).
+pub fn shard_of(name: &str, count: usize) -> usize {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    (u64::from_be_bytes(b) % count.max(1) as u64) as usize
 }
 
 /// One line of `results.jsonl`.
@@ -273,6 +321,18 @@ mod tests {
         let p = pass_at_k(8192, 5, 1024).unwrap();
         assert!(p > 0.0 && p < 1.0, "{p}");
         assert!((pass_at_k(8192, 8192, 1).unwrap() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shards_partition_the_problems() {
+        let names: Vec<String> = (0..200).map(|i| format!("p{i}")).collect();
+        let shards: Vec<Shard> = (0..3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        for n in &names {
+            assert_eq!(shards.iter().filter(|s| s.holds(n)).count(), 1, "{n}");
+        }
+        let sizes: Vec<usize> = shards.iter().map(|s| names.iter().filter(|n| s.holds(n)).count()).collect();
+        assert!(sizes.iter().all(|&k| k > 40), "{sizes:?}");
+        assert!("3/3".parse::<Shard>().is_err() && "1".parse::<Shard>().is_err());
     }
 
     #[test]

@@ -180,6 +180,7 @@ mod tests {
                 sha256: String::new(),
                 split: None,
                 limit: None,
+                shard: None,
                 format: None,
                 problems: 3,
                 load_errors: vec![],

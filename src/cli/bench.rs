@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use subgoal::bench::rundir::RunDir;
 use subgoal::bench::{
-    summarize, DatasetInfo, LeanInfo, ModelInfo, ProblemResult, RunConfig, RESULT_SCHEMA, RUN_SCHEMA,
+    summarize, DatasetInfo, LeanInfo, ModelInfo, ProblemResult, RunConfig, Shard, Summary, RESULT_SCHEMA, RUN_SCHEMA,
 };
 use subgoal::datasets::{self, BenchProblem, FieldMap, Format, Registry};
 use subgoal::pipeline::prompts::Prompts;
@@ -23,10 +23,10 @@ use subgoal::verify::Verdict;
 
 use super::prove::PipelineArgs;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// A registry name (`subgoal datasets list`) or a JSONL file.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long)]
     pub dataset: Option<String>,
     /// Directories holding dataset files (default: $SUBGOAL_DATA, then ~/.cache/subgoal/datasets).
     #[arg(long, value_name = "DIR")]
@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Only the first N problems (after --split).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only shard i of N (`i/N`; after --split and --limit): a split by problem name that N
+    /// machines can make without talking to each other.
+    #[arg(long, value_name = "i/N")]
+    pub shard: Option<Shard>,
     /// Problems in flight at once.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
@@ -73,19 +77,20 @@ impl BenchArgs {
     }
 }
 
-fn data_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
+pub fn data_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = args.to_vec();
     dirs.extend(datasets::default_data_dirs());
     dirs
 }
 
 /// The run's problems: the dataset resolved, loaded, its split and limit applied.
-fn load_problems(
+pub fn load_problems(
     dataset: &str,
     dirs: &[PathBuf],
     format: Option<Format>,
     split: Option<&str>,
     limit: Option<usize>,
+    shard: Option<Shard>,
 ) -> anyhow::Result<(DatasetInfo, Vec<BenchProblem>)> {
     let resolved = datasets::resolve(dataset, dirs)?;
     let loaded = match (&resolved.entry, &format) {
@@ -99,6 +104,9 @@ fn load_problems(
         loaded.problems.into_iter().filter(|p| split.is_none_or(|s| p.split.as_deref() == Some(s))).collect();
     if let Some(n) = limit {
         problems.truncate(n);
+    }
+    if let Some(sh) = shard {
+        problems.retain(|p| sh.holds(&p.problem.name));
     }
     let mut seen = HashMap::new();
     for p in &problems {
@@ -122,6 +130,7 @@ fn load_problems(
         sha256: sha256_bytes(&bytes),
         split: split.map(str::to_owned),
         limit,
+        shard,
         format: format.as_ref().and_then(|f| serde_json::to_value(f).ok()),
         problems: problems.len(),
         load_errors: loaded.errors.iter().map(|e| e.to_string()).collect(),
@@ -144,6 +153,14 @@ struct Tally {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let (path, summary) = execute(args).await?;
+    let label = path.display().to_string();
+    print!("{}", subgoal::bench::report::table(&[subgoal::bench::report::Labeled { label, summary: &summary }]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs (or resumes) a benchmark to its end; returns the run directory and its summary.
+pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
     let dirs = data_dirs(&args.data_dir);
     let mut pipeline = args.pipeline.clone();
     let (run, config, problems, prover, planner) = match &args.resume {
@@ -151,7 +168,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let (run, config) = RunDir::open(path)?;
             let d = &config.dataset;
             let format = d.format.as_ref().and_then(|f| serde_json::from_value::<Format>(f.clone()).ok());
-            let (info, problems) = load_problems(&d.name, &dirs, format, d.split.as_deref(), d.limit)
+            let (info, problems) = load_problems(&d.name, &dirs, format, d.split.as_deref(), d.limit, d.shard)
                 .with_context(|| format!("reloading the dataset of {}", path.display()))?;
             anyhow::ensure!(
                 info.sha256 == d.sha256,
@@ -172,9 +189,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             (run, config, problems, prover, planner)
         }
         None => {
-            let dataset = args.dataset.as_deref().context("--dataset is required")?;
+            let dataset = args.dataset.as_deref().context("give --dataset NAME|FILE (or --resume RUN)")?;
             let format = args.fields.as_deref().map(FieldMap::parse).transpose()?.map(Format::Fields);
-            let (info, problems) = load_problems(dataset, &dirs, format, args.split.as_deref(), args.limit)?;
+            let (info, problems) =
+                load_problems(dataset, &dirs, format, args.split.as_deref(), args.limit, args.shard)?;
             anyhow::ensure!(!problems.is_empty(), "{dataset}: no problems to run");
             let prompts = Prompts::load(pipeline.prompts.as_deref()).context("loading prompt templates")?;
             let (prover, planner) = pipeline.models().await?;
@@ -309,9 +327,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Ok(v) = Arc::try_unwrap(verifier) {
         v.shutdown().await;
     }
-    let label = run.path.display().to_string();
-    print!("{}", subgoal::bench::report::table(&[subgoal::bench::report::Labeled { label, summary: &summary }]));
-    Ok(ExitCode::SUCCESS)
+    Ok((run.path.clone(), summary))
 }
 
 fn progress_bar(total: u64, done: u64, hidden: bool) -> indicatif::ProgressBar {

@@ -7,6 +7,7 @@ mod generate;
 mod prove;
 mod report;
 mod serve;
+mod synth;
 mod verify;
 
 use std::path::PathBuf;
@@ -57,6 +58,10 @@ pub enum Command {
     /// The registry of named datasets.
     #[command(subcommand)]
     Datasets(bench::DatasetsCommand),
+    /// Chain-of-thought cold-start data from runs: CoT and subgoal examples, chat and pair layouts.
+    Synth(Box<synth::SynthArgs>),
+    /// Join synthesis shards: de-duplicated examples and summed counts.
+    Merge(synth::MergeArgs),
 }
 
 /// Which model to use and how; shared by every command that generates.
@@ -286,8 +291,14 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             a.run_dir = Some(a.run_path());
         }
     }
+    if let Command::Synth(a) = &mut cli.command {
+        if a.from_run.is_empty() && a.bench.resume.is_none() && a.bench.run_dir.is_none() {
+            a.bench.run_dir = Some(a.out.join("run"));
+        }
+    }
     let log_file = match &cli.command {
         Command::Bench(a) => Some(a.run_path().join("run.log")),
+        Command::Synth(a) if a.from_run.is_empty() => Some(a.out.join("run").join("run.log")),
         _ => None,
     };
     init_logging(cli.verbose, log_file.as_deref());
@@ -300,5 +311,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::run(*a).await,
         Command::Report(a) => report::run(a).await,
         Command::Datasets(c) => bench::datasets_command(c).await,
+        Command::Synth(a) => synth::run(*a).await,
+        Command::Merge(a) => synth::merge(a).await,
     }
 }

@@ -70,6 +70,9 @@ pub struct Node {
     /// Subgoals: the statement without earlier subgoals as premises (the paper's form (a)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_without_premises: Option<String>,
+    /// Sketches: the subgoals' node names, in the order of their `sorry`s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subgoals: Vec<String>,
     /// Sketches: the planner's informal reasoning that came with the sketch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub informal: Option<String>,
@@ -95,6 +98,7 @@ impl Node {
             name: name.to_string(),
             statement: statement.to_string(),
             statement_without_premises: None,
+            subgoals: vec![],
             informal: None,
             key,
             status: Status::Open,

@@ -883,6 +883,10 @@ impl Engine {
             abandon(self);
             return Err(e);
         }
+        self.with_dag(|d| {
+            let order: Vec<String> = subs.iter().map(|&i| d.node(i).name.clone()).collect();
+            d.node_mut(k).subgoals = order;
+        });
         // Solve every subgoal; the first failure fails the sketch and drops the others' handles.
         let handles: Vec<Subscription> = subs.iter().map(|&s| self.subscribe(s, ctx.clone())).collect();
         let names: Vec<String> = lemmas.iter().map(|l| l.name.clone()).collect();
@@ -907,7 +911,7 @@ impl Engine {
                 name: name.to_string(),
                 header: sketch.header.clone(),
                 formal_statement: sketch.formal_statement.clone(),
-                proof: Some(filled[proof_at..].to_string()),
+                proof: Some(filled[proof_at..].trim_start_matches(' ').to_string()),
                 code: None,
             };
             let record = self.verify(&input, ctx).await;
