@@ -302,7 +302,7 @@ pub struct SynthStats {
     /// Examples whose proof no longer verified (never written).
     pub failed_reverification: usize,
     pub examples_per_solved_problem: f64,
-    /// Solved problems per hour of the problems' own time in their runs.
+    /// Problems per hour of the runs' wall time (every session).
     pub problems_per_hour: f64,
     pub model_calls: u64,
     pub tokens: u64,

@@ -233,6 +233,12 @@ pub struct Summary {
     pub lean_checks: u64,
     /// Sum of the problems' own times.
     pub problem_seconds: f64,
+    /// Wall time of the run's sessions (every `bench` and `--resume` invocation).
+    #[serde(default)]
+    pub wall_seconds: f64,
+    /// Finished problems per hour of wall time.
+    #[serde(default)]
+    pub problems_per_hour: f64,
     /// Published results for this benchmark at the ks reported here.
     pub paper: Vec<PaperResult>,
     pub load_errors: usize,
@@ -262,7 +268,7 @@ fn round2(x: f64) -> f64 {
 }
 
 /// The summary of a run's results so far.
-pub fn summarize(config: &RunConfig, results: &[ProblemResult]) -> Summary {
+pub fn summarize(config: &RunConfig, results: &[ProblemResult], wall_seconds: f64) -> Summary {
     let mut by_split: BTreeMap<String, Vec<&ProblemResult>> = BTreeMap::new();
     let mut by_area: BTreeMap<String, Vec<&ProblemResult>> = BTreeMap::new();
     let mut via = BTreeMap::new();
@@ -295,6 +301,8 @@ pub fn summarize(config: &RunConfig, results: &[ProblemResult]) -> Summary {
         tokens: results.iter().map(|r| r.tokens).sum(),
         lean_checks: results.iter().map(|r| r.lean_checks).sum(),
         problem_seconds: round2(results.iter().map(|r| r.elapsed_ms as f64 / 1000.0).sum()),
+        wall_seconds: round2(wall_seconds),
+        problems_per_hour: if wall_seconds > 0.0 { round2(results.len() as f64 * 3600.0 / wall_seconds) } else { 0.0 },
         paper,
         load_errors: config.dataset.load_errors.len(),
     }

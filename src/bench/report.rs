@@ -41,6 +41,7 @@ pub fn table(runs: &[Labeled]) -> String {
     row("model calls", &|s| s.model_calls.to_string());
     row("tokens", &|s| s.tokens.to_string());
     row("lean checks", &|s| s.lean_checks.to_string());
+    row("problems/hour", &|s| format!("{:.1}", s.problems_per_hour));
     row("load errors", &|s| s.load_errors.to_string());
     let mut header = vec![String::new()];
     header.extend(runs.iter().map(|r| r.label.clone()));
@@ -273,6 +274,8 @@ mod tests {
             tokens: 1000,
             lean_checks: 40,
             problem_seconds: 1.0,
+            wall_seconds: 1.0,
+            problems_per_hour: 3600.0,
             paper: vec![],
             load_errors: 0,
         }

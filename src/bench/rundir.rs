@@ -136,6 +136,24 @@ impl RunDir {
         write_atomic(&self.file("summary.json"), &serde_json::to_string_pretty(s).unwrap_or_default())
     }
 
+    /// Records one invocation's wall time (`sessions.jsonl`), so a resumed run's throughput
+    /// counts the time of every session and not the gaps between them.
+    pub fn record_session(&self, wall_s: f64, problems: usize) -> Result<(), RunError> {
+        let path = self.file("sessions.jsonl");
+        let line = format!("{}\n", serde_json::json!({"wall_s": wall_s, "problems": problems}));
+        let mut f = OpenOptions::new().append(true).create(true).open(&path).map_err(io(&path))?;
+        f.write_all(line.as_bytes()).and_then(|_| f.flush()).map_err(io(&path))
+    }
+
+    /// Wall seconds of the sessions recorded so far.
+    pub fn wall_seconds(&self) -> f64 {
+        std::fs::read_to_string(self.file("sessions.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("wall_s")?.as_f64())
+            .sum()
+    }
+
     pub fn summary(&self) -> Option<Summary> {
         serde_json::from_str(&std::fs::read_to_string(self.file("summary.json")).ok()?).ok()
     }

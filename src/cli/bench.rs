@@ -273,6 +273,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
     };
     let engine = Engine::new(verifier.clone(), prover, planner, prompts, config.engine.clone(), Some(sink));
 
+    let session = std::time::Instant::now();
+    let before = run.wall_seconds();
     let bar = progress_bar(problems.len() as u64, done.len() as u64, args.no_progress);
     let mut results = done;
     let mut solved = results.iter().filter(|r| r.solved).count();
@@ -316,12 +318,14 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
         bar.inc(1);
         bar.set_message(format!("solved {solved}"));
         if results.len() % 16 == 0 {
-            run.write_summary(&summarize(&config, &results))?;
+            run.write_summary(&summarize(&config, &results, before + session.elapsed().as_secs_f64()))?;
         }
     }
     drop(outcomes);
     bar.finish_and_clear();
-    let summary = summarize(&config, &results);
+    let wall = session.elapsed().as_secs_f64();
+    run.record_session(wall, todo.len())?;
+    let summary = summarize(&config, &results, before + wall);
     run.write_summary(&summary)?;
     drop(engine);
     if let Ok(v) = Arc::try_unwrap(verifier) {

@@ -33,7 +33,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         let (run, config) = RunDir::open(path)?;
         // Recomputed from results.jsonl, so a run still in progress (or killed) reports what it has.
         let results = run.results().with_context(|| format!("reading the results of {}", path.display()))?;
-        summaries.push((path.display().to_string(), summarize(&config, &results)));
+        summaries.push((path.display().to_string(), summarize(&config, &results, run.wall_seconds())));
     }
     let labeled: Vec<Labeled> = summaries.iter().map(|(l, s)| Labeled { label: l.clone(), summary: s }).collect();
     if args.json {

@@ -62,7 +62,7 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
     let verifier = args.bench.pipeline.verifier()?;
     let mut all = Vec::new();
     let mut stats = SynthStats::default();
-    let mut problem_seconds = 0.0;
+    let mut wall_seconds = 0.0;
     for path in &runs {
         let (run, config) = RunDir::open(path)?;
         let results = run.results()?;
@@ -83,7 +83,7 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
         stats.model_calls += results.iter().map(|r| r.model_calls).sum::<u64>();
         stats.tokens += results.iter().map(|r| r.tokens).sum::<u64>();
         stats.lean_checks += results.iter().map(|r| r.lean_checks).sum::<u64>();
-        problem_seconds += results.iter().map(|r| r.elapsed_ms as f64 / 1000.0).sum::<f64>();
+        wall_seconds += run.wall_seconds();
         for r in results.iter().filter(|r| selected(r, args.select)) {
             let Some(problem) = problems.get(r.name.as_str()) else {
                 anyhow::bail!("{}: problem {} is not in the run's dataset any more", path.display(), r.name);
@@ -128,7 +128,7 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
     let (kept, dups, contaminated) = select_unique(verified, &excluded);
     stats.duplicates_dropped = dups;
     stats.contaminated_dropped = contaminated;
-    finish_stats(&mut stats, &kept, problem_seconds);
+    finish_stats(&mut stats, &kept, wall_seconds);
     write_outputs(
         &args.out,
         &kept.iter().map(chat_record).collect::<Vec<_>>(),
@@ -152,14 +152,14 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn finish_stats(stats: &mut SynthStats, kept: &[Example], problem_seconds: f64) {
+fn finish_stats(stats: &mut SynthStats, kept: &[Example], wall_seconds: f64) {
     use subgoal::synth::ExampleKind;
     stats.cot_examples = kept.iter().filter(|e| e.kind == ExampleKind::Cot).count();
     stats.subgoal_examples = kept.iter().filter(|e| e.kind == ExampleKind::Subgoal).count();
     stats.examples_per_solved_problem =
         if stats.solved == 0 { 0.0 } else { round2(kept.len() as f64 / stats.solved as f64) };
     stats.problems_per_hour =
-        if problem_seconds > 0.0 { round2(stats.problems as f64 * 3600.0 / problem_seconds) } else { 0.0 };
+        if wall_seconds > 0.0 { round2(stats.problems as f64 * 3600.0 / wall_seconds) } else { 0.0 };
 }
 
 fn round2(x: f64) -> f64 {
