@@ -6,7 +6,7 @@
 #
 #   scripts/build-cuda.sh [DIR]      # DIR (default .cuda/, git-ignored) holds the toolkit venv
 #
-# Output: target-cuda/release/subgoal (and the generate_throughput benchmark), plus stripped,
+# Output: target-cuda/release/subgoal (and the generate_throughput and gpu_decode benchmarks), plus stripped,
 # xz-compressed copies in .gpu/ ready to travel to a GPU machine. Run there with
 #   LD_LIBRARY_PATH=<the machine's CUDA 13 libs>:$LD_LIBRARY_PATH subgoal generate --device cuda …
 set -euo pipefail
@@ -37,11 +37,13 @@ grep -oP '^\s+fn \Kcu\w+(?=\()' "$CUDARC/src/driver/sys/mod.rs" | sort -u | awk 
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/stubs/libcuda.so" "$DIR/stub.c" || die "cannot build the libcuda stub"
 cd "$ROOT"
 PATH="$CU/bin:$PATH" CUDA_HOME="$CU" CUDA_COMPUTE_CAP="$CAP" \
-    cargo build --release --locked --features cuda --target-dir target-cuda --bin subgoal --bench generate_throughput \
+    cargo build --release --locked --features cuda --target-dir target-cuda --bin subgoal --bench generate_throughput --bench gpu_decode \
     || die "cargo build --features cuda failed"
 mkdir -p .gpu
 strip -o .gpu/subgoal target-cuda/release/subgoal
-BENCH="$(ls -t target-cuda/release/deps/generate_throughput-* | grep -v '\.d$' | head -n1)"
-strip -o .gpu/generate_throughput "$BENCH"
-xz -6 -f .gpu/subgoal .gpu/generate_throughput
-echo "build-cuda: ready: .gpu/subgoal.xz .gpu/generate_throughput.xz" >&2
+for b in generate_throughput gpu_decode; do
+    BENCH="$(ls -t target-cuda/release/deps/$b-* | grep -v '\.d$' | head -n1)"
+    strip -o ".gpu/$b" "$BENCH"
+done
+xz -6 -f .gpu/subgoal .gpu/generate_throughput .gpu/gpu_decode
+echo "build-cuda: ready: .gpu/subgoal.xz .gpu/generate_throughput.xz .gpu/gpu_decode.xz" >&2

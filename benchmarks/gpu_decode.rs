@@ -1,0 +1,214 @@
+//! GPU inference speed against PyTorch, side by side in one run: the DeepSeek-Prover-V2-7B shape
+//! (Llama: hidden 4096, 30 layers, 32 heads, MLP 11008, vocabulary 102400; 6.91 B parameters)
+//! with random bf16 weights written here as safetensors, loaded by subgoal's own safetensors path
+//! and by `transformers`.
+//!
+//! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
+//!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
+//!              [--python /opt/torch/.venv/bin/python] [--no-torch]
+//! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
+//! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
+//! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
+//! (weight bytes / 4.8 TB/s per token). Sampling is temperature 1, top-p 0.95 on both sides.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde_json::{json, Value};
+use subgoal::model::llama::{KvCache, Model};
+
+const HIDDEN: usize = 4096;
+const INTERMEDIATE: usize = 11008;
+const HEADS: usize = 32;
+const VOCAB: usize = 102400;
+const HBM_BYTES_PER_S: f64 = 4.8e12;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn list(args: &[String], name: &str, default: &[usize]) -> Vec<usize> {
+    arg(args, name).map_or(default.to_vec(), |v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| "/tmp/prover-v2-7b-random".into()));
+    let layers: usize = arg(&args, "--layers").and_then(|v| v.parse().ok()).unwrap_or(30);
+    let new_tokens: usize = arg(&args, "--new-tokens").and_then(|v| v.parse().ok()).unwrap_or(256);
+    let batches = list(&args, "--batches", &[1, 8, 32]);
+    let prompts = list(&args, "--prompts", &[512, 2048]);
+    let python = arg(&args, "--python").unwrap_or_else(|| "/opt/torch/.venv/bin/python".into());
+    let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
+
+    let t = Instant::now();
+    let params = write_random_model(&dir, layers, &device);
+    let write_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let model = Model::from_safetensors(&dir, &device, DType::BF16).expect("load the model");
+    let load_s = t.elapsed().as_secs_f64();
+    let weight_bytes = params as f64 * 2.0;
+
+    // Prefill: one prompt of each length, timed after a warm-up.
+    let mut prefill = serde_json::Map::new();
+    for &p in &prompts {
+        let ids = prompt_ids(1, p, &device);
+        let run = || {
+            let mut cache = KvCache::new(layers);
+            let t = Instant::now();
+            let logits = model.forward(&ids, 0, &mut cache).unwrap();
+            device.synchronize().unwrap();
+            drop(logits);
+            t.elapsed().as_secs_f64()
+        };
+        run();
+        let s = (0..3).map(|_| run()).fold(f64::MAX, f64::min);
+        prefill.insert(p.to_string(), json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s)}));
+    }
+
+    // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
+    let mut decode = serde_json::Map::new();
+    for &b in &batches {
+        let run = |steps: usize| {
+            let mut cache = KvCache::new(layers);
+            let logits = model.forward(&prompt_ids(1, 512, &device), 0, &mut cache).unwrap();
+            cache.expand(b).unwrap();
+            let mut samplers: Vec<LogitsProcessor> = (0..b)
+                .map(|i| LogitsProcessor::from_sampling(i as u64, Sampling::TopP { p: 0.95, temperature: 1.0 }))
+                .collect();
+            let mut last = logits.broadcast_as((b, VOCAB)).unwrap().contiguous().unwrap();
+            device.synchronize().unwrap();
+            let t = Instant::now();
+            for step in 0..steps {
+                let rows = last.to_device(&Device::Cpu).unwrap();
+                let next: Vec<u32> =
+                    (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect();
+                let ids = Tensor::from_vec(next, (b, 1), &device).unwrap();
+                last = model.forward(&ids, 512 + step, &mut cache).unwrap();
+            }
+            device.synchronize().unwrap();
+            t.elapsed().as_secs_f64()
+        };
+        run(4);
+        let s = run(new_tokens);
+        decode.insert(
+            b.to_string(),
+            json!({"ms_per_step": r(s * 1e3 / new_tokens as f64), "tokens_per_s": r((b * new_tokens) as f64 / s)}),
+        );
+    }
+
+    let torch = if args.iter().any(|a| a == "--no-torch") {
+        Value::Null
+    } else {
+        run_torch(&python, &dir, &prompts, &batches, new_tokens)
+    };
+    let ratio = |ours: &Value, theirs: &Value| match (ours["tokens_per_s"].as_f64(), theirs["tokens_per_s"].as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => json!(r(a / b)),
+        _ => Value::Null,
+    };
+    let mut ratios = serde_json::Map::new();
+    for (kind, ours) in [("prefill", &prefill), ("decode", &decode)] {
+        for (k, v) in ours {
+            ratios.insert(format!("{kind}_{k}_subgoal_over_torch"), ratio(v, &torch[kind][k]));
+        }
+    }
+    let report = json!({
+        "benchmark": "gpu_decode",
+        "shape": {"layers": layers, "hidden": HIDDEN, "intermediate": INTERMEDIATE, "heads": HEADS, "vocab": VOCAB, "params": params, "dtype": "bf16"},
+        "write_weights_s": r(write_s),
+        "load_s": r(load_s),
+        "new_tokens": new_tokens,
+        "subgoal": {"prefill": prefill, "decode": decode},
+        "torch": torch,
+        "ratios": ratios,
+        "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / weight_bytes),
+        "goals": {"decode_batch1_tokens_per_s": 240, "decode_batch32_tokens_per_s": 3000},
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+fn r(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn prompt_ids(b: usize, t: usize, device: &Device) -> Tensor {
+    let ids: Vec<u32> = (0..b * t).map(|i| ((i * 7919 + 13) % (VOCAB - 1)) as u32).collect();
+    Tensor::from_vec(ids, (b, t), device).unwrap()
+}
+
+/// Writes `config.json` and random bf16 weights (std 0.02, norms 1) in per-layer safetensors
+/// shards with an index, as a Hugging Face checkpoint is laid out. Returns the parameter count.
+fn write_random_model(dir: &Path, layers: usize, device: &Device) -> usize {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers,
+        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "vocab_size": VOCAB,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "bos_token_id": 100000, "eos_token_id": 100001,
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let rand = |shape: &[usize]| Tensor::randn(0f32, 0.02, shape, device).unwrap().to_dtype(DType::BF16).unwrap();
+    let ones = |n: usize| Tensor::ones(n, DType::BF16, device).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let mut params = 0usize;
+    let mut shards: Vec<(String, HashMap<String, Tensor>)> = Vec::new();
+    let mut head = HashMap::new();
+    head.insert("model.embed_tokens.weight".to_string(), rand(&[VOCAB, HIDDEN]));
+    head.insert("lm_head.weight".to_string(), rand(&[VOCAB, HIDDEN]));
+    head.insert("model.norm.weight".to_string(), ones(HIDDEN));
+    shards.push(("model-embed.safetensors".into(), head));
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        let mut t = HashMap::new();
+        for (name, shape) in [
+            ("self_attn.q_proj", [HIDDEN, HIDDEN]),
+            ("self_attn.k_proj", [HIDDEN, HIDDEN]),
+            ("self_attn.v_proj", [HIDDEN, HIDDEN]),
+            ("self_attn.o_proj", [HIDDEN, HIDDEN]),
+            ("mlp.gate_proj", [INTERMEDIATE, HIDDEN]),
+            ("mlp.up_proj", [INTERMEDIATE, HIDDEN]),
+            ("mlp.down_proj", [HIDDEN, INTERMEDIATE]),
+        ] {
+            t.insert(format!("{p}.{name}.weight"), rand(&shape));
+        }
+        t.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN));
+        t.insert(format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN));
+        shards.push((format!("model-layer{l:02}.safetensors"), t));
+    }
+    for (file, tensors) in &shards {
+        for (name, t) in tensors {
+            params += t.elem_count();
+            weight_map.insert(name.clone(), json!(file));
+        }
+        candle_core::safetensors::save(tensors, dir.join(file)).unwrap();
+    }
+    let index = json!({"metadata": {"total_size": params * 2}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string(&index).unwrap()).unwrap();
+    params
+}
+
+/// PyTorch + transformers on the same checkpoint: prefill (one forward) and `generate` (sampling,
+/// exactly `new_tokens` new tokens, the batch as `num_return_sequences` of one prompt).
+fn run_torch(python: &str, dir: &Path, prompts: &[usize], batches: &[usize], new_tokens: usize) -> Value {
+    let script = include_str!("gpu_decode_torch.py");
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(dir)
+        .arg(prompts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+        .arg(batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(","))
+        .arg(new_tokens.to_string())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            json!({"error": format!("unreadable output: {e}: {}", String::from_utf8_lossy(&o.stdout))})
+        }),
+        Ok(o) => json!({"error": String::from_utf8_lossy(&o.stderr).lines().rev().take(5).collect::<Vec<_>>()}),
+        Err(e) => json!({"error": format!("{python}: {e}")}),
+    }
+}
