@@ -84,8 +84,7 @@ fn main() {
             let t = Instant::now();
             for step in 0..steps {
                 let rows = last.to_device(&Device::Cpu).unwrap();
-                let next: Vec<u32> =
-                    (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect();
+                let next: Vec<u32> = (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect();
                 let ids = Tensor::from_vec(next, (b, 1), &device).unwrap();
                 last = model.forward(&ids, 512 + step, &mut cache).unwrap();
             }
@@ -205,9 +204,9 @@ fn run_torch(python: &str, dir: &Path, prompts: &[usize], batches: &[usize], new
         .arg(new_tokens.to_string())
         .output();
     match out {
-        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-            json!({"error": format!("unreadable output: {e}: {}", String::from_utf8_lossy(&o.stdout))})
-        }),
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_else(
+            |e| json!({"error": format!("unreadable output: {e}: {}", String::from_utf8_lossy(&o.stdout))}),
+        ),
         Ok(o) => json!({"error": String::from_utf8_lossy(&o.stderr).lines().rev().take(5).collect::<Vec<_>>()}),
         Err(e) => json!({"error": format!("{python}: {e}")}),
     }

@@ -321,6 +321,18 @@ fn load_bytes(
             Err(detail) => errors.push(LoadError { source, detail }),
         }
     }
+    // Names identify problems in a run: a repeated one (ProofNet numbers exercises per chapter,
+    // so `exercise_3_4` comes twice) is renamed after its line, theorem and all.
+    let mut seen = std::collections::HashMap::new();
+    for p in &mut problems {
+        let count = seen.entry(p.problem.name.clone()).or_insert(0usize);
+        *count += 1;
+        if *count > 1 {
+            let name = format!("{}__L{}", p.problem.name, line_of(&p.source));
+            p.problem.formal_statement = rename_declaration(&p.problem.formal_statement, &name);
+            p.problem.name = name;
+        }
+    }
     // Errors were collected in two passes; report them in file order.
     errors.sort_by_key(|e| line_of(&e.source));
     Ok(Loaded { format, problems, errors })
@@ -368,8 +380,16 @@ fn read_record(format: &Format, rec: &Map<String, Value>, keep_split: Option<&st
         None => None,
     };
     if let Some(keep) = keep_split {
-        if split.as_deref() != Some(keep) {
-            return Ok(None);
+        match split.as_deref() {
+            Some(s) if s == keep => {}
+            Some(_) => return Ok(None),
+            // Not silently dropped: a record without a split cannot be placed in one.
+            None => {
+                return Err(format!(
+                    "has no split (field {:?}), so it is in no split",
+                    format.split_field().unwrap_or("split")
+                ))
+            }
         }
     }
     let named = |key: &str| -> Result<Option<(String, String)>, Detail> {
@@ -542,6 +562,8 @@ impl Raw {
             "" => p.informal_statement,
             s => s.to_string(),
         };
+        // An answer after `abbrev …_solution := sorry` never reaches a model, whatever the format.
+        let header = if header.contains("_solution") { strip_answer_comments(&header) } else { header };
         let problem = Problem { name: p.name, header, informal_statement: informal, formal_statement };
         Ok(BenchProblem { problem, split: self.split, area: self.area, source })
     }

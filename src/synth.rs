@@ -114,7 +114,8 @@ impl Example {
 /// A statement's identity for de-duplication and the contamination guard: its header and tokens,
 /// without the declared name.
 pub fn statement_key(header: &str, statement: &str) -> String {
-    let h = normalize_statement(&header[..crate::lean::source::header_end(header)]);
+    // The whole header: two problems alike but for a `def` in their headers are different.
+    let h = normalize_statement(header);
     format!("{h}\n{}", normalize_statement(&strip_decl_name(statement)))
 }
 
@@ -150,15 +151,28 @@ pub fn selected(r: &ProblemResult, rule: Selection) -> bool {
 
 /// The CoT completion in the paper's four sections.
 pub fn cot_completion(informal: &str, plan: &str, sketch: &str, proof: &str) -> String {
-    let informal = informal.trim();
-    // A planner prompted for the paper's format may already have written the first heading.
-    let analysis = informal.strip_prefix("### Detailed Proof and Analysis").map_or(informal, str::trim);
+    let analysis = analysis_section(informal);
     format!(
         "### Detailed Proof and Analysis\n\n{analysis}\n\n### Step-by-Step Abstract Plan\n\n{plan}\n\n\
          ### Lean 4 Proof with `have` Statements\n\n```lean4\n{}\n```\n\n### Complete Lean 4 Proof\n\n```lean4\n{}\n```\n",
         sketch.trim_end(),
         proof.trim_end()
     )
+}
+
+/// The planner's analysis: its "Detailed Proof and Analysis" section when it wrote the paper's
+/// format (its own plan, sketch and proof sections are not kept: the example's are the checked
+/// ones), else all its informal text.
+fn analysis_section(informal: &str) -> &str {
+    let informal = informal.trim();
+    let body = informal.strip_prefix("### Detailed Proof and Analysis").unwrap_or(informal);
+    let end =
+        ["### Step-by-Step Abstract Plan", "### Lean 4 Proof with `have` Statements", "### Complete Lean 4 Proof"]
+            .iter()
+            .filter_map(|h| body.find(h))
+            .min()
+            .unwrap_or(body.len());
+    body[..end].trim()
 }
 
 /// The plan: one line per subgoal of the sketch, in order, with its statement.
@@ -374,6 +388,16 @@ mod tests {
         assert!(at("### Lean 4 Proof with `have` Statements") < at("### Complete Lean 4 Proof"));
         assert_eq!(c.matches("### Detailed Proof and Analysis").count(), 1);
         assert!(c.ends_with("```lean4\ntheorem t := rfl\n```\n"));
+    }
+
+    #[test]
+    fn only_the_planners_analysis_section_is_kept() {
+        let informal =
+            "### Detailed Proof and Analysis\nWhy.\n### Step-by-Step Abstract Plan\n1. x\n### Complete Lean 4 Proof";
+        let c = cot_completion(informal, "1. `h`: p", "sketch", "proof");
+        assert_eq!(c.matches("### Step-by-Step Abstract Plan").count(), 1, "{c}");
+        assert_eq!(c.matches("### Complete Lean 4 Proof").count(), 1, "{c}");
+        assert!(c.starts_with("### Detailed Proof and Analysis\n\nWhy.\n\n"), "{c}");
     }
 
     #[test]

@@ -513,3 +513,19 @@ async fn fetch_keeps_a_file_that_already_matches_without_downloading() {
     let entry = entry_for(Some("http://127.0.0.1:9/none".into()), sha256_hex(BODY));
     assert_eq!(fetch(&entry, dir.path()).await.unwrap(), dir.path().join("minif2f.jsonl"));
 }
+
+#[test]
+fn every_registered_dataset_names_each_problem_once() {
+    // Problem names identify problems in a run; ProofNet repeats exercise numbers, renamed on load.
+    for (entry, loaded) in all_registered() {
+        let mut names: Vec<&str> = loaded.problems.iter().map(|p| p.problem.name.as_str()).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "{}: a name repeats", entry.name);
+        for p in &loaded.problems {
+            let declared = subgoal::lean::source::statement_span(&p.problem.formal_statement, None).map(|(_, _, n)| n);
+            assert_eq!(declared.as_deref(), Some(p.problem.name.as_str()), "{}", entry.name);
+        }
+    }
+}

@@ -33,12 +33,16 @@ fn statement(name: &str) -> String {
 /// Problems `names` in DeepSeek format, all stating `And a b` from `a` and `b` (their subgoals are
 /// named after their problem, so only problems run together share them).
 fn dataset(dir: &Path, file: &str, names: &[&str]) -> PathBuf {
+    dataset_with_header(dir, file, names, HEADER)
+}
+
+fn dataset_with_header(dir: &Path, file: &str, names: &[&str], header: &str) -> PathBuf {
     let text: String = names
         .iter()
         .map(|n| {
             let line = serde_json::json!({
                 "name": n, "split": "test", "informal_prefix": format!("/-- {n}. -/\n"),
-                "formal_statement": format!("{} by\n", statement(n)), "header": HEADER,
+                "formal_statement": format!("{} by\n", statement(n)), "header": header,
             });
             format!("{line}\n")
         })
@@ -51,7 +55,12 @@ fn dataset(dir: &Path, file: &str, names: &[&str]) -> PathBuf {
 /// `decomposed` problems fail whole and are proved through a two-step sketch; `whole` ones are
 /// proved by the prover at once.
 fn script(decomposed: &[&str], whole: &[&str], latency_ms: u64) -> Script {
+    script_with_header(decomposed, whole, latency_ms, HEADER)
+}
+
+fn script_with_header(decomposed: &[&str], whole: &[&str], latency_ms: u64, header: &str) -> Script {
     let mut s = Script::new(&cfg());
+    s.header = header.into();
     for n in decomposed {
         let st = statement(n);
         s.prover(n, &st, &format!("{n}."), &[&format!("{st} ha")], latency_ms);
@@ -354,4 +363,22 @@ fn a_killed_synthesis_resumes_to_the_output_of_an_uninterrupted_one() {
         assert_eq!(comparable(&out.join(f)), comparable(&reference.join(f)), "{f}");
     }
     assert_eq!(lines(&results).len(), names.len());
+}
+
+#[test]
+fn problems_whose_header_defines_things_give_examples_too() {
+    // ProverBench, PutnamBench and miniCodeProps headers hold `def`s and `abbrev`s; the examples'
+    // proofs are checked again under that header.
+    let dir = tempfile::tempdir().unwrap();
+    let header = format!("{HEADER}\nnoncomputable def two : Nat := 2\n");
+    let data = dataset_with_header(dir.path(), "d.jsonl", &["q0"], &header);
+    let transcript = dir.path().join("t.jsonl");
+    script_with_header(&["q0"], &[], 0, &header).write(&transcript);
+    let out = dir.path().join("out");
+    run_synth(&synth_args(&data, &format!("replay:{}", transcript.display()), &lean(), &out, &[]));
+    let chat = lines(&out.join("chat.jsonl"));
+    assert_eq!(chat.len(), 4, "{chat:#?}");
+    assert!(chat.iter().all(|r| r["metadata"]["proof"].as_str().unwrap().contains("def two")));
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["failed_reverification"], 0);
 }

@@ -244,13 +244,16 @@ pub struct Summary {
     pub load_errors: usize,
 }
 
-fn tally<'a>(results: impl Iterator<Item = &'a ProblemResult>) -> Tally {
+/// `k_run`: the samples each problem was to get. A problem that got fewer (a budget ran out, the
+/// model failed) counts its missing samples as wrong, so every k averages over every problem.
+fn tally<'a>(results: impl Iterator<Item = &'a ProblemResult>, k_run: usize) -> Tally {
     let rs: Vec<&ProblemResult> = results.collect();
     let solved = rs.iter().filter(|r| r.solved).count();
-    let max_n = rs.iter().map(|r| r.samples).max().unwrap_or(0);
+    let n_of = |r: &ProblemResult| r.samples.max(k_run);
+    let max_n = rs.iter().map(|r| n_of(r)).max().unwrap_or(0);
     let mut pass = BTreeMap::new();
     for k in report_ks(max_n) {
-        let vals: Vec<f64> = rs.iter().filter_map(|r| pass_at_k(r.samples, r.correct, k)).collect();
+        let vals: Vec<f64> = rs.iter().filter_map(|r| pass_at_k(n_of(r), r.correct, k)).collect();
         if !vals.is_empty() {
             pass.insert(k.to_string(), round2(100.0 * vals.iter().sum::<f64>() / vals.len() as f64));
         }
@@ -284,7 +287,10 @@ pub fn summarize(config: &RunConfig, results: &[ProblemResult], wall_seconds: f6
             *via.entry(name).or_insert(0) += 1;
         }
     }
-    let overall = tally(results.iter());
+    // pass@k is over whole-proof samples: none when the strategy never samples whole proofs.
+    let k_run =
+        if config.engine.strategy == crate::pipeline::scheduler::Strategy::Decompose { 0 } else { config.engine.k };
+    let overall = tally(results.iter(), k_run);
     let ks: Vec<usize> = overall.pass_at_k.keys().filter_map(|k| k.parse().ok()).collect();
     let paper =
         paper_results().into_iter().filter(|p| p.benchmark == config.dataset.name && ks.contains(&p.k)).collect();
@@ -294,8 +300,8 @@ pub fn summarize(config: &RunConfig, results: &[ProblemResult], wall_seconds: f6
         problems: config.dataset.problems,
         attempted: results.len(),
         overall,
-        by_split: by_split.into_iter().map(|(k, v)| (k, tally(v.into_iter()))).collect(),
-        by_area: by_area.into_iter().map(|(k, v)| (k, tally(v.into_iter()))).collect(),
+        by_split: by_split.into_iter().map(|(k, v)| (k, tally(v.into_iter(), k_run))).collect(),
+        by_area: by_area.into_iter().map(|(k, v)| (k, tally(v.into_iter(), k_run))).collect(),
         via,
         model_calls: results.iter().map(|r| r.model_calls).sum(),
         tokens: results.iter().map(|r| r.tokens).sum(),

@@ -23,6 +23,8 @@ pub enum RunError {
     Exists(String),
     #[error("{0} holds no run (no config.json)")]
     NotARun(String),
+    #[error("{0} is in use by another subgoal process")]
+    Busy(String),
 }
 
 pub struct RunDir {
@@ -77,32 +79,54 @@ impl RunDir {
         self.path.join(name)
     }
 
-    /// The finished problems, read-only (a torn last line is ignored, not cut).
+    /// The finished problems, read-only (a torn last line is ignored, not cut; a problem written
+    /// twice counts once).
     pub fn results(&self) -> Result<Vec<ProblemResult>, RunError> {
         let path = self.file("results.jsonl");
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        parse_results(&path, whole_lines(&text))
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let mut results = parse_results(&path, &whole_lines(&path, &bytes)?)?;
+        let mut seen = HashSet::new();
+        results.retain(|r| seen.insert(r.name.clone()));
+        Ok(results)
+    }
+
+    /// Takes the run for this process: a second process on the same run (a requeued job that
+    /// overlaps the first, a double launch) is refused while this one lives.
+    pub fn lock(&self) -> Result<File, RunError> {
+        use std::os::fd::AsRawFd;
+        let path = self.file("lock");
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(RunError::Busy(self.path.display().to_string()));
+        }
+        Ok(f)
     }
 
     /// Makes the directory consistent after a kill: cuts a torn last line off `results.jsonl`
     /// and drops the attempts of unfinished problems. Returns the finished problems.
     pub fn repair(&self) -> Result<Vec<ProblemResult>, RunError> {
         let path = self.file("results.jsonl");
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let whole = whole_lines(&text);
-        if whole.len() != text.len() {
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let whole = whole_lines(&path, &bytes)?;
+        if whole.len() != bytes.len() {
             tracing::warn!(file = %path.display(), "cutting off a torn last line");
-            write_atomic(&path, whole)?;
+            write_atomic(&path, &whole)?;
         }
-        let mut results = parse_results(&path, whole)?;
+        let mut results = parse_results(&path, &whole)?;
         // One line per problem, even if a crash ever wrote one twice.
         let mut seen = HashSet::new();
         results.retain(|r| seen.insert(r.name.clone()));
         let done: HashSet<&str> = results.iter().map(|r| r.name.as_str()).collect();
         let attempts = self.file("attempts.jsonl");
-        let text = std::fs::read_to_string(&attempts).unwrap_or_default();
+        let bytes = match std::fs::read(&attempts) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(RunError::Io { path: attempts.display().to_string(), source: e }),
+        };
+        let text = whole_lines(&attempts, &bytes)?;
         let mut kept = String::with_capacity(text.len());
-        for line in whole_lines(&text).lines() {
+        for line in text.lines() {
             let problem = serde_json::from_str::<serde_json::Value>(line)
                 .ok()
                 .and_then(|v| v.get("problem").and_then(|p| p.as_str()).map(str::to_owned));
@@ -111,7 +135,7 @@ impl RunDir {
                 kept.push('\n');
             }
         }
-        if kept.len() != text.len() {
+        if kept.len() != bytes.len() {
             write_atomic(&attempts, &kept)?;
         }
         Ok(results)
@@ -138,20 +162,26 @@ impl RunDir {
 
     /// Records one invocation's wall time (`sessions.jsonl`), so a resumed run's throughput
     /// counts the time of every session and not the gaps between them.
-    pub fn record_session(&self, wall_s: f64, problems: usize) -> Result<(), RunError> {
+    pub fn record_session(&self, id: u64, wall_s: f64, problems: usize) -> Result<(), RunError> {
         let path = self.file("sessions.jsonl");
-        let line = format!("{}\n", serde_json::json!({"wall_s": wall_s, "problems": problems}));
+        let line = format!("{}\n", serde_json::json!({"session": id, "wall_s": wall_s, "problems": problems}));
         let mut f = OpenOptions::new().append(true).create(true).open(&path).map_err(io(&path))?;
         f.write_all(line.as_bytes()).and_then(|_| f.flush()).map_err(io(&path))
     }
 
-    /// Wall seconds of the sessions recorded so far.
+    /// Wall seconds of the sessions recorded so far (each session's latest line; torn lines skipped).
     pub fn wall_seconds(&self) -> f64 {
-        std::fs::read_to_string(self.file("sessions.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("wall_s")?.as_f64())
-            .sum()
+        let bytes = std::fs::read(self.file("sessions.jsonl")).unwrap_or_default();
+        let mut by_session: std::collections::HashMap<u64, f64> = std::collections::HashMap::new();
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if let (Some(id), Some(w)) =
+                (v.get("session").and_then(|s| s.as_u64()), v.get("wall_s").and_then(|w| w.as_f64()))
+            {
+                by_session.insert(id, w);
+            }
+        }
+        by_session.values().sum()
     }
 
     pub fn summary(&self) -> Option<Summary> {
@@ -159,12 +189,15 @@ impl RunDir {
     }
 }
 
-/// The text up to and including its last newline.
-fn whole_lines(text: &str) -> &str {
-    match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
-    }
+/// The whole lines of a file: up to and including its last newline. A kill can cut the last line
+/// anywhere, even inside a UTF-8 character, so the cut is made on bytes first.
+fn whole_lines(path: &Path, bytes: &[u8]) -> Result<String, RunError> {
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8(bytes[..end].to_vec()).map_err(|e| RunError::Corrupt {
+        path: path.display().to_string(),
+        line: bytes[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1,
+        detail: format!("not valid UTF-8: {e}"),
+    })
 }
 
 fn parse_results(path: &Path, text: &str) -> Result<Vec<ProblemResult>, RunError> {
@@ -254,7 +287,8 @@ mod tests {
         let run = RunDir::create(d.path(), &config()).unwrap();
         run.append_result(&result("a")).unwrap();
         let mut f = OpenOptions::new().append(true).open(run.file("results.jsonl")).unwrap();
-        f.write_all(b"{\"schema\":\"subgoal.result.v1\",\"name\":\"b\",\"sol").unwrap();
+        // Cut inside a multi-byte character, as a kill can cut a write.
+        f.write_all(&"{\"schema\":\"subgoal.result.v1\",\"name\":\"ℕ".as_bytes()[..40]).unwrap();
         let attempts =
             "{\"problem\":\"a\",\"n\":1}\n{\"problem\":\"b\",\"n\":2}\n{\"problem\":\"a\",\"n\":3}\n{\"probl";
         std::fs::write(run.file("attempts.jsonl"), attempts).unwrap();

@@ -168,8 +168,11 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
             let (run, config) = RunDir::open(path)?;
             let d = &config.dataset;
             let format = d.format.as_ref().and_then(|f| serde_json::from_value::<Format>(f.clone()).ok());
-            let (info, problems) = load_problems(&d.name, &dirs, format, d.split.as_deref(), d.limit, d.shard)
+            // The file the run read, if it is still there; else the name, through the data dirs.
+            let source = if Path::new(&d.path).exists() { d.path.clone() } else { d.name.clone() };
+            let (mut info, problems) = load_problems(&source, &dirs, format, d.split.as_deref(), d.limit, d.shard)
                 .with_context(|| format!("reloading the dataset of {}", path.display()))?;
+            info.name = d.name.clone();
             anyhow::ensure!(
                 info.sha256 == d.sha256,
                 "{} changed since the run started (sha256 {} then, {} now)",
@@ -229,11 +232,15 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
         .find(|s| s.origin != "builtin")
         .and_then(|s| Path::new(&s.origin).parent().map(Path::to_path_buf));
     let prompts = Prompts::load(prompt_dir.as_deref()).context("loading prompt templates")?;
+    let hashes = |s: &[subgoal::pipeline::prompts::TemplateSource]| {
+        s.iter().map(|t| (t.file.clone(), t.sha256.clone())).collect::<Vec<_>>()
+    };
     anyhow::ensure!(
-        prompts.sources == config.prompts,
+        hashes(&prompts.sources) == hashes(&config.prompts),
         "the prompt templates differ from the ones {} started with (see config.json \"prompts\")",
         run.path.display()
     );
+    let _lock = run.lock()?;
     let done = run.repair()?;
     let done_names: std::collections::HashSet<String> = done.iter().map(|r| r.name.clone()).collect();
     let todo: Vec<BenchProblem> = problems.iter().filter(|p| !done_names.contains(&p.problem.name)).cloned().collect();
@@ -275,6 +282,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
 
     let session = std::time::Instant::now();
     let before = run.wall_seconds();
+    let session_id = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let bar = progress_bar(problems.len() as u64, done.len() as u64, args.no_progress);
     let mut results = done;
     let mut solved = results.iter().filter(|r| r.solved).count();
@@ -318,13 +326,16 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
         bar.inc(1);
         bar.set_message(format!("solved {solved}"));
         if results.len() % 16 == 0 {
+            // The session's time so far, so a killed session still counts (the latest line of a
+            // session stands).
+            run.record_session(session_id, session.elapsed().as_secs_f64(), results.len())?;
             run.write_summary(&summarize(&config, &results, before + session.elapsed().as_secs_f64()))?;
         }
     }
     drop(outcomes);
     bar.finish_and_clear();
     let wall = session.elapsed().as_secs_f64();
-    run.record_session(wall, todo.len())?;
+    run.record_session(session_id, wall, results.len())?;
     let summary = summarize(&config, &results, before + wall);
     run.write_summary(&summary)?;
     drop(engine);
@@ -348,9 +359,13 @@ fn progress_bar(total: u64, done: u64, hidden: bool) -> indicatif::ProgressBar {
     bar
 }
 
-/// A problem name as a file name.
+/// A problem name as a file name: readable, and unique by a hash of the exact name (`foo'` and
+/// `foo_`, or `Foo` and `foo` on a case-insensitive file system, stay apart).
 fn file_safe(name: &str) -> String {
-    name.chars().map(|c| if c.is_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect()
+    let readable: String =
+        name.chars().take(80).map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
+    let hash = subgoal::pipeline::prompts::sha256_hex(name);
+    format!("{readable}-{}", &hash[..10])
 }
 
 #[derive(Subcommand, Debug)]

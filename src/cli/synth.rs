@@ -14,7 +14,7 @@ use serde_json::Value;
 use subgoal::bench::rundir::{write_atomic, RunDir};
 use subgoal::bench::ProblemResult;
 use subgoal::pipeline::dag::{DagExport, NodeKind, Status};
-use subgoal::pipeline::prompts::Prompts;
+use subgoal::pipeline::prompts::{sha256_hex, Prompts};
 use subgoal::pipeline::recompose::proof_body;
 use subgoal::synth::{
     chat_record, contamination_key, examples_of, pair_record, select_unique, selected, Example, Selection, Solved,
@@ -68,8 +68,10 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
         let results = run.results()?;
         let d = &config.dataset;
         let format = d.format.as_ref().and_then(|f| serde_json::from_value(f.clone()).ok());
-        let (_, problems) = load_problems(&d.name, &dirs, format, d.split.as_deref(), d.limit, d.shard)
+        let source = if Path::new(&d.path).exists() { d.path.clone() } else { d.name.clone() };
+        let (info, problems) = load_problems(&source, &dirs, format, d.split.as_deref(), d.limit, d.shard)
             .with_context(|| format!("reloading the dataset of {}", path.display()))?;
+        anyhow::ensure!(info.sha256 == d.sha256, "{} changed since the run {} read it", d.path, path.display());
         let problems: HashMap<&str, &subgoal::pipeline::problem::Problem> =
             problems.iter().map(|p| (p.problem.name.as_str(), &p.problem)).collect();
         let prompt_dir = config
@@ -95,30 +97,34 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
             all.extend(examples_of(&solved, &config, &prompts, &form_a)?);
         }
     }
-    // Every proof checks again, against its statement, before it is written.
-    let checked: Vec<(Example, Verdict, bool)> = futures::stream::iter(all.into_iter().map(|e| {
+    // Every proof checks again, against its statement, before it is written; the file written is
+    // the one the verifier checked (the proof after the statement, under the problem's header).
+    let checked: Vec<(Example, Verdict, bool, Option<String>)> = futures::stream::iter(all.into_iter().map(|e| {
         let v = verifier.clone();
         async move {
+            let Some((body, _)) = proof_body(&e.proof, &e.name) else { return (e, Verdict::InvalidInput, false, None) };
             let input = VerifyInput {
                 name: e.name.clone(),
                 header: e.header.clone(),
                 formal_statement: e.statement.clone(),
-                proof: None,
-                code: Some(e.proof.clone()),
+                proof: Some(format!(" {body}")),
+                code: None,
             };
             let r = v.verify(&input).await;
             let agreed = r.recheck.as_ref().is_some_and(|c| c.agreed);
-            (e, r.verdict, agreed)
+            let source = v.document(&input).ok().map(|d| d.checked_source());
+            (e, r.verdict, agreed, source)
         }
     }))
     .buffered(8)
     .collect()
     .await;
     let mut verified = Vec::new();
-    for (mut e, verdict, agreed) in checked {
-        if verdict == Verdict::Proved && agreed {
+    for (mut e, verdict, agreed, source) in checked {
+        if let (Verdict::Proved, true, Some(source)) = (verdict, agreed, source) {
             e.provenance.verdict = verdict;
             e.provenance.recheck_agreed = agreed;
+            e.proof = source;
             verified.push(e);
         } else {
             tracing::warn!(name = %e.name, verdict = verdict.as_str(), "an example's proof no longer verifies");
@@ -213,9 +219,15 @@ fn exclusion_set(names: &[String], dirs: &[PathBuf]) -> anyhow::Result<HashSet<S
 /// leaves the previous output or the new one, never a torn record.
 fn write_outputs(dir: &Path, chat: &[Value], pairs: &[Value], stats: &Value) -> anyhow::Result<()> {
     let jsonl = |rows: &[Value]| rows.iter().map(|r| format!("{r}\n")).collect::<String>();
-    write_atomic(&dir.join("chat.jsonl"), &jsonl(chat))?;
-    write_atomic(&dir.join("pairs.jsonl"), &jsonl(pairs))?;
-    write_atomic(&dir.join("stats.json"), &serde_json::to_string_pretty(stats)?)?;
+    let (chat, pairs) = (jsonl(chat), jsonl(pairs));
+    // Removed first and written last, with the others' hashes: an output set is complete exactly
+    // when its stats.json is there and the hashes match (`merge` checks).
+    let _ = std::fs::remove_file(dir.join("stats.json"));
+    write_atomic(&dir.join("chat.jsonl"), &chat)?;
+    write_atomic(&dir.join("pairs.jsonl"), &pairs)?;
+    let mut stats = stats.clone();
+    stats["sha256"] = serde_json::json!({"chat.jsonl": sha256_hex(&chat), "pairs.jsonl": sha256_hex(&pairs)});
+    write_atomic(&dir.join("stats.json"), &serde_json::to_string_pretty(&stats)?)?;
     Ok(())
 }
 
@@ -234,6 +246,15 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
     let read = |dir: &Path, file: &str| -> anyhow::Result<Vec<Value>> {
         let path = dir.join(file);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let stats: Value = std::fs::read_to_string(dir.join("stats.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .with_context(|| format!("{}: no stats.json, so the output is incomplete", dir.display()))?;
+        anyhow::ensure!(
+            stats["sha256"][file].as_str() == Some(sha256_hex(&text).as_str()),
+            "{} does not match its stats.json: the output is incomplete or was changed",
+            path.display()
+        );
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
@@ -265,6 +286,7 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut shards = Vec::new();
     let mut total = SynthStats::default();
+    let mut wall_hours = 0.0;
     for dir in &args.inputs {
         let text = std::fs::read_to_string(dir.join("stats.json"))
             .with_context(|| format!("reading {}/stats.json", dir.display()))?;
@@ -278,9 +300,13 @@ pub async fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         total.model_calls += s.model_calls;
         total.tokens += s.tokens;
         total.lean_checks += s.lean_checks;
+        if s.problems_per_hour > 0.0 {
+            wall_hours += s.problems as f64 / s.problems_per_hour;
+        }
         shards.push(serde_json::json!({"dir": dir.display().to_string(), "stats": s}));
     }
     total.duplicates_dropped += dups;
+    total.problems_per_hour = if wall_hours > 0.0 { round2(total.problems as f64 / wall_hours) } else { 0.0 };
     let kinds = |k: &str| layouts[0].iter().filter(|r| r["metadata"]["kind"] == k).count();
     total.cot_examples = kinds("cot");
     total.subgoal_examples = kinds("subgoal");

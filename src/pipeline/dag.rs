@@ -167,6 +167,11 @@ impl Dag {
         self.graph.node_count() == 0
     }
 
+    /// Whether a theorem or subgoal of this name exists.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.by_key.values().any(|&i| self.graph[i].name == name)
+    }
+
     /// The node with this key, if any.
     pub fn find(&self, key: &str) -> Option<NodeIndex> {
         self.by_key.get(key).copied()

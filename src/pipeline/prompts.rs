@@ -69,7 +69,11 @@ impl Prompts {
         for (file, builtin) in TEMPLATES {
             let err = |detail: String| PromptError::Template { file: file.to_string(), detail };
             let (text, origin) = match dir.map(|d| d.join(file)).filter(|p| p.exists()) {
-                Some(p) => (std::fs::read_to_string(&p).map_err(|e| err(e.to_string()))?, p.display().to_string()),
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p).map_err(|e| err(e.to_string()))?;
+                    // Absolute, so a run resumed from elsewhere finds the same file.
+                    (text, std::fs::canonicalize(&p).unwrap_or(p).display().to_string())
+                }
                 None => (builtin.to_string(), "builtin".to_string()),
             };
             sources.push(TemplateSource { file: file.to_string(), sha256: sha256_hex(&text), origin });

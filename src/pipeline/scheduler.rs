@@ -784,9 +784,13 @@ impl Engine {
                     .map(|s| s.name.clone())
                     .collect();
                 premises.extend(have_names[..n].iter().flatten().cloned());
-                let mut lemma_name = format!("{name}_{}", sanitize(step.as_deref().unwrap_or("final")));
-                if used_names.contains(&lemma_name) {
-                    lemma_name = format!("{lemma_name}_{n}");
+                // Unique in the run: another sketch of the same theorem has its own `h1`.
+                let base = format!("{name}_{}", sanitize(step.as_deref().unwrap_or("final")));
+                let mut lemma_name = base.clone();
+                let mut i = 1;
+                while used_names.contains(&lemma_name) || self.with_dag(|d| d.has_name(&lemma_name)) {
+                    i += 1;
+                    lemma_name = format!("{base}_{i}");
                 }
                 used_names.push(lemma_name.clone());
                 let parsed = goal

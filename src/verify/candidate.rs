@@ -100,6 +100,21 @@ pub struct Document {
     pub private: bool,
 }
 
+/// Bytes at the start of `preamble` that repeat, token for token, the part of `header` after its
+/// imports (0 when they do not, or when that part is empty).
+fn copied_preamble(preamble: &str, header: &str) -> usize {
+    let reference = &header[header_end(header)..];
+    let want = tokenize(reference);
+    if want.is_empty() {
+        return 0;
+    }
+    let have = tokenize(preamble);
+    if have.len() < want.len() || !have.iter().zip(&want).all(|(a, b)| a.text(preamble) == b.text(reference)) {
+        return 0;
+    }
+    have[want.len() - 1].span.end
+}
+
 /// The theorem name a formal statement declares.
 pub fn statement_name(formal_statement: &str) -> Option<String> {
     declared_theorems(formal_statement).into_iter().next()
@@ -226,7 +241,9 @@ impl Document {
                 let stmt = reference(input)?;
                 let header_len = header_end(code);
                 let statement_gate = |m: String| BuildError::Gate(Gate::Statement, format!("statement gate: {m}"));
+                // A candidate with no imports of its own is read under the reference header.
                 if !input.header.trim().is_empty()
+                    && header_len > 0
                     && normalize_header(&code[..header_len])
                         != normalize_header(&input.header[..header_end(&input.header)])
                 {
@@ -241,14 +258,18 @@ impl Document {
                 };
                 // Between the imports and the statement only `open`/allowed options may stand;
                 // they are discarded: the document is rebuilt from the reference header.
-                shape(check_preamble(&code[header_len..at]))?;
+                // A candidate that copied the reference header's own preamble (its `def`s,
+                // `abbrev`s, options) may keep it: it is discarded with the rest, and the reference
+                // header stands. Only what follows it is checked.
+                let preamble_start = header_len + copied_preamble(&code[header_len..at], &input.header);
+                shape(check_preamble(&code[preamble_start..at]))?;
                 let body = &code[assign_end..];
                 shape(check_body(body, cfg))?;
                 let index = LineIndex::new(code);
                 let origin = index.line_char_of_offset(assign_end);
                 // With no reference header, the candidate's own imports (and only those) stand.
                 let header = if input.header.trim().is_empty() { &code[..header_len] } else { input.header.as_str() };
-                let opens = preamble_opens(&code[header_len..at]);
+                let opens = preamble_opens(&code[preamble_start..at]);
                 let mut doc = Self::assemble(header, &stmt, stmt.through_assign(), &opens, body, origin)?;
                 doc.candidate_chose_header = input.header.trim().is_empty();
                 Ok(doc)
@@ -505,6 +526,40 @@ mod tests {
         );
         assert_eq!(&d.text[d.candidate_start..d.candidate_end], " hp");
         assert_eq!(d.header_key, "prelude import SubgoalFixture");
+    }
+
+    fn code_input(header: &str, code: &str) -> VerifyInput {
+        VerifyInput {
+            name: "t".into(),
+            header: header.into(),
+            formal_statement: "theorem t (p : Prop) (hp : p) : p :=".into(),
+            proof: None,
+            code: Some(code.into()),
+        }
+    }
+
+    #[test]
+    fn a_candidate_may_repeat_the_reference_headers_definitions() {
+        let header =
+            "prelude\nimport SubgoalFixture\nnoncomputable def f : Nat := 1\nabbrev s_solution : Nat := sorry\n";
+        let code = format!("{header}\n/-- doc -/\ntheorem t (p : Prop) (hp : p) : p := hp");
+        let d = build(&code_input(header, &code)).unwrap();
+        assert!(d.text.starts_with(header) && d.text.matches("def f").count() == 1, "{}", d.text);
+        // A definition of its own is still refused.
+        let own = format!("{header}def g : Nat := 2\ntheorem t (p : Prop) (hp : p) : p := hp");
+        assert!(matches!(build(&code_input(header, &own)), Err(BuildError::Gate(Gate::Shape, _))));
+    }
+
+    #[test]
+    fn a_candidate_without_imports_is_read_under_the_reference_header() {
+        let d =
+            build(&code_input("prelude\nimport SubgoalFixture\n", "theorem t (p : Prop) (hp : p) : p := hp")).unwrap();
+        assert!(d.text.starts_with("prelude\nimport SubgoalFixture\n"));
+        let other = build(&code_input(
+            "prelude\nimport SubgoalFixture\n",
+            "prelude\nimport Other\ntheorem t (p : Prop) (hp : p) : p := hp",
+        ));
+        assert!(matches!(other, Err(BuildError::Gate(Gate::Statement, _))));
     }
 
     #[test]

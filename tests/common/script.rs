@@ -13,6 +13,8 @@ use super::HEADER;
 /// A transcript under construction: which answers the models give to which prompts.
 pub struct Script {
     pub cfg: EngineConfig,
+    /// The problems' header (default: the fixture's imports).
+    pub header: String,
     prompts: Prompts,
     pub lines: Vec<RecordLine>,
 }
@@ -30,16 +32,16 @@ pub fn answer(code: &str, elapsed_ms: u64) -> Completion {
 
 impl Script {
     pub fn new(cfg: &EngineConfig) -> Script {
-        Script { cfg: cfg.clone(), prompts: Prompts::load(None).unwrap(), lines: vec![] }
+        Script { cfg: cfg.clone(), header: HEADER.into(), prompts: Prompts::load(None).unwrap(), lines: vec![] }
     }
 
-    fn vars<'a>(name: &'a str, statement: &'a str, informal: &'a str) -> StatementVars<'a> {
-        StatementVars { name, header: HEADER, informal_statement: informal, formal_statement: statement }
+    fn vars<'a>(&'a self, name: &'a str, statement: &'a str, informal: &'a str) -> StatementVars<'a> {
+        StatementVars { name, header: &self.header, informal_statement: informal, formal_statement: statement }
     }
 
     /// The prover's `k` answers for a node (fewer given: the last repeats).
     pub fn prover(&mut self, name: &str, statement: &str, informal: &str, codes: &[&str], elapsed_ms: u64) {
-        let prompt = self.prompts.prove(&Self::vars(name, statement, informal), false).unwrap();
+        let prompt = self.prompts.prove(&self.vars(name, statement, informal), false).unwrap();
         let params = SamplingParams { n: self.cfg.k, ..self.cfg.prover.clone() };
         let completions =
             (0..self.cfg.k).map(|i| answer(codes[i.min(codes.len() - 1)], elapsed_ms)).collect::<Vec<_>>();
@@ -48,7 +50,7 @@ impl Script {
 
     /// The planner's sketch for a node.
     pub fn planner(&mut self, name: &str, statement: &str, informal: &str, sketch: &str) {
-        let prompt = self.prompts.sketch(&Self::vars(name, statement, informal)).unwrap();
+        let prompt = self.prompts.sketch(&self.vars(name, statement, informal)).unwrap();
         let params = SamplingParams { n: self.cfg.sketches, ..self.cfg.planner.clone() };
         let mut c = answer(sketch, 0);
         c.text = format!("### Detailed Proof and Analysis\nSplit the goal.\n\n{}", c.text);
@@ -57,7 +59,7 @@ impl Script {
 
     /// The prover's fix for a failed candidate (the repair round).
     pub fn repair(&mut self, name: &str, statement: &str, candidate: &str, errors: &str, fix: &str) {
-        let vars = RepairVars { name, header: HEADER, formal_statement: statement, candidate, errors };
+        let vars = RepairVars { name, header: &self.header, formal_statement: statement, candidate, errors };
         let prompt = self.prompts.repair(&vars).unwrap();
         let params = SamplingParams { n: 1, ..self.cfg.prover.clone() };
         self.lines.push(RecordLine { prompt, params, completions: vec![answer(fix, 0)] });
