@@ -5,7 +5,7 @@
 //!
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
-//!              [--python /opt/torch/.venv/bin/python] [--no-torch]
+//!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
 //! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
 use subgoal::model::llama::{KvCache, Model};
+use subgoal::model::sample::sample_rows;
 
 const HIDDEN: usize = 4096;
 const INTERMEDIATE: usize = 11008;
@@ -42,6 +43,7 @@ fn main() {
     let batches = list(&args, "--batches", &[1, 8, 32]);
     let prompts = list(&args, "--prompts", &[512, 2048]);
     let python = arg(&args, "--python").unwrap_or_else(|| "/opt/torch/.venv/bin/python".into());
+    let cpu_sampling = args.iter().any(|a| a == "--cpu-sampling");
     let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
 
     let t = Instant::now();
@@ -83,8 +85,14 @@ fn main() {
             device.synchronize().unwrap();
             let t = Instant::now();
             for step in 0..steps {
-                let rows = last.to_device(&Device::Cpu).unwrap();
-                let next: Vec<u32> = (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect();
+                // What `subgoal generate` does on a GPU: every row sampled on the device
+                // (`--cpu-sampling`: each row on the CPU, the path before).
+                let next: Vec<u32> = if cpu_sampling {
+                    let rows = last.to_device(&Device::Cpu).unwrap();
+                    (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect()
+                } else {
+                    sample_rows(&last, 1.0, 0.95).unwrap()
+                };
                 let ids = Tensor::from_vec(next, (b, 1), &device).unwrap();
                 last = model.forward(&ids, 512 + step, &mut cache).unwrap();
             }
@@ -120,6 +128,7 @@ fn main() {
         "write_weights_s": r(write_s),
         "load_s": r(load_s),
         "new_tokens": new_tokens,
+        "sampling": if cpu_sampling { "cpu, per row" } else { "on the device" },
         "subgoal": {"prefill": prefill, "decode": decode},
         "torch": torch,
         "ratios": ratios,

@@ -408,3 +408,31 @@ async fn the_qwen_specific_weights_change_what_the_model_computes() {
     let diff: f32 = qwen.iter().zip(&llama).map(|(a, b)| (a - b).abs()).sum();
     assert!(diff > 1e-3, "q/k norms made no difference");
 }
+
+#[test]
+fn a_cache_that_grows_while_decoding_gives_the_logits_of_one_that_does_not() {
+    // Buffers starting with 3 spare positions grow several times over 20 decode steps; with 1,000
+    // they never do. Both must give the same logits, and the token a fresh full pass picks (the
+    // quantized matmuls of a 1-token and a 30-token pass round differently, so not bit for bit).
+    let (ct, mut f) = subgoal::model::llama::read_gguf(&model_path()).unwrap();
+    let model = subgoal::model::llama::Model::from_gguf(&ct, &mut f, &Device::Cpu, candle_core::DType::F32).unwrap();
+    let ids: Vec<u32> = (0..30u32).map(|i| 100 + i * 37).collect();
+    let layers = model.cfg.layers;
+    let incremental = |spare: usize| {
+        let mut cache = subgoal::model::llama::KvCache::with_spare(layers, spare);
+        let prompt = Tensor::new(&ids[..10], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let mut last = model.forward(&prompt, 0, &mut cache).unwrap();
+        for (i, &id) in ids[10..].iter().enumerate() {
+            let x = Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            last = model.forward(&x, 10 + i, &mut cache).unwrap();
+        }
+        last
+    };
+    let (grown, roomy) = (incremental(3), incremental(1000));
+    let diff: f32 = (&grown - &roomy).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    assert!(diff < 1e-5, "a grown cache changed the logits by {diff}");
+    let full_ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let full = model.forward(&full_ids, 0, &mut subgoal::model::llama::KvCache::new(layers)).unwrap();
+    let argmax = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    assert_eq!(argmax(&grown), argmax(&full));
+}

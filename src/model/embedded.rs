@@ -310,11 +310,23 @@ impl Engine {
         let logits = model.forward(&input, 0, &mut cache).map_err(backend)?;
         stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        let first = logits.i(0).map_err(backend)?;
-        let mut next: Vec<u32> = Vec::with_capacity(params.n);
-        for s in samples.iter_mut() {
-            next.push(s.sampler.sample(&first).map_err(backend)?);
+        // On a GPU every row is sampled on the device in one go (`sample::sample_rows`, from the
+        // device's generator seeded here); on the CPU each sample keeps its own seeded sampler.
+        let device_sampling = super::sample::on_device(dev);
+        if device_sampling {
+            let _ = dev.set_seed(seed);
         }
+        let mut next: Vec<u32> = if device_sampling {
+            let rows = logits.broadcast_as((params.n, logits.dim(1).map_err(backend)?)).map_err(backend)?;
+            super::sample::sample_rows(&rows, params.temperature, params.top_p).map_err(backend)?
+        } else {
+            let first = logits.i(0).map_err(backend)?;
+            let mut next = Vec::with_capacity(params.n);
+            for s in samples.iter_mut() {
+                next.push(s.sampler.sample(&first).map_err(backend)?);
+            }
+            next
+        };
         cache.expand(params.n).map_err(backend)?;
         // Batch row r decodes sample rows[r].
         let mut rows: Vec<usize> = (0..params.n).collect();
@@ -357,9 +369,13 @@ impl Engine {
             let input = Tensor::new(next.as_slice(), dev).and_then(|t| t.unsqueeze(1)).map_err(backend)?;
             let logits = model.forward(&input, pos, &mut cache).map_err(backend)?;
             pos += 1;
-            for (r, &si) in rows.iter().enumerate() {
-                let row = logits.i(r).map_err(backend)?;
-                next[r] = samples[si].sampler.sample(&row).map_err(backend)?;
+            if device_sampling {
+                next = super::sample::sample_rows(&logits, params.temperature, params.top_p).map_err(backend)?;
+            } else {
+                for (r, &si) in rows.iter().enumerate() {
+                    let row = logits.i(r).map_err(backend)?;
+                    next[r] = samples[si].sampler.sample(&row).map_err(backend)?;
+                }
             }
         }
         stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;

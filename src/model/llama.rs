@@ -74,34 +74,94 @@ struct Layer {
     down: Linear,
 }
 
-/// Keys and values of every layer, `(batch, kv_heads, positions, head_dim)` each.
+/// One layer's keys and values: buffers `(batch, kv_heads, capacity, head_dim)` of which the first
+/// `len` positions are filled. A step writes its positions in place; the buffers grow by
+/// doubling, so a decode step copies one position, not the whole cache.
+#[derive(Debug, Clone)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// Spare positions a new cache starts with (a prompt plus this many steps before it first grows).
+const CACHE_SPARE: usize = 512;
+
+impl LayerCache {
+    fn new(k: &Tensor, v: &Tensor, spare: usize) -> Result<LayerCache> {
+        let (b, h, t, d) = k.dims4()?;
+        let cap = t + spare.max(1);
+        let kb = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+        let vb = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+        kb.slice_set(&k.contiguous()?, 2, 0)?;
+        vb.slice_set(&v.contiguous()?, 2, 0)?;
+        Ok(LayerCache { k: kb, v: vb, len: t })
+    }
+
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let t = k.dim(2)?;
+        let cap = self.k.dim(2)?;
+        if self.len + t > cap {
+            let (b, h, _, d) = self.k.dims4()?;
+            let new_cap = (2 * cap).max(self.len + t);
+            let kb = Tensor::zeros((b, h, new_cap, d), self.k.dtype(), self.k.device())?;
+            let vb = Tensor::zeros((b, h, new_cap, d), self.v.dtype(), self.v.device())?;
+            kb.slice_set(&self.keys()?.contiguous()?, 2, 0)?;
+            vb.slice_set(&self.values()?.contiguous()?, 2, 0)?;
+            self.k = kb;
+            self.v = vb;
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += t;
+        Ok(())
+    }
+
+    /// The filled positions, as views into the buffers.
+    fn keys(&self) -> Result<Tensor> {
+        self.k.narrow(2, 0, self.len)
+    }
+
+    fn values(&self) -> Result<Tensor> {
+        self.v.narrow(2, 0, self.len)
+    }
+}
+
+/// Keys and values of every layer.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
+    /// Spare positions a layer's buffers start with (0: `CACHE_SPARE`).
+    spare: usize,
 }
 
 impl KvCache {
     pub fn new(layers: usize) -> KvCache {
-        KvCache { layers: vec![None; layers] }
+        KvCache { layers: vec![None; layers], spare: CACHE_SPARE }
+    }
+
+    /// A cache whose buffers start with `spare` free positions (tests use a few, to make them grow).
+    pub fn with_spare(layers: usize, spare: usize) -> KvCache {
+        KvCache { layers: vec![None; layers], spare }
     }
 
     /// Copies a batch-1 cache (after a prefill) into `n` rows.
     pub fn expand(&mut self, n: usize) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let (_, h, t, d) = k.dims4()?;
-            *k = k.broadcast_as((n, h, t, d))?.contiguous()?;
-            *v = v.broadcast_as((n, h, t, d))?.contiguous()?;
+        for c in self.layers.iter_mut().flatten() {
+            let (_, h, cap, d) = c.k.dims4()?;
+            c.k = c.k.broadcast_as((n, h, cap, d))?.contiguous()?;
+            c.v = c.v.broadcast_as((n, h, cap, d))?.contiguous()?;
         }
         Ok(())
     }
 
     /// Keeps only the rows in `keep` (samples still running), in that order.
     pub fn retain(&mut self, keep: &[u32]) -> Result<()> {
-        let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else { return Ok(()) };
+        let Some(dev) = self.layers.iter().flatten().next().map(|c| c.k.device().clone()) else { return Ok(()) };
         let idx = Tensor::new(keep, &dev)?;
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(&idx, 0)?;
-            *v = v.index_select(&idx, 0)?;
+        for c in self.layers.iter_mut().flatten() {
+            c.k = c.k.index_select(&idx, 0)?;
+            c.v = c.v.index_select(&idx, 0)?;
         }
         Ok(())
     }
@@ -193,14 +253,15 @@ fn rope_tables(cfg: &Config, dtype: DType, device: &Device) -> Result<(Tensor, T
 /// positions and the causal mask (prefill only).
 struct Step<'a> {
     cfg: &'a Config,
+    spare: usize,
     cos: Tensor,
     sin: Tensor,
     mask: Option<Tensor>,
 }
 
 impl Layer {
-    fn attention(&self, step: &Step, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
-        let Step { cfg, cos, sin, mask } = step;
+    fn attention(&self, step: &Step, x: &Tensor, cache: &mut Option<LayerCache>) -> Result<Tensor> {
+        let Step { cfg, cos, sin, mask, .. } = step;
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
         let split = |y: Tensor, heads: usize| y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
@@ -214,11 +275,14 @@ impl Layer {
         let rope = if cfg.rope_interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
+        let c = match cache {
+            Some(c) => {
+                c.append(&k, &v)?;
+                c
+            }
+            None => cache.insert(LayerCache::new(&k, &v, step.spare)?),
         };
-        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = (c.keys()?, c.values()?);
         let total = k.dim(2)?;
         let rep = h / kvh;
         let expand = |y: Tensor| -> Result<Tensor> {
@@ -234,11 +298,13 @@ impl Layer {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v.contiguous()?)?;
+        // `v` is a view into the cache (rows of `head_dim`, heads `capacity` rows apart), which the
+        // matmul takes as it is.
+        let y = probs.matmul(&v)?;
         self.o.forward(&y.transpose(1, 2)?.reshape((b, t, h * d))?)
     }
 
-    fn forward(&self, step: &Step, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+    fn forward(&self, step: &Step, x: &Tensor, cache: &mut Option<LayerCache>) -> Result<Tensor> {
         let eps = step.cfg.rms_eps as f32;
         let h = candle_nn::ops::rms_norm(x, &self.attn_norm, eps)?;
         let x = (x + self.attention(step, &h, cache)?)?;
@@ -273,7 +339,9 @@ impl Model {
         if cache.layers.len() != self.layers.len() {
             *cache = KvCache::new(self.layers.len());
         }
-        let step = Step { cfg: &self.cfg, cos: self.cos.narrow(0, pos, t)?, sin: self.sin.narrow(0, pos, t)?, mask };
+        let spare = if cache.spare == 0 { CACHE_SPARE } else { cache.spare };
+        let step =
+            Step { cfg: &self.cfg, spare, cos: self.cos.narrow(0, pos, t)?, sin: self.sin.narrow(0, pos, t)?, mask };
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&step, &x, c)?;
         }

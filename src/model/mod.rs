@@ -17,6 +17,7 @@ pub mod hub;
 pub mod llama;
 pub mod openai;
 pub mod record;
+pub mod sample;
 pub mod serve;
 pub mod spec;
 pub mod stop;
