@@ -55,7 +55,19 @@ impl Linear {
                     None => Ok(y),
                 }
             }
-            Linear::Dense(l) => l.forward(x),
+            // One GEMM over all rows: candle_nn's Linear broadcasts the weight over the batch, which
+            // makes a batch of `b` one-row products (the weight read once per row) in decoding.
+            Linear::Dense(l) => match x.dims() {
+                &[b, t, i] => {
+                    let y = x.reshape((b * t, i))?.matmul(&l.weight().t()?)?;
+                    let y = match l.bias() {
+                        Some(bias) => y.broadcast_add(bias)?,
+                        None => y,
+                    };
+                    y.reshape((b, t, ()))
+                }
+                _ => l.forward(x),
+            },
         }
     }
 }
