@@ -100,6 +100,7 @@ fn main() {
             model_calls += o.model_calls;
             lean_checks += o.lean_checks;
             if !o.solved && done - solved <= 3 {
+                // A transcript that no longer matches the pipeline's prompts shows here first.
                 eprintln!("planner_overhead: {} unsolved: {}", o.name, o.reason);
             }
             if done % (n / 4).max(1) == 0 || done == n {
@@ -135,6 +136,7 @@ fn main() {
         })
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!(report["solved"], n, "every synthetic problem must be solved through its sketch");
 }
 
 /// Problems and the transcript that scripts them: whole proof wrong, a two-step sketch, both
@@ -174,10 +176,13 @@ fn write_transcript(path: &std::path::Path, n: usize, cfg: &EngineConfig, latenc
             true,
             format!("{statement}\n  have h1 : And p q := sorry\n  have h2 : r := sorry\n  And.intro h1 h2"),
         );
-        let h1 = format!("theorem {name}_h1 {hyps} :\n    And p q :=");
-        push(&format!("{name}_h1"), &h1, "", false, format!("theorem {name}_h1 {hyps} : And p q := And.intro hp hq"));
-        let h2 = format!("theorem {name}_h2 {hyps} (h1 : And p q) :\n    r :=");
-        push(&format!("{name}_h2"), &h2, "", false, format!("theorem {name}_h2 {hyps} (h1 : And p q) : r := hr"));
+        // As Lean prints the goal back (numerals with their types).
+        let lemma_hyps = format!("(p q r : Prop) (hp : p) (hq : q) (hr : r) (hi : Eq ({i} : Nat) ({i} : Nat))");
+        let h1 = format!("theorem {name}_h1 {lemma_hyps} :\n    And p q :=");
+        let p1 = format!("theorem {name}_h1 {lemma_hyps} : And p q := And.intro hp hq");
+        push(&format!("{name}_h1"), &h1, "", false, p1);
+        let h2 = format!("theorem {name}_h2 {lemma_hyps} (h1 : And p q) :\n    r :=");
+        push(&format!("{name}_h2"), &h2, "", false, format!("theorem {name}_h2 {lemma_hyps} (h1 : And p q) : r := hr"));
         problems.push(Problem {
             name,
             header: HEADER.into(),
