@@ -100,8 +100,21 @@ pub fn load_problems(
     for e in &loaded.errors {
         eprintln!("subgoal: skipped {e}");
     }
-    let mut problems: Vec<BenchProblem> =
-        loaded.problems.into_iter().filter(|p| split.is_none_or(|s| p.split.as_deref() == Some(s))).collect();
+    let mut load_errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+    let mut problems: Vec<BenchProblem> = Vec::with_capacity(loaded.problems.len());
+    for p in loaded.problems {
+        match (split, p.split.as_deref()) {
+            (None, _) => problems.push(p),
+            (Some(want), Some(have)) if want == have => problems.push(p),
+            (Some(_), Some(_)) => {}
+            // Not silently dropped: a problem with no split cannot be in the one asked for.
+            (Some(want), None) => {
+                let e = format!("{}: has no split, so it is not in --split {want}", p.source);
+                eprintln!("subgoal: skipped {e}");
+                load_errors.push(e);
+            }
+        }
+    }
     if let Some(n) = limit {
         problems.truncate(n);
     }
@@ -133,7 +146,7 @@ pub fn load_problems(
         shard,
         format: format.as_ref().and_then(|f| serde_json::to_value(f).ok()),
         problems: problems.len(),
-        load_errors: loaded.errors.iter().map(|e| e.to_string()).collect(),
+        load_errors,
     };
     Ok((info, problems))
 }
