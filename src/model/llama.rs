@@ -72,6 +72,29 @@ impl Linear {
     }
 }
 
+/// The gated MLP's input projections: apart (GGUF), or as one matrix `[gate; up]` (dense weights),
+/// one GEMM instead of two.
+enum Mlp {
+    Split { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+impl Mlp {
+    /// `silu(gate(x)) * up(x)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Mlp::Split { gate, up } => candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?,
+            Mlp::Fused(gu) => {
+                let y = gu.forward(x)?;
+                let i = y.dim(candle_core::D::Minus1)? / 2;
+                let gate = y.narrow(candle_core::D::Minus1, 0, i)?;
+                let up = y.narrow(candle_core::D::Minus1, i, i)?;
+                candle_nn::ops::silu(&gate)? * up
+            }
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
     q: Linear,
@@ -81,9 +104,11 @@ struct Layer {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    mlp: Mlp,
     down: Linear,
+    /// `q`'s weights already carry the attention scale `1/sqrt(head_dim)` (dense weights without
+    /// q/k norms), which saves a kernel per layer and step.
+    q_scaled: bool,
 }
 
 /// One layer's keys and values: buffers `(batch, kv_heads, capacity, head_dim)` of which the first
@@ -304,7 +329,8 @@ impl Layer {
             y.unsqueeze(2)?.broadcast_as((b, kvh, rep, total, d))?.reshape((b, h, total, d))
         };
         let (k, v) = (expand(k)?, expand(v)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = if self.q_scaled { scores } else { (scores * (1.0 / (d as f64).sqrt()))? };
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
@@ -321,7 +347,7 @@ impl Layer {
         let h = candle_nn::ops::rms_norm(x, &self.attn_norm, eps)?;
         let x = (x + self.attention(step, &h, cache)?)?;
         let h = candle_nn::ops::rms_norm(&x, &self.ffn_norm, eps)?;
-        let ffn = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;
+        let ffn = self.down.forward(&self.mlp.forward(&h)?)?;
         x + ffn
     }
 }
@@ -458,9 +484,9 @@ impl Model {
                 q_norm,
                 k_norm,
                 ffn_norm,
-                gate: lin("ffn_gate", None)?,
-                up: lin("ffn_up", None)?,
+                mlp: Mlp::Split { gate: lin("ffn_gate", None)?, up: lin("ffn_up", None)? },
                 down: lin("ffn_down", None)?,
+                q_scaled: false,
             });
         }
         let cfg = Config { vocab, ..cfg };
@@ -493,17 +519,31 @@ impl Model {
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let qk_norm = cfg.arch == "qwen3";
+            // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
+            let q = lin(&format!("{p}.self_attn.q_proj"), h * hd, cfg.hidden, qkv_bias)?;
+            let q = match q {
+                Linear::Dense(l) if !qk_norm => {
+                    let scale = 1.0 / (hd as f64).sqrt();
+                    let w = (l.weight() * scale)?;
+                    let b = l.bias().map(|b| b * scale).transpose()?;
+                    Linear::Dense(candle_nn::Linear::new(w, b))
+                }
+                other => other,
+            };
+            let gate = vb.get((cfg.intermediate, cfg.hidden), &format!("{p}.mlp.gate_proj.weight"))?;
+            let up = vb.get((cfg.intermediate, cfg.hidden), &format!("{p}.mlp.up_proj.weight"))?;
+            let gate_up = Tensor::cat(&[&gate, &up], 0)?;
             layers.push(Layer {
                 attn_norm: vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
-                q: lin(&format!("{p}.self_attn.q_proj"), h * hd, cfg.hidden, qkv_bias)?,
+                q,
+                q_scaled: !qk_norm,
                 k: lin(&format!("{p}.self_attn.k_proj"), kvh * hd, cfg.hidden, qkv_bias)?,
                 v: lin(&format!("{p}.self_attn.v_proj"), kvh * hd, cfg.hidden, qkv_bias)?,
                 o: lin(&format!("{p}.self_attn.o_proj"), cfg.hidden, h * hd, o_bias)?,
                 q_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.q_norm.weight"))?) } else { None },
                 k_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.k_norm.weight"))?) } else { None },
                 ffn_norm: vb.get(cfg.hidden, &format!("{p}.post_attention_layernorm.weight"))?,
-                gate: lin(&format!("{p}.mlp.gate_proj"), cfg.intermediate, cfg.hidden, false)?,
-                up: lin(&format!("{p}.mlp.up_proj"), cfg.intermediate, cfg.hidden, false)?,
+                mlp: Mlp::Fused(Linear::Dense(candle_nn::Linear::new(gate_up, None))),
                 down: lin(&format!("{p}.mlp.down_proj"), cfg.hidden, cfg.intermediate, false)?,
             });
         }
