@@ -153,7 +153,8 @@ pub struct LeanArgs {
     /// The `lean` executable to run.
     #[arg(long, value_name = "PATH")]
     pub lean: Option<PathBuf>,
-    /// A Lake project: Lean runs as `lake env lean` in it (how Mathlib is found).
+    /// A Lake project (how Mathlib is found): resolved once with `lake env printenv` to its `lean`
+    /// and `LEAN_PATH`, which then run directly.
     #[arg(long, value_name = "DIR")]
     pub lean_project: Option<PathBuf>,
     /// Lean's maxHeartbeats for each command (0: unlimited).
