@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::digest::hex;
+pub use crate::digest::sha256_hex;
 use crate::lean::lexer::{is_id_first, is_id_rest, tokenize, Token};
 use crate::lean::source::statement_span;
 use crate::pipeline::problem::Problem;
@@ -896,14 +898,6 @@ pub fn load_entry(resolved: &Resolved) -> Result<Loaded, DatasetError> {
         }
     }
     load_bytes(&bytes, path, Some(&entry.format), entry.split.as_deref())
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Downloads `entry.url` to `dir/entry.file` (creating `dir`) through a temporary file that is

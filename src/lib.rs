@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod datasets;
+pub mod digest;
 pub mod lean;
 pub mod lsp;
 pub mod model;

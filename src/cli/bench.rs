@@ -140,7 +140,7 @@ pub fn load_problems(
     let info = DatasetInfo {
         name,
         path: resolved.path.display().to_string(),
-        sha256: sha256_bytes(&bytes),
+        sha256: subgoal::digest::sha256_hex(&bytes),
         split: split.map(str::to_owned),
         limit,
         shard,
@@ -149,11 +149,6 @@ pub fn load_problems(
         load_errors,
     };
     Ok((info, problems))
-}
-
-fn sha256_bytes(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Per-problem counts taken from the attempts as they are written.
@@ -377,7 +372,7 @@ fn progress_bar(total: u64, done: u64, hidden: bool) -> indicatif::ProgressBar {
 fn file_safe(name: &str) -> String {
     let readable: String =
         name.chars().take(80).map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
-    let hash = subgoal::pipeline::prompts::sha256_hex(name);
+    let hash = subgoal::digest::sha256_hex(name);
     format!("{readable}-{}", &hash[..10])
 }
 

@@ -110,10 +110,9 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
                 proof: Some(format!(" {body}")),
                 code: None,
             };
-            let r = v.verify(&input).await;
+            let (r, doc) = v.verify_document(&input).await;
             let agreed = r.recheck.as_ref().is_some_and(|c| c.agreed);
-            let source = v.document(&input).ok().map(|d| d.checked_source());
-            (e, r.verdict, agreed, source)
+            (e, r.verdict, agreed, doc.map(|d| d.checked_source()))
         }
     }))
     .buffered(8)
@@ -195,8 +194,8 @@ async fn form_a_proofs(verifier: &Verifier, dag: &DagExport, header: &str) -> BT
             proof: Some(format!(" {body}")),
             code: None,
         };
-        if verifier.verify(&input).await.verdict == Verdict::Proved {
-            if let Ok(doc) = verifier.document(&input) {
+        if let (r, Some(doc)) = verifier.verify_document(&input).await {
+            if r.verdict == Verdict::Proved {
                 out.insert(n.node.name.clone(), doc.checked_source());
             }
         }

@@ -122,6 +122,8 @@ pub struct Dag {
     graph: StableDiGraph<Node, ()>,
     /// Theorems and subgoals by key (sketches are never shared).
     by_key: HashMap<String, NodeIndex>,
+    /// Names of the theorems and subgoals in `by_key`, so a new lemma name is checked in O(1).
+    names: std::collections::HashSet<String>,
 }
 
 /// The graph as exported (`dag.json`): node ids are indices into `nodes`.
@@ -169,7 +171,16 @@ impl Dag {
 
     /// Whether a theorem or subgoal of this name exists.
     pub fn has_name(&self, name: &str) -> bool {
-        self.by_key.values().any(|&i| self.graph[i].name == name)
+        self.names.contains(name)
+    }
+
+    /// How many nodes are in each status.
+    pub fn status_counts(&self) -> HashMap<Status, usize> {
+        let mut counts = HashMap::new();
+        for i in self.graph.node_indices() {
+            *counts.entry(self.graph[i].status).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// The node with this key, if any.
@@ -192,6 +203,7 @@ impl Dag {
         let i = self.graph.add_node(node);
         if self.graph[i].kind != NodeKind::Sketch {
             self.by_key.insert(key, i);
+            self.names.insert(self.graph[i].name.clone());
         }
         (i, true)
     }
@@ -244,8 +256,9 @@ impl Dag {
                 continue;
             }
             if self.by_key.get(&n.key) == Some(&i) {
-                let key = n.key.clone();
+                let (key, name) = (n.key.clone(), n.name.clone());
                 self.by_key.remove(&key);
+                self.names.remove(&name);
             }
             self.graph.remove_node(i);
             removed.push(i);

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use minijinja::Environment;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::model::{ChatMessage, Prompt};
 
@@ -101,9 +100,7 @@ impl Prompts {
     }
 }
 
-pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::digest::sha256_hex;
 
 #[cfg(test)]
 mod tests {

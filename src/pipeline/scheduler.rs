@@ -36,7 +36,7 @@ use crate::lean::lexer::tokenize;
 use crate::lean::source::normalize_header;
 use crate::model::{Completion, GenRequest, Generator, Prompt, SamplingParams};
 use crate::text::LineIndex;
-use crate::verify::{GoalKind, Verdict, Verifier, VerifyInput, VerifyRecord};
+use crate::verify::{Document, GoalKind, Verdict, Verifier, VerifyInput, VerifyRecord};
 
 pub use super::problem::Problem;
 
@@ -260,6 +260,11 @@ impl Engine {
             m.retain(|i, _| !removed.contains(i));
         }
         removed.len()
+    }
+
+    /// Nodes in each status, for progress lines.
+    pub fn status_counts(&self) -> HashMap<Status, usize> {
+        self.with_dag(|d| d.status_counts())
     }
 
     pub fn dag_is_acyclic(&self) -> bool {
@@ -514,9 +519,14 @@ impl Engine {
     }
 
     async fn verify(&self, input: &VerifyInput, ctx: &Ctx) -> VerifyRecord {
+        self.verify_document(input, ctx).await.0
+    }
+
+    /// The verdict, and for a `proved` one the file Lean checked (what is reported as the proof).
+    async fn verify_document(&self, input: &VerifyInput, ctx: &Ctx) -> (VerifyRecord, Option<Document>) {
         ctx.spend.checks.fetch_add(1, Ordering::Relaxed);
         let _busy = self.activity.enter();
-        self.verifier.verify(input).await
+        self.verifier.verify_document(input).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -577,15 +587,15 @@ impl Engine {
         {
             let mut pending: FuturesUnordered<_> = candidates
                 .iter()
-                .map(|(s, input, c)| async move { (*s, input, c, self.verify(input, ctx).await) })
+                .map(|(s, input, c)| async move { (*s, input, c, self.verify_document(input, ctx).await) })
                 .collect();
-            while let Some((s, input, c, record)) = pending.next().await {
+            while let Some((s, input, c, (record, doc))) = pending.next().await {
                 self.with_dag(|d| d.node_mut(i).attempts += 1);
                 self.log(ctx, &name, Role::Prover, s, model.clone(), &input_code(input), Some(c), &record);
                 if record.verdict == Verdict::Proved {
                     let better = found.as_ref().is_none_or(|(fs, _)| s < *fs);
-                    if better {
-                        found = Some((s, self.checked_source(input)?));
+                    if let (true, Some(doc)) = (better, doc) {
+                        found = Some((s, doc.checked_source()));
                     }
                     if !self.cfg.verify_all {
                         break;
@@ -627,11 +637,11 @@ impl Engine {
         let out = self.generate(self.prover.as_ref(), prompts, params, ctx).await?;
         for (s, c) in out.into_iter().flatten().enumerate() {
             let input = candidate_input(name, header, statement, &c.text);
-            let record = self.verify(&input, ctx).await;
+            let (record, doc) = self.verify_document(&input, ctx).await;
             self.with_dag(|d| d.node_mut(i).attempts += 1);
             self.log(ctx, name, Role::Repair, s, Some(self.prover.describe()), &input_code(&input), Some(&c), &record);
-            if record.verdict == Verdict::Proved {
-                return self.checked_source(&input).map(Some);
+            if let (Verdict::Proved, Some(doc)) = (record.verdict, doc) {
+                return Ok(Some(doc.checked_source()));
             }
         }
         Ok(None)
@@ -673,7 +683,7 @@ impl Engine {
             proof: None,
             code: Some(code.clone()),
         };
-        let record = self.verify(&input, ctx).await;
+        let (record, doc) = self.verify_document(&input, ctx).await;
         self.log(ctx, &name, Role::Sketch, s, Some(self.planner.describe()), &code, Some(c), &record);
         let mut sketch_node = Node::new(
             NodeKind::Sketch,
@@ -690,33 +700,28 @@ impl Engine {
         sketch_node.informal = Some(answer.informal.clone()).filter(|t| !t.is_empty());
         let k = self.with_dag(|d| d.add_sketch(i, sketch_node));
         let guard = SketchGuard { engine: self.as_ref(), node: k };
-        match record.verdict {
-            Verdict::Proved => {
+        let doc = match (record.verdict, doc) {
+            (Verdict::Proved, Some(doc)) => {
                 self.set_status(k, Status::Proved, None);
                 guard.done();
-                return self.checked_source(&input).map(|src| (src, Via::Planner));
+                return Ok((doc.checked_source(), Via::Planner));
             }
-            Verdict::Incomplete => {}
-            v => {
+            (Verdict::Incomplete, Some(doc)) => doc,
+            (v, _) => {
                 let reason = format!("the sketch is {}: {}", v.as_str(), record.reason);
                 self.set_status(k, Status::Failed, Some(reason.clone()));
                 guard.done();
                 return Err(reason);
             }
-        }
+        };
         self.set_status(k, Status::Decomposing, None);
-        let result = self.solve_sketch(i, k, ctx, &input).await;
+        let result = self.solve_sketch(i, k, ctx, &input, &doc).await;
         match &result {
             Ok(_) => self.set_status(k, Status::Proved, None),
             Err(r) => self.set_status(k, Status::Failed, Some(r.clone())),
         }
         guard.done();
         result.map(|code| (code, Via::Decomposition))
-    }
-
-    /// The source the verifier checked for a `proved` input: the file reported as the proof.
-    fn checked_source(&self, input: &VerifyInput) -> Result<String, String> {
-        self.verifier.document(input).map(|d| d.checked_source()).map_err(|e| e.to_string())
     }
 
     /// Decomposes a sketch the verifier called `incomplete`. Everything from here on works on the
@@ -728,9 +733,9 @@ impl Engine {
         k: NodeIndex,
         ctx: &Ctx,
         sketch: &VerifyInput,
+        doc: &Document,
     ) -> Result<String, String> {
         let depth = self.with_dag(|d| d.node(parent).provenance.depth);
-        let doc = self.verifier.document(sketch).map_err(|e| e.to_string())?;
         let (header, main) = doc.checked_parts();
         let proof_at = doc.proof_start - doc.statement_start;
         let declared = crate::verify::candidate::statement_name(&sketch.formal_statement).unwrap_or_default();
@@ -918,10 +923,10 @@ impl Engine {
                 proof: Some(filled[proof_at..].trim_start_matches(' ').to_string()),
                 code: None,
             };
-            let record = self.verify(&input, ctx).await;
+            let (record, checked) = self.verify_document(&input, ctx).await;
             self.log(ctx, name, Role::Recompose, layout as usize, None, &input_code(&input), None, &record);
-            if record.verdict == Verdict::Proved {
-                return self.checked_source(&input);
+            if let (Verdict::Proved, Some(checked)) = (record.verdict, checked) {
+                return Ok(checked.checked_source());
             }
             last = format!("recomposed proof ({layout:?}) is {}: {}", record.verdict.as_str(), record.reason);
         }

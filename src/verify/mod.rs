@@ -102,19 +102,27 @@ impl Verifier {
 
     /// Verifies one candidate. Never fails: every problem becomes a verdict.
     pub async fn verify(&self, input: &VerifyInput) -> VerifyRecord {
+        self.verify_document(input).await.0
+    }
+
+    /// `verify`, with the document Lean checked when one was built (`Document::checked_source`
+    /// is the file a `proved` verdict is about).
+    pub async fn verify_document(&self, input: &VerifyInput) -> (VerifyRecord, Option<Document>) {
         let span = tracing::info_span!("candidate", name = %input.name);
         async {
             let started = Instant::now();
             let gates_cfg = self.options.gates;
             let doc = match Document::build(input, &gates_cfg) {
                 Ok(d) => d,
-                Err(BuildError::Invalid(reason)) => return self.unchecked(&input.name, Verdict::InvalidInput, reason),
+                Err(BuildError::Invalid(reason)) => {
+                    return (self.unchecked(&input.name, Verdict::InvalidInput, reason), None)
+                }
                 Err(BuildError::Gate(gate, reason)) => {
                     let mut r = self.unchecked(&input.name, Verdict::Rejected, reason);
                     r.rejected_by = Some(gate);
                     r.gates = vec![gate];
                     tracing::info!(verdict = "rejected", gate = gate.as_str(), "refused before Lean");
-                    return r;
+                    return (r, None);
                 }
             };
             let outcome = self.pool.check(&doc.header_key, &doc.text[..doc.header_end], &doc.text).await;
@@ -138,7 +146,7 @@ impl Verifier {
             }
             record.elapsed_ms = started.elapsed().as_millis() as u64;
             tracing::info!(verdict = record.verdict.as_str(), "checked");
-            record
+            (record, Some(doc))
         }
         .instrument(span)
         .await
@@ -172,11 +180,6 @@ impl Verifier {
             record.messages = j.messages;
             record.axioms = j.axioms;
         }
-    }
-
-    /// The document `verify` checks for `input`, with this verifier's gates.
-    pub fn document(&self, input: &VerifyInput) -> Result<Document, BuildError> {
-        Document::build(input, &self.options.gates)
     }
 
     /// Checks `text` (a whole file whose imports are those of `header`) and reads the goal at
