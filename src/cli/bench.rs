@@ -77,6 +77,42 @@ impl BenchArgs {
     }
 }
 
+/// A run's problems, read again as the run read them: the file it recorded if it is still there,
+/// else its name through the data dirs; the file must be the same (sha256).
+pub fn reload_problems(config: &RunConfig, dirs: &[PathBuf]) -> anyhow::Result<Vec<BenchProblem>> {
+    let d = &config.dataset;
+    let format = d.format.as_ref().and_then(|f| serde_json::from_value::<Format>(f.clone()).ok());
+    let source = if Path::new(&d.path).exists() { d.path.clone() } else { d.name.clone() };
+    let (info, problems) = load_problems(&source, dirs, format, d.split.as_deref(), d.limit, d.shard)
+        .with_context(|| format!("reloading the dataset {}", d.name))?;
+    anyhow::ensure!(
+        info.sha256 == d.sha256,
+        "{} changed since the run read it (sha256 {} then, {} now)",
+        d.path,
+        d.sha256,
+        info.sha256
+    );
+    Ok(problems)
+}
+
+/// The prompt templates a run used, loaded from where it found them; their hashes must match.
+pub fn reload_prompts(config: &RunConfig) -> anyhow::Result<Prompts> {
+    let dir = config
+        .prompts
+        .iter()
+        .find(|s| s.origin != "builtin")
+        .and_then(|s| Path::new(&s.origin).parent().map(Path::to_path_buf));
+    let prompts = Prompts::load(dir.as_deref()).context("loading prompt templates")?;
+    let hashes = |s: &[subgoal::pipeline::prompts::TemplateSource]| {
+        s.iter().map(|t| (t.file.clone(), t.sha256.clone())).collect::<Vec<_>>()
+    };
+    anyhow::ensure!(
+        hashes(&prompts.sources) == hashes(&config.prompts),
+        "the prompt templates differ from the ones the run used (see its config.json \"prompts\")"
+    );
+    Ok(prompts)
+}
+
 pub fn data_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = args.to_vec();
     dirs.extend(datasets::default_data_dirs());
@@ -121,16 +157,7 @@ pub fn load_problems(
     if let Some(sh) = shard {
         problems.retain(|p| sh.holds(&p.problem.name));
     }
-    let mut seen = HashMap::new();
-    for p in &problems {
-        if let Some(first) = seen.insert(p.problem.name.clone(), p.source.clone()) {
-            anyhow::bail!(
-                "{}: problem name {} repeats {first}; names identify problems in a run",
-                p.source,
-                p.problem.name
-            );
-        }
-    }
+    // Names are unique: `datasets::load` renames a repeated one.
     let bytes = std::fs::read(&resolved.path).with_context(|| format!("reading {}", resolved.path.display()))?;
     // A file is recorded by its absolute path, so `--resume` works from anywhere.
     let name = match &resolved.entry {
@@ -174,20 +201,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
     let (run, config, problems, prover, planner) = match &args.resume {
         Some(path) => {
             let (run, config) = RunDir::open(path)?;
-            let d = &config.dataset;
-            let format = d.format.as_ref().and_then(|f| serde_json::from_value::<Format>(f.clone()).ok());
-            // The file the run read, if it is still there; else the name, through the data dirs.
-            let source = if Path::new(&d.path).exists() { d.path.clone() } else { d.name.clone() };
-            let (mut info, problems) = load_problems(&source, &dirs, format, d.split.as_deref(), d.limit, d.shard)
-                .with_context(|| format!("reloading the dataset of {}", path.display()))?;
-            info.name = d.name.clone();
-            anyhow::ensure!(
-                info.sha256 == d.sha256,
-                "{} changed since the run started (sha256 {} then, {} now)",
-                d.path,
-                d.sha256,
-                info.sha256
-            );
+            let problems = reload_problems(&config, &dirs).with_context(|| format!("resuming {}", path.display()))?;
             // What decides results comes from the run; runtime flags from the command line.
             pipeline.prover = Some(config.prover.spec.clone());
             pipeline.planner = Some(config.planner.spec.clone());
@@ -233,21 +247,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
             (run, config, problems, prover, planner)
         }
     };
-    // The prompts must be the ones the run started with.
-    let prompt_dir = config
-        .prompts
-        .iter()
-        .find(|s| s.origin != "builtin")
-        .and_then(|s| Path::new(&s.origin).parent().map(Path::to_path_buf));
-    let prompts = Prompts::load(prompt_dir.as_deref()).context("loading prompt templates")?;
-    let hashes = |s: &[subgoal::pipeline::prompts::TemplateSource]| {
-        s.iter().map(|t| (t.file.clone(), t.sha256.clone())).collect::<Vec<_>>()
-    };
-    anyhow::ensure!(
-        hashes(&prompts.sources) == hashes(&config.prompts),
-        "the prompt templates differ from the ones {} started with (see config.json \"prompts\")",
-        run.path.display()
-    );
+    let prompts = reload_prompts(&config).with_context(|| format!("running {}", run.path.display()))?;
     let _lock = run.lock()?;
     let done = run.repair()?;
     let done_names: std::collections::HashSet<String> = done.iter().map(|r| r.name.clone()).collect();

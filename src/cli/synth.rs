@@ -14,7 +14,7 @@ use serde_json::Value;
 use subgoal::bench::rundir::{write_atomic, RunDir};
 use subgoal::bench::ProblemResult;
 use subgoal::pipeline::dag::{DagExport, NodeKind, Status};
-use subgoal::pipeline::prompts::{sha256_hex, Prompts};
+use subgoal::pipeline::prompts::sha256_hex;
 use subgoal::pipeline::recompose::proof_body;
 use subgoal::synth::{
     chat_record, contamination_key, examples_of, pair_record, select_unique, selected, Example, Selection, Solved,
@@ -22,7 +22,7 @@ use subgoal::synth::{
 };
 use subgoal::verify::{Verdict, Verifier, VerifyInput};
 
-use super::bench::{data_dirs, execute, load_problems, BenchArgs};
+use super::bench::{data_dirs, execute, load_problems, reload_problems, reload_prompts, BenchArgs};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
@@ -66,20 +66,10 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
     for path in &runs {
         let (run, config) = RunDir::open(path)?;
         let results = run.results()?;
-        let d = &config.dataset;
-        let format = d.format.as_ref().and_then(|f| serde_json::from_value(f.clone()).ok());
-        let source = if Path::new(&d.path).exists() { d.path.clone() } else { d.name.clone() };
-        let (info, problems) = load_problems(&source, &dirs, format, d.split.as_deref(), d.limit, d.shard)
-            .with_context(|| format!("reloading the dataset of {}", path.display()))?;
-        anyhow::ensure!(info.sha256 == d.sha256, "{} changed since the run {} read it", d.path, path.display());
+        let problems = reload_problems(&config, &dirs).with_context(|| format!("reading {}", path.display()))?;
         let problems: HashMap<&str, &subgoal::pipeline::problem::Problem> =
             problems.iter().map(|p| (p.problem.name.as_str(), &p.problem)).collect();
-        let prompt_dir = config
-            .prompts
-            .iter()
-            .find(|s| s.origin != "builtin")
-            .and_then(|s| Path::new(&s.origin).parent().map(Path::to_path_buf));
-        let prompts = Prompts::load(prompt_dir.as_deref())?;
+        let prompts = reload_prompts(&config).with_context(|| format!("reading {}", path.display()))?;
         stats.problems += results.len();
         stats.solved += results.iter().filter(|r| r.solved).count();
         stats.model_calls += results.iter().map(|r| r.model_calls).sum::<u64>();
