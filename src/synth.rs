@@ -142,7 +142,7 @@ pub struct Solved<'a> {
 
 /// Whether a result is selected.
 pub fn selected(r: &ProblemResult, rule: Selection) -> bool {
-    let decomposed = r.solved && r.via == Some(Via::Decomposition);
+    let decomposed = r.outcome.solved && r.outcome.via == Some(Via::Decomposition);
     match rule {
         Selection::All => decomposed,
         Selection::Paper => decomposed && r.samples > 0 && r.correct == 0,
@@ -203,7 +203,7 @@ pub fn examples_of(
     form_a_proofs: &BTreeMap<String, String>,
 ) -> Result<Vec<Example>, PromptError> {
     let mut out = Vec::new();
-    let Some(proof) = &s.result.proof else { return Ok(out) };
+    let Some(proof) = &s.result.outcome.proof else { return Ok(out) };
     let prover = PartSource { model: config.prover.describe.clone(), sampling: config.engine.prover.clone() };
     let provenance = |planner: Option<PartSource>| Provenance {
         problem: s.problem.name.clone(),
@@ -213,7 +213,7 @@ pub fn examples_of(
         lean_version: config.lean_version.clone(),
         verdict: Verdict::Proved,
         recheck_agreed: false,
-        problem_elapsed_ms: s.result.elapsed_ms,
+        problem_elapsed_ms: s.result.outcome.elapsed_ms,
         content_sha256: String::new(),
     };
     let nodes = &s.dag.nodes;
@@ -291,7 +291,7 @@ pub fn examples_of(
         }
     }
     for e in &mut out {
-        e.provenance.content_sha256 = sha256_hex(&format!("{}\u{0}{}", e.prompt, e.completion));
+        e.provenance.content_sha256 = sha256_hex(format!("{}\u{0}{}", e.prompt, e.completion));
     }
     Ok(out)
 }

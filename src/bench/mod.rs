@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::prompts::TemplateSource;
-use crate::pipeline::scheduler::{EngineConfig, Via};
+use crate::pipeline::scheduler::{EngineConfig, ProblemOutcome};
 
 pub const RUN_SCHEMA: &str = "subgoal.run.v1";
 pub const RESULT_SCHEMA: &str = "subgoal.result.v1";
@@ -122,16 +122,16 @@ pub fn shard_of(name: &str, count: usize) -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProblemResult {
     pub schema: String,
-    pub name: String,
+    /// How the problem ended (`name`, `solved`, `via`, `proof`, `reason`, spend), as `prove`'s
+    /// `result.json` has it.
+    #[serde(flatten)]
+    pub outcome: ProblemOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub area: Option<String>,
     /// `FILE:LINE` in the dataset.
     pub source: String,
-    pub solved: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<Via>,
     /// Whole-proof samples of the theorem that were verified (the `n` of pass@k).
     pub samples: usize,
     /// How many of them Lean proved (the `c` of pass@k).
@@ -141,13 +141,6 @@ pub struct ProblemResult {
     pub first_success: Option<usize>,
     /// Candidates verified for this problem, every role.
     pub attempts: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<String>,
-    pub reason: String,
-    pub model_calls: u64,
-    pub tokens: u64,
-    pub lean_checks: u64,
-    pub elapsed_ms: u64,
     /// The problem's subgoal graph, relative to the run directory.
     pub dag: String,
 }
@@ -248,7 +241,7 @@ pub struct Summary {
 /// model failed) counts its missing samples as wrong, so every k averages over every problem.
 fn tally<'a>(results: impl Iterator<Item = &'a ProblemResult>, k_run: usize) -> Tally {
     let rs: Vec<&ProblemResult> = results.collect();
-    let solved = rs.iter().filter(|r| r.solved).count();
+    let solved = rs.iter().filter(|r| r.outcome.solved).count();
     let n_of = |r: &ProblemResult| r.samples.max(k_run);
     let max_n = rs.iter().map(|r| n_of(r)).max().unwrap_or(0);
     let mut pass = BTreeMap::new();
@@ -282,7 +275,7 @@ pub fn summarize(config: &RunConfig, results: &[ProblemResult], wall_seconds: f6
         if let Some(a) = &r.area {
             by_area.entry(a.clone()).or_default().push(r);
         }
-        if let (true, Some(v)) = (r.solved, r.via) {
+        if let (true, Some(v)) = (r.outcome.solved, r.outcome.via) {
             let name = serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             *via.entry(name).or_insert(0) += 1;
         }
@@ -303,10 +296,10 @@ pub fn summarize(config: &RunConfig, results: &[ProblemResult], wall_seconds: f6
         by_split: by_split.into_iter().map(|(k, v)| (k, tally(v.into_iter(), k_run))).collect(),
         by_area: by_area.into_iter().map(|(k, v)| (k, tally(v.into_iter(), k_run))).collect(),
         via,
-        model_calls: results.iter().map(|r| r.model_calls).sum(),
-        tokens: results.iter().map(|r| r.tokens).sum(),
-        lean_checks: results.iter().map(|r| r.lean_checks).sum(),
-        problem_seconds: round2(results.iter().map(|r| r.elapsed_ms as f64 / 1000.0).sum()),
+        model_calls: results.iter().map(|r| r.outcome.model_calls).sum(),
+        tokens: results.iter().map(|r| r.outcome.tokens).sum(),
+        lean_checks: results.iter().map(|r| r.outcome.lean_checks).sum(),
+        problem_seconds: round2(results.iter().map(|r| r.outcome.elapsed_ms as f64 / 1000.0).sum()),
         wall_seconds: round2(wall_seconds),
         problems_per_hour: if wall_seconds > 0.0 { round2(results.len() as f64 * 3600.0 / wall_seconds) } else { 0.0 },
         paper,

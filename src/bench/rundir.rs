@@ -86,7 +86,7 @@ impl RunDir {
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let mut results = parse_results(&path, &whole_lines(&path, &bytes)?)?;
         let mut seen = HashSet::new();
-        results.retain(|r| seen.insert(r.name.clone()));
+        results.retain(|r| seen.insert(r.outcome.name.clone()));
         Ok(results)
     }
 
@@ -116,8 +116,8 @@ impl RunDir {
         let mut results = parse_results(&path, &whole)?;
         // One line per problem, even if a crash ever wrote one twice.
         let mut seen = HashSet::new();
-        results.retain(|r| seen.insert(r.name.clone()));
-        let done: HashSet<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        results.retain(|r| seen.insert(r.outcome.name.clone()));
+        let done: HashSet<&str> = results.iter().map(|r| r.outcome.name.as_str()).collect();
         let attempts = self.file("attempts.jsonl");
         let bytes = match std::fs::read(&attempts) {
             Ok(b) => b,
@@ -254,22 +254,24 @@ mod tests {
     fn result(name: &str) -> ProblemResult {
         ProblemResult {
             schema: RESULT_SCHEMA.into(),
-            name: name.into(),
+            outcome: crate::pipeline::scheduler::ProblemOutcome {
+                name: name.into(),
+                solved: false,
+                via: None,
+                proof: None,
+                reason: "r".into(),
+                model_calls: 1,
+                tokens: 1,
+                lean_checks: 1,
+                elapsed_ms: 1,
+            },
             split: None,
             area: None,
             source: "d.jsonl:1".into(),
-            solved: false,
-            via: None,
             samples: 1,
             correct: 0,
             first_success: None,
             attempts: 1,
-            proof: None,
-            reason: "r".into(),
-            model_calls: 1,
-            tokens: 1,
-            lean_checks: 1,
-            elapsed_ms: 1,
             dag: format!("dags/{name}.json"),
         }
     }
@@ -293,7 +295,7 @@ mod tests {
             "{\"problem\":\"a\",\"n\":1}\n{\"problem\":\"b\",\"n\":2}\n{\"problem\":\"a\",\"n\":3}\n{\"probl";
         std::fs::write(run.file("attempts.jsonl"), attempts).unwrap();
         let done = run.repair().unwrap();
-        assert_eq!(done.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(done.iter().map(|r| r.outcome.name.as_str()).collect::<Vec<_>>(), ["a"]);
         assert!(std::fs::read_to_string(run.file("results.jsonl")).unwrap().ends_with("}\n"));
         assert_eq!(
             std::fs::read_to_string(run.file("attempts.jsonl")).unwrap(),

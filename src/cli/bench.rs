@@ -250,7 +250,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
     let prompts = reload_prompts(&config).with_context(|| format!("running {}", run.path.display()))?;
     let _lock = run.lock()?;
     let done = run.repair()?;
-    let done_names: std::collections::HashSet<String> = done.iter().map(|r| r.name.clone()).collect();
+    let done_names: std::collections::HashSet<String> = done.iter().map(|r| r.outcome.name.clone()).collect();
     let todo: Vec<BenchProblem> = problems.iter().filter(|p| !done_names.contains(&p.problem.name)).cloned().collect();
     eprintln!(
         "bench {}: {} problems, {} done, {} to run; run directory {}",
@@ -293,7 +293,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
     let session_id = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let bar = progress_bar(problems.len() as u64, done.len() as u64, args.no_progress);
     let mut results = done;
-    let mut solved = results.iter().filter(|r| r.solved).count();
+    let mut solved = results.iter().filter(|r| r.outcome.solved).count();
     bar.set_message(format!("solved {solved}"));
     let mut outcomes = futures::stream::iter(todo.iter().map(|p| {
         let engine = engine.clone();
@@ -308,28 +308,20 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
         let t = tallies.lock().ok().and_then(|mut t| t.remove(name)).unwrap_or_default();
         let result = ProblemResult {
             schema: RESULT_SCHEMA.into(),
-            name: name.clone(),
+            outcome,
             split: p.split.clone(),
             area: p.area.clone(),
             source: p.source.clone(),
-            solved: outcome.solved,
-            via: outcome.via,
             samples: t.samples,
             correct: t.correct,
             first_success: t.first_success,
             attempts: t.attempts,
-            proof: outcome.proof.clone(),
-            reason: outcome.reason.clone(),
-            model_calls: outcome.model_calls,
-            tokens: outcome.tokens,
-            lean_checks: outcome.lean_checks,
-            elapsed_ms: outcome.elapsed_ms,
             dag: dag_rel,
         };
         run.append_result(&result)?;
         engine.retire(name);
-        solved += result.solved as usize;
-        tracing::info!(problem = %name, solved = result.solved, reason = %result.reason, "problem done");
+        solved += result.outcome.solved as usize;
+        tracing::info!(problem = %name, solved = result.outcome.solved, reason = %result.outcome.reason, "problem done");
         results.push(result);
         bar.inc(1);
         bar.set_message(format!("solved {solved}"));

@@ -71,14 +71,14 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
             problems.iter().map(|p| (p.problem.name.as_str(), &p.problem)).collect();
         let prompts = reload_prompts(&config).with_context(|| format!("reading {}", path.display()))?;
         stats.problems += results.len();
-        stats.solved += results.iter().filter(|r| r.solved).count();
-        stats.model_calls += results.iter().map(|r| r.model_calls).sum::<u64>();
-        stats.tokens += results.iter().map(|r| r.tokens).sum::<u64>();
-        stats.lean_checks += results.iter().map(|r| r.lean_checks).sum::<u64>();
+        stats.solved += results.iter().filter(|r| r.outcome.solved).count();
+        stats.model_calls += results.iter().map(|r| r.outcome.model_calls).sum::<u64>();
+        stats.tokens += results.iter().map(|r| r.outcome.tokens).sum::<u64>();
+        stats.lean_checks += results.iter().map(|r| r.outcome.lean_checks).sum::<u64>();
         wall_seconds += run.wall_seconds();
         for r in results.iter().filter(|r| selected(r, args.select)) {
-            let Some(problem) = problems.get(r.name.as_str()) else {
-                anyhow::bail!("{}: problem {} is not in the run's dataset any more", path.display(), r.name);
+            let Some(problem) = problems.get(r.outcome.name.as_str()) else {
+                anyhow::bail!("{}: problem {} is not in the run's dataset any more", path.display(), r.outcome.name);
             };
             let dag = read_dag(&run, r)?;
             stats.selected += 1;
