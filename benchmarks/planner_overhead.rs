@@ -9,20 +9,20 @@
 //! re-check of each `proved` is off here (it measures Lean, not the pipeline). Finished problems
 //! are retired from the graph as a batch run does (`--keep-graph` keeps them, for comparison).
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::json;
-use subgoal::lean::discovery::{test_toolchain_lean, LeanInstall, LeanSource};
-use subgoal::lean::session::ServerConfig;
+use subgoal::lean::discovery::test_toolchain_lean;
 use subgoal::model::record::{RecordLine, Replay};
 use subgoal::model::{Completion, FinishReason, Generator, SamplingParams};
 use subgoal::pipeline::prompts::{Prompts, StatementVars};
 use subgoal::pipeline::scheduler::{Engine, EngineConfig, Problem, Strategy};
-use subgoal::process::ProcessLimits;
-use subgoal::sandbox::SandboxPolicy;
-use subgoal::verify::{PoolConfig, Verifier, VerifyOptions};
+use subgoal::verify::{Verifier, VerifyOptions};
 
 const HEADER: &str = "prelude\nimport SubgoalFixture\n";
 
@@ -56,23 +56,7 @@ fn main() {
     let problems = write_transcript(&transcript, n, &cfg, latency_ms);
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let pool = PoolConfig {
-        server: ServerConfig {
-            install: LeanInstall::Direct { lean: lean.clone(), source: LeanSource::TestToolchain },
-            max_heartbeats: Some(200_000),
-            memory_mb: Some(4096),
-            threads: Some(1),
-            limits: ProcessLimits::default(),
-            sandbox: SandboxPolicy::default(),
-            kill_rss_mb: None,
-            request_timeout: Duration::from_secs(60),
-            import_timeout: Duration::from_secs(600),
-        },
-        workers,
-        timeout: Duration::from_secs(60),
-        recycle_after: 100_000,
-        max_rss_mb: None,
-    };
+    let pool = common::test_toolchain_pool(&lean, workers);
     let report = rt.block_on(async {
         let verifier =
             Arc::new(Verifier::start_with(pool, VerifyOptions { recheck: false, ..Default::default() }).unwrap());

@@ -7,15 +7,16 @@
 //! that take ≥ 0.5 s to elaborate. A warm worker reuses both (Lean keeps the imported
 //! environment and the snapshots of unchanged commands); a fresh process pays for both every time.
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
-use subgoal::lean::discovery::{test_toolchain_lean, LeanInstall, LeanSource};
-use subgoal::lean::session::ServerConfig;
-use subgoal::process::ProcessLimits;
-use subgoal::sandbox::{SandboxMode, SandboxPolicy};
-use subgoal::verify::{Document, GateConfig, PoolConfig, Verdict, Verifier, VerifyInput, VerifyOptions};
+use subgoal::lean::discovery::{test_toolchain_lean, LeanSource};
+use subgoal::sandbox::SandboxMode;
+use subgoal::verify::{Document, GateConfig, Verdict, Verifier, VerifyInput, VerifyOptions};
 
 const HEAVY_MODULE: &str = "SubgoalBenchHeavy";
 const HEAVY_TYPES: usize = 1500;
@@ -49,23 +50,7 @@ fn main() {
         .collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let cfg = PoolConfig {
-        server: ServerConfig {
-            install: LeanInstall::Direct { lean: lean.clone(), source: LeanSource::TestToolchain },
-            max_heartbeats: Some(200_000),
-            memory_mb: Some(4096),
-            threads: Some(1),
-            limits: ProcessLimits::default(),
-            sandbox: SandboxPolicy::default(),
-            kill_rss_mb: None,
-            request_timeout: Duration::from_secs(60),
-            import_timeout: Duration::from_secs(600),
-        },
-        workers: 1,
-        timeout: Duration::from_secs(60),
-        recycle_after: 100_000,
-        max_rss_mb: None,
-    };
+    let cfg = common::test_toolchain_pool(&lean, 1);
 
     // (a) Warm pool, one worker, candidates one after another; no fresh re-check (what
     // `--no-recheck` is for: measuring the pool itself).
