@@ -324,8 +324,7 @@ fn indent_continuation(text: &str, cols: usize) -> String {
 /// `x_def`, or `x_def_2`, … when the goal already uses that name.
 fn fresh_def_name(goal: &Goal, var: &str) -> String {
     let used = |cand: &str| {
-        goal.hyps.iter().flat_map(|h| &h.names).any(|n| n == cand)
-            || goal.texts().any(|t| replace_name(t, cand, "") != t)
+        goal.hyps.iter().flat_map(|h| &h.names).any(|n| n == cand) || goal.texts().any(|t| mentions(t, cand))
     };
     let mut cand = format!("{var}_def");
     let mut i = 2;
@@ -347,7 +346,7 @@ fn fresh_names(goal: &Goal) -> Vec<(String, String)> {
         let mut i = 1;
         let fresh = loop {
             let cand = format!("{base}_{i}");
-            let in_text = goal.texts().any(|t| replace_name(t, &cand, "") != t);
+            let in_text = goal.texts().any(|t| mentions(t, &cand));
             if !taken.contains(&cand) && !in_text {
                 break cand;
             }
@@ -361,21 +360,33 @@ fn fresh_names(goal: &Goal) -> Vec<(String, String)> {
     out
 }
 
-/// Replaces whole-name occurrences of `from` in `text`.
-fn replace_name(text: &str, from: &str, to: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while let Some(found) = text[i..].find(from) {
-        let start = i + found;
-        let end = start + from.len();
+/// Whether `text` holds `name` as a whole name.
+fn mentions(text: &str, name: &str) -> bool {
+    whole_name_at(text, name).next().is_some()
+}
+
+/// Byte offsets of the whole-name occurrences of `name` in `text`: not inside a longer name, nor
+/// followed by `✝` or a superscript digit (`h✝` is not `h✝¹`).
+fn whole_name_at<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = usize> + 'a {
+    text.match_indices(name).map(|(i, _)| i).filter(move |&start| {
+        let end = start + name.len();
         let before_ok = !text[..start].chars().next_back().is_some_and(|c| is_id_rest(c) || c == '.');
         let after_ok = !text[end..]
             .chars()
             .next()
             .is_some_and(|c| is_id_rest(c) || c == INACCESSIBLE || SUPERSCRIPT_DIGITS.contains(c));
+        before_ok && after_ok
+    })
+}
+
+/// Replaces whole-name occurrences of `from` in `text`.
+fn replace_name(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    for start in whole_name_at(text, from) {
         out.push_str(&text[i..start]);
-        out.push_str(if before_ok && after_ok { to } else { from });
-        i = end;
+        out.push_str(to);
+        i = start + from.len();
     }
     out.push_str(&text[i..]);
     out

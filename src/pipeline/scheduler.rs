@@ -199,9 +199,7 @@ pub struct Engine {
     cfg: EngineConfig,
     dag: Mutex<Dag>,
     running: Mutex<HashMap<NodeIndex, Running>>,
-    /// How each proved node was proved.
-    via: Mutex<HashMap<NodeIndex, Via>>,
-    /// Header and informal statement of each theorem and subgoal.
+    /// Header, informal statement and how it was proved, of each theorem and subgoal.
     metas: Mutex<HashMap<NodeIndex, NodeMeta>>,
     generations: AtomicU64,
     model_slots: tokio::sync::Semaphore,
@@ -229,7 +227,6 @@ impl Engine {
             cfg,
             dag: Mutex::new(Dag::new()),
             running: Mutex::new(HashMap::new()),
-            via: Mutex::new(HashMap::new()),
             metas: Mutex::new(HashMap::new()),
             sink,
             activity: Activity::default(),
@@ -253,9 +250,6 @@ impl Engine {
             Err(_) => return 0,
         };
         let removed = self.with_dag(|d| d.retire(problem, &running));
-        if let Ok(mut v) = self.via.lock() {
-            v.retain(|i, _| !removed.contains(i));
-        }
         if let Ok(mut m) = self.metas.lock() {
             m.retain(|i, _| !removed.contains(i));
         }
@@ -310,7 +304,12 @@ impl Engine {
         let (i, _) = self.with_dag(|d| d.intern(node));
         self.meta(
             i,
-            NodeMeta { header: problem.header.clone(), informal: problem.informal_statement.clone(), elaborates: None },
+            NodeMeta {
+                header: problem.header.clone(),
+                informal: problem.informal_statement.clone(),
+                elaborates: None,
+                via: None,
+            },
         );
         let work = self.subscribe(i, ctx.clone());
         let result = match self.cfg.budget.max_wall_s {
@@ -320,7 +319,7 @@ impl Engine {
             },
             None => work.instrument(span).await,
         };
-        let via = self.via.lock().ok().and_then(|v| v.get(&i).copied());
+        let via = self.meta_of(i).and_then(|m| m.via);
         let (solved, proof, reason) = match result {
             Ok(code) => (true, Some(code), "proved".to_string()),
             Err(r) => (false, None, r),
@@ -435,8 +434,10 @@ impl Engine {
                 }
             }
         });
-        if let (Ok(_), Some(v), Ok(mut vias)) = (result, via, self.via.lock()) {
-            vias.insert(i, v);
+        if let (Ok(_), Some(v), Ok(mut metas)) = (result, via, self.metas.lock()) {
+            if let Some(m) = metas.get_mut(&i) {
+                m.via = Some(v);
+            }
         }
         let entry = if running.get(&i).is_some_and(|r| r.generation == generation) { running.remove(&i) } else { None };
         drop(running);
@@ -818,7 +819,10 @@ impl Engine {
                 let (sub, new) = self.with_dag(|d| d.intern(node));
                 if new {
                     created.push(sub);
-                    self.meta(sub, NodeMeta { header: header.to_string(), informal: String::new(), elaborates: None });
+                    self.meta(
+                        sub,
+                        NodeMeta { header: header.to_string(), informal: String::new(), elaborates: None, via: None },
+                    );
                 }
                 self.with_dag(|d| d.link(sub, k)).map_err(|e| e.to_string())?;
                 let lemma = match (parsed, lemma) {
@@ -945,6 +949,8 @@ struct NodeMeta {
     informal: String,
     /// Subgoals: whether the restated lemma elaborates on its own (`None`: not checked yet).
     elaborates: Option<bool>,
+    /// How it was proved, once it is.
+    via: Option<Via>,
 }
 
 /// A handle on a node's result; dropping the last one before it finishes cancels the work.
