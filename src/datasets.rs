@@ -200,6 +200,8 @@ impl std::error::Error for LoadError {}
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub format: Format,
+    /// SHA-256 of the file as read (what a run records to check on resume).
+    pub sha256: String,
     pub problems: Vec<BenchProblem>,
     pub errors: Vec<LoadError>,
 }
@@ -337,7 +339,7 @@ fn load_bytes(
     }
     // Errors were collected in two passes; report them in file order.
     errors.sort_by_key(|e| line_of(&e.source));
-    Ok(Loaded { format, problems, errors })
+    Ok(Loaded { format, sha256: sha256_hex(bytes), problems, errors })
 }
 
 fn line_of(source: &str) -> usize {
@@ -886,8 +888,9 @@ pub fn load_entry(resolved: &Resolved) -> Result<Loaded, DatasetError> {
         return load(path, None);
     };
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Read { path: path.clone(), source })?;
+    let loaded = load_bytes(&bytes, path, Some(&entry.format), entry.split.as_deref())?;
     if !entry.sha256.is_empty() {
-        let actual = sha256_hex(&bytes);
+        let actual = loaded.sha256.clone();
         if !actual.eq_ignore_ascii_case(&entry.sha256) {
             return Err(DatasetError::Checksum {
                 name: entry.name.clone(),
@@ -897,7 +900,7 @@ pub fn load_entry(resolved: &Resolved) -> Result<Loaded, DatasetError> {
             });
         }
     }
-    load_bytes(&bytes, path, Some(&entry.format), entry.split.as_deref())
+    Ok(loaded)
 }
 
 /// Downloads `entry.url` to `dir/entry.file` (creating `dir`) through a temporary file that is

@@ -158,7 +158,6 @@ pub fn load_problems(
         problems.retain(|p| sh.holds(&p.problem.name));
     }
     // Names are unique: `datasets::load` renames a repeated one.
-    let bytes = std::fs::read(&resolved.path).with_context(|| format!("reading {}", resolved.path.display()))?;
     // A file is recorded by its absolute path, so `--resume` works from anywhere.
     let name = match &resolved.entry {
         Some(_) => dataset.to_string(),
@@ -167,7 +166,7 @@ pub fn load_problems(
     let info = DatasetInfo {
         name,
         path: resolved.path.display().to_string(),
-        sha256: subgoal::digest::sha256_hex(&bytes),
+        sha256: loaded.sha256.clone(),
         split: split.map(str::to_owned),
         limit,
         shard,
