@@ -412,7 +412,7 @@ impl Engine {
 
     /// Ends a node's run: its final status and result go into the graph and its entry leaves
     /// `running` in one step, so no subscriber sees it finished but unrecorded, or the reverse.
-    fn finish(&self, i: NodeIndex, generation: u64, result: &NodeResult, via: Option<Via>) {
+    fn finish(&self, i: NodeIndex, generation: u64, result: &NodeResult, via: Option<Via>, out_of_budget: bool) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         self.with_dag(|d| {
             let n = d.node_mut(i);
@@ -424,7 +424,7 @@ impl Engine {
                 }
                 // Running out of a problem's budget says nothing about the node: another problem
                 // that needs it later starts it again.
-                Err(r) if r.starts_with("budget:") => {
+                Err(r) if out_of_budget => {
                     n.status = Status::Cancelled;
                     n.reason = Some(r.clone());
                 }
@@ -462,8 +462,7 @@ impl Engine {
             }
             let decompose =
                 depth < self.cfg.depth && (kind == NodeKind::Subgoal || self.cfg.strategy != Strategy::Whole);
-            let budget_left = !reasons.iter().any(|r| r.starts_with("budget:"));
-            if decompose && budget_left {
+            if decompose {
                 self.set_status(i, Status::Decomposing, None);
                 match self.decompose(i, &ctx).await {
                     Ok((code, via)) => return (Ok(code), Some(via)),
@@ -472,13 +471,11 @@ impl Engine {
             } else if !whole {
                 reasons.push("no strategy applies (depth 0 with --strategy decompose)".into());
             }
-            // A budget refusal leads, so the node is not recorded as failed on its merits.
-            reasons.sort_by_key(|r| !r.starts_with("budget:"));
             (Err(reasons.join("; ")), None)
         }
         .instrument(span.clone())
         .await;
-        self.finish(i, generation, &result, via);
+        self.finish(i, generation, &result, via, self.exhausted(&ctx).is_some());
         let _enter = span.enter();
         match &result {
             Ok(_) => tracing::info!(via = ?via, "node proved"),
@@ -489,15 +486,24 @@ impl Engine {
 
     /// Charges a model call to the problem's budget, or refuses it.
     fn charge(&self, ctx: &Ctx) -> Result<(), String> {
-        let b = &self.cfg.budget;
-        if b.max_model_calls.is_some_and(|m| ctx.spend.calls.load(Ordering::Relaxed) >= m) {
-            return Err(format!("budget: {} model calls used", ctx.spend.calls.load(Ordering::Relaxed)));
-        }
-        if b.max_tokens.is_some_and(|m| ctx.spend.tokens.load(Ordering::Relaxed) >= m) {
-            return Err(format!("budget: {} tokens used", ctx.spend.tokens.load(Ordering::Relaxed)));
+        if let Some(why) = self.exhausted(ctx) {
+            return Err(why);
         }
         ctx.spend.calls.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Why the problem's budget allows no more model calls, if it does not.
+    fn exhausted(&self, ctx: &Ctx) -> Option<String> {
+        let b = &self.cfg.budget;
+        let (calls, tokens) = (ctx.spend.calls.load(Ordering::Relaxed), ctx.spend.tokens.load(Ordering::Relaxed));
+        if b.max_model_calls.is_some_and(|m| calls >= m) {
+            return Some(format!("budget: {calls} model calls used"));
+        }
+        if b.max_tokens.is_some_and(|m| tokens >= m) {
+            return Some(format!("budget: {tokens} tokens used"));
+        }
+        None
     }
 
     async fn generate(
