@@ -5,11 +5,13 @@
 //!
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
-//!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling]
+//!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
 //! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
 //! (weight bytes / 4.8 TB/s per token). Sampling is temperature 1, top-p 0.95 on both sides.
+//! Decode runs twice, through the fused decode step and through the generic one (`--no-generic`
+//! skips it), for their ratio in the same run. A checkpoint already in `--dir` is reused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,7 +52,7 @@ fn main() {
     let params = write_random_model(&dir, layers, &device);
     let write_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let model = Model::from_safetensors(&dir, &device, DType::BF16).expect("load the model");
+    let mut model = Model::from_safetensors(&dir, &device, DType::BF16).expect("load the model");
     let load_s = t.elapsed().as_secs_f64();
     let weight_bytes = params as f64 * 2.0;
 
@@ -72,40 +74,16 @@ fn main() {
     }
 
     // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
-    let mut decode = serde_json::Map::new();
-    for &b in &batches {
-        let run = |steps: usize| {
-            let mut cache = KvCache::new(layers);
-            let logits = model.forward(&prompt_ids(1, 512, &device), 0, &mut cache).unwrap();
-            cache.expand(b).unwrap();
-            let mut samplers: Vec<LogitsProcessor> = (0..b)
-                .map(|i| LogitsProcessor::from_sampling(i as u64, Sampling::TopP { p: 0.95, temperature: 1.0 }))
-                .collect();
-            let mut last = logits.broadcast_as((b, VOCAB)).unwrap().contiguous().unwrap();
-            device.synchronize().unwrap();
-            let t = Instant::now();
-            for step in 0..steps {
-                // What `subgoal generate` does on a GPU: every row sampled on the device
-                // (`--cpu-sampling`: each row on the CPU, the path before).
-                let next: Vec<u32> = if cpu_sampling {
-                    let rows = last.to_device(&Device::Cpu).unwrap();
-                    (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect()
-                } else {
-                    sample_rows(&last, 1.0, 0.95).unwrap()
-                };
-                let ids = Tensor::from_vec(next, (b, 1), &device).unwrap();
-                last = model.forward(&ids, 512 + step, &mut cache).unwrap();
-            }
-            device.synchronize().unwrap();
-            t.elapsed().as_secs_f64()
-        };
-        run(4);
-        let s = run(new_tokens);
-        decode.insert(
-            b.to_string(),
-            json!({"ms_per_step": r(s * 1e3 / new_tokens as f64), "tokens_per_s": r((b * new_tokens) as f64 / s)}),
-        );
-    }
+    let fused = model.fused_decode();
+    let decode = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
+    let generic = if fused && !args.iter().any(|a| a == "--no-generic") {
+        model.set_fused_decode(false);
+        let g = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
+        model.set_fused_decode(true);
+        Value::Object(g)
+    } else {
+        Value::Null
+    };
 
     let torch = if args.iter().any(|a| a == "--no-torch") {
         Value::Null
@@ -117,6 +95,9 @@ fn main() {
         _ => Value::Null,
     };
     let mut ratios = serde_json::Map::new();
+    for (k, v) in &decode {
+        ratios.insert(format!("decode_{k}_fused_over_generic"), ratio(v, &generic[k]));
+    }
     for (kind, ours) in [("prefill", &prefill), ("decode", &decode)] {
         for (k, v) in ours {
             ratios.insert(format!("{kind}_{k}_subgoal_over_torch"), ratio(v, &torch[kind][k]));
@@ -129,13 +110,67 @@ fn main() {
         "load_s": r(load_s),
         "new_tokens": new_tokens,
         "sampling": if cpu_sampling { "cpu, per row" } else { "on the device" },
-        "subgoal": {"prefill": prefill, "decode": decode},
+        "subgoal": {"prefill": prefill, "decode": decode, "decode_generic_step": generic},
+        "fused_decode": fused,
         "torch": torch,
         "ratios": ratios,
         "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / weight_bytes),
         "goals": {"decode_batch1_tokens_per_s": 240, "decode_batch32_tokens_per_s": 3000},
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// Decode tokens/s at each batch: a 512-token prompt, its cache copied to `b` rows, `new_tokens`
+/// sampled steps, after a short warm-up.
+fn decode_rates(
+    model: &Model,
+    batches: &[usize],
+    layers: usize,
+    new_tokens: usize,
+    cpu_sampling: bool,
+    device: &Device,
+) -> serde_json::Map<String, Value> {
+    let mut decode = serde_json::Map::new();
+    for &b in batches {
+        let run = |steps: usize| {
+            let mut cache = KvCache::new(layers);
+            let logits = model.forward(&prompt_ids(1, 512, device), 0, &mut cache).unwrap();
+            cache.expand(b).unwrap();
+            let mut samplers: Vec<LogitsProcessor> = (0..b)
+                .map(|i| LogitsProcessor::from_sampling(i as u64, Sampling::TopP { p: 0.95, temperature: 1.0 }))
+                .collect();
+            let mut last = logits.broadcast_as((b, VOCAB)).unwrap().contiguous().unwrap();
+            device.synchronize().unwrap();
+            let t = Instant::now();
+            let mut host = 0.0;
+            for step in 0..steps {
+                // What `subgoal generate` does on a GPU: every row sampled on the device
+                // (`--cpu-sampling`: each row on the CPU, the path before).
+                let next: Vec<u32> = if cpu_sampling {
+                    let rows = last.to_device(&Device::Cpu).unwrap();
+                    (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect()
+                } else {
+                    sample_rows(&last, 1.0, 0.95).unwrap()
+                };
+                let ids = Tensor::from_vec(next, (b, 1), device).unwrap();
+                let f = Instant::now();
+                last = model.forward(&ids, 512 + step, &mut cache).unwrap();
+                host += f.elapsed().as_secs_f64();
+            }
+            device.synchronize().unwrap();
+            (t.elapsed().as_secs_f64(), host)
+        };
+        run(4);
+        // `forward_host_ms_per_step`: the CPU's time in `forward`, which returns once the step's
+        // kernels are queued; near `ms_per_step`, the step is bound by launching them.
+        let (s, host) = run(new_tokens);
+        decode.insert(
+            b.to_string(),
+            json!({"ms_per_step": r(s * 1e3 / new_tokens as f64), "forward_host_ms_per_step": r(host * 1e3 / new_tokens as f64), "tokens_per_s": r((b * new_tokens) as f64 / s)}),
+        );
+    }
+
+    decode
 }
 
 fn r(x: f64) -> f64 {
@@ -150,6 +185,12 @@ fn prompt_ids(b: usize, t: usize, device: &Device) -> Tensor {
 /// Writes `config.json` and random bf16 weights (std 0.02, norms 1) in per-layer safetensors
 /// shards with an index, as a Hugging Face checkpoint is laid out. Returns the parameter count.
 fn write_random_model(dir: &Path, layers: usize, device: &Device) -> usize {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    if let (Some(c), Some(i)) = (read("config.json"), read("model.safetensors.index.json")) {
+        if c["num_hidden_layers"].as_u64() == Some(layers as u64) {
+            return i["metadata"]["total_size"].as_u64().unwrap_or(0) as usize / 2;
+        }
+    }
     std::fs::create_dir_all(dir).unwrap();
     let config = json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",

@@ -121,71 +121,10 @@ async fn dropping_a_generation_frees_the_model_for_the_next_request() {
     assert!(started.elapsed() < Duration::from_secs(20), "the cancelled run kept the model: {:?}", started.elapsed());
 }
 
-/// Converts the GGUF test model into a Hugging Face directory (dequantized f32 safetensors with
-/// Hugging Face names and q/k layout, config.json, tokenizer.json, tokenizer_config.json).
+/// Converts the GGUF test model into a Hugging Face directory (`subgoal::model::convert`).
 fn convert_to_hf(dir: &Path) {
-    let (ct, mut f) = subgoal::model::llama::read_gguf(&model_path()).unwrap();
-    let md = &ct.metadata;
-    let u = |k: &str| md[k].to_u32().unwrap() as usize;
-    let (heads, kv_heads, hidden) =
-        (u("llama.attention.head_count"), u("llama.attention.head_count_kv"), u("llama.embedding_length"));
-    let layers = u("llama.block_count");
-    let dev = Device::Cpu;
-    let mut out: HashMap<String, Tensor> = HashMap::new();
-    // llama.cpp permutes q/k rows for interleaved rotary embedding; undo it.
-    let unpermute = |w: Tensor, h: usize| {
-        let (o, i) = w.dims2().unwrap();
-        w.reshape((h, o / h / 2, 2, i)).unwrap().transpose(1, 2).unwrap().reshape((o, i)).unwrap()
-    };
-    for name in ct.tensor_infos.keys() {
-        let t = ct.tensor(&mut f, name, &dev).unwrap().dequantize(&dev).unwrap();
-        let hf = match name.as_str() {
-            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
-            "output_norm.weight" => "model.norm.weight".to_string(),
-            n => {
-                let rest = n.strip_prefix("blk.").unwrap();
-                let (i, part) = rest.split_once('.').unwrap();
-                let p = format!("model.layers.{i}");
-                match part {
-                    "attn_norm.weight" => format!("{p}.input_layernorm.weight"),
-                    "ffn_norm.weight" => format!("{p}.post_attention_layernorm.weight"),
-                    "attn_q.weight" => format!("{p}.self_attn.q_proj.weight"),
-                    "attn_k.weight" => format!("{p}.self_attn.k_proj.weight"),
-                    "attn_v.weight" => format!("{p}.self_attn.v_proj.weight"),
-                    "attn_output.weight" => format!("{p}.self_attn.o_proj.weight"),
-                    "ffn_gate.weight" => format!("{p}.mlp.gate_proj.weight"),
-                    "ffn_up.weight" => format!("{p}.mlp.up_proj.weight"),
-                    "ffn_down.weight" => format!("{p}.mlp.down_proj.weight"),
-                    other => panic!("unexpected tensor {other}"),
-                }
-            }
-        };
-        let t = if hf.ends_with("q_proj.weight") {
-            unpermute(t, heads)
-        } else if hf.ends_with("k_proj.weight") {
-            unpermute(t, kv_heads)
-        } else {
-            t
-        };
-        out.insert(hf, t);
-    }
-    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "intermediate_size": u("llama.feed_forward_length"),
-        "rms_norm_eps": md["llama.attention.layer_norm_rms_epsilon"].to_f32().unwrap(),
-        "rope_theta": md["llama.rope.freq_base"].to_f32().unwrap(),
-        "max_position_embeddings": u("llama.context_length"), "vocab_size": 49152, "tie_word_embeddings": true
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let doc = subgoal::model::tokenizer::gguf_tokenizer_document(md).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), doc.to_string()).unwrap();
-    let tc = serde_json::json!({
-        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-        "chat_template": md["tokenizer.chat_template"].to_string().unwrap()
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    let cfg = subgoal::model::convert::gguf_to_hf(&model_path(), dir, candle_core::DType::F32).unwrap();
+    assert_eq!((cfg.arch.as_str(), cfg.vocab), ("llama", 49152));
 }
 
 #[tokio::test]

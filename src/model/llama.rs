@@ -97,6 +97,10 @@ impl Mlp {
 
 struct Layer {
     attn_norm: Tensor,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    /// `[q; k; v]` as one matrix (dense weights): the fused decode step's one GEMM. `q`, `k` and
+    /// `v` are then views of it.
+    qkv: Option<Linear>,
     q: Linear,
     k: Linear,
     v: Linear,
@@ -135,8 +139,9 @@ impl LayerCache {
         Ok(LayerCache { k: kb, v: vb, len: t })
     }
 
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
-        let t = k.dim(2)?;
+    /// Makes room for `extra` more positions.
+    fn reserve(&mut self, extra: usize) -> Result<()> {
+        let t = extra;
         let cap = self.k.dim(2)?;
         if self.len + t > cap {
             let (b, h, _, d) = self.k.dims4()?;
@@ -148,6 +153,12 @@ impl LayerCache {
             self.k = kb;
             self.v = vb;
         }
+        Ok(())
+    }
+
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let t = k.dim(2)?;
+        self.reserve(t)?;
         self.k.slice_set(&k.contiguous()?, 2, self.len)?;
         self.v.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len += t;
@@ -214,6 +225,9 @@ pub struct Model {
     sin: Tensor,
     dtype: DType,
     device: Device,
+    /// The fused decode kernels, when the device and the model allow them (`Model::fused_decode`).
+    #[cfg(feature = "cuda")]
+    fused: Option<super::fused::Kernels>,
 }
 
 /// Inverse frequencies of the rotary embedding, with the configured scaling, and the factor
@@ -353,8 +367,101 @@ impl Layer {
 }
 
 impl Model {
+    fn assemble(
+        cfg: Config,
+        embed: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: Linear,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Model> {
+        let (cos, sin) = rope_tables(&cfg, dtype, device)?;
+        #[cfg(feature = "cuda")]
+        let fused = {
+            let fits = matches!(cfg.head_dim, 64 | 128 | 256)
+                && cfg.kv_heads > 0
+                && cfg.heads % cfg.kv_heads == 0
+                && layers.iter().all(|l| l.q_norm.is_none());
+            if fits {
+                super::fused::Kernels::load(device, dtype)?
+            } else {
+                None
+            }
+        };
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            dtype,
+            device: device.clone(),
+            #[cfg(feature = "cuda")]
+            fused,
+        })
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether decode steps take the fused CUDA kernels (on CUDA, for Llama-shaped models without
+    /// q/k norms; off for comparisons with `set_fused_decode(false)`).
+    pub fn fused_decode(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.fused.is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
+    /// Turns the fused decode step off (the generic path then runs on every device).
+    pub fn set_fused_decode(&mut self, on: bool) {
+        #[cfg(feature = "cuda")]
+        if !on {
+            self.fused = None;
+        } else if self.fused.is_none() {
+            self.fused = super::fused::Kernels::load(&self.device, self.dtype).ok().flatten();
+        }
+        let _ = on;
+    }
+
+    /// One decode step (`ids`: `(batch, 1)`) through the fused kernels; every layer's cache holds
+    /// the positions before `pos`.
+    #[cfg(feature = "cuda")]
+    fn forward_fused(&self, k: &super::fused::Kernels, ids: &Tensor, pos: usize, cache: &mut KvCache) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let eps = cfg.rms_eps as f32;
+        let pos_t = Tensor::new(&[pos as u32], &self.device)?;
+        let q_scale = if self.layers.first().is_some_and(|l| l.q_scaled) { 1.0 } else { 1.0 / (cfg.head_dim as f32).sqrt() };
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let mut delta: Option<Tensor> = None;
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let Some(c) = c.as_mut() else { candle_core::bail!("fused decode without a prefilled cache") };
+            if c.len != pos {
+                candle_core::bail!("fused decode at position {pos} with {} cached positions", c.len);
+            }
+            c.reserve(1)?;
+            let (sum, h) = k.add_rmsnorm(&x, delta.as_ref(), &layer.attn_norm, eps)?;
+            let qkv = match &layer.qkv {
+                Some(qkv) => qkv.forward(&h)?,
+                None => Tensor::cat(&[layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?], 1)?,
+            };
+            let q = k.rope_kv(&qkv, (&c.k, &c.v), (&self.cos, &self.sin), &pos_t, cfg.heads, cfg.rope_interleaved, q_scale)?;
+            c.len += 1;
+            let a = k.attention(&q, (&c.k, &c.v), &pos_t, cfg.heads)?;
+            let (sum, h) = k.add_rmsnorm(&sum, Some(&layer.o.forward(&a)?), &layer.ffn_norm, eps)?;
+            let act = match &layer.mlp {
+                Mlp::Fused(gu) => k.silu_mul(&gu.forward(&h)?)?,
+                split => split.forward(&h)?,
+            };
+            delta = Some(layer.down.forward(&act)?);
+            x = sum;
+        }
+        let (_, h) = k.add_rmsnorm(&x, delta.as_ref(), &self.norm, eps)?;
+        self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 
     /// Runs `ids` (`(batch, t)`, every row at the same positions `pos..pos + t`) through the model,
@@ -363,6 +470,12 @@ impl Model {
         let (b, t) = ids.dims2()?;
         if pos + t > self.cos.dim(0)? {
             candle_core::bail!("position {} is past the model's context of {}", pos + t, self.cos.dim(0)?);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(k) = &self.fused {
+            if t == 1 && cache.layers.len() == self.layers.len() && cache.layers.iter().all(Option::is_some) {
+                return self.forward_fused(k, ids, pos, cache);
+            }
         }
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden))?;
         let mask = if t > 1 {
@@ -395,53 +508,7 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Model> {
-        let md = &ct.metadata;
-        let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
-            candle_core::bail!("GGUF architecture {arch:?} is not supported (llama, mistral, qwen2, qwen3 are)");
-        }
-        let get = |k: &str| md.get(&format!("{arch}.{k}"));
-        let req = |k: &str| -> Result<usize> {
-            get(k)
-                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata lacks {arch}.{k}")))?
-                .to_u32()
-                .map(|v| v as usize)
-        };
-        let hidden = req("embedding_length")?;
-        let heads = req("attention.head_count")?;
-        let scaling = match get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
-            Some("linear") => get("rope.scaling.factor")
-                .and_then(|v| v.to_f32().ok())
-                .map(|f| RopeScaling::Linear { factor: f as f64 }),
-            Some("yarn") => {
-                let factor = get("rope.scaling.factor").and_then(|v| v.to_f32().ok()).unwrap_or(1.0) as f64;
-                let original_max =
-                    get("rope.scaling.original_context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as f64;
-                Some(RopeScaling::Yarn {
-                    factor,
-                    original_max,
-                    beta_fast: 32.0,
-                    beta_slow: 1.0,
-                    attention_factor: 0.1 * factor.ln() + 1.0,
-                })
-            }
-            _ => None,
-        };
-        let cfg = Config {
-            arch: arch.clone(),
-            hidden,
-            layers: req("block_count")?,
-            heads,
-            kv_heads: get("attention.head_count_kv").and_then(|v| v.to_u32().ok()).map_or(heads, |v| v as usize),
-            head_dim: get("attention.key_length").and_then(|v| v.to_u32().ok()).map_or(hidden / heads, |v| v as usize),
-            intermediate: req("feed_forward_length")?,
-            rms_eps: get("attention.layer_norm_rms_epsilon").and_then(|v| v.to_f32().ok()).unwrap_or(1e-5) as f64,
-            rope_theta: get("rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0) as f64,
-            rope_interleaved: matches!(arch.as_str(), "llama" | "mistral"),
-            rope_scaling: scaling,
-            max_positions: get("context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as usize,
-            vocab: 0,
-        };
+        let cfg = config_from_gguf(ct)?;
         let embed_q = ct.tensor(r, "token_embd.weight", device)?;
         let embed = embed_q.dequantize(device)?.to_dtype(dtype)?;
         let vocab = embed.dim(0)?;
@@ -477,6 +544,7 @@ impl Model {
             };
             layers.push(Layer {
                 attn_norm,
+                qkv: None,
                 q: lin("attn_q", qb)?,
                 k: lin("attn_k", kb)?,
                 v: lin("attn_v", vb)?,
@@ -489,9 +557,7 @@ impl Model {
                 q_scaled: false,
             });
         }
-        let cfg = Config { vocab, ..cfg };
-        let (cos, sin) = rope_tables(&cfg, dtype, device)?;
-        Ok(Model { cfg, embed, layers, norm, lm_head, cos, sin, dtype, device: device.clone() })
+        Model::assemble(Config { vocab, ..cfg }, embed, layers, norm, lm_head, dtype, device)
     }
 
     /// Loads a Hugging Face model directory: `config.json` and `*.safetensors`.
@@ -519,26 +585,43 @@ impl Model {
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let qk_norm = cfg.arch == "qwen3";
-            // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
-            let q = lin(&format!("{p}.self_attn.q_proj"), h * hd, cfg.hidden, qkv_bias)?;
-            let q = match q {
-                Linear::Dense(l) if !qk_norm => {
-                    let scale = 1.0 / (hd as f64).sqrt();
-                    let w = (l.weight() * scale)?;
-                    let b = l.bias().map(|b| b * scale).transpose()?;
-                    Linear::Dense(candle_nn::Linear::new(w, b))
-                }
-                other => other,
+            let part = |name: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
+                let w = vb.get((out, cfg.hidden), &format!("{p}.self_attn.{name}.weight"))?;
+                let b = if qkv_bias { Some(vb.get(out, &format!("{p}.self_attn.{name}.bias"))?) } else { None };
+                Ok((w, b))
             };
+            let (qw, qb) = part("q_proj", h * hd)?;
+            // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
+            let (qw, qb) = if qk_norm {
+                (qw, qb)
+            } else {
+                let scale = 1.0 / (hd as f64).sqrt();
+                ((qw * scale)?, qb.map(|b| b * scale).transpose()?)
+            };
+            let (kw, kb) = part("k_proj", kvh * hd)?;
+            let (vw, vb_) = part("v_proj", kvh * hd)?;
+            let qkv_w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
+            let qkv_b = match (qb, kb, vb_) {
+                (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
+                _ => None,
+            };
+            drop((qw, kw, vw));
+            let view = |off: usize, n: usize| -> Result<Linear> {
+                let b = qkv_b.as_ref().map(|b| b.narrow(0, off, n)).transpose()?;
+                Ok(Linear::Dense(candle_nn::Linear::new(qkv_w.narrow(0, off, n)?, b)))
+            };
+            let (q, k, v) = (view(0, h * hd)?, view(h * hd, kvh * hd)?, view((h + kvh) * hd, kvh * hd)?);
+            let qkv = Linear::Dense(candle_nn::Linear::new(qkv_w.clone(), qkv_b.clone()));
             let gate = vb.get((cfg.intermediate, cfg.hidden), &format!("{p}.mlp.gate_proj.weight"))?;
             let up = vb.get((cfg.intermediate, cfg.hidden), &format!("{p}.mlp.up_proj.weight"))?;
             let gate_up = Tensor::cat(&[&gate, &up], 0)?;
             layers.push(Layer {
                 attn_norm: vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
+                qkv: Some(qkv),
                 q,
                 q_scaled: !qk_norm,
-                k: lin(&format!("{p}.self_attn.k_proj"), kvh * hd, cfg.hidden, qkv_bias)?,
-                v: lin(&format!("{p}.self_attn.v_proj"), kvh * hd, cfg.hidden, qkv_bias)?,
+                k,
+                v,
                 o: lin(&format!("{p}.self_attn.o_proj"), cfg.hidden, h * hd, o_bias)?,
                 q_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.q_norm.weight"))?) } else { None },
                 k_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.k_norm.weight"))?) } else { None },
@@ -553,9 +636,7 @@ impl Model {
         } else {
             lin("lm_head", vocab, cfg.hidden, false)?
         };
-        let cfg = Config { vocab, ..cfg };
-        let (cos, sin) = rope_tables(&cfg, dtype, device)?;
-        Ok(Model { cfg, embed, layers, norm, lm_head, cos, sin, dtype, device: device.clone() })
+        Model::assemble(Config { vocab, ..cfg }, embed, layers, norm, lm_head, dtype, device)
     }
 }
 
@@ -571,6 +652,58 @@ fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         return Ok(vec![single]);
     }
     candle_core::bail!("{} holds no model.safetensors or model.safetensors.index.json", dir.display())
+}
+
+/// The decoder configuration from a GGUF file's metadata.
+pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<Config> {
+    let md = &ct.metadata;
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        candle_core::bail!("GGUF architecture {arch:?} is not supported (llama, mistral, qwen2, qwen3 are)");
+    }
+    let get = |k: &str| md.get(&format!("{arch}.{k}"));
+    let req = |k: &str| -> Result<usize> {
+        get(k)
+            .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata lacks {arch}.{k}")))?
+            .to_u32()
+            .map(|v| v as usize)
+    };
+    let hidden = req("embedding_length")?;
+    let heads = req("attention.head_count")?;
+    let scaling = match get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
+        Some("linear") => get("rope.scaling.factor")
+            .and_then(|v| v.to_f32().ok())
+            .map(|f| RopeScaling::Linear { factor: f as f64 }),
+        Some("yarn") => {
+            let factor = get("rope.scaling.factor").and_then(|v| v.to_f32().ok()).unwrap_or(1.0) as f64;
+            let original_max =
+                get("rope.scaling.original_context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as f64;
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 0.1 * factor.ln() + 1.0,
+            })
+        }
+        _ => None,
+    };
+    let vocab = ct.tensor_infos.get("token_embd.weight").map_or(0, |t| t.shape.dims()[0]);
+    Ok(Config {
+        arch: arch.clone(),
+        hidden,
+        layers: req("block_count")?,
+        heads,
+        kv_heads: get("attention.head_count_kv").and_then(|v| v.to_u32().ok()).map_or(heads, |v| v as usize),
+        head_dim: get("attention.key_length").and_then(|v| v.to_u32().ok()).map_or(hidden / heads, |v| v as usize),
+        intermediate: req("feed_forward_length")?,
+        rms_eps: get("attention.layer_norm_rms_epsilon").and_then(|v| v.to_f32().ok()).unwrap_or(1e-5) as f64,
+        rope_theta: get("rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0) as f64,
+        rope_interleaved: matches!(arch.as_str(), "llama" | "mistral"),
+        rope_scaling: scaling,
+        max_positions: get("context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as usize,
+        vocab,
+    })
 }
 
 /// The decoder configuration from a Hugging Face `config.json`.

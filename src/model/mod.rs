@@ -12,7 +12,10 @@
 //! not be attempted at all is an `Err`.
 
 pub mod chat;
+pub mod convert;
 pub mod embedded;
+#[cfg(feature = "cuda")]
+pub mod fused;
 pub mod hub;
 pub mod llama;
 pub mod openai;

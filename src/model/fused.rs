@@ -1,0 +1,208 @@
+//! The fused decode-step kernels on CUDA (`cuda/decode.cu`, compiled to PTX by `build.rs`) and
+//! their launches on candle tensors.
+//!
+//! Why: a decode step of a 7B model is bound by the CPU launching kernels, not by the GPU. These
+//! kernels bring a layer from about 27 launches to 10, and take the position from device memory,
+//! so one step can be captured as a CUDA graph (`llama::DecodeGraph`) and replayed.
+//!
+//! Every tensor passed in must be contiguous and on the kernels' device; outputs are fresh
+//! tensors of the inputs' dtype.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
+const MODULE: &str = "subgoal_decode";
+const ATTN_THREADS: u32 = 128;
+/// Positions per attention split: small enough that a short cache still spreads over the GPU.
+const ATTN_CHUNK: usize = 64;
+
+/// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
+macro_rules! launch {
+    ($k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let mut b = $k.stream.launch_builder($k.func($name)?);
+        $( b.arg($arg); )+
+        // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu, with
+        // addresses of live tensors whose sizes the launch geometry respects.
+        unsafe { b.launch($cfg) }.map_err(|e| candle_core::Error::Msg(format!("{}: {e}", $name)))?;
+    }};
+}
+
+/// The kernels for one device and dtype, looked up once.
+pub struct Kernels {
+    dev: CudaDevice,
+    stream: Arc<CudaStream>,
+    dtype: DType,
+    funcs: HashMap<&'static str, CudaFunction>,
+}
+
+fn suffix(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => bail!("the fused decode kernels do not take {other:?}"),
+    })
+}
+
+/// Device address of a contiguous tensor's first element.
+fn addr(t: &Tensor) -> Result<u64> {
+    let (st, layout) = t.storage_and_layout();
+    if !layout.is_contiguous() {
+        bail!("the fused decode kernels take contiguous tensors (got strides {:?})", layout.stride());
+    }
+    let Storage::Cuda(cs) = &*st else { bail!("the fused decode kernels take CUDA tensors") };
+    let stream = cs.device.cuda_stream();
+    let base = match &cs.slice {
+        CudaStorageSlice::F32(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::BF16(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::F16(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::U32(s) => s.device_ptr(&stream).0,
+        _ => bail!("the fused decode kernels do not take {:?}", t.dtype()),
+    };
+    Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
+}
+
+impl Kernels {
+    /// Loads the kernels for `dtype` on `device`; `None` off CUDA or for other dtypes.
+    pub fn load(device: &Device, dtype: DType) -> Result<Option<Kernels>> {
+        let Device::Cuda(dev) = device else { return Ok(None) };
+        let Ok(sfx) = suffix(dtype) else { return Ok(None) };
+        let mut funcs = HashMap::new();
+        for name in ["add_rmsnorm", "silu_mul", "rope_kv", "attn_split64", "attn_split128", "attn_split256", "attn_combine"]
+        {
+            let f = dev.get_or_load_custom_func(&format!("{name}_{sfx}"), MODULE, PTX)?;
+            funcs.insert(name, (*f).clone());
+        }
+        Ok(Some(Kernels { dev: dev.clone(), stream: dev.cuda_stream(), dtype, funcs }))
+    }
+
+    /// An uninitialized tensor of the kernels' dtype (every element is written by a kernel).
+    fn empty<S: Into<Shape>>(&self, shape: S, dtype: DType) -> Result<Tensor> {
+        let shape = shape.into();
+        let n = shape.elem_count();
+        // SAFETY: callers launch a kernel that writes every element before the tensor is read.
+        let slice = unsafe {
+            match dtype {
+                DType::F32 => CudaStorageSlice::F32(self.dev.alloc::<f32>(n)?),
+                DType::BF16 => CudaStorageSlice::BF16(self.dev.alloc::<half::bf16>(n)?),
+                DType::F16 => CudaStorageSlice::F16(self.dev.alloc::<half::f16>(n)?),
+                other => bail!("no fused buffer of {other:?}"),
+            }
+        };
+        let storage = Storage::Cuda(CudaStorage { slice, device: self.dev.clone() });
+        Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs.get(name).ok_or_else(|| candle_core::Error::Msg(format!("kernel {name} not loaded")))
+    }
+
+    fn check(&self, t: &Tensor) -> Result<()> {
+        if t.dtype() != self.dtype {
+            bail!("fused decode: a {:?} tensor where {:?} was expected", t.dtype(), self.dtype);
+        }
+        Ok(())
+    }
+
+    /// `(x + delta, rmsnorm(x + delta) * w)` for rows `[n, hidden]`.
+    pub fn add_rmsnorm(&self, x: &Tensor, delta: Option<&Tensor>, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+        self.check(x)?;
+        let (rows, hidden) = x.dims2()?;
+        let out = self.empty((2, rows, hidden), self.dtype)?;
+        let (px, pw, po) = (addr(x)?, addr(w)?, addr(&out)?);
+        let pd = match delta {
+            Some(d) => {
+                if d.dims() != x.dims() {
+                    bail!("add_rmsnorm: delta {:?} for x {:?}", d.dims(), x.dims());
+                }
+                addr(d)?
+            }
+            None => 0,
+        };
+        let (rows_i, hidden_i) = (rows as i32, hidden as i32);
+        let threads = (hidden.div_ceil(32) * 32).min(1024) as u32;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "add_rmsnorm", cfg, &px, &pd, &pw, &po, &rows_i, &hidden_i, &eps);
+        Ok((out.get(0)?, out.get(1)?))
+    }
+
+    /// `silu(gate) * up` for rows `[gate | up]` of `2 * inter`.
+    pub fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor> {
+        self.check(gate_up)?;
+        let (rows, two) = gate_up.dims2()?;
+        let inter = two / 2;
+        let out = self.empty((rows, inter), self.dtype)?;
+        let (pi, po) = (addr(gate_up)?, addr(&out)?);
+        let (rows_i, inter_i) = (rows as i32, inter as i32);
+        let blocks = (rows * inter).div_ceil(256).min(65_535) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "silu_mul", cfg, &pi, &po, &rows_i, &inter_i);
+        Ok(out)
+    }
+
+    /// Rotates this position's q and k (rows of `qkv`: q, k, v heads back to back), writes k and v
+    /// into the caches at `*pos`, and returns q `[rows, heads * d]` scaled by `q_scale`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv(
+        &self,
+        qkv: &Tensor,
+        caches: (&Tensor, &Tensor),
+        tables: (&Tensor, &Tensor),
+        pos: &Tensor,
+        heads: usize,
+        interleaved: bool,
+        q_scale: f32,
+    ) -> Result<Tensor> {
+        self.check(qkv)?;
+        let (rows, stride) = qkv.dims2()?;
+        let (crows, kv_heads, cap, d) = caches.0.dims4()?;
+        if crows != rows || stride != (heads + 2 * kv_heads) * d || caches.1.dims() != caches.0.dims() {
+            bail!("rope_kv: qkv {:?} does not match the cache {:?}", qkv.dims(), caches.0.dims());
+        }
+        let q = self.empty((rows, heads * d), self.dtype)?;
+        let (pqkv, pq, pk, pv) = (addr(qkv)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);
+        let ints = [stride as i32, heads as i32, kv_heads as i32, d as i32, cap as i32, interleaved as i32];
+        let cfg = LaunchConfig {
+            grid_dim: ((heads + 2 * kv_heads) as u32, rows as u32, 1),
+            block_dim: ((d / 2) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, "rope_kv", cfg, &pqkv, &ints[0], &pq, &pk, &pv, &pc, &ps, &pp, &ints[1], &ints[2], &ints[3], &ints[4], &ints[5], &q_scale);
+        Ok(q)
+    }
+
+    /// Attention of one query per row (`q`: `[rows, heads * d]`, scaled) over the cache's positions
+    /// `0..=*pos`, split over the cache's capacity so the launch does not depend on the position.
+    pub fn attention(&self, q: &Tensor, caches: (&Tensor, &Tensor), pos: &Tensor, heads: usize) -> Result<Tensor> {
+        self.check(q)?;
+        let (rows, kv_heads, cap, d) = caches.0.dims4()?;
+        let kernel = match d {
+            64 => "attn_split64",
+            128 => "attn_split128",
+            256 => "attn_split256",
+            _ => bail!("fused attention takes head_dim 64, 128 or 256, not {d}"),
+        };
+        let splits = cap.div_ceil(ATTN_CHUNK);
+        let part = self.empty((rows, heads, splits, d + 2), DType::F32)?;
+        let out = self.empty((rows, heads * d), self.dtype)?;
+        let (pq, pk, pv, pp, ppart, po) =
+            (addr(q)?, addr(caches.0)?, addr(caches.1)?, addr(pos)?, addr(&part)?, addr(&out)?);
+        let ints = [heads as i32, kv_heads as i32, cap as i32, ATTN_CHUNK as i32, d as i32, splits as i32];
+        let cfg = LaunchConfig {
+            grid_dim: (heads as u32, rows as u32, splits as u32),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, kernel, cfg, &pq, &pk, &pv, &ppart, &pp, &ints[0], &ints[1], &ints[2], &ints[3]);
+        let cfg = LaunchConfig { grid_dim: (heads as u32, rows as u32, 1), block_dim: (d as u32, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "attn_combine", cfg, &ppart, &po, &ints[0], &ints[4], &ints[5]);
+        Ok(out)
+    }
+}
