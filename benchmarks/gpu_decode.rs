@@ -21,7 +21,6 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
 use subgoal::model::llama::{KvCache, Model};
-use subgoal::model::sample::sample_rows;
 
 const HIDDEN: usize = 4096;
 const INTERMEDIATE: usize = 11008;
@@ -150,7 +149,7 @@ fn decode_rates(
                     let rows = last.to_device(&Device::Cpu).unwrap();
                     (0..b).map(|i| samplers[i].sample(&rows.get(i).unwrap()).unwrap()).collect()
                 } else {
-                    sample_rows(&last, 1.0, 0.95).unwrap()
+                    model.sample_rows(&last, 1.0, 0.95, step as u64).unwrap()
                 };
                 let ids = Tensor::from_vec(next, (b, 1), device).unwrap();
                 let f = Instant::now();

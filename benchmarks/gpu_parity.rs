@@ -38,8 +38,11 @@ fn main() {
 
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let load = |device: &str| {
-        Embedded::load(dir.path(), &EmbeddedOptions { device: device.into(), dtype: Some("f32".into()), tokenizer: None })
-            .expect("load the converted model")
+        Embedded::load(
+            dir.path(),
+            &EmbeddedOptions { device: device.into(), dtype: Some("f32".into()), tokenizer: None },
+        )
+        .expect("load the converted model")
     };
     let (cpu, cuda) = (load("cpu"), load("cuda"));
     let params = |n: usize| SamplingParams {
@@ -50,7 +53,10 @@ fn main() {
         stop: vec![],
         seed: Some(0),
     };
-    let request = |n: usize| GenRequest { prompts: PROMPTS.iter().map(|p| Prompt::Text(p.to_string())).collect(), params: params(n) };
+    let request = |n: usize| GenRequest {
+        prompts: PROMPTS.iter().map(|p| Prompt::Text(p.to_string())).collect(),
+        params: params(n),
+    };
     let mut greedy = Vec::new();
     let mut identical = true;
     for n in [1, 3] {

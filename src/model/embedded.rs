@@ -318,7 +318,7 @@ impl Engine {
         }
         let mut next: Vec<u32> = if device_sampling {
             let rows = logits.broadcast_as((params.n, logits.dim(1).map_err(backend)?)).map_err(backend)?;
-            super::sample::sample_rows(&rows, params.temperature, params.top_p).map_err(backend)?
+            model.sample_rows(&rows, params.temperature, params.top_p, step_seed(seed, 0)).map_err(backend)?
         } else {
             let first = logits.i(0).map_err(backend)?;
             let mut next = Vec::with_capacity(params.n);
@@ -370,7 +370,9 @@ impl Engine {
             let logits = model.forward(&input, pos, &mut cache).map_err(backend)?;
             pos += 1;
             if device_sampling {
-                next = super::sample::sample_rows(&logits, params.temperature, params.top_p).map_err(backend)?;
+                next = model
+                    .sample_rows(&logits, params.temperature, params.top_p, step_seed(seed, pos))
+                    .map_err(backend)?;
             } else {
                 for (r, &si) in rows.iter().enumerate() {
                     let row = logits.i(r).map_err(backend)?;
@@ -381,6 +383,11 @@ impl Engine {
         stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
         Ok((samples, stats))
     }
+}
+
+/// The sampler's key for one decode step of a request seeded with `seed`.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn random_seed() -> u64 {

@@ -19,8 +19,20 @@ use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
 const MODULE: &str = "subgoal_decode";
 const ATTN_THREADS: u32 = 128;
-/// Positions per attention split: small enough that a short cache still spreads over the GPU.
-const ATTN_CHUNK: usize = 64;
+/// Bytes of keys per attention split (`TILE_BYTES` in decode.cu): a split covers
+/// `ATTN_TILE_BYTES / (head_dim * dtype size)` positions, loaded to shared memory at once.
+const ATTN_TILE_BYTES: usize = 16384;
+/// Vocabulary entries per sampling block.
+const SAMPLE_CHUNK: usize = 512;
+/// Draws per row and step (`DRAWS` in decode.cu) and the per-block record of `sample_partial`.
+const DRAWS: usize = 8;
+const SLOTS: usize = DRAWS + 1;
+const PART: usize = 2 + 2 * SLOTS;
+/// The most rows `gemv` has a kernel for.
+const GEMV_MAX_ROWS: usize = 8;
+/// Up to how many rows `gemv` replaces cuBLAS by default: measured on an H200 at the 7B shape, it
+/// wins at one row and loses from two (it turns compute-bound as rows share each weight load).
+const GEMV_ROWS: usize = 1;
 
 /// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
 macro_rules! launch {
@@ -39,6 +51,10 @@ pub struct Kernels {
     stream: Arc<CudaStream>,
     dtype: DType,
     funcs: HashMap<&'static str, CudaFunction>,
+    gemv_rows: usize,
+    /// Per (row, head) counts of finished attention splits, zero between launches (the last split
+    /// resets its count); grown on demand.
+    counters: std::sync::Mutex<Option<Tensor>>,
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
@@ -74,12 +90,40 @@ impl Kernels {
         let Device::Cuda(dev) = device else { return Ok(None) };
         let Ok(sfx) = suffix(dtype) else { return Ok(None) };
         let mut funcs = HashMap::new();
-        for name in ["add_rmsnorm", "silu_mul", "rope_kv", "attn_split64", "attn_split128", "attn_split256", "attn_combine"]
-        {
+        const PER_DTYPE: [&str; 14] = [
+            "add_rmsnorm",
+            "silu_mul",
+            "rope_kv",
+            "attn_split64",
+            "attn_split128",
+            "attn_split256",
+            "gemv1",
+            "gemv2",
+            "gemv3",
+            "gemv4",
+            "gemv5",
+            "gemv6",
+            "gemv7",
+            "gemv8",
+        ];
+        for name in PER_DTYPE {
             let f = dev.get_or_load_custom_func(&format!("{name}_{sfx}"), MODULE, PTX)?;
             funcs.insert(name, (*f).clone());
         }
-        Ok(Some(Kernels { dev: dev.clone(), stream: dev.cuda_stream(), dtype, funcs }))
+        for name in ["sample_partial", "sample_pick", "sample_mass", "sample_accept"] {
+            let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            funcs.insert(name, (*f).clone());
+        }
+        // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
+        let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
+        Ok(Some(Kernels {
+            dev: dev.clone(),
+            stream: dev.cuda_stream(),
+            dtype,
+            funcs,
+            gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
+            counters: Default::default(),
+        }))
     }
 
     /// An uninitialized tensor of the kernels' dtype (every element is written by a kernel).
@@ -92,6 +136,7 @@ impl Kernels {
                 DType::F32 => CudaStorageSlice::F32(self.dev.alloc::<f32>(n)?),
                 DType::BF16 => CudaStorageSlice::BF16(self.dev.alloc::<half::bf16>(n)?),
                 DType::F16 => CudaStorageSlice::F16(self.dev.alloc::<half::f16>(n)?),
+                DType::U32 => CudaStorageSlice::U32(self.dev.alloc::<u32>(n)?),
                 other => bail!("no fused buffer of {other:?}"),
             }
         };
@@ -174,12 +219,16 @@ impl Kernels {
             block_dim: ((d / 2) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, "rope_kv", cfg, &pqkv, &ints[0], &pq, &pk, &pv, &pc, &ps, &pp, &ints[1], &ints[2], &ints[3], &ints[4], &ints[5], &q_scale);
+        launch!(
+            self, "rope_kv", cfg, &pqkv, &ints[0], &pq, &pk, &pv, &pc, &ps, &pp, &ints[1], &ints[2], &ints[3],
+            &ints[4], &ints[5], &q_scale
+        );
         Ok(q)
     }
 
     /// Attention of one query per row (`q`: `[rows, heads * d]`, scaled) over the cache's positions
-    /// `0..=*pos`, split over the cache's capacity so the launch does not depend on the position.
+    /// `0..=*pos`, split over the cache's capacity so the launch does not depend on the position;
+    /// one launch (the last split of each head merges the others).
     pub fn attention(&self, q: &Tensor, caches: (&Tensor, &Tensor), pos: &Tensor, heads: usize) -> Result<Tensor> {
         self.check(q)?;
         let (rows, kv_heads, cap, d) = caches.0.dims4()?;
@@ -189,20 +238,93 @@ impl Kernels {
             256 => "attn_split256",
             _ => bail!("fused attention takes head_dim 64, 128 or 256, not {d}"),
         };
-        let splits = cap.div_ceil(ATTN_CHUNK);
+        let chunk = ATTN_TILE_BYTES / (d * self.dtype.size_in_bytes());
+        let splits = cap.div_ceil(chunk);
         let part = self.empty((rows, heads, splits, d + 2), DType::F32)?;
         let out = self.empty((rows, heads * d), self.dtype)?;
-        let (pq, pk, pv, pp, ppart, po) =
-            (addr(q)?, addr(caches.0)?, addr(caches.1)?, addr(pos)?, addr(&part)?, addr(&out)?);
-        let ints = [heads as i32, kv_heads as i32, cap as i32, ATTN_CHUNK as i32, d as i32, splits as i32];
+        let counters = self.counters(rows * heads)?;
+        let (pq, pk, pv, pp, ppart, pc, po) =
+            (addr(q)?, addr(caches.0)?, addr(caches.1)?, addr(pos)?, addr(&part)?, addr(&counters)?, addr(&out)?);
+        let ints = [heads as i32, kv_heads as i32, cap as i32];
         let cfg = LaunchConfig {
             grid_dim: (heads as u32, rows as u32, splits as u32),
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, kernel, cfg, &pq, &pk, &pv, &ppart, &pp, &ints[0], &ints[1], &ints[2], &ints[3]);
-        let cfg = LaunchConfig { grid_dim: (heads as u32, rows as u32, 1), block_dim: (d as u32, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "attn_combine", cfg, &ppart, &po, &ints[0], &ints[4], &ints[5]);
+        launch!(self, kernel, cfg, &pq, &pk, &pv, &ppart, &pc, &po, &pp, &ints[0], &ints[1], &ints[2]);
         Ok(out)
+    }
+
+    /// One token per row of `logits` (`[rows, vocab]`, f32): greedy at temperature 0, else drawn
+    /// from the top-p distribution at that temperature with noise keyed by `seed` (a caller
+    /// passes a fresh seed per step). Only the ids leave the device.
+    pub fn sample(&self, logits: &Tensor, temperature: f64, top_p: f64, seed: u64) -> Result<Vec<u32>> {
+        let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+        let (rows, vocab) = logits.dims2()?;
+        let chunks = vocab.div_ceil(SAMPLE_CHUNK);
+        let greedy = temperature <= 0.0;
+        let check = !greedy && top_p < 1.0;
+        let inv_t = if greedy { 1.0f32 } else { (1.0 / temperature) as f32 };
+        let part = self.empty((rows, chunks, PART), DType::F32)?;
+        let cand = self.empty((rows, SLOTS), DType::U32)?;
+        let stats = self.empty((rows, 2), DType::F32)?;
+        let out = self.empty(rows, DType::U32)?;
+        let (pl, ppart, pcand, pstats, pout) = (addr(&logits)?, addr(&part)?, addr(&cand)?, addr(&stats)?, addr(&out)?);
+        let (vocab_i, chunk_i, chunks_i, greedy_i, check_i) =
+            (vocab as i32, SAMPLE_CHUNK as i32, chunks as i32, greedy as i32, check as i32);
+        let grid =
+            LaunchConfig { grid_dim: (chunks as u32, rows as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let per_row = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "sample_partial", grid, &pl, &vocab_i, &chunk_i, &inv_t, &seed, &greedy_i, &ppart);
+        launch!(self, "sample_pick", per_row, &ppart, &chunks_i, &greedy_i, &check_i, &pcand, &pstats, &pout);
+        if check {
+            let mass = self.empty((rows, chunks, DRAWS), DType::F32)?;
+            let pmass = addr(&mass)?;
+            let top_p = top_p as f32;
+            launch!(self, "sample_mass", grid, &pl, &vocab_i, &chunk_i, &inv_t, &pcand, &pstats, &pmass);
+            launch!(self, "sample_accept", per_row, &pmass, &chunks_i, &pcand, &pstats, &top_p, &pout);
+        }
+        out.to_vec1::<u32>()
+    }
+
+    /// `x @ w^T` for few rows (`x`: `[rows, k]`, `w`: `[n, k]` as `nn.Linear` keeps it) with one
+    /// read of `w`; `None` where the kernel does not apply (too many rows, unaligned shapes), for
+    /// the caller to take the GEMM.
+    pub fn gemv(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let (n, wk) = w.dims2()?;
+        let per_load = 16 / self.dtype.size_in_bytes();
+        let aligned = |t: &Tensor| t.layout().start_offset() % per_load == 0;
+        if rows == 0
+            || rows > self.gemv_rows
+            || wk != k
+            || k % per_load != 0
+            || x.dtype() != self.dtype
+            || w.dtype() != self.dtype
+            || !x.is_contiguous()
+            || !w.is_contiguous()
+            || !aligned(x)
+            || !aligned(w)
+        {
+            return Ok(None);
+        }
+        let y = self.empty((rows, n), self.dtype)?;
+        let (px, pw, py) = (addr(x)?, addr(w)?, addr(&y)?);
+        let (n_i, k_i) = (n as i32, k as i32);
+        // 8 warps per block, GEMV_COLS columns per warp.
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        const NAMES: [&str; GEMV_MAX_ROWS] = ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8"];
+        launch!(self, NAMES[rows - 1], cfg, &px, &pw, &py, &n_i, &k_i);
+        Ok(Some(y))
+    }
+
+    /// At least `n` zeroed counters for the attention's last-split merge (each launch leaves its
+    /// counters at zero, and launches on one stream run one after another).
+    fn counters(&self, n: usize) -> Result<Tensor> {
+        let mut c = self.counters.lock().map_err(|_| candle_core::Error::Msg("fused counters poisoned".into()))?;
+        if c.as_ref().map_or(0, |t| t.elem_count()) < n {
+            *c = Some(Tensor::zeros(n.max(4096), DType::U32, &Device::Cuda(self.dev.clone()))?);
+        }
+        c.clone().ok_or_else(|| candle_core::Error::Msg("fused counters missing".into()))
     }
 }

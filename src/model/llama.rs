@@ -72,6 +72,20 @@ impl Linear {
     }
 }
 
+/// A projection of a fused decode step's rows: the few-row kernel for dense weights without bias,
+/// else the projection's own path.
+#[cfg(feature = "cuda")]
+fn project(k: &super::fused::Kernels, l: &Linear, x: &Tensor) -> Result<Tensor> {
+    if let Linear::Dense(d) = l {
+        if d.bias().is_none() {
+            if let Some(y) = k.gemv(x, d.weight())? {
+                return Ok(y);
+            }
+        }
+    }
+    l.forward(x)
+}
+
 /// The gated MLP's input projections: apart (GGUF), or as one matrix `[gate; up]` (dense weights),
 /// one GEMM instead of two.
 enum Mlp {
@@ -225,9 +239,14 @@ pub struct Model {
     sin: Tensor,
     dtype: DType,
     device: Device,
-    /// The fused decode kernels, when the device and the model allow them (`Model::fused_decode`).
+    /// The fused kernels (CUDA, f32/bf16/f16): the sampler, and the decode step when
+    /// `step_fits`; both off when `fused_on` is false (`Model::set_fused_decode`).
     #[cfg(feature = "cuda")]
-    fused: Option<super::fused::Kernels>,
+    kernels: Option<super::fused::Kernels>,
+    #[cfg(feature = "cuda")]
+    step_fits: bool,
+    #[cfg(feature = "cuda")]
+    fused_on: bool,
 }
 
 /// Inverse frequencies of the rotary embedding, with the configured scaling, and the factor
@@ -378,17 +397,11 @@ impl Model {
     ) -> Result<Model> {
         let (cos, sin) = rope_tables(&cfg, dtype, device)?;
         #[cfg(feature = "cuda")]
-        let fused = {
-            let fits = matches!(cfg.head_dim, 64 | 128 | 256)
-                && cfg.kv_heads > 0
-                && cfg.heads % cfg.kv_heads == 0
-                && layers.iter().all(|l| l.q_norm.is_none());
-            if fits {
-                super::fused::Kernels::load(device, dtype)?
-            } else {
-                None
-            }
-        };
+        let step_fits = matches!(cfg.head_dim, 64 | 128 | 256)
+            && cfg.kv_heads > 0
+            && cfg.heads % cfg.kv_heads == 0
+            && !layers.is_empty()
+            && layers.iter().all(|l| l.q_norm.is_none());
         Ok(Model {
             cfg,
             embed,
@@ -400,7 +413,11 @@ impl Model {
             dtype,
             device: device.clone(),
             #[cfg(feature = "cuda")]
-            fused,
+            kernels: super::fused::Kernels::load(device, dtype)?,
+            #[cfg(feature = "cuda")]
+            step_fits,
+            #[cfg(feature = "cuda")]
+            fused_on: true,
         })
     }
 
@@ -412,56 +429,84 @@ impl Model {
     /// q/k norms; off for comparisons with `set_fused_decode(false)`).
     pub fn fused_decode(&self) -> bool {
         #[cfg(feature = "cuda")]
-        return self.fused.is_some();
+        return self.kernels.is_some() && self.step_fits && self.fused_on;
         #[cfg(not(feature = "cuda"))]
         false
     }
 
-    /// Turns the fused decode step off (the generic path then runs on every device).
+    /// Turns the fused decode step and sampler off or back on (off, the generic path runs on
+    /// every device).
     pub fn set_fused_decode(&mut self, on: bool) {
         #[cfg(feature = "cuda")]
-        if !on {
-            self.fused = None;
-        } else if self.fused.is_none() {
-            self.fused = super::fused::Kernels::load(&self.device, self.dtype).ok().flatten();
+        {
+            self.fused_on = on;
         }
         let _ = on;
+    }
+
+    /// One token per row of `logits` (`(rows, vocab)`), drawn on the model's device: greedy at
+    /// temperature 0, else from the top-p distribution. The fused sampler (CUDA) keys its noise by
+    /// `step_seed`, which callers vary per step; `sample::sample_rows` draws from the device's
+    /// generator.
+    pub fn sample_rows(&self, logits: &Tensor, temperature: f64, top_p: f64, step_seed: u64) -> Result<Vec<u32>> {
+        #[cfg(feature = "cuda")]
+        if let (Some(k), true) = (&self.kernels, self.fused_on) {
+            return k.sample(logits, temperature, top_p, step_seed);
+        }
+        let _ = step_seed;
+        super::sample::sample_rows(logits, temperature, top_p)
     }
 
     /// One decode step (`ids`: `(batch, 1)`) through the fused kernels; every layer's cache holds
     /// the positions before `pos`.
     #[cfg(feature = "cuda")]
-    fn forward_fused(&self, k: &super::fused::Kernels, ids: &Tensor, pos: usize, cache: &mut KvCache) -> Result<Tensor> {
+    fn forward_fused(
+        &self,
+        k: &super::fused::Kernels,
+        ids: &Tensor,
+        pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
         let pos_t = Tensor::new(&[pos as u32], &self.device)?;
-        let q_scale = if self.layers.first().is_some_and(|l| l.q_scaled) { 1.0 } else { 1.0 / (cfg.head_dim as f32).sqrt() };
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
-        let mut delta: Option<Tensor> = None;
-        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let q_scale =
+            if self.layers.first().is_some_and(|l| l.q_scaled) { 1.0 } else { 1.0 / (cfg.head_dim as f32).sqrt() };
+        let embedded = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let Some(first) = self.layers.first() else { candle_core::bail!("fused decode of a model without layers") };
+        // The residual stream and its normalized form for the next projection; each layer ends
+        // with the next layer's (or the final) norm.
+        let (mut x, mut h) = k.add_rmsnorm(&embedded, None, &first.attn_norm, eps)?;
+        for (i, (layer, c)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let Some(c) = c.as_mut() else { candle_core::bail!("fused decode without a prefilled cache") };
             if c.len != pos {
                 candle_core::bail!("fused decode at position {pos} with {} cached positions", c.len);
             }
             c.reserve(1)?;
-            let (sum, h) = k.add_rmsnorm(&x, delta.as_ref(), &layer.attn_norm, eps)?;
             let qkv = match &layer.qkv {
-                Some(qkv) => qkv.forward(&h)?,
+                Some(qkv) => project(k, qkv, &h)?,
                 None => Tensor::cat(&[layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?], 1)?,
             };
-            let q = k.rope_kv(&qkv, (&c.k, &c.v), (&self.cos, &self.sin), &pos_t, cfg.heads, cfg.rope_interleaved, q_scale)?;
+            let q = k.rope_kv(
+                &qkv,
+                (&c.k, &c.v),
+                (&self.cos, &self.sin),
+                &pos_t,
+                cfg.heads,
+                cfg.rope_interleaved,
+                q_scale,
+            )?;
             c.len += 1;
             let a = k.attention(&q, (&c.k, &c.v), &pos_t, cfg.heads)?;
-            let (sum, h) = k.add_rmsnorm(&sum, Some(&layer.o.forward(&a)?), &layer.ffn_norm, eps)?;
+            let (x1, h1) = k.add_rmsnorm(&x, Some(&project(k, &layer.o, &a)?), &layer.ffn_norm, eps)?;
+            let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.attn_norm);
             let act = match &layer.mlp {
-                Mlp::Fused(gu) => k.silu_mul(&gu.forward(&h)?)?,
-                split => split.forward(&h)?,
+                Mlp::Fused(gu) => k.silu_mul(&project(k, gu, &h1)?)?,
+                split => split.forward(&h1)?,
             };
-            delta = Some(layer.down.forward(&act)?);
-            x = sum;
+            (x, h) = k.add_rmsnorm(&x1, Some(&project(k, &layer.down, &act)?), next, eps)?;
         }
-        let (_, h) = k.add_rmsnorm(&x, delta.as_ref(), &self.norm, eps)?;
-        self.lm_head.forward(&h)?.to_dtype(DType::F32)
+        project(k, &self.lm_head, &h)?.to_dtype(DType::F32)
     }
 
     /// Runs `ids` (`(batch, t)`, every row at the same positions `pos..pos + t`) through the model,
@@ -472,7 +517,7 @@ impl Model {
             candle_core::bail!("position {} is past the model's context of {}", pos + t, self.cos.dim(0)?);
         }
         #[cfg(feature = "cuda")]
-        if let Some(k) = &self.fused {
+        if let (Some(k), true) = (&self.kernels, self.fused_decode()) {
             if t == 1 && cache.layers.len() == self.layers.len() && cache.layers.iter().all(Option::is_some) {
                 return self.forward_fused(k, ids, pos, cache);
             }
@@ -671,9 +716,9 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<Config> {
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
     let scaling = match get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
-        Some("linear") => get("rope.scaling.factor")
-            .and_then(|v| v.to_f32().ok())
-            .map(|f| RopeScaling::Linear { factor: f as f64 }),
+        Some("linear") => {
+            get("rope.scaling.factor").and_then(|v| v.to_f32().ok()).map(|f| RopeScaling::Linear { factor: f as f64 })
+        }
         Some("yarn") => {
             let factor = get("rope.scaling.factor").and_then(|v| v.to_f32().ok()).unwrap_or(1.0) as f64;
             let original_max =

@@ -42,18 +42,41 @@ __device__ float block_sum(float v) {
 // Grid: one block per row.
 template <typename T>
 __device__ void add_rmsnorm(const T* x, const T* delta, const T* w, T* out, int rows, int hidden, float eps) {
+    constexpr int HELD = 8;  // values a thread keeps in registers (hidden <= HELD * blockDim.x)
     int r = blockIdx.x;
     const T* xr = x + (size_t)r * hidden;
     const T* dr = delta ? delta + (size_t)r * hidden : nullptr;
     T* sr = out + (size_t)r * hidden;
     T* nr = out + ((size_t)rows + r) * hidden;
     float ss = 0.f;
+    if (hidden <= HELD * (int)blockDim.x) {
+        float v[HELD], wv[HELD];
+#pragma unroll
+        for (int t = 0; t < HELD; t++) {
+            int i = threadIdx.x + t * blockDim.x;
+            v[t] = 0.f;
+            wv[t] = 0.f;
+            if (i < hidden) {
+                // Rounded first: the norm sees the sum as stored, as in the generic path.
+                T s = from_f<T>(to_f(xr[i]) + (dr ? to_f(dr[i]) : 0.f));
+                sr[i] = s;
+                v[t] = to_f(s);
+                ss += v[t] * v[t];
+                wv[t] = to_f(w[i]);  // loaded before the reduction, off its critical path
+            }
+        }
+        float inv = rsqrtf(block_sum(ss) / hidden + eps);
+#pragma unroll
+        for (int t = 0; t < HELD; t++) {
+            int i = threadIdx.x + t * blockDim.x;
+            if (i < hidden) nr[i] = from_f<T>(v[t] * inv * wv[t]);
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        // Rounded first: the norm sees the sum as stored, as in the generic path.
         T s = from_f<T>(to_f(xr[i]) + (dr ? to_f(dr[i]) : 0.f));
         sr[i] = s;
-        float f = to_f(s);
-        ss += f * f;
+        ss += to_f(s) * to_f(s);
     }
     float inv = rsqrtf(block_sum(ss) / hidden + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) nr[i] = from_f<T>(to_f(sr[i]) * inv * to_f(w[i]));
@@ -111,111 +134,110 @@ __device__ void rope_kv(const T* qkv, int stride, T* q_out, T* kc, T* vc, const 
 
 // Split-K attention of one query position over the cache (flash-decoding).
 // q: [rows, heads, d] (already scaled); caches: [rows, kv_heads, cap, d], positions 0..=*pos filled.
-// part: [rows, heads, splits, d + 2] f32: the split's unnormalized output, its max and its sum.
-// Grid: (heads, rows, splits); block: 4 warps; a split covers `chunk` positions; a warp takes
-// positions warp, warp + 4, … of its split, a lane EPL = d/32 elements of each.
-constexpr int ATTN_WARPS = 4;
+// part: [rows, heads, splits, d + 2] f32: each split's unnormalized output, its max and its sum;
+// the last split to finish (counted in `counters`, zero between launches) merges them into y
+// [rows, heads * d]. Grid: (heads, rows, splits); block: 128 threads. A split covers CH positions (16 KiB of keys):
+// its keys and values are loaded to shared memory at once, so the loads are in flight together
+// rather than one position after another.
+constexpr int ATTN_THREADS = 128;
+constexpr int TILE_BYTES = 16384;
 template <typename T, int EPL>
-__device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, const uint32_t* pos_p, int heads,
-                           int kv_heads, int cap, int chunk) {
+__device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, unsigned* counters, T* y,
+                           const uint32_t* pos_p, int heads, int kv_heads, int cap) {
     constexpr int D = EPL * 32;
+    constexpr int CH = TILE_BYTES / (D * sizeof(T));
+    constexpr int PER_WARP = CH / (ATTN_THREADS / 32);
+    constexpr int VEC = 16 / sizeof(T);
+    __shared__ __align__(16) T ks[CH * D];
+    __shared__ __align__(16) T vs[CH * D];
+    __shared__ float ps[CH];
     int head = blockIdx.x, r = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int len = (int)*pos_p + 1;
-    int begin = split * chunk, end = min(begin + chunk, len);
-    int kh = head / (heads / kv_heads);
-    const T* qr = q + ((size_t)r * heads + head) * D + lane * EPL;
-    const T* kb = kc + ((size_t)r * kv_heads + kh) * cap * D + lane * EPL;
-    const T* vb = vc + ((size_t)r * kv_heads + kh) * cap * D + lane * EPL;
-    float qv[EPL], acc[EPL];
-#pragma unroll
-    for (int e = 0; e < EPL; e++) {
-        qv[e] = to_f(qr[e]);
-        acc[e] = 0.f;
-    }
-    float m = -INFINITY, l = 0.f;
-    // Two positions per iteration, loads issued before either reduction, to keep loads in flight.
-    int j = begin + warp;
-    for (; j + ATTN_WARPS < end; j += 2 * ATTN_WARPS) {
-        const T* k0 = kb + (size_t)j * D;
-        const T* k1 = kb + (size_t)(j + ATTN_WARPS) * D;
-        float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-        for (int e = 0; e < EPL; e++) {
-            s0 += qv[e] * to_f(k0[e]);
-            s1 += qv[e] * to_f(k1[e]);
-        }
-        s0 = warp_sum(s0);
-        s1 = warp_sum(s1);
-        float mn = fmaxf(m, fmaxf(s0, s1));
-        float corr = __expf(m - mn), p0 = __expf(s0 - mn), p1 = __expf(s1 - mn);
-        l = l * corr + p0 + p1;
-        const T* v0 = vb + (size_t)j * D;
-        const T* v1 = vb + (size_t)(j + ATTN_WARPS) * D;
-#pragma unroll
-        for (int e = 0; e < EPL; e++) acc[e] = acc[e] * corr + p0 * to_f(v0[e]) + p1 * to_f(v1[e]);
-        m = mn;
-    }
-    if (j < end) {
-        const T* k0 = kb + (size_t)j * D;
-        float s0 = 0.f;
-#pragma unroll
-        for (int e = 0; e < EPL; e++) s0 += qv[e] * to_f(k0[e]);
-        s0 = warp_sum(s0);
-        float mn = fmaxf(m, s0);
-        float corr = __expf(m - mn), p0 = __expf(s0 - mn);
-        l = l * corr + p0;
-        const T* v0 = vb + (size_t)j * D;
-#pragma unroll
-        for (int e = 0; e < EPL; e++) acc[e] = acc[e] * corr + p0 * to_f(v0[e]);
-        m = mn;
-    }
-    // Merge the warps.
-    __shared__ float sm[ATTN_WARPS], sl[ATTN_WARPS], sacc[ATTN_WARPS][D];
-    if (lane == 0) {
-        sm[warp] = m;
-        sl[warp] = l;
-    }
-#pragma unroll
-    for (int e = 0; e < EPL; e++) sacc[warp][lane * EPL + e] = acc[e];
-    __syncthreads();
+    int begin = split * CH, n = min(CH, len - begin);
     float* out = part + (((size_t)r * heads + head) * splits + split) * (D + 2);
-    float mm = -INFINITY;
+    if (n <= 0) {
+        if (threadIdx.x == 0) out[D] = -INFINITY, out[D + 1] = 0.f;
+        return;
+    }
+    int kh = head / (heads / kv_heads);
+    const T* kb = kc + (((size_t)r * kv_heads + kh) * cap + begin) * D;
+    const T* vb = vc + (((size_t)r * kv_heads + kh) * cap + begin) * D;
+    for (int i = threadIdx.x; i < n * D / VEC; i += ATTN_THREADS) {
+        ((uint4*)ks)[i] = ((const uint4*)kb)[i];
+        ((uint4*)vs)[i] = ((const uint4*)vb)[i];
+    }
+    float qv[EPL];
+    const T* qr = q + ((size_t)r * heads + head) * D + lane * EPL;
 #pragma unroll
-    for (int w = 0; w < ATTN_WARPS; w++) mm = fmaxf(mm, sm[w]);
-    for (int x = threadIdx.x; x < D; x += blockDim.x) {
+    for (int e = 0; e < EPL; e++) qv[e] = to_f(qr[e]);
+    __syncthreads();
+    // Scores: warp w takes positions w, w + 4, …; a lane sums its EPL elements, then all of the
+    // warp's positions are reduced together.
+    float sc[PER_WARP];
+#pragma unroll
+    for (int p = 0; p < PER_WARP; p++) {
+        int j = warp + p * (ATTN_THREADS / 32);
         float a = 0.f;
+        if (j < n) {
 #pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            if (sm[w] > -INFINITY) a += sacc[w][x] * __expf(sm[w] - mm);
+            for (int e = 0; e < EPL; e++) a += qv[e] * to_f(ks[j * D + lane * EPL + e]);
+        }
+        sc[p] = a;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int p = 0; p < PER_WARP; p++) sc[p] += __shfl_xor_sync(0xffffffff, sc[p], o);
+    if (lane == 0) {
+#pragma unroll
+        for (int p = 0; p < PER_WARP; p++) {
+            int j = warp + p * (ATTN_THREADS / 32);
+            if (j < n) ps[j] = sc[p];
+        }
+    }
+    __syncthreads();
+    // Max and sum over the split, each warp on its own (no further barrier for the max).
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[j]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += ATTN_THREADS) ps[j] = __expf(ps[j] - m);
+    __syncthreads();
+    float l = 0.f;
+    for (int j = lane; j < n; j += 32) l += ps[j];
+    l = warp_sum(l);
+    for (int x = threadIdx.x; x < D; x += ATTN_THREADS) {
+        float a = 0.f;
+#pragma unroll 8
+        for (int j = 0; j < n; j++) a += ps[j] * to_f(vs[j * D + x]);
         out[x] = a;
     }
-    if (threadIdx.x == 0) {
-        float ll = 0.f;
-#pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            if (sm[w] > -INFINITY) ll += sl[w] * __expf(sm[w] - mm);
-        out[D] = mm;
-        out[D + 1] = ll;
-    }
-}
-
-// Merges the splits: out[r, head*d + x] = Σ acc·e^(m-M) / Σ l·e^(m-M). Grid: (heads, rows); block: d.
-template <typename T>
-__device__ void attn_combine(const float* part, T* out, int heads, int d, int splits) {
-    int head = blockIdx.x, r = blockIdx.y, x = threadIdx.x;
-    const float* p = part + ((size_t)r * heads + head) * splits * (d + 2);
+    if (threadIdx.x == 0) out[D] = m, out[D + 1] = l;
+    // The last split of this (row, head) to finish merges them all and resets the counter.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    int used = (len + CH - 1) / CH;
+    if (threadIdx.x == 0) last = atomicAdd(&counters[r * heads + head], 1u) == (unsigned)(used - 1);
+    __syncthreads();
+    if (!last) return;
+    const float* p = part + ((size_t)r * heads + head) * splits * (D + 2);
     float mm = -INFINITY;
-    for (int s = 0; s < splits; s++) mm = fmaxf(mm, p[s * (d + 2) + d]);
-    float a = 0.f, l = 0.f;
-    for (int s = 0; s < splits; s++) {
-        float ms = p[s * (d + 2) + d];
-        if (ms == -INFINITY) continue;
-        float w = __expf(ms - mm);
-        a += p[s * (d + 2) + x] * w;
-        l += p[s * (d + 2) + d + 1] * w;
+#pragma unroll 8
+    for (int s = 0; s < used; s++) mm = fmaxf(mm, __ldcg(p + s * (D + 2) + D));
+    for (int x = threadIdx.x; x < D; x += ATTN_THREADS) {
+        float a = 0.f, ll = 0.f;
+#pragma unroll 4
+        for (int s = 0; s < used; s++) {
+            float w = __expf(__ldcg(p + s * (D + 2) + D) - mm);
+            a += __ldcg(p + s * (D + 2) + x) * w;
+            ll += __ldcg(p + s * (D + 2) + D + 1) * w;
+        }
+        y[((size_t)r * heads + head) * D + x] = from_f<T>(a / ll);
     }
-    out[((size_t)r * heads + head) * d + x] = from_f<T>(a / l);
+    if (threadIdx.x == 0) counters[r * heads + head] = 0;
 }
 
 #define INSTANTIATE(T, S)                                                                                      \
@@ -232,24 +254,264 @@ __device__ void attn_combine(const float* part, T* out, int heads, int d, int sp
         rope_kv<T>(qkv, stride, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale);  \
     }                                                                                                          \
     extern "C" __global__ void attn_split64_##S(const T* q, const T* kc, const T* vc, float* part,              \
-                                                const uint32_t* pos, int heads, int kv_heads, int cap,         \
-                                                int chunk) {                                                   \
-        attn_split<T, 2>(q, kc, vc, part, pos, heads, kv_heads, cap, chunk);                                   \
+                                                unsigned* counters, T* y, const uint32_t* pos, int heads,      \
+                                                int kv_heads, int cap) {                                       \
+        attn_split<T, 2>(q, kc, vc, part, counters, y, pos, heads, kv_heads, cap);                               \
     }                                                                                                          \
-    extern "C" __global__ void attn_split128_##S(const T* q, const T* kc, const T* vc, float* part,             \
-                                                 const uint32_t* pos, int heads, int kv_heads, int cap,        \
-                                                 int chunk) {                                                  \
-        attn_split<T, 4>(q, kc, vc, part, pos, heads, kv_heads, cap, chunk);                                   \
+    extern "C" __global__ void attn_split128_##S(const T* q, const T* kc, const T* vc, float* part,              \
+                                                unsigned* counters, T* y, const uint32_t* pos, int heads,      \
+                                                int kv_heads, int cap) {                                       \
+        attn_split<T, 4>(q, kc, vc, part, counters, y, pos, heads, kv_heads, cap);                               \
     }                                                                                                          \
-    extern "C" __global__ void attn_split256_##S(const T* q, const T* kc, const T* vc, float* part,             \
-                                                 const uint32_t* pos, int heads, int kv_heads, int cap,        \
-                                                 int chunk) {                                                  \
-        attn_split<T, 8>(q, kc, vc, part, pos, heads, kv_heads, cap, chunk);                                   \
+    extern "C" __global__ void attn_split256_##S(const T* q, const T* kc, const T* vc, float* part,              \
+                                                unsigned* counters, T* y, const uint32_t* pos, int heads,      \
+                                                int kv_heads, int cap) {                                       \
+        attn_split<T, 8>(q, kc, vc, part, counters, y, pos, heads, kv_heads, cap);                               \
     }                                                                                                          \
-    extern "C" __global__ void attn_combine_##S(const float* part, T* out, int heads, int d, int splits) {     \
-        attn_combine<T>(part, out, heads, d, splits);                                                          \
-    }
+
 
 INSTANTIATE(float, f32)
 INSTANTIATE(__nv_bfloat16, bf16)
 INSTANTIATE(__half, f16)
+
+// y[m, n] = sum_k x[m, k] * w[n, k] for the M rows of x: the projections of a decode step with few
+// rows, where a GEMM library's tiles waste bandwidth. A warp computes COLS output columns, so each
+// load of x serves COLS weight rows; weights stream past L1 (read once), x stays there.
+// Requires k % (16 / sizeof(T)) == 0 and 16-byte aligned rows. Grid: ceil(n / (8 * COLS)); block: 256.
+constexpr int GEMV_COLS = 2;
+template <typename T, int M>
+__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n, int k) {
+    constexpr int V = 16 / sizeof(T);
+    int col0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * GEMV_COLS, lane = threadIdx.x & 31;
+    if (col0 >= n) return;
+    const T* wr[GEMV_COLS];
+#pragma unroll
+    for (int c = 0; c < GEMV_COLS; c++) wr[c] = w + (size_t)min(col0 + c, n - 1) * k;
+    float acc[GEMV_COLS][M];
+#pragma unroll
+    for (int c = 0; c < GEMV_COLS; c++)
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[c][m] = 0.f;
+#pragma unroll 2
+    for (int i = lane * V; i < k; i += 32 * V) {
+        uint4 wv[GEMV_COLS];
+#pragma unroll
+        for (int c = 0; c < GEMV_COLS; c++) wv[c] = __ldcs((const uint4*)(wr[c] + i));
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            uint4 xv = __ldg((const uint4*)(x + (size_t)m * k + i));
+            const T* xe = (const T*)&xv;
+            float xf[V];
+#pragma unroll
+            for (int e = 0; e < V; e++) xf[e] = to_f(xe[e]);
+#pragma unroll
+            for (int c = 0; c < GEMV_COLS; c++) {
+                const T* we = (const T*)&wv[c];
+#pragma unroll
+                for (int e = 0; e < V; e++) acc[c][m] += to_f(we[e]) * xf[e];
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < GEMV_COLS; c++)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float a = warp_sum(acc[c][m]);
+            if (lane == 0 && col0 + c < n) y[(size_t)m * n + col0 + c] = from_f<T>(a);
+        }
+}
+
+#define GEMV(T, S, M)                                                                                          \
+    extern "C" __global__ void gemv##M##_##S(const T* x, const T* w, T* y, int n, int k) {                     \
+        gemv<T, M>(x, w, y, n, k);                             \
+    }
+#define GEMVS(T, S)                                                                                            \
+    GEMV(T, S, 1) GEMV(T, S, 2) GEMV(T, S, 3) GEMV(T, S, 4) GEMV(T, S, 5) GEMV(T, S, 6) GEMV(T, S, 7) GEMV(T, S, 8)
+
+GEMVS(float, f32)
+GEMVS(__nv_bfloat16, bf16)
+GEMVS(__half, f16)
+
+// ---- Sampling: one token per row of f32 logits, on the device --------------------------------
+//
+// Gumbel-max with top-p by rejection (as `sample::sample_rows`, whose rationale holds here), with
+// DRAWS independent draws per row made at once so no round trip is needed for a redraw: the first
+// draw inside the nucleus is taken (a draw falls outside with probability at most 1 - top_p, so all
+// DRAWS fail with probability at most (1 - top_p)^DRAWS; the argmax, always inside, is taken then).
+// The noise is a counter-based hash of (seed, row, draw, token), so a step needs no generator state.
+// Slot DRAWS is the plain argmax (greedy); ties go to the lowest token id, as on the CPU.
+
+constexpr int DRAWS = 8;
+constexpr int SLOTS = DRAWS + 1;
+constexpr int PART = 2 + 2 * SLOTS;  // max, sum, SLOTS scores, SLOTS ids (as int bits)
+
+__device__ __forceinline__ uint64_t mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+__device__ __forceinline__ float gumbel(uint64_t seed, uint64_t stream, uint32_t j) {
+    uint64_t h = mix64(seed ^ mix64(stream * 0x9E3779B97F4A7C15ULL + j));
+    float u = ((float)(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+    return -logf(-logf(u));
+}
+
+__device__ __forceinline__ bool better(float s, int i, float bs, int bi) { return s > bs || (s == bs && i < bi); }
+
+// Argmax of (score, id) over the block; thread 0 gets the result.
+__device__ void block_argmax(float& s, int& i) {
+    __shared__ float ss[32];
+    __shared__ int si[32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float s2 = __shfl_xor_sync(0xffffffff, s, o);
+        int i2 = __shfl_xor_sync(0xffffffff, i, o);
+        if (better(s2, i2, s, i)) s = s2, i = i2;
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) ss[warp] = s, si[warp] = i;
+    __syncthreads();
+    if (warp == 0) {
+        s = lane < warps ? ss[lane] : -INFINITY;
+        i = lane < warps ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float s2 = __shfl_xor_sync(0xffffffff, s, o);
+            int i2 = __shfl_xor_sync(0xffffffff, i, o);
+            if (better(s2, i2, s, i)) s = s2, i = i2;
+        }
+    }
+}
+
+// Per (chunk, row): the chunk's max and sum of exp(z - max) of z = logit * inv_t, and its best
+// (score, id) per slot. Grid: (chunks, rows); block: 256.
+extern "C" __global__ void sample_partial(const float* logits, int vocab, int chunk, float inv_t, uint64_t seed,
+                                          int greedy, float* part) {
+    int c = blockIdx.x, r = blockIdx.y, chunks = gridDim.x;
+    const float* row = logits + (size_t)r * vocab;
+    int begin = c * chunk, end = min(begin + chunk, vocab);
+    float m = -INFINITY, s = 0.f;
+    float best[SLOTS];
+    int bi[SLOTS];
+#pragma unroll
+    for (int k = 0; k < SLOTS; k++) best[k] = -INFINITY, bi[k] = 0x7fffffff;
+    for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
+        float z = row[j] * inv_t;
+        if (z > m) {
+            s = s * __expf(m - z) + 1.f;
+            m = z;
+        } else {
+            s += __expf(z - m);
+        }
+        if (better(z, j, best[DRAWS], bi[DRAWS])) best[DRAWS] = z, bi[DRAWS] = j;
+        if (!greedy) {
+#pragma unroll
+            for (int k = 0; k < DRAWS; k++) {
+                float g = z + gumbel(seed, (uint64_t)r * DRAWS + k, (uint32_t)j);
+                if (better(g, j, best[k], bi[k])) best[k] = g, bi[k] = j;
+            }
+        }
+    }
+    float* out = part + ((size_t)r * chunks + c) * PART;
+    // Max and sum: the block's max first, then the sums rescaled to it.
+    __shared__ float red[32];
+    float bm = m;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) bm = fmaxf(bm, __shfl_xor_sync(0xffffffff, bm, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    if (lane == 0) red[warp] = bm;
+    __syncthreads();
+    bm = -INFINITY;
+    for (int w = 0; w < warps; w++) bm = fmaxf(bm, red[w]);
+    float total = block_sum(m == -INFINITY ? 0.f : s * __expf(m - bm));
+    if (threadIdx.x == 0) out[0] = bm, out[1] = total;
+    for (int k = 0; k < SLOTS; k++) {
+        float sc = best[k];
+        int id = bi[k];
+        block_argmax(sc, id);
+        if (threadIdx.x == 0) out[2 + k] = sc, out[2 + SLOTS + k] = __int_as_float(id);
+    }
+}
+
+// Per row: merges the chunks into the candidates (one id per slot) and (max, sum); writes the
+// token when no top-p check is needed. Grid: rows; block: 32.
+extern "C" __global__ void sample_pick(const float* part, int chunks, int greedy, int check, int* cand, float* stats,
+                                       uint32_t* out) {
+    int r = blockIdx.x, lane = threadIdx.x;
+    const float* p = part + (size_t)r * chunks * PART;
+    float m = -INFINITY;
+    for (int c = lane; c < chunks; c += 32) m = fmaxf(m, p[c * PART]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    float z = 0.f;
+    for (int c = lane; c < chunks; c += 32) {
+        float cm = p[c * PART];
+        if (cm > -INFINITY) z += p[c * PART + 1] * __expf(cm - m);
+    }
+    z = warp_sum(z);
+    for (int k = 0; k < SLOTS; k++) {
+        float s = -INFINITY;
+        int i = 0x7fffffff;
+        for (int c = lane; c < chunks; c += 32) {
+            float s2 = p[c * PART + 2 + k];
+            int i2 = __float_as_int(p[c * PART + 2 + SLOTS + k]);
+            if (better(s2, i2, s, i)) s = s2, i = i2;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float s2 = __shfl_xor_sync(0xffffffff, s, o);
+            int i2 = __shfl_xor_sync(0xffffffff, i, o);
+            if (better(s2, i2, s, i)) s = s2, i = i2;
+        }
+        if (lane == 0) cand[r * SLOTS + k] = i;
+    }
+    if (lane == 0) {
+        stats[2 * r] = m;
+        stats[2 * r + 1] = z;
+        if (!check) out[r] = (uint32_t)cand[r * SLOTS + (greedy ? DRAWS : 0)];
+    }
+}
+
+// Per (chunk, row): for each draw, the unnormalized mass of the tokens more probable than it.
+// Grid: (chunks, rows); block: 256.
+extern "C" __global__ void sample_mass(const float* logits, int vocab, int chunk, float inv_t, const int* cand,
+                                       const float* stats, float* mass) {
+    int c = blockIdx.x, r = blockIdx.y, chunks = gridDim.x;
+    const float* row = logits + (size_t)r * vocab;
+    int begin = c * chunk, end = min(begin + chunk, vocab);
+    float m = stats[2 * r];
+    float th[DRAWS], acc[DRAWS];
+#pragma unroll
+    for (int k = 0; k < DRAWS; k++) th[k] = row[cand[r * SLOTS + k]] * inv_t, acc[k] = 0.f;
+    for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
+        float z = row[j] * inv_t;
+        float e = __expf(z - m);
+#pragma unroll
+        for (int k = 0; k < DRAWS; k++)
+            if (z > th[k]) acc[k] += e;
+    }
+    for (int k = 0; k < DRAWS; k++) {
+        float t = block_sum(acc[k]);
+        if (threadIdx.x == 0) mass[((size_t)r * chunks + c) * DRAWS + k] = t;
+    }
+}
+
+// Per row: the first draw inside the nucleus, else the argmax. Grid: rows; block: 32.
+extern "C" __global__ void sample_accept(const float* mass, int chunks, const int* cand, const float* stats,
+                                         float top_p, uint32_t* out) {
+    int r = blockIdx.x, lane = threadIdx.x;
+    float z = stats[2 * r + 1];
+    int pick = cand[r * SLOTS + DRAWS];
+    for (int k = DRAWS - 1; k >= 0; k--) {
+        float a = 0.f;
+        for (int c = lane; c < chunks; c += 32) a += mass[((size_t)r * chunks + c) * DRAWS + k];
+        a = warp_sum(a);
+        if (a / z < top_p) pick = cand[r * SLOTS + k];
+    }
+    if (lane == 0) out[r] = (uint32_t)pick;
+}
