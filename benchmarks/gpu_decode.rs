@@ -75,13 +75,13 @@ fn main() {
     // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
     let fused = model.fused_decode();
     let decode = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
-    let generic = if fused && !args.iter().any(|a| a == "--no-generic") {
+    let (generic, agreement) = if fused && !args.iter().any(|a| a == "--no-generic") {
         model.set_fused_decode(false);
         let g = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
         model.set_fused_decode(true);
-        Value::Object(g)
+        (Value::Object(g), fused_agreement(&mut model, layers, &device))
     } else {
-        Value::Null
+        (Value::Null, Value::Null)
     };
 
     let torch = if args.iter().any(|a| a == "--no-torch") {
@@ -111,6 +111,7 @@ fn main() {
         "sampling": if cpu_sampling { "cpu, per row" } else { "on the device" },
         "subgoal": {"prefill": prefill, "decode": decode, "decode_generic_step": generic},
         "fused_decode": fused,
+        "fused_vs_generic_logits": agreement,
         "torch": torch,
         "ratios": ratios,
         "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / weight_bytes),
@@ -170,6 +171,51 @@ fn decode_rates(
     }
 
     decode
+}
+
+/// The fused step against the generic one at this shape, fed the same tokens: 16 greedy steps
+/// after a 512-token prompt at batch 1 and 2 (the few-row kernel and cuBLAS), the largest logit
+/// difference and the steps whose argmax agree.
+fn fused_agreement(model: &mut Model, layers: usize, device: &Device) -> Value {
+    let mut out = serde_json::Map::new();
+    for b in [1usize, 2] {
+        let run = |model: &Model, forced: Option<&[Vec<u32>]>| {
+            let mut cache = KvCache::new(layers);
+            let mut logits = model.forward(&prompt_ids(1, 512, device), 0, &mut cache).unwrap();
+            cache.expand(b).unwrap();
+            logits = logits.broadcast_as((b, VOCAB)).unwrap().contiguous().unwrap();
+            let (mut rows, mut fed) = (Vec::new(), Vec::new());
+            for step in 0..16 {
+                let next: Vec<u32> = match forced {
+                    Some(f) => f[step].clone(),
+                    None => logits.argmax(1).unwrap().to_vec1::<u32>().unwrap(),
+                };
+                rows.push(logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                let ids = Tensor::from_vec(next.clone(), (b, 1), device).unwrap();
+                fed.push(next);
+                logits = model.forward(&ids, 512 + step, &mut cache).unwrap();
+            }
+            (rows, fed)
+        };
+        let (fused_rows, fed) = run(model, None);
+        model.set_fused_decode(false);
+        let (generic_rows, _) = run(model, Some(&fed));
+        model.set_fused_decode(true);
+        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+        let mut same = 0;
+        let mut max_diff = 0f32;
+        for (f, g) in fused_rows.iter().zip(&generic_rows) {
+            for (fr, gr) in f.chunks(VOCAB).zip(g.chunks(VOCAB)) {
+                same += usize::from(argmax(fr) == argmax(gr));
+                max_diff = fr.iter().zip(gr).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+            }
+        }
+        out.insert(
+            b.to_string(),
+            json!({"rows_compared": 16 * b, "same_argmax": same, "max_abs_logit_diff": max_diff}),
+        );
+    }
+    Value::Object(out)
 }
 
 fn r(x: f64) -> f64 {

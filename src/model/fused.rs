@@ -90,7 +90,7 @@ impl Kernels {
         let Device::Cuda(dev) = device else { return Ok(None) };
         let Ok(sfx) = suffix(dtype) else { return Ok(None) };
         let mut funcs = HashMap::new();
-        const PER_DTYPE: [&str; 14] = [
+        const PER_DTYPE: [&str; 16] = [
             "add_rmsnorm",
             "silu_mul",
             "rope_kv",
@@ -105,6 +105,8 @@ impl Kernels {
             "gemv6",
             "gemv7",
             "gemv8",
+            "gemv_silu",
+            "gemv_rope",
         ];
         for name in PER_DTYPE {
             let f = dev.get_or_load_custom_func(&format!("{name}_{sfx}"), MODULE, PTX)?;
@@ -292,20 +294,8 @@ impl Kernels {
     /// the caller to take the GEMM.
     pub fn gemv(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
-        let (n, wk) = w.dims2()?;
-        let per_load = 16 / self.dtype.size_in_bytes();
-        let aligned = |t: &Tensor| t.layout().start_offset() % per_load == 0;
-        if rows == 0
-            || rows > self.gemv_rows
-            || wk != k
-            || k % per_load != 0
-            || x.dtype() != self.dtype
-            || w.dtype() != self.dtype
-            || !x.is_contiguous()
-            || !w.is_contiguous()
-            || !aligned(x)
-            || !aligned(w)
-        {
+        let (n, _) = w.dims2()?;
+        if !self.gemv_fits(x, w, k)? {
             return Ok(None);
         }
         let y = self.empty((rows, n), self.dtype)?;
@@ -316,6 +306,84 @@ impl Kernels {
         const NAMES: [&str; GEMV_MAX_ROWS] = ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8"];
         launch!(self, NAMES[rows - 1], cfg, &px, &pw, &py, &n_i, &k_i);
         Ok(Some(y))
+    }
+
+    /// Whether the few-row kernels take `x` (`[rows, k]`) against `w` (`[n, wk]`, `wk == k`):
+    /// few enough rows, 16-byte aligned contiguous rows of the kernels' dtype.
+    fn gemv_fits(&self, x: &Tensor, w: &Tensor, k: usize) -> Result<bool> {
+        let (rows, _) = x.dims2()?;
+        let (_, wk) = w.dims2()?;
+        let per_load = 16 / self.dtype.size_in_bytes();
+        let ok = |t: &Tensor| t.dtype() == self.dtype && t.is_contiguous() && t.layout().start_offset() % per_load == 0;
+        Ok(rows > 0 && rows <= self.gemv_rows && wk == k && k % per_load == 0 && ok(x) && ok(w))
+    }
+
+    /// For one row `x` (`[1, k]`) and `w` = `[gate; up]` (`[2 * inter, k]`): `silu(x @ gate^T) *
+    /// (x @ up^T)`, `[1, inter]`, in one launch; `None` where the kernel does not apply.
+    pub fn gemv_silu(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let (two, _) = w.dims2()?;
+        if rows != 1 || two % 2 != 0 || !self.gemv_fits(x, w, k)? {
+            return Ok(None);
+        }
+        let inter = two / 2;
+        let y = self.empty((1, inter), self.dtype)?;
+        let (px, pw, py) = (addr(x)?, addr(w)?, addr(&y)?);
+        let (inter_i, k_i) = (inter as i32, k as i32);
+        let cfg =
+            LaunchConfig { grid_dim: (inter.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "gemv_silu", cfg, &px, &pw, &py, &inter_i, &k_i);
+        Ok(Some(y))
+    }
+
+    /// `rope_kv` of the projection `x @ w^T` of one row (`w`: `[q; k; v]`), projection and rotation
+    /// in one launch; `None` where the kernel does not apply.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_rope(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        caches: (&Tensor, &Tensor),
+        tables: (&Tensor, &Tensor),
+        pos: &Tensor,
+        heads: usize,
+        interleaved: bool,
+        q_scale: f32,
+    ) -> Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let (n, _) = w.dims2()?;
+        let (crows, kv_heads, cap, d) = caches.0.dims4()?;
+        if rows != 1 || crows != 1 || n != (heads + 2 * kv_heads) * d || !self.gemv_fits(x, w, k)? {
+            return Ok(None);
+        }
+        let q = self.empty((1, heads * d), self.dtype)?;
+        let (px, pw, pq, pk, pv) = (addr(x)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);
+        let ints = [heads as i32, kv_heads as i32, d as i32, cap as i32, interleaved as i32, k as i32];
+        let pairs = (heads + 2 * kv_heads) * d / 2;
+        let cfg =
+            LaunchConfig { grid_dim: (pairs.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        launch!(
+            self,
+            "gemv_rope",
+            cfg,
+            &px,
+            &pw,
+            &pq,
+            &pk,
+            &pv,
+            &pc,
+            &ps,
+            &pp,
+            &ints[0],
+            &ints[1],
+            &ints[2],
+            &ints[3],
+            &ints[4],
+            &q_scale,
+            &ints[5]
+        );
+        Ok(Some(q))
     }
 
     /// At least `n` zeroed counters for the attention's last-split merge (each launch leaves its

@@ -46,6 +46,15 @@ enum Linear {
 }
 
 impl Linear {
+    /// The weight of a dense projection without bias (what the fused few-row kernels take).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn plain_weight(&self) -> Option<&Tensor> {
+        match self {
+            Linear::Dense(l) if l.bias().is_none() => Some(l.weight()),
+            _ => None,
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Quantized(w, b) => {
@@ -76,11 +85,9 @@ impl Linear {
 /// else the projection's own path.
 #[cfg(feature = "cuda")]
 fn project(k: &super::fused::Kernels, l: &Linear, x: &Tensor) -> Result<Tensor> {
-    if let Linear::Dense(d) = l {
-        if d.bias().is_none() {
-            if let Some(y) = k.gemv(x, d.weight())? {
-                return Ok(y);
-            }
+    if let Some(w) = l.plain_weight() {
+        if let Some(y) = k.gemv(x, w)? {
+            return Ok(y);
         }
     }
     l.forward(x)
@@ -483,25 +490,32 @@ impl Model {
                 candle_core::bail!("fused decode at position {pos} with {} cached positions", c.len);
             }
             c.reserve(1)?;
-            let qkv = match &layer.qkv {
-                Some(qkv) => project(k, qkv, &h)?,
-                None => Tensor::cat(&[layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?], 1)?,
+            let tables = (&self.cos, &self.sin);
+            let one_launch = match layer.qkv.as_ref().and_then(Linear::plain_weight) {
+                Some(w) => {
+                    k.gemv_rope(&h, w, (&c.k, &c.v), tables, &pos_t, cfg.heads, cfg.rope_interleaved, q_scale)?
+                }
+                None => None,
             };
-            let q = k.rope_kv(
-                &qkv,
-                (&c.k, &c.v),
-                (&self.cos, &self.sin),
-                &pos_t,
-                cfg.heads,
-                cfg.rope_interleaved,
-                q_scale,
-            )?;
+            let q = match one_launch {
+                Some(q) => q,
+                None => {
+                    let qkv = match &layer.qkv {
+                        Some(qkv) => project(k, qkv, &h)?,
+                        None => Tensor::cat(&[layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?], 1)?,
+                    };
+                    k.rope_kv(&qkv, (&c.k, &c.v), tables, &pos_t, cfg.heads, cfg.rope_interleaved, q_scale)?
+                }
+            };
             c.len += 1;
             let a = k.attention(&q, (&c.k, &c.v), &pos_t, cfg.heads)?;
             let (x1, h1) = k.add_rmsnorm(&x, Some(&project(k, &layer.o, &a)?), &layer.ffn_norm, eps)?;
             let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.attn_norm);
             let act = match &layer.mlp {
-                Mlp::Fused(gu) => k.silu_mul(&project(k, gu, &h1)?)?,
+                Mlp::Fused(gu) => match gu.plain_weight().map(|w| k.gemv_silu(&h1, w)).transpose()?.flatten() {
+                    Some(act) => act,
+                    None => k.silu_mul(&project(k, gu, &h1)?)?,
+                },
                 split => split.forward(&h1)?,
             };
             (x, h) = k.add_rmsnorm(&x1, Some(&project(k, &layer.down, &act)?), next, eps)?;

@@ -332,6 +332,99 @@ GEMVS(float, f32)
 GEMVS(__nv_bfloat16, bf16)
 GEMVS(__half, f16)
 
+// One row's dot products with two weight rows, summed over the warp (every lane gets both).
+template <typename T>
+__device__ __forceinline__ void dot2(const T* __restrict__ x, const T* __restrict__ wa, const T* __restrict__ wb,
+                                     int k, float& ra, float& rb) {
+    constexpr int V = 16 / sizeof(T);
+    int lane = threadIdx.x & 31;
+    float a = 0.f, b = 0.f;
+#pragma unroll 2
+    for (int i = lane * V; i < k; i += 32 * V) {
+        uint4 va = __ldcs((const uint4*)(wa + i)), vb = __ldcs((const uint4*)(wb + i));
+        uint4 xv = __ldg((const uint4*)(x + i));
+        const T* ea = (const T*)&va;
+        const T* eb = (const T*)&vb;
+        const T* xe = (const T*)&xv;
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+            float xf = to_f(xe[e]);
+            a += to_f(ea[e]) * xf;
+            b += to_f(eb[e]) * xf;
+        }
+    }
+    ra = warp_sum(a);
+    rb = warp_sum(b);
+}
+
+// The gated MLP's input projection of one row with SiLU × up in its epilogue: a warp computes
+// gate column c and up column inter + c of w ([gate; up], [2 * inter, k]) and writes
+// y[c] = silu(gate) * up, the projections rounded to T first as the unfused path stores them.
+// Grid: ceil(inter / 8); block: 256.
+template <typename T>
+__device__ void gemv_silu(const T* x, const T* w, T* y, int inter, int k) {
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (c >= inter) return;
+    float g, u;
+    dot2(x, w + (size_t)c * k, w + ((size_t)inter + c) * k, k, g, u);
+    if ((threadIdx.x & 31) == 0) {
+        g = to_f(from_f<T>(g));
+        u = to_f(from_f<T>(u));
+        y[c] = from_f<T>(g / (1.f + __expf(-g)) * u);
+    }
+}
+
+// The q/k/v projection of one row with rope_kv's work in its epilogue: a warp computes the two
+// columns of one rotation pair (q, k or v head; interleaved or half-split as the model rotates),
+// rotates q and k at *pos, scales q, and writes q to q_out [heads * d] and k, v into the caches
+// [kv_heads, cap, d] at *pos. Grid: ceil((heads + 2 * kv_heads) * d / 2 / 8); block: 256.
+template <typename T>
+__device__ void gemv_rope(const T* x, const T* w, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
+                          const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
+                          float q_scale, int k) {
+    int half = d / 2;
+    int p = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (p >= (heads + 2 * kv_heads) * half) return;
+    int head = p / half, i = p % half;
+    int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    float x0, x1;
+    dot2(x, w + ((size_t)head * d + a) * k, w + ((size_t)head * d + b) * k, k, x0, x1);
+    if ((threadIdx.x & 31) != 0) return;
+    x0 = to_f(from_f<T>(x0));
+    x1 = to_f(from_f<T>(x1));
+    uint32_t pos = *pos_p;
+    if (head >= heads + kv_heads) {
+        T* dst = vc + ((size_t)(head - heads - kv_heads) * cap + pos) * d;
+        dst[a] = from_f<T>(x0);
+        dst[b] = from_f<T>(x1);
+        return;
+    }
+    float c = to_f(cos[(size_t)pos * half + i]), s = to_f(sin[(size_t)pos * half + i]);
+    T* dst;
+    float scale = 1.f;
+    if (head < heads) {
+        dst = q_out + (size_t)head * d;
+        scale = q_scale;
+    } else {
+        dst = kc + ((size_t)(head - heads) * cap + pos) * d;
+    }
+    dst[a] = from_f<T>((x0 * c - x1 * s) * scale);
+    dst[b] = from_f<T>((x0 * s + x1 * c) * scale);
+}
+
+#define GEMV_EPILOGUES(T, S)                                                                                   \
+    extern "C" __global__ void gemv_silu_##S(const T* x, const T* w, T* y, int inter, int k) {                 \
+        gemv_silu<T>(x, w, y, inter, k);                                                                       \
+    }                                                                                                          \
+    extern "C" __global__ void gemv_rope_##S(const T* x, const T* w, T* q_out, T* kc, T* vc, const T* cos,     \
+                                             const T* sin, const uint32_t* pos, int heads, int kv_heads,       \
+                                             int d, int cap, int interleaved, float q_scale, int k) {          \
+        gemv_rope<T>(x, w, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale, k);    \
+    }
+GEMV_EPILOGUES(float, f32)
+GEMV_EPILOGUES(__nv_bfloat16, bf16)
+GEMV_EPILOGUES(__half, f16)
+
 // ---- Sampling: one token per row of f32 logits, on the device --------------------------------
 //
 // Gumbel-max with top-p by rejection (as `sample::sample_rows`, whose rationale holds here), with
