@@ -10,8 +10,9 @@
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
 //! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
 //! (weight bytes / 4.8 TB/s per token). Sampling is temperature 1, top-p 0.95 on both sides.
-//! Decode runs twice, through the fused decode step and through the generic one (`--no-generic`
-//! skips it), for their ratio in the same run. A checkpoint already in `--dir` is reused.
+//! Decode runs twice, through the fused decode step and sampler and through the generic ones
+//! (`--no-generic` skips it), for their ratio in the same run, and the two steps' logits are
+//! compared (`fused_vs_generic_logits`). A checkpoint already in `--dir` is reused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -190,10 +191,11 @@ fn fused_agreement(model: &mut Model, layers: usize, device: &Device) -> Value {
                     Some(f) => f[step].clone(),
                     None => logits.argmax(1).unwrap().to_vec1::<u32>().unwrap(),
                 };
-                rows.push(logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
                 let ids = Tensor::from_vec(next.clone(), (b, 1), device).unwrap();
                 fed.push(next);
+                // The logits of each decode step (the prefill's are the same on both paths).
                 logits = model.forward(&ids, 512 + step, &mut cache).unwrap();
+                rows.push(logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
             }
             (rows, fed)
         };

@@ -107,7 +107,7 @@ fn main() {
     }
 }
 
-/// Logits of the prompt and of `n` greedy decode steps, and the tokens fed; with `forced`, those
+/// Logits of `n` greedy decode steps after the prompt, and the tokens fed; with `forced`, those
 /// tokens are fed instead of the argmax, so two runs see the same inputs.
 fn steps(model: &Model, ids: &[u32], n: usize, device: &Device, forced: Option<&[u32]>) -> (Vec<Vec<f32>>, Vec<u32>) {
     let mut cache = KvCache::default();
@@ -117,10 +117,11 @@ fn steps(model: &Model, ids: &[u32], n: usize, device: &Device, forced: Option<&
     for step in 0..n {
         let row = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let next = forced.map_or(argmax(&row) as u32, |f| f[step]);
-        out.push(row);
         fed.push(next);
         let x = Tensor::new(&[[next]], device).unwrap();
+        // The logits of each decode step (the prefill's are the same on both paths).
         logits = model.forward(&x, ids.len() + step, &mut cache).unwrap();
+        out.push(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
     (out, fed)
 }

@@ -91,7 +91,8 @@ fn config_json(cfg: &Config, tied: bool) -> Value {
 }
 
 /// Writes `gguf` into the directory `out` (created) with weights in `dtype`; returns the
-/// model's configuration.
+/// model's configuration. Every tensor is held in memory until the file is written: meant for
+/// the small models device comparisons use.
 pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<Config, GenError> {
     let (ct, mut f) = read_gguf(gguf).map_err(|e| fail(gguf, e))?;
     let cfg = config_from_gguf(&ct).map_err(|e| fail(gguf, e))?;
@@ -101,7 +102,7 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<Config, GenEr
     names.sort();
     for name in names {
         let Some(hf) = hf_name(name) else {
-            tracing::debug!(tensor = %name, "not read by the decoder; left out");
+            tracing::warn!(tensor = %name, "not read by the decoder; left out of the conversion");
             continue;
         };
         let w = ct

@@ -2,8 +2,10 @@
 //!
 //! One prompt at a time: a single prefill of the prompt, the KV cache copied to `n` rows, then
 //! the `n` samples decoded as one batch, rows dropped from the batch as samples finish (EOS,
-//! a stop string, `max_new_tokens`, or the model's context). Sample `i` draws from its own RNG
-//! seeded `seed + i`, so a seed reproduces every sample. Generation runs on a blocking thread;
+//! a stop string, `max_new_tokens`, or the model's context). On the CPU sample `i` draws from its
+//! own RNG seeded `seed + i`; on a GPU every row is drawn on the device (`Model::sample_rows`) with
+//! noise keyed by the seed and the step. Either way a seed reproduces the samples on that device.
+//! Generation runs on a blocking thread;
 //! dropping the future stops it at the next token.
 
 use std::path::{Path, PathBuf};
@@ -310,8 +312,9 @@ impl Engine {
         let logits = model.forward(&input, 0, &mut cache).map_err(backend)?;
         stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        // On a GPU every row is sampled on the device in one go (`sample::sample_rows`, from the
-        // device's generator seeded here); on the CPU each sample keeps its own seeded sampler.
+        // On a GPU every row is sampled on the device in one go (`Model::sample_rows`: the fused
+        // sampler keys its noise by `step_seed`, the generic one draws from the device's generator
+        // seeded here); on the CPU each sample keeps its own seeded sampler.
         let device_sampling = super::sample::on_device(dev);
         if device_sampling {
             let _ = dev.set_seed(seed);

@@ -1,9 +1,13 @@
 //! The fused decode-step kernels on CUDA (`cuda/decode.cu`, compiled to PTX by `build.rs`) and
 //! their launches on candle tensors.
 //!
-//! Why: a decode step of a 7B model is bound by the CPU launching kernels, not by the GPU. These
-//! kernels bring a layer from about 27 launches to 10, and take the position from device memory,
-//! so one step can be captured as a CUDA graph (`llama::DecodeGraph`) and replayed.
+//! Why: through candle's generic ops a decode step of a 7B model was bound by the CPU launching
+//! about 27 kernels per layer. These kernels bring a layer to 7 launches at one row (9 from two
+//! rows on) and sample on the device; they take the position from device memory, a prerequisite for
+//! capturing a step as a CUDA graph (not done yet).
+//!
+//! Addresses are taken without cudarc's per-use events: candle runs every kernel on one stream,
+//! and frees are ordered on it.
 //!
 //! Every tensor passed in must be contiguous and on the kernels' device; outputs are fresh
 //! tensors of the inputs' dtype.
@@ -157,9 +161,27 @@ impl Kernels {
         Ok(())
     }
 
+    /// The caches, rotary tables and position a step reads: the kernels' dtype, and a u32 position.
+    fn check_step(&self, caches: (&Tensor, &Tensor), tables: Option<(&Tensor, &Tensor)>, pos: &Tensor) -> Result<()> {
+        self.check(caches.0)?;
+        self.check(caches.1)?;
+        if let Some((c, s)) = tables {
+            self.check(c)?;
+            self.check(s)?;
+        }
+        if pos.dtype() != DType::U32 || pos.elem_count() != 1 {
+            bail!("fused decode: the position must be one u32, not {:?} {:?}", pos.dtype(), pos.dims());
+        }
+        Ok(())
+    }
+
     /// `(x + delta, rmsnorm(x + delta) * w)` for rows `[n, hidden]`.
     pub fn add_rmsnorm(&self, x: &Tensor, delta: Option<&Tensor>, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
         self.check(x)?;
+        self.check(w)?;
+        if let Some(d) = delta {
+            self.check(d)?;
+        }
         let (rows, hidden) = x.dims2()?;
         let out = self.empty((2, rows, hidden), self.dtype)?;
         let (px, pw, po) = (addr(x)?, addr(w)?, addr(&out)?);
@@ -207,6 +229,7 @@ impl Kernels {
         q_scale: f32,
     ) -> Result<Tensor> {
         self.check(qkv)?;
+        self.check_step(caches, Some(tables), pos)?;
         let (rows, stride) = qkv.dims2()?;
         let (crows, kv_heads, cap, d) = caches.0.dims4()?;
         if crows != rows || stride != (heads + 2 * kv_heads) * d || caches.1.dims() != caches.0.dims() {
@@ -233,6 +256,7 @@ impl Kernels {
     /// one launch (the last split of each head merges the others).
     pub fn attention(&self, q: &Tensor, caches: (&Tensor, &Tensor), pos: &Tensor, heads: usize) -> Result<Tensor> {
         self.check(q)?;
+        self.check_step(caches, None, pos)?;
         let (rows, kv_heads, cap, d) = caches.0.dims4()?;
         let kernel = match d {
             64 => "attn_split64",
@@ -272,12 +296,20 @@ impl Kernels {
         let stats = self.empty((rows, 2), DType::F32)?;
         let out = self.empty(rows, DType::U32)?;
         let (pl, ppart, pcand, pstats, pout) = (addr(&logits)?, addr(&part)?, addr(&cand)?, addr(&stats)?, addr(&out)?);
-        let (vocab_i, chunk_i, chunks_i, greedy_i, check_i) =
-            (vocab as i32, SAMPLE_CHUNK as i32, chunks as i32, greedy as i32, check as i32);
+        // Draws per row: none when greedy, one without top-p, all with it.
+        let draws = if greedy {
+            0
+        } else if check {
+            DRAWS
+        } else {
+            1
+        };
+        let (vocab_i, chunk_i, chunks_i, greedy_i, check_i, draws_i) =
+            (vocab as i32, SAMPLE_CHUNK as i32, chunks as i32, greedy as i32, check as i32, draws as i32);
         let grid =
             LaunchConfig { grid_dim: (chunks as u32, rows as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let per_row = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "sample_partial", grid, &pl, &vocab_i, &chunk_i, &inv_t, &seed, &greedy_i, &ppart);
+        launch!(self, "sample_partial", grid, &pl, &vocab_i, &chunk_i, &inv_t, &seed, &draws_i, &ppart);
         launch!(self, "sample_pick", per_row, &ppart, &chunks_i, &greedy_i, &check_i, &pcand, &pstats, &pout);
         if check {
             let mass = self.empty((rows, chunks, DRAWS), DType::F32)?;
@@ -286,7 +318,11 @@ impl Kernels {
             launch!(self, "sample_mass", grid, &pl, &vocab_i, &chunk_i, &inv_t, &pcand, &pstats, &pmass);
             launch!(self, "sample_accept", per_row, &pmass, &chunks_i, &pcand, &pstats, &top_p, &pout);
         }
-        out.to_vec1::<u32>()
+        let ids = out.to_vec1::<u32>()?;
+        if let Some(r) = ids.iter().position(|&id| id as usize >= vocab) {
+            bail!("row {r} of the logits has no finite value to sample from");
+        }
+        Ok(ids)
     }
 
     /// `x @ w^T` for few rows (`x`: `[rows, k]`, `w`: `[n, k]` as `nn.Linear` keeps it) with one
@@ -356,6 +392,7 @@ impl Kernels {
         if rows != 1 || crows != 1 || n != (heads + 2 * kv_heads) * d || !self.gemv_fits(x, w, k)? {
             return Ok(None);
         }
+        self.check_step(caches, Some(tables), pos)?;
         let q = self.empty((1, heads * d), self.dtype)?;
         let (px, pw, pq, pk, pv) = (addr(x)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);

@@ -420,7 +420,14 @@ impl Model {
             dtype,
             device: device.clone(),
             #[cfg(feature = "cuda")]
-            kernels: super::fused::Kernels::load(device, dtype)?,
+            kernels: match super::fused::Kernels::load(device, dtype) {
+                Ok(k) => k,
+                Err(e) => {
+                    // The generic path still works (say, a driver too old for the PTX).
+                    tracing::warn!(error = %e, "fused CUDA kernels unavailable; decoding through the generic path");
+                    None
+                }
+            },
             #[cfg(feature = "cuda")]
             step_fits,
             #[cfg(feature = "cuda")]

@@ -1,10 +1,11 @@
 // Fused kernels for one decode step of the Llama-family decoder (src/model/fused.rs launches them).
 //
-// Why: a decode step of a 7B model on an H200 is bound by launching kernels, not by the GPU; the
-// generic path issues about 27 kernels per layer. These fuse a step's layer into 10: residual add
-// with RMSNorm, RoPE with the KV-cache write, split-K attention over the cache and its combine,
-// and SiLU times up, around the four GEMMs. The position is read from device memory, never baked
-// into a launch, so a whole step can be captured once as a CUDA graph and replayed.
+// Why: the generic path issues about 27 kernels per layer for a decode step and, on an H200 at
+// the 7B shape, was bound by the CPU launching them. These bring a layer to 7 launches at one row
+// (9 from two rows on): residual add with RMSNorm, RoPE with the KV-cache write, split-K attention
+// over the cache, SiLU times up, a few-row GEMV, and the sampler. The position is read from device
+// memory, never baked into a launch (a prerequisite for capturing a step as a CUDA graph, which is
+// not done: a step still allocates its outputs and uploads the position).
 //
 // Arithmetic is in f32; values are rounded to the storage type where the generic path stores them.
 
@@ -449,7 +450,9 @@ __device__ __forceinline__ uint64_t mix64(uint64_t x) {
 
 __device__ __forceinline__ float gumbel(uint64_t seed, uint64_t stream, uint32_t j) {
     uint64_t h = mix64(seed ^ mix64(stream * 0x9E3779B97F4A7C15ULL + j));
-    float u = ((float)(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+    // 23 bits: (2^23 - 0.5) / 2^23 is exact in f32, so u < 1 and the noise stays finite (24 bits
+    // would round the top value up to 1 and give +inf).
+    float u = ((float)(h >> 41) + 0.5f) * (1.0f / 8388608.0f);
     return -logf(-logf(u));
 }
 
@@ -482,9 +485,10 @@ __device__ void block_argmax(float& s, int& i) {
 }
 
 // Per (chunk, row): the chunk's max and sum of exp(z - max) of z = logit * inv_t, and its best
-// (score, id) per slot. Grid: (chunks, rows); block: 256.
+// (score, id) per slot; `draws` of the DRAWS slots are drawn (0 when greedy, 1 without top-p).
+// Grid: (chunks, rows); block: 256.
 extern "C" __global__ void sample_partial(const float* logits, int vocab, int chunk, float inv_t, uint64_t seed,
-                                          int greedy, float* part) {
+                                          int draws, float* part) {
     int c = blockIdx.x, r = blockIdx.y, chunks = gridDim.x;
     const float* row = logits + (size_t)r * vocab;
     int begin = c * chunk, end = min(begin + chunk, vocab);
@@ -495,6 +499,7 @@ extern "C" __global__ void sample_partial(const float* logits, int vocab, int ch
     for (int k = 0; k < SLOTS; k++) best[k] = -INFINITY, bi[k] = 0x7fffffff;
     for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
         float z = row[j] * inv_t;
+        if (!(z > -INFINITY)) continue;  // -inf or NaN: no probability, never drawn
         if (z > m) {
             s = s * __expf(m - z) + 1.f;
             m = z;
@@ -502,12 +507,11 @@ extern "C" __global__ void sample_partial(const float* logits, int vocab, int ch
             s += __expf(z - m);
         }
         if (better(z, j, best[DRAWS], bi[DRAWS])) best[DRAWS] = z, bi[DRAWS] = j;
-        if (!greedy) {
 #pragma unroll
-            for (int k = 0; k < DRAWS; k++) {
-                float g = z + gumbel(seed, (uint64_t)r * DRAWS + k, (uint32_t)j);
-                if (better(g, j, best[k], bi[k])) best[k] = g, bi[k] = j;
-            }
+        for (int k = 0; k < DRAWS; k++) {
+            if (k >= draws) break;
+            float g = z + gumbel(seed, (uint64_t)r * DRAWS + k, (uint32_t)j);
+            if (better(g, j, best[k], bi[k])) best[k] = g, bi[k] = j;
         }
     }
     float* out = part + ((size_t)r * chunks + c) * PART;
@@ -580,7 +584,11 @@ extern "C" __global__ void sample_mass(const float* logits, int vocab, int chunk
     float m = stats[2 * r];
     float th[DRAWS], acc[DRAWS];
 #pragma unroll
-    for (int k = 0; k < DRAWS; k++) th[k] = row[cand[r * SLOTS + k]] * inv_t, acc[k] = 0.f;
+    for (int k = 0; k < DRAWS; k++) {
+        int c = cand[r * SLOTS + k];
+        th[k] = c < vocab ? row[c] * inv_t : INFINITY;  // no draw (greedy or fewer draws): no mass
+        acc[k] = 0.f;
+    }
     for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
         float z = row[j] * inv_t;
         float e = __expf(z - m);
