@@ -132,7 +132,7 @@ impl Kernels {
         }))
     }
 
-    /// An uninitialized tensor of the kernels' dtype (every element is written by a kernel).
+    /// An uninitialized tensor of `dtype` (every element is written by a kernel).
     fn empty<S: Into<Shape>>(&self, shape: S, dtype: DType) -> Result<Tensor> {
         let shape = shape.into();
         let n = shape.elem_count();
