@@ -128,6 +128,24 @@ fn convert_to_hf(dir: &Path) {
 }
 
 #[tokio::test]
+async fn a_gguf_cut_to_its_first_layers_loads_as_a_smaller_model_of_the_same_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    let cfg = subgoal::model::convert::gguf_first_layers(&model_path(), &cut, 2).unwrap();
+    assert_eq!((cfg.arch.as_str(), cfg.layers), ("llama", 2));
+    assert!(std::fs::metadata(&cut).unwrap().len() < std::fs::metadata(model_path()).unwrap().len());
+    let small = Embedded::load(&cut, &EmbeddedOptions::default()).unwrap();
+    assert!(small.describe().contains("2 layers"), "{}", small.describe());
+    let ids = model().encode_prompt(&text("The theorem states that every prime")).unwrap();
+    assert_eq!(small.encode_prompt(&text("The theorem states that every prime")).unwrap(), ids);
+    let (a, b) = (model().next_logits(&ids).unwrap(), small.next_logits(&ids).unwrap());
+    assert_eq!(a.len(), b.len());
+    assert!(b.iter().all(|x| x.is_finite()));
+    assert_ne!(a, b, "two layers of thirty compute something else");
+    assert!(subgoal::model::convert::gguf_first_layers(&model_path(), &cut, 31).is_err());
+}
+
+#[tokio::test]
 async fn a_safetensors_model_computes_what_the_gguf_it_came_from_computes() {
     let dir = tempfile::tempdir().unwrap();
     convert_to_hf(dir.path());

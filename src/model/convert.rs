@@ -1,9 +1,11 @@
-//! Rewrites a GGUF model as a Hugging Face directory with dense weights: `config.json`,
-//! `tokenizer.json`, `tokenizer_config.json` and `model.safetensors`.
+//! Model file conversions for comparing devices: a GGUF model rewritten as a Hugging Face
+//! directory with dense weights (`config.json`, `tokenizer.json`, `tokenizer_config.json`,
+//! `model.safetensors`), and a GGUF model cut to its first layers.
 //!
 //! Why: the CPU's quantized kernels round activations to 8 bits and a GPU's do not, so one GGUF
 //! file does not compute the same numbers on both devices; its dequantized weights can
-//! (`benchmarks/gpu_parity` compares greedy output across devices on them).
+//! (`benchmarks/gpu_parity` compares greedy output across devices on them). A cut model is small
+//! enough to move to a GPU machine with a transfer limit (`examples/gguf_cut.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -143,6 +145,39 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<Config, GenEr
                 "chat_template": template}),
     )?;
     Ok(cfg)
+}
+
+/// Writes the first `layers` blocks of the GGUF model `src`, with everything outside the blocks
+/// (embeddings, final norm, output, tokenizer and the rest of the metadata), as the GGUF file
+/// `dst`: a smaller model of the same family.
+pub fn gguf_first_layers(src: &Path, dst: &Path, layers: usize) -> Result<Config, GenError> {
+    let (ct, mut f) = read_gguf(src).map_err(|e| fail(src, e))?;
+    let cfg = config_from_gguf(&ct).map_err(|e| fail(src, e))?;
+    if layers == 0 || layers > cfg.layers {
+        return Err(fail(src, format!("cannot keep {layers} of its {} layers", cfg.layers)));
+    }
+    let count_key = format!("{}.block_count", cfg.arch);
+    let count = candle_core::quantized::gguf_file::Value::U32(layers as u32);
+    let mut keys: Vec<&String> = ct.metadata.keys().collect();
+    keys.sort();
+    let metadata: Vec<(&str, &candle_core::quantized::gguf_file::Value)> =
+        keys.into_iter().map(|k| (k.as_str(), if *k == count_key { &count } else { &ct.metadata[k] })).collect();
+    let kept = |name: &str| match name.strip_prefix("blk.").and_then(|r| r.split('.').next()) {
+        Some(i) => i.parse::<usize>().is_ok_and(|i| i < layers),
+        None => true,
+    };
+    let mut names: Vec<&String> = ct.tensor_infos.keys().filter(|n| kept(n)).collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let t = ct.tensor(&mut f, name, &Device::Cpu).map_err(|e| fail(src, format!("{name}: {e}")))?;
+        tensors.push((name.as_str(), t));
+    }
+    let refs: Vec<(&str, &candle_core::quantized::QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dst).map_err(|e| fail(dst, e))?);
+    candle_core::quantized::gguf_file::write(&mut out, &metadata, &refs).map_err(|e| fail(dst, e))?;
+    std::io::Write::flush(&mut out).map_err(|e| fail(dst, e))?;
+    Ok(Config { layers, ..cfg })
 }
 
 #[cfg(test)]
