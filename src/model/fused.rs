@@ -49,6 +49,19 @@ macro_rules! launch {
     }};
 }
 
+/// What rotating one position and writing it into a layer's cache need: the layer's caches
+/// (`[rows, kv_heads, cap, d]`), the model's rotary tables (`[positions, d / 2]`), the position
+/// (one u32 on the device), the query heads, the rotation's layout and q's scale.
+#[derive(Clone, Copy)]
+pub struct RopeStep<'a> {
+    pub caches: (&'a Tensor, &'a Tensor),
+    pub tables: (&'a Tensor, &'a Tensor),
+    pub pos: &'a Tensor,
+    pub heads: usize,
+    pub interleaved: bool,
+    pub q_scale: f32,
+}
+
 /// The kernels for one device and dtype, looked up once.
 pub struct Kernels {
     dev: CudaDevice,
@@ -216,18 +229,9 @@ impl Kernels {
     }
 
     /// Rotates this position's q and k (rows of `qkv`: q, k, v heads back to back), writes k and v
-    /// into the caches at `*pos`, and returns q `[rows, heads * d]` scaled by `q_scale`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rope_kv(
-        &self,
-        qkv: &Tensor,
-        caches: (&Tensor, &Tensor),
-        tables: (&Tensor, &Tensor),
-        pos: &Tensor,
-        heads: usize,
-        interleaved: bool,
-        q_scale: f32,
-    ) -> Result<Tensor> {
+    /// into the caches at `*pos`, and returns q `[rows, heads * d]` scaled.
+    pub fn rope_kv(&self, qkv: &Tensor, step: &RopeStep) -> Result<Tensor> {
+        let RopeStep { caches, tables, pos, heads, interleaved, q_scale } = *step;
         self.check(qkv)?;
         self.check_step(caches, Some(tables), pos)?;
         let (rows, stride) = qkv.dims2()?;
@@ -374,18 +378,8 @@ impl Kernels {
 
     /// `rope_kv` of the projection `x @ w^T` of one row (`w`: `[q; k; v]`), projection and rotation
     /// in one launch; `None` where the kernel does not apply.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemv_rope(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        caches: (&Tensor, &Tensor),
-        tables: (&Tensor, &Tensor),
-        pos: &Tensor,
-        heads: usize,
-        interleaved: bool,
-        q_scale: f32,
-    ) -> Result<Option<Tensor>> {
+    pub fn gemv_rope(&self, x: &Tensor, w: &Tensor, step: &RopeStep) -> Result<Option<Tensor>> {
+        let RopeStep { caches, tables, pos, heads, interleaved, q_scale } = *step;
         let (rows, k) = x.dims2()?;
         let (n, _) = w.dims2()?;
         let (crows, kv_heads, cap, d) = caches.0.dims4()?;

@@ -162,11 +162,10 @@ impl LayerCache {
 
     /// Makes room for `extra` more positions.
     fn reserve(&mut self, extra: usize) -> Result<()> {
-        let t = extra;
         let cap = self.k.dim(2)?;
-        if self.len + t > cap {
+        if self.len + extra > cap {
             let (b, h, _, d) = self.k.dims4()?;
-            let new_cap = (2 * cap).max(self.len + t);
+            let new_cap = (2 * cap).max(self.len + extra);
             let kb = Tensor::zeros((b, h, new_cap, d), self.k.dtype(), self.k.device())?;
             let vb = Tensor::zeros((b, h, new_cap, d), self.v.dtype(), self.v.device())?;
             kb.slice_set(&self.keys()?.contiguous()?, 2, 0)?;
@@ -497,11 +496,16 @@ impl Model {
                 candle_core::bail!("fused decode at position {pos} with {} cached positions", c.len);
             }
             c.reserve(1)?;
-            let tables = (&self.cos, &self.sin);
+            let step = super::fused::RopeStep {
+                caches: (&c.k, &c.v),
+                tables: (&self.cos, &self.sin),
+                pos: &pos_t,
+                heads: cfg.heads,
+                interleaved: cfg.rope_interleaved,
+                q_scale,
+            };
             let one_launch = match layer.qkv.as_ref().and_then(Linear::plain_weight) {
-                Some(w) => {
-                    k.gemv_rope(&h, w, (&c.k, &c.v), tables, &pos_t, cfg.heads, cfg.rope_interleaved, q_scale)?
-                }
+                Some(w) => k.gemv_rope(&h, w, &step)?,
                 None => None,
             };
             let q = match one_launch {
@@ -511,7 +515,7 @@ impl Model {
                         Some(qkv) => project(k, qkv, &h)?,
                         None => Tensor::cat(&[layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?], 1)?,
                     };
-                    k.rope_kv(&qkv, (&c.k, &c.v), tables, &pos_t, cfg.heads, cfg.rope_interleaved, q_scale)?
+                    k.rope_kv(&qkv, &step)?
                 }
             };
             c.len += 1;
