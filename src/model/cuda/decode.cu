@@ -27,6 +27,12 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
 __device__ float block_sum(float v) {
     __shared__ float part[32];
@@ -201,8 +207,7 @@ __device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, un
     // Max and sum over the split, each warp on its own (no further barrier for the max).
     float m = -INFINITY;
     for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[j]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    m = warp_max(m);
     __syncthreads();
     for (int j = threadIdx.x; j < n; j += ATTN_THREADS) ps[j] = __expf(ps[j] - m);
     __syncthreads();
@@ -241,6 +246,14 @@ __device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, un
     if (threadIdx.x == 0) counters[r * heads + head] = 0;
 }
 
+// Attention for head size D (a lane takes D / 32 elements).
+#define ATTN(T, S, D)                                                                                          \
+    extern "C" __global__ void attn_split##D##_##S(const T* q, const T* kc, const T* vc, float* part,          \
+                                                   unsigned* counters, T* y, const uint32_t* pos, int heads,   \
+                                                   int kv_heads, int cap) {                                    \
+        attn_split<T, D / 32>(q, kc, vc, part, counters, y, pos, heads, kv_heads, cap);                        \
+    }
+
 #define INSTANTIATE(T, S)                                                                                      \
     extern "C" __global__ void add_rmsnorm_##S(const T* x, const T* delta, const T* w, T* out, int rows,        \
                                                int hidden, float eps) {                                        \
@@ -254,22 +267,7 @@ __device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, un
                                            int cap, int interleaved, float q_scale) {                          \
         rope_kv<T>(qkv, stride, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale);  \
     }                                                                                                          \
-    extern "C" __global__ void attn_split64_##S(const T* q, const T* kc, const T* vc, float* part,              \
-                                                unsigned* counters, T* y, const uint32_t* pos, int heads,      \
-                                                int kv_heads, int cap) {                                       \
-        attn_split<T, 2>(q, kc, vc, part, counters, y, pos, heads, kv_heads, cap);                               \
-    }                                                                                                          \
-    extern "C" __global__ void attn_split128_##S(const T* q, const T* kc, const T* vc, float* part,              \
-                                                unsigned* counters, T* y, const uint32_t* pos, int heads,      \
-                                                int kv_heads, int cap) {                                       \
-        attn_split<T, 4>(q, kc, vc, part, counters, y, pos, heads, kv_heads, cap);                               \
-    }                                                                                                          \
-    extern "C" __global__ void attn_split256_##S(const T* q, const T* kc, const T* vc, float* part,              \
-                                                unsigned* counters, T* y, const uint32_t* pos, int heads,      \
-                                                int kv_heads, int cap) {                                       \
-        attn_split<T, 8>(q, kc, vc, part, counters, y, pos, heads, kv_heads, cap);                               \
-    }                                                                                                          \
-
+    ATTN(T, S, 64) ATTN(T, S, 128) ATTN(T, S, 256)
 
 INSTANTIATE(float, f32)
 INSTANTIATE(__nv_bfloat16, bf16)
@@ -458,16 +456,21 @@ __device__ __forceinline__ float gumbel(uint64_t seed, uint64_t stream, uint32_t
 
 __device__ __forceinline__ bool better(float s, int i, float bs, int bi) { return s > bs || (s == bs && i < bi); }
 
-// Argmax of (score, id) over the block; thread 0 gets the result.
-__device__ void block_argmax(float& s, int& i) {
-    __shared__ float ss[32];
-    __shared__ int si[32];
+// Argmax of (score, id) over the warp; every lane gets the result.
+__device__ __forceinline__ void warp_argmax(float& s, int& i) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         float s2 = __shfl_xor_sync(0xffffffff, s, o);
         int i2 = __shfl_xor_sync(0xffffffff, i, o);
         if (better(s2, i2, s, i)) s = s2, i = i2;
     }
+}
+
+// Argmax of (score, id) over the block; thread 0 gets the result.
+__device__ void block_argmax(float& s, int& i) {
+    __shared__ float ss[32];
+    __shared__ int si[32];
+    warp_argmax(s, i);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     __syncthreads();
     if (lane == 0) ss[warp] = s, si[warp] = i;
@@ -475,12 +478,7 @@ __device__ void block_argmax(float& s, int& i) {
     if (warp == 0) {
         s = lane < warps ? ss[lane] : -INFINITY;
         i = lane < warps ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float s2 = __shfl_xor_sync(0xffffffff, s, o);
-            int i2 = __shfl_xor_sync(0xffffffff, i, o);
-            if (better(s2, i2, s, i)) s = s2, i = i2;
-        }
+        warp_argmax(s, i);
     }
 }
 
@@ -517,9 +515,7 @@ extern "C" __global__ void sample_partial(const float* logits, int vocab, int ch
     float* out = part + ((size_t)r * chunks + c) * PART;
     // Max and sum: the block's max first, then the sums rescaled to it.
     __shared__ float red[32];
-    float bm = m;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) bm = fmaxf(bm, __shfl_xor_sync(0xffffffff, bm, o));
+    float bm = warp_max(m);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     if (lane == 0) red[warp] = bm;
     __syncthreads();
@@ -543,8 +539,7 @@ extern "C" __global__ void sample_pick(const float* part, int chunks, int greedy
     const float* p = part + (size_t)r * chunks * PART;
     float m = -INFINITY;
     for (int c = lane; c < chunks; c += 32) m = fmaxf(m, p[c * PART]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    m = warp_max(m);
     float z = 0.f;
     for (int c = lane; c < chunks; c += 32) {
         float cm = p[c * PART];
@@ -559,12 +554,7 @@ extern "C" __global__ void sample_pick(const float* part, int chunks, int greedy
             int i2 = __float_as_int(p[c * PART + 2 + SLOTS + k]);
             if (better(s2, i2, s, i)) s = s2, i = i2;
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float s2 = __shfl_xor_sync(0xffffffff, s, o);
-            int i2 = __shfl_xor_sync(0xffffffff, i, o);
-            if (better(s2, i2, s, i)) s = s2, i = i2;
-        }
+        warp_argmax(s, i);
         if (lane == 0) cand[r * SLOTS + k] = i;
     }
     if (lane == 0) {
