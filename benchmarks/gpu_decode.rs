@@ -23,6 +23,9 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
 use subgoal::model::llama::{KvCache, Model};
 
+#[path = "gpu_common.rs"]
+mod gpu_common;
+
 const HIDDEN: usize = 4096;
 const INTERMEDIATE: usize = 11008;
 const HEADS: usize = 32;
@@ -80,7 +83,7 @@ fn main() {
         model.set_fused_decode(false);
         let g = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
         model.set_fused_decode(true);
-        (Value::Object(g), fused_agreement(&mut model, layers, &device))
+        (Value::Object(g), agreement(&mut model, &device))
     } else {
         (Value::Null, Value::Null)
     };
@@ -174,50 +177,11 @@ fn decode_rates(
     decode
 }
 
-/// The fused step against the generic one at this shape, fed the same tokens: 16 greedy steps
-/// after a 512-token prompt at batch 1 and 2 (the few-row kernel and cuBLAS), the largest logit
-/// difference and the steps whose argmax agree.
-fn fused_agreement(model: &mut Model, layers: usize, device: &Device) -> Value {
-    let mut out = serde_json::Map::new();
-    for b in [1usize, 2] {
-        let run = |model: &Model, forced: Option<&[Vec<u32>]>| {
-            let mut cache = KvCache::new(layers);
-            let mut logits = model.forward(&prompt_ids(1, 512, device), 0, &mut cache).unwrap();
-            cache.expand(b).unwrap();
-            logits = logits.broadcast_as((b, VOCAB)).unwrap().contiguous().unwrap();
-            let (mut rows, mut fed) = (Vec::new(), Vec::new());
-            for step in 0..16 {
-                let next: Vec<u32> = match forced {
-                    Some(f) => f[step].clone(),
-                    None => logits.argmax(1).unwrap().to_vec1::<u32>().unwrap(),
-                };
-                let ids = Tensor::from_vec(next.clone(), (b, 1), device).unwrap();
-                fed.push(next);
-                // The logits of each decode step (the prefill's are the same on both paths).
-                logits = model.forward(&ids, 512 + step, &mut cache).unwrap();
-                rows.push(logits.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
-            }
-            (rows, fed)
-        };
-        let (fused_rows, fed) = run(model, None);
-        model.set_fused_decode(false);
-        let (generic_rows, _) = run(model, Some(&fed));
-        model.set_fused_decode(true);
-        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-        let mut same = 0;
-        let mut max_diff = 0f32;
-        for (f, g) in fused_rows.iter().zip(&generic_rows) {
-            for (fr, gr) in f.chunks(VOCAB).zip(g.chunks(VOCAB)) {
-                same += usize::from(argmax(fr) == argmax(gr));
-                max_diff = fr.iter().zip(gr).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
-            }
-        }
-        out.insert(
-            b.to_string(),
-            json!({"rows_compared": 16 * b, "same_argmax": same, "max_abs_logit_diff": max_diff}),
-        );
-    }
-    Value::Object(out)
+/// The fused step against the generic one at this shape: 16 greedy steps after a 512-token prompt
+/// at batch 1 and 2 (the few-row kernel and cuBLAS).
+fn agreement(model: &mut Model, device: &Device) -> Value {
+    let prompt = prompt_ids(1, 512, device);
+    json!({"1": gpu_common::fused_vs_generic(model, &prompt, 1, 16), "2": gpu_common::fused_vs_generic(model, &prompt, 2, 16)})
 }
 
 fn r(x: f64) -> f64 {

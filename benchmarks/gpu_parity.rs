@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use subgoal::model::embedded::{Embedded, EmbeddedOptions};
-use subgoal::model::llama::{KvCache, Model};
+use subgoal::model::llama::Model;
+
+#[path = "gpu_common.rs"]
+mod gpu_common;
 use subgoal::model::{GenRequest, Generator, Prompt, SamplingParams};
 
 const PROMPTS: &[&str] = &[
@@ -79,19 +82,13 @@ fn main() {
     // The fused decode step against the generic one, step by step, on the same model.
     let ids = cpu.encode_prompt(&Prompt::Text(PROMPTS[0].into())).expect("encode");
     let device = Device::new_cuda(0).expect("a CUDA device");
+    let prompt = Tensor::new(ids.as_slice(), &device).and_then(|t| t.unsqueeze(0)).expect("the prompt on the GPU");
     let mut fused_vs_generic = serde_json::Map::new();
     for dtype in [DType::F32, DType::BF16] {
         let mut model = Model::from_safetensors(dir.path(), &device, dtype).expect("load");
-        let fused = model.fused_decode();
-        let (a, chosen) = steps(&model, &ids, tokens, &device, None);
-        model.set_fused_decode(false);
-        let (b, _) = steps(&model, &ids, tokens, &device, Some(&chosen));
-        let max_diff = a.iter().zip(&b).map(|(x, y)| max_abs_diff(x, y)).fold(0f32, f32::max);
-        let same_argmax = a.iter().zip(&b).filter(|(x, y)| argmax(x) == argmax(y)).count();
-        fused_vs_generic.insert(
-            format!("{dtype:?}").to_lowercase(),
-            json!({"fused_available": fused, "steps": a.len(), "same_argmax_steps": same_argmax, "max_abs_logit_diff": max_diff}),
-        );
+        let mut row = gpu_common::fused_vs_generic(&mut model, &prompt, 1, tokens);
+        row["fused_available"] = json!(model.fused_decode());
+        fused_vs_generic.insert(format!("{dtype:?}").to_lowercase(), row);
     }
     let report = json!({
         "benchmark": "gpu_parity",
@@ -105,31 +102,4 @@ fn main() {
     if !identical {
         std::process::exit(1);
     }
-}
-
-/// Logits of `n` greedy decode steps after the prompt, and the tokens fed; with `forced`, those
-/// tokens are fed instead of the argmax, so two runs see the same inputs.
-fn steps(model: &Model, ids: &[u32], n: usize, device: &Device, forced: Option<&[u32]>) -> (Vec<Vec<f32>>, Vec<u32>) {
-    let mut cache = KvCache::default();
-    let prompt = Tensor::new(ids, device).unwrap().unsqueeze(0).unwrap();
-    let mut logits = model.forward(&prompt, 0, &mut cache).unwrap();
-    let (mut out, mut fed) = (Vec::new(), Vec::new());
-    for step in 0..n {
-        let row = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let next = forced.map_or(argmax(&row) as u32, |f| f[step]);
-        fed.push(next);
-        let x = Tensor::new(&[[next]], device).unwrap();
-        // The logits of each decode step (the prefill's are the same on both paths).
-        logits = model.forward(&x, ids.len() + step, &mut cache).unwrap();
-        out.push(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-    }
-    (out, fed)
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
