@@ -36,14 +36,15 @@ mkdir -p "$CU/lib/stubs"
 grep -oP '^\s+fn \Kcu\w+(?=\()' "$CUDARC/src/driver/sys/mod.rs" | sort -u | awk '{print "void "$1"(void){}"}' > "$DIR/stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/stubs/libcuda.so" "$DIR/stub.c" || die "cannot build the libcuda stub"
 cd "$ROOT"
+BENCHES=(generate_throughput gpu_decode gpu_parity)
 PATH="$CU/bin:$PATH" CUDA_HOME="$CU" CUDA_COMPUTE_CAP="$CAP" \
-    cargo build --release --locked --features cuda --target-dir target-cuda --bin subgoal --bench generate_throughput --bench gpu_decode --bench gpu_parity \
+    cargo build --release --locked --features cuda --target-dir target-cuda --bin subgoal "${BENCHES[@]/#/--bench=}" \
     || die "cargo build --features cuda failed"
 mkdir -p .gpu
 strip -o .gpu/subgoal target-cuda/release/subgoal
-for b in generate_throughput gpu_decode gpu_parity; do
+for b in "${BENCHES[@]}"; do
     BENCH="$(ls -t target-cuda/release/deps/$b-* | grep -v '\.d$' | head -n1)"
     strip -o ".gpu/$b" "$BENCH"
 done
-xz -6 -f .gpu/subgoal .gpu/generate_throughput .gpu/gpu_decode .gpu/gpu_parity
-echo "build-cuda: ready: .gpu/subgoal.xz .gpu/generate_throughput.xz .gpu/gpu_decode.xz .gpu/gpu_parity.xz" >&2
+xz -6 -f .gpu/subgoal "${BENCHES[@]/#/.gpu/}"
+echo "build-cuda: ready: .gpu/subgoal.xz ${BENCHES[*]/#/.gpu/} (each .xz)" >&2

@@ -400,24 +400,19 @@ fn read_record(format: &Format, rec: &Map<String, Value>, keep_split: Option<&st
         Ok(Some((req_str(rec, key, key)?.to_string(), key.to_string())))
     };
     let raw = match format {
-        Format::DeepSeek => Raw {
-            name: named("name")?,
-            statement: req_str(rec, "formal_statement", "formal_statement")?.to_string(),
-            statement_field: "formal_statement".into(),
-            header: req_str(rec, "header", "header")?.to_string(),
-            informal: opt_str(rec, "informal_prefix", "informal_prefix")?.unwrap_or_default().to_string(),
-            split,
-            area: None,
-        },
-        Format::MiniF2FLean424 => Raw {
-            name: named("name")?,
-            statement: req_str(rec, "formal_statement", "formal_statement")?.to_string(),
-            statement_field: "formal_statement".into(),
-            header: req_str(rec, "header", "header")?.to_string(),
-            informal: opt_str(rec, "docstring", "docstring")?.unwrap_or_default().to_string(),
-            split,
-            area: None,
-        },
+        // The two MiniF2F layouts differ only in where the informal statement is.
+        Format::DeepSeek | Format::MiniF2FLean424 => {
+            let informal = if matches!(format, Format::DeepSeek) { "informal_prefix" } else { "docstring" };
+            Raw {
+                name: named("name")?,
+                statement: req_str(rec, "formal_statement", "formal_statement")?.to_string(),
+                statement_field: "formal_statement".into(),
+                header: req_str(rec, "header", "header")?.to_string(),
+                informal: opt_str(rec, informal, informal)?.unwrap_or_default().to_string(),
+                split,
+                area: None,
+            }
+        }
         Format::ProverBench => read_proverbench(rec)?,
         Format::PutnamBench => read_putnambench(rec)?,
         Format::MiniCodeProps => Raw {

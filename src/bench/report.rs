@@ -118,6 +118,11 @@ fn render(header: &[String], rows: &[(String, Vec<String>)]) -> String {
 #[error("drawing the plot: {0}")]
 pub struct PlotError(String);
 
+/// The series' labels in a framed box, the same on every chart.
+fn draw_legend<'a, CT: CoordTranslate>(chart: &mut ChartContext<'a, SVGBackend<'a>, CT>) -> Result<(), PlotError> {
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err)
+}
+
 fn plot_err<E: std::fmt::Display>(e: E) -> PlotError {
     PlotError(e.to_string())
 }
@@ -157,12 +162,7 @@ pub fn pass_at_k_svg(runs: &[Labeled]) -> Result<String, PlotError> {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
             chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
+        draw_legend(&mut chart)?;
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
@@ -233,12 +233,7 @@ pub fn groups_svg(runs: &[Labeled]) -> Result<String, PlotError> {
                 .label(r.label.clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
+        draw_legend(&mut chart)?;
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
