@@ -83,7 +83,7 @@ fn main() {
         model.set_fused_decode(false);
         let g = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
         model.set_fused_decode(true);
-        (Value::Object(g), agreement(&mut model, &device))
+        (Value::Object(g), agreement(&mut model, &dir, &device))
     } else {
         (Value::Null, Value::Null)
     };
@@ -179,9 +179,17 @@ fn decode_rates(
 
 /// The fused step against the generic one at this shape: 16 greedy steps after a 512-token prompt
 /// at batch 1 and 2 (the few-row kernel and cuBLAS).
-fn agreement(model: &mut Model, device: &Device) -> Value {
+/// The fused step against the generic one at this shape, one and two rows: in bf16 on `model`,
+/// and in f32 on the checkpoint loaded again as f32 (rounding apart, the kernels must agree).
+fn agreement(model: &mut Model, dir: &Path, device: &Device) -> Value {
     let prompt = prompt_ids(1, 512, device);
-    json!({"1": gpu_common::fused_vs_generic(model, &prompt, 1, 16), "2": gpu_common::fused_vs_generic(model, &prompt, 2, 16)})
+    let both = |m: &mut Model| json!({"1": gpu_common::fused_vs_generic(m, &prompt, 1, 16), "2": gpu_common::fused_vs_generic(m, &prompt, 2, 16)});
+    let bf16 = both(model);
+    let f32 = match Model::from_safetensors(dir, device, DType::F32) {
+        Ok(mut m) => both(&mut m),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    json!({"bf16": bf16, "f32": f32})
 }
 
 fn r(x: f64) -> f64 {

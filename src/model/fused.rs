@@ -2,7 +2,7 @@
 //! their launches on candle tensors.
 //!
 //! Why: through candle's generic ops a decode step of a 7B model was bound by the CPU launching
-//! about 27 kernels per layer. These kernels bring a layer to 7 launches at one row (9 from two
+//! about 27 kernels per layer. These kernels bring a layer to 5 launches at one row (9 from two
 //! rows on) and sample on the device; they take the position from device memory, a prerequisite for
 //! capturing a step as a CUDA graph (not done yet).
 //!
@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
 use candle_core::op::BackpropOp;
@@ -37,6 +38,15 @@ const GEMV_MAX_ROWS: usize = 8;
 /// Up to how many rows `gemv` replaces cuBLAS by default: measured on an H200 at the 7B shape, it
 /// wins at one row and loses from two (it turns compute-bound as rows share each weight load).
 const GEMV_ROWS: usize = 1;
+/// Warps per unit (`KS` in decode.cu) the one-row projections have kernels for.
+const SPLITS: [usize; 4] = [1, 2, 4, 8];
+/// Warps per SM a one-row projection of each `Split` aims for, to have loads enough in flight to
+/// cover HBM latency. Chosen by `SUBGOAL_CUDA_GEMV_SPLIT` sweeps on an H200 at the 7B shape (batch
+/// 1, tokens/s): q/k/v at 2 warps per unit, gate/up at 2, o and down at 8 (247.5) beat 2/1/8
+/// (243.8), 1/1/8 (242.5) and 2/1/4 (240.1); the lm_head's 51,200 units stay at 1.
+const WARPS_PER_SM: [usize; 3] = [48, 96, 96];
+/// Warps per block of the few-row projections (`GEMV_WARPS` in decode.cu).
+const GEMV_WARPS: usize = 8;
 
 /// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
 macro_rules! launch {
@@ -62,6 +72,23 @@ pub struct RopeStep<'a> {
     pub q_scale: f32,
 }
 
+/// A row normalized inside the projection that takes it: RMSNorm of `x` (`[1, k]`) with weight
+/// `g` (`[k]`) and epsilon `eps`.
+#[derive(Clone, Copy)]
+pub struct NormIn<'a> {
+    pub x: &'a Tensor,
+    pub g: &'a Tensor,
+    pub eps: f32,
+}
+
+/// The one-row projections, each with its kernels per warps per unit.
+#[derive(Clone, Copy)]
+enum Split {
+    Qkv = 0,
+    GateUp = 1,
+    Plain = 2,
+}
+
 /// The kernels for one device and dtype, looked up once.
 pub struct Kernels {
     dev: CudaDevice,
@@ -69,6 +96,10 @@ pub struct Kernels {
     dtype: DType,
     funcs: HashMap<&'static str, CudaFunction>,
     gemv_rows: usize,
+    /// `SUBGOAL_CUDA_GEMV_SPLIT` per `Split`, where set to one of `SPLITS`.
+    gemv_split: [Option<usize>; 3],
+    /// Streaming multiprocessors of the device.
+    sms: usize,
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
@@ -107,7 +138,7 @@ impl Kernels {
         let Device::Cuda(dev) = device else { return Ok(None) };
         let Ok(sfx) = suffix(dtype) else { return Ok(None) };
         let mut funcs = HashMap::new();
-        const PER_DTYPE: [&str; 16] = [
+        const PER_DTYPE: [&str; 25] = [
             "add_rmsnorm",
             "silu_mul",
             "rope_kv",
@@ -122,8 +153,17 @@ impl Kernels {
             "gemv6",
             "gemv7",
             "gemv8",
-            "gemv_silu",
-            "gemv_rope",
+            "gemv1_k2",
+            "gemv1_k4",
+            "gemv1_k8",
+            "gemv_silu_k1",
+            "gemv_silu_k2",
+            "gemv_silu_k4",
+            "gemv_silu_k8",
+            "gemv_rope_k1",
+            "gemv_rope_k2",
+            "gemv_rope_k4",
+            "gemv_rope_k8",
         ];
         for name in PER_DTYPE {
             let f = dev.get_or_load_custom_func(&format!("{name}_{sfx}"), MODULE, PTX)?;
@@ -135,12 +175,31 @@ impl Kernels {
         }
         // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
         let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
+        // Warps per unit of the one-row projections (a tuning knob; unset: `split_launch` decides):
+        // one number for all, or three for q/k/v, gate/up and the others.
+        let knob: Vec<Option<usize>> = std::env::var("SUBGOAL_CUDA_GEMV_SPLIT")
+            .unwrap_or_default()
+            .split(',')
+            .map(|v| v.trim().parse().ok().filter(|s| SPLITS.contains(s)))
+            .collect();
+        let gemv_split = match knob[..] {
+            [one] => [one; 3],
+            [qkv, gate_up, plain] => [qkv, gate_up, plain],
+            _ => [None; 3],
+        };
+        let stream = dev.cuda_stream();
+        let sms = stream
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| candle_core::Error::Msg(format!("SM count: {e}")))?;
         Ok(Some(Kernels {
             dev: dev.clone(),
-            stream: dev.cuda_stream(),
+            stream,
             dtype,
             funcs,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
+            gemv_split,
+            sms: sms.max(1) as usize,
             counters: Default::default(),
         }))
     }
@@ -329,23 +388,58 @@ impl Kernels {
         Ok(ids)
     }
 
-    /// `x @ w^T` for few rows (`x`: `[rows, k]`, `w`: `[n, k]` as `nn.Linear` keeps it) with one
-    /// read of `w`; `None` where the kernel does not apply (too many rows, unaligned shapes), for
-    /// the caller to take the GEMM.
-    pub fn gemv(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    /// `residual + x @ w^T` (`residual` optional, `[rows, n]`) for few rows (`x`: `[rows, k]`, `w`:
+    /// `[n, k]` as `nn.Linear` keeps it) with one read of `w`; `None` where the kernel does not
+    /// apply (too many rows, unaligned shapes), for the caller to take the GEMM.
+    pub fn gemv(&self, x: &Tensor, w: &Tensor, residual: Option<&Tensor>) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let (n, _) = w.dims2()?;
         if !self.gemv_fits(x, w, k)? {
             return Ok(None);
         }
+        let pr = match residual {
+            Some(r) if r.dims() == [rows, n] && r.dtype() == self.dtype => addr(r)?,
+            Some(r) => bail!("gemv: residual {:?} {:?} for output [{rows}, {n}] {:?}", r.dtype(), r.dims(), self.dtype),
+            None => 0,
+        };
         let y = self.empty((rows, n), self.dtype)?;
         let (px, pw, py) = (addr(x)?, addr(w)?, addr(&y)?);
         let (n_i, k_i) = (n as i32, k as i32);
-        // 8 warps per block, GEMV_COLS columns per warp.
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        const NAMES: [&str; GEMV_MAX_ROWS] = ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8"];
-        launch!(self, NAMES[rows - 1], cfg, &px, &pw, &py, &n_i, &k_i);
+        if rows == 1 {
+            // One unit per GEMV_COLS (2) columns.
+            let (name, cfg) = self.split_launch(n.div_ceil(2), Split::Plain);
+            launch!(self, name, cfg, &px, &pw, &pr, &py, &n_i, &k_i);
+        } else {
+            let cfg =
+                LaunchConfig { grid_dim: (n.div_ceil(16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            const NAMES: [&str; GEMV_MAX_ROWS] =
+                ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8"];
+            launch!(self, NAMES[rows - 1], cfg, &px, &pw, &pr, &py, &n_i, &k_i);
+        }
         Ok(Some(y))
+    }
+
+    /// The kernel and launch geometry of a one-row projection of `kind` computing `units` units:
+    /// the fewest warps per unit (of `SPLITS`) that give the device the kind's `WARPS_PER_SM`,
+    /// unless `SUBGOAL_CUDA_GEMV_SPLIT` says otherwise.
+    fn split_launch(&self, units: usize, kind: Split) -> (&'static str, LaunchConfig) {
+        let target = WARPS_PER_SM[kind as usize] * self.sms;
+        let i = match self.gemv_split[kind as usize] {
+            Some(s) => SPLITS.iter().position(|&x| x == s).unwrap_or(0),
+            None => SPLITS.iter().position(|&s| units * s >= target).unwrap_or(SPLITS.len() - 1),
+        };
+        let per_block = GEMV_WARPS / SPLITS[i];
+        let cfg = LaunchConfig {
+            grid_dim: (units.div_ceil(per_block) as u32, 1, 1),
+            block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let names = match kind {
+            Split::Qkv => ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k4", "gemv_rope_k8"],
+            Split::GateUp => ["gemv_silu_k1", "gemv_silu_k2", "gemv_silu_k4", "gemv_silu_k8"],
+            Split::Plain => ["gemv1", "gemv1_k2", "gemv1_k4", "gemv1_k8"],
+        };
+        (names[i], cfg)
     }
 
     /// Whether the few-row kernels take `x` (`[rows, k]`) against `w` (`[n, wk]`, `wk == k`):
@@ -358,63 +452,58 @@ impl Kernels {
         Ok(rows > 0 && rows <= self.gemv_rows && wk == k && k % per_load == 0 && ok(x) && ok(w))
     }
 
-    /// For one row `x` (`[1, k]`) and `w` = `[gate; up]` (`[2 * inter, k]`): `silu(x @ gate^T) *
-    /// (x @ up^T)`, `[1, inter]`, in one launch; `None` where the kernel does not apply.
-    pub fn gemv_silu(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-        let (rows, k) = x.dims2()?;
-        let (two, _) = w.dims2()?;
-        if rows != 1 || two % 2 != 0 || !self.gemv_fits(x, w, k)? {
+    /// For the normalized row of `row` and `w` = `[gate; up]` (`[2 * inter, k]`): `silu(h @ gate^T) *
+    /// (h @ up^T)`, `[1, inter]`, in one launch; `None` where the kernel does not apply.
+    pub fn gemv_silu(&self, row: &NormIn, w: &Tensor) -> Result<Option<Tensor>> {
+        let (two, k) = w.dims2()?;
+        if two % 2 != 0 || !self.norm_fits(row, w)? {
             return Ok(None);
         }
         let inter = two / 2;
+        let (name, cfg) = self.split_launch(inter, Split::GateUp);
         let y = self.empty((1, inter), self.dtype)?;
-        let (px, pw, py) = (addr(x)?, addr(w)?, addr(&y)?);
+        let (px, pg, pw, py) = (addr(row.x)?, addr(row.g)?, addr(w)?, addr(&y)?);
         let (inter_i, k_i) = (inter as i32, k as i32);
-        let cfg =
-            LaunchConfig { grid_dim: (inter.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "gemv_silu", cfg, &px, &pw, &py, &inter_i, &k_i);
+        launch!(self, name, cfg, &px, &pg, &row.eps, &pw, &py, &inter_i, &k_i);
         Ok(Some(y))
     }
 
-    /// `rope_kv` of the projection `x @ w^T` of one row (`w`: `[q; k; v]`), projection and rotation
-    /// in one launch; `None` where the kernel does not apply.
-    pub fn gemv_rope(&self, x: &Tensor, w: &Tensor, step: &RopeStep) -> Result<Option<Tensor>> {
+    /// `rope_kv` of the projection `h @ w^T` of the normalized row of `row` (`w`: `[q; k; v]`):
+    /// normalization, projection and rotation in one launch; returns q, or `None` where the kernel
+    /// does not apply.
+    pub fn gemv_rope(&self, row: &NormIn, w: &Tensor, step: &RopeStep) -> Result<Option<Tensor>> {
         let RopeStep { caches, tables, pos, heads, interleaved, q_scale } = *step;
-        let (rows, k) = x.dims2()?;
-        let (n, _) = w.dims2()?;
+        let (n, k) = w.dims2()?;
         let (crows, kv_heads, cap, d) = caches.0.dims4()?;
-        if rows != 1 || crows != 1 || n != (heads + 2 * kv_heads) * d || !self.gemv_fits(x, w, k)? {
+        if crows != 1 || n != (heads + 2 * kv_heads) * d || !self.norm_fits(row, w)? {
             return Ok(None);
         }
         self.check_step(caches, Some(tables), pos)?;
+        let pairs = (heads + 2 * kv_heads) * d / 2;
+        let (name, cfg) = self.split_launch(pairs, Split::Qkv);
         let q = self.empty((1, heads * d), self.dtype)?;
-        let (px, pw, pq, pk, pv) = (addr(x)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (px, pg, pw, pq, pk, pv) =
+            (addr(row.x)?, addr(row.g)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);
         let ints = [heads as i32, kv_heads as i32, d as i32, cap as i32, interleaved as i32, k as i32];
-        let pairs = (heads + 2 * kv_heads) * d / 2;
-        let cfg =
-            LaunchConfig { grid_dim: (pairs.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         launch!(
-            self,
-            "gemv_rope",
-            cfg,
-            &px,
-            &pw,
-            &pq,
-            &pk,
-            &pv,
-            &pc,
-            &ps,
-            &pp,
-            &ints[0],
-            &ints[1],
-            &ints[2],
-            &ints[3],
-            &ints[4],
-            &q_scale,
-            &ints[5]
+            self, name, cfg, &px, &pg, &row.eps, &pw, &pq, &pk, &pv, &pc, &ps, &pp, &ints[0], &ints[1], &ints[2],
+            &ints[3], &ints[4], &q_scale, &ints[5]
         );
         Ok(Some(q))
+    }
+
+    /// Whether a normalizing projection takes `row` against `w`: one aligned row and a norm weight
+    /// of its length, of the kernels' dtype.
+    fn norm_fits(&self, row: &NormIn, w: &Tensor) -> Result<bool> {
+        let (rows, k) = row.x.dims2()?;
+        let per_load = 16 / self.dtype.size_in_bytes();
+        let g = row.g;
+        let g_ok = g.dims() == [k]
+            && g.dtype() == self.dtype
+            && g.is_contiguous()
+            && g.layout().start_offset() % per_load == 0;
+        Ok(rows == 1 && g_ok && self.gemv_fits(row.x, w, k)?)
     }
 
     /// At least `n` zeroed counters for the attention's last-split merge (each launch leaves its

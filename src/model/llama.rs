@@ -86,11 +86,29 @@ impl Linear {
 #[cfg(feature = "cuda")]
 fn project(k: &super::fused::Kernels, l: &Linear, x: &Tensor) -> Result<Tensor> {
     if let Some(w) = l.plain_weight() {
-        if let Some(y) = k.gemv(x, w)? {
+        if let Some(y) = k.gemv(x, w, None)? {
             return Ok(y);
         }
     }
     l.forward(x)
+}
+
+/// The residual stream `residual` after the projection `l(x)` is added to it: the sum, where the
+/// few-row kernel adds it in its epilogue, else the stream and the projection still to add (which
+/// the next add_rmsnorm adds, one launch fewer than adding here).
+#[cfg(feature = "cuda")]
+fn project_onto(
+    k: &super::fused::Kernels,
+    l: &Linear,
+    x: &Tensor,
+    residual: Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    if let Some(w) = l.plain_weight() {
+        if let Some(sum) = k.gemv(x, w, Some(&residual))? {
+            return Ok((sum, None));
+        }
+    }
+    Ok((residual, Some(l.forward(x)?)))
 }
 
 /// The gated MLP's input projections: apart (GGUF), or as one matrix `[gate; up]` (dense weights),
@@ -480,17 +498,18 @@ impl Model {
         pos: usize,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        use super::fused::NormIn;
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
         let pos_t = Tensor::new(&[pos as u32], &self.device)?;
         let q_scale =
             if self.layers.first().is_some_and(|l| l.q_scaled) { 1.0 } else { 1.0 / (cfg.head_dim as f32).sqrt() };
-        let embedded = self.embed.index_select(&ids.flatten_all()?, 0)?;
-        let Some(first) = self.layers.first() else { candle_core::bail!("fused decode of a model without layers") };
-        // The residual stream and its normalized form for the next projection; each layer ends
-        // with the next layer's (or the final) norm.
-        let (mut x, mut h) = k.add_rmsnorm(&embedded, None, &first.attn_norm, eps)?;
-        for (i, (layer, c)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+        // The residual stream as `x + delta`. Projections add into it in their epilogue where the
+        // few-row kernel applies (no delta left), and a layer's input without delta is normalized
+        // inside its first projection; else add_rmsnorm adds and normalizes.
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let mut delta: Option<Tensor> = None;
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let Some(c) = c.as_mut() else { candle_core::bail!("fused decode without a prefilled cache") };
             if c.len != pos {
                 candle_core::bail!("fused decode at position {pos} with {} cached positions", c.len);
@@ -504,13 +523,15 @@ impl Model {
                 interleaved: cfg.rope_interleaved,
                 q_scale,
             };
-            let one_launch = match layer.qkv.as_ref().and_then(Linear::plain_weight) {
-                Some(w) => k.gemv_rope(&h, w, &step)?,
-                None => None,
+            let one_launch = match (delta.is_none(), layer.qkv.as_ref().and_then(Linear::plain_weight)) {
+                (true, Some(w)) => k.gemv_rope(&NormIn { x: &x, g: &layer.attn_norm, eps }, w, &step)?,
+                _ => None,
             };
             let q = match one_launch {
                 Some(q) => q,
                 None => {
+                    let (sum, h) = k.add_rmsnorm(&x, delta.as_ref(), &layer.attn_norm, eps)?;
+                    x = sum;
                     let qkv = match &layer.qkv {
                         Some(qkv) => project(k, qkv, &h)?,
                         None => Tensor::cat(&[layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?], 1)?,
@@ -520,17 +541,28 @@ impl Model {
             };
             c.len += 1;
             let a = k.attention(&q, (&c.k, &c.v), &pos_t, cfg.heads)?;
-            let (x1, h1) = k.add_rmsnorm(&x, Some(&project(k, &layer.o, &a)?), &layer.ffn_norm, eps)?;
-            let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.attn_norm);
-            let act = match &layer.mlp {
-                Mlp::Fused(gu) => match gu.plain_weight().map(|w| k.gemv_silu(&h1, w)).transpose()?.flatten() {
-                    Some(act) => act,
-                    None => k.silu_mul(&project(k, gu, &h1)?)?,
+            (x, delta) = project_onto(k, &layer.o, &a, x)?;
+            let one_launch = match (delta.is_none(), &layer.mlp) {
+                (true, Mlp::Fused(gu)) => match gu.plain_weight() {
+                    Some(w) => k.gemv_silu(&NormIn { x: &x, g: &layer.ffn_norm, eps }, w)?,
+                    None => None,
                 },
-                split => split.forward(&h1)?,
+                _ => None,
             };
-            (x, h) = k.add_rmsnorm(&x1, Some(&project(k, &layer.down, &act)?), next, eps)?;
+            let act = match one_launch {
+                Some(act) => act,
+                None => {
+                    let (sum, h) = k.add_rmsnorm(&x, delta.as_ref(), &layer.ffn_norm, eps)?;
+                    x = sum;
+                    match &layer.mlp {
+                        Mlp::Fused(gu) => k.silu_mul(&project(k, gu, &h)?)?,
+                        split => split.forward(&h)?,
+                    }
+                }
+            };
+            (x, delta) = project_onto(k, &layer.down, &act, x)?;
         }
+        let (_, h) = k.add_rmsnorm(&x, delta.as_ref(), &self.norm, eps)?;
         project(k, &self.lm_head, &h)?.to_dtype(DType::F32)
     }
 

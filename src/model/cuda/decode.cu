@@ -1,9 +1,10 @@
 // Fused kernels for one decode step of the Llama-family decoder (src/model/fused.rs launches them).
 //
 // Why: the generic path issues about 27 kernels per layer for a decode step and, on an H200 at
-// the 7B shape, was bound by the CPU launching them. These bring a layer to 7 launches at one row
+// the 7B shape, was bound by the CPU launching them. These bring a layer to 5 launches at one row
 // (9 from two rows on): residual add with RMSNorm, RoPE with the KV-cache write, split-K attention
-// over the cache, SiLU times up, a few-row GEMV, and the sampler. The position is read from device
+// over the cache, SiLU times up, a few-row GEMV (at one row with the norm before it in its loads
+// and the residual add in its epilogue), and the sampler. The position is read from device
 // memory, never baked into a launch (a prerequisite for capturing a step as a CUDA graph, which is
 // not done: a step still allocates its outputs and uploads the position).
 //
@@ -11,6 +12,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 #include <stdint.h>
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -170,14 +172,19 @@ __device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, un
     int kh = head / (heads / kv_heads);
     const T* kb = kc + (((size_t)r * kv_heads + kh) * cap + begin) * D;
     const T* vb = vc + (((size_t)r * kv_heads + kh) * cap + begin) * D;
-    for (int i = threadIdx.x; i < n * D / VEC; i += ATTN_THREADS) {
-        ((uint4*)ks)[i] = ((const uint4*)kb)[i];
-        ((uint4*)vs)[i] = ((const uint4*)vb)[i];
-    }
+    // Asynchronous copies, all in flight at once (a load-then-store loop waits out the memory
+    // latency once per iteration); the values keep arriving while the scores are computed.
+    for (int i = threadIdx.x; i < n * D / VEC; i += ATTN_THREADS)
+        __pipeline_memcpy_async((uint4*)ks + i, (const uint4*)kb + i, 16);
+    __pipeline_commit();
+    for (int i = threadIdx.x; i < n * D / VEC; i += ATTN_THREADS)
+        __pipeline_memcpy_async((uint4*)vs + i, (const uint4*)vb + i, 16);
+    __pipeline_commit();
     float qv[EPL];
     const T* qr = q + ((size_t)r * heads + head) * D + lane * EPL;
 #pragma unroll
     for (int e = 0; e < EPL; e++) qv[e] = to_f(qr[e]);
+    __pipeline_wait_prior(1);  // this thread's keys
     __syncthreads();
     // Scores: warp w takes positions w, w + 4, …; a lane sums its EPL elements, then all of the
     // warp's positions are reduced together.
@@ -210,6 +217,7 @@ __device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, un
     m = warp_max(m);
     __syncthreads();
     for (int j = threadIdx.x; j < n; j += ATTN_THREADS) ps[j] = __expf(ps[j] - m);
+    __pipeline_wait_prior(0);  // this thread's values
     __syncthreads();
     float l = 0.f;
     for (int j = lane; j < n; j += 32) l += ps[j];
@@ -255,14 +263,14 @@ __device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, un
     }
 
 #define INSTANTIATE(T, S)                                                                                      \
-    extern "C" __global__ void add_rmsnorm_##S(const T* x, const T* delta, const T* w, T* out, int rows,        \
+    extern "C" __global__ void add_rmsnorm_##S(const T* x, const T* delta, const T* w, T* out, int rows,       \
                                                int hidden, float eps) {                                        \
         add_rmsnorm<T>(x, delta, w, out, rows, hidden, eps);                                                   \
     }                                                                                                          \
     extern "C" __global__ void silu_mul_##S(const T* in, T* out, int rows, int inter) {                        \
         silu_mul<T>(in, out, rows, inter);                                                                     \
     }                                                                                                          \
-    extern "C" __global__ void rope_kv_##S(const T* qkv, int stride, T* q_out, T* kc, T* vc, const T* cos,      \
+    extern "C" __global__ void rope_kv_##S(const T* qkv, int stride, T* q_out, T* kc, T* vc, const T* cos,     \
                                            const T* sin, const uint32_t* pos, int heads, int kv_heads, int d,  \
                                            int cap, int interleaved, float q_scale) {                          \
         rope_kv<T>(qkv, stride, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale);  \
@@ -273,26 +281,74 @@ INSTANTIATE(float, f32)
 INSTANTIATE(__nv_bfloat16, bf16)
 INSTANTIATE(__half, f16)
 
-// y[m, n] = sum_k x[m, k] * w[n, k] for the M rows of x: the projections of a decode step with few
-// rows, where a GEMM library's tiles waste bandwidth. A warp computes COLS output columns, so each
+// Projections of few rows split k among KS warps: a block's 8 warps form 8 / KS units of KS warps,
+// a unit computing one output unit (columns) and its warp w taking the k-slice w % KS. Why: at one
+// row and 4,096 output columns, one warp per column pair leaves an H200 about 16 warps per SM, too
+// few loads in flight to reach HBM speed; KS warps per unit multiply them.
+constexpr int GEMV_WARPS = 8;
+
+// The global unit of this warp.
+template <int KS>
+__device__ __forceinline__ int gemv_unit() {
+    return blockIdx.x * (GEMV_WARPS / KS) + (threadIdx.x >> 5) / KS;
+}
+
+// First element of this lane in its warp's k-slice, and the stride between its loads, for loads of
+// V elements.
+template <int KS, int V>
+__device__ __forceinline__ int slice_start() {
+    return ((((threadIdx.x >> 5) % KS) << 5) + (threadIdx.x & 31)) * V;
+}
+
+// Sums the N values of each warp over the warps of its unit. Every lane passes its partial sums;
+// returns true in the one thread (lane 0 of the unit's first warp) whose v then holds the unit's
+// totals. Every thread of the block must call it (it synchronizes the block when KS > 1).
+template <int KS, int N>
+__device__ __forceinline__ bool unit_sum(float (&v)[N]) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < N; j++) v[j] = warp_sum(v[j]);
+    if constexpr (KS == 1) {
+        return lane == 0;
+    } else {
+        __shared__ float part[GEMV_WARPS][N];
+        if (lane == 0)
+#pragma unroll
+            for (int j = 0; j < N; j++) part[warp][j] = v[j];
+        __syncthreads();
+        if (lane != 0 || warp % KS != 0) return false;
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+            float t = 0.f;
+#pragma unroll
+            for (int s = 0; s < KS; s++) t += part[warp + s][j];
+            v[j] = t;
+        }
+        return true;
+    }
+}
+
+// y[m, n] = res[m, n] + sum_k x[m, k] * w[n, k] for the M rows of x (res optional: the residual
+// stream the projection adds to): the projections of a decode step with few
+// rows, where a GEMM library's tiles waste bandwidth. A unit computes COLS output columns, so each
 // load of x serves COLS weight rows; weights stream past L1 (read once), x stays there.
-// Requires k % (16 / sizeof(T)) == 0 and 16-byte aligned rows. Grid: ceil(n / (8 * COLS)); block: 256.
+// Requires k % (16 / sizeof(T)) == 0 and 16-byte aligned rows.
+// Grid: ceil(ceil(n / COLS) / (8 / KS)); block: 256.
 constexpr int GEMV_COLS = 2;
-template <typename T, int M>
-__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n, int k) {
+template <typename T, int M, int KS>
+__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ res, T* __restrict__ y,
+                     int n, int k) {
     constexpr int V = 16 / sizeof(T);
-    int col0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * GEMV_COLS, lane = threadIdx.x & 31;
-    if (col0 >= n) return;
+    int col0 = gemv_unit<KS>() * GEMV_COLS;
+    // Units past n compute a clamped column and write nothing: they must reach unit_sum's barrier.
     const T* wr[GEMV_COLS];
 #pragma unroll
     for (int c = 0; c < GEMV_COLS; c++) wr[c] = w + (size_t)min(col0 + c, n - 1) * k;
-    float acc[GEMV_COLS][M];
+    float acc[GEMV_COLS * M];
 #pragma unroll
-    for (int c = 0; c < GEMV_COLS; c++)
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[c][m] = 0.f;
+    for (int j = 0; j < GEMV_COLS * M; j++) acc[j] = 0.f;
 #pragma unroll 2
-    for (int i = lane * V; i < k; i += 32 * V) {
+    for (int i = slice_start<KS, V>(); i < k; i += KS * 32 * V) {
         uint4 wv[GEMV_COLS];
 #pragma unroll
         for (int c = 0; c < GEMV_COLS; c++) wv[c] = __ldcs((const uint4*)(wr[c] + i));
@@ -307,90 +363,108 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, T* __rest
             for (int c = 0; c < GEMV_COLS; c++) {
                 const T* we = (const T*)&wv[c];
 #pragma unroll
-                for (int e = 0; e < V; e++) acc[c][m] += to_f(we[e]) * xf[e];
+                for (int e = 0; e < V; e++) acc[c * M + m] += to_f(we[e]) * xf[e];
             }
         }
     }
+    if (!unit_sum<KS>(acc)) return;
 #pragma unroll
     for (int c = 0; c < GEMV_COLS; c++)
 #pragma unroll
-        for (int m = 0; m < M; m++) {
-            float a = warp_sum(acc[c][m]);
-            if (lane == 0 && col0 + c < n) y[(size_t)m * n + col0 + c] = from_f<T>(a);
-        }
+        for (int m = 0; m < M; m++)
+            if (col0 + c < n) {
+                size_t at = (size_t)m * n + col0 + c;
+                // With a residual, the sum of the two as the unfused path rounds them: each to T.
+                y[at] = res ? from_f<T>(to_f(res[at]) + to_f(from_f<T>(acc[c * M + m]))) : from_f<T>(acc[c * M + m]);
+            }
 }
 
 #define GEMV(T, S, M)                                                                                          \
-    extern "C" __global__ void gemv##M##_##S(const T* x, const T* w, T* y, int n, int k) {                     \
-        gemv<T, M>(x, w, y, n, k);                             \
+    extern "C" __global__ void gemv##M##_##S(const T* x, const T* w, const T* res, T* y, int n, int k) {       \
+        gemv<T, M, 1>(x, w, res, y, n, k);                                                                     \
+    }
+#define GEMV1(T, S, KS)                                                                                        \
+    extern "C" __global__ void gemv1_k##KS##_##S(const T* x, const T* w, const T* res, T* y, int n, int k) {   \
+        gemv<T, 1, KS>(x, w, res, y, n, k);                                                                    \
     }
 #define GEMVS(T, S)                                                                                            \
-    GEMV(T, S, 1) GEMV(T, S, 2) GEMV(T, S, 3) GEMV(T, S, 4) GEMV(T, S, 5) GEMV(T, S, 6) GEMV(T, S, 7) GEMV(T, S, 8)
+    GEMV(T, S, 1) GEMV(T, S, 2) GEMV(T, S, 3) GEMV(T, S, 4) GEMV(T, S, 5) GEMV(T, S, 6) GEMV(T, S, 7)          \
+    GEMV(T, S, 8) GEMV1(T, S, 2) GEMV1(T, S, 4) GEMV1(T, S, 8)
 
 GEMVS(float, f32)
 GEMVS(__nv_bfloat16, bf16)
 GEMVS(__half, f16)
 
-// One row's dot products with two weight rows, summed over the warp (every lane gets both).
+// The RMSNorm a one-row projection takes in its loads (the norm kernel it replaces was a launch
+// bound by latency, 5 µs at hidden 4,096 on an H200): the row x normalized by g. The norm's scale
+// is a factor of every dot product, so it is applied after the sums: W · (x ∘ g) / rms(x).
 template <typename T>
-__device__ __forceinline__ void dot2(const T* __restrict__ x, const T* __restrict__ wa, const T* __restrict__ wb,
-                                     int k, float& ra, float& rb) {
+struct NormIn {
+    const T* x;
+    const T* g;
+    float eps;
+};
+
+// The normalized row's dot products with two weight rows over this warp's k-slice, summed over
+// the unit (valid where unit_sum returns true, which this returns).
+template <typename T, int KS>
+__device__ __forceinline__ bool dot2_norm(const NormIn<T>& in, const T* __restrict__ wa, const T* __restrict__ wb,
+                                          int k, float (&r)[2]) {
     constexpr int V = 16 / sizeof(T);
-    int lane = threadIdx.x & 31;
-    float a = 0.f, b = 0.f;
+    float acc[3] = {0.f, 0.f, 0.f};  // the two dot products, and the sum of squares of x
 #pragma unroll 2
-    for (int i = lane * V; i < k; i += 32 * V) {
+    for (int i = slice_start<KS, V>(); i < k; i += KS * 32 * V) {
         uint4 va = __ldcs((const uint4*)(wa + i)), vb = __ldcs((const uint4*)(wb + i));
-        uint4 xv = __ldg((const uint4*)(x + i));
+        uint4 xv = __ldg((const uint4*)(in.x + i)), gv = __ldg((const uint4*)(in.g + i));
         const T* ea = (const T*)&va;
         const T* eb = (const T*)&vb;
         const T* xe = (const T*)&xv;
+        const T* ge = (const T*)&gv;
 #pragma unroll
         for (int e = 0; e < V; e++) {
-            float xf = to_f(xe[e]);
-            a += to_f(ea[e]) * xf;
-            b += to_f(eb[e]) * xf;
+            float sv = to_f(xe[e]);
+            acc[2] += sv * sv;
+            float xf = sv * to_f(ge[e]);
+            acc[0] += to_f(ea[e]) * xf;
+            acc[1] += to_f(eb[e]) * xf;
         }
     }
-    ra = warp_sum(a);
-    rb = warp_sum(b);
+    if (!unit_sum<KS>(acc)) return false;
+    float inv = rsqrtf(acc[2] / k + in.eps);
+    r[0] = acc[0] * inv;
+    r[1] = acc[1] * inv;
+    return true;
 }
 
-// The gated MLP's input projection of one row with SiLU × up in its epilogue: a warp computes
-// gate column c and up column inter + c of w ([gate; up], [2 * inter, k]) and writes
-// y[c] = silu(gate) * up, the projections rounded to T first as the unfused path stores them.
-// Grid: ceil(inter / 8); block: 256.
-template <typename T>
-__device__ void gemv_silu(const T* x, const T* w, T* y, int inter, int k) {
-    int c = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (c >= inter) return;
-    float g, u;
-    dot2(x, w + (size_t)c * k, w + ((size_t)inter + c) * k, k, g, u);
-    if ((threadIdx.x & 31) == 0) {
-        g = to_f(from_f<T>(g));
-        u = to_f(from_f<T>(u));
-        y[c] = from_f<T>(g / (1.f + __expf(-g)) * u);
-    }
+// The gated MLP's input projection of one normalized row (NormIn) with
+// SiLU × up in its epilogue: a unit computes gate column c and up column inter + c of w
+// ([gate; up], [2 * inter, k]) and writes y[c] = silu(gate) * up, the projections rounded to T
+// first as the unfused path stores them. Grid: ceil(inter / (8 / KS)); block: 256.
+template <typename T, int KS>
+__device__ void gemv_silu(NormIn<T> in, const T* w, T* y, int inter, int k) {
+    int c = gemv_unit<KS>(), cc = min(c, inter - 1);
+    float r[2];
+    if (!dot2_norm<T, KS>(in, w + (size_t)cc * k, w + ((size_t)inter + cc) * k, k, r) || c >= inter) return;
+    float g = to_f(from_f<T>(r[0])), u = to_f(from_f<T>(r[1]));
+    y[c] = from_f<T>(g / (1.f + __expf(-g)) * u);
 }
 
-// The q/k/v projection of one row with rope_kv's work in its epilogue: a warp computes the two
+// The q/k/v projection of one normalized row (NormIn) with rope_kv's work in
+// its epilogue: a unit computes the two
 // columns of one rotation pair (q, k or v head; interleaved or half-split as the model rotates),
 // rotates q and k at *pos, scales q, and writes q to q_out [heads * d] and k, v into the caches
-// [kv_heads, cap, d] at *pos. Grid: ceil((heads + 2 * kv_heads) * d / 2 / 8); block: 256.
-template <typename T>
-__device__ void gemv_rope(const T* x, const T* w, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
+// [kv_heads, cap, d] at *pos. Grid: ceil((heads + 2 * kv_heads) * d / 2 / (8 / KS)); block: 256.
+template <typename T, int KS>
+__device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
                           const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
                           float q_scale, int k) {
-    int half = d / 2;
-    int p = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (p >= (heads + 2 * kv_heads) * half) return;
-    int head = p / half, i = p % half;
+    int half = d / 2, pairs = (heads + 2 * kv_heads) * half;
+    int p = gemv_unit<KS>(), pc = min(p, pairs - 1);
+    int head = pc / half, i = pc % half;
     int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    float x0, x1;
-    dot2(x, w + ((size_t)head * d + a) * k, w + ((size_t)head * d + b) * k, k, x0, x1);
-    if ((threadIdx.x & 31) != 0) return;
-    x0 = to_f(from_f<T>(x0));
-    x1 = to_f(from_f<T>(x1));
+    float r[2];
+    if (!dot2_norm<T, KS>(in, w + ((size_t)head * d + a) * k, w + ((size_t)head * d + b) * k, k, r) || p >= pairs) return;
+    float x0 = to_f(from_f<T>(r[0])), x1 = to_f(from_f<T>(r[1]));
     uint32_t pos = *pos_p;
     if (head >= heads + kv_heads) {
         T* dst = vc + ((size_t)(head - heads - kv_heads) * cap + pos) * d;
@@ -411,15 +485,21 @@ __device__ void gemv_rope(const T* x, const T* w, T* q_out, T* kc, T* vc, const 
     dst[b] = from_f<T>((x0 * s + x1 * c) * scale);
 }
 
-#define GEMV_EPILOGUES(T, S)                                                                                   \
-    extern "C" __global__ void gemv_silu_##S(const T* x, const T* w, T* y, int inter, int k) {                 \
-        gemv_silu<T>(x, w, y, inter, k);                                                                       \
+#define GEMV_EPILOGUE(T, S, KS)                                                                                \
+    extern "C" __global__ void gemv_silu_k##KS##_##S(const T* x, const T* g, float eps, const T* w, T* y,      \
+                                                     int inter, int k) {                                       \
+        gemv_silu<T, KS>({x, g, eps}, w, y, inter, k);                                                         \
     }                                                                                                          \
-    extern "C" __global__ void gemv_rope_##S(const T* x, const T* w, T* q_out, T* kc, T* vc, const T* cos,     \
-                                             const T* sin, const uint32_t* pos, int heads, int kv_heads,       \
-                                             int d, int cap, int interleaved, float q_scale, int k) {          \
-        gemv_rope<T>(x, w, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale, k);    \
+    extern "C" __global__ void gemv_rope_k##KS##_##S(const T* x, const T* g, float eps, const T* w,            \
+                                                     T* q_out, T* kc, T* vc, const T* cos,                     \
+                                                     const T* sin, const uint32_t* pos, int heads,             \
+                                                     int kv_heads, int d, int cap, int interleaved,            \
+                                                     float q_scale, int k) {                                   \
+        gemv_rope<T, KS>({x, g, eps}, w, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap,                \
+                         interleaved, q_scale, k);                                                             \
     }
+#define GEMV_EPILOGUES(T, S)                                                                                   \
+    GEMV_EPILOGUE(T, S, 1) GEMV_EPILOGUE(T, S, 2) GEMV_EPILOGUE(T, S, 4) GEMV_EPILOGUE(T, S, 8)
 GEMV_EPILOGUES(float, f32)
 GEMV_EPILOGUES(__nv_bfloat16, bf16)
 GEMV_EPILOGUES(__half, f16)
