@@ -4,7 +4,8 @@
 //! Why: through candle's generic ops a decode step of a 7B model was bound by the CPU launching
 //! about 27 kernels per layer. These kernels bring a layer to 5 launches at one row (9 from two
 //! rows on) and sample on the device; they take the position from device memory, a prerequisite for
-//! capturing a step as a CUDA graph (not done yet).
+//! capturing a step as a CUDA graph (not done; programmatic dependent launch, `Pdl`, overlaps
+//! each launch with the kernel before it instead).
 //!
 //! Addresses are taken without cudarc's per-use events: candle runs every kernel on one stream,
 //! and frees are ordered on it.
@@ -15,8 +16,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use std::ffi::{c_void, CString};
+
+use candle_core::cuda_backend::cudarc::driver::sys::{self, CUdevice_attribute};
+use candle_core::cuda_backend::cudarc::driver::{
+    result, CudaContext, CudaFunction, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
@@ -48,15 +53,101 @@ const WARPS_PER_SM: [usize; 3] = [48, 96, 96];
 /// Warps per block of the few-row projections (`GEMV_WARPS` in decode.cu).
 const GEMV_WARPS: usize = 8;
 
-/// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
+/// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order: with programmatic
+/// dependent launch where `$k` has it, else through cudarc.
 macro_rules! launch {
     ($k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let mut b = $k.stream.launch_builder($k.func($name)?);
-        $( b.arg($arg); )+
-        // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu, with
-        // addresses of live tensors whose sizes the launch geometry respects.
-        unsafe { b.launch($cfg) }.map_err(|e| candle_core::Error::Msg(format!("{}: {e}", $name)))?;
+        if let Some(pdl) = &$k.pdl {
+            let mut params = [$( $arg as *const _ as *mut std::ffi::c_void ),+];
+            // SAFETY: as below; `params` points at the arguments, alive until the launch returns
+            // (the driver copies them).
+            unsafe { pdl.launch(&$k.stream, $name, $cfg, &mut params) }?;
+        } else {
+            let mut b = $k.stream.launch_builder($k.func($name)?);
+            $( b.arg($arg); )+
+            // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu,
+            // with addresses of live tensors whose sizes the launch geometry respects.
+            unsafe { b.launch($cfg) }.map_err(|e| candle_core::Error::Msg(format!("{}: {e}", $name)))?;
+        }
     }};
+}
+
+/// The kernels loaded a second time as raw driver handles, to launch them with programmatic
+/// dependent launch (`pdl_begin` in decode.cu), which cudarc's launcher cannot ask for: on an
+/// H200 a decode step is about 160 dependent launches, and this overlaps each one's launch with
+/// the tail of the kernel before it.
+struct Pdl {
+    module: sys::CUmodule,
+    funcs: HashMap<&'static str, sys::CUfunction>,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: module and function handles belong to the context, not to a thread; every use binds the
+// context to the calling thread first.
+unsafe impl Send for Pdl {}
+unsafe impl Sync for Pdl {}
+
+impl Pdl {
+    /// Loads `PTX` into the stream's context and looks up `names` (short name, PTX entry).
+    fn load(stream: &CudaStream, names: &[(&'static str, String)]) -> Result<Pdl> {
+        let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels for PDL: {e}"));
+        let ctx = stream.context().clone();
+        ctx.bind_to_thread().map_err(err)?;
+        let image = CString::new(PTX).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // SAFETY: a NUL-terminated PTX image; the module lives until `drop`.
+        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(err)?;
+        let mut pdl = Pdl { module, funcs: HashMap::new(), ctx };
+        for (short, entry) in names {
+            let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            // SAFETY: `module` is loaded.
+            let f = unsafe { result::module::get_function(pdl.module, name) }.map_err(err)?;
+            pdl.funcs.insert(short, f);
+        }
+        Ok(pdl)
+    }
+
+    /// Launches `name` on `stream` with the programmatic-stream-serialization attribute.
+    ///
+    /// # Safety
+    /// `params` holds pointers to the kernel's arguments, in its signature's order and types.
+    unsafe fn launch(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        cfg: LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        let f = *self.funcs.get(name).ok_or_else(|| candle_core::Error::Msg(format!("kernel {name} not loaded")))?;
+        let err = |e: DriverError| candle_core::Error::Msg(format!("{name}: {e}"));
+        self.ctx.bind_to_thread().map_err(err)?;
+        // SAFETY: plain C data; zero is a valid value of every field.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: the caller's contract on `params`; `config` and `attr` outlive the call.
+        unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }.result().map_err(err)
+    }
+}
+
+impl Drop for Pdl {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: loaded in `load`, unloaded once; no launch can follow (the owner is dropping).
+            let _ = unsafe { result::module::unload(self.module) };
+        }
+    }
 }
 
 /// What rotating one position and writing it into a layer's cache need: the layer's caches
@@ -100,6 +191,9 @@ pub struct Kernels {
     gemv_split: [Option<usize>; 3],
     /// Streaming multiprocessors of the device.
     sms: usize,
+    /// Raw handles for launches with programmatic dependent launch: on devices of compute
+    /// capability 9.0 and later unless `SUBGOAL_CUDA_PDL=0`.
+    pdl: Option<Pdl>,
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
@@ -165,13 +259,14 @@ impl Kernels {
             "gemv_rope_k4",
             "gemv_rope_k8",
         ];
-        for name in PER_DTYPE {
-            let f = dev.get_or_load_custom_func(&format!("{name}_{sfx}"), MODULE, PTX)?;
-            funcs.insert(name, (*f).clone());
-        }
-        for name in ["sample_partial", "sample_pick", "sample_mass", "sample_accept"] {
-            let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-            funcs.insert(name, (*f).clone());
+        let entries: Vec<(&'static str, String)> = PER_DTYPE
+            .iter()
+            .map(|&name| (name, format!("{name}_{sfx}")))
+            .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
+            .collect();
+        for (name, entry) in &entries {
+            let f = dev.get_or_load_custom_func(entry, MODULE, PTX)?;
+            funcs.insert(*name, (*f).clone());
         }
         // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
         let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
@@ -192,6 +287,21 @@ impl Kernels {
             .context()
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| candle_core::Error::Msg(format!("SM count: {e}")))?;
+        let major = stream
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+            .map_err(|e| candle_core::Error::Msg(format!("compute capability: {e}")))?;
+        let pdl = if major >= 9 && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0") {
+            match Pdl::load(&stream, &entries) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "programmatic dependent launch unavailable; launching plainly");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Some(Kernels {
             dev: dev.clone(),
             stream,
@@ -200,6 +310,7 @@ impl Kernels {
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
             sms: sms.max(1) as usize,
+            pdl,
             counters: Default::default(),
         }))
     }

@@ -23,6 +23,18 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
 
+// Programmatic dependent launch (sm_90 and later; `fused.rs` launches with it where the device has
+// it): the next kernel on the stream may be scheduled once every block of this one has started,
+// so its launch overlaps this one's tail; each kernel then waits here, before its first read,
+// until the kernel before it has finished and its writes are visible. Both are no-ops for a
+// launch without the attribute, and every kernel calls this first.
+__device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
@@ -51,6 +63,7 @@ __device__ float block_sum(float v) {
 // Grid: one block per row.
 template <typename T>
 __device__ void add_rmsnorm(const T* x, const T* delta, const T* w, T* out, int rows, int hidden, float eps) {
+    pdl_begin();
     constexpr int HELD = 8;  // values a thread keeps in registers (hidden <= HELD * blockDim.x)
     int r = blockIdx.x;
     const T* xr = x + (size_t)r * hidden;
@@ -94,6 +107,7 @@ __device__ void add_rmsnorm(const T* x, const T* delta, const T* w, T* out, int 
 // out[r, i] = silu(in[r, i]) * in[r, inter + i]; in is `[gate | up]` per row.
 template <typename T>
 __device__ void silu_mul(const T* in, T* out, int rows, int inter) {
+    pdl_begin();
     size_t n = (size_t)rows * inter;
     for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
         size_t r = k / inter, i = k % inter;
@@ -111,6 +125,7 @@ template <typename T>
 __device__ void rope_kv(const T* qkv, int stride, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
                         const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
                         float q_scale) {
+    pdl_begin();
     int head = blockIdx.x, r = blockIdx.y, i = threadIdx.x, half = d / 2;
     uint32_t pos = *pos_p;
     const T* row = qkv + (size_t)r * stride;
@@ -153,6 +168,7 @@ constexpr int TILE_BYTES = 16384;
 template <typename T, int EPL>
 __device__ void attn_split(const T* q, const T* kc, const T* vc, float* part, unsigned* counters, T* y,
                            const uint32_t* pos_p, int heads, int kv_heads, int cap) {
+    pdl_begin();
     constexpr int D = EPL * 32;
     constexpr int CH = TILE_BYTES / (D * sizeof(T));
     constexpr int PER_WARP = CH / (ATTN_THREADS / 32);
@@ -338,6 +354,7 @@ constexpr int GEMV_COLS = 2;
 template <typename T, int M, int KS>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ res, T* __restrict__ y,
                      int n, int k) {
+    pdl_begin();
     constexpr int V = 16 / sizeof(T);
     int col0 = gemv_unit<KS>() * GEMV_COLS;
     // Units past n compute a clamped column and write nothing: they must reach unit_sum's barrier.
@@ -442,6 +459,7 @@ __device__ __forceinline__ bool dot2_norm(const NormIn<T>& in, const T* __restri
 // first as the unfused path stores them. Grid: ceil(inter / (8 / KS)); block: 256.
 template <typename T, int KS>
 __device__ void gemv_silu(NormIn<T> in, const T* w, T* y, int inter, int k) {
+    pdl_begin();
     int c = gemv_unit<KS>(), cc = min(c, inter - 1);
     float r[2];
     if (!dot2_norm<T, KS>(in, w + (size_t)cc * k, w + ((size_t)inter + cc) * k, k, r) || c >= inter) return;
@@ -458,6 +476,7 @@ template <typename T, int KS>
 __device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
                           const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
                           float q_scale, int k) {
+    pdl_begin();
     int half = d / 2, pairs = (heads + 2 * kv_heads) * half;
     int p = gemv_unit<KS>(), pc = min(p, pairs - 1);
     int head = pc / half, i = pc % half;
@@ -567,6 +586,7 @@ __device__ void block_argmax(float& s, int& i) {
 // Grid: (chunks, rows); block: 256.
 extern "C" __global__ void sample_partial(const float* logits, int vocab, int chunk, float inv_t, uint64_t seed,
                                           int draws, float* part) {
+    pdl_begin();
     int c = blockIdx.x, r = blockIdx.y, chunks = gridDim.x;
     const float* row = logits + (size_t)r * vocab;
     int begin = c * chunk, end = min(begin + chunk, vocab);
@@ -615,6 +635,7 @@ extern "C" __global__ void sample_partial(const float* logits, int vocab, int ch
 // token when no top-p check is needed. Grid: rows; block: 32.
 extern "C" __global__ void sample_pick(const float* part, int chunks, int greedy, int check, int* cand, float* stats,
                                        uint32_t* out) {
+    pdl_begin();
     int r = blockIdx.x, lane = threadIdx.x;
     const float* p = part + (size_t)r * chunks * PART;
     float m = -INFINITY;
@@ -648,6 +669,7 @@ extern "C" __global__ void sample_pick(const float* part, int chunks, int greedy
 // Grid: (chunks, rows); block: 256.
 extern "C" __global__ void sample_mass(const float* logits, int vocab, int chunk, float inv_t, const int* cand,
                                        const float* stats, float* mass) {
+    pdl_begin();
     int c = blockIdx.x, r = blockIdx.y, chunks = gridDim.x;
     const float* row = logits + (size_t)r * vocab;
     int begin = c * chunk, end = min(begin + chunk, vocab);
@@ -675,6 +697,7 @@ extern "C" __global__ void sample_mass(const float* logits, int vocab, int chunk
 // Per row: the first draw inside the nucleus, else the argmax. Grid: rows; block: 32.
 extern "C" __global__ void sample_accept(const float* mass, int chunks, const int* cand, const float* stats,
                                          float top_p, uint32_t* out) {
+    pdl_begin();
     int r = blockIdx.x, lane = threadIdx.x;
     float z = stats[2 * r + 1];
     int pick = cand[r * SLOTS + DRAWS];
