@@ -8,7 +8,9 @@
 //! each launch with the kernel before it instead).
 //!
 //! Addresses are taken without cudarc's per-use events: candle runs every kernel on one stream,
-//! and frees are ordered on it.
+//! and frees are ordered on it. Under programmatic dependent launch a kernel may start before the
+//! one before it ends, which stays safe only because every kernel in decode.cu calls `pdl_begin`
+//! (and so waits) before it touches memory: a new kernel must do the same.
 //!
 //! Every tensor passed in must be contiguous and on the kernels' device; outputs are fresh
 //! tensors of the inputs' dtype.
@@ -46,7 +48,8 @@ const GEMV_ROWS: usize = 1;
 /// Warps per unit (`KS` in decode.cu) the one-row projections have kernels for.
 const SPLITS: [usize; 4] = [1, 2, 4, 8];
 /// Warps per SM a one-row projection of each `Split` aims for, to have loads enough in flight to
-/// cover HBM latency. Chosen by `SUBGOAL_CUDA_GEMV_SPLIT` sweeps on an H200 at the 7B shape (batch
+/// cover HBM latency: a target for the work of a launch (the warps of all its waves, so it may
+/// exceed the 64 an SM holds at once), tuned on an H200's 132 SMs. Chosen by `SUBGOAL_CUDA_GEMV_SPLIT` sweeps on an H200 at the 7B shape (batch
 /// 1, tokens/s): q/k/v at 2 warps per unit, gate/up at 2, o and down at 8 (247.5) beat 2/1/8
 /// (243.8), 1/1/8 (242.5) and 2/1/4 (240.1); the lm_head's 51,200 units stay at 1.
 const WARPS_PER_SM: [usize; 3] = [48, 96, 96];
@@ -58,10 +61,9 @@ const GEMV_WARPS: usize = 8;
 macro_rules! launch {
     ($k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         if let Some(pdl) = &$k.pdl {
-            let mut params = [$( $arg as *const _ as *mut std::ffi::c_void ),+];
-            // SAFETY: as below; `params` points at the arguments, alive until the launch returns
-            // (the driver copies them).
-            unsafe { pdl.launch(&$k.stream, $name, $cfg, &mut params) }?;
+            // SAFETY: as below. The pointers are taken in the statement that launches, so even a
+            // temporary argument lives until the driver has copied the values.
+            unsafe { pdl.launch(&$k.stream, $name, $cfg, &mut [$( kernel_arg($arg) ),+]) }?;
         } else {
             let mut b = $k.stream.launch_builder($k.func($name)?);
             $( b.arg($arg); )+
@@ -143,8 +145,10 @@ impl Pdl {
 
 impl Drop for Pdl {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: loaded in `load`, unloaded once; no launch can follow (the owner is dropping).
+        // Queued launches may still use the module (say, after an error mid-step): let them finish.
+        if self.ctx.bind_to_thread().is_ok() && self.ctx.synchronize().is_ok() {
+            // SAFETY: loaded in `load`, unloaded once, after every launch has finished; none can
+            // follow (the owner is dropping).
             let _ = unsafe { result::module::unload(self.module) };
         }
     }
@@ -206,6 +210,20 @@ fn suffix(dtype: DType) -> Result<&'static str> {
         DType::F16 => "f16",
         other => bail!("the fused decode kernels do not take {other:?}"),
     })
+}
+
+/// The SM version `PTX` was compiled for (`.target sm_NN`; 0 if absent).
+fn ptx_target() -> u32 {
+    PTX.lines()
+        .find_map(|l| l.trim().strip_prefix(".target sm_"))
+        .and_then(|t| t.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A kernel argument as the driver takes it: a pointer to its value. Only `Copy` values (scalars
+/// and device addresses), so a buffer object cannot be passed by mistake where its address is meant.
+fn kernel_arg<T: Copy>(v: &T) -> *mut c_void {
+    v as *const T as *mut c_void
 }
 
 /// Device address of a contiguous tensor's first element.
@@ -291,7 +309,10 @@ impl Kernels {
             .context()
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
             .map_err(|e| candle_core::Error::Msg(format!("compute capability: {e}")))?;
-        let pdl = if major >= 9 && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0") {
+        // PDL needs the device and the PTX both at sm_90 or later: PTX for an older target has no
+        // `griddepcontrol.wait` (decode.cu compiles it out), and its kernels must not overlap.
+        let pdl_ok = major >= 9 && ptx_target() >= 90;
+        let pdl = if pdl_ok && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0") {
             match Pdl::load(&stream, &entries) {
                 Ok(p) => Some(p),
                 Err(e) => {
@@ -618,7 +639,8 @@ impl Kernels {
     }
 
     /// At least `n` zeroed counters for the attention's last-split merge (each launch leaves its
-    /// counters at zero, and launches on one stream run one after another).
+    /// counters at zero, and a launch reads them only after the one before it has finished: stream
+    /// order, or `pdl_begin`'s wait).
     fn counters(&self, n: usize) -> Result<Tensor> {
         let mut c = self.counters.lock().map_err(|_| candle_core::Error::Msg("fused counters poisoned".into()))?;
         if c.as_ref().map_or(0, |t| t.elem_count()) < n {

@@ -530,7 +530,7 @@ impl Model {
             let q = match one_launch {
                 Some(q) => q,
                 None => {
-                    let (sum, h) = k.add_rmsnorm(&x, delta.as_ref(), &layer.attn_norm, eps)?;
+                    let (sum, h) = k.add_rmsnorm(&x, delta.take().as_ref(), &layer.attn_norm, eps)?;
                     x = sum;
                     let qkv = match &layer.qkv {
                         Some(qkv) => project(k, qkv, &h)?,
@@ -552,7 +552,7 @@ impl Model {
             let act = match one_launch {
                 Some(act) => act,
                 None => {
-                    let (sum, h) = k.add_rmsnorm(&x, delta.as_ref(), &layer.ffn_norm, eps)?;
+                    let (sum, h) = k.add_rmsnorm(&x, delta.take().as_ref(), &layer.ffn_norm, eps)?;
                     x = sum;
                     match &layer.mlp {
                         Mlp::Fused(gu) => k.silu_mul(&project(k, gu, &h)?)?,
