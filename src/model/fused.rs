@@ -4,7 +4,7 @@
 //! Why: through candle's generic ops a decode step of a 7B model was bound by the CPU launching
 //! about 27 kernels per layer. These kernels bring a layer to 5 launches at one row (9 from two
 //! rows on) and sample on the device; they take the position from device memory, a prerequisite for
-//! capturing a step as a CUDA graph (not done; programmatic dependent launch, `Pdl`, overlaps
+//! capturing a step as a CUDA graph (not done; programmatic dependent launch, `Module::pdl`, overlaps
 //! each launch with the kernel before it instead).
 //!
 //! Addresses are taken without cudarc's per-use events: candle runs every kernel on one stream,
@@ -16,20 +16,18 @@
 //! tensors of the inputs' dtype.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-
 use std::ffi::{c_void, CString};
+use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUdevice_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
-    result, CudaContext, CudaFunction, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+    result, CudaContext, CudaStream, DevicePtr, DriverError, LaunchConfig,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
-const MODULE: &str = "subgoal_decode";
 const ATTN_THREADS: u32 = 128;
 /// Bytes of keys per attention split (`TILE_BYTES` in decode.cu): a split covers
 /// `ATTN_TILE_BYTES / (head_dim * dtype size)` positions, loaded to shared memory at once.
@@ -55,60 +53,58 @@ const SPLITS: [usize; 4] = [1, 2, 4, 8];
 const WARPS_PER_SM: [usize; 3] = [48, 96, 96];
 /// Warps per block of the few-row projections (`GEMV_WARPS` in decode.cu).
 const GEMV_WARPS: usize = 8;
+/// Output columns per unit of the plain projection (`GEMV_COLS` in decode.cu).
+const GEMV_COLS: usize = 2;
 
-/// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order: with programmatic
-/// dependent launch where `$k` has it, else through cudarc.
+/// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
 macro_rules! launch {
-    ($k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        if let Some(pdl) = &$k.pdl {
-            // SAFETY: as below. The pointers are taken in the statement that launches, so even a
-            // temporary argument lives until the driver has copied the values.
-            unsafe { pdl.launch(&$k.stream, $name, $cfg, &mut [$( kernel_arg($arg) ),+]) }?;
-        } else {
-            let mut b = $k.stream.launch_builder($k.func($name)?);
-            $( b.arg($arg); )+
-            // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu,
-            // with addresses of live tensors whose sizes the launch geometry respects.
-            unsafe { b.launch($cfg) }.map_err(|e| candle_core::Error::Msg(format!("{}: {e}", $name)))?;
-        }
-    }};
+    ($k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {
+        // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu, with
+        // addresses of live tensors whose sizes the launch geometry respects. The pointers are
+        // taken in the launching statement, so even a temporary argument lives until the driver
+        // has copied the values.
+        unsafe { $k.module.launch(&$k.stream, $name, $cfg, &mut [$( kernel_arg($arg) ),+]) }?
+    };
 }
 
-/// The kernels loaded a second time as raw driver handles, to launch them with programmatic
-/// dependent launch (`pdl_begin` in decode.cu), which cudarc's launcher cannot ask for: on an
-/// H200 a decode step is about 160 dependent launches, and this overlaps each one's launch with
-/// the tail of the kernel before it.
-struct Pdl {
+/// The kernels' module, loaded into the stream's context through the driver API (cudarc's
+/// launcher cannot set launch attributes), with its functions by short name. With `pdl`, every
+/// launch asks for programmatic dependent launch (`pdl_begin` in decode.cu): on an H200 a decode
+/// step is about 160 dependent launches, and this overlaps each one's launch with the tail of the
+/// kernel before it.
+struct Module {
     module: sys::CUmodule,
     funcs: HashMap<&'static str, sys::CUfunction>,
     ctx: Arc<CudaContext>,
+    pdl: bool,
 }
 
 // SAFETY: module and function handles belong to the context, not to a thread; every use binds the
 // context to the calling thread first.
-unsafe impl Send for Pdl {}
-unsafe impl Sync for Pdl {}
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
 
-impl Pdl {
+impl Module {
     /// Loads `PTX` into the stream's context and looks up `names` (short name, PTX entry).
-    fn load(stream: &CudaStream, names: &[(&'static str, String)]) -> Result<Pdl> {
-        let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels for PDL: {e}"));
+    fn load(stream: &CudaStream, names: &[(&'static str, String)], pdl: bool) -> Result<Module> {
+        let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
         let ctx = stream.context().clone();
         ctx.bind_to_thread().map_err(err)?;
         let image = CString::new(PTX).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         // SAFETY: a NUL-terminated PTX image; the module lives until `drop`.
         let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(err)?;
-        let mut pdl = Pdl { module, funcs: HashMap::new(), ctx };
+        let mut m = Module { module, funcs: HashMap::new(), ctx, pdl };
         for (short, entry) in names {
             let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             // SAFETY: `module` is loaded.
-            let f = unsafe { result::module::get_function(pdl.module, name) }.map_err(err)?;
-            pdl.funcs.insert(short, f);
+            let f = unsafe { result::module::get_function(m.module, name) }.map_err(err)?;
+            m.funcs.insert(short, f);
         }
-        Ok(pdl)
+        Ok(m)
     }
 
-    /// Launches `name` on `stream` with the programmatic-stream-serialization attribute.
+    /// Launches `name` on `stream`, with the programmatic-stream-serialization attribute when
+    /// `pdl`.
     ///
     /// # Safety
     /// `params` holds pointers to the kernel's arguments, in its signature's order and types.
@@ -136,14 +132,14 @@ impl Pdl {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: 1,
+            numAttrs: u32::from(self.pdl),
         };
         // SAFETY: the caller's contract on `params`; `config` and `attr` outlive the call.
         unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }.result().map_err(err)
     }
 }
 
-impl Drop for Pdl {
+impl Drop for Module {
     fn drop(&mut self) {
         // Queued launches may still use the module (say, after an error mid-step): let them finish.
         if self.ctx.bind_to_thread().is_ok() && self.ctx.synchronize().is_ok() {
@@ -189,15 +185,12 @@ pub struct Kernels {
     dev: CudaDevice,
     stream: Arc<CudaStream>,
     dtype: DType,
-    funcs: HashMap<&'static str, CudaFunction>,
+    module: Module,
     gemv_rows: usize,
     /// `SUBGOAL_CUDA_GEMV_SPLIT` per `Split`, where set to one of `SPLITS`.
     gemv_split: [Option<usize>; 3],
     /// Streaming multiprocessors of the device.
     sms: usize,
-    /// Raw handles for launches with programmatic dependent launch: on devices of compute
-    /// capability 9.0 and later unless `SUBGOAL_CUDA_PDL=0`.
-    pdl: Option<Pdl>,
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
@@ -249,7 +242,6 @@ impl Kernels {
     pub fn load(device: &Device, dtype: DType) -> Result<Option<Kernels>> {
         let Device::Cuda(dev) = device else { return Ok(None) };
         let Ok(sfx) = suffix(dtype) else { return Ok(None) };
-        let mut funcs = HashMap::new();
         const PER_DTYPE: [&str; 25] = [
             "add_rmsnorm",
             "silu_mul",
@@ -282,10 +274,6 @@ impl Kernels {
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
             .collect();
-        for (name, entry) in &entries {
-            let f = dev.get_or_load_custom_func(entry, MODULE, PTX)?;
-            funcs.insert(*name, (*f).clone());
-        }
         // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
         let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
         // Warps per unit of the one-row projections (a tuning knob; unset: `split_launch` decides):
@@ -309,29 +297,19 @@ impl Kernels {
             .context()
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
             .map_err(|e| candle_core::Error::Msg(format!("compute capability: {e}")))?;
-        // PDL needs the device and the PTX both at sm_90 or later: PTX for an older target has no
-        // `griddepcontrol.wait` (decode.cu compiles it out), and its kernels must not overlap.
-        let pdl_ok = major >= 9 && ptx_target() >= 90;
-        let pdl = if pdl_ok && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0") {
-            match Pdl::load(&stream, &entries) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::warn!(error = %e, "programmatic dependent launch unavailable; launching plainly");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        // Programmatic dependent launch on compute capability 9.0 and later unless
+        // `SUBGOAL_CUDA_PDL=0`. It needs the PTX at sm_90 or later too: PTX for an older target has
+        // no `griddepcontrol.wait` (decode.cu compiles it out), and its kernels must not overlap.
+        let pdl = major >= 9 && ptx_target() >= 90 && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0");
+        let module = Module::load(&stream, &entries, pdl)?;
         Ok(Some(Kernels {
             dev: dev.clone(),
             stream,
             dtype,
-            funcs,
+            module,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
             sms: sms.max(1) as usize,
-            pdl,
             counters: Default::default(),
         }))
     }
@@ -352,10 +330,6 @@ impl Kernels {
         };
         let storage = Storage::Cuda(CudaStorage { slice, device: self.dev.clone() });
         Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
-    }
-
-    fn func(&self, name: &str) -> Result<&CudaFunction> {
-        self.funcs.get(name).ok_or_else(|| candle_core::Error::Msg(format!("kernel {name} not loaded")))
     }
 
     fn check(&self, t: &Tensor) -> Result<()> {
@@ -538,12 +512,15 @@ impl Kernels {
         let (px, pw, py) = (addr(x)?, addr(w)?, addr(&y)?);
         let (n_i, k_i) = (n as i32, k as i32);
         if rows == 1 {
-            // One unit per GEMV_COLS (2) columns.
-            let (name, cfg) = self.split_launch(n.div_ceil(2), Split::Plain);
+            let (name, cfg) = self.split_launch(n.div_ceil(GEMV_COLS), Split::Plain);
             launch!(self, name, cfg, &px, &pw, &pr, &py, &n_i, &k_i);
         } else {
-            let cfg =
-                LaunchConfig { grid_dim: (n.div_ceil(16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // One warp per unit.
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(GEMV_COLS * GEMV_WARPS) as u32, 1, 1),
+                block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
             const NAMES: [&str; GEMV_MAX_ROWS] =
                 ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8"];
             launch!(self, NAMES[rows - 1], cfg, &px, &pw, &pr, &py, &n_i, &k_i);
@@ -579,9 +556,22 @@ impl Kernels {
     fn gemv_fits(&self, x: &Tensor, w: &Tensor, k: usize) -> Result<bool> {
         let (rows, _) = x.dims2()?;
         let (_, wk) = w.dims2()?;
-        let per_load = 16 / self.dtype.size_in_bytes();
-        let ok = |t: &Tensor| t.dtype() == self.dtype && t.is_contiguous() && t.layout().start_offset() % per_load == 0;
-        Ok(rows > 0 && rows <= self.gemv_rows && wk == k && k % per_load == 0 && ok(x) && ok(w))
+        Ok(rows > 0
+            && rows <= self.gemv_rows
+            && wk == k
+            && k % self.per_load() == 0
+            && self.aligned(x)
+            && self.aligned(w))
+    }
+
+    /// Elements of the kernels' dtype in one 16-byte load.
+    fn per_load(&self) -> usize {
+        16 / self.dtype.size_in_bytes()
+    }
+
+    /// Whether `t` is of the kernels' dtype, contiguous, and starts on a 16-byte load.
+    fn aligned(&self, t: &Tensor) -> bool {
+        t.dtype() == self.dtype && t.is_contiguous() && t.layout().start_offset() % self.per_load() == 0
     }
 
     /// For the normalized row of `row` and `w` = `[gate; up]` (`[2 * inter, k]`): `silu(h @ gate^T) *
@@ -629,13 +619,7 @@ impl Kernels {
     /// of its length, of the kernels' dtype.
     fn norm_fits(&self, row: &NormIn, w: &Tensor) -> Result<bool> {
         let (rows, k) = row.x.dims2()?;
-        let per_load = 16 / self.dtype.size_in_bytes();
-        let g = row.g;
-        let g_ok = g.dims() == [k]
-            && g.dtype() == self.dtype
-            && g.is_contiguous()
-            && g.layout().start_offset() % per_load == 0;
-        Ok(rows == 1 && g_ok && self.gemv_fits(row.x, w, k)?)
+        Ok(rows == 1 && row.g.dims() == [k] && self.aligned(row.g) && self.gemv_fits(row.x, w, k)?)
     }
 
     /// At least `n` zeroed counters for the attention's last-split merge (each launch leaves its
