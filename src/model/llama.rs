@@ -111,6 +111,28 @@ fn project_onto(
     Ok((residual, Some(l.forward(x)?)))
 }
 
+/// A layer's input `x + delta` normalized by `g` and projected: by `fused` (a projection with the
+/// norm in its loads) where there is no delta to add and it applies, else by add_rmsnorm and then
+/// `generic`. Leaves the residual stream (the sum) in `x` and no delta.
+#[cfg(feature = "cuda")]
+fn normalized<R>(
+    k: &super::fused::Kernels,
+    (x, delta): (&mut Tensor, &mut Option<Tensor>),
+    g: &Tensor,
+    eps: f32,
+    fused: impl FnOnce(&super::fused::NormIn) -> Result<Option<R>>,
+    generic: impl FnOnce(&Tensor) -> Result<R>,
+) -> Result<R> {
+    if delta.is_none() {
+        if let Some(r) = fused(&super::fused::NormIn { x, g, eps })? {
+            return Ok(r);
+        }
+    }
+    let (sum, h) = k.add_rmsnorm(x, delta.take().as_ref(), g, eps)?;
+    *x = sum;
+    generic(&h)
+}
+
 /// The gated MLP's input projections: apart (GGUF), or as one matrix `[gate; up]` (dense weights),
 /// one GEMM instead of two.
 enum Mlp {
@@ -498,15 +520,13 @@ impl Model {
         pos: usize,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        use super::fused::NormIn;
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
         let pos_t = Tensor::new(&[pos as u32], &self.device)?;
         let q_scale =
             if self.layers.first().is_some_and(|l| l.q_scaled) { 1.0 } else { 1.0 / (cfg.head_dim as f32).sqrt() };
-        // The residual stream as `x + delta`. Projections add into it in their epilogue where the
-        // few-row kernel applies (no delta left), and a layer's input without delta is normalized
-        // inside its first projection; else add_rmsnorm adds and normalizes.
+        // The residual stream as `x + delta`: projections add into it in their epilogue where the
+        // few-row kernel applies (no delta left), else leave the delta to `normalized`.
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         let mut delta: Option<Tensor> = None;
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -523,43 +543,40 @@ impl Model {
                 interleaved: cfg.rope_interleaved,
                 q_scale,
             };
-            let one_launch = match (delta.is_none(), layer.qkv.as_ref().and_then(Linear::plain_weight)) {
-                (true, Some(w)) => k.gemv_rope(&NormIn { x: &x, g: &layer.attn_norm, eps }, w, &step)?,
-                _ => None,
-            };
-            let q = match one_launch {
-                Some(q) => q,
-                None => {
-                    let (sum, h) = k.add_rmsnorm(&x, delta.take().as_ref(), &layer.attn_norm, eps)?;
-                    x = sum;
+            let q = normalized(
+                k,
+                (&mut x, &mut delta),
+                &layer.attn_norm,
+                eps,
+                |row| match layer.qkv.as_ref().and_then(Linear::plain_weight) {
+                    Some(w) => k.gemv_rope(row, w, &step),
+                    None => Ok(None),
+                },
+                |h| {
                     let qkv = match &layer.qkv {
-                        Some(qkv) => project(k, qkv, &h)?,
-                        None => Tensor::cat(&[layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?], 1)?,
+                        Some(qkv) => project(k, qkv, h)?,
+                        None => Tensor::cat(&[layer.q.forward(h)?, layer.k.forward(h)?, layer.v.forward(h)?], 1)?,
                     };
-                    k.rope_kv(&qkv, &step)?
-                }
-            };
+                    k.rope_kv(&qkv, &step)
+                },
+            )?;
             c.len += 1;
             let a = k.attention(&q, (&c.k, &c.v), &pos_t, cfg.heads)?;
             (x, delta) = project_onto(k, &layer.o, &a, x)?;
-            let one_launch = match (delta.is_none(), &layer.mlp) {
-                (true, Mlp::Fused(gu)) => match gu.plain_weight() {
-                    Some(w) => k.gemv_silu(&NormIn { x: &x, g: &layer.ffn_norm, eps }, w)?,
-                    None => None,
+            let act = normalized(
+                k,
+                (&mut x, &mut delta),
+                &layer.ffn_norm,
+                eps,
+                |row| match &layer.mlp {
+                    Mlp::Fused(gu) => gu.plain_weight().map_or(Ok(None), |w| k.gemv_silu(row, w)),
+                    Mlp::Split { .. } => Ok(None),
                 },
-                _ => None,
-            };
-            let act = match one_launch {
-                Some(act) => act,
-                None => {
-                    let (sum, h) = k.add_rmsnorm(&x, delta.take().as_ref(), &layer.ffn_norm, eps)?;
-                    x = sum;
-                    match &layer.mlp {
-                        Mlp::Fused(gu) => k.silu_mul(&project(k, gu, &h)?)?,
-                        split => split.forward(&h)?,
-                    }
-                }
-            };
+                |h| match &layer.mlp {
+                    Mlp::Fused(gu) => k.silu_mul(&project(k, gu, h)?),
+                    split => split.forward(h),
+                },
+            )?;
             (x, delta) = project_onto(k, &layer.down, &act, x)?;
         }
         let (_, h) = k.add_rmsnorm(&x, delta.as_ref(), &self.norm, eps)?;
