@@ -16,10 +16,10 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use subgoal::model::embedded::{Embedded, EmbeddedOptions};
 use subgoal::model::llama::Model;
+use subgoal::model::{GenRequest, Generator, Prompt, SamplingParams};
 
 #[path = "gpu_common.rs"]
 mod gpu_common;
-use subgoal::model::{GenRequest, Generator, Prompt, SamplingParams};
 
 const PROMPTS: &[&str] = &[
     "The theorem states that every prime number greater than two",

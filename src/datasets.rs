@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::digest::hex;
-pub use crate::digest::sha256_hex;
+use crate::digest::{hex, sha256_hex};
 use crate::lean::lexer::{is_id_first, is_id_rest, tokenize, Token};
 use crate::lean::source::statement_span;
 use crate::pipeline::problem::Problem;

@@ -12,10 +12,11 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{ProblemResult, RunConfig};
+use crate::digest::sha256_hex;
 use crate::model::SamplingParams;
 use crate::pipeline::dag::{DagExport, NodeKind, Status};
 use crate::pipeline::problem::Problem;
-use crate::pipeline::prompts::{sha256_hex, PromptError, Prompts, StatementVars};
+use crate::pipeline::prompts::{PromptError, Prompts, StatementVars};
 use crate::pipeline::scheduler::Via;
 use crate::pipeline::sketch::normalize_statement;
 use crate::verify::Verdict;

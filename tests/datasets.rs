@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use subgoal::datasets::{
-    detect, fetch, load, load_entry, resolve, sha256_hex, BenchProblem, DatasetError, FieldMap, Format, Loaded,
-    Registry, RegistryEntry, Resolved,
+    detect, fetch, load, load_entry, resolve, BenchProblem, DatasetError, FieldMap, Format, Loaded, Registry,
+    RegistryEntry, Resolved,
 };
+use subgoal::digest::sha256_hex;
 use subgoal::pipeline::problem::Problem;
 
 /// The shared data directory; its absence fails the tests that need it, loudly.

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use subgoal::bench::rundir::{write_atomic, RunDir};
 use subgoal::bench::ProblemResult;
+use subgoal::digest::sha256_hex;
 use subgoal::pipeline::dag::{DagExport, NodeKind, Status};
-use subgoal::pipeline::prompts::sha256_hex;
 use subgoal::pipeline::recompose::proof_body;
 use subgoal::synth::{
     chat_record, contamination_key, examples_of, pair_record, select_unique, selected, Example, Selection, Solved,

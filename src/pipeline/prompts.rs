@@ -6,6 +6,7 @@ use std::path::Path;
 use minijinja::Environment;
 use serde::Serialize;
 
+use crate::digest::sha256_hex;
 use crate::model::{ChatMessage, Prompt};
 
 /// The templates, by file name, with the copies this binary was built with.
@@ -99,8 +100,6 @@ impl Prompts {
         self.render("repair.md", v)
     }
 }
-
-pub use crate::digest::sha256_hex;
 
 #[cfg(test)]
 mod tests {

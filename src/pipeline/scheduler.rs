@@ -696,7 +696,7 @@ impl Engine {
             NodeKind::Sketch,
             &format!("{name}#sketch{s}"),
             &code,
-            format!("sketch:{name}:{s}:{}", super::prompts::sha256_hex(&code)),
+            format!("sketch:{name}:{s}:{}", crate::digest::sha256_hex(&code)),
             Provenance {
                 problem: ctx.problem.to_string(),
                 depth,
@@ -812,7 +812,7 @@ impl Engine {
                 let stmt = lemma.as_ref().map_or_else(String::new, |l| l.statement());
                 let key = match &lemma {
                     Some(l) => l.key(&header_key),
-                    None => format!("unrestatable:{lemma_name}:{}", super::prompts::sha256_hex(main)),
+                    None => format!("unrestatable:{lemma_name}:{}", crate::digest::sha256_hex(main)),
                 };
                 let mut node = Node::new(
                     NodeKind::Subgoal,
