@@ -860,7 +860,9 @@ pub fn resolve(name_or_path: &str, data_dirs: &[PathBuf]) -> Result<Resolved, Da
     Err(DatasetError::NotFound { name: entry.name.clone(), file: entry.file.clone(), searched, hint })
 }
 
-/// `$SUBGOAL_DATA` (colon-separated), then `~/.cache/subgoal/datasets`.
+/// `$SUBGOAL_DATA` (colon-separated), then `~/.cache/subgoal/datasets`, then the copies this
+/// checkout carries (`benchmarks/data`, with their provenance), so a fresh clone runs the
+/// registry's benchmarks without a download.
 pub fn default_data_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("SUBGOAL_DATA")
         .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
@@ -868,7 +870,13 @@ pub fn default_data_dirs() -> Vec<PathBuf> {
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         dirs.push(PathBuf::from(home).join(".cache/subgoal/datasets"));
     }
+    dirs.push(bundled_data_dir());
     dirs
+}
+
+/// The benchmark files kept in this checkout.
+pub fn bundled_data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks/data")
 }
 
 /// Loads a resolved dataset. With a registry entry: the file's sha256 must match the entry's

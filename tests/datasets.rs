@@ -1,4 +1,4 @@
-//! Benchmark datasets: the registry against the real files in ../shared/datasets, each format's
+//! Benchmark datasets: the registry against the real files this checkout carries (benchmarks/data), each format's
 //! normalisation, bad lines, field mappings, resolving names, and fetching (no network: a local
 //! server).
 
@@ -14,9 +14,9 @@ use subgoal::datasets::{
 use subgoal::digest::sha256_hex;
 use subgoal::pipeline::problem::Problem;
 
-/// The shared data directory; its absence fails the tests that need it, loudly.
+/// The checkout's data directory; its absence fails the tests that need it, loudly.
 fn shared_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets");
+    let dir = subgoal::datasets::bundled_data_dir();
     assert!(dir.is_dir(), "the benchmark data is missing: expected it in {}", dir.display());
     dir
 }

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use subgoal::pipeline::sketch::{fill, hollow, outline, sorry_sites, ProofMode, SiteKind};
 
-const CORPUS: &str = "shared/datasets/deepseek-prover-v2-minif2f-solutions.valid.jsonl";
+const CORPUS: &str = "benchmarks/data/deepseek-prover-v2-minif2f-solutions.valid.jsonl";
 
 fn corpus() -> Vec<(String, String)> {
-    let path: PathBuf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(CORPUS);
+    let path: PathBuf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(CORPUS);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the corpus {} is required by this test: {e}", path.display()));
     text.lines()
