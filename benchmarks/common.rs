@@ -13,7 +13,7 @@ use subgoal::verify::PoolConfig;
 pub fn test_toolchain_pool(lean: &Path, workers: usize) -> PoolConfig {
     PoolConfig {
         server: ServerConfig {
-            install: LeanInstall::Direct { lean: lean.to_path_buf(), source: LeanSource::TestToolchain },
+            install: LeanInstall::at(lean, LeanSource::TestToolchain),
             max_heartbeats: Some(200_000),
             memory_mb: Some(4096),
             threads: Some(1),

@@ -135,7 +135,7 @@ fn main() {
     let cold_rate = m / cold_total;
     let report = json!({
         "benchmark": "verify_throughput",
-        "lean": subgoal::lean::discovery::LeanInstall::Direct { lean: lean.clone(), source: LeanSource::TestToolchain }.version().unwrap_or_default(),
+        "lean": subgoal::lean::discovery::LeanInstall::at(lean.clone(), LeanSource::TestToolchain).version().unwrap_or_default(),
         "candidates": n - 1,
         "header": {
             "heavy_module_types": HEAVY_TYPES,

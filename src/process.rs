@@ -164,15 +164,31 @@ pub fn kill_tree(pid: u32) {
     kill_procs(&snapshot_tree(pid));
 }
 
-/// Resident memory of the whole tree, in bytes.
-pub fn tree_rss_bytes(pid: u32) -> u64 {
-    rss_of(&process_tree(pid))
+/// Memory of a process tree, two ways. `resident` is what `statm` (and `ps`) call resident: it
+/// includes the pages of mapped files, such as Lean's shared library and the `.olean` files every
+/// worker maps (Mathlib: gigabytes, shared by all workers and the page cache). `owned` is the
+/// anonymous and shared-memory pages the processes hold themselves (`RssAnon` + `RssShmem`):
+/// what a runaway proof grows, and the figure limits are applied to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TreeMemory {
+    pub resident_bytes: u64,
+    pub owned_bytes: u64,
+}
+
+/// `TreeMemory` of `pid` and its descendants.
+pub fn tree_memory(pid: u32) -> TreeMemory {
+    memory_of(&process_tree(pid))
+}
+
+/// Memory the tree owns (see `TreeMemory`), in bytes.
+pub fn tree_owned_bytes(pid: u32) -> u64 {
+    tree_memory(pid).owned_bytes
 }
 
 /// Why `watch_tree` gave up on a process tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TreeAlarm {
-    /// Resident memory of the tree passed the limit (bytes seen, limit in MiB).
+    /// Memory the tree owns passed the limit (bytes seen, limit in MiB).
     OverMemory { bytes: u64, limit_mb: u64 },
     /// The tree had no process below its root for the whole grace period (a Lean server whose
     /// file worker died: Lean may never answer for that document).
@@ -183,14 +199,14 @@ impl std::fmt::Display for TreeAlarm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TreeAlarm::OverMemory { bytes, limit_mb } => {
-                write!(f, "resident memory {} MiB passed the limit of {limit_mb} MiB", bytes / (1024 * 1024))
+                write!(f, "owned memory {} MiB passed the limit of {limit_mb} MiB", bytes / (1024 * 1024))
             }
             TreeAlarm::NoChild => write!(f, "the file worker exited without an answer"),
         }
     }
 }
 
-/// Polls a process tree until its resident memory passes `rss_limit_mb`, or (with
+/// Polls a process tree until the memory it owns passes `rss_limit_mb`, or (with
 /// `child_grace`) until it has had no child for that long. Never resolves otherwise: race it
 /// against the work it guards. The poll costs one `/proc` scan every 250 ms.
 pub async fn watch_tree(pid: u32, rss_limit_mb: Option<u64>, child_grace: Option<std::time::Duration>) -> TreeAlarm {
@@ -200,7 +216,7 @@ pub async fn watch_tree(pid: u32, rss_limit_mb: Option<u64>, child_grace: Option
         tokio::time::sleep(tick).await;
         let tree = process_tree(pid);
         if let Some(limit_mb) = rss_limit_mb {
-            let bytes = rss_of(&tree);
+            let bytes = memory_of(&tree).owned_bytes;
             if bytes > limit_mb * 1024 * 1024 {
                 return TreeAlarm::OverMemory { bytes, limit_mb };
             }
@@ -214,12 +230,21 @@ pub async fn watch_tree(pid: u32, rss_limit_mb: Option<u64>, child_grace: Option
     }
 }
 
-fn rss_of(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/statm")).ok())
-        .filter_map(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        .map(|pages| pages * 4096)
-        .sum()
+fn memory_of(pids: &[u32]) -> TreeMemory {
+    let mut m = TreeMemory::default();
+    for p in pids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else { continue };
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        m.resident_bytes += kib("VmRSS") * 1024;
+        m.owned_bytes += (kib("RssAnon") + kib("RssShmem")) * 1024;
+    }
+    m
 }
 
 #[cfg(test)]
@@ -264,6 +289,31 @@ mod tests {
         assert_eq!(alarm, TreeAlarm::NoChild);
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         let _ = child.kill().await;
+    }
+
+    #[tokio::test]
+    async fn a_mapped_file_counts_as_resident_but_not_as_owned() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, vec![7u8; 64 << 20]).unwrap();
+        // Maps the file and reads one byte per page, as Lean reads the `.olean` files it maps.
+        let script =
+            "import mmap,sys,time\nf=open(sys.argv[1],'rb')\nm=mmap.mmap(f.fileno(),0,access=mmap.ACCESS_READ)\n\
+                      t=sum(m[i] for i in range(0,len(m),4096))\nprint(t,flush=True)\ntime.sleep(30)\n";
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line).await.unwrap();
+        let m = tree_memory(child.id().unwrap());
+        let _ = child.kill().await;
+        assert!(m.resident_bytes >= 64 << 20, "{m:?}");
+        assert!(m.owned_bytes < 48 << 20, "{m:?}");
     }
 
     #[tokio::test]

@@ -166,8 +166,9 @@ pub struct LeanArgs {
     /// OS address-space limit per Lean process, MiB (0: none). Mathlib maps several GiB of .olean files.
     #[arg(long, default_value_t = 32768)]
     pub address_space_mb: u64,
-    /// Stop a check when its Lean processes hold more resident memory than this, MiB
-    /// (default: 80% of physical memory shared among the workers; 0: never).
+    /// Stop a check when its Lean processes own more memory than this, MiB (anonymous memory, not
+    /// the `.olean` files every worker maps and shares; default: 80% of physical memory shared
+    /// among the workers; 0: never).
     #[arg(long, value_name = "MIB")]
     pub kill_rss_mb: Option<u64>,
     /// Seconds allowed to load a new import header.

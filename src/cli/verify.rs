@@ -40,7 +40,8 @@ pub struct VerifyArgs {
     /// Replace a Lean server after this many candidates.
     #[arg(long, default_value_t = 500)]
     pub recycle_after: u64,
-    /// Replace a Lean server whose resident memory exceeds this, MiB (0: never).
+    /// Replace a Lean server whose processes own more memory than this, MiB (anonymous memory,
+    /// not the mapped `.olean` files; 0: never).
     #[arg(long, default_value_t = 0)]
     pub max_rss_mb: u64,
     /// Skip the fresh-process re-check of each `proved` (for benchmarking the pool only:

@@ -6,6 +6,11 @@
 //! Order: `--lean PATH`, `--lean-project DIR`, `$SUBGOAL_LEAN`, `lean` on `PATH`, and last the
 //! test toolchain of this checkout (`.toolchain/bin/lean`, installed by
 //! `scripts/install-test-toolchain.sh`).
+//!
+//! An elan proxy (`~/.elan/bin/lean`, the `elan` binary under another name) finds its toolchain
+//! through `HOME`/`ELAN_HOME` and the working directory's `lean-toolchain`, none of which a
+//! sandboxed Lean sees; it is resolved here, once, to the toolchain binary that `elan which lean`
+//! names, and that binary is what runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,7 +48,13 @@ pub enum LeanSource {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LeanInstall {
     /// Run this executable. Libraries come from `<bin>/../lib/lean` and `LEAN_PATH`.
-    Direct { lean: PathBuf, source: LeanSource },
+    Direct {
+        lean: PathBuf,
+        source: LeanSource,
+        /// The elan proxy `lean` was resolved from, when it was one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elan_proxy: Option<PathBuf>,
+    },
     /// A Lake project's toolchain `lean`, with the project's `LEAN_PATH`.
     Lake { lake: PathBuf, project: PathBuf, lean: PathBuf, lean_path: String },
 }
@@ -56,6 +67,11 @@ pub struct LeanChoice {
 }
 
 impl LeanInstall {
+    /// A `lean` executable taken as it is (no discovery, no proxy resolution).
+    pub fn at(lean: impl Into<PathBuf>, source: LeanSource) -> LeanInstall {
+        LeanInstall::Direct { lean: lean.into(), source, elan_proxy: None }
+    }
+
     pub fn discover(choice: &LeanChoice) -> Result<Self, DiscoveryError> {
         if let Some(path) = &choice.lean {
             return direct(path, LeanSource::Flag);
@@ -144,9 +160,62 @@ fn direct(path: &Path, source: LeanSource) -> Result<LeanInstall, DiscoveryError
         Some(path.to_path_buf())
     };
     match resolved {
-        Some(p) if is_executable(&p) => Ok(LeanInstall::Direct { lean: p, source }),
+        Some(p) if is_executable(&p) => match elan_proxy(&p) {
+            Some(elan) => {
+                let lean = elan_which(&elan, "lean")?;
+                tracing::debug!(proxy = %p.display(), lean = %lean.display(), "resolved the elan proxy");
+                Ok(LeanInstall::Direct { lean, source, elan_proxy: Some(p) })
+            }
+            None => Ok(LeanInstall::Direct { lean: p, source, elan_proxy: None }),
+        },
         _ => Err(DiscoveryError::Missing { what: "lean executable", path: path.to_path_buf() }),
     }
+}
+
+/// The `elan` binary that `program` is a proxy of: elan installs its proxies beside itself as
+/// links to (or copies of) its own binary.
+pub fn elan_proxy(program: &Path) -> Option<PathBuf> {
+    let elan = program.parent()?.join("elan");
+    if program.file_name()? == "elan" || !is_executable(&elan) {
+        return None;
+    }
+    same_file(program, &elan).then_some(elan)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else { return false };
+    if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+        return true;
+    }
+    // A copy (file systems without links): the same bytes.
+    ma.len() == mb.len() && matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `elan which TOOL` in the current directory: the toolchain binary the proxy would run here.
+fn elan_which(elan: &Path, tool: &str) -> Result<PathBuf, DiscoveryError> {
+    let shown = format!("{} which {tool}", elan.display());
+    let out = std::process::Command::new(elan)
+        .args(["which", tool])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| DiscoveryError::Failed { command: shown.clone(), detail: e.to_string() })?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || text.is_empty() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(DiscoveryError::Failed {
+            command: shown,
+            detail: format!(
+                "{why} (the `{tool}` found is elan's proxy; set a default toolchain with `elan default …`, \
+                 run from a directory with a lean-toolchain file, or pass --lean-project DIR)"
+            ),
+        });
+    }
+    let lean = PathBuf::from(text);
+    if !is_executable(&lean) {
+        return Err(DiscoveryError::Missing { what: "toolchain lean named by `elan which`", path: lean });
+    }
+    Ok(lean)
 }
 
 fn lake_project(dir: &Path) -> Result<LeanInstall, DiscoveryError> {

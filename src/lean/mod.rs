@@ -1,6 +1,7 @@
 //! Everything that knows Lean: its source text (`lexer`, `source`), where it is installed
-//! (`discovery`), its server's messages (`protocol`) and one running server (`session`).
+//! (`discovery`), how a sandboxed Lean is started (`launch`), its server's messages (`protocol`) and one running server (`session`).
 pub mod discovery;
+pub mod launch;
 pub mod lexer;
 pub mod protocol;
 pub mod session;

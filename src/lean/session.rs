@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use tracing::Instrument;
 use super::discovery::LeanInstall;
 use super::protocol::{self, FileProgress, LeanDiagnostic, PlainGoal, PlainTermGoal, PublishDiagnostics};
 use crate::lsp::rpc::{Notification, RpcClient, RpcError};
-use crate::process::{kill_procs, snapshot_tree, tree_rss_bytes, watch_tree, ProcId, ProcessLimits};
+use crate::process::{kill_procs, snapshot_tree, tree_memory, watch_tree, ProcId, ProcessLimits, TreeMemory};
 
 /// How long a server may be without a file worker during a check before it counts as crashed.
 const WORKER_GRACE: Duration = Duration::from_secs(3);
@@ -39,9 +38,10 @@ pub struct ServerConfig {
     pub limits: ProcessLimits,
     /// The sandbox every server (and its file workers) runs in.
     pub sandbox: SandboxPolicy,
-    /// Resident memory (server and file workers, MiB) above which a check is stopped and the
-    /// server killed: the bound that holds where an address-space limit cannot (Lean reserves
-    /// far more address space than it uses, and GMP allocates outside `--memory`).
+    /// Memory the server and its file workers own (MiB; anonymous pages, not the mapped `.olean`
+    /// files they share) above which a check is stopped and the server killed: the bound that
+    /// holds where an address-space limit cannot (Lean reserves far more address space than it
+    /// uses, and GMP allocates outside `--memory`).
     pub kill_rss_mb: Option<u64>,
     /// Limit for protocol round trips that are not checks (`initialize`, goal queries).
     pub request_timeout: Duration,
@@ -175,24 +175,9 @@ pub struct LeanServer {
 
 impl LeanServer {
     pub async fn start(cfg: &ServerConfig) -> Result<LeanServer, SessionError> {
-        let mut args = vec!["--server".to_string(), "-Dserver.reportDelayMs=0".to_string()];
-        if let Some(h) = cfg.max_heartbeats {
-            args.push(format!("-DmaxHeartbeats={h}"));
-        }
-        if let Some(m) = cfg.memory_mb {
-            args.push(format!("--memory={m}"));
-        }
-        let prog = cfg.install.lean().to_path_buf();
-        let sandbox = Sandbox::prepare(&cfg.sandbox_policy(), cfg.sandbox_support())?;
+        let args = ["--server".to_string(), "-Dserver.reportDelayMs=0".to_string()];
+        let super::launch::Launch { mut cmd, sandbox, shown } = super::launch::lean_command(cfg, &args, None)?;
         let root = sandbox.path().to_path_buf();
-        let mut cmd = tokio::process::Command::new(&prog);
-        cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        sandbox.apply(&mut cmd, &cfg.limits);
-        cmd.envs(cfg.install.env());
-        if let Some(t) = cfg.threads {
-            cmd.env("LEAN_NUM_THREADS", t.to_string());
-        }
-        let shown = format!("{} {}", prog.display(), args.join(" "));
         let mut child = cmd.spawn().map_err(|source| SessionError::Spawn { command: shown.clone(), source })?;
         let pid = child.id().unwrap_or(0);
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -263,9 +248,9 @@ impl LeanServer {
         self.doc.as_ref().map(|d| d.header_key.as_str())
     }
 
-    /// Resident memory of the server and its file workers.
-    pub fn rss_bytes(&self) -> u64 {
-        tree_rss_bytes(self.pid)
+    /// Memory of the server and its file workers (see `TreeMemory`: limits use `owned_bytes`).
+    pub fn memory(&self) -> TreeMemory {
+        tree_memory(self.pid)
     }
 
     /// Checks `text` as the next version of the document. A document with the same `header_key`

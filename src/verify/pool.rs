@@ -26,7 +26,7 @@ pub struct PoolConfig {
     pub timeout: Duration,
     /// Replace a server after this many candidates (bounds Lean's per-version memory growth).
     pub recycle_after: u64,
-    /// Replace a server whose process tree holds more resident memory than this.
+    /// Replace a server whose process tree owns more memory than this (MiB; see `TreeMemory`).
     pub max_rss_mb: Option<u64>,
 }
 
@@ -208,7 +208,8 @@ async fn worker(index: usize, cfg: PoolConfig, shared: Arc<Shared>) {
             Ok(_) => {}
         }
         let recycle = result.is_ok()
-            && (s.checks >= cfg.recycle_after || cfg.max_rss_mb.is_some_and(|mb| s.rss_bytes() > mb * 1024 * 1024));
+            && (s.checks >= cfg.recycle_after
+                || cfg.max_rss_mb.is_some_and(|mb| s.memory().owned_bytes > mb * 1024 * 1024));
         if result.is_err() || recycle {
             if recycle {
                 bump(&shared, |st| st.recycles += 1);

@@ -1,6 +1,7 @@
 //! The fresh re-check: the exact document a server judged `proved`, checked again by a new
 //! `lean --json` process (no server, no incremental state, no shared environment), in its own
 //! sandbox, under the same heartbeat budget. What it says is judged by the same `judge`.
+//! Its wall clock adds the import budget to the candidate's, since it imports afresh.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,60 +10,50 @@ use tokio::io::AsyncReadExt;
 
 use super::candidate::Document;
 use super::verdict::{LeanOutput, LeanTokens, RawMessage, Severity};
+use crate::lean::launch::{lean_command, Launch};
 use crate::lean::session::{CheckFailure, ServerConfig};
 use crate::process::{kill_tree, watch_tree};
-use crate::sandbox::Sandbox;
 use crate::text::LineIndex;
 
 /// File name of the document inside the scratch directory.
 const FILE: &str = "Candidate.lean";
 
-/// Runs `lean --json` on `doc.text` and returns its messages as document offsets.
+/// Most of each output stream kept (the rest is read and dropped, so Lean never blocks on a full
+/// pipe): Lean's JSON messages for one document are far smaller.
+const OUTPUT_CAP: usize = 64 << 20;
+
+/// Runs `lean --json` on `doc.text` and returns its messages as document offsets. The wall clock
+/// is `import_timeout + timeout`: the import has its own budget, as in the pool, so a proof that
+/// the pool checked within `timeout` is not failed here because this process imports afresh.
 pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Result<LeanOutput, CheckFailure> {
     let crashed = |what: String| CheckFailure::Crashed(format!("re-check: {what}"));
-    let sandbox = Sandbox::prepare(&cfg.sandbox_policy(), cfg.sandbox_support()).map_err(|e| crashed(e.to_string()))?;
-    std::fs::write(sandbox.path().join(FILE), &doc.text).map_err(|e| crashed(format!("writing the document: {e}")))?;
-    let mut args = vec!["--json".to_string()];
-    if let Some(h) = cfg.max_heartbeats {
-        args.push(format!("-DmaxHeartbeats={h}"));
-    }
-    if let Some(m) = cfg.memory_mb {
-        args.push(format!("--memory={m}"));
-    }
-    args.push(FILE.to_string());
+    let wall = cfg.import_timeout + timeout;
     let mut limits = cfg.limits.clone();
     // A one-shot process may also be bounded by CPU time (a server accumulates it).
     // Lean elaborates on several threads: CPU time can outrun the wall clock by the core count.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    limits.cpu_seconds = Some((timeout.as_secs() + 2) * cores.max(cfg.threads.unwrap_or(1) as u64) + 5);
-    let mut cmd = tokio::process::Command::new(cfg.install.lean());
-    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    sandbox.apply(&mut cmd, &limits);
-    cmd.envs(cfg.install.env());
-    if let Some(t) = cfg.threads {
-        cmd.env("LEAN_NUM_THREADS", t.to_string());
-    }
-    let mut child = cmd.spawn().map_err(|e| crashed(format!("could not start lean: {e}")))?;
+    limits.cpu_seconds = Some((wall.as_secs() + 2) * cores.max(cfg.threads.unwrap_or(1) as u64) + 5);
+    let args = ["--json".to_string(), FILE.to_string()];
+    let Launch { mut cmd, sandbox, shown } =
+        lean_command(cfg, &args, Some(&limits)).map_err(|e| crashed(e.to_string()))?;
+    std::fs::write(sandbox.path().join(FILE), &doc.text).map_err(|e| crashed(format!("writing the document: {e}")))?;
+    cmd.stdin(Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| crashed(format!("could not start `{shown}`: {e}")))?;
     let pid = child.id().unwrap_or(0);
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    // Both streams are drained at once: reading one to its end first deadlocks against a Lean
+    // blocked writing the other into a full pipe.
     let io = async {
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        if let Some(s) = out.as_mut() {
-            let _ = s.read_to_end(&mut o).await;
-        }
-        if let Some(s) = err.as_mut() {
-            let _ = s.read_to_end(&mut e).await;
-        }
-        let status = child.wait().await;
-        (o, e, status)
+        let (o, e) = tokio::join!(read_capped(out), read_capped(err));
+        (o, e, child.wait().await)
     };
     let watch = watch_tree(pid, cfg.kill_rss_mb, None);
     let (stdout, stderr, status) = tokio::select! {
-        r = tokio::time::timeout(timeout, io) => match r {
+        r = tokio::time::timeout(wall, io) => match r {
             Ok(r) => r,
             Err(_) => {
                 kill_tree(pid);
-                return Err(CheckFailure::Timeout(timeout));
+                return Err(CheckFailure::Timeout(wall));
             }
         },
         alarm = watch => {
@@ -70,6 +61,7 @@ pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Resul
             return Err(crashed(alarm.to_string()));
         }
     };
+    drop(sandbox);
     let stderr = String::from_utf8_lossy(&stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
@@ -83,6 +75,22 @@ pub async fn run(cfg: &ServerConfig, timeout: Duration, doc: &Document) -> Resul
         return Err(crashed(format!("lean failed without reporting an error: {tail}")));
     }
     Ok(LeanOutput { messages, tokens: LeanTokens::NotChecked })
+}
+
+/// Everything a stream yields, up to `OUTPUT_CAP` bytes kept.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut s) = stream else { return kept };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
 }
 
 /// Parses `lean --json` output (one message object per line; 1-based lines, columns in

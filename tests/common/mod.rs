@@ -21,7 +21,7 @@ pub fn lean() -> PathBuf {
 
 pub fn server_config() -> ServerConfig {
     ServerConfig {
-        install: LeanInstall::Direct { lean: lean(), source: LeanSource::TestToolchain },
+        install: LeanInstall::at(lean(), LeanSource::TestToolchain),
         max_heartbeats: Some(200_000),
         memory_mb: Some(4096),
         threads: Some(1),
