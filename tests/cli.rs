@@ -194,7 +194,7 @@ fn prove_writes_the_proof_the_graph_and_every_attempt() {
         sketches: 1,
         prover: subgoal::model::SamplingParams { max_new_tokens: 2048, seed: Some(7), ..Default::default() },
         planner: subgoal::model::SamplingParams {
-            max_new_tokens: 4096,
+            max_new_tokens: 8192,
             temperature: 0.6,
             seed: Some(7),
             ..Default::default()

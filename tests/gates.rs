@@ -89,11 +89,14 @@ async fn statement_gate_refuses_a_theorem_whose_type_differs_from_the_reference(
 
 #[tokio::test]
 async fn a_server_proved_that_the_fresh_check_does_not_confirm_is_not_exported() {
-    // The fresh process gets a budget too short for this proof (Slow.spin 7: about 0.6 s), so
-    // it cannot confirm what the server proved: the record must say so, and count it.
-    let input = proof("spin7", "theorem spin7 : Eq (Nat.beq (Slow.spin 7 0) 0) false :=", " rfl");
+    // The fresh process gets a budget too short for this proof (Slow.spin 9: about 2.4 s, against
+    // 1 s for the import and 50 ms for the proof), so it cannot confirm what the server proved:
+    // the record must say so, and count it.
+    let input = proof("spin9", "theorem spin9 : Eq (Nat.beq (Slow.spin 9 0) 0) false :=", " rfl");
     let options = VerifyOptions { recheck_timeout: Some(Duration::from_millis(50)), ..Default::default() };
-    let v = Verifier::start_with(pool_config(1, 60.0), options).unwrap();
+    let mut pool = pool_config(1, 60.0);
+    pool.server.import_timeout = Duration::from_secs(1);
+    let v = Verifier::start_with(pool, options).unwrap();
     let r = v.verify(&input).await;
     let stats = v.recheck_stats();
     v.shutdown().await;

@@ -192,7 +192,7 @@ async fn serve_on_free_port(g: Arc<dyn Generator>) -> String {
 
 fn client(url: &str, timeout_ms: u64, retries: u32) -> OpenAiClient {
     let mut cfg = OpenAiConfig::new(url, "smollm");
-    cfg.timeout = Duration::from_millis(timeout_ms);
+    cfg.idle_timeout = Duration::from_millis(timeout_ms);
     cfg.max_retries = retries;
     cfg.backoff = Duration::from_millis(20);
     OpenAiClient::new(cfg).unwrap()

@@ -21,7 +21,7 @@ fn cfg() -> EngineConfig {
         k: 1,
         sketches: 1,
         prover: SamplingParams { max_new_tokens: 2048, seed: Some(7), ..Default::default() },
-        planner: SamplingParams { max_new_tokens: 4096, temperature: 0.6, seed: Some(7), ..Default::default() },
+        planner: SamplingParams { max_new_tokens: 8192, temperature: 0.6, seed: Some(7), ..Default::default() },
         ..Default::default()
     }
 }

@@ -3,11 +3,16 @@
 //! A run directory (`subgoal bench`) holds `config.json` (`RunConfig`: everything needed to
 //! reproduce the run), `attempts.jsonl` (the pipeline's `Attempt`s, appended and flushed),
 //! `results.jsonl` (`ProblemResult`, one line per finished problem, appended and flushed: the
-//! resume point), `dags/NAME.json`, `summary.json` (`Summary`) and `run.log`. `rundir` reads and
-//! repairs it; `report` renders it.
+//! resume point), `dags/NAME.json`, `statements.json` (the statement preflight), `summary.json`
+//! (`Summary`) and `run.log`. `problems` selects a dataset's problems, `statements` checks that
+//! their statements elaborate, `run` runs them, `rundir` reads and repairs the directory, `report`
+//! renders it.
 
+pub mod problems;
 pub mod report;
+pub mod run;
 pub mod rundir;
+pub mod statements;
 
 use std::collections::BTreeMap;
 
@@ -34,6 +39,10 @@ pub struct RunConfig {
     pub lean_version: String,
     /// Lean settings that change verdicts.
     pub lean: LeanInfo,
+    /// `--allow-broken-statements`: problems whose statement does not elaborate are recorded as
+    /// not run instead of stopping the run.
+    #[serde(default)]
+    pub allow_broken_statements: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +145,15 @@ pub struct ProblemResult {
     pub samples: usize,
     /// How many of them Lean proved (the `c` of pass@k).
     pub correct: usize,
+    /// How many of them the token limit cut (still samples: they count as wrong).
+    #[serde(default)]
+    pub truncated: usize,
+    /// How many of them failed to generate (still samples: they count as wrong).
+    #[serde(default)]
+    pub errored: usize,
+    /// The statement does not elaborate in this Lean environment: the problem was not run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broken_statement: bool,
     /// Index of the first proved whole-proof sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_success: Option<usize>,
@@ -221,6 +239,18 @@ pub struct Summary {
     pub by_area: BTreeMap<String, Tally>,
     /// Solved problems by how they were proved.
     pub via: BTreeMap<String, usize>,
+    /// Problems not run because their statement does not elaborate (counted as unsolved in the
+    /// tallies, so the denominators stay the benchmark's).
+    #[serde(default)]
+    pub broken_statements: usize,
+    /// Whole-proof samples of the theorems, and of them those cut at the token limit and those
+    /// that failed to generate (both counted as wrong in pass@k).
+    #[serde(default)]
+    pub samples: usize,
+    #[serde(default)]
+    pub samples_truncated: usize,
+    #[serde(default)]
+    pub samples_errored: usize,
     pub model_calls: u64,
     pub tokens: u64,
     pub lean_checks: u64,
@@ -296,6 +326,10 @@ pub fn summarize(config: &RunConfig, results: &[ProblemResult], wall_seconds: f6
         by_split: by_split.into_iter().map(|(k, v)| (k, tally(v.into_iter(), k_run))).collect(),
         by_area: by_area.into_iter().map(|(k, v)| (k, tally(v.into_iter(), k_run))).collect(),
         via,
+        broken_statements: results.iter().filter(|r| r.broken_statement).count(),
+        samples: results.iter().map(|r| r.samples).sum(),
+        samples_truncated: results.iter().map(|r| r.truncated).sum(),
+        samples_errored: results.iter().map(|r| r.errored).sum(),
         model_calls: results.iter().map(|r| r.outcome.model_calls).sum(),
         tokens: results.iter().map(|r| r.outcome.tokens).sum(),
         lean_checks: results.iter().map(|r| r.outcome.lean_checks).sum(),

@@ -35,12 +35,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |source| RunError::Io { path: path.display().to_string(), source }
 }
 
-/// Writes `text` to `path` through a temporary file and a rename: never a torn file.
+/// Writes `text` to `path` through a temporary file in the same directory, synced, renamed over
+/// `path`, and the directory synced: after a crash the file is the old one or the new one, whole.
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), RunError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    tmp.write_all(text.as_bytes()).and_then(|_| tmp.as_file().sync_all()).map_err(io(tmp.path()))?;
+    tmp.persist(path).map_err(|e| RunError::Io { path: path.display().to_string(), source: e.error })?;
+    // The rename is durable once the directory entry is.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// A problem name as a file name: readable, and unique by a hash of the exact name (`foo'` and
+/// `foo_`, or `Foo` and `foo` on a case-insensitive file system, stay apart).
+pub fn file_safe(name: &str) -> String {
+    let readable: String =
+        name.chars().take(80).map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
+    let hash = crate::digest::sha256_hex(name);
+    format!("{readable}-{}", &hash[..10])
 }
 
 impl RunDir {
@@ -248,6 +263,7 @@ mod tests {
                 timeout_s: 1.0,
                 allow_native_decide: false,
             },
+            allow_broken_statements: false,
         }
     }
 
@@ -270,6 +286,9 @@ mod tests {
             source: "d.jsonl:1".into(),
             samples: 1,
             correct: 0,
+            truncated: 0,
+            errored: 0,
+            broken_statement: false,
             first_success: None,
             attempts: 1,
             dag: format!("dags/{name}.json"),

@@ -72,13 +72,16 @@ pub struct ModelArgs {
     /// Default: the test model this checkout installs (SmolLM2-135M-Instruct, Q4_1).
     #[arg(long, short)]
     pub model: Option<String>,
+    /// The environment variable holding the server's API key (never written anywhere).
+    #[arg(long, value_name = "VAR", default_value = subgoal::model::openai::DEFAULT_KEY_ENV)]
+    pub api_key_env: String,
     #[command(flatten)]
     pub options: ModelOptions,
 }
 
 impl ModelArgs {
     pub async fn open(&self) -> anyhow::Result<Box<dyn subgoal::model::Generator>> {
-        self.options.open(self.model.as_deref()).await
+        self.options.open(self.model.as_deref(), &self.api_key_env).await
     }
 }
 
@@ -97,12 +100,14 @@ pub struct ModelOptions {
     /// The model name sent to a server.
     #[arg(long)]
     pub server_model: Option<String>,
-    /// Seconds per server request attempt.
+    /// Seconds a server may send nothing before the attempt is retried (answers are streamed,
+    /// so a long answer is not cut by this).
     #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
     pub server_timeout: f64,
-    /// Server requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    pub server_concurrency: usize,
+    /// Server requests in flight at once (default: 16; for prove, bench and synth, the model
+    /// concurrency).
+    #[arg(long)]
+    pub server_concurrency: Option<usize>,
     /// Hugging Face cache directory (default: $HF_HOME/hub or ~/.cache/huggingface/hub).
     #[arg(long, value_name = "DIR")]
     pub hf_cache: Option<PathBuf>,
@@ -116,7 +121,11 @@ pub struct ModelOptions {
 
 impl ModelOptions {
     /// Opens the model `spec` names (default: the installed test model).
-    pub async fn open(&self, spec: Option<&str>) -> anyhow::Result<Box<dyn subgoal::model::Generator>> {
+    pub async fn open(
+        &self,
+        spec: Option<&str>,
+        api_key_env: &str,
+    ) -> anyhow::Result<Box<dyn subgoal::model::Generator>> {
         let spec_text = match spec {
             Some(m) => m.to_string(),
             None => {
@@ -138,7 +147,8 @@ impl ModelOptions {
             },
             server_model: self.server_model.clone(),
             server_timeout: Some(Duration::from_secs_f64(self.server_timeout)),
-            server_concurrency: Some(self.server_concurrency),
+            server_concurrency: Some(self.server_concurrency.unwrap_or(16)),
+            api_key_env: Some(api_key_env.to_string()),
             hub_cache: self.hf_cache.clone(),
             offline: self.offline,
             record: self.record.clone(),

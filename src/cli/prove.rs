@@ -53,6 +53,12 @@ pub struct PipelineArgs {
     /// The planner model that writes sketches (default: the prover).
     #[arg(long)]
     pub planner: Option<String>,
+    /// The environment variable holding the prover server's API key (never written anywhere).
+    #[arg(long, value_name = "VAR", default_value = subgoal::model::openai::DEFAULT_KEY_ENV)]
+    pub prover_api_key_env: String,
+    /// The environment variable holding the planner server's API key.
+    #[arg(long, value_name = "VAR", default_value = subgoal::model::openai::DEFAULT_KEY_ENV)]
+    pub planner_api_key_env: String,
     #[arg(long, value_enum, default_value_t = Strategy::Both)]
     pub strategy: Strategy,
     /// Decomposition levels (0: none; 1: the theorem only; 2: its subgoals too; …).
@@ -74,13 +80,14 @@ pub struct PipelineArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f64,
-    /// Prover tokens per sample.
-    #[arg(long, default_value_t = 2048)]
-    pub max_tokens: usize,
+    /// Prover tokens per sample (default: 8192 with --cot, as the model card generates; 2048
+    /// without).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     #[arg(long, default_value_t = 0.6)]
     pub planner_temperature: f64,
-    /// Planner tokens per sketch.
-    #[arg(long, default_value_t = 4096)]
+    /// Planner tokens per sketch (its informal proof comes first).
+    #[arg(long, default_value_t = 8192)]
     pub planner_max_tokens: usize,
     #[arg(long)]
     pub seed: Option<u64>,
@@ -93,9 +100,9 @@ pub struct PipelineArgs {
     /// Budget: wall-clock seconds for the problem.
     #[arg(long, value_parser = super::positive_seconds)]
     pub max_wall: Option<f64>,
-    /// Model requests in flight at once.
-    #[arg(long, default_value_t = 4)]
-    pub model_concurrency: usize,
+    /// Model requests in flight at once (default: 4 per problem in flight, at most 256).
+    #[arg(long)]
+    pub model_concurrency: Option<usize>,
     /// Prompt templates replacing the built-in ones (files named as in prompts/).
     #[arg(long, value_name = "DIR")]
     pub prompts: Option<PathBuf>,
@@ -115,8 +122,18 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    /// The engine's configuration; `verify_all` for pass@k counting.
-    pub fn engine_config(&self, verify_all: bool) -> EngineConfig {
+    /// Prover tokens per sample for the prompt mode.
+    pub fn prover_max_tokens(&self) -> usize {
+        self.max_tokens.unwrap_or(if self.cot { 8192 } else { 2048 })
+    }
+
+    /// Model requests in flight with `jobs` problems in flight.
+    pub fn model_concurrency(&self, jobs: usize) -> usize {
+        self.model_concurrency.unwrap_or((4 * jobs.max(1)).min(256))
+    }
+
+    /// The engine's configuration; `verify_all` for pass@k counting; `jobs` problems in flight.
+    pub fn engine_config(&self, verify_all: bool, jobs: usize) -> EngineConfig {
         EngineConfig {
             strategy: self.strategy,
             depth: self.depth,
@@ -126,7 +143,7 @@ impl PipelineArgs {
                 n: 1,
                 temperature: self.temperature,
                 top_p: self.top_p,
-                max_new_tokens: self.max_tokens,
+                max_new_tokens: self.prover_max_tokens(),
                 stop: vec![],
                 seed: self.seed,
             },
@@ -146,16 +163,25 @@ impl PipelineArgs {
                 max_tokens: self.max_tokens_total,
                 max_wall_s: self.max_wall,
             },
-            model_concurrency: self.model_concurrency,
+            model_concurrency: self.model_concurrency(jobs),
         }
     }
 
-    /// The prover and the planner (the same generator when they are the same model).
-    pub async fn models(&self) -> anyhow::Result<(Arc<dyn Generator>, Arc<dyn Generator>)> {
-        let prover: Arc<dyn Generator> = Arc::from(self.model.open(self.prover.as_deref()).await?);
-        let planner: Arc<dyn Generator> = match &self.planner {
-            Some(p) if Some(p) != self.prover.as_ref() => Arc::from(self.model.open(Some(p)).await?),
-            _ => prover.clone(),
+    /// The prover and the planner (the same generator when they are the same model and key);
+    /// `jobs` problems in flight.
+    pub async fn models(&self, jobs: usize) -> anyhow::Result<(Arc<dyn Generator>, Arc<dyn Generator>)> {
+        let mut options = self.model.clone();
+        options.server_concurrency = Some(options.server_concurrency.unwrap_or(self.model_concurrency(jobs)));
+        let prover: Arc<dyn Generator> =
+            Arc::from(options.open(self.prover.as_deref(), &self.prover_api_key_env).await?);
+        let same = self.planner.is_none() || self.planner == self.prover;
+        // Keys matter only to servers; one local model is never loaded twice.
+        let server = self.prover.as_deref().is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"));
+        let planner: Arc<dyn Generator> = if same && (!server || self.planner_api_key_env == self.prover_api_key_env) {
+            prover.clone()
+        } else {
+            let spec = self.planner.as_deref().or(self.prover.as_deref());
+            Arc::from(options.open(spec, &self.planner_api_key_env).await?)
         };
         Ok((prover, planner))
     }
@@ -186,7 +212,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
 
     let p = &args.pipeline;
     let prompts = Prompts::load(p.prompts.as_deref()).context("loading prompt templates")?;
-    let (prover, planner) = p.models().await?;
+    let (prover, planner) = p.models(1).await?;
     let verifier = p.verifier()?;
 
     let attempts_path = out_dir.join("attempts.jsonl");
@@ -200,7 +226,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
             let _ = writeln!(f, "{line}").and_then(|_| f.flush());
         }
     });
-    let cfg = p.engine_config(false);
+    let cfg = p.engine_config(false, 1);
     eprintln!(
         "proving {} with prover {} and planner {} (strategy {:?}, depth {}, k {}); output in {}",
         problem.name,

@@ -22,7 +22,9 @@ use subgoal::synth::{
 };
 use subgoal::verify::{Verdict, Verifier, VerifyInput};
 
-use super::bench::{data_dirs, execute, load_problems, reload_problems, reload_prompts, BenchArgs};
+use subgoal::bench::problems::{self, data_dirs};
+
+use super::bench::{execute, BenchArgs};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
@@ -66,10 +68,10 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
     for path in &runs {
         let (run, config) = RunDir::open(path)?;
         let results = run.results()?;
-        let problems = reload_problems(&config, &dirs).with_context(|| format!("reading {}", path.display()))?;
+        let problems = problems::reload(&config, &dirs).with_context(|| format!("reading {}", path.display()))?;
         let problems: HashMap<&str, &subgoal::pipeline::problem::Problem> =
             problems.iter().map(|p| (p.problem.name.as_str(), &p.problem)).collect();
-        let prompts = reload_prompts(&config).with_context(|| format!("reading {}", path.display()))?;
+        let prompts = problems::reload_prompts(&config).with_context(|| format!("reading {}", path.display()))?;
         stats.problems += results.len();
         stats.solved += results.iter().filter(|r| r.outcome.solved).count();
         stats.model_calls += results.iter().map(|r| r.outcome.model_calls).sum::<u64>();
@@ -197,8 +199,8 @@ async fn form_a_proofs(verifier: &Verifier, dag: &DagExport, header: &str) -> BT
 fn exclusion_set(names: &[String], dirs: &[PathBuf]) -> anyhow::Result<HashSet<String>> {
     let mut keys = HashSet::new();
     for name in names {
-        let (_, problems) =
-            load_problems(name, dirs, None, None, None, None).with_context(|| format!("--exclude {name}"))?;
+        let sel = problems::Selection { dataset: name.clone(), ..Default::default() };
+        let (_, problems) = problems::select(&sel, dirs).with_context(|| format!("--exclude {name}"))?;
         keys.extend(problems.iter().map(|p| contamination_key(&p.problem.formal_statement)));
     }
     Ok(keys)

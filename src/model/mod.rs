@@ -137,12 +137,68 @@ pub enum GenError {
 
 pub type GenFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Vec<Completion>>, GenError>> + Send + 'a>>;
 
-/// The interface every backend implements. Dropping the returned future cancels the work.
+/// One finished sample of a request: sample `sample` of prompt `prompt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleDone {
+    pub prompt: usize,
+    pub sample: usize,
+    pub completion: Completion,
+}
+
+/// A request's samples as each finishes (in no set order); an `Err` ends it (the request could
+/// not be tried). Every sample is yielded exactly once.
+pub type SampleStream<'a> = Pin<Box<dyn futures::Stream<Item = Result<SampleDone, GenError>> + Send + 'a>>;
+
+/// The interface every backend implements. Dropping the returned future or stream cancels the
+/// work.
 pub trait Generator: Send + Sync {
     /// For each prompt, `params.n` completions, in order.
     fn generate<'a>(&'a self, req: &'a GenRequest) -> GenFuture<'a>;
+    /// The same samples, each handed over as soon as it is finished, so a caller can check one
+    /// while the others are still being generated (and drop the rest once one is enough). The
+    /// default waits for `generate` and yields its samples in order.
+    fn stream<'a>(&'a self, req: &'a GenRequest) -> SampleStream<'a> {
+        use futures::{FutureExt, StreamExt};
+        let all = self.generate(req).map(|r| match r {
+            Ok(out) => futures::stream::iter(
+                out.into_iter()
+                    .enumerate()
+                    .flat_map(|(prompt, cs)| {
+                        cs.into_iter().enumerate().map(move |(sample, completion)| SampleDone {
+                            prompt,
+                            sample,
+                            completion,
+                        })
+                    })
+                    .map(Ok)
+                    .collect::<Vec<_>>(),
+            ),
+            Err(e) => futures::stream::iter(vec![Err(e)]),
+        });
+        Box::pin(all.into_stream().flatten())
+    }
     /// A short description (`embedded:…`, `openai:…`, `replay:…`).
     fn describe(&self) -> String;
+}
+
+/// A request's samples gathered from its stream, in order (what `generate` returns).
+pub async fn collect_samples(req: &GenRequest, mut stream: SampleStream<'_>) -> Result<Vec<Vec<Completion>>, GenError> {
+    use futures::StreamExt;
+    let mut out: Vec<Vec<Option<Completion>>> = vec![vec![None; req.params.n]; req.prompts.len()];
+    while let Some(done) = stream.next().await {
+        let d = done?;
+        if let Some(slot) = out.get_mut(d.prompt).and_then(|p| p.get_mut(d.sample)) {
+            *slot = Some(d.completion);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|p| {
+            p.into_iter()
+                .map(|c| c.unwrap_or_else(|| Completion::failed("the backend never finished this sample", 0)))
+                .collect()
+        })
+        .collect())
 }
 
 /// The test model `scripts/install-test-model.sh` installs in this checkout.

@@ -62,7 +62,10 @@ pub struct OpenOptions {
     pub embedded: EmbeddedOptions,
     /// The `model` name sent to a server (default: `default`).
     pub server_model: Option<String>,
+    /// An attempt fails when the server sends nothing for this long.
     pub server_timeout: Option<Duration>,
+    /// The environment variable holding the server's API key (default `OPENAI_API_KEY`).
+    pub api_key_env: Option<String>,
     pub server_concurrency: Option<usize>,
     /// Hugging Face cache directory (default: `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
     pub hub_cache: Option<PathBuf>,
@@ -79,8 +82,10 @@ pub async fn open(spec: &ModelSpec, opts: &OpenOptions) -> Result<Box<dyn Genera
         ModelSpec::ReplayTimed(p) => Box::new(Replay::open(p)?.timed(true)),
         ModelSpec::Server(url) => {
             let mut cfg = OpenAiConfig::new(url, opts.server_model.as_deref().unwrap_or("default"));
+            let key_env = opts.api_key_env.as_deref().unwrap_or(super::openai::DEFAULT_KEY_ENV);
+            cfg.api_key = super::openai::api_key_from(key_env);
             if let Some(t) = opts.server_timeout {
-                cfg.timeout = t;
+                cfg.idle_timeout = t;
             }
             if let Some(c) = opts.server_concurrency {
                 cfg.max_concurrency = c;

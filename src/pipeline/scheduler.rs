@@ -31,10 +31,10 @@ use super::dag::{Dag, DagExport, Node, NodeKind, Provenance, Status};
 use super::goal::{parse_goal, Lemma};
 use super::prompts::{Prompts, RepairVars, StatementVars};
 use super::recompose::{proof_body, recompose, Layout};
-use super::sketch::{outline, parse_answer, sorry_sites, SiteKind, SorrySite};
+use super::sketch::{outline, parse_answer, sorry_sites, BlockChoice, SiteKind, SorrySite};
 use crate::lean::lexer::tokenize;
 use crate::lean::source::normalize_header;
-use crate::model::{Completion, GenRequest, Generator, Prompt, SamplingParams};
+use crate::model::{Completion, FinishReason, GenRequest, Generator, Prompt, SamplingParams};
 use crate::text::LineIndex;
 use crate::verify::{Document, GoalKind, Verdict, Verifier, VerifyInput, VerifyRecord};
 
@@ -136,6 +136,20 @@ pub struct Attempt {
     pub completion_tokens: usize,
     pub lean_ms: u64,
     pub elapsed_ms: u64,
+    /// Why the model stopped: `stop`, `length` (cut at the token limit), `error` (nothing was
+    /// generated; the candidate was not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    /// What went wrong generating the sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Which Lean block of a prover's answer was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockChoice>,
+    /// The seed of the request the sample came from (derived from the run's `--seed` and the
+    /// request's identity; `None` when the run has no seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// How a node was proved.
@@ -562,6 +576,10 @@ impl Engine {
                 completion_tokens: c.map_or(0, |c| c.completion_tokens),
                 lean_ms: r.lean_ms,
                 elapsed_ms: r.elapsed_ms,
+                finish_reason: c.map(|c| c.finish_reason),
+                error: c.and_then(|c| c.error.clone()),
+                block: None,
+                seed: None,
             });
         }
     }

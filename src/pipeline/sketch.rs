@@ -122,6 +122,53 @@ pub fn parse_answer(text: &str) -> PlannerAnswer {
     }
 }
 
+/// Which of an answer's Lean blocks a prover candidate was taken from, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockChoice {
+    /// 0-based, among the answer's Lean blocks that declare a theorem.
+    pub index: usize,
+    /// How many such blocks the answer has.
+    pub of: usize,
+    pub rule: BlockRule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockRule {
+    /// The block under the CoT format's `### Complete Lean 4 Proof` heading.
+    CompleteHeading,
+    /// The last block without `sorry` (the complete proof comes after the `have … sorry` sketch).
+    LastWithoutSorry,
+    /// The last block (every block has a `sorry`).
+    Last,
+}
+
+/// The code a prover's answer proposes. DeepSeek-Prover-V2's CoT answers hold a `have … := by
+/// sorry` sketch and then the complete proof: the block under `### Complete Lean 4 Proof` wins,
+/// else the last block with no `sorry`, else the last block (an answer cut off inside its complete
+/// proof leaves the sketch as the last whole block, and that is still checked).
+pub fn prover_code(text: &str) -> Option<(String, BlockChoice)> {
+    let blocks: Vec<Fence> = fenced_blocks(text)
+        .into_iter()
+        .filter(|b| {
+            let lang = b.lang.to_ascii_lowercase();
+            matches!(lang.as_str(), "" | "lean" | "lean4") && declares_theorem(&text[b.body.clone()])
+        })
+        .collect();
+    let of = blocks.len();
+    let heading = text.find("### Complete Lean 4 Proof");
+    let has_sorry =
+        |b: &Fence| tokenize(&text[b.body.clone()]).iter().any(|t| t.text(&text[b.body.clone()]) == "sorry");
+    let (index, rule) = if let Some(i) = heading.and_then(|h| blocks.iter().position(|b| b.open_start > h)) {
+        (i, BlockRule::CompleteHeading)
+    } else if let Some(i) = blocks.iter().rposition(|b| !has_sorry(b)) {
+        (i, BlockRule::LastWithoutSorry)
+    } else {
+        (of.checked_sub(1)?, BlockRule::Last)
+    };
+    Some((text[blocks[index].body.clone()].to_string(), BlockChoice { index, of, rule }))
+}
+
 struct Fence {
     /// Start of the opening fence line.
     open_start: usize,
