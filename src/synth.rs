@@ -43,7 +43,7 @@ pub enum LemmaForm {
 }
 
 /// Which solved problems give examples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Selection {
     /// Every problem proved through decomposition.

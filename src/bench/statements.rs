@@ -66,7 +66,7 @@ pub fn environment_key(install: &LeanInstall, lean_version: &str) -> String {
         let manifest = std::fs::read_to_string(project.join("lake-manifest.json")).unwrap_or_default();
         parts.push(crate::digest::sha256_hex(&manifest));
     }
-    crate::digest::sha256_hex(&parts.join("\n"))
+    crate::digest::sha256_hex(parts.join("\n"))
 }
 
 /// `~/.cache/subgoal/statements` (or `$XDG_CACHE_HOME/subgoal/statements`).
@@ -79,7 +79,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 fn statement_key(p: &BenchProblem) -> String {
-    crate::digest::sha256_hex(&format!("{}\n{}", p.problem.header, p.problem.formal_statement))
+    crate::digest::sha256_hex(format!("{}\n{}", p.problem.header, p.problem.formal_statement))
 }
 
 /// Results cached for one environment: statement key → (verdict, detail).

@@ -44,6 +44,27 @@ pub struct ProveArgs {
     pub pipeline: PipelineArgs,
 }
 
+/// `--strategy` (`subgoal::pipeline::config::Strategy`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyArg {
+    /// Whole-proof sampling only.
+    Whole,
+    /// Sketch and decompose the theorem at once.
+    Decompose,
+    /// Whole-proof sampling first, decomposition when it fails.
+    Both,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(a: StrategyArg) -> Strategy {
+        match a {
+            StrategyArg::Whole => Strategy::Whole,
+            StrategyArg::Decompose => Strategy::Decompose,
+            StrategyArg::Both => Strategy::Both,
+        }
+    }
+}
+
 /// Models, strategy, budgets and Lean settings: what `prove` and `bench` share.
 #[derive(Args, Debug, Clone)]
 pub struct PipelineArgs {
@@ -59,8 +80,8 @@ pub struct PipelineArgs {
     /// The environment variable holding the planner server's API key.
     #[arg(long, value_name = "VAR", default_value = subgoal::model::openai::DEFAULT_KEY_ENV)]
     pub planner_api_key_env: String,
-    #[arg(long, value_enum, default_value_t = Strategy::Both)]
-    pub strategy: Strategy,
+    #[arg(long, value_enum, default_value_t = StrategyArg::Both)]
+    pub strategy: StrategyArg,
     /// Decomposition levels (0: none; 1: the theorem only; 2: its subgoals too; …).
     #[arg(long, default_value_t = 2)]
     pub depth: u32,
@@ -135,7 +156,7 @@ impl PipelineArgs {
     /// The engine's configuration; `verify_all` for pass@k counting; `jobs` problems in flight.
     pub fn engine_config(&self, verify_all: bool, jobs: usize) -> EngineConfig {
         EngineConfig {
-            strategy: self.strategy,
+            strategy: self.strategy.into(),
             depth: self.depth,
             k: self.k,
             sketches: self.sketches,

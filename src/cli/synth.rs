@@ -26,6 +26,25 @@ use subgoal::bench::problems::{self, data_dirs};
 
 use super::bench::{execute, BenchArgs};
 
+/// Which solved problems give examples (`subgoal::synth::Selection`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectArg {
+    /// Every problem proved through decomposition.
+    All,
+    /// The paper's rule: the prover sampled whole proofs and none verified, and every subgoal was
+    /// proved (so the theorem was proved through decomposition).
+    Paper,
+}
+
+impl From<SelectArg> for Selection {
+    fn from(a: SelectArg) -> Selection {
+        match a {
+            SelectArg::All => Selection::All,
+            SelectArg::Paper => Selection::Paper,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Finished (or interrupted) run directories to read; without it, the dataset is run first
@@ -36,8 +55,8 @@ pub struct SynthArgs {
     #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
     /// Which solved problems give examples.
-    #[arg(long, value_enum, default_value_t = Selection::All)]
-    pub select: Selection,
+    #[arg(long, value_enum, default_value_t = SelectArg::All)]
+    pub select: SelectArg,
     /// Drop examples whose statement is in this benchmark (a registry name or a file; repeatable).
     #[arg(long, value_name = "DATASET")]
     pub exclude: Vec<String>,
@@ -78,7 +97,7 @@ pub async fn run(mut args: SynthArgs) -> anyhow::Result<ExitCode> {
         stats.tokens += results.iter().map(|r| r.outcome.tokens).sum::<u64>();
         stats.lean_checks += results.iter().map(|r| r.outcome.lean_checks).sum::<u64>();
         wall_seconds += run.wall_seconds();
-        for r in results.iter().filter(|r| selected(r, args.select)) {
+        for r in results.iter().filter(|r| selected(r, args.select.into())) {
             let Some(problem) = problems.get(r.outcome.name.as_str()) else {
                 anyhow::bail!("{}: problem {} is not in the run's dataset any more", path.display(), r.outcome.name);
             };

@@ -3,12 +3,15 @@
 //!
 //! `sketch` reads Lean proof text (steps, `sorry` sites, hollowing and filling); `goal` turns
 //! Lean's printed goals into lemma statements; `dag` holds the subgoal graph; `prompts` renders
-//! the prompt templates; `recompose` puts proofs back; `scheduler` runs it all within budgets.
+//! the prompt templates; `recompose` puts proofs back; `scheduler` runs it all within budgets,
+//! configured by `config`, leaving the `records` it exports.
 
+pub mod config;
 pub mod dag;
 pub mod goal;
 pub mod problem;
 pub mod prompts;
 pub mod recompose;
+pub mod records;
 pub mod scheduler;
 pub mod sketch;

@@ -1,0 +1,386 @@
+//! Decomposition: the planner's sketches of a node, tried in turn. A sketch must verify as
+//! `incomplete`; the goal at each `sorry` is read from Lean and restated as a subgoal lemma (a
+//! node of the DAG, shared by key) that must elaborate on its own; the subgoals are solved
+//! concurrently; their proofs are put back (`recompose`) and the whole verified again.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use petgraph::graph::NodeIndex;
+use tracing::Instrument;
+
+use super::whole::input_code;
+use super::{Ctx, Engine, NodeMeta, Role, Subscription, Via};
+use crate::lean::lexer::tokenize;
+use crate::lean::source::normalize_header;
+use crate::model::{Completion, SamplingParams};
+use crate::pipeline::dag::{Node, NodeKind, Provenance, Status};
+use crate::pipeline::goal::{parse_goal, Lemma};
+use crate::pipeline::prompts::StatementVars;
+use crate::pipeline::recompose::{proof_body, recompose, Layout};
+use crate::pipeline::sketch::{outline, parse_answer, sorry_sites, SiteKind, SorrySite};
+use crate::text::LineIndex;
+use crate::verify::{Document, GoalKind, Verdict, VerifyInput};
+
+impl Engine {
+    /// Planner sketches, tried in turn.
+    pub(super) async fn decompose(self: &Arc<Self>, i: NodeIndex, ctx: &Ctx) -> Result<(String, Via), String> {
+        let (name, header, informal, statement) = self.statement_vars(i);
+        let vars =
+            StatementVars { name: &name, header: &header, informal_statement: &informal, formal_statement: &statement };
+        let prompt = self.prompts.sketch(&vars).map_err(|e| e.to_string())?;
+        let params = SamplingParams { n: self.cfg.sketches.max(1), ..self.cfg.planner.clone() };
+        let out = self.generate(self.planner.as_ref(), vec![prompt], params, ctx).await?;
+        let mut reasons = Vec::new();
+        for (s, c) in out.into_iter().next().unwrap_or_default().into_iter().enumerate() {
+            match self.try_sketch(i, ctx, s, &c).await {
+                Ok(done) => return Ok(done),
+                Err(r) => reasons.push(format!("sketch {s}: {r}")),
+            }
+        }
+        Err(if reasons.is_empty() { "planner: no sketch".to_string() } else { reasons.join("; ") })
+    }
+
+    pub(super) async fn try_sketch(
+        self: &Arc<Self>,
+        i: NodeIndex,
+        ctx: &Ctx,
+        s: usize,
+        c: &Completion,
+    ) -> Result<(String, Via), String> {
+        let (name, header, _, statement) = self.statement_vars(i);
+        let depth = self.with_dag(|d| d.node(i).provenance.depth);
+        let answer = parse_answer(&c.text);
+        let code = answer.code.clone().ok_or("the planner's answer has no Lean code block")?;
+        let input = VerifyInput {
+            name: name.clone(),
+            header: header.clone(),
+            formal_statement: statement.clone(),
+            proof: None,
+            code: Some(code.clone()),
+        };
+        let (record, doc) = self.verify_document(&input, ctx).await;
+        self.log(ctx, &name, Role::Sketch, s, Some(self.planner.describe()), &code, Some(c), &record);
+        let mut sketch_node = Node::new(
+            NodeKind::Sketch,
+            &format!("{name}#sketch{s}"),
+            &code,
+            format!("sketch:{name}:{s}:{}", crate::digest::sha256_hex(&code)),
+            Provenance {
+                problem: ctx.problem.to_string(),
+                depth,
+                model: Some(self.planner.describe()),
+                ..Default::default()
+            },
+        );
+        sketch_node.informal = Some(answer.informal.clone()).filter(|t| !t.is_empty());
+        let k = self.with_dag(|d| d.add_sketch(i, sketch_node));
+        let guard = SketchGuard { engine: self.as_ref(), node: k };
+        let doc = match (record.verdict, doc) {
+            (Verdict::Proved, Some(doc)) => {
+                self.set_status(k, Status::Proved, None);
+                guard.done();
+                return Ok((doc.checked_source(), Via::Planner));
+            }
+            (Verdict::Incomplete, Some(doc)) => doc,
+            (v, _) => {
+                let reason = format!("the sketch is {}: {}", v.as_str(), record.reason);
+                self.set_status(k, Status::Failed, Some(reason.clone()));
+                guard.done();
+                return Err(reason);
+            }
+        };
+        self.set_status(k, Status::Decomposing, None);
+        let result = self.solve_sketch(i, k, ctx, &input, &doc).await;
+        match &result {
+            Ok(_) => self.set_status(k, Status::Proved, None),
+            Err(r) => self.set_status(k, Status::Failed, Some(r.clone())),
+        }
+        guard.done();
+        result.map(|code| (code, Via::Decomposition))
+    }
+
+    /// Decomposes a sketch the verifier called `incomplete`. Everything from here on works on the
+    /// text the verifier checked (reference header and statement, the sketch's `open`s turned
+    /// into `open … in`, its proof), never on the model's own file.
+    pub(super) async fn solve_sketch(
+        self: &Arc<Self>,
+        parent: NodeIndex,
+        k: NodeIndex,
+        ctx: &Ctx,
+        sketch: &VerifyInput,
+        doc: &Document,
+    ) -> Result<String, String> {
+        let depth = self.with_dag(|d| d.node(parent).provenance.depth);
+        let (header, main) = doc.checked_parts();
+        let proof_at = doc.proof_start - doc.statement_start;
+        let declared = crate::verify::candidate::statement_name(&sketch.formal_statement).unwrap_or_default();
+        let outline = outline(main, Some(&declared)).map_err(|e| format!("sketch: {e}"))?;
+        let sites: Vec<SorrySite> =
+            sorry_sites(main, &outline).into_iter().filter(|s| s.range.start >= proof_at).collect();
+        if sites.is_empty() {
+            return Err("the sketch has no `sorry` to decompose".into());
+        }
+        // Goals are read with options that make them readable back: proofs and `let` values
+        // shown, numerals with their types, names in full.
+        let prefix = format!("{header}{GOAL_OPTIONS}");
+        let goal_doc = format!("{prefix}{main}\n");
+        let index = LineIndex::new(&goal_doc);
+        let positions: Vec<(lsp_types::Position, GoalKind)> = sites
+            .iter()
+            .map(|site| {
+                let (line, character) = index.lsp_of_offset(prefix.len() + sorry_offset(main, site));
+                let kind = match site.kind {
+                    SiteKind::Term => GoalKind::Term,
+                    SiteKind::Tactic => GoalKind::Tactic,
+                };
+                (lsp_types::Position { line, character }, kind)
+            })
+            .collect();
+        ctx.spend.checks.fetch_add(1, Ordering::Relaxed);
+        let goals = {
+            let _busy = self.activity.enter();
+            self.verifier
+                .goals(header, &goal_doc, positions)
+                .instrument(tracing::info_span!("sketch_goals", sites = sites.len()))
+                .await
+                .map_err(|e| format!("reading the sketch's goals: {e:?}"))?
+        };
+        let eq_notation = tokenize(header).first().map(|t| t.text(header)) != Some("prelude");
+        let header_key = normalize_header(header);
+        let mut lemmas = Vec::new();
+        let mut subs = Vec::new();
+        let mut created: Vec<NodeIndex> = Vec::new();
+        let mut used_names: Vec<String> = Vec::new();
+        let have_names: Vec<Option<String>> = sites.iter().map(|site| have_name(main, site)).collect();
+        let name = &sketch.name;
+        let result: Result<(), String> = async {
+            for (n, (site, goal)) in sites.iter().zip(goals).enumerate() {
+                let step = site.step.map(|s| outline.steps[s].name.clone()).or_else(|| have_names[n].clone());
+                // Earlier steps are premises: the outline's, and every `have` an earlier site proves.
+                let mut premises: Vec<String> = outline
+                    .steps
+                    .iter()
+                    .take(site.step.unwrap_or(outline.steps.len()))
+                    .map(|s| s.name.clone())
+                    .collect();
+                premises.extend(have_names[..n].iter().flatten().cloned());
+                // Unique in the run: another sketch of the same theorem has its own `h1`.
+                let base = format!("{name}_{}", sanitize(step.as_deref().unwrap_or("final")));
+                let mut lemma_name = base.clone();
+                let mut i = 1;
+                while used_names.contains(&lemma_name) || self.with_dag(|d| d.has_name(&lemma_name)) {
+                    i += 1;
+                    lemma_name = format!("{base}_{i}");
+                }
+                used_names.push(lemma_name.clone());
+                let parsed = goal
+                    .ok_or_else(|| "Lean reports no goal at this `sorry`".to_string())
+                    .and_then(|g| parse_goal(&g).map_err(|e| e.to_string()));
+                let lemma = parsed.as_ref().ok().map(|g| Lemma::from_goal(&lemma_name, g, &premises, eq_notation));
+                let stmt = lemma.as_ref().map_or_else(String::new, |l| l.statement());
+                let key = match &lemma {
+                    Some(l) => l.key(&header_key),
+                    None => format!("unrestatable:{lemma_name}:{}", crate::digest::sha256_hex(main)),
+                };
+                let mut node = Node::new(
+                    NodeKind::Subgoal,
+                    &lemma_name,
+                    &stmt,
+                    key,
+                    Provenance { problem: ctx.problem.to_string(), step: step.clone(), depth: depth + 1, model: None },
+                );
+                node.statement_without_premises = lemma.as_ref().map(|l| l.statement_without_premises());
+                let (sub, new) = self.with_dag(|d| d.intern(node));
+                if new {
+                    created.push(sub);
+                    self.meta(
+                        sub,
+                        NodeMeta { header: header.to_string(), informal: String::new(), elaborates: None, via: None },
+                    );
+                }
+                self.with_dag(|d| d.link(sub, k)).map_err(|e| e.to_string())?;
+                let lemma = match (parsed, lemma) {
+                    (Ok(_), Some(l)) => l,
+                    (parsed, _) => {
+                        let e = parsed.err().unwrap_or_default();
+                        let reason = format!("the goal at `sorry` {n} cannot be restated: {e}");
+                        self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
+                        return Err(reason);
+                    }
+                };
+                // The restated lemma must elaborate on its own before anyone tries to prove it
+                // (once per node, whichever sketch meets it first).
+                let elaborates = self.meta_of(sub).and_then(|m| m.elaborates);
+                let reason = match elaborates {
+                    Some(ok) => (!ok).then(|| "the restated lemma does not elaborate".to_string()),
+                    None => {
+                        let check = VerifyInput {
+                            name: lemma_name.clone(),
+                            header: header.to_string(),
+                            formal_statement: stmt.clone(),
+                            proof: Some(" sorry".into()),
+                            code: None,
+                        };
+                        let record = self.verify(&check, ctx).await;
+                        self.log(ctx, &lemma_name, Role::Lemma, 0, None, &format!("{stmt} sorry"), None, &record);
+                        let ok = record.verdict == Verdict::Incomplete;
+                        // A check that timed out or crashed says nothing about the statement.
+                        if matches!(
+                            record.verdict,
+                            Verdict::Incomplete | Verdict::Failed | Verdict::Rejected | Verdict::InvalidInput
+                        ) {
+                            if let Ok(mut m) = self.metas.lock() {
+                                if let Some(m) = m.get_mut(&sub) {
+                                    m.elaborates = Some(ok);
+                                }
+                            }
+                        }
+                        (!ok).then(|| {
+                            format!(
+                                "the restated lemma does not elaborate ({}): {}",
+                                record.verdict.as_str(),
+                                record.reason
+                            )
+                        })
+                    }
+                };
+                if let Some(reason) = reason {
+                    self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
+                    return Err(format!("{lemma_name}: {reason}"));
+                }
+                lemmas.push(lemma);
+                subs.push(sub);
+            }
+            Ok(())
+        }
+        .await;
+        // Nodes made for this sketch that nobody will solve are not left open.
+        let abandon = |engine: &Engine| {
+            engine.with_dag(|d| {
+                for &c in &created {
+                    let node = d.node_mut(c);
+                    if node.status == Status::Open {
+                        node.status = Status::Cancelled;
+                        node.reason = Some("its sketch failed before it was tried".into());
+                    }
+                }
+            })
+        };
+        if let Err(e) = result {
+            abandon(self);
+            return Err(e);
+        }
+        self.with_dag(|d| {
+            let order: Vec<String> = subs.iter().map(|&i| d.node(i).name.clone()).collect();
+            d.node_mut(k).subgoals = order;
+        });
+        // Solve every subgoal; the first failure fails the sketch and drops the others' handles.
+        let handles: Vec<Subscription> = subs.iter().map(|&s| self.subscribe(s, ctx.clone())).collect();
+        let names: Vec<String> = lemmas.iter().map(|l| l.name.clone()).collect();
+        let proofs: Vec<String> = futures::future::try_join_all(
+            handles
+                .into_iter()
+                .zip(names)
+                .map(|(h, n)| async move { h.await.map_err(|r| format!("subgoal {n} failed: {r}")) }),
+        )
+        .await?;
+        // A shared node's proof declares the node's own name, not this sketch's lemma name.
+        let mut bodies = Vec::with_capacity(subs.len());
+        for (&sub, proof) in subs.iter().zip(&proofs) {
+            let node_name = self.with_dag(|d| d.node(sub).name.clone());
+            bodies.push(proof_body(proof, &node_name).ok_or_else(|| format!("the proof of {node_name} has no body"))?);
+        }
+        // Recompose and verify: inline first, then each lemma applied at its site.
+        let mut last = String::new();
+        for layout in [Layout::Inline, Layout::Applied] {
+            let filled = recompose(main, &sites, &lemmas, &bodies, layout);
+            let input = VerifyInput {
+                name: name.to_string(),
+                header: sketch.header.clone(),
+                formal_statement: sketch.formal_statement.clone(),
+                proof: Some(filled[proof_at..].trim_start_matches(' ').to_string()),
+                code: None,
+            };
+            let (record, checked) = self.verify_document(&input, ctx).await;
+            self.log(ctx, name, Role::Recompose, layout as usize, None, &input_code(&input), None, &record);
+            if let (Verdict::Proved, Some(checked)) = (record.verdict, checked) {
+                return Ok(checked.checked_source());
+            }
+            last = format!("recomposed proof ({layout:?}) is {}: {}", record.verdict.as_str(), record.reason);
+        }
+        Err(last)
+    }
+}
+
+/// Options for the document goals are read from: what Lean prints must elaborate again.
+const GOAL_OPTIONS: &str = "set_option pp.proofs true\nset_option pp.showLetValues true\n\
+    set_option pp.numericTypes true\nset_option pp.fullNames true\n";
+
+/// Marks a sketch cancelled if its work is dropped before it is decided.
+struct SketchGuard<'a> {
+    engine: &'a Engine,
+    node: NodeIndex,
+}
+
+impl SketchGuard<'_> {
+    fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SketchGuard<'_> {
+    fn drop(&mut self) {
+        self.engine.with_dag(|d| {
+            let n = d.node_mut(self.node);
+            if !n.status.is_final() {
+                n.status = Status::Cancelled;
+            }
+        });
+    }
+}
+
+/// Byte offset of the `sorry` token in a site (the site may span `by sorry`).
+fn sorry_offset(body: &str, site: &SorrySite) -> usize {
+    let text = &body[site.range.clone()];
+    tokenize(text)
+        .iter()
+        .rfind(|t| t.text(text) == "sorry")
+        .map_or(site.range.start, |t| site.range.start + t.span.start)
+}
+
+/// The name of the `have` a site is the proof of (`have h : P := sorry`), if it is one.
+fn have_name(body: &str, site: &SorrySite) -> Option<String> {
+    let toks = tokenize(&body[..site.range.start]);
+    let mut i = toks.len().checked_sub(1)?;
+    if toks[i].text(body) != ":=" {
+        return None;
+    }
+    // Back to the `have` this `:=` belongs to, not past another step.
+    while i > 0 {
+        i -= 1;
+        match toks[i].text(body) {
+            "have" => {
+                let next = toks.get(i + 1)?;
+                return Some(match next.text(body) {
+                    ":" => "this".to_string(),
+                    t if next.kind == crate::lean::lexer::TokenKind::Ident => t.to_string(),
+                    _ => return None,
+                });
+            }
+            ":=" | "sorry" | "by" | "=>" | ";" => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A step name usable inside a lemma name.
+fn sanitize(step: &str) -> String {
+    let s: String = step.chars().map(|c| if crate::lean::lexer::is_id_rest(c) { c } else { '_' }).collect();
+    if s.is_empty() {
+        "step".into()
+    } else {
+        s
+    }
+}
