@@ -46,8 +46,8 @@ fn main() {
         depth: 1,
         k: 1,
         sketches: 1,
-        prover: SamplingParams { max_new_tokens: 256, seed: Some(1), ..Default::default() },
-        planner: SamplingParams { max_new_tokens: 512, seed: Some(2), ..Default::default() },
+        prover: SamplingParams { max_new_tokens: 256, seed: None, ..Default::default() },
+        planner: SamplingParams { max_new_tokens: 512, seed: None, ..Default::default() },
         model_concurrency: jobs,
         ..Default::default()
     };

@@ -20,8 +20,8 @@ fn config(depth: u32) -> EngineConfig {
         depth,
         k: 2,
         sketches: 1,
-        prover: SamplingParams { max_new_tokens: 512, seed: Some(1), ..Default::default() },
-        planner: SamplingParams { max_new_tokens: 1024, seed: Some(2), ..Default::default() },
+        prover: SamplingParams { max_new_tokens: 512, seed: None, ..Default::default() },
+        planner: SamplingParams { max_new_tokens: 1024, seed: None, ..Default::default() },
         model_concurrency: 2,
         ..Default::default()
     }
@@ -356,4 +356,64 @@ async fn theorems_alike_but_for_their_names_are_proved_apart() {
         assert!(out.proof.unwrap().contains(&format!("theorem {name} ")));
         assert_eq!(run.attempts(name, Role::Prover).len(), 1, "{name} was proved by its own samples");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_model_request_gets_a_seed_of_its_own_that_a_second_run_draws_again() {
+    // The transcript carries no seeds, so it answers whatever seeds the engine derives; a recorder
+    // around it writes down the parameters of every request.
+    let script = two_level_script(&config(2));
+    let mut seeded = config(2);
+    seeded.prover.seed = Some(7);
+    seeded.planner.seed = Some(7);
+    let run_once = |tag: &'static str| {
+        let script = &script;
+        let seeded = seeded.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let transcript = dir.path().join("transcript.jsonl");
+            script.write(&transcript);
+            let recording = dir.path().join(format!("{tag}.jsonl"));
+            let replay = subgoal::model::record::Replay::open(&transcript).unwrap();
+            let model: Arc<dyn subgoal::model::Generator> =
+                Arc::new(subgoal::model::record::Recorder::new(Box::new(replay), &recording).unwrap());
+            let verifier = Arc::new(Verifier::start(pool_config(2, 60.0)).unwrap());
+            let attempts = Arc::new(Mutex::new(Vec::new()));
+            let sink = attempts.clone();
+            let engine = Engine::new(
+                verifier,
+                model.clone(),
+                model,
+                Prompts::load(None).unwrap(),
+                seeded,
+                Some(Arc::new(move |a: &Attempt| sink.lock().unwrap().push(a.clone()))),
+            );
+            let out = engine.prove(&problem("two_level", TWO_LEVEL)).await;
+            assert!(out.solved, "{out:#?}");
+            let lines: Vec<subgoal::model::record::RecordLine> = std::fs::read_to_string(&recording)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let mut seeds: Vec<(String, u64)> = lines
+                .iter()
+                .map(|l| (serde_json::to_string(&l.prompt).unwrap(), l.params.seed.expect("every request is seeded")))
+                .collect();
+            seeds.sort();
+            let recorded: Vec<Option<u64>> =
+                attempts.lock().unwrap().iter().filter(|a| a.role == Role::Prover).map(|a| a.seed).collect();
+            (seeds, recorded)
+        }
+    };
+    let (first, attempt_seeds) = run_once("first").await;
+    let (second, _) = run_once("second").await;
+    // Theorem and subgoals, prover and planner: five requests, five different seeds.
+    let distinct: std::collections::HashSet<u64> = first.iter().map(|(_, s)| *s).collect();
+    assert_eq!(distinct.len(), first.len(), "{first:#?}");
+    assert!(first.len() >= 5, "{first:#?}");
+    assert!(!distinct.contains(&7));
+    // The same run again draws the same seeds, request by request.
+    assert_eq!(first, second);
+    // Each prover attempt records the seed of its request.
+    assert!(attempt_seeds.iter().all(|s| s.is_some_and(|s| distinct.contains(&s))), "{attempt_seeds:?}");
 }

@@ -15,13 +15,14 @@ use subgoal::model::SamplingParams;
 use subgoal::pipeline::scheduler::EngineConfig;
 use subgoal::verify::{Verdict, Verifier, VerifyInput};
 
-/// The CLI's defaults the transcripts are keyed by (`-k 1 --sketches 1 --seed 7`).
+/// The CLI's defaults the transcripts are keyed by (`-k 1 --sketches 1`; they carry no seed, so
+/// they answer the seeds `--seed 7` derives for each request).
 fn cfg() -> EngineConfig {
     EngineConfig {
         k: 1,
         sketches: 1,
-        prover: SamplingParams { max_new_tokens: 2048, seed: Some(7), ..Default::default() },
-        planner: SamplingParams { max_new_tokens: 8192, temperature: 0.6, seed: Some(7), ..Default::default() },
+        prover: SamplingParams { max_new_tokens: 2048, seed: None, ..Default::default() },
+        planner: SamplingParams { max_new_tokens: 8192, temperature: 0.6, seed: None, ..Default::default() },
         ..Default::default()
     }
 }

@@ -4,7 +4,9 @@
 //! model with real recorded answers.
 //!
 //! A key recorded several times is answered in recorded order; once those are used up, the last
-//! answer repeats (what a seeded model would do). A timed replay also takes as long as the
+//! answer repeats (what a seeded model would do). An answer recorded without a seed (`seed:
+//! null`: a run without `--seed`, or a hand-written script) answers the same request with any
+//! seed, since such a recording cannot say which seed it would have drawn with. A timed replay also takes as long as the
 //! recording says each request took (`elapsed_ms`), to stand in for a model's latency in
 //! benchmarks and cancellation tests.
 
@@ -100,8 +102,9 @@ impl Replay {
     }
 
     fn answer(&self, prompt: &Prompt, params: &SamplingParams) -> Result<Vec<Completion>, GenError> {
-        let k = key(prompt, params);
-        let Some((list, used)) = self.answers.get(&k) else {
+        let unseeded = || key(prompt, &SamplingParams { seed: None, ..params.clone() });
+        let found = self.answers.get(&key(prompt, params)).or_else(|| self.answers.get(&unseeded()));
+        let Some((list, used)) = found else {
             let shown = serde_json::to_string(prompt).unwrap_or_default();
             let shown: String = shown.chars().take(120).collect();
             return Err(GenError::ReplayMiss(format!(
@@ -172,6 +175,23 @@ mod tests {
         let p = Prompt::Text("p".into());
         let got: Vec<String> = (0..3).map(|_| r.answer(&p, &params).unwrap()[0].text.clone()).collect();
         assert_eq!(got, ["one", "two", "two"]);
+    }
+
+    #[test]
+    fn an_answer_recorded_without_a_seed_answers_any_seed_and_a_seeded_one_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let line = |text: &str, seed: Option<u64>| {
+            let params = SamplingParams { seed, ..SamplingParams::default() };
+            let l = RecordLine { prompt: Prompt::Text(text.into()), params, completions: vec![completion(text)] };
+            serde_json::to_string(&l).unwrap() + "\n"
+        };
+        std::fs::write(&path, line("free", None) + &line("pinned", Some(3))).unwrap();
+        let r = Replay::open(&path).unwrap();
+        let seeded = |seed| SamplingParams { seed: Some(seed), ..SamplingParams::default() };
+        assert_eq!(r.answer(&Prompt::Text("free".into()), &seeded(99)).unwrap()[0].text, "free");
+        assert_eq!(r.answer(&Prompt::Text("pinned".into()), &seeded(3)).unwrap()[0].text, "pinned");
+        assert!(r.answer(&Prompt::Text("pinned".into()), &seeded(4)).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::pipeline::sketch::BlockChoice;
 use crate::verify::Verdict;
 
 /// What produced a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// A whole proof from the prover.

@@ -8,7 +8,37 @@ use tracing::Instrument;
 
 use super::{Attempt, Ctx, Engine, Role};
 use crate::model::{Completion, GenRequest, Generator, Prompt, SamplingParams};
+use crate::pipeline::sketch::BlockChoice;
 use crate::verify::{Document, VerifyInput, VerifyRecord};
+
+/// Where an attempt came from, for its record.
+pub(super) struct Origin<'a> {
+    pub node: &'a str,
+    pub role: Role,
+    pub sample: usize,
+    pub model: Option<String>,
+    pub completion: Option<&'a Completion>,
+    pub block: Option<BlockChoice>,
+    pub seed: Option<u64>,
+}
+
+impl<'a> Origin<'a> {
+    /// A candidate the engine wrote itself (a lemma check, a recomposition).
+    pub fn engine(node: &'a str, role: Role, sample: usize) -> Origin<'a> {
+        Origin { node, role, sample, model: None, completion: None, block: None, seed: None }
+    }
+}
+
+/// The seed of the `round`-th request of `role` for the node with key `node_key` in a run seeded
+/// `run_seed` (the first 8 bytes of a SHA-256 of the four).
+pub fn derive_seed(run_seed: u64, node_key: &str, role: Role, round: u32) -> u64 {
+    use sha2::Digest;
+    let role = serde_json::to_string(&role).unwrap_or_default();
+    let d = sha2::Sha256::digest(format!("{run_seed}\n{role}\n{round}\n{node_key}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
 
 impl Engine {
     /// Charges a model call to the problem's budget, or refuses it.
@@ -63,38 +93,49 @@ impl Engine {
         self.verifier.verify_document(input).await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn log(
-        &self,
-        ctx: &Ctx,
-        node: &str,
-        role: Role,
-        sample: usize,
-        model: Option<String>,
-        code: &str,
-        c: Option<&Completion>,
-        r: &VerifyRecord,
-    ) {
-        if let Some(sink) = &self.sink {
-            sink(&Attempt {
-                problem: ctx.problem.to_string(),
-                node: node.to_string(),
-                role,
-                sample,
-                model,
-                verdict: r.verdict,
-                reason: r.reason.clone(),
-                code: code.to_string(),
-                prompt_tokens: c.map_or(0, |c| c.prompt_tokens),
-                completion_tokens: c.map_or(0, |c| c.completion_tokens),
-                lean_ms: r.lean_ms,
-                elapsed_ms: r.elapsed_ms,
-                finish_reason: c.map(|c| c.finish_reason),
-                error: c.and_then(|c| c.error.clone()),
-                block: None,
-                seed: None,
-            });
-        }
+    /// Writes the attempt record of a verified (or, for a failed generation, unverifiable)
+    /// candidate.
+    pub(super) fn log(&self, ctx: &Ctx, from: &Origin<'_>, code: &str, r: &VerifyRecord) {
+        let Some(sink) = &self.sink else { return };
+        let c = from.completion;
+        sink(&Attempt {
+            problem: ctx.problem.to_string(),
+            node: from.node.to_string(),
+            role: from.role,
+            sample: from.sample,
+            model: from.model.clone(),
+            verdict: r.verdict,
+            reason: r.reason.clone(),
+            code: code.to_string(),
+            prompt_tokens: c.map_or(0, |c| c.prompt_tokens),
+            completion_tokens: c.map_or(0, |c| c.completion_tokens),
+            lean_ms: r.lean_ms,
+            elapsed_ms: r.elapsed_ms,
+            finish_reason: c.map(|c| c.finish_reason),
+            error: c.and_then(|c| c.error.clone()),
+            block: from.block.clone(),
+            seed: from.seed,
+        });
+    }
+
+    /// The seed of the next `role` request for node `i`: derived from the run's seed, the node's
+    /// key, the role and how many such requests the node has made, so a repeated prompt (a second
+    /// sketch round, a node run again, the same lemma in two problems) draws new samples while a
+    /// replay of the run draws the same ones. `None` when the run has no seed.
+    pub(super) fn request_seed(&self, i: NodeIndex, role: Role) -> Option<u64> {
+        let run_seed = if role == Role::Sketch { self.cfg.planner.seed } else { self.cfg.prover.seed }?;
+        let key = self.with_dag(|d| d.node(i).key.clone());
+        let round = self
+            .metas
+            .lock()
+            .ok()
+            .and_then(|mut m| {
+                let n = m.get_mut(&i)?.requests.entry(role).or_insert(0);
+                *n += 1;
+                Some(*n - 1)
+            })
+            .unwrap_or(0);
+        Some(derive_seed(run_seed, &key, role, round))
     }
 
     pub(super) fn statement_vars(&self, i: NodeIndex) -> (String, String, String, String) {
@@ -103,5 +144,24 @@ impl Engine {
         let header = meta.as_ref().map(|m| m.header.clone()).unwrap_or_default();
         let informal = meta.map(|m| m.informal).unwrap_or_default();
         (name, header, informal, statement)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_seed_changes_with_the_run_seed_the_node_the_role_and_the_round() {
+        let base = derive_seed(7, "k", Role::Prover, 0);
+        assert_eq!(base, derive_seed(7, "k", Role::Prover, 0));
+        for other in [
+            derive_seed(8, "k", Role::Prover, 0),
+            derive_seed(7, "k2", Role::Prover, 0),
+            derive_seed(7, "k", Role::Sketch, 0),
+            derive_seed(7, "k", Role::Prover, 1),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 }

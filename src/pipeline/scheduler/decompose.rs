@@ -9,6 +9,7 @@ use std::sync::Arc;
 use petgraph::graph::NodeIndex;
 use tracing::Instrument;
 
+use super::calls::Origin;
 use super::whole::input_code;
 use super::{Ctx, Engine, NodeMeta, Role, Subscription, Via};
 use crate::lean::lexer::tokenize;
@@ -29,11 +30,12 @@ impl Engine {
         let vars =
             StatementVars { name: &name, header: &header, informal_statement: &informal, formal_statement: &statement };
         let prompt = self.prompts.sketch(&vars).map_err(|e| e.to_string())?;
-        let params = SamplingParams { n: self.cfg.sketches.max(1), ..self.cfg.planner.clone() };
+        let seed = self.request_seed(i, Role::Sketch);
+        let params = SamplingParams { n: self.cfg.sketches.max(1), seed, ..self.cfg.planner.clone() };
         let out = self.generate(self.planner.as_ref(), vec![prompt], params, ctx).await?;
         let mut reasons = Vec::new();
         for (s, c) in out.into_iter().next().unwrap_or_default().into_iter().enumerate() {
-            match self.try_sketch(i, ctx, s, &c).await {
+            match self.try_sketch(i, ctx, s, &c, seed).await {
                 Ok(done) => return Ok(done),
                 Err(r) => reasons.push(format!("sketch {s}: {r}")),
             }
@@ -47,6 +49,7 @@ impl Engine {
         ctx: &Ctx,
         s: usize,
         c: &Completion,
+        seed: Option<u64>,
     ) -> Result<(String, Via), String> {
         let (name, header, _, statement) = self.statement_vars(i);
         let depth = self.with_dag(|d| d.node(i).provenance.depth);
@@ -60,7 +63,16 @@ impl Engine {
             code: Some(code.clone()),
         };
         let (record, doc) = self.verify_document(&input, ctx).await;
-        self.log(ctx, &name, Role::Sketch, s, Some(self.planner.describe()), &code, Some(c), &record);
+        let from = Origin {
+            node: &name,
+            role: Role::Sketch,
+            sample: s,
+            model: Some(self.planner.describe()),
+            completion: Some(c),
+            block: None,
+            seed,
+        };
+        self.log(ctx, &from, &code, &record);
         let mut sketch_node = Node::new(
             NodeKind::Sketch,
             &format!("{name}#sketch{s}"),
@@ -194,10 +206,7 @@ impl Engine {
                 let (sub, new) = self.with_dag(|d| d.intern(node));
                 if new {
                     created.push(sub);
-                    self.meta(
-                        sub,
-                        NodeMeta { header: header.to_string(), informal: String::new(), elaborates: None, via: None },
-                    );
+                    self.meta(sub, NodeMeta { header: header.to_string(), ..Default::default() });
                 }
                 self.with_dag(|d| d.link(sub, k)).map_err(|e| e.to_string())?;
                 let lemma = match (parsed, lemma) {
@@ -223,7 +232,7 @@ impl Engine {
                             code: None,
                         };
                         let record = self.verify(&check, ctx).await;
-                        self.log(ctx, &lemma_name, Role::Lemma, 0, None, &format!("{stmt} sorry"), None, &record);
+                        self.log(ctx, &Origin::engine(&lemma_name, Role::Lemma, 0), &format!("{stmt} sorry"), &record);
                         let ok = record.verdict == Verdict::Incomplete;
                         // A check that timed out or crashed says nothing about the statement.
                         if matches!(
@@ -303,7 +312,7 @@ impl Engine {
                 code: None,
             };
             let (record, checked) = self.verify_document(&input, ctx).await;
-            self.log(ctx, name, Role::Recompose, layout as usize, None, &input_code(&input), None, &record);
+            self.log(ctx, &Origin::engine(name, Role::Recompose, layout as usize), &input_code(&input), &record);
             if let (Verdict::Proved, Some(checked)) = (record.verdict, checked) {
                 return Ok(checked.checked_source());
             }

@@ -39,6 +39,7 @@ use crate::lean::source::normalize_header;
 use crate::model::Generator;
 use crate::verify::Verifier;
 
+pub use self::calls::derive_seed;
 pub use self::whole::lean_errors;
 pub use super::config::{Budget, EngineConfig, Strategy};
 pub use super::problem::Problem;
@@ -183,8 +184,7 @@ impl Engine {
             NodeMeta {
                 header: problem.header.clone(),
                 informal: problem.informal_statement.clone(),
-                elaborates: None,
-                via: None,
+                ..Default::default()
             },
         );
         let work = self.subscribe(i, ctx.clone());
@@ -362,7 +362,7 @@ impl Engine {
 }
 
 /// Per-node data the graph does not export.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct NodeMeta {
     header: String,
     informal: String,
@@ -370,6 +370,8 @@ struct NodeMeta {
     elaborates: Option<bool>,
     /// How it was proved, once it is.
     via: Option<Via>,
+    /// Model requests the node has made, by role (for request seeds).
+    requests: HashMap<Role, u32>,
 }
 
 /// A handle on a node's result; dropping the last one before it finishes cancels the work.

@@ -2,54 +2,90 @@
 //! winning (all verified under `verify_all`), and the optional repair round that sends failed
 //! candidates back with Lean's errors.
 
+use std::sync::atomic::Ordering;
+
 use futures::stream::{FuturesUnordered, StreamExt};
 use petgraph::graph::NodeIndex;
+use tracing::Instrument;
 
+use super::calls::Origin;
 use super::{Ctx, Engine, Role, Via};
-use crate::model::{Completion, SamplingParams};
+use crate::model::{FinishReason, GenRequest, SamplingParams};
 use crate::pipeline::prompts::{RepairVars, StatementVars};
-use crate::pipeline::sketch::parse_answer;
+use crate::pipeline::sketch::{prover_code, BlockChoice};
 use crate::verify::{Verdict, VerifyInput, VerifyRecord};
 
 impl Engine {
-    /// pass@k whole-proof sampling, then the optional repair round.
+    /// pass@k whole-proof sampling, then the optional repair round. Samples are verified as the
+    /// model finishes each one; once one is proved the rest are dropped (their generation is
+    /// cancelled) unless every sample is to be verified (`verify_all`, for pass@k).
     pub(super) async fn prove_whole(&self, i: NodeIndex, ctx: &Ctx) -> Result<(String, Via), String> {
         let (name, header, informal, statement) = self.statement_vars(i);
         let vars =
             StatementVars { name: &name, header: &header, informal_statement: &informal, formal_statement: &statement };
         let prompt = self.prompts.prove(&vars, self.cfg.cot).map_err(|e| e.to_string())?;
-        let params = SamplingParams { n: self.cfg.k.max(1), ..self.cfg.prover.clone() };
-        let out = self.generate(self.prover.as_ref(), vec![prompt], params, ctx).await?;
-        let samples: Vec<Completion> = out.into_iter().next().unwrap_or_default();
-        let model = Some(self.prover.describe());
+        let seed = self.request_seed(i, Role::Prover);
+        let req = GenRequest {
+            prompts: vec![prompt],
+            params: SamplingParams { n: self.cfg.k.max(1), seed, ..self.cfg.prover.clone() },
+        };
+        let model = self.prover.describe();
+        // Charged once the request can go out, so one cancelled while queued costs nothing.
+        let slot = self.model_slots.acquire().await.map_err(|e| e.to_string())?;
+        self.charge(ctx)?;
+        let (mut slot, mut busy) = (Some(slot), Some(self.activity.enter()));
+        let span = tracing::info_span!("model_call", model = %model);
+        let mut samples = self.prover.stream(&req);
+        let mut generating = true;
+        let mut pending = FuturesUnordered::new();
+        let mut found: Option<(usize, String)> = None;
         let mut failures: Vec<(String, String)> = Vec::new();
-        let candidates: Vec<(usize, VerifyInput, Completion)> = samples
-            .into_iter()
-            .enumerate()
-            .map(|(s, c)| (s, candidate_input(&name, &header, &statement, &c.text), c))
-            .collect();
-        let mut found = None;
-        {
-            let mut pending: FuturesUnordered<_> = candidates
-                .iter()
-                .map(|(s, input, c)| async move { (*s, input, c, self.verify_document(input, ctx).await) })
-                .collect();
-            while let Some((s, input, c, (record, doc))) = pending.next().await {
-                self.with_dag(|d| d.node_mut(i).attempts += 1);
-                self.log(ctx, &name, Role::Prover, s, model.clone(), &input_code(input), Some(c), &record);
-                if record.verdict == Verdict::Proved {
-                    let better = found.as_ref().is_none_or(|(fs, _)| s < *fs);
-                    if let (true, Some(doc)) = (better, doc) {
-                        found = Some((s, doc.checked_source()));
+        loop {
+            tokio::select! {
+                next = samples.next().instrument(span.clone()), if generating => match next {
+                    None => {
+                        generating = false;
+                        (slot, busy) = (None, None);
                     }
-                    if !self.cfg.verify_all {
-                        break;
+                    Some(Err(e)) => return Err(format!("model {model}: {e}")),
+                    Some(Ok(done)) => {
+                        let c = done.completion;
+                        ctx.spend.tokens.fetch_add((c.prompt_tokens + c.completion_tokens) as u64, Ordering::Relaxed);
+                        if c.finish_reason == FinishReason::Error {
+                            self.with_dag(|d| d.node_mut(i).attempts += 1);
+                            let reason = format!("no candidate: the sample failed to generate: {}", c.error.as_deref().unwrap_or("?"));
+                            let mut record = self.verifier.invalid(&name, reason);
+                            record.verdict = Verdict::Failed;
+                            let from = Origin { node: &name, role: Role::Prover, sample: done.sample, model: Some(model.clone()), completion: Some(&c), block: None, seed };
+                            self.log(ctx, &from, "", &record);
+                            continue;
+                        }
+                        let (input, block) = candidate_input(&name, &header, &statement, &c.text);
+                        pending.push(async move {
+                            let checked = self.verify_document(&input, ctx).await;
+                            (done.sample, input, block, c, checked)
+                        });
                     }
-                } else if record.verdict == Verdict::Failed {
-                    failures.push((input_code(input), lean_errors(&record)));
-                }
+                },
+                Some((s, input, block, c, (record, doc))) = pending.next(), if !pending.is_empty() => {
+                    self.with_dag(|d| d.node_mut(i).attempts += 1);
+                    let from = Origin { node: &name, role: Role::Prover, sample: s, model: Some(model.clone()), completion: Some(&c), block, seed };
+                    self.log(ctx, &from, &input_code(&input), &record);
+                    if record.verdict == Verdict::Proved {
+                        if let (true, Some(doc)) = (found.as_ref().is_none_or(|(fs, _)| s < *fs), doc) {
+                            found = Some((s, doc.checked_source()));
+                        }
+                        if !self.cfg.verify_all {
+                            break;
+                        }
+                    } else if record.verdict == Verdict::Failed {
+                        failures.push((input_code(&input), lean_errors(&record)));
+                    }
+                },
+                else => break,
             }
         }
+        drop((samples, slot, busy));
         if let Some((_, code)) = found {
             return Ok((code, Via::Prover));
         }
@@ -78,13 +114,23 @@ impl Engine {
             let v = RepairVars { name, header, formal_statement: statement, candidate: code, errors };
             prompts.push(self.prompts.repair(&v).map_err(|e| e.to_string())?);
         }
-        let params = SamplingParams { n: 1, ..self.cfg.prover.clone() };
+        let seed = self.request_seed(i, Role::Repair);
+        let params = SamplingParams { n: 1, seed, ..self.cfg.prover.clone() };
         let out = self.generate(self.prover.as_ref(), prompts, params, ctx).await?;
         for (s, c) in out.into_iter().flatten().enumerate() {
-            let input = candidate_input(name, header, statement, &c.text);
+            let (input, block) = candidate_input(name, header, statement, &c.text);
             let (record, doc) = self.verify_document(&input, ctx).await;
             self.with_dag(|d| d.node_mut(i).attempts += 1);
-            self.log(ctx, name, Role::Repair, s, Some(self.prover.describe()), &input_code(&input), Some(&c), &record);
+            let from = Origin {
+                node: name,
+                role: Role::Repair,
+                sample: s,
+                model: Some(self.prover.describe()),
+                completion: Some(&c),
+                block,
+                seed,
+            };
+            self.log(ctx, &from, &input_code(&input), &record);
             if let (Verdict::Proved, Some(doc)) = (record.verdict, doc) {
                 return Ok(Some(doc.checked_source()));
             }
@@ -93,22 +139,30 @@ impl Engine {
     }
 }
 
-/// The verifier input for a model's answer: its last Lean block when it declares the theorem,
-/// else its text as the proof after the statement.
-pub(super) fn candidate_input(name: &str, header: &str, statement: &str, text: &str) -> VerifyInput {
-    let answer = parse_answer(text);
-    let (proof, code) = match answer.code {
-        Some(c) => (None, Some(c)),
-        None if crate::lean::source::declared_theorems(text).is_empty() => (Some(format!(" {}", text.trim())), None),
-        None => (None, Some(text.to_string())),
+/// The verifier input for a prover's answer: the Lean block `prover_code` picks when the answer
+/// has one that declares the theorem, else the text itself (as a whole file when it declares a
+/// theorem, else as the proof after the statement).
+pub(super) fn candidate_input(
+    name: &str,
+    header: &str,
+    statement: &str,
+    text: &str,
+) -> (VerifyInput, Option<BlockChoice>) {
+    let (proof, code, block) = match prover_code(text) {
+        Some((c, choice)) => (None, Some(c), Some(choice)),
+        None if crate::lean::source::declared_theorems(text).is_empty() => {
+            (Some(format!(" {}", text.trim())), None, None)
+        }
+        None => (None, Some(text.to_string()), None),
     };
-    VerifyInput {
+    let input = VerifyInput {
         name: name.to_string(),
         header: header.to_string(),
         formal_statement: statement.to_string(),
         proof,
         code,
-    }
+    };
+    (input, block)
 }
 
 pub(super) fn input_code(input: &VerifyInput) -> String {
