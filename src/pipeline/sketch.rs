@@ -145,8 +145,8 @@ pub enum BlockRule {
 
 /// The code a prover's answer proposes. DeepSeek-Prover-V2's CoT answers hold a `have … := by
 /// sorry` sketch and then the complete proof: the block under `### Complete Lean 4 Proof` wins,
-/// else the last block with no `sorry`, else the last block (an answer cut off inside its complete
-/// proof leaves the sketch as the last whole block, and that is still checked).
+/// else the last block with no `sorry` (an unterminated block cut by the token limit included:
+/// Lean then says what it lacks), else the last block.
 pub fn prover_code(text: &str) -> Option<(String, BlockChoice)> {
     let blocks: Vec<Fence> = fenced_blocks(text)
         .into_iter()
@@ -1114,5 +1114,24 @@ mod tests {
     fn modes_and_kinds_serialize_in_snake_case() {
         assert_eq!(serde_json::to_string(&ProofMode::Tactic).unwrap(), "\"tactic\"");
         assert_eq!(serde_json::to_string(&SiteKind::Term).unwrap(), "\"term\"");
+    }
+
+    #[test]
+    fn a_cot_answer_gives_its_complete_proof_not_its_sketch() {
+        let sketch = "```lean4\ntheorem t : True := by\n  have h : True := by sorry\n  sorry\n```";
+        let full = "```lean4\ntheorem t : True := by\n  trivial\n```";
+        let answer =
+            format!("### Lean 4 Proof with `have` Statements\n{sketch}\n### Complete Lean 4 Proof\n{full}\nDone.");
+        let (code, choice) = prover_code(&answer).unwrap();
+        assert!(code.contains("trivial") && !code.contains("sorry"), "{code}");
+        assert_eq!(choice, BlockChoice { index: 1, of: 2, rule: BlockRule::CompleteHeading });
+        // Without the heading, the last block with no `sorry`, even one the token limit cut off.
+        let (_, choice) = prover_code(&format!("{full}\n{sketch}")).unwrap();
+        assert_eq!((choice.index, choice.rule), (0, BlockRule::LastWithoutSorry));
+        let (code, choice) = prover_code(&format!("{sketch}\n```lean4\ntheorem t : True := by\n  tri")).unwrap();
+        assert_eq!((choice.index, choice.rule), (1, BlockRule::LastWithoutSorry), "{code}");
+        let (_, choice) = prover_code(sketch).unwrap();
+        assert_eq!((choice.index, choice.of, choice.rule), (0, 1, BlockRule::Last));
+        assert!(prover_code("no code here").is_none());
     }
 }

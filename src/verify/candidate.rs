@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::gates::{check_body, check_file, check_preamble, Gate, GateConfig};
+use super::gates::{check_body, check_file, split_preamble, Gate, GateConfig, Preamble};
 use crate::lean::lexer::{tokenize, Token};
 use crate::lean::source::{declared_theorems, header_end, normalize_header};
 use crate::text::LineIndex;
@@ -63,6 +63,8 @@ pub enum Region {
     Header,
     /// The trusted copy of the reference statement, elaborated before any candidate text.
     Reference,
+    /// Helper theorems a whole-file candidate declared before its restatement.
+    Helpers,
     Statement,
     Candidate,
     Epilogue,
@@ -82,6 +84,8 @@ pub struct Document {
     pub reference: Option<String>,
     /// Byte ranges in `text`.
     pub reference_start: usize,
+    /// The candidate's helper theorems (an empty range when it has none) end at `statement_start`.
+    pub helpers_start: usize,
     pub statement_start: usize,
     /// Just past the reference statement (where the proof begins).
     pub proof_start: usize,
@@ -98,6 +102,40 @@ pub struct Document {
     pub candidate_chose_header: bool,
     /// The theorem is `private` (Lean prints its name mangled).
     pub private: bool,
+    /// Document offsets of the `theorem`/`lemma` keywords that start helper declarations (the
+    /// only places a candidate may declare anything).
+    pub helper_keywords: Vec<usize>,
+}
+
+/// A whole-file candidate's helpers as the document holds them.
+#[derive(Default)]
+struct Helpers {
+    text: String,
+    /// Offsets of the declaration keywords in `text`.
+    keywords: Vec<usize>,
+    names: Vec<String>,
+}
+
+impl Helpers {
+    /// Each helper of `preamble` (a slice of `src`) in order, under the `open` commands written
+    /// before it, as `open … in` so they scope that declaration only.
+    fn from_preamble(src: &str, preamble: &Preamble) -> Helpers {
+        let mut h = Helpers::default();
+        for d in &preamble.helpers {
+            let opens: String = preamble
+                .directives
+                .iter()
+                .filter(|r| r.end <= d.range.start)
+                .map(|r| preamble_opens(&src[r.clone()]))
+                .collect();
+            h.text.push_str(&opens);
+            h.keywords.push(h.text.len());
+            h.text.push_str(&src[d.range.clone()]);
+            h.text.push_str("\n\n");
+            h.names.push(d.name.clone());
+        }
+        h
+    }
 }
 
 /// Bytes at the start of `preamble` that repeat, token for token, the part of `header` after its
@@ -216,7 +254,7 @@ fn reference_name() -> String {
     format!("_subgoal_reference_{:016x}", h.finish())
 }
 
-fn shape(r: Result<(), String>) -> Result<(), BuildError> {
+fn shape<T>(r: Result<T, String>) -> Result<T, BuildError> {
     r.map_err(|e| BuildError::Gate(Gate::Shape, e))
 }
 
@@ -234,7 +272,7 @@ impl Document {
             (Some(proof), None) => {
                 let stmt = reference(input)?;
                 shape(check_body(proof, cfg))?;
-                Self::assemble(&input.header, &stmt, stmt.through_last_token(), "", proof, (0, 0))
+                Self::assemble(&input.header, &stmt, stmt.through_last_token(), &Helpers::default(), "", proof, (0, 0))
             }
             (None, Some(code)) if input.formal_statement.trim().is_empty() => Self::whole_file(code, cfg),
             (None, Some(code)) => {
@@ -262,15 +300,18 @@ impl Document {
                 // `abbrev`s, options) may keep it: it is discarded with the rest, and the reference
                 // header stands. Only what follows it is checked.
                 let preamble_start = header_len + copied_preamble(&code[header_len..at], &input.header);
-                shape(check_preamble(&code[preamble_start..at]))?;
+                let preamble_text = &code[preamble_start..at];
+                let preamble = shape(split_preamble(preamble_text, cfg))?;
                 let body = &code[assign_end..];
                 shape(check_body(body, cfg))?;
                 let index = LineIndex::new(code);
                 let origin = index.line_char_of_offset(assign_end);
                 // With no reference header, the candidate's own imports (and only those) stand.
                 let header = if input.header.trim().is_empty() { &code[..header_len] } else { input.header.as_str() };
-                let opens = preamble_opens(&code[preamble_start..at]);
-                let mut doc = Self::assemble(header, &stmt, stmt.through_assign(), &opens, body, origin)?;
+                let opens: String =
+                    preamble.directives.iter().map(|r| preamble_opens(&preamble_text[r.clone()])).collect();
+                let helpers = Helpers::from_preamble(preamble_text, &preamble);
+                let mut doc = Self::assemble(header, &stmt, stmt.through_assign(), &helpers, &opens, body, origin)?;
                 doc.candidate_chose_header = input.header.trim().is_empty();
                 Ok(doc)
             }
@@ -281,6 +322,7 @@ impl Document {
         header: &str,
         stmt: &Statement,
         statement: &str,
+        helpers: &Helpers,
         opens: &str,
         body: &str,
         candidate_origin: (usize, usize),
@@ -293,6 +335,10 @@ impl Document {
         }
         let reference_start = text.len();
         text.push_str(&axiom);
+        // Helpers come after the trusted reference (so they cannot change how it elaborates)
+        // and before the statement the epilogue compares with it.
+        let helpers_start = text.len();
+        text.push_str(&helpers.text);
         let statement_start = text.len();
         text.push_str(statement);
         let proof_start = text.len();
@@ -316,14 +362,21 @@ impl Document {
         // The statement gate: the kernel must accept the theorem at the reference's type.
         text.push_str(&format!("example : type_of% @{reference} := @{target}\n"));
         text.push_str(&format!("#print axioms {target}\n"));
+        // Every helper answers to the axioms gate too, used or not.
+        let namespace = current_namespace(header);
+        let helper_names: Vec<String> = helpers.names.iter().map(|n| format!("{namespace}{n}")).collect();
+        for n in &helper_names {
+            text.push_str(&format!("#print axioms _root_.{n}\n"));
+        }
         let header_end = header_end(header);
         Ok(Document {
             header_key: normalize_header(&header[..header_end]),
             text,
             header_end,
-            theorems: vec![if private { name } else { full }],
+            theorems: std::iter::once(if private { name } else { full }).chain(helper_names).collect(),
             reference: Some(reference),
             reference_start,
+            helpers_start,
             statement_start,
             proof_start,
             candidate_start,
@@ -333,6 +386,7 @@ impl Document {
             gates: vec![Gate::Shape, Gate::Statement, Gate::Axioms],
             candidate_chose_header: false,
             private,
+            helper_keywords: helpers.keywords.iter().map(|k| helpers_start + k).collect(),
         })
     }
 
@@ -359,6 +413,7 @@ impl Document {
             theorems,
             reference: None,
             reference_start: 0,
+            helpers_start: header_len,
             statement_start: header_len,
             proof_start: header_len,
             candidate_start: 0,
@@ -368,17 +423,23 @@ impl Document {
             gates: vec![Gate::Shape, Gate::Axioms],
             candidate_chose_header: true,
             private: false,
+            helper_keywords: vec![],
         })
     }
 
     /// The file Lean checked, less the trusted reference axiom and epilogue: the header, then
-    /// the statement and the proof exactly as elaborated. A `proved` document's source is a
-    /// complete proof on its own.
+    /// the helpers, the statement and the proof exactly as elaborated. A `proved` document's
+    /// source is a complete proof on its own.
     pub fn checked_parts(&self) -> (&str, &str) {
         if self.reference.is_none() {
             return (&self.text[..self.header_end], &self.text[self.header_end..self.candidate_end]);
         }
-        (&self.text[..self.reference_start], &self.text[self.statement_start..self.candidate_end])
+        (&self.text[..self.reference_start], &self.text[self.helpers_start..self.candidate_end])
+    }
+
+    /// Whether the candidate declared helper theorems.
+    pub fn has_helpers(&self) -> bool {
+        self.helpers_start < self.statement_start
     }
 
     pub fn checked_source(&self) -> String {
@@ -393,6 +454,8 @@ impl Document {
             Region::Candidate
         } else if offset >= self.statement_start {
             Region::Statement
+        } else if offset >= self.helpers_start && self.reference.is_some() {
+            Region::Helpers
         } else if offset >= self.reference_start && self.reference.is_some() {
             Region::Reference
         } else {
@@ -414,7 +477,8 @@ impl Document {
     pub fn position_in(&self, index: &LineIndex, region: Region, offset: usize) -> (usize, usize) {
         let (base, end) = match region {
             Region::Header => (0, if self.reference.is_some() { self.reference_start } else { self.statement_start }),
-            Region::Reference => (self.reference_start, self.statement_start),
+            Region::Reference => (self.reference_start, self.helpers_start),
+            Region::Helpers => (self.helpers_start, self.statement_start),
             Region::Statement => (self.statement_start, self.candidate_start),
             Region::Candidate => (self.candidate_start, self.candidate_end),
             Region::Epilogue => (self.epilogue_start, self.text.len()),

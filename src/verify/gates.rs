@@ -270,6 +270,84 @@ pub fn check_file(src: &str, cfg: &GateConfig) -> Result<(), String> {
     check_tokens(src, cfg, FILE_DECLARATIONS)
 }
 
+/// A helper theorem a whole-file candidate declares before restating the reference statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperDecl {
+    /// From its `theorem`/`lemma` keyword to the end of its proof, in the preamble.
+    pub range: std::ops::Range<usize>,
+    pub name: String,
+}
+
+/// What a whole-file candidate wrote before its restatement, split by the gate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preamble {
+    /// `open`, `set_option`, `universe` commands, in order.
+    pub directives: Vec<std::ops::Range<usize>>,
+    /// Helper theorems, in order.
+    pub helpers: Vec<HelperDecl>,
+}
+
+/// Splits and checks what a whole-file candidate wrote between its imports and its restatement
+/// of the reference statement: `open`/`set_option`/`universe` commands (checked by
+/// `check_preamble`), and helper `theorem`/`lemma` declarations, each a plain name (no
+/// namespace, no `«»`), binders, a type and a proof that pass `check_body`. Each command starts
+/// a line. Anything else (a `def`, an attribute, a `namespace`, an `axiom`, text before the first
+/// command) is refused.
+pub fn split_preamble(src: &str, cfg: &GateConfig) -> Result<Preamble, String> {
+    const STARTS: &[&str] = &["open", "set_option", "universe", "theorem", "lemma"];
+    if let Some((i, c)) = src.char_indices().find(|&(_, c)| invisible(c)) {
+        return Err(format!("shape gate: invisible character U+{:04X} at line {}", c as u32, line_of(src, i)));
+    }
+    let toks = tokenize(src);
+    let at_line_start = |t: &Token| src[..t.span.start].rsplit('\n').next().is_some_and(|l| l.trim().is_empty());
+    let starts: Vec<usize> = (0..toks.len())
+        .filter(|&i| toks[i].kind == TokenKind::Ident && STARTS.contains(&toks[i].text(src)) && at_line_start(&toks[i]))
+        .collect();
+    // Nothing may come before the first command (check_preamble names a refused word there).
+    if let Some(first) = toks.first().filter(|_| starts.first() != Some(&0)) {
+        let before = starts.first().map_or(src.len(), |&j| toks[j].span.start);
+        check_preamble(&src[..before])?;
+        return Err(format!(
+            "shape gate: `{}` at line {} before the statement is not a command a candidate may write",
+            first.text(src),
+            line_of(src, first.span.start)
+        ));
+    }
+    let mut out = Preamble::default();
+    for (n, &i) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).map_or(src.len(), |&j| toks[j].span.start);
+        let chunk = &src[toks[i].span.start..end];
+        match toks[i].text(src) {
+            "theorem" | "lemma" => {
+                let line = line_of(src, toks[i].span.start);
+                let name = toks.get(i + 1).filter(|t| t.span.start < end && t.kind == TokenKind::Ident);
+                let Some(name) = name else {
+                    return Err(format!("shape gate: the helper declaration at line {line} has no name"));
+                };
+                let text = name.text(src);
+                if text.contains(['.', '«', '»']) || text.starts_with('_') {
+                    return Err(format!(
+                        "shape gate: helper `{text}` at line {line}: a helper's name must be a plain name, not in a \
+                         namespace"
+                    ));
+                }
+                let rest = &src[name.span.end..end];
+                if !tokenize(rest).iter().any(|t| t.text(rest) == ":=") {
+                    return Err(format!("shape gate: helper `{text}` at line {line} has no `:=` and proof"));
+                }
+                check_body(rest, cfg).map_err(|e| format!("{e} (in helper `{text}`, line {line} of the preamble)"))?;
+                let range = toks[i].span.start..toks[i].span.start + chunk.trim_end().len();
+                out.helpers.push(HelperDecl { range, name: text.to_string() });
+            }
+            _ => {
+                check_preamble(chunk)?;
+                out.directives.push(toks[i].span.start..end);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Checks what a whole-file candidate wrote between its imports and its restatement of the
 /// reference statement: only `open`, options and the like, which are discarded.
 pub fn check_preamble(src: &str) -> Result<(), String> {
@@ -292,7 +370,7 @@ pub fn check_preamble(src: &str) -> Result<(), String> {
         if command && !PREAMBLE_WORDS.contains(&text) {
             return Err(format!(
                 "shape gate: `{text}` at line {} before the statement; a candidate may only supply a proof \
-                 (only open/set_option/universe may precede the statement, and they are not used)",
+                 (only open/set_option/universe and helper theorems may precede the statement)",
                 line_of(src, t.span.start)
             ));
         }
@@ -388,6 +466,7 @@ pub fn check_lean_tokens(
     candidate: &str,
     tokens: &[(std::ops::Range<usize>, bool)],
     file: bool,
+    declared_at: &[usize],
     cfg: &GateConfig,
 ) -> Result<(), String> {
     let toks = tokenize(candidate);
@@ -412,7 +491,9 @@ pub fn check_lean_tokens(
         }
         // Names are refused only where Lean calls them keywords (a local `alias` is fine);
         // `#…` never names anything.
-        if (*keyword || word.starts_with('#')) && refused_lean_keyword(word, file, cfg) {
+        // A helper's own `theorem`/`lemma` is a declaration where the gate split one off.
+        let declaration = FILE_DECLARATIONS.contains(&word) && declared_at.contains(&r.start);
+        if (*keyword || word.starts_with('#')) && refused_lean_keyword(word, file, cfg) && !declaration {
             return Err(format!("shape gate: `{word}` at line {line} is a keyword a candidate may not use"));
         }
     }
@@ -506,24 +587,30 @@ mod tests {
         // Lean reads `#check` here; a lexer out of step would have seen a string.
         let src = " x \"hidden\" #check";
         let at = |w: &str| src.find(w).unwrap()..src.find(w).unwrap() + w.len();
-        check_lean_tokens(src, &[(at("#check"), false)], false, &cfg).unwrap_err();
-        let desync = check_lean_tokens(src, &[(at("hidden"), true)], false, &cfg).unwrap_err();
+        check_lean_tokens(src, &[(at("#check"), false)], false, &[], &cfg).unwrap_err();
+        let desync = check_lean_tokens(src, &[(at("hidden"), true)], false, &[], &cfg).unwrap_err();
         assert!(desync.contains("read two ways"), "{desync}");
-        check_lean_tokens(" fun h => h", &[(std::ops::Range { start: 1, end: 4 }, true)], false, &cfg).unwrap();
+        check_lean_tokens(" fun h => h", &[(std::ops::Range { start: 1, end: 4 }, true)], false, &[], &cfg).unwrap();
     }
 
     #[test]
     fn a_local_named_like_a_library_keyword_is_not_refused() {
-        check_lean_tokens(" alias", &[(std::ops::Range { start: 1, end: 6 }, false)], false, &GateConfig::default())
-            .unwrap();
+        check_lean_tokens(
+            " alias",
+            &[(std::ops::Range { start: 1, end: 6 }, false)],
+            false,
+            &[],
+            &GateConfig::default(),
+        )
+        .unwrap();
     }
 
     #[test]
     fn library_keywords_are_refused_when_lean_reports_them() {
         let cfg = GateConfig::default();
-        check_lean_tokens(" hint", &[(std::ops::Range { start: 1, end: 5 }, true)], false, &cfg).unwrap_err();
-        check_lean_tokens(" lemma", &[(std::ops::Range { start: 1, end: 6 }, true)], true, &cfg).unwrap();
-        check_lean_tokens(" aesop?", &[(std::ops::Range { start: 1, end: 7 }, true)], false, &cfg).unwrap_err();
+        check_lean_tokens(" hint", &[(std::ops::Range { start: 1, end: 5 }, true)], false, &[], &cfg).unwrap_err();
+        check_lean_tokens(" lemma", &[(std::ops::Range { start: 1, end: 6 }, true)], true, &[], &cfg).unwrap();
+        check_lean_tokens(" aesop?", &[(std::ops::Range { start: 1, end: 7 }, true)], false, &[], &cfg).unwrap_err();
     }
 
     #[test]
@@ -541,5 +628,24 @@ mod tests {
     fn files_may_declare_theorems_but_not_axioms() {
         check_file("theorem a : True := True.intro\nexample : True := True.intro", &GateConfig::default()).unwrap();
         assert!(check_file("axiom x : False", &GateConfig::default()).is_err());
+    }
+
+    #[test]
+    fn a_preamble_splits_into_directives_and_helper_theorems_or_lemmas() {
+        let src = "open Real\nlemma h1 (x : Nat) : x = x := rfl\n\ntheorem h2 : True :=\n  trivial\nset_option maxHeartbeats 400000\n";
+        let p = split_preamble(src, &GateConfig::default()).unwrap();
+        let names: Vec<&str> = p.helpers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["h1", "h2"]);
+        assert_eq!(&src[p.helpers[1].range.clone()], "theorem h2 : True :=\n  trivial");
+        assert_eq!(p.directives.len(), 2);
+    }
+
+    #[test]
+    fn helpers_in_a_namespace_or_after_other_text_on_their_line_are_refused() {
+        let cfg = GateConfig::default();
+        assert!(split_preamble("theorem A.h : True := trivial\n", &cfg).unwrap_err().contains("plain name"));
+        assert!(split_preamble("theorem h : True := trivial theorem g : True := trivial\n", &cfg).is_err());
+        assert!(split_preamble("noncomputable theorem h : True := trivial\n", &cfg).is_err());
+        assert!(split_preamble("theorem h : True\n", &cfg).unwrap_err().contains(":="));
     }
 }

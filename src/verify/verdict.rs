@@ -314,8 +314,22 @@ fn second_look(doc: &Document, tokens: &LeanTokens, cfg: &GateConfig) -> Result<
         }
         LeanTokens::Seen(ks) => ks,
     };
-    if ks.iter().any(|(r, _)| r.start < doc.candidate_start && r.end > doc.candidate_start) {
+    let straddles = |at: usize| ks.iter().any(|(r, _)| r.start < at && r.end > at);
+    if straddles(doc.candidate_start) {
         return Err("shape gate: a Lean token spans the statement and the candidate".into());
+    }
+    if doc.has_helpers() && (straddles(doc.helpers_start) || straddles(doc.statement_start)) {
+        return Err("shape gate: a Lean token spans the helpers and what is around them".into());
+    }
+    if doc.has_helpers() {
+        let (start, end) = (doc.helpers_start, doc.statement_start);
+        let local: Vec<(std::ops::Range<usize>, bool)> = ks
+            .iter()
+            .filter(|(r, _)| r.start >= start && r.end <= end)
+            .map(|(r, k)| (r.start - start..r.end - start, *k))
+            .collect();
+        let declared: Vec<usize> = doc.helper_keywords.iter().map(|k| k - start).collect();
+        check_lean_tokens(&doc.text[start..end], &local, false, &declared, cfg)?;
     }
     let from = doc.candidate_start.max(doc.header_end);
     let local: Vec<(std::ops::Range<usize>, bool)> = ks
@@ -324,7 +338,7 @@ fn second_look(doc: &Document, tokens: &LeanTokens, cfg: &GateConfig) -> Result<
         .map(|(r, k)| (r.start - doc.candidate_start..r.end - doc.candidate_start, *k))
         .collect();
     let candidate = &doc.text[doc.candidate_start..doc.candidate_end];
-    check_lean_tokens(candidate, &local, doc.reference.is_none(), cfg)?;
+    check_lean_tokens(candidate, &local, doc.reference.is_none(), &[], cfg)?;
     if doc.candidate_chose_header {
         let header: Vec<_> = ks.iter().filter(|(r, _)| r.start < doc.header_end).cloned().collect();
         header_tokens_are_imports(&doc.text[..doc.header_end], &header)?;

@@ -125,7 +125,8 @@ impl Engine {
     ) -> Result<String, String> {
         let depth = self.with_dag(|d| d.node(parent).provenance.depth);
         let (header, main) = doc.checked_parts();
-        let proof_at = doc.proof_start - doc.statement_start;
+        // `main` starts with the sketch's helper theorems, if it declared any.
+        let proof_at = doc.proof_start - doc.helpers_start;
         let declared = crate::verify::candidate::statement_name(&sketch.formal_statement).unwrap_or_default();
         let outline = outline(main, Some(&declared)).map_err(|e| format!("sketch: {e}"))?;
         let sites: Vec<SorrySite> =
@@ -304,12 +305,18 @@ impl Engine {
         let mut last = String::new();
         for layout in [Layout::Inline, Layout::Applied] {
             let filled = recompose(main, &sites, &lemmas, &bodies, layout);
+            // A sketch with helpers is checked again as a whole file, helpers and all.
+            let (proof, code) = if doc.has_helpers() {
+                (None, Some(format!("{header}{filled}\n")))
+            } else {
+                (Some(filled[proof_at..].trim_start_matches(' ').to_string()), None)
+            };
             let input = VerifyInput {
                 name: name.to_string(),
                 header: sketch.header.clone(),
                 formal_statement: sketch.formal_statement.clone(),
-                proof: Some(filled[proof_at..].trim_start_matches(' ').to_string()),
-                code: None,
+                proof,
+                code,
             };
             let (record, checked) = self.verify_document(&input, ctx).await;
             self.log(ctx, &Origin::engine(name, Role::Recompose, layout as usize), &input_code(&input), &record);
