@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run both call exactly this): installs the test Lean,
-# its fixture library and the test model, then runs the whole test suite against them. Any missing piece fails.
+# its fixture library, the test model and the reference tokenizer vocabularies, then runs the
+# whole test suite against them. Any missing piece fails.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/install-test-toolchain.sh
 bash scripts/install-test-model.sh
+bash scripts/install-test-vocab.sh
 cargo test --locked "$@"

@@ -4,9 +4,10 @@
 //!
 //! A GGUF tokenizer is rebuilt as the `tokenizer.json` document Hugging Face would hold and
 //! loaded through the `tokenizers` crate: byte-level BPE (`gpt2` models, with the pre-tokenizer
-//! named by `tokenizer.ggml.pre`) or SentencePiece-style BPE with byte fallback (`llama` models,
-//! merges derived from the piece scores). A pre-tokenizer this module does not know falls back
-//! to GPT-2's (logged); give `--tokenizer tokenizer.json` for exact tokenization then.
+//! named by `tokenizer.ggml.pre`: GPT-2, Llama 3, Qwen2, SmolLM, DeepSeek-LLM (DeepSeek-Prover
+//! and DeepSeek-Math), DeepSeek-Coder, DeepSeek-V3) or SentencePiece-style BPE with byte fallback
+//! (`llama` models, merges derived from the piece scores). A pre-tokenizer this module does not
+//! know falls back to GPT-2's (logged); give `--tokenizer tokenizer.json` for exact tokenization.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -201,15 +202,41 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// DeepSeek-LLM's splits (deepseek-ai/deepseek-llm-7b-base `tokenizer.json`; llama.cpp
+/// `deepseek-llm`), then single digits. The letter class is written with escapes: six of its
+/// characters change under Unicode normalisation, which would break its ranges.
+const DEEPSEEK_LLM_SPLITS: &[&str] = &[
+    "[\r\n]",
+    "\\s?[A-Za-z\u{B5}\u{C0}-\u{D6}\u{D8}-\u{F6}\u{F8}-\u{1BA}\u{1BC}-\u{1BF}\u{1C4}-\u{293}\u{295}-\u{2AF}\u{370}-\u{373}\u{376}\u{377}\u{37B}-\u{37D}\u{37F}\u{386}\u{388}-\u{38A}\u{38C}\u{38E}-\u{3A1}\u{3A3}-\u{3F5}\u{3F7}-\u{481}\u{48A}-\u{52F}\u{531}-\u{556}\u{10A0}-\u{10C5}\u{13A0}-\u{13F5}\u{13F8}-\u{13FD}\u{1C90}-\u{1CBA}\u{1CBD}-\u{1CBF}\u{1D00}-\u{1D2B}\u{1D6B}-\u{1D77}\u{1D79}-\u{1D9A}\u{1E00}-\u{1F15}\u{1F18}-\u{1F1D}\u{1F20}-\u{1F45}\u{1F48}-\u{1F4D}\u{1F50}-\u{1F57}\u{1F59}\u{1F5B}\u{1F5D}\u{1F5F}-\u{1F7D}\u{1F80}-\u{1FB4}\u{1FB6}-\u{1FBC}\u{1FBE}\u{1FC2}-\u{1FC4}\u{1FC6}-\u{1FCC}\u{1FD0}-\u{1FD3}\u{1FD6}-\u{1FDB}\u{1FE0}-\u{1FEC}\u{1FF2}-\u{1FF4}\u{1FF6}-\u{1FFC}\u{2102}\u{2107}\u{210A}-\u{2113}\u{2115}\u{2119}-\u{211D}\u{2124}\u{2126}\u{2128}\u{212A}-\u{212D}\u{212F}-\u{2134}\u{2139}\u{213C}-\u{213F}\u{2145}-\u{2149}\u{214E}\u{2183}\u{2184}\u{2C00}-\u{2C7B}\u{2C7E}-\u{2CE4}\u{2CEB}-\u{2CEE}\u{2CF2}\u{2CF3}\u{A640}-\u{A66D}\u{A680}-\u{A69B}\u{A722}-\u{A76F}\u{A771}-\u{A787}\u{A78B}-\u{A78E}\u{AB70}-\u{ABBF}\u{FB00}-\u{FB06}\u{FB13}-\u{FB17}\u{FF21}-\u{FF3A}\u{FF41}-\u{FF5A}\u{10400}-\u{1044F}\u{104B0}-\u{104D3}\u{104D8}-\u{104FB}\u{10C80}-\u{10CB2}\u{10CC0}-\u{10CF2}\u{118A0}-\u{118DF}\u{1E900}-\u{1E943}]+",
+    "\\s?[!-/:-~\u{FF01}-\u{FF0F}\u{FF1A}-\u{FF5E}\u{2018}-\u{201F}\u{3000}-\u{3002}]+",
+    "\\s+$",
+    "[\u{4E00}-\u{9FA5}\u{800}-\u{4E00}\u{AC00}-\u{D7FF}]+",
+];
+/// DeepSeek-Coder's splits (deepseek-coder-6.7b-base; llama.cpp `deepseek-coder`), then single
+/// digits.
+const DEEPSEEK_CODER_SPLITS: &[&str] =
+    &["[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[\u{4E00}-\u{9FA5}\u{800}-\u{4E00}\u{AC00}-\u{D7FF}]+"];
+/// DeepSeek-V3's splits (DeepSeek-V3 `tokenizer.json`; llama.cpp `deepseek-v3`).
+const DEEPSEEK_V3_SPLITS: &[&str] = &[
+    "\\p{N}{1,3}",
+    "[\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+];
+
 /// The pre-tokenizer llama.cpp's `tokenizer.ggml.pre` names, as `tokenizer.json` writes it.
 fn pre_tokenizer(pre: &str) -> Value {
     let byte_level =
         |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
-    let split = |pattern: &str| {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
-            byte_level(false)
-        ]})
+    let isolate = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
+    let split = |pattern: &str| json!({"type": "Sequence", "pretokenizers": [isolate(pattern), byte_level(false)]});
+    // Several splits in turn, single digits where `digits`, then the byte mapping.
+    let splits = |patterns: &[&str], digits: bool| {
+        let mut steps: Vec<Value> = patterns.iter().map(|p| isolate(p)).collect();
+        if digits {
+            steps.push(json!({"type": "Digits", "individual_digits": true}));
+        }
+        steps.push(byte_level(false));
+        json!({"type": "Sequence", "pretokenizers": steps})
     };
     match pre {
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
@@ -217,6 +244,9 @@ fn pre_tokenizer(pre: &str) -> Value {
         ]}),
         "llama-bpe" | "llama3" | "falcon3" | "dbrx" | "smaug-bpe" => split(LLAMA3_SPLIT),
         "qwen2" | "deepseek-r1-qwen" | "qwen35" => split(QWEN2_SPLIT),
+        "deepseek-llm" => splits(DEEPSEEK_LLM_SPLITS, true),
+        "deepseek-coder" => splits(DEEPSEEK_CODER_SPLITS, true),
+        "deepseek-v3" => splits(DEEPSEEK_V3_SPLITS, false),
         "" | "default" | "gpt2" | "gpt-2" | "starcoder" | "refact" | "olmo" => split(GPT2_SPLIT),
         other => {
             tracing::warn!(
