@@ -67,9 +67,11 @@ fn script(path: &Path, n: usize, latency_ms: u64) -> Script {
     s
 }
 
+/// The statement checks are cached per user; each test gets a cache of its own.
 fn bench_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(subgoal_bin());
     c.arg("bench").args(args).env("RUST_LOG", "warn").env_remove("SUBGOAL_DATA");
+    c.env("XDG_CACHE_HOME", std::env::temp_dir().join(format!("subgoal-test-cache-{}", std::process::id())));
     c
 }
 
@@ -237,4 +239,115 @@ fn a_new_run_in_a_used_directory_is_refused() {
     let again = bench_cmd(&args).output().unwrap();
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}
+
+/// The dataset of `dataset`, with problem `p{broken}`'s statement naming something the fixture
+/// does not have.
+fn dataset_with_broken_statement(dir: &Path, n: usize, broken: usize) -> PathBuf {
+    let path = dataset(dir, n);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("theorem p{broken} (a b : Prop) (ha : a)"),
+        &format!("theorem p{broken} (a b : Prop) (ha : Nat.noSuchThing a)"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_run_with_statements_that_do_not_elaborate_stops_unless_allowed_and_reports_them_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset_with_broken_statement(dir.path(), 3, 2);
+    let transcript = dir.path().join("t.jsonl");
+    script(&data, 3, 0).write(&transcript);
+    let model = format!("replay:{}", transcript.display());
+    let lean = lean();
+    let run = dir.path().join("run");
+    let mut args = common_args(data.to_str().unwrap(), &model, lean.to_str().unwrap());
+    args.extend(["--run-dir", run.to_str().unwrap()]);
+    let out = bench_cmd(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("1 of 3 statements do not elaborate") && stderr.contains("p2"), "{stderr}");
+    assert!(lines(&run.join("results.jsonl")).is_empty(), "nothing ran");
+
+    let run = dir.path().join("run2");
+    let mut args = common_args(data.to_str().unwrap(), &model, lean.to_str().unwrap());
+    args.extend(["--run-dir", run.to_str().unwrap(), "--allow-broken-statements"]);
+    let out = bench_cmd(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = lines(&run.join("results.jsonl"));
+    let p2 = results.iter().find(|r| r["name"] == "p2").unwrap();
+    assert_eq!(p2["broken_statement"], true, "{p2}");
+    assert_eq!(p2["model_calls"], 0, "{p2}");
+    assert!(results.iter().filter(|r| r["name"] != "p2").all(|r| r.get("broken_statement").is_none()));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["broken_statements"], 1);
+    assert_eq!(summary["overall"]["problems"], 3, "the denominators stay the benchmark's");
+    let statements: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("statements.json")).unwrap()).unwrap();
+    assert_schema_valid("statements.schema.json", &statements);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("statements broken"), "the table says it");
+}
+
+#[test]
+fn datasets_check_names_each_statement_that_does_not_elaborate_and_caches_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset_with_broken_statement(dir.path(), 3, 1);
+    let lean = lean();
+    let check = || {
+        Command::new(subgoal_bin())
+            .args(["datasets", "check", data.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_schema_valid("statements.schema.json", &report);
+    assert_eq!((report["checked"].as_u64(), report["broken"].as_u64()), (Some(3), Some(1)));
+    let broken: Vec<&Value> = report["problems"].as_array().unwrap().iter().filter(|p| p["ok"] == false).collect();
+    assert_eq!(broken[0]["name"], "p1");
+    assert!(broken[0]["detail"].as_str().unwrap().contains("Nat.noSuchThing"), "{report}");
+    let again: Value = serde_json::from_slice(&check().stdout).unwrap();
+    assert_eq!(again["cached"], 3, "{again}");
+    assert_eq!(again["problems"], report["problems"]);
+}
+
+#[test]
+fn samples_cut_at_the_token_limit_or_failed_are_counted_apart_from_wrong_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1);
+    let mut s = script(&data, 1, 0);
+    // p0's two samples: one cut off by the token limit, one that failed to generate.
+    let line = s.lines.last_mut().unwrap();
+    line.completions[0].finish_reason = subgoal::model::FinishReason::Length;
+    line.completions[0].text = "theorem p0 (a b : Prop) (ha : a) (hb : b) : And a b := by\n  exact And.int".into();
+    line.completions[1] = subgoal::model::Completion::failed("the server went away", 0);
+    let transcript = dir.path().join("t.jsonl");
+    s.write(&transcript);
+    let run = dir.path().join("run");
+    let model = format!("replay:{}", transcript.display());
+    let lean = lean();
+    let mut args = common_args(data.to_str().unwrap(), &model, lean.to_str().unwrap());
+    args.extend(["--run-dir", run.to_str().unwrap()]);
+    let out = bench_cmd(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = &lines(&run.join("results.jsonl"))[0];
+    assert_eq!(
+        (r["samples"].as_u64(), r["truncated"].as_u64(), r["errored"].as_u64()),
+        (Some(2), Some(1), Some(1)),
+        "{r}"
+    );
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["samples_truncated"].as_u64(), summary["samples_errored"].as_u64()), (Some(1), Some(1)));
+    let attempts = lines(&run.join("attempts.jsonl"));
+    let reasons: Vec<&str> = attempts.iter().filter_map(|a| a["finish_reason"].as_str()).collect();
+    assert!(reasons.contains(&"length") && reasons.contains(&"error"), "{attempts:#?}");
+    let errored = attempts.iter().find(|a| a["finish_reason"] == "error").unwrap();
+    assert_eq!((errored["lean_ms"].as_u64(), errored["error"].as_str()), (Some(0), Some("the server went away")));
+    for a in &attempts {
+        assert_schema_valid("attempt.schema.json", a);
+    }
 }

@@ -184,10 +184,31 @@ async fn a_hub_id_resolves_from_the_local_cache_offline() {
 }
 
 async fn serve_on_free_port(g: Arc<dyn Generator>) -> String {
+    serve_with_limits(g, subgoal::model::serve::Limits::default()).await
+}
+
+async fn serve_with_limits(g: Arc<dyn Generator>, limits: subgoal::model::serve::Limits) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(subgoal::model::serve::serve(g, "smollm".into(), listener));
+    tokio::spawn(subgoal::model::serve::serve(g, "smollm".into(), limits, listener));
     format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn serve_answers_400_to_a_request_past_its_bounds() {
+    let limits = subgoal::model::serve::Limits { max_n: 4, max_tokens: 64, max_prompts: 2 };
+    let url = serve_with_limits(model(), limits).await;
+    let http = reqwest::Client::new();
+    for (body, says) in [
+        (serde_json::json!({"prompt": "a", "n": 5, "max_tokens": 4}), "at most 4 samples"),
+        (serde_json::json!({"prompt": "a", "max_tokens": 65}), "at most 64 tokens"),
+        (serde_json::json!({"prompt": ["a", "b", "c"], "max_tokens": 4}), "at most 2 per request"),
+    ] {
+        let r = http.post(format!("{url}/v1/completions")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains(says), "{v}");
+    }
 }
 
 fn client(url: &str, timeout_ms: u64, retries: u32) -> OpenAiClient {

@@ -20,6 +20,14 @@ pub fn table(runs: &[Labeled]) -> String {
     row("dataset", &|s| s.dataset.clone());
     row("problems", &|s| format!("{} of {}", s.attempted, s.problems));
     row("solved", &|s| format!("{} ({:.1}%)", s.overall.solved, s.overall.solved_pct));
+    // Not run (not counted as tried), apart from the unsolved they are tallied with.
+    row("statements broken", &|s| s.broken_statements.to_string());
+    row("samples", &|s| {
+        format!(
+            "{} ({} cut at the token limit, {} failed to generate)",
+            s.samples, s.samples_truncated, s.samples_errored
+        )
+    });
     let ks = all_ks(runs.iter().map(|r| &r.summary.overall));
     for k in &ks {
         row(&format!("pass@{k}"), &|s| pct(s.overall.pass_at_k.get(&k.to_string())));

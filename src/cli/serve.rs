@@ -18,6 +18,15 @@ pub struct ServeArgs {
     /// The model name clients send (any name is answered; this one is listed by /v1/models).
     #[arg(long, default_value = "subgoal")]
     pub served_model_name: String,
+    /// Most samples one request may ask for per prompt (`n`); more is answered 400.
+    #[arg(long, default_value_t = 64)]
+    pub max_n: usize,
+    /// Most new tokens one sample may ask for (`max_tokens`); more is answered 400.
+    #[arg(long, default_value_t = 32768)]
+    pub max_tokens_limit: usize,
+    /// Most prompts one completions request may hold; more is answered 400.
+    #[arg(long, default_value_t = 64)]
+    pub max_prompts: usize,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -29,7 +38,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     eprintln!("subgoal serve: {} at http://{addr}/v1 as {:?}", generator.describe(), args.served_model_name);
-    let served = subgoal::model::serve::serve(Arc::from(generator), args.served_model_name.clone(), listener);
+    let limits = subgoal::model::serve::Limits {
+        max_n: args.max_n,
+        max_tokens: args.max_tokens_limit,
+        max_prompts: args.max_prompts,
+    };
+    let served = subgoal::model::serve::serve(Arc::from(generator), args.served_model_name.clone(), limits, listener);
     tokio::select! {
         r = served => r.context("serving")?,
         _ = tokio::signal::ctrl_c() => eprintln!("subgoal serve: interrupted"),

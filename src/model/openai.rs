@@ -230,7 +230,8 @@ impl OpenAiClient {
                     c.get("text").and_then(Value::as_str)
                 };
                 let p = partial.entry(index).or_default();
-                if let Some(t) = piece {
+                // A finishing chunk often carries no text; it is no token.
+                if let Some(t) = piece.filter(|t| !t.is_empty()) {
                     p.text.push_str(t);
                     p.chunks += 1;
                 }

@@ -15,18 +15,38 @@ use serde_json::{json, Value};
 
 use super::{ChatMessage, FinishReason, GenRequest, Generator, Prompt, SamplingParams};
 
+/// What one request may ask for; past these it is answered 400, so no single request can take
+/// the server's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Samples per prompt (`n`).
+    pub max_n: usize,
+    /// New tokens per sample (`max_tokens`).
+    pub max_tokens: usize,
+    /// Prompts per request (a `prompt` array).
+    pub max_prompts: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_n: 64, max_tokens: 32768, max_prompts: 64 }
+    }
+}
+
 struct AppState {
     generator: Arc<dyn Generator>,
     model: String,
+    limits: Limits,
 }
 
 /// Serves `generator` under the name `model` on `listener` until the future is dropped.
 pub async fn serve(
     generator: Arc<dyn Generator>,
     model: String,
+    limits: Limits,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
-    let state = Arc::new(AppState { generator, model });
+    let state = Arc::new(AppState { generator, model, limits });
     let app = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -44,8 +64,9 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": [{"id": s.model, "object": "model", "owned_by": "subgoal"}]}))
 }
 
-/// Sampling parameters from an OpenAI request body (OpenAI's defaults where absent).
-fn params(body: &Value) -> Result<SamplingParams, String> {
+/// Sampling parameters from an OpenAI request body (OpenAI's defaults where absent), within
+/// `limits`.
+fn params(body: &Value, limits: &Limits) -> Result<SamplingParams, String> {
     let num = |k: &str| body.get(k).filter(|v| !v.is_null());
     let mut p = SamplingParams { n: 1, temperature: 1.0, top_p: 1.0, max_new_tokens: 256, stop: vec![], seed: None };
     if let Some(v) = num("n") {
@@ -75,6 +96,18 @@ fn params(body: &Value) -> Result<SamplingParams, String> {
         Some(_) => return Err("\"stop\" must be a string or an array of strings".into()),
     }
     p.validate().map_err(|e| e.to_string())?;
+    if p.n > limits.max_n {
+        return Err(format!(
+            "\"n\" is {}; this server gives at most {} samples per prompt (--max-n)",
+            p.n, limits.max_n
+        ));
+    }
+    if p.max_new_tokens > limits.max_tokens {
+        return Err(format!(
+            "\"max_tokens\" is {}; this server generates at most {} tokens per sample (--max-tokens-limit)",
+            p.max_new_tokens, limits.max_tokens
+        ));
+    }
     Ok(p)
 }
 
@@ -91,6 +124,17 @@ async fn completions(State(s): State<Arc<AppState>>, bytes: axum::body::Bytes) -
     };
     let prompts: Vec<Prompt> = match body.get("prompt") {
         Some(Value::String(t)) => vec![Prompt::Text(t.clone())],
+        Some(Value::Array(a)) if a.len() > s.limits.max_prompts => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!(
+                    "{} prompts; this server takes at most {} per request (--max-prompts)",
+                    a.len(),
+                    s.limits.max_prompts
+                ),
+            )
+        }
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => {
             a.iter().filter_map(|t| t.as_str()).map(|t| Prompt::Text(t.to_string())).collect()
         }
@@ -123,7 +167,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, bytes: axum::body::Byt
 }
 
 async fn run(s: &AppState, body: &Value, prompts: Vec<Prompt>, chat: bool) -> Response {
-    let params = match params(body) {
+    let params = match params(body, &s.limits) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
     };
@@ -174,9 +218,18 @@ mod tests {
 
     #[test]
     fn openai_defaults_apply_and_bad_fields_are_named() {
-        let p = params(&json!({"max_tokens": 5, "stop": "\n"})).unwrap();
+        let l = Limits::default();
+        let p = params(&json!({"max_tokens": 5, "stop": "\n"}), &l).unwrap();
         assert_eq!((p.n, p.max_new_tokens, p.stop.clone()), (1, 5, vec!["\n".to_string()]));
-        assert!(params(&json!({"n": "two"})).unwrap_err().contains("\"n\""));
-        assert!(params(&json!({"top_p": 0})).unwrap_err().contains("top_p"));
+        assert!(params(&json!({"n": "two"}), &l).unwrap_err().contains("\"n\""));
+        assert!(params(&json!({"top_p": 0}), &l).unwrap_err().contains("top_p"));
+    }
+
+    #[test]
+    fn requests_past_the_limits_are_refused_naming_the_limit() {
+        let l = Limits { max_n: 4, max_tokens: 100, max_prompts: 2 };
+        assert!(params(&json!({"n": 4, "max_tokens": 100}), &l).is_ok());
+        assert!(params(&json!({"n": 5}), &l).unwrap_err().contains("at most 4"));
+        assert!(params(&json!({"max_tokens": 101}), &l).unwrap_err().contains("at most 100"));
     }
 }
