@@ -205,3 +205,27 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     assert!(!files.is_empty());
     files
 }
+
+#[test]
+fn a_proof_is_checked_as_soon_as_it_streams_in_and_the_other_samples_are_dropped() {
+    // Sample 1 is a proof at once; sample 0 never finishes. The problem is proved without
+    // waiting for it, and the request is dropped.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proof = "```lean4\nprelude\nimport SubgoalFixture\ntheorem and_swap (p q : Prop) (h : And p q) : And q p := And.intro h.right h.left\n```";
+    let (url, _) = rt.block_on(scripted(move |_, _| {
+        vec![(0, Some(chunk(0, "thinking ", None))), (0, Some(chunk(1, proof, Some("stop")))), (0, None)]
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(common::subgoal_bin())
+        .args(["prove", "--statement", "theorem and_swap (p q : Prop) (h : And p q) : And q p :="])
+        .args(["--header", common::HEADER, "--prover", &url, "-k", "2", "--strategy", "whole"])
+        .args(["--server-timeout", "120", "--out", dir.path().to_str().unwrap()])
+        .args(["--lean", common::lean().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(60), "waited {:?} for the silent sample", started.elapsed());
+    let attempts = std::fs::read_to_string(dir.path().join("attempts.jsonl")).unwrap();
+    assert_eq!(attempts.lines().count(), 1, "only the finished sample was checked: {attempts}");
+}
