@@ -43,7 +43,7 @@ fn main() {
     let load = |device: &str| {
         Embedded::load(
             dir.path(),
-            &EmbeddedOptions { device: device.into(), dtype: Some("f32".into()), tokenizer: None },
+            &EmbeddedOptions { device: device.into(), dtype: Some("f32".into()), ..Default::default() },
         )
         .expect("load the converted model")
     };

@@ -108,6 +108,7 @@ pub async fn run_problems(
             }
         })
     };
+    let ticker = tokio::spawn(log_engine_metrics(res.prover.clone(), res.planner.clone()));
     let engine =
         Engine::new(res.verifier.clone(), res.prover, res.planner, res.prompts, config.engine.clone(), Some(sink));
 
@@ -161,11 +162,46 @@ pub async fn run_problems(
         }
     }
     drop(outcomes);
+    ticker.abort();
     let wall = session.elapsed().as_secs_f64();
     run.record_session(session_id, wall, results.len())?;
     let summary = summarize(config, &results, before + wall);
     run.write_summary(&summary)?;
     Ok(summary)
+}
+
+/// Logs the embedded engines' counters once a minute (to `run.log`): batch occupancy, KV blocks,
+/// prefix-cache hits, preemptions, tokens/s.
+async fn log_engine_metrics(prover: Arc<dyn Generator>, planner: Arc<dyn Generator>) {
+    let same = Arc::ptr_eq(&prover, &planner);
+    let mut last: [Option<(Instant, u64)>; 2] = [None, None];
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for (i, (role, g)) in [("prover", &prover), ("planner", &planner)].into_iter().enumerate() {
+            if i == 1 && same {
+                continue;
+            }
+            let Some(m) = g.metrics() else { continue };
+            let now = Instant::now();
+            let rate = last[i].map_or(0.0, |(t, n)| {
+                m.generated_tokens.saturating_sub(n) as f64 / now.duration_since(t).as_secs_f64()
+            });
+            last[i] = Some((now, m.generated_tokens));
+            tracing::info!(
+                model = role,
+                running = m.running,
+                waiting = m.waiting,
+                kv_blocks_used = m.blocks_used,
+                kv_blocks_total = m.blocks_total,
+                prefix_hits = m.prefix_hits,
+                preemptions = m.preemptions,
+                tokens_per_s = format!("{rate:.1}"),
+                "engine"
+            );
+        }
+    }
 }
 
 /// The outcome of a problem that was not run because its statement does not elaborate.

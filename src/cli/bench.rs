@@ -73,7 +73,12 @@ impl BenchArgs {
             return d.clone();
         }
         let name = self.dataset.as_deref().unwrap_or("run");
-        let stem = Path::new(name).file_stem().map_or(name.to_string(), |s| s.to_string_lossy().into_owned());
+        // A registry name as it is (`minif2f-v4.24-test` has dots); a file by its stem.
+        let stem = if subgoal::datasets::Registry::builtin().get(name).is_some() {
+            name.to_string()
+        } else {
+            Path::new(name).file_stem().map_or(name.to_string(), |s| s.to_string_lossy().into_owned())
+        };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from("runs").join(format!("{stem}-{now}"))
     }

@@ -97,6 +97,22 @@ pub struct ModelOptions {
     /// A tokenizer.json to use instead of the model's own (for GGUF files).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
+    /// Embedded backend: KV cache size in MiB (default: --kv-cache-fraction of the GPU memory
+    /// left after the weights; 1024 on the CPU).
+    #[arg(long, value_name = "MIB")]
+    pub kv_cache_mb: Option<usize>,
+    /// Embedded backend on CUDA: fraction of the free device memory the KV cache takes.
+    #[arg(long, default_value_t = 0.9)]
+    pub kv_cache_fraction: f64,
+    /// Embedded backend: positions per KV cache block.
+    #[arg(long, default_value_t = 16)]
+    pub kv_block_size: usize,
+    /// Embedded backend: tokens one engine step runs (every decode first, prompt chunks in the rest).
+    #[arg(long, default_value_t = 2048)]
+    pub max_batch_tokens: usize,
+    /// Embedded backend: sequences decoded at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_running: usize,
     /// The model name sent to a server.
     #[arg(long)]
     pub server_model: Option<String>,
@@ -144,6 +160,14 @@ impl ModelOptions {
                 device: self.device.clone(),
                 dtype: self.dtype.clone(),
                 tokenizer: self.tokenizer.clone(),
+                engine: subgoal::model::engine::EngineOptions {
+                    block_size: self.kv_block_size.max(1),
+                    cache_blocks: None,
+                    cache_mb: self.kv_cache_mb,
+                    cache_fraction: self.kv_cache_fraction,
+                    max_batch_tokens: self.max_batch_tokens.max(1),
+                    max_running: self.max_running.max(1),
+                },
             },
             server_model: self.server_model.clone(),
             server_timeout: Some(Duration::from_secs_f64(self.server_timeout)),

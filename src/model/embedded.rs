@@ -1,26 +1,22 @@
-//! The embedded backend: a model run in-process with candle, on the CPU or a CUDA device.
-//!
-//! One prompt at a time: a single prefill of the prompt, the KV cache copied to `n` rows, then
-//! the `n` samples decoded as one batch, rows dropped from the batch as samples finish (EOS,
-//! a stop string, `max_new_tokens`, or the model's context). On the CPU sample `i` draws from its
-//! own RNG seeded `seed + i`; on a GPU every row is drawn on the device (`Model::sample_rows`) with
-//! noise keyed by the seed and the step. Either way a seed reproduces the samples on that device.
-//! Generation runs on a blocking thread;
-//! dropping the future stops it at the next token.
+//! The embedded backend: a model run in-process with candle, on the CPU or a CUDA device, behind
+//! the serving engine (`engine`): every prompt of every concurrent request goes into its one
+//! queue, is read once, and its `n` samples share the prompt's cache blocks and are decoded in
+//! whatever batch is running, each handed back the moment it finishes (`Generator::stream`).
+//! Sample `i` draws from its own generator seeded `seed + i`, so a seed reproduces every sample
+//! whatever else is running. Dropping the request's stream (or future) drops its work at the
+//! engine's next step.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
-use tracing::Instrument;
+use futures::StreamExt;
 
+use super::engine::{Engine, EngineOptions, Event, Job, MetricsSnapshot};
 use super::llama::{KvCache, Model};
-use super::stop::{Detokenizer, StopMatcher};
 use super::tokenizer::ModelTokenizer;
-use super::{Completion, FinishReason, GenError, GenFuture, GenRequest, Generator, Prompt, SamplingParams};
+use super::{GenError, GenEvent, GenFuture, GenRequest, Generator, Prompt, SampleDone, SampleStream};
 
 #[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
@@ -30,6 +26,8 @@ pub struct EmbeddedOptions {
     pub dtype: Option<String>,
     /// A `tokenizer.json` to use instead of the model's own.
     pub tokenizer: Option<PathBuf>,
+    /// The serving engine's cache and batch sizes.
+    pub engine: EngineOptions,
 }
 
 /// Prefill and decode counts of the last request, for benchmarks.
@@ -42,13 +40,10 @@ pub struct GenStats {
     pub decode_ms: f64,
 }
 
-struct Engine {
-    model: Model,
-    tok: ModelTokenizer,
-}
-
 pub struct Embedded {
-    engine: Arc<Mutex<Engine>>,
+    model: Arc<Model>,
+    tok: Arc<ModelTokenizer>,
+    engine: Engine,
     desc: String,
     stats: Arc<Mutex<GenStats>>,
 }
@@ -138,7 +133,19 @@ impl Embedded {
             if device.is_cpu() { "cpu" } else { "cuda" }
         );
         tracing::info!(model = %desc, load_ms = started.elapsed().as_millis() as u64, "model loaded");
-        Ok(Embedded { engine: Arc::new(Mutex::new(Engine { model, tok })), desc, stats: Arc::default() })
+        let (model, tok) = (Arc::new(model), Arc::new(tok));
+        let engine = Engine::start(model.clone(), tok.clone(), &opts.engine)?;
+        Ok(Embedded { model, tok, engine, desc, stats: Arc::default() })
+    }
+
+    /// The engine's counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.engine.metrics.snapshot()
+    }
+
+    /// Blocks of the KV cache, and positions per block.
+    pub fn cache_shape(&self) -> (usize, usize) {
+        (self.engine.cache_blocks, self.engine.block_size)
     }
 
     /// Counts of the last request.
@@ -148,22 +155,24 @@ impl Embedded {
 
     /// Token ids of a prompt as this model sees it.
     pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, GenError> {
-        let e = self.engine.lock().map_err(|_| GenError::Backend("model lock poisoned".into()))?;
-        e.tok.encode_prompt(prompt)
+        self.tok.encode_prompt(prompt)
     }
 
     /// Text of token ids (special tokens left out).
     pub fn decode(&self, ids: &[u32]) -> Result<String, GenError> {
-        let e = self.engine.lock().map_err(|_| GenError::Backend("model lock poisoned".into()))?;
-        Ok(e.tok.decode(ids))
+        Ok(self.tok.decode(ids))
     }
 
-    /// Next-token logits after `ids` (one prefill), for tests and tools.
+    /// Next-token logits after `ids` (one prefill, outside the engine), for tests and tools.
     pub fn next_logits(&self, ids: &[u32]) -> Result<Vec<f32>, GenError> {
-        let e = self.engine.lock().map_err(|_| GenError::Backend("model lock poisoned".into()))?;
-        let t = Tensor::new(ids, e.model.device()).and_then(|t| t.unsqueeze(0)).map_err(backend)?;
-        let logits = e.model.forward(&t, 0, &mut KvCache::default()).map_err(backend)?;
+        let t = Tensor::new(ids, self.model.device()).and_then(|t| t.unsqueeze(0)).map_err(backend)?;
+        let logits = self.model.forward(&t, 0, &mut KvCache::default()).map_err(backend)?;
         logits.i(0).and_then(|l| l.to_vec1::<f32>()).map_err(backend)
+    }
+
+    /// The model itself (benchmarks compare paths on it).
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
     }
 }
 
@@ -171,229 +180,115 @@ fn backend(e: candle_core::Error) -> GenError {
     GenError::Backend(e.to_string())
 }
 
-/// Sets the flag when dropped: the blocking generation loop checks it after every token.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 impl Generator for Embedded {
     fn generate<'a>(&'a self, req: &'a GenRequest) -> GenFuture<'a> {
         Box::pin(async move {
-            req.params.validate()?;
-            let cancel = Arc::new(AtomicBool::new(false));
-            let _guard = CancelOnDrop(cancel.clone());
-            let engine = self.engine.clone();
-            let stats = self.stats.clone();
-            let req = req.clone();
-            let span =
-                tracing::info_span!("generate", backend = "embedded", prompts = req.prompts.len(), n = req.params.n);
-            tokio::task::spawn_blocking(move || {
-                let engine = engine.lock().map_err(|_| GenError::Backend("model lock poisoned".into()))?;
-                let mut total = GenStats::default();
-                let mut out = Vec::with_capacity(req.prompts.len());
-                for p in &req.prompts {
-                    let (cs, st) = engine.complete(p, &req.params, &cancel)?;
-                    total.prefill_tokens += st.prefill_tokens;
-                    total.prefill_ms += st.prefill_ms;
-                    total.decode_tokens += st.decode_tokens;
-                    total.decode_ms += st.decode_ms;
-                    out.push(cs);
+            let started = Instant::now();
+            let mut events = self.stream_events(req, false);
+            let mut out: Vec<Vec<Option<super::Completion>>> = vec![vec![None; req.params.n]; req.prompts.len()];
+            let mut stats = GenStats::default();
+            while let Some(e) = events.next().await {
+                match e? {
+                    (_, Event::Prefilled { tokens, ms }) => {
+                        stats.prefill_tokens += tokens;
+                        stats.prefill_ms = stats.prefill_ms.max(ms);
+                    }
+                    (p, Event::Done { sample, completion }) => {
+                        stats.decode_tokens += completion.completion_tokens;
+                        out[p][sample] = Some(completion);
+                    }
+                    (_, Event::Delta { .. }) => {}
                 }
-                if let Ok(mut s) = stats.lock() {
-                    *s = total;
-                }
-                Ok(out)
-            })
-            .instrument(span)
-            .await
-            .map_err(|e| GenError::Backend(format!("generation thread failed: {e}")))?
+            }
+            stats.decode_ms = started.elapsed().as_secs_f64() * 1e3 - stats.prefill_ms;
+            if let Ok(mut s) = self.stats.lock() {
+                *s = stats;
+            }
+            Ok(out
+                .into_iter()
+                .map(|p| {
+                    p.into_iter().map(|c| c.unwrap_or_else(|| super::Completion::failed("never answered", 0))).collect()
+                })
+                .collect())
         })
+    }
+
+    fn stream<'a>(&'a self, req: &'a GenRequest) -> SampleStream<'a> {
+        self.stream_events(req, false)
+            .filter_map(|e| {
+                futures::future::ready(match e {
+                    Ok((prompt, Event::Done { sample, completion })) => {
+                        Some(Ok(SampleDone { prompt, sample, completion }))
+                    }
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+            })
+            .boxed()
+    }
+
+    fn events<'a>(&'a self, req: &'a GenRequest) -> super::EventStream<'a> {
+        self.stream_events(req, true)
+            .filter_map(|e| {
+                futures::future::ready(match e {
+                    Ok((prompt, Event::Done { sample, completion })) => {
+                        Some(Ok(GenEvent::Done(SampleDone { prompt, sample, completion })))
+                    }
+                    Ok((prompt, Event::Delta { sample, text })) => Some(Ok(GenEvent::Delta { prompt, sample, text })),
+                    Ok((_, Event::Prefilled { .. })) => None,
+                    Err(e) => Some(Err(e)),
+                })
+            })
+            .boxed()
     }
 
     fn describe(&self) -> String {
         self.desc.clone()
     }
-}
 
-/// One running sample.
-struct Sample {
-    sampler: LogitsProcessor,
-    text: Detokenizer,
-    /// Byte length of `text.text` to keep (cut at a stop string).
-    keep: Option<usize>,
-    finish: Option<FinishReason>,
-}
-
-impl Engine {
-    /// The `n` completions of one prompt. An error inside generation becomes error completions;
-    /// only cancellation is an `Err`.
-    fn complete(
-        &self,
-        prompt: &Prompt,
-        params: &SamplingParams,
-        cancel: &AtomicBool,
-    ) -> Result<(Vec<Completion>, GenStats), GenError> {
-        let started = Instant::now();
-        let ids = self.tok.encode_prompt(prompt)?;
-        match self.run(&ids, params, cancel) {
-            Ok((samples, stats)) => {
-                let ms = started.elapsed().as_millis() as u64;
-                let cs = samples
-                    .into_iter()
-                    .map(|s| {
-                        let mut text = s.text.text;
-                        if let Some(k) = s.keep {
-                            text.truncate(k);
-                        }
-                        Completion {
-                            text,
-                            prompt_tokens: ids.len(),
-                            completion_tokens: s.text.ids.len(),
-                            finish_reason: s.finish.unwrap_or(FinishReason::Length),
-                            error: None,
-                            elapsed_ms: ms,
-                        }
-                    })
-                    .collect();
-                Ok((cs, stats))
-            }
-            Err(GenError::Cancelled) => Err(GenError::Cancelled),
-            Err(e) => {
-                let ms = started.elapsed().as_millis() as u64;
-                let detail = e.to_string();
-                Ok(((0..params.n).map(|_| Completion::failed(detail.clone(), ms)).collect(), GenStats::default()))
-            }
-        }
-    }
-
-    fn run(
-        &self,
-        ids: &[u32],
-        params: &SamplingParams,
-        cancel: &AtomicBool,
-    ) -> Result<(Vec<Sample>, GenStats), GenError> {
-        if ids.is_empty() {
-            return Err(GenError::Invalid("the prompt has no tokens".into()));
-        }
-        let model = &self.model;
-        let context = model.cfg.max_positions;
-        if ids.len() >= context {
-            return Err(GenError::Invalid(format!(
-                "the prompt has {} tokens; the model's context is {context}",
-                ids.len()
-            )));
-        }
-        let dev = model.device();
-        let sampling = if params.temperature <= 0.0 {
-            Sampling::ArgMax
-        } else if params.top_p >= 1.0 {
-            Sampling::All { temperature: params.temperature }
-        } else {
-            Sampling::TopP { p: params.top_p, temperature: params.temperature }
-        };
-        let seed = params.seed.unwrap_or_else(random_seed);
-        let stop = StopMatcher::new(&params.stop);
-        let mut samples: Vec<Sample> = (0..params.n)
-            .map(|i| Sample {
-                sampler: LogitsProcessor::from_sampling(seed.wrapping_add(i as u64), sampling.clone()),
-                text: Detokenizer::default(),
-                keep: None,
-                finish: None,
-            })
-            .collect();
-        let mut stats = GenStats { prefill_tokens: ids.len(), ..Default::default() };
-        let t0 = Instant::now();
-        let mut cache = KvCache::default();
-        let input = Tensor::new(ids, dev).and_then(|t| t.unsqueeze(0)).map_err(backend)?;
-        let logits = model.forward(&input, 0, &mut cache).map_err(backend)?;
-        stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        // On a GPU every row is sampled on the device in one go (`Model::sample_rows`: the fused
-        // sampler keys its noise by `step_seed`, the generic one draws from the device's generator
-        // seeded here); on the CPU each sample keeps its own seeded sampler.
-        let device_sampling = super::sample::on_device(dev);
-        if device_sampling {
-            let _ = dev.set_seed(seed);
-        }
-        let mut next: Vec<u32> = if device_sampling {
-            let rows = logits.broadcast_as((params.n, logits.dim(1).map_err(backend)?)).map_err(backend)?;
-            model.sample_rows(&rows, params.temperature, params.top_p, step_seed(seed, 0)).map_err(backend)?
-        } else {
-            let first = logits.i(0).map_err(backend)?;
-            let mut next = Vec::with_capacity(params.n);
-            for s in samples.iter_mut() {
-                next.push(s.sampler.sample(&first).map_err(backend)?);
-            }
-            next
-        };
-        cache.expand(params.n).map_err(backend)?;
-        // Batch row r decodes sample rows[r].
-        let mut rows: Vec<usize> = (0..params.n).collect();
-        let mut pos = ids.len();
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(GenError::Cancelled);
-            }
-            let mut keep_rows = Vec::with_capacity(rows.len());
-            for (r, &si) in rows.iter().enumerate() {
-                let s = &mut samples[si];
-                let tok = next[r];
-                stats.decode_tokens += 1;
-                if self.tok.eos_ids.contains(&tok) {
-                    s.text.ids.push(tok);
-                    s.finish = Some(FinishReason::Stop);
-                    continue;
-                }
-                let old = s.text.push(tok, |ids| self.tok.decode(ids));
-                if let Some(cut) = stop.cut(&s.text.text, old) {
-                    s.keep = Some(cut);
-                    s.finish = Some(FinishReason::Stop);
-                    continue;
-                }
-                if s.text.ids.len() >= params.max_new_tokens || pos + 1 >= context {
-                    s.finish = Some(FinishReason::Length);
-                    continue;
-                }
-                keep_rows.push(r);
-            }
-            if keep_rows.is_empty() {
-                break;
-            }
-            if keep_rows.len() < rows.len() {
-                let keep: Vec<u32> = keep_rows.iter().map(|&r| r as u32).collect();
-                cache.retain(&keep).map_err(backend)?;
-                next = keep_rows.iter().map(|&r| next[r]).collect();
-                rows = keep_rows.iter().map(|&r| rows[r]).collect();
-            }
-            let input = Tensor::new(next.as_slice(), dev).and_then(|t| t.unsqueeze(1)).map_err(backend)?;
-            let logits = model.forward(&input, pos, &mut cache).map_err(backend)?;
-            pos += 1;
-            if device_sampling {
-                next = model
-                    .sample_rows(&logits, params.temperature, params.top_p, step_seed(seed, pos))
-                    .map_err(backend)?;
-            } else {
-                for (r, &si) in rows.iter().enumerate() {
-                    let row = logits.i(r).map_err(backend)?;
-                    next[r] = samples[si].sampler.sample(&row).map_err(backend)?;
-                }
-            }
-        }
-        stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-        Ok((samples, stats))
+    fn metrics(&self) -> Option<MetricsSnapshot> {
+        Some(self.engine.metrics.snapshot())
     }
 }
 
-/// The sampler's key for one decode step of a request seeded with `seed`.
-fn step_seed(seed: u64, step: usize) -> u64 {
-    seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+impl Embedded {
+    /// Every event of a request's prompts (text deltas when `deltas`), tagged with the prompt's
+    /// index, as the engine sends them.
+    pub fn stream_events<'a>(
+        &'a self,
+        req: &'a GenRequest,
+        deltas: bool,
+    ) -> futures::stream::BoxStream<'a, Result<(usize, Event), GenError>> {
+        if let Err(e) = req.params.validate() {
+            return futures::stream::iter(vec![Err(e)]).boxed();
+        }
+        let mut streams = Vec::with_capacity(req.prompts.len());
+        for (i, p) in req.prompts.iter().enumerate() {
+            let prompt = match self.tok.encode_prompt(p) {
+                Ok(ids) => ids,
+                Err(e) => return futures::stream::iter(vec![Err(e)]).boxed(),
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let job = Job { prompt, params: req.params.clone(), deltas, events: tx };
+            if let Err(e) = self.engine.submit(job) {
+                return futures::stream::iter(vec![Err(e)]).boxed();
+            }
+            streams.push(tokio_stream_of(rx).map(move |e| Ok((i, e))));
+        }
+        let span = tracing::info_span!("generate", backend = "embedded", prompts = req.prompts.len(), n = req.params.n);
+        let _enter = span.enter();
+        futures::stream::select_all(streams).boxed()
+    }
 }
 
-fn random_seed() -> u64 {
+/// The receiving end of an engine channel as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));

@@ -40,7 +40,7 @@ pub struct Config {
 }
 
 /// A projection: quantized (GGUF) or dense (safetensors), with an optional bias.
-enum Linear {
+pub(super) enum Linear {
     Quantized(QMatMul, Option<Tensor>),
     Dense(candle_nn::Linear),
 }
@@ -55,7 +55,7 @@ impl Linear {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Quantized(w, b) => {
                 let y = w.forward(x)?;
@@ -135,14 +135,14 @@ fn normalized<R>(
 
 /// The gated MLP's input projections: apart (GGUF), or as one matrix `[gate; up]` (dense weights),
 /// one GEMM instead of two.
-enum Mlp {
+pub(super) enum Mlp {
     Split { gate: Linear, up: Linear },
     Fused(Linear),
 }
 
 impl Mlp {
     /// `silu(gate(x)) * up(x)`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Mlp::Split { gate, up } => candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?,
             Mlp::Fused(gu) => {
@@ -156,24 +156,24 @@ impl Mlp {
     }
 }
 
-struct Layer {
-    attn_norm: Tensor,
+pub(super) struct Layer {
+    pub(super) attn_norm: Tensor,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     /// `[q; k; v]` as one matrix (dense weights): the fused decode step's one GEMM. `q`, `k` and
     /// `v` are then views of it.
     qkv: Option<Linear>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    ffn_norm: Tensor,
-    mlp: Mlp,
-    down: Linear,
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
+    pub(super) q_norm: Option<Tensor>,
+    pub(super) k_norm: Option<Tensor>,
+    pub(super) ffn_norm: Tensor,
+    pub(super) mlp: Mlp,
+    pub(super) down: Linear,
     /// `q`'s weights already carry the attention scale `1/sqrt(head_dim)` (dense weights without
     /// q/k norms), which saves a kernel per layer and step.
-    q_scaled: bool,
+    pub(super) q_scaled: bool,
 }
 
 /// One layer's keys and values: buffers `(batch, kv_heads, capacity, head_dim)` of which the first
@@ -277,12 +277,12 @@ impl KvCache {
 
 pub struct Model {
     pub cfg: Config,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Linear,
-    cos: Tensor,
-    sin: Tensor,
+    pub(super) embed: Tensor,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: Linear,
+    pub(super) cos: Tensor,
+    pub(super) sin: Tensor,
     dtype: DType,
     device: Device,
     /// The fused kernels (CUDA, f32/bf16/f16): the sampler, and the decode step when
@@ -476,6 +476,16 @@ impl Model {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Activation and dense-weight precision.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Positions a sequence may have (the model's context, bounded by the RoPE tables).
+    pub fn context(&self) -> usize {
+        self.cos.dim(0).unwrap_or(self.cfg.max_positions)
     }
 
     /// Whether decode steps take the fused CUDA kernels (on CUDA, for Llama-shaped models without

@@ -13,12 +13,15 @@
 
 pub mod chat;
 pub mod convert;
+pub mod device_memory;
 pub mod embedded;
+pub mod engine;
 #[cfg(feature = "cuda")]
 pub mod fused;
 pub mod hub;
 pub mod llama;
 pub mod openai;
+pub mod paged;
 pub mod record;
 pub mod sample;
 pub mod serve;
@@ -149,6 +152,16 @@ pub struct SampleDone {
 /// not be tried). Every sample is yielded exactly once.
 pub type SampleStream<'a> = Pin<Box<dyn futures::Stream<Item = Result<SampleDone, GenError>> + Send + 'a>>;
 
+/// What a streamed request yields: text as it is generated (backends that can say), and each
+/// finished sample.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    Delta { prompt: usize, sample: usize, text: String },
+    Done(SampleDone),
+}
+
+pub type EventStream<'a> = Pin<Box<dyn futures::Stream<Item = Result<GenEvent, GenError>> + Send + 'a>>;
+
 /// The interface every backend implements. Dropping the returned future or stream cancels the
 /// work.
 pub trait Generator: Send + Sync {
@@ -177,8 +190,18 @@ pub trait Generator: Send + Sync {
         });
         Box::pin(all.into_stream().flatten())
     }
+    /// Text as it is generated and each finished sample (`subgoal serve` streams these). The
+    /// default has no text deltas: each sample's text comes with its end.
+    fn events<'a>(&'a self, req: &'a GenRequest) -> EventStream<'a> {
+        use futures::StreamExt;
+        Box::pin(self.stream(req).map(|r| r.map(GenEvent::Done)))
+    }
     /// A short description (`embedded:…`, `openai:…`, `replay:…`).
     fn describe(&self) -> String;
+    /// The serving engine's counters, for a backend that has one.
+    fn metrics(&self) -> Option<engine::MetricsSnapshot> {
+        None
+    }
 }
 
 /// A request's samples gathered from its stream, in order (what `generate` returns).

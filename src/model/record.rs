@@ -51,7 +51,38 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    fn write_line(&self, line: &RecordLine) -> Result<(), GenError> {
+        let mut text = serde_json::to_string(line).map_err(|e| GenError::Backend(e.to_string()))?;
+        text.push('\n');
+        let mut f = self.file.lock().map_err(|_| GenError::Backend("recording lock poisoned".into()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.flush())
+            .map_err(|e| GenError::Backend(format!("writing recording {}: {e}", self.path.display())))
+    }
+}
+
 impl Generator for Recorder {
+    /// The inner stream, passed through; a prompt's line is written once all its samples are in.
+    fn stream<'a>(&'a self, req: &'a GenRequest) -> super::SampleStream<'a> {
+        use futures::StreamExt;
+        let mut pending: Vec<Vec<Option<Completion>>> = vec![vec![None; req.params.n]; req.prompts.len()];
+        Box::pin(self.inner.stream(req).map(move |item| {
+            if let Ok(d) = &item {
+                if let Some(slot) = pending.get_mut(d.prompt).and_then(|p| p.get_mut(d.sample)) {
+                    *slot = Some(d.completion.clone());
+                }
+                if pending[d.prompt].iter().all(Option::is_some) {
+                    let completions = pending[d.prompt].iter_mut().filter_map(Option::take).collect();
+                    let line =
+                        RecordLine { prompt: req.prompts[d.prompt].clone(), params: req.params.clone(), completions };
+                    self.write_line(&line)?;
+                }
+            }
+            item
+        }))
+    }
+
     fn generate<'a>(&'a self, req: &'a GenRequest) -> GenFuture<'a> {
         Box::pin(async move {
             let out = self.inner.generate(req).await?;
@@ -72,6 +103,10 @@ impl Generator for Recorder {
 
     fn describe(&self) -> String {
         format!("{} (recording to {})", self.inner.describe(), self.path.display())
+    }
+
+    fn metrics(&self) -> Option<super::engine::MetricsSnapshot> {
+        self.inner.metrics()
     }
 }
 

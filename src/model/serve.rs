@@ -1,7 +1,10 @@
 //! `subgoal serve`: any `Generator` over the OpenAI-compatible API (`POST /v1/completions`,
-//! `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`), so one GPU box can serve many
-//! verifier boxes. Errors are OpenAI-shaped (`{"error": {"message", "type"}}`): 400 for a request
-//! it cannot honour, 500 when generation failed (clients retry those).
+//! `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`, and Prometheus text at
+//! `GET /metrics`), so one GPU box can serve many verifier boxes. With `"stream": true` the answer
+//! is server-sent events: text as the engine generates it, each choice's end (with its
+//! `completion_tokens`), then usage and `[DONE]`. Errors are OpenAI-shaped (`{"error": {"message",
+//! "type"}}`): 400 for a request it cannot honour, 500 when generation failed (clients retry those;
+//! in a stream, an `error` event ends it).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -37,6 +40,8 @@ struct AppState {
     generator: Arc<dyn Generator>,
     model: String,
     limits: Limits,
+    /// Generated tokens and time at the previous `/metrics` scrape (for tokens/s).
+    last_scrape: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 /// Serves `generator` under the name `model` on `listener` until the future is dropped.
@@ -46,12 +51,13 @@ pub async fn serve(
     limits: Limits,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
-    let state = Arc::new(AppState { generator, model, limits });
+    let state = Arc::new(AppState { generator, model, limits, last_scrape: std::sync::Mutex::new(None) });
     let app = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .with_state(state);
     axum::serve(listener, app).await
 }
@@ -166,13 +172,16 @@ async fn chat_completions(State(s): State<Arc<AppState>>, bytes: axum::body::Byt
     }
 }
 
-async fn run(s: &AppState, body: &Value, prompts: Vec<Prompt>, chat: bool) -> Response {
+async fn run(s: &Arc<AppState>, body: &Value, prompts: Vec<Prompt>, chat: bool) -> Response {
     let params = match params(body, &s.limits) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
     };
     let n = params.n;
     let req = GenRequest { prompts, params };
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        return stream(s.clone(), req, chat);
+    }
     let out = match s.generator.generate(&req).await {
         Ok(o) => o,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
@@ -198,9 +207,7 @@ async fn run(s: &AppState, body: &Value, prompts: Vec<Prompt>, chat: bool) -> Re
             choices.push(choice);
         }
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let created = now.as_secs();
-    let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now.as_nanos());
+    let (id, created) = response_id(chat);
     Json(json!({
         "id": id,
         "object": if chat { "chat.completion" } else { "text_completion" },
@@ -210,6 +217,149 @@ async fn run(s: &AppState, body: &Value, prompts: Vec<Prompt>, chat: bool) -> Re
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     }))
     .into_response()
+}
+
+fn response_id(chat: bool) -> (String, u64) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, now.as_nanos()), now.as_secs())
+}
+
+/// A streamed answer: one event per text delta, one per finished choice (with its
+/// `completion_tokens`; the text not yet sent, for backends that send none before), then usage
+/// and `[DONE]`. The request is dropped (and its work with it) when the client goes away.
+fn stream(s: Arc<AppState>, req: GenRequest, chat: bool) -> Response {
+    let (id, created) = response_id(chat);
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let n = req.params.n;
+    let generator = s.generator.clone();
+    let model = s.model.clone();
+    let chunk = move |index: usize, text: &str, finish: Option<&str>, tokens: Option<usize>| {
+        let mut choice = json!({"index": index, "finish_reason": finish});
+        if chat {
+            choice["delta"] = json!({"content": text});
+        } else {
+            choice["text"] = json!(text);
+        }
+        if let Some(t) = tokens {
+            choice["completion_tokens"] = json!(t);
+        }
+        format!(
+            "data: {}\n\n",
+            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+        )
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    tokio::spawn(async move {
+        let mut events = generator.events(&req);
+        let mut sent: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        let (mut prompt_tokens, mut completion_tokens) = (0usize, 0usize);
+        let mut first_of_prompt = std::collections::HashSet::new();
+        while let Some(e) = futures::StreamExt::next(&mut events).await {
+            let line = match e {
+                Ok(crate::model::GenEvent::Delta { prompt, sample, text }) => {
+                    *sent.entry(prompt * n + sample).or_default() += text.len();
+                    chunk(prompt * n + sample, &text, None, None)
+                }
+                Ok(crate::model::GenEvent::Done(d)) => {
+                    let c = d.completion;
+                    if let Some(err) = c.error {
+                        let _ = tx
+                            .send(format!("data: {}\n\n", json!({"error": {"message": err, "type": "server_error"}})))
+                            .await;
+                        return;
+                    }
+                    let index = d.prompt * n + d.sample;
+                    let done = sent.get(&index).copied().unwrap_or(0).min(c.text.len());
+                    let rest = if c.text.is_char_boundary(done) { &c.text[done..] } else { "" };
+                    if first_of_prompt.insert(d.prompt) {
+                        prompt_tokens += c.prompt_tokens;
+                    }
+                    completion_tokens += c.completion_tokens;
+                    let finish = if c.finish_reason == FinishReason::Length { "length" } else { "stop" };
+                    chunk(index, rest, Some(finish), Some(c.completion_tokens))
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(format!(
+                            "data: {}\n\n",
+                            json!({"error": {"message": e.to_string(), "type": "server_error"}})
+                        ))
+                        .await;
+                    return;
+                }
+            };
+            if tx.send(line).await.is_err() {
+                // The client left: dropping the events drops the request.
+                return;
+            }
+        }
+        let usage = json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}});
+        let _ = tx.send(format!("data: {usage}\n\n")).await;
+        let _ = tx.send("data: [DONE]\n\n".to_string()).await;
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(axum::body::Body::from_stream(body))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "could not start the stream"))
+}
+
+/// Prometheus text: the engine's gauges and counters, and tokens/s since the last scrape.
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let Some(m) = s.generator.metrics() else {
+        return (StatusCode::OK, "# this backend keeps no engine metrics\n").into_response();
+    };
+    let now = std::time::Instant::now();
+    let rate = match s.last_scrape.lock() {
+        Ok(mut last) => {
+            let r = last.map_or(0.0, |(t, tokens)| {
+                let secs = now.duration_since(t).as_secs_f64();
+                if secs > 0.0 {
+                    (m.generated_tokens.saturating_sub(tokens)) as f64 / secs
+                } else {
+                    0.0
+                }
+            });
+            *last = Some((now, m.generated_tokens));
+            r
+        }
+        Err(_) => 0.0,
+    };
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!("# HELP subgoal_{name} {help}\n# TYPE subgoal_{name} {kind}\nsubgoal_{name} {value}\n"));
+    };
+    put("running_sequences", "gauge", "Sequences in the running batch.", m.running.to_string());
+    put("waiting_sequences", "gauge", "Sequences waiting for admission or preempted.", m.waiting.to_string());
+    put("kv_blocks_used", "gauge", "KV cache blocks held by sequences.", m.blocks_used.to_string());
+    put(
+        "kv_blocks_free",
+        "gauge",
+        "KV cache blocks free or only cached.",
+        (m.blocks_total - m.blocks_used).to_string(),
+    );
+    put("prefix_cache_hits_total", "counter", "Prompt blocks found in the prefix cache.", m.prefix_hits.to_string());
+    put(
+        "prefix_cache_misses_total",
+        "counter",
+        "Prompt blocks not found in the prefix cache.",
+        m.prefix_misses.to_string(),
+    );
+    put("preemptions_total", "counter", "Sequences preempted for lack of KV blocks.", m.preemptions.to_string());
+    put("generated_tokens_total", "counter", "Tokens sampled.", m.generated_tokens.to_string());
+    put("prompt_tokens_total", "counter", "Prompt tokens received.", m.prompt_tokens.to_string());
+    put("steps_total", "counter", "Engine steps run.", m.steps.to_string());
+    put("requests_total", "counter", "Requests answered or dropped.", m.requests_done.to_string());
+    put(
+        "generation_tokens_per_second",
+        "gauge",
+        "Tokens sampled per second since the previous scrape.",
+        format!("{rate:.1}"),
+    );
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 #[cfg(test)]

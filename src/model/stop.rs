@@ -15,6 +15,11 @@ impl StopMatcher {
         StopMatcher { stops, longest }
     }
 
+    /// Bytes of the longest stop string (text that could still grow into one is held back).
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
     /// The byte offset where `text` must be cut: the start of the earliest stop string that
     /// ends after byte `old_len` (text before it was checked already).
     pub fn cut(&self, text: &str, old_len: usize) -> Option<usize> {

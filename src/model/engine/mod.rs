@@ -1,0 +1,191 @@
+//! The serving engine: one loop per device owns the model and its paged KV cache, and every
+//! request (pipeline nodes, `subgoal serve` clients) enters one queue. Each step decodes every
+//! running sequence's next token and reads chunks of waiting prompts, as one batch
+//! (`paged::Batch`); a request is admitted when the cache has blocks for it; a sample leaves the
+//! batch the step it finishes and is handed back at once; a step that cannot get a block
+//! preempts the most recently admitted sequence, whose blocks are freed and whose tokens are
+//! read again later (the prefix cache usually still holds its prompt).
+//!
+//! Modules: `blocks` (block pool and prefix cache), `sequence` (a request's samples and their
+//! sampling state), `step` (what one step runs, and what it does with the logits).
+//!
+//! Invariant: every sample of every request is answered exactly once (a `Done` event), whatever
+//! preemption or cancellation happened; a request whose receiver is gone is dropped at the next
+//! step and its blocks freed.
+
+pub mod blocks;
+mod sequence;
+mod step;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::llama::Model;
+use super::tokenizer::ModelTokenizer;
+use super::{Completion, GenError, SamplingParams};
+
+/// How the engine sizes its cache and batches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineOptions {
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Blocks in the cache; when `None`, from `cache_mb`, else from `cache_fraction` of the
+    /// device memory left after the weights (CUDA) or 1 GiB (CPU).
+    pub cache_blocks: Option<usize>,
+    pub cache_mb: Option<usize>,
+    pub cache_fraction: f64,
+    /// Tokens one step may run: every decode first, prompt chunks in what is left.
+    pub max_batch_tokens: usize,
+    /// Sequences decoded at once.
+    pub max_running: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            block_size: 16,
+            cache_blocks: None,
+            cache_mb: None,
+            cache_fraction: 0.9,
+            max_batch_tokens: 2048,
+            max_running: 256,
+        }
+    }
+}
+
+/// What the engine sends back for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The prompt is read (`tokens` of it, `ms` after the job arrived); its samples start.
+    Prefilled { tokens: usize, ms: f64 },
+    /// New text of a sample (only when the request asked for deltas).
+    Delta { sample: usize, text: String },
+    /// A sample is finished; its completion.
+    Done { sample: usize, completion: Completion },
+}
+
+/// A request for `params.n` samples of one prompt.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    /// Send `Delta` events as text arrives.
+    pub deltas: bool,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// Counters a running engine keeps, for `/metrics` and progress logs.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub blocks_used: AtomicUsize,
+    pub blocks_total: AtomicUsize,
+    pub prefix_hits: AtomicU64,
+    pub prefix_misses: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub steps: AtomicU64,
+    pub requests_done: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    pub running: usize,
+    pub waiting: usize,
+    pub blocks_used: usize,
+    pub blocks_total: usize,
+    pub prefix_hits: u64,
+    pub prefix_misses: u64,
+    pub preemptions: u64,
+    pub generated_tokens: u64,
+    pub prompt_tokens: u64,
+    pub steps: u64,
+    pub requests_done: u64,
+}
+
+impl Metrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let l = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            running: l(&self.running),
+            waiting: l(&self.waiting),
+            blocks_used: l(&self.blocks_used),
+            blocks_total: l(&self.blocks_total),
+            prefix_hits: g(&self.prefix_hits),
+            prefix_misses: g(&self.prefix_misses),
+            preemptions: g(&self.preemptions),
+            generated_tokens: g(&self.generated_tokens),
+            prompt_tokens: g(&self.prompt_tokens),
+            steps: g(&self.steps),
+            requests_done: g(&self.requests_done),
+        }
+    }
+}
+
+/// The handle callers hold: submits jobs to the engine thread. Dropping the last handle stops
+/// the thread once its work is done.
+pub struct Engine {
+    jobs: std::sync::mpsc::Sender<Job>,
+    pub metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
+    pub cache_blocks: usize,
+    pub block_size: usize,
+}
+
+impl Engine {
+    /// Starts the loop on a thread of its own, with a cache sized per `opts`.
+    pub fn start(model: Arc<Model>, tok: Arc<ModelTokenizer>, opts: &EngineOptions) -> Result<Engine, GenError> {
+        let blocks = cache_blocks(&model, opts)?;
+        let cache = super::paged::PagedCache::new(&model.cfg, blocks, opts.block_size, model.dtype(), model.device())
+            .map_err(|e| GenError::Load { model: "KV cache".into(), detail: e.to_string() })?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.blocks_total.store(blocks, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let state = step::Loop::new(model, tok, cache, opts.clone(), metrics.clone());
+        let stop = stopping.clone();
+        std::thread::Builder::new()
+            .name("subgoal-engine".into())
+            .spawn(move || state.run(rx, stop))
+            .map_err(|e| GenError::Backend(format!("starting the engine thread: {e}")))?;
+        tracing::info!(blocks, block_size = opts.block_size, "engine started");
+        Ok(Engine { jobs: tx, metrics, stopping, cache_blocks: blocks, block_size: opts.block_size })
+    }
+
+    /// Queues a job; its events arrive on its channel.
+    pub fn submit(&self, job: Job) -> Result<(), GenError> {
+        self.jobs.send(job).map_err(|_| GenError::Backend("the engine has stopped".into()))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Blocks the cache gets: as asked, or what the memory budget holds.
+fn cache_blocks(model: &Model, opts: &EngineOptions) -> Result<usize, GenError> {
+    if let Some(b) = opts.cache_blocks {
+        return Ok(b.max(1));
+    }
+    let per_block = super::paged::PagedCache::block_bytes(&model.cfg, opts.block_size, model.dtype());
+    let budget = match opts.cache_mb {
+        Some(mb) => mb << 20,
+        None => super::device_memory::cache_budget(model.device(), opts.cache_fraction).unwrap_or(1 << 30),
+    };
+    let blocks = budget / per_block.max(1);
+    if blocks == 0 {
+        return Err(GenError::Load {
+            model: "KV cache".into(),
+            detail: format!("{budget} bytes hold no block of {per_block} bytes; give more memory"),
+        });
+    }
+    Ok(blocks)
+}
