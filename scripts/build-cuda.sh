@@ -36,7 +36,7 @@ mkdir -p "$CU/lib/stubs"
 grep -oP '^\s+fn \Kcu\w+(?=\()' "$CUDARC/src/driver/sys/mod.rs" | sort -u | awk '{print "void "$1"(void){}"}' > "$DIR/stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/stubs/libcuda.so" "$DIR/stub.c" || die "cannot build the libcuda stub"
 cd "$ROOT"
-BENCHES=(generate_throughput gpu_decode gpu_parity)
+BENCHES=(generate_throughput gpu_decode gpu_parity gpu_serve)
 PATH="$CU/bin:$PATH" CUDA_HOME="$CU" CUDA_COMPUTE_CAP="$CAP" \
     cargo build --release --locked --features cuda --target-dir target-cuda --bin subgoal "${BENCHES[@]/#/--bench=}" \
     || die "cargo build --features cuda failed"

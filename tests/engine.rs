@@ -54,6 +54,18 @@ fn workload() -> Vec<GenRequest> {
     ]
 }
 
+/// The engine's counters once it has published the step after the last answer.
+async fn settled(engine: &Embedded) -> subgoal::model::engine::MetricsSnapshot {
+    let started = Instant::now();
+    loop {
+        let m = engine.metrics();
+        if (m.running == 0 && m.blocks_used == 0) || started.elapsed() > Duration::from_secs(5) {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn texts(out: &[Vec<Completion>]) -> Vec<Vec<String>> {
     out.iter().map(|cs| cs.iter().map(|c| c.text.clone()).collect()).collect()
 }
@@ -81,7 +93,7 @@ async fn concurrent_requests_give_exactly_the_samples_they_give_alone() {
     let engine = load(EngineOptions { max_batch_tokens: 16, ..Default::default() });
     let got = together(&engine, &reqs).await;
     assert_eq!(got, expected);
-    let m = engine.metrics();
+    let m = settled(&engine).await;
     assert_eq!(m.requests_done, reqs.len() as u64);
     assert_eq!((m.running, m.waiting, m.blocks_used), (0, 0, 0), "{m:?}");
 }
@@ -104,7 +116,7 @@ async fn a_cache_too_small_for_the_batch_preempts_and_loses_or_repeats_no_sample
     }
     let got: Vec<Vec<Vec<String>>> = out.iter().map(|o| texts(std::slice::from_ref(o))).collect();
     assert_eq!(got, expected);
-    let m = engine.metrics();
+    let m = settled(&engine).await;
     assert!(m.preemptions > 0, "the cache was never short: {m:?}");
     assert_eq!(m.blocks_used, 0, "{m:?}");
 }
@@ -182,6 +194,11 @@ async fn serve_streams_to_64_concurrent_clients_and_reports_metrics() {
     for seed in [0u64, 17, 63] {
         let direct = engine.generate(&request(&format!("Fact {seed}:"), 1, seed, 6)).await.unwrap();
         assert_eq!(streamed[seed as usize], direct[0][0].text, "seed {seed}");
+    }
+    // The gauges are published after each step: wait for the one after the last answer.
+    let started = Instant::now();
+    while engine.metrics().running > 0 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
     let value = |name: &str| -> f64 {

@@ -269,7 +269,7 @@ impl Embedded {
                 Err(e) => return futures::stream::iter(vec![Err(e)]).boxed(),
             };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let job = Job { prompt, params: req.params.clone(), deltas, events: tx };
+            let job = Job::new(prompt, req.params.clone(), deltas, tx);
             if let Err(e) = self.engine.submit(job) {
                 return futures::stream::iter(vec![Err(e)]).boxed();
             }

@@ -98,6 +98,21 @@ impl Module {
             let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             // SAFETY: `module` is loaded.
             let f = unsafe { result::module::get_function(m.module, name) }.map_err(err)?;
+            if let Some(d) = short.strip_prefix("attn_prefill").and_then(|d| d.parse::<usize>().ok()) {
+                // The prefill kernel's tiles take more than the 48 KiB of shared memory a launch
+                // gets by default.
+                let bytes = prefill_smem(d) as i32;
+                // SAFETY: a function of the loaded module and a documented attribute.
+                unsafe {
+                    sys::cuFuncSetAttribute(
+                        f,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes,
+                    )
+                }
+                .result()
+                .map_err(err)?;
+            }
             m.funcs.insert(short, f);
         }
         Ok(m)
@@ -163,6 +178,22 @@ pub struct RopeStep<'a> {
     pub q_scale: f32,
 }
 
+/// What the paged rotation and cache write of a step need: the layer's paged caches (`[blocks,
+/// kv_heads, bs, d]`), the rotary tables, each token's position (u32 `[tokens]`), the block
+/// tables of the step's sequences back to back (u32) and each token's offset into them (u32
+/// `[tokens]`), the query heads, the rotation's layout and q's scale.
+#[derive(Clone, Copy)]
+pub struct PagedRope<'a> {
+    pub caches: (&'a Tensor, &'a Tensor),
+    pub tables: (&'a Tensor, &'a Tensor),
+    pub pos: &'a Tensor,
+    pub block_tables: &'a Tensor,
+    pub tab: &'a Tensor,
+    pub heads: usize,
+    pub interleaved: bool,
+    pub q_scale: f32,
+}
+
 /// A row normalized inside the projection that takes it: RMSNorm of `x` (`[1, k]`) with weight
 /// `g` (`[k]`) and epsilon `eps`.
 #[derive(Clone, Copy)]
@@ -213,6 +244,14 @@ fn ptx_target() -> u32 {
         .unwrap_or(0)
 }
 
+/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): Q, K and V tiles
+/// and the probabilities in 16 bits, the scores, outputs and running max and sum in f32.
+fn prefill_smem(d: usize) -> usize {
+    const Q: usize = 64;
+    const K: usize = 64;
+    (Q * d + 2 * K * d + Q * K) * 2 + (Q * K + Q * d + 2 * Q) * 4
+}
+
 /// A kernel argument as the driver takes it: a pointer to its value. Only `Copy` values (scalars
 /// and device addresses), so a buffer object cannot be passed by mistake where its address is meant.
 fn kernel_arg<T: Copy>(v: &T) -> *mut c_void {
@@ -232,6 +271,7 @@ fn addr(t: &Tensor) -> Result<u64> {
         CudaStorageSlice::BF16(s) => s.device_ptr(&stream).0,
         CudaStorageSlice::F16(s) => s.device_ptr(&stream).0,
         CudaStorageSlice::U32(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::I64(s) => s.device_ptr(&stream).0,
         _ => bail!("the fused decode kernels do not take {:?}", t.dtype()),
     };
     Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
@@ -269,8 +309,14 @@ impl Kernels {
             "gemv_rope_k4",
             "gemv_rope_k8",
         ];
+        const PAGED: [&str; 4] = ["rope_kv_paged", "attn_paged64", "attn_paged128", "attn_paged256"];
+        // Tensor-core prefill attention takes 16-bit inputs only.
+        let prefill: &[&'static str] =
+            if dtype == DType::F32 { &[] } else { &["attn_prefill64", "attn_prefill128", "attn_prefill256"] };
         let entries: Vec<(&'static str, String)> = PER_DTYPE
             .iter()
+            .chain(PAGED.iter())
+            .chain(prefill.iter())
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
             .collect();
@@ -454,8 +500,21 @@ impl Kernels {
     /// from the top-p distribution at that temperature with noise keyed by `seed` (a caller
     /// passes a fresh seed per step). Only the ids leave the device.
     pub fn sample(&self, logits: &Tensor, temperature: f64, top_p: f64, seed: u64) -> Result<Vec<u32>> {
+        let rows = logits.dim(0)?;
+        let seeds: Vec<u64> = (0..rows as u64).map(|r| seed ^ (r + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).collect();
+        self.sample_seeded(logits, temperature, top_p, &seeds)
+    }
+
+    /// As `sample`, with each row's noise keyed by its own seed: a row draws the same token
+    /// whatever other rows are in the batch.
+    pub fn sample_seeded(&self, logits: &Tensor, temperature: f64, top_p: f64, seeds: &[u64]) -> Result<Vec<u32>> {
         let logits = logits.to_dtype(DType::F32)?.contiguous()?;
         let (rows, vocab) = logits.dims2()?;
+        if seeds.len() != rows {
+            bail!("sample_seeded: {} seeds for {rows} rows", seeds.len());
+        }
+        let seeds = Tensor::new(seeds.iter().map(|&s| s as i64).collect::<Vec<i64>>(), logits.device())?;
+        let pseeds = addr(&seeds)?;
         let chunks = vocab.div_ceil(SAMPLE_CHUNK);
         let greedy = temperature <= 0.0;
         let check = !greedy && top_p < 1.0;
@@ -478,7 +537,7 @@ impl Kernels {
         let grid =
             LaunchConfig { grid_dim: (chunks as u32, rows as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let per_row = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "sample_partial", grid, &pl, &vocab_i, &chunk_i, &inv_t, &seed, &draws_i, &ppart);
+        launch!(self, "sample_partial", grid, &pl, &vocab_i, &chunk_i, &inv_t, &pseeds, &draws_i, &ppart);
         launch!(self, "sample_pick", per_row, &ppart, &chunks_i, &greedy_i, &check_i, &pcand, &pstats, &pout);
         if check {
             let mass = self.empty((rows, chunks, DRAWS), DType::F32)?;
@@ -608,9 +667,10 @@ impl Kernels {
             (addr(row.x)?, addr(row.g)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);
         let ints = [heads as i32, kv_heads as i32, d as i32, cap as i32, interleaved as i32, k as i32];
+        let (no_table, no_bs) = (0u64, 0i32);
         launch!(
             self, name, cfg, &px, &pg, &row.eps, &pw, &pq, &pk, &pv, &pc, &ps, &pp, &ints[0], &ints[1], &ints[2],
-            &ints[3], &ints[4], &q_scale, &ints[5]
+            &ints[3], &ints[4], &q_scale, &ints[5], &no_table, &no_bs
         );
         Ok(Some(q))
     }
@@ -620,6 +680,166 @@ impl Kernels {
     fn norm_fits(&self, row: &NormIn, w: &Tensor) -> Result<bool> {
         let (rows, k) = row.x.dims2()?;
         Ok(rows == 1 && row.g.dims() == [k] && self.aligned(row.g) && self.gemv_fits(row.x, w, k)?)
+    }
+
+    /// `gemv_rope` for one row of the serving engine: k and v go into the paged cache
+    /// (`[blocks, kv_heads, bs, d]`) through the row's block table (`table`, u32 on the device).
+    pub fn gemv_rope_paged(
+        &self,
+        row: &NormIn,
+        w: &Tensor,
+        step: &PagedRope,
+        table: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let PagedRope { caches, tables, pos, heads, interleaved, q_scale, .. } = *step;
+        let (n, k) = w.dims2()?;
+        let (_, kv_heads, bs, d) = caches.0.dims4()?;
+        if n != (heads + 2 * kv_heads) * d || !self.norm_fits(row, w)? || pos.elem_count() != 1 {
+            return Ok(None);
+        }
+        self.check_step(caches, Some(tables), pos)?;
+        let pairs = (heads + 2 * kv_heads) * d / 2;
+        let (name, cfg) = self.split_launch(pairs, Split::Qkv);
+        let q = self.empty((1, heads * d), self.dtype)?;
+        let (px, pg, pw, pq, pk, pv) =
+            (addr(row.x)?, addr(row.g)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (pc, ps, pp, pt) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?, addr(table)?);
+        let ints = [heads as i32, kv_heads as i32, d as i32, 0, interleaved as i32, k as i32, bs as i32];
+        launch!(
+            self, name, cfg, &px, &pg, &row.eps, &pw, &pq, &pk, &pv, &pc, &ps, &pp, &ints[0], &ints[1], &ints[2],
+            &ints[3], &ints[4], &q_scale, &ints[5], &pt, &ints[6]
+        );
+        Ok(Some(q))
+    }
+
+    /// Rotates every token's q and k at its own position, writes k and v into the paged cache
+    /// through its sequence's block table, and returns q `[tokens, heads * d]` scaled.
+    pub fn rope_kv_paged(&self, qkv: &Tensor, step: &PagedRope) -> Result<Tensor> {
+        let PagedRope { caches, tables, pos, heads, interleaved, q_scale, block_tables, tab } = *step;
+        self.check(qkv)?;
+        self.check(caches.0)?;
+        self.check(caches.1)?;
+        self.check(tables.0)?;
+        self.check(tables.1)?;
+        let (tokens, stride) = qkv.dims2()?;
+        let (_, kv_heads, bs, d) = caches.0.dims4()?;
+        if stride != (heads + 2 * kv_heads) * d || pos.elem_count() != tokens || tab.elem_count() != tokens {
+            bail!(
+                "rope_kv_paged: qkv {:?} for {} positions and cache {:?}",
+                qkv.dims(),
+                pos.elem_count(),
+                caches.0.dims()
+            );
+        }
+        let q = self.empty((tokens, heads * d), self.dtype)?;
+        let (pqkv, pq, pk, pv) = (addr(qkv)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (pc, ps, pp, pt, ptab) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?, addr(block_tables)?, addr(tab)?);
+        let ints = [stride as i32, heads as i32, kv_heads as i32, d as i32, bs as i32, interleaved as i32];
+        let cfg = LaunchConfig {
+            grid_dim: ((heads + 2 * kv_heads) as u32, tokens as u32, 1),
+            block_dim: ((d / 2) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            "rope_kv_paged",
+            cfg,
+            &pqkv,
+            &ints[0],
+            &pq,
+            &pk,
+            &pv,
+            &pc,
+            &ps,
+            &pp,
+            &pt,
+            &ptab,
+            &ints[1],
+            &ints[2],
+            &ints[3],
+            &ints[4],
+            &ints[5],
+            &q_scale
+        );
+        Ok(q)
+    }
+
+    /// Attention of one query per row (`q`: `[rows, heads * d]`, scaled) over its sequence's first
+    /// `lens[r]` positions, read through its block table (`block_tables` at `tab[r]`); `max_len` is
+    /// the longest row's length (it sets the splits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_paged(
+        &self,
+        q: &Tensor,
+        caches: (&Tensor, &Tensor),
+        block_tables: &Tensor,
+        tab: &Tensor,
+        lens: &Tensor,
+        max_len: usize,
+        heads: usize,
+    ) -> Result<Tensor> {
+        self.check(q)?;
+        self.check(caches.0)?;
+        self.check(caches.1)?;
+        let rows = q.dim(0)?;
+        let (_, kv_heads, bs, d) = caches.0.dims4()?;
+        let kernel = match d {
+            64 => "attn_paged64",
+            128 => "attn_paged128",
+            256 => "attn_paged256",
+            _ => bail!("paged attention takes head_dim 64, 128 or 256, not {d}"),
+        };
+        let chunk = ATTN_TILE_BYTES / (d * self.dtype.size_in_bytes());
+        let splits = max_len.div_ceil(chunk).max(1);
+        let part = self.empty((rows, heads, splits, d + 2), DType::F32)?;
+        let out = self.empty((rows, heads * d), self.dtype)?;
+        let counters = self.counters(rows * heads)?;
+        let (pq, pk, pv, ppart, pc, po) =
+            (addr(q)?, addr(caches.0)?, addr(caches.1)?, addr(&part)?, addr(&counters)?, addr(&out)?);
+        let (pt, ptab, pl) = (addr(block_tables)?, addr(tab)?, addr(lens)?);
+        let ints = [heads as i32, kv_heads as i32, bs as i32];
+        let cfg = LaunchConfig {
+            grid_dim: (heads as u32, rows as u32, splits as u32),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, kernel, cfg, &pq, &pk, &pv, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0], &ints[1], &ints[2]);
+        Ok(out)
+    }
+
+    /// Prefill attention of one prompt chunk: `q` (`[len, heads * d]`, scaled) at positions
+    /// `context..context + len` of the sequence with block table `table`, each query over the
+    /// positions up to its own; `None` for f32 (no tensor-core kernel).
+    pub fn attention_prefill(
+        &self,
+        q: &Tensor,
+        caches: (&Tensor, &Tensor),
+        table: &Tensor,
+        context: usize,
+        heads: usize,
+    ) -> Result<Option<Tensor>> {
+        if self.dtype == DType::F32 {
+            return Ok(None);
+        }
+        self.check(q)?;
+        let len = q.dim(0)?;
+        let (_, kv_heads, bs, d) = caches.0.dims4()?;
+        let kernel = match d {
+            64 => "attn_prefill64",
+            128 => "attn_prefill128",
+            256 => "attn_prefill256",
+            _ => return Ok(None),
+        };
+        let out = self.empty((len, heads * d), self.dtype)?;
+        let (pq, pk, pv, po, pt) = (addr(q)?, addr(caches.0)?, addr(caches.1)?, addr(&out)?, addr(table)?);
+        let ints = [context as i32, len as i32, heads as i32, kv_heads as i32, bs as i32];
+        let cfg = LaunchConfig {
+            grid_dim: (len.div_ceil(64) as u32, heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: prefill_smem(d) as u32,
+        };
+        launch!(self, kernel, cfg, &pq, &pk, &pv, &po, &pt, &ints[0], &ints[1], &ints[2], &ints[3], &ints[4]);
+        Ok(Some(out))
     }
 
     /// At least `n` zeroed counters for the attention's last-split merge (each launch leaves its

@@ -48,7 +48,7 @@ pub(super) enum Linear {
 impl Linear {
     /// The weight of a dense projection without bias (what the fused few-row kernels take).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    fn plain_weight(&self) -> Option<&Tensor> {
+    pub(super) fn plain_weight(&self) -> Option<&Tensor> {
         match self {
             Linear::Dense(l) if l.bias().is_none() => Some(l.weight()),
             _ => None,
@@ -84,7 +84,7 @@ impl Linear {
 /// A projection of a fused decode step's rows: the few-row kernel for dense weights without bias,
 /// else the projection's own path.
 #[cfg(feature = "cuda")]
-fn project(k: &super::fused::Kernels, l: &Linear, x: &Tensor) -> Result<Tensor> {
+pub(super) fn project(k: &super::fused::Kernels, l: &Linear, x: &Tensor) -> Result<Tensor> {
     if let Some(w) = l.plain_weight() {
         if let Some(y) = k.gemv(x, w, None)? {
             return Ok(y);
@@ -97,7 +97,7 @@ fn project(k: &super::fused::Kernels, l: &Linear, x: &Tensor) -> Result<Tensor> 
 /// few-row kernel adds it in its epilogue, else the stream and the projection still to add (which
 /// the next add_rmsnorm adds, one launch fewer than adding here).
 #[cfg(feature = "cuda")]
-fn project_onto(
+pub(super) fn project_onto(
     k: &super::fused::Kernels,
     l: &Linear,
     x: &Tensor,
@@ -115,7 +115,7 @@ fn project_onto(
 /// norm in its loads) where there is no delta to add and it applies, else by add_rmsnorm and then
 /// `generic`. Leaves the residual stream (the sum) in `x` and no delta.
 #[cfg(feature = "cuda")]
-fn normalized<R>(
+pub(super) fn normalized<R>(
     k: &super::fused::Kernels,
     (x, delta): (&mut Tensor, &mut Option<Tensor>),
     g: &Tensor,
@@ -161,7 +161,7 @@ pub(super) struct Layer {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     /// `[q; k; v]` as one matrix (dense weights): the fused decode step's one GEMM. `q`, `k` and
     /// `v` are then views of it.
-    qkv: Option<Linear>,
+    pub(super) qkv: Option<Linear>,
     pub(super) q: Linear,
     pub(super) k: Linear,
     pub(super) v: Linear,
@@ -288,11 +288,11 @@ pub struct Model {
     /// The fused kernels (CUDA, f32/bf16/f16): the sampler, and the decode step when
     /// `step_fits`; both off when `fused_on` is false (`Model::set_fused_decode`).
     #[cfg(feature = "cuda")]
-    kernels: Option<super::fused::Kernels>,
+    pub(super) kernels: Option<super::fused::Kernels>,
     #[cfg(feature = "cuda")]
-    step_fits: bool,
+    pub(super) step_fits: bool,
     #[cfg(feature = "cuda")]
-    fused_on: bool,
+    pub(super) fused_on: bool,
 }
 
 /// Inverse frequencies of the rotary embedding, with the configured scaling, and the factor
@@ -507,6 +507,24 @@ impl Model {
         let _ = on;
     }
 
+    /// One token per row of `logits` with each row's noise keyed by its own seed (so a sample
+    /// draws alike in any batch), on the device by the fused sampler; `None` where there is none
+    /// (the CPU, or the kernels off), for the caller to sample each row itself.
+    pub fn sample_rows_seeded(
+        &self,
+        logits: &Tensor,
+        temperature: f64,
+        top_p: f64,
+        seeds: &[u64],
+    ) -> Result<Option<Vec<u32>>> {
+        #[cfg(feature = "cuda")]
+        if let (Some(k), true) = (&self.kernels, self.fused_on) {
+            return k.sample_seeded(logits, temperature, top_p, seeds).map(Some);
+        }
+        let _ = (logits, temperature, top_p, seeds);
+        Ok(None)
+    }
+
     /// One token per row of `logits` (`(rows, vocab)`), drawn on the model's device: greedy at
     /// temperature 0, else from the top-p distribution. The fused sampler (CUDA) keys its noise by
     /// `step_seed`, which callers vary per step; `sample::sample_rows` draws from the device's
@@ -699,6 +717,47 @@ impl Model {
         let files = safetensors_files(dir)?;
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+        Model::from_var_builder(cfg, &json, vb, device, dtype)
+    }
+
+    /// A Llama-shaped model of `cfg` with random weights (normal, std 0.02; norms 1), made on the
+    /// device without files: for benchmarks at a shape whose weights cannot be had.
+    pub fn random(cfg: Config, device: &Device, dtype: DType) -> Result<Model> {
+        let mut t: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
+        let rand = |shape: (usize, usize)| Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype);
+        let ones = |n: usize| Tensor::ones(n, dtype, device);
+        let (h, hd, kvh) = (cfg.hidden, cfg.head_dim, cfg.kv_heads);
+        t.insert("model.embed_tokens.weight".into(), rand((cfg.vocab, h))?);
+        t.insert("lm_head.weight".into(), rand((cfg.vocab, h))?);
+        t.insert("model.norm.weight".into(), ones(h)?);
+        for l in 0..cfg.layers {
+            let p = format!("model.layers.{l}");
+            for (name, shape) in [
+                ("self_attn.q_proj", (cfg.heads * hd, h)),
+                ("self_attn.k_proj", (kvh * hd, h)),
+                ("self_attn.v_proj", (kvh * hd, h)),
+                ("self_attn.o_proj", (h, cfg.heads * hd)),
+                ("mlp.gate_proj", (cfg.intermediate, h)),
+                ("mlp.up_proj", (cfg.intermediate, h)),
+                ("mlp.down_proj", (h, cfg.intermediate)),
+            ] {
+                t.insert(format!("{p}.{name}.weight"), rand(shape)?);
+            }
+            t.insert(format!("{p}.input_layernorm.weight"), ones(h)?);
+            t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
+        }
+        let vb = candle_nn::VarBuilder::from_tensors(t, dtype, device);
+        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype)
+    }
+
+    /// The dense model `vb` holds, laid out as Hugging Face names it (`json`: its config.json).
+    fn from_var_builder(
+        cfg: Config,
+        json: &Value,
+        vb: candle_nn::VarBuilder,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Model> {
         let tie = json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
         let qkv_bias = cfg.arch == "qwen2" || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
         let o_bias = cfg.arch != "qwen2" && json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);

@@ -103,12 +103,17 @@ fn write_rows(batch: &Batch, kv_heads: usize, block_size: usize, head_dim: usize
 impl Model {
     /// Runs one step: writes every token's keys and values into its sequence's blocks and
     /// returns the next-token logits (f32) of the segments that ask for them, in order,
-    /// `(segments with logits, vocab)`.
+    /// `(segments with logits, vocab)`. On CUDA with the fused kernels a batch must list its
+    /// one-token (decode) segments first.
     pub fn forward_paged(&self, batch: &Batch, cache: &PagedCache) -> Result<Tensor> {
         let cfg = &self.cfg;
         let n = batch.ids.len();
         if n == 0 {
             candle_core::bail!("an empty step");
+        }
+        #[cfg(feature = "cuda")]
+        if let (Some(k), true) = (&self.kernels, self.fused_decode()) {
+            return self.forward_paged_fused(k, batch, cache);
         }
         let device = self.device();
         let positions = batch.positions();
@@ -230,5 +235,161 @@ impl super::llama::Layer {
         }
         let y = Tensor::cat(&outs, 0)?;
         self.o.forward(&y)
+    }
+}
+
+/// A step's sequence data on the device, for the fused kernels.
+#[cfg(feature = "cuda")]
+struct DeviceStep {
+    /// Each token's position.
+    pos: Tensor,
+    /// The segments' block tables, back to back.
+    tables: Tensor,
+    /// Each token's offset into `tables`.
+    tab: Tensor,
+    /// The decode rows (the leading one-token segments): their table offsets and lengths.
+    rows: usize,
+    row_tab: Tensor,
+    row_lens: Tensor,
+    max_len: usize,
+    /// Each prefill segment: (first token, tokens, context, its block table alone).
+    prefills: Vec<(usize, usize, usize, Tensor)>,
+    /// The first decode row's table alone (the one-row fused projection writes through it).
+    first_table: Option<Tensor>,
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceStep {
+    fn new(batch: &Batch, block_size: usize, device: &Device) -> Result<DeviceStep> {
+        let mut flat: Vec<u32> = Vec::new();
+        let mut tab: Vec<u32> = Vec::with_capacity(batch.ids.len());
+        let mut offsets = Vec::with_capacity(batch.segments.len());
+        for s in &batch.segments {
+            let used = (s.context + s.len).div_ceil(block_size);
+            offsets.push(flat.len() as u32);
+            tab.extend(std::iter::repeat_n(flat.len() as u32, s.len));
+            flat.extend_from_slice(&s.blocks[..used]);
+        }
+        let rows = batch.segments.iter().take_while(|s| s.len == 1).count();
+        if batch.segments[rows..].iter().any(|s| s.len == 1) {
+            candle_core::bail!("a paged batch lists its decode segments first");
+        }
+        let lens: Vec<u32> = batch.segments[..rows].iter().map(|s| (s.context + 1) as u32).collect();
+        let mut prefills = Vec::new();
+        for (i, s) in batch.segments.iter().enumerate().skip(rows) {
+            let used = (s.context + s.len).div_ceil(block_size);
+            prefills.push((s.start, s.len, s.context, Tensor::new(&s.blocks[..used], device)?));
+        }
+        let first_table = match batch.segments.first() {
+            Some(s) if rows == 1 => Some(Tensor::new(&s.blocks[..(s.context + 1).div_ceil(block_size)], device)?),
+            _ => None,
+        };
+        Ok(DeviceStep {
+            pos: Tensor::new(batch.positions().as_slice(), device)?,
+            tables: Tensor::new(flat.as_slice(), device)?,
+            tab: Tensor::new(tab.as_slice(), device)?,
+            rows,
+            row_tab: Tensor::new(&offsets[..rows.max(1).min(offsets.len())], device)?,
+            row_lens: Tensor::new(if lens.is_empty() { &[1u32][..] } else { lens.as_slice() }, device)?,
+            max_len: lens.iter().copied().max().unwrap_or(1) as usize,
+            prefills,
+            first_table,
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Model {
+    /// `forward_paged` through the fused kernels: per layer the residual add and norm, the q/k/v
+    /// projection (at one row with the norm, RoPE and the cache write in one launch), RoPE with
+    /// the paged cache write, split-K attention of the decode rows over their blocks, tiled
+    /// attention of each prompt chunk, and the projections with their residual adds.
+    fn forward_paged_fused(&self, k: &super::fused::Kernels, batch: &Batch, cache: &PagedCache) -> Result<Tensor> {
+        use super::llama::{normalized, project, project_onto, Linear, Mlp};
+        let cfg = &self.cfg;
+        let eps = cfg.rms_eps as f32;
+        let device = self.device();
+        let step = DeviceStep::new(batch, cache.block_size, device)?;
+        let q_scale =
+            if self.layers.first().is_some_and(|l| l.q_scaled) { 1.0 } else { 1.0 / (cfg.head_dim as f32).sqrt() };
+        let ids = Tensor::new(batch.ids.as_slice(), device)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut delta: Option<Tensor> = None;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let caches = (&cache.k[l], &cache.v[l]);
+            let rope = super::fused::PagedRope {
+                caches,
+                tables: (&self.cos, &self.sin),
+                pos: &step.pos,
+                block_tables: &step.tables,
+                tab: &step.tab,
+                heads: cfg.heads,
+                interleaved: cfg.rope_interleaved,
+                q_scale,
+            };
+            let q = normalized(
+                k,
+                (&mut x, &mut delta),
+                &layer.attn_norm,
+                eps,
+                |row| match (layer.qkv.as_ref().and_then(Linear::plain_weight), &step.first_table) {
+                    (Some(w), Some(table)) => k.gemv_rope_paged(row, w, &rope, table),
+                    _ => Ok(None),
+                },
+                |h| {
+                    let qkv = match &layer.qkv {
+                        Some(qkv) => project(k, qkv, h)?,
+                        None => Tensor::cat(&[layer.q.forward(h)?, layer.k.forward(h)?, layer.v.forward(h)?], 1)?,
+                    };
+                    k.rope_kv_paged(&qkv, &rope)
+                },
+            )?;
+            let mut parts = Vec::with_capacity(1 + step.prefills.len());
+            if step.rows > 0 {
+                let qd = q.narrow(0, 0, step.rows)?;
+                parts.push(k.attention_paged(
+                    &qd,
+                    caches,
+                    &step.tables,
+                    &step.row_tab,
+                    &step.row_lens,
+                    step.max_len,
+                    cfg.heads,
+                )?);
+            }
+            for (start, len, context, table) in &step.prefills {
+                let qs = q.narrow(0, *start, *len)?;
+                let out = match k.attention_prefill(&qs, caches, table, *context, cfg.heads)? {
+                    Some(o) => o,
+                    None => candle_core::bail!("no prefill attention kernel for {:?}", self.dtype()),
+                };
+                parts.push(out);
+            }
+            let a = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 0)? };
+            (x, delta) = project_onto(k, &layer.o, &a, x)?;
+            let act = normalized(
+                k,
+                (&mut x, &mut delta),
+                &layer.ffn_norm,
+                eps,
+                |row| match &layer.mlp {
+                    Mlp::Fused(gu) => gu.plain_weight().map_or(Ok(None), |w| k.gemv_silu(row, w)),
+                    Mlp::Split { .. } => Ok(None),
+                },
+                |h| match &layer.mlp {
+                    Mlp::Fused(gu) => k.silu_mul(&project(k, gu, h)?),
+                    split => split.forward(h),
+                },
+            )?;
+            (x, delta) = project_onto(k, &layer.down, &act, x)?;
+        }
+        let last: Vec<u32> = batch.segments.iter().filter(|s| s.logits).map(|s| (s.start + s.len - 1) as u32).collect();
+        if last.is_empty() {
+            return Tensor::zeros((0, cfg.vocab), DType::F32, device);
+        }
+        let (_, h) = k.add_rmsnorm(&x, delta.as_ref(), &self.norm, eps)?;
+        let h =
+            if last.len() == batch.ids.len() { h } else { h.index_select(&Tensor::new(last.as_slice(), device)?, 0)? };
+        project(k, &self.lm_head, &h.contiguous()?)?.to_dtype(DType::F32)
     }
 }

@@ -35,6 +35,12 @@ __device__ __forceinline__ void pdl_begin() {
 #endif
 }
 
+// Row of (head kh, position pos) of a sequence with block table `table` in the serving engine's
+// paged cache [blocks, kv_heads, bs, d] (paged.cu).
+__device__ __forceinline__ size_t paged_row(const uint32_t* table, int pos, int bs, int kv_heads, int kh) {
+    return ((size_t)table[pos / bs] * kv_heads + kh) * bs + pos % bs;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
@@ -471,11 +477,12 @@ __device__ void gemv_silu(NormIn<T> in, const T* w, T* y, int inter, int k) {
 // its epilogue: a unit computes the two
 // columns of one rotation pair (q, k or v head; interleaved or half-split as the model rotates),
 // rotates q and k at *pos, scales q, and writes q to q_out [heads * d] and k, v into the caches
-// [kv_heads, cap, d] at *pos. Grid: ceil((heads + 2 * kv_heads) * d / 2 / (8 / KS)); block: 256.
+// [kv_heads, cap, d] at *pos, or, with a block table, into the paged cache [blocks, kv_heads, bs,
+// d] (cap then unused). Grid: ceil((heads + 2 * kv_heads) * d / 2 / (8 / KS)); block: 256.
 template <typename T, int KS>
 __device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
                           const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
-                          float q_scale, int k) {
+                          float q_scale, int k, const uint32_t* table, int bs) {
     pdl_begin();
     int half = d / 2, pairs = (heads + 2 * kv_heads) * half;
     int p = gemv_unit<KS>(), pc = min(p, pairs - 1);
@@ -485,8 +492,11 @@ __device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, cons
     if (!dot2_norm<T, KS>(in, w + ((size_t)head * d + a) * k, w + ((size_t)head * d + b) * k, k, r) || p >= pairs) return;
     float x0 = to_f(from_f<T>(r[0])), x1 = to_f(from_f<T>(r[1]));
     uint32_t pos = *pos_p;
+    auto cache_row = [&](int kh) -> size_t {
+        return table ? paged_row(table, (int)pos, bs, kv_heads, kh) : (size_t)kh * cap + pos;
+    };
     if (head >= heads + kv_heads) {
-        T* dst = vc + ((size_t)(head - heads - kv_heads) * cap + pos) * d;
+        T* dst = vc + cache_row(head - heads - kv_heads) * d;
         dst[a] = from_f<T>(x0);
         dst[b] = from_f<T>(x1);
         return;
@@ -498,7 +508,7 @@ __device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, cons
         dst = q_out + (size_t)head * d;
         scale = q_scale;
     } else {
-        dst = kc + ((size_t)(head - heads) * cap + pos) * d;
+        dst = kc + cache_row(head - heads) * d;
     }
     dst[a] = from_f<T>((x0 * c - x1 * s) * scale);
     dst[b] = from_f<T>((x0 * s + x1 * c) * scale);
@@ -513,9 +523,9 @@ __device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, cons
                                                      T* q_out, T* kc, T* vc, const T* cos,                     \
                                                      const T* sin, const uint32_t* pos, int heads,             \
                                                      int kv_heads, int d, int cap, int interleaved,            \
-                                                     float q_scale, int k) {                                   \
+                                                     float q_scale, int k, const uint32_t* table, int bs) {    \
         gemv_rope<T, KS>({x, g, eps}, w, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap,                \
-                         interleaved, q_scale, k);                                                             \
+                         interleaved, q_scale, k, table, bs);                                                  \
     }
 #define GEMV_EPILOGUES(T, S)                                                                                   \
     GEMV_EPILOGUE(T, S, 1) GEMV_EPILOGUE(T, S, 2) GEMV_EPILOGUE(T, S, 4) GEMV_EPILOGUE(T, S, 8)
@@ -582,10 +592,11 @@ __device__ void block_argmax(float& s, int& i) {
 }
 
 // Per (chunk, row): the chunk's max and sum of exp(z - max) of z = logit * inv_t, and its best
-// (score, id) per slot; `draws` of the DRAWS slots are drawn (0 when greedy, 1 without top-p).
-// Grid: (chunks, rows); block: 256.
-extern "C" __global__ void sample_partial(const float* logits, int vocab, int chunk, float inv_t, uint64_t seed,
-                                          int draws, float* part) {
+// (score, id) per slot; `draws` of the DRAWS slots are drawn (0 when greedy, 1 without top-p),
+// with noise keyed by the row's own seed (seeds[r]), so a sample draws the same whatever row of
+// the batch it is. Grid: (chunks, rows); block: 256.
+extern "C" __global__ void sample_partial(const float* logits, int vocab, int chunk, float inv_t,
+                                          const uint64_t* seeds, int draws, float* part) {
     pdl_begin();
     int c = blockIdx.x, r = blockIdx.y, chunks = gridDim.x;
     const float* row = logits + (size_t)r * vocab;
@@ -608,7 +619,7 @@ extern "C" __global__ void sample_partial(const float* logits, int vocab, int ch
 #pragma unroll
         for (int k = 0; k < DRAWS; k++) {
             if (k >= draws) break;
-            float g = z + gumbel(seed, (uint64_t)r * DRAWS + k, (uint32_t)j);
+            float g = z + gumbel(seeds[r], (uint64_t)k, (uint32_t)j);
             if (better(g, j, best[k], bi[k])) best[k] = g, bi[k] = j;
         }
     }
@@ -709,3 +720,5 @@ extern "C" __global__ void sample_accept(const float* mass, int chunks, const in
     }
     if (lane == 0) out[r] = (uint32_t)pick;
 }
+
+#include "paged.cu"

@@ -74,6 +74,16 @@ pub struct Job {
     /// Send `Delta` events as text arrives.
     pub deltas: bool,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Benchmarks: generate past end-of-sequence tokens, and stop sample `i` after
+    /// `sample_max_tokens[i]` tokens (in place of `params.max_new_tokens`).
+    pub ignore_eos: bool,
+    pub sample_max_tokens: Option<Vec<usize>>,
+}
+
+impl Job {
+    pub fn new(prompt: Vec<u32>, params: SamplingParams, deltas: bool, events: mpsc::UnboundedSender<Event>) -> Job {
+        Job { prompt, params, deltas, events, ignore_eos: false, sample_max_tokens: None }
+    }
 }
 
 /// Counters a running engine keeps, for `/metrics` and progress logs.
@@ -90,6 +100,12 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub steps: AtomicU64,
     pub requests_done: AtomicU64,
+    /// Over all steps: decode rows, the cached positions they read, and of those the positions of
+    /// a prompt another row of the same request read in the same step (what attention that reads
+    /// a shared prefix once would save). Benchmarks compute the memory-bandwidth limit from them.
+    pub decode_rows: AtomicU64,
+    pub positions_read: AtomicU64,
+    pub positions_shared: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -106,6 +122,9 @@ pub struct MetricsSnapshot {
     pub prompt_tokens: u64,
     pub steps: u64,
     pub requests_done: u64,
+    pub decode_rows: u64,
+    pub positions_read: u64,
+    pub positions_shared: u64,
 }
 
 impl Metrics {
@@ -124,6 +143,9 @@ impl Metrics {
             prompt_tokens: g(&self.prompt_tokens),
             steps: g(&self.steps),
             requests_done: g(&self.requests_done),
+            decode_rows: g(&self.decode_rows),
+            positions_read: g(&self.positions_read),
+            positions_shared: g(&self.positions_shared),
         }
     }
 }
@@ -131,7 +153,8 @@ impl Metrics {
 /// The handle callers hold: submits jobs to the engine thread. Dropping the last handle stops
 /// the thread once its work is done.
 pub struct Engine {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     pub metrics: Arc<Metrics>,
     stopping: Arc<AtomicBool>,
     pub cache_blocks: usize,
@@ -150,23 +173,37 @@ impl Engine {
         let stopping = Arc::new(AtomicBool::new(false));
         let state = step::Loop::new(model, tok, cache, opts.clone(), metrics.clone());
         let stop = stopping.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("subgoal-engine".into())
             .spawn(move || state.run(rx, stop))
             .map_err(|e| GenError::Backend(format!("starting the engine thread: {e}")))?;
         tracing::info!(blocks, block_size = opts.block_size, "engine started");
-        Ok(Engine { jobs: tx, metrics, stopping, cache_blocks: blocks, block_size: opts.block_size })
+        Ok(Engine {
+            jobs: Some(tx),
+            thread: Some(thread),
+            metrics,
+            stopping,
+            cache_blocks: blocks,
+            block_size: opts.block_size,
+        })
     }
 
     /// Queues a job; its events arrive on its channel.
     pub fn submit(&self, job: Job) -> Result<(), GenError> {
-        self.jobs.send(job).map_err(|_| GenError::Backend("the engine has stopped".into()))
+        let jobs = self.jobs.as_ref().ok_or_else(|| GenError::Backend("the engine has stopped".into()))?;
+        jobs.send(job).map_err(|_| GenError::Backend("the engine has stopped".into()))
     }
 }
 
 impl Drop for Engine {
+    /// Stops the loop and waits for it, so the cache's memory is free when this returns (work
+    /// whose receivers are gone is dropped at the loop's next step).
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

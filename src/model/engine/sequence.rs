@@ -24,6 +24,8 @@ pub struct Request {
     pub deltas: bool,
     pub events: mpsc::UnboundedSender<Event>,
     pub started: Instant,
+    pub ignore_eos: bool,
+    pub sample_max_tokens: Option<Vec<usize>>,
 }
 
 impl Request {
@@ -113,6 +115,20 @@ impl Seq {
         }
     }
 
+    /// The key of this sample's next draw on a device sampler: its request's seed, its index and
+    /// the position it draws for, so the draw is the same in any batch and after a preemption.
+    pub fn step_seed(&self) -> u64 {
+        let i = match self.role {
+            Role::Sample(i) => i as u64,
+            Role::Prompt => 0,
+        };
+        let mut x = self.request.seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (self.tokens.len() as u64);
+        // splitmix64's finalizer.
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
+
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.request.prompt.len()
     }
@@ -172,7 +188,7 @@ impl Seq {
     /// Records the sampled token; returns why the sample ends, if it does.
     pub fn push_token(&mut self, tok: u32, tokenizer: &ModelTokenizer, context: usize) -> Option<FinishReason> {
         self.tokens.push(tok);
-        if tokenizer.eos_ids.contains(&tok) {
+        if !self.request.ignore_eos && tokenizer.eos_ids.contains(&tok) {
             self.text.ids.push(tok);
             return Some(FinishReason::Stop);
         }
@@ -181,7 +197,11 @@ impl Seq {
             self.keep = Some(cut);
             return Some(FinishReason::Stop);
         }
-        if self.generated() >= self.request.params.max_new_tokens || self.tokens.len() >= context {
+        let limit = match (&self.request.sample_max_tokens, self.role) {
+            (Some(limits), Role::Sample(i)) => limits.get(i).copied().unwrap_or(self.request.params.max_new_tokens),
+            _ => self.request.params.max_new_tokens,
+        };
+        if self.generated() >= limit || self.tokens.len() >= context {
             return Some(FinishReason::Length);
         }
         None

@@ -99,6 +99,8 @@ impl Loop {
             deltas: job.deltas,
             events: job.events,
             started: Instant::now(),
+            ignore_eos: job.ignore_eos,
+            sample_max_tokens: job.sample_max_tokens,
         });
         let needed = Seq::blocks_for(request.prompt.len() + 1, self.pool.block_size());
         let refuse = if request.prompt.is_empty() {
@@ -260,7 +262,7 @@ impl Loop {
     }
 
     fn answer(&mut self, request: Arc<Request>, sample: usize, completion: Completion) {
-        request.send(Event::Done { sample, completion });
+        // Counted before the last answer goes out, so whoever receives it sees the count.
         if let Some(open) = self.open.get_mut(&request.id) {
             *open -= 1;
             if *open == 0 {
@@ -268,15 +270,19 @@ impl Loop {
                 self.metrics.requests_done.fetch_add(1, Ordering::Relaxed);
             }
         }
+        request.send(Event::Done { sample, completion });
     }
 
     fn step(&mut self) {
         self.drop_cancelled();
         self.admit();
-        let members = self.plan();
+        let mut members = self.plan();
         if members.is_empty() {
             return;
         }
+        // One-token segments first: the fused attention takes the decode rows as one block.
+        members.sort_by_key(|m| m.tokens != 1);
+        self.count_reads(&members);
         let mut batch = Batch::default();
         for m in &members {
             let s = &self.running[m.index];
@@ -287,6 +293,27 @@ impl Loop {
             Ok(logits) => self.after_step(&members, &logits),
             Err(e) => self.fail_running(&format!("the model failed: {e}")),
         }
+    }
+
+    /// Adds this step's decode reads to the metrics: rows, positions read, and positions of a
+    /// prompt read by more than one row of its request.
+    fn count_reads(&self, members: &[Member]) {
+        let bs = self.pool.block_size();
+        let mut rows = 0u64;
+        let mut read = 0u64;
+        let mut per_request: HashMap<u64, (u64, u64)> = HashMap::new();
+        for m in members.iter().filter(|m| m.tokens == 1) {
+            let s = &self.running[m.index];
+            rows += 1;
+            read += (s.computed + 1) as u64;
+            let shared = (s.request.prompt.len().min(s.computed) / bs * bs) as u64;
+            let e = per_request.entry(s.request.id).or_insert((0, shared));
+            e.0 += 1;
+        }
+        let shared: u64 = per_request.values().map(|&(n, p)| n.saturating_sub(1) * p).sum();
+        self.metrics.decode_rows.fetch_add(rows, Ordering::Relaxed);
+        self.metrics.positions_read.fetch_add(read, Ordering::Relaxed);
+        self.metrics.positions_shared.fetch_add(shared, Ordering::Relaxed);
     }
 
     fn fail_running(&mut self, why: &str) {
@@ -309,35 +336,36 @@ impl Loop {
         let mut row = 0;
         let mut forks: Vec<usize> = Vec::new();
         let mut done: Vec<(usize, FinishReason)> = Vec::new();
+        let mut draws: Vec<(usize, usize)> = Vec::new();
         for m in members {
             let seq = &mut self.running[m.index];
             seq.computed += m.tokens;
             seq.publish_full_blocks(&mut self.pool);
-            if !m.logits {
-                continue;
+            if m.logits {
+                match seq.role {
+                    Role::Prompt => forks.push(m.index),
+                    Role::Sample(_) => draws.push((m.index, row)),
+                }
+                row += 1;
             }
-            let r = row;
-            row += 1;
-            match seq.role {
-                Role::Prompt => forks.push(m.index),
-                Role::Sample(_) => {
-                    let tok = match logits.i(r).and_then(|l| sample(seq, &l)) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!(error = %e, "sampling failed");
-                            done.push((m.index, FinishReason::Error));
-                            continue;
-                        }
-                    };
-                    self.metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
-                    if let Some(f) = seq.push_token(tok, &self.tok, self.context) {
-                        done.push((m.index, f));
-                    } else if seq.request.deltas {
-                        if let Some(d) = seq.delta(false) {
-                            let Role::Sample(i) = seq.role else { continue };
-                            seq.request.send(Event::Delta { sample: i, text: d });
-                        }
-                    }
+        }
+        let tokens = self.draw(&draws, logits);
+        for ((index, _), tok) in draws.iter().zip(tokens) {
+            let seq = &mut self.running[*index];
+            let tok = match tok {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "sampling failed");
+                    done.push((*index, FinishReason::Error));
+                    continue;
+                }
+            };
+            self.metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            if let Some(f) = seq.push_token(tok, &self.tok, self.context) {
+                done.push((*index, f));
+            } else if let (true, Role::Sample(i)) = (seq.request.deltas, seq.role) {
+                if let Some(d) = seq.delta(false) {
+                    seq.request.send(Event::Delta { sample: i, text: d });
                 }
             }
         }
@@ -377,6 +405,50 @@ impl Loop {
             seq.release(&mut self.pool);
             self.answer(seq.request.clone(), sample, completion);
         }
+    }
+
+    /// The next token of each sequence in `draws` (running index, logits row): on the device in
+    /// one go per (temperature, top-p) where the model has a sampler there, each row keyed by
+    /// its sample's seed and position; else each sequence from its own generator.
+    fn draw(&mut self, draws: &[(usize, usize)], logits: &Tensor) -> Vec<candle_core::Result<u32>> {
+        let mut out: Vec<Option<candle_core::Result<u32>>> = (0..draws.len()).map(|_| None).collect();
+        let mut groups: Vec<((u64, u64), Vec<usize>)> = Vec::new();
+        for (i, &(index, _)) in draws.iter().enumerate() {
+            let p = &self.running[index].request.params;
+            let key = (p.temperature.to_bits(), p.top_p.to_bits());
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => g.1.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        for (key, members) in groups {
+            let rows: Vec<u32> = members.iter().map(|&i| draws[i].1 as u32).collect();
+            let seeds: Vec<u64> = members.iter().map(|&i| self.running[draws[i].0].step_seed()).collect();
+            let device = logits.device();
+            let picked = Tensor::new(rows.as_slice(), device)
+                .and_then(|r| logits.index_select(&r, 0))
+                .and_then(|l| self.model.sample_rows_seeded(&l, f64::from_bits(key.0), f64::from_bits(key.1), &seeds));
+            match picked {
+                Ok(Some(ids)) => {
+                    for (&i, id) in members.iter().zip(ids) {
+                        out[i] = Some(Ok(id));
+                    }
+                }
+                Ok(None) => {
+                    for &i in &members {
+                        let (index, r) = draws[i];
+                        let seq = &mut self.running[index];
+                        out[i] = Some(logits.i(r).and_then(|l| sample(seq, &l)));
+                    }
+                }
+                Err(e) => {
+                    for &i in &members {
+                        out[i] = Some(Err(candle_core::Error::Msg(e.to_string())));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(candle_core::Error::Msg("no draw".into())))).collect()
     }
 
     /// A prompt whose logits are in: its `n` samples, each sharing the prompt's full blocks and
@@ -425,8 +497,22 @@ impl Loop {
                 return;
             }
         };
+        let seeds: Vec<u64> = samples.iter().map(Seq::step_seed).collect();
+        let p = &prompt.request.params;
+        let on_device = row
+            .unsqueeze(0)
+            .and_then(|r| r.broadcast_as((n, r.dim(1)?))?.contiguous())
+            .and_then(|rows| self.model.sample_rows_seeded(&rows, p.temperature, p.top_p, &seeds));
+        let on_device = match on_device {
+            Ok(Some(ids)) => Some(ids),
+            _ => None,
+        };
         for (i, mut s) in samples.into_iter().enumerate() {
-            let finish = match sample(&mut s, &row) {
+            let drawn = match &on_device {
+                Some(ids) => Ok(ids[i]),
+                None => sample(&mut s, &row),
+            };
+            let finish = match drawn {
                 Ok(tok) => {
                     self.metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
                     s.push_token(tok, &self.tok, self.context)

@@ -1,0 +1,378 @@
+//! The serving engine on a GPU against the engine it replaced, side by side in one run, at the
+//! DeepSeek-Prover-V2-7B shape (Llama, 30 layers, hidden 4096, 32 heads without grouping: 480 KiB
+//! of KV cache per token) and at the Llama-2-7B shape TensorRT-LLM publishes (32 layers, vocabulary
+//! 32,000), with random bf16 weights made on the device.
+//!
+//!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs 64] [--layers 30]
+//!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s]
+//!
+//! Prints JSON:
+//! - `paged_vs_generic`: the engine's fused paged step (tiled prefill attention, paged split-K
+//!   decode attention) against the generic contiguous path on the same tokens: logits and argmax.
+//! - `batch1`: one request, one sample, through the engine.
+//! - `passk`: `--prompts` prompts of 300-1,500 tokens, `--k` samples each, lengths drawn from a
+//!   long-tailed (log-normal) distribution of mean `--mean`, at most `--max`, end-of-sequence
+//!   ignored; output tokens/s and wall time through the engine, and through the static batch of
+//!   before (one prompt at a time, its cache copied to k rows, rows leaving as they finish) at the
+//!   largest k that runs (`--baseline-k`, halved on out-of-memory).
+//! - `trt`: 128 in / 2,048 out and 2,048 / 2,048, `--trt-seqs` sequences each.
+//! - Beside each engine figure, the memory-bandwidth limit at the occupancy the engine ran at:
+//!   every step reads the weights once and each decode row's cached positions (and, with a
+//!   shared prefix read once per request, less).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use subgoal::model::engine::{Engine, EngineOptions, Event, Job, MetricsSnapshot};
+use subgoal::model::llama::{Config, KvCache, Model};
+use subgoal::model::paged::{Batch, PagedCache};
+use subgoal::model::tokenizer::ModelTokenizer;
+use subgoal::model::SamplingParams;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn r(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn llama(layers: usize, vocab: usize) -> Config {
+    Config {
+        arch: "llama".into(),
+        hidden: 4096,
+        layers,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 128,
+        intermediate: 11008,
+        rms_eps: 1e-6,
+        rope_theta: 10000.0,
+        rope_interleaved: false,
+        rope_scaling: None,
+        max_positions: 16384,
+        vocab,
+    }
+}
+
+/// A deterministic generator (splitmix64) for prompt tokens and lengths.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    /// Log-normal with this mean and sigma 0.6 (a long right tail), clamped to [64, max].
+    fn length(&mut self, mean: f64, max: usize) -> usize {
+        let sigma = 0.6f64;
+        let mu = mean.ln() - sigma * sigma / 2.0;
+        let z = (-2.0 * self.unit().ln()).sqrt() * (2.0 * std::f64::consts::PI * self.unit()).cos();
+        ((mu + sigma * z).exp().round() as usize).clamp(64, max)
+    }
+    fn tokens(&mut self, n: usize, vocab: usize) -> Vec<u32> {
+        (0..n).map(|_| (self.next() % (vocab as u64 - 1)) as u32).collect()
+    }
+}
+
+/// A byte-level tokenizer of 256 tokens with no end-of-sequence token: the engine needs one to
+/// detokenize; the random model's ids past 255 decode to nothing.
+fn tokenizer(dir: &std::path::Path) -> ModelTokenizer {
+    let vocab: serde_json::Map<String, Value> = (0..256u32)
+        .map(|b| {
+            let c = char::from_u32(if (33..=126).contains(&b) { b } else { 0x100 + b }).unwrap();
+            (c.to_string(), json!(b))
+        })
+        .collect();
+    let doc = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    ModelTokenizer::from_tokenizer_json(&path).unwrap()
+}
+
+/// Runs jobs (prompt, each sample's length) through a fresh engine; returns wall seconds, output
+/// tokens, the engine's counters and its cache blocks.
+fn engine_run(
+    model: &Arc<Model>,
+    tok: &Arc<ModelTokenizer>,
+    jobs: &[(Vec<u32>, Vec<usize>)],
+    rt: &tokio::runtime::Runtime,
+) -> (f64, u64, MetricsSnapshot, usize) {
+    let engine = Engine::start(model.clone(), tok.clone(), &EngineOptions::default()).expect("start the engine");
+    let started = Instant::now();
+    let mut receivers = Vec::new();
+    for (i, (prompt, lengths)) in jobs.iter().enumerate() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let params = SamplingParams {
+            n: lengths.len(),
+            temperature: 1.0,
+            top_p: 0.95,
+            max_new_tokens: *lengths.iter().max().unwrap(),
+            stop: vec![],
+            seed: Some(i as u64),
+        };
+        let mut job = Job::new(prompt.clone(), params, false, tx);
+        job.ignore_eos = true;
+        job.sample_max_tokens = Some(lengths.clone());
+        engine.submit(job).unwrap();
+        receivers.push(rx);
+    }
+    let tokens: u64 = rt.block_on(async {
+        let mut total = 0u64;
+        for mut rx in receivers {
+            while let Some(e) = rx.recv().await {
+                if let Event::Done { completion, .. } = e {
+                    assert!(completion.error.is_none(), "{completion:?}");
+                    total += completion.completion_tokens as u64;
+                }
+            }
+        }
+        total
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let m = engine.metrics.snapshot();
+    let blocks = engine.cache_blocks;
+    drop(engine);
+    (wall, tokens, m, blocks)
+}
+
+/// The engine of before: one prompt at a time, prefilled once, its cache copied to `k` rows,
+/// decoded as one batch with rows leaving as their samples end. `None` on out-of-memory.
+fn static_batch(model: &Model, prompt: &[u32], lengths: &[usize], device: &Device) -> Option<(f64, u64)> {
+    let k = lengths.len();
+    let started = Instant::now();
+    let mut cache = KvCache::new(model.cfg.layers);
+    let ids = Tensor::new(prompt, device).ok()?.unsqueeze(0).ok()?;
+    let logits = model.forward(&ids, 0, &mut cache).ok()?;
+    let rows = logits.broadcast_as((k, model.cfg.vocab)).ok()?.contiguous().ok()?;
+    let mut next = model.sample_rows(&rows, 1.0, 0.95, 1).ok()?;
+    cache.expand(k).ok()?;
+    let mut alive: Vec<usize> = (0..k).collect();
+    let mut made = vec![1usize; k];
+    let mut pos = prompt.len();
+    let mut tokens = k as u64;
+    loop {
+        let keep: Vec<usize> = (0..alive.len()).filter(|&i| made[alive[i]] < lengths[alive[i]]).collect();
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < alive.len() {
+            let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+            cache.retain(&idx).ok()?;
+            next = keep.iter().map(|&i| next[i]).collect();
+            alive = keep.iter().map(|&i| alive[i]).collect();
+        }
+        let input = Tensor::from_vec(next.clone(), (alive.len(), 1), device).ok()?;
+        let logits = model.forward(&input, pos, &mut cache).ok()?;
+        pos += 1;
+        next = model.sample_rows(&logits, 1.0, 0.95, pos as u64).ok()?;
+        for &a in &alive {
+            made[a] += 1;
+        }
+        tokens += alive.len() as u64;
+    }
+    device.synchronize().ok()?;
+    Some((started.elapsed().as_secs_f64(), tokens))
+}
+
+/// Tokens/s the memory bandwidth allows at the engine's occupancy: every step reads the weights,
+/// each decode row its cached positions (`shared`: a request's common prompt once).
+fn hbm_limit(m: &MetricsSnapshot, tokens: u64, weight_bytes: f64, kv_bytes: f64, bandwidth: f64, shared: bool) -> f64 {
+    let positions = m.positions_read - if shared { m.positions_shared } else { 0 };
+    let bytes = m.steps as f64 * weight_bytes + positions as f64 * kv_bytes;
+    tokens as f64 / (bytes / bandwidth)
+}
+
+fn engine_report(wall: f64, tokens: u64, m: &MetricsSnapshot, blocks: usize, weights: f64, kv: f64, bw: f64) -> Value {
+    let rate = tokens as f64 / wall;
+    let limit = hbm_limit(m, tokens, weights, kv, bw, false);
+    let limit_shared = hbm_limit(m, tokens, weights, kv, bw, true);
+    json!({
+        "wall_s": r(wall), "output_tokens": tokens, "tokens_per_s": r(rate),
+        "hbm_limit_tokens_per_s": r(limit), "fraction_of_limit": r(rate / limit),
+        "hbm_limit_shared_prefix_once_tokens_per_s": r(limit_shared), "fraction_of_shared_limit": r(rate / limit_shared),
+        "mean_decode_rows_per_step": r(m.decode_rows as f64 / m.steps.max(1) as f64),
+        "steps": m.steps, "preemptions": m.preemptions, "prefix_hits": m.prefix_hits, "cache_blocks": blocks,
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let layers: usize = arg(&args, "--layers", 30);
+    let prompts: usize = arg(&args, "--prompts", 2);
+    let k: usize = arg(&args, "--k", 32);
+    let mean: f64 = arg(&args, "--mean", 4500.0);
+    let max: usize = arg(&args, "--max", 8192);
+    let trt_seqs: usize = arg(&args, "--trt-seqs", 64);
+    let baseline_k: usize = arg(&args, "--baseline-k", 8);
+    let no_baseline = args.iter().any(|a| a == "--no-baseline");
+    let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
+    let gpu = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let bandwidth = arg(&args, "--bandwidth", if gpu.contains("H200") { 4.8 } else { 3.35 }) * 1e12;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = Arc::new(tokenizer(dir.path()));
+    let mut rng = Rng(7);
+
+    // The Prover-V2-7B shape.
+    let cfg = llama(layers, 102400);
+    let kv_bytes = (2 * cfg.layers * cfg.kv_heads * cfg.head_dim * 2) as f64;
+    let model = Arc::new(Model::random(cfg.clone(), &device, DType::BF16).expect("random model"));
+    let weight_bytes = 2.0
+        * (2 * cfg.vocab * cfg.hidden + cfg.layers * (4 * cfg.hidden * cfg.hidden + 3 * cfg.hidden * cfg.intermediate))
+            as f64;
+
+    let parity = paged_vs_generic(&model, &device, &mut rng);
+
+    let b1 = {
+        let prompt = rng.tokens(512, cfg.vocab);
+        let (wall, tokens, m, blocks) = engine_run(&model, &tok, &[(prompt.clone(), vec![256])], &rt);
+        let mut v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth);
+        // The same through the static path (its fused one-row step), for the ratio.
+        if let Some((w, t)) = static_batch(&model, &prompt, &[256], &device) {
+            v["static_tokens_per_s"] = json!(r(t as f64 / w));
+        }
+        v
+    };
+
+    let passk_jobs: Vec<(Vec<u32>, Vec<usize>)> = (0..prompts)
+        .map(|_| {
+            let len = 300 + (rng.next() % 1201) as usize;
+            (rng.tokens(len, cfg.vocab), (0..k).map(|_| rng.length(mean, max)).collect())
+        })
+        .collect();
+    let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt);
+    let mut passk = json!({
+        "prompts": prompts, "k": k, "mean_length": r(passk_jobs.iter().flat_map(|j| &j.1).sum::<usize>() as f64 / (prompts * k) as f64),
+        "engine": engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth),
+    });
+    if !no_baseline {
+        let mut bk = baseline_k.min(k);
+        let mut done = None;
+        while bk >= 1 && done.is_none() {
+            let mut total = (0.0, 0u64);
+            let mut ok = true;
+            for (prompt, lengths) in &passk_jobs {
+                match static_batch(&model, prompt, &lengths[..bk], &device) {
+                    Some((w, t)) => total = (total.0 + w, total.1 + t),
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                done = Some((bk, total));
+            } else {
+                bk /= 2;
+            }
+        }
+        if let Some((bk, (w, t))) = done {
+            let rate = t as f64 / w;
+            passk["static_batch"] = json!({"k": bk, "wall_s": r(w), "output_tokens": t, "tokens_per_s": r(rate)});
+            passk["engine_over_static"] = json!(r(passk["engine"]["tokens_per_s"].as_f64().unwrap_or(0.0) / rate));
+        }
+    }
+    drop(model);
+
+    // TensorRT-LLM's Llama-2-7B shapes.
+    let cfg2 = llama(32, 32000);
+    let kv2 = (2 * cfg2.layers * cfg2.kv_heads * cfg2.head_dim * 2) as f64;
+    let w2 = 2.0
+        * (2 * cfg2.vocab * cfg2.hidden
+            + cfg2.layers * (4 * cfg2.hidden * cfg2.hidden + 3 * cfg2.hidden * cfg2.intermediate)) as f64;
+    let model2 = Arc::new(Model::random(cfg2.clone(), &device, DType::BF16).expect("random model"));
+    let mut trt = serde_json::Map::new();
+    for (input, output) in [(128usize, 2048usize), (2048, 2048)] {
+        let jobs: Vec<(Vec<u32>, Vec<usize>)> =
+            (0..trt_seqs).map(|_| (rng.tokens(input, cfg2.vocab), vec![output])).collect();
+        let (wall, tokens, m, blocks) = engine_run(&model2, &tok, &jobs, &rt);
+        let mut v = engine_report(wall, tokens, &m, blocks, w2, kv2, bandwidth);
+        if !no_baseline {
+            // The engine of before runs one sequence at a time; two give its rate.
+            let mut total = (0.0, 0u64);
+            for (prompt, lengths) in jobs.iter().take(2) {
+                if let Some((w, t)) = static_batch(&model2, prompt, lengths, &device) {
+                    total = (total.0 + w, total.1 + t);
+                }
+            }
+            if total.0 > 0.0 {
+                v["static_batch_tokens_per_s"] = json!(r(total.1 as f64 / total.0));
+            }
+        }
+        trt.insert(format!("{input}/{output}"), v);
+    }
+    let report = json!({
+        "benchmark": "gpu_serve",
+        "gpu": gpu,
+        "bandwidth_tb_per_s": bandwidth / 1e12,
+        "shape": {"layers": layers, "hidden": 4096, "heads": 32, "kv_heads": 32, "vocab": 102400, "dtype": "bf16", "kv_bytes_per_token": kv_bytes},
+        "paged_vs_generic": parity,
+        "batch1": b1,
+        "passk": passk,
+        "trt_llama2_7b": trt,
+        "published_trt_llm_v0_9_fp8_h200": {"128/2048": 8348, "2048/2048": 3522},
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// The engine's fused paged path against the generic contiguous one, same weights and tokens: a
+/// 700-token prompt (tiled prefill attention over the blocks), then 8 greedy steps (paged split-K
+/// attention), at one row and with a second sequence beside it.
+fn paged_vs_generic(model: &Model, device: &Device, rng: &mut Rng) -> Value {
+    let prompt = rng.tokens(700, model.cfg.vocab);
+    let bs = 16;
+    let cache = PagedCache::new(&model.cfg, 128, bs, DType::BF16, device).unwrap();
+    let table: Vec<u32> = (0..64).collect();
+    let mut batch = Batch::default();
+    batch.push(&prompt, 0, table.clone(), true);
+    let mut paged = vec![model.forward_paged(&batch, &cache).unwrap().to_vec2::<f32>().unwrap().remove(0)];
+    let mut kv = KvCache::new(model.cfg.layers);
+    let ids = Tensor::new(prompt.as_slice(), device).unwrap().unsqueeze(0).unwrap();
+    let mut generic = vec![model.forward(&ids, 0, &mut kv).unwrap().to_vec2::<f32>().unwrap().remove(0)];
+    // A second sequence in the batch (its own blocks) beside the one compared.
+    let other = rng.tokens(40, model.cfg.vocab);
+    let other_table: Vec<u32> = (64..128).collect();
+    let mut b2 = Batch::default();
+    b2.push(&other, 0, other_table.clone(), false);
+    model.forward_paged(&b2, &cache).unwrap();
+    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i) as u32;
+    for step in 0..8 {
+        let tok = argmax(paged.last().unwrap());
+        let mut b = Batch::default();
+        b.push(&[tok], prompt.len() + step, table.clone(), true);
+        b.push(&[other[step % other.len()]], other.len() + step, other_table.clone(), false);
+        paged.push(model.forward_paged(&b, &cache).unwrap().to_vec2::<f32>().unwrap().remove(0));
+        let ids = Tensor::new(&[tok], device).unwrap().unsqueeze(0).unwrap();
+        generic.push(model.forward(&ids, prompt.len() + step, &mut kv).unwrap().to_vec2::<f32>().unwrap().remove(0));
+    }
+    let mut same = 0;
+    let mut max_diff = 0f32;
+    let mut max_gap = 0f32;
+    for (p, g) in paged.iter().zip(&generic) {
+        let (ap, ag) = (argmax(p) as usize, argmax(g) as usize);
+        same += usize::from(ap == ag);
+        max_gap = max_gap.max(g[ag] - g[ap]);
+        max_diff = p.iter().zip(g).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+    }
+    json!({"rows_compared": paged.len(), "same_argmax": same, "max_abs_logit_diff": max_diff, "largest_gap_where_argmax_differs": max_gap})
+}
