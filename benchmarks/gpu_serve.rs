@@ -3,19 +3,23 @@
 //! of KV cache per token) and at the Llama-2-7B shape TensorRT-LLM publishes (32 layers, vocabulary
 //! 32,000), with random bf16 weights made on the device.
 //!
-//!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs 64] [--layers 30]
+//!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
+//!             [--trt-seqs-long 24] [--layers 30] [--only-trt]
 //!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s]
 //!
 //! Prints JSON:
-//! - `paged_vs_generic`: the engine's fused paged step (tiled prefill attention, paged split-K
-//!   decode attention) against the generic contiguous path on the same tokens: logits and argmax.
+//! - `paged_vs_static`: the engine's fused paged step (tiled prefill attention, paged split-K
+//!   decode attention) against the static path of before (`Model::forward` with a contiguous
+//!   cache: materialized prefill attention, its own fused decode step) on the same tokens: logits
+//!   and argmax.
 //! - `batch1`: one request, one sample, through the engine.
 //! - `passk`: `--prompts` prompts of 300-1,500 tokens, `--k` samples each, lengths drawn from a
 //!   long-tailed (log-normal) distribution of mean `--mean`, at most `--max`, end-of-sequence
 //!   ignored; output tokens/s and wall time through the engine, and through the static batch of
 //!   before (one prompt at a time, its cache copied to k rows, rows leaving as they finish) at the
 //!   largest k that runs (`--baseline-k`, halved on out-of-memory).
-//! - `trt`: 128 in / 2,048 out and 2,048 / 2,048, `--trt-seqs` sequences each.
+//! - `trt`: 128 in / 2,048 out and 2,048 / 2,048, `--trt-seqs-short` and `--trt-seqs-long`
+//!   sequences.
 //! - Beside each engine figure, the memory-bandwidth limit at the occupancy the engine ran at:
 //!   every step reads the weights once and each decode row's cached positions (and, with a
 //!   shared prefix read once per request, less).
@@ -212,13 +216,22 @@ fn engine_report(wall: f64, tokens: u64, m: &MetricsSnapshot, blocks: usize, wei
 }
 
 fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "subgoal=debug".into()),
+        )
+        .try_init();
     let args: Vec<String> = std::env::args().collect();
     let layers: usize = arg(&args, "--layers", 30);
     let prompts: usize = arg(&args, "--prompts", 2);
     let k: usize = arg(&args, "--k", 32);
     let mean: f64 = arg(&args, "--mean", 4500.0);
     let max: usize = arg(&args, "--max", 8192);
-    let trt_seqs: usize = arg(&args, "--trt-seqs", 64);
+    // As many sequences as fit an H100's cache at each shape's full length (about 50 at 2,176
+    // positions, 26 at 4,096).
+    let trt_short: usize = arg(&args, "--trt-seqs-short", 48);
+    let trt_long: usize = arg(&args, "--trt-seqs-long", 24);
     let baseline_k: usize = arg(&args, "--baseline-k", 8);
     let no_baseline = args.iter().any(|a| a == "--no-baseline");
     let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
@@ -233,78 +246,96 @@ fn main() {
     let tok = Arc::new(tokenizer(dir.path()));
     let mut rng = Rng(7);
 
-    // The Prover-V2-7B shape.
+    // The Prover-V2-7B shape (skipped with --only-trt: a second model made in the same process
+    // after a first one may find its memory not yet returned).
+    let only_trt = args.iter().any(|a| a == "--only-trt");
     let cfg = llama(layers, 102400);
     let kv_bytes = (2 * cfg.layers * cfg.kv_heads * cfg.head_dim * 2) as f64;
-    let model = Arc::new(Model::random(cfg.clone(), &device, DType::BF16).expect("random model"));
-    let weight_bytes = 2.0
-        * (2 * cfg.vocab * cfg.hidden + cfg.layers * (4 * cfg.hidden * cfg.hidden + 3 * cfg.hidden * cfg.intermediate))
-            as f64;
+    let t0 = Instant::now();
+    let progress = |what: &str, v: &Value| eprintln!("[{:7.1}s] {what}: {v}", t0.elapsed().as_secs_f64());
+    let (parity, b1, passk) = if only_trt {
+        (Value::Null, Value::Null, Value::Null)
+    } else {
+        // The Prover-V2-7B shape.
+        let model = Arc::new(Model::random(cfg.clone(), &device, DType::BF16).expect("random model"));
+        // A step reads the layers and the output projection (the embedding only at the rows it looks up).
+        let weight_bytes = 2.0
+            * (cfg.vocab * cfg.hidden + cfg.layers * (4 * cfg.hidden * cfg.hidden + 3 * cfg.hidden * cfg.intermediate))
+                as f64;
 
-    let parity = paged_vs_generic(&model, &device, &mut rng);
+        progress("model", &json!({"weight_bytes": weight_bytes}));
+        let parity = paged_vs_static(&model, &device, &mut rng);
+        progress("paged_vs_static", &parity);
 
-    let b1 = {
-        let prompt = rng.tokens(512, cfg.vocab);
-        let (wall, tokens, m, blocks) = engine_run(&model, &tok, &[(prompt.clone(), vec![256])], &rt);
-        let mut v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth);
-        // The same through the static path (its fused one-row step), for the ratio.
-        if let Some((w, t)) = static_batch(&model, &prompt, &[256], &device) {
-            v["static_tokens_per_s"] = json!(r(t as f64 / w));
-        }
-        v
-    };
+        let b1 = {
+            let prompt = rng.tokens(512, cfg.vocab);
+            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &[(prompt.clone(), vec![256])], &rt);
+            let mut v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth);
+            // The same through the static path (its fused one-row step), for the ratio.
+            if let Some((w, t)) = static_batch(&model, &prompt, &[256], &device) {
+                v["static_tokens_per_s"] = json!(r(t as f64 / w));
+            }
+            v
+        };
+        progress("batch1", &b1);
 
-    let passk_jobs: Vec<(Vec<u32>, Vec<usize>)> = (0..prompts)
-        .map(|_| {
-            let len = 300 + (rng.next() % 1201) as usize;
-            (rng.tokens(len, cfg.vocab), (0..k).map(|_| rng.length(mean, max)).collect())
-        })
-        .collect();
-    let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt);
-    let mut passk = json!({
-        "prompts": prompts, "k": k, "mean_length": r(passk_jobs.iter().flat_map(|j| &j.1).sum::<usize>() as f64 / (prompts * k) as f64),
-        "engine": engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth),
-    });
-    if !no_baseline {
-        let mut bk = baseline_k.min(k);
-        let mut done = None;
-        while bk >= 1 && done.is_none() {
-            let mut total = (0.0, 0u64);
-            let mut ok = true;
-            for (prompt, lengths) in &passk_jobs {
-                match static_batch(&model, prompt, &lengths[..bk], &device) {
-                    Some((w, t)) => total = (total.0 + w, total.1 + t),
-                    None => {
-                        ok = false;
-                        break;
+        let passk_jobs: Vec<(Vec<u32>, Vec<usize>)> = (0..prompts)
+            .map(|_| {
+                let len = 300 + (rng.next() % 1201) as usize;
+                (rng.tokens(len, cfg.vocab), (0..k).map(|_| rng.length(mean, max)).collect())
+            })
+            .collect();
+        let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt);
+        progress("passk engine", &json!({"wall": wall, "tokens": tokens, "metrics": m}));
+        let mut passk = json!({
+            "prompts": prompts, "k": k, "mean_length": r(passk_jobs.iter().flat_map(|j| &j.1).sum::<usize>() as f64 / (prompts * k) as f64),
+            "engine": engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth),
+        });
+        if !no_baseline {
+            let mut bk = baseline_k.min(k);
+            let mut done = None;
+            while bk >= 1 && done.is_none() {
+                let mut total = (0.0, 0u64);
+                let mut ok = true;
+                for (prompt, lengths) in &passk_jobs {
+                    match static_batch(&model, prompt, &lengths[..bk], &device) {
+                        Some((w, t)) => total = (total.0 + w, total.1 + t),
+                        None => {
+                            ok = false;
+                            break;
+                        }
                     }
                 }
+                if ok {
+                    done = Some((bk, total));
+                } else {
+                    bk /= 2;
+                }
             }
-            if ok {
-                done = Some((bk, total));
-            } else {
-                bk /= 2;
+            progress("passk static", &json!({"done": done.map(|(k, (w, t))| (k, w, t))}));
+            if let Some((bk, (w, t))) = done {
+                let rate = t as f64 / w;
+                passk["static_batch"] = json!({"k": bk, "wall_s": r(w), "output_tokens": t, "tokens_per_s": r(rate)});
+                passk["engine_over_static"] = json!(r(passk["engine"]["tokens_per_s"].as_f64().unwrap_or(0.0) / rate));
             }
         }
-        if let Some((bk, (w, t))) = done {
-            let rate = t as f64 / w;
-            passk["static_batch"] = json!({"k": bk, "wall_s": r(w), "output_tokens": t, "tokens_per_s": r(rate)});
-            passk["engine_over_static"] = json!(r(passk["engine"]["tokens_per_s"].as_f64().unwrap_or(0.0) / rate));
-        }
-    }
-    drop(model);
+        drop(model);
+        // Frees are queued on the stream: let them finish before the next model is made.
+        device.synchronize().unwrap();
 
+        (parity, b1, passk)
+    };
     // TensorRT-LLM's Llama-2-7B shapes.
     let cfg2 = llama(32, 32000);
     let kv2 = (2 * cfg2.layers * cfg2.kv_heads * cfg2.head_dim * 2) as f64;
     let w2 = 2.0
-        * (2 * cfg2.vocab * cfg2.hidden
+        * (cfg2.vocab * cfg2.hidden
             + cfg2.layers * (4 * cfg2.hidden * cfg2.hidden + 3 * cfg2.hidden * cfg2.intermediate)) as f64;
     let model2 = Arc::new(Model::random(cfg2.clone(), &device, DType::BF16).expect("random model"));
     let mut trt = serde_json::Map::new();
-    for (input, output) in [(128usize, 2048usize), (2048, 2048)] {
+    for (input, output, seqs) in [(128usize, 2048usize, trt_short), (2048, 2048, trt_long)] {
         let jobs: Vec<(Vec<u32>, Vec<usize>)> =
-            (0..trt_seqs).map(|_| (rng.tokens(input, cfg2.vocab), vec![output])).collect();
+            (0..seqs).map(|_| (rng.tokens(input, cfg2.vocab), vec![output])).collect();
         let (wall, tokens, m, blocks) = engine_run(&model2, &tok, &jobs, &rt);
         let mut v = engine_report(wall, tokens, &m, blocks, w2, kv2, bandwidth);
         if !no_baseline {
@@ -319,6 +350,8 @@ fn main() {
                 v["static_batch_tokens_per_s"] = json!(r(total.1 as f64 / total.0));
             }
         }
+        progress(&format!("trt {input}/{output}"), &v);
+        v["sequences"] = json!(seqs);
         trt.insert(format!("{input}/{output}"), v);
     }
     let report = json!({
@@ -326,7 +359,7 @@ fn main() {
         "gpu": gpu,
         "bandwidth_tb_per_s": bandwidth / 1e12,
         "shape": {"layers": layers, "hidden": 4096, "heads": 32, "kv_heads": 32, "vocab": 102400, "dtype": "bf16", "kv_bytes_per_token": kv_bytes},
-        "paged_vs_generic": parity,
+        "paged_vs_static": parity,
         "batch1": b1,
         "passk": passk,
         "trt_llama2_7b": trt,
@@ -335,10 +368,10 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
 
-/// The engine's fused paged path against the generic contiguous one, same weights and tokens: a
+/// The engine's fused paged path against the static contiguous one, same weights and tokens: a
 /// 700-token prompt (tiled prefill attention over the blocks), then 8 greedy steps (paged split-K
-/// attention), at one row and with a second sequence beside it.
-fn paged_vs_generic(model: &Model, device: &Device, rng: &mut Rng) -> Value {
+/// attention), with a second sequence beside the one compared.
+fn paged_vs_static(model: &Model, device: &Device, rng: &mut Rng) -> Value {
     let prompt = rng.tokens(700, model.cfg.vocab);
     let bs = 16;
     let cache = PagedCache::new(&model.cfg, 128, bs, DType::BF16, device).unwrap();

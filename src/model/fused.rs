@@ -100,18 +100,22 @@ impl Module {
             let f = unsafe { result::module::get_function(m.module, name) }.map_err(err)?;
             if let Some(d) = short.strip_prefix("attn_prefill").and_then(|d| d.parse::<usize>().ok()) {
                 // The prefill kernel's tiles take more than the 48 KiB of shared memory a launch
-                // gets by default.
+                // gets by default; a GPU without that much goes without it (and prompts take the
+                // generic path), keeping every other kernel.
                 let bytes = prefill_smem(d) as i32;
                 // SAFETY: a function of the loaded module and a documented attribute.
-                unsafe {
+                let set = unsafe {
                     sys::cuFuncSetAttribute(
                         f,
                         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         bytes,
                     )
                 }
-                .result()
-                .map_err(err)?;
+                .result();
+                if let Err(e) = set {
+                    tracing::warn!(kernel = short, bytes, error = %e, "prefill attention unavailable on this GPU");
+                    continue;
+                }
             }
             m.funcs.insert(short, f);
         }
@@ -807,6 +811,17 @@ impl Kernels {
         Ok(out)
     }
 
+    /// Whether the tiled prefill attention runs here for head size `d`.
+    pub fn has_prefill(&self, d: usize) -> bool {
+        let name = match d {
+            64 => "attn_prefill64",
+            128 => "attn_prefill128",
+            256 => "attn_prefill256",
+            _ => return false,
+        };
+        self.module.funcs.contains_key(name)
+    }
+
     /// Prefill attention of one prompt chunk: `q` (`[len, heads * d]`, scaled) at positions
     /// `context..context + len` of the sequence with block table `table`, each query over the
     /// positions up to its own; `None` for f32 (no tensor-core kernel).
@@ -818,7 +833,8 @@ impl Kernels {
         context: usize,
         heads: usize,
     ) -> Result<Option<Tensor>> {
-        if self.dtype == DType::F32 {
+        let (_, _, _, d0) = caches.0.dims4()?;
+        if !self.has_prefill(d0) {
             return Ok(None);
         }
         self.check(q)?;

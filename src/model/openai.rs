@@ -242,6 +242,8 @@ impl OpenAiClient {
                 let p = partial.remove(&index).unwrap_or_default();
                 let completion_tokens =
                     c.get("completion_tokens").and_then(Value::as_u64).map_or(p.chunks, |t| t as usize);
+                let prompt_tokens =
+                    c.get("prompt_tokens").and_then(Value::as_u64).map_or(prompt_tokens, |t| t as usize);
                 emit(
                     targets[index],
                     Completion {

@@ -113,7 +113,12 @@ impl Model {
         }
         #[cfg(feature = "cuda")]
         if let (Some(k), true) = (&self.kernels, self.fused_decode()) {
-            return self.forward_paged_fused(k, batch, cache);
+            // Prompt chunks need the tiled prefill kernel (16-bit types, shared memory enough);
+            // without it such a step takes the generic path.
+            let chunks = batch.segments.iter().any(|s| s.len > 1);
+            if !chunks || k.has_prefill(cfg.head_dim) {
+                return self.forward_paged_fused(k, batch, cache);
+            }
         }
         let device = self.device();
         let positions = batch.positions();
@@ -276,7 +281,7 @@ impl DeviceStep {
         }
         let lens: Vec<u32> = batch.segments[..rows].iter().map(|s| (s.context + 1) as u32).collect();
         let mut prefills = Vec::new();
-        for (i, s) in batch.segments.iter().enumerate().skip(rows) {
+        for s in batch.segments.iter().skip(rows) {
             let used = (s.context + s.len).div_ceil(block_size);
             prefills.push((s.start, s.len, s.context, Tensor::new(&s.blocks[..used], device)?));
         }

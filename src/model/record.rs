@@ -83,6 +83,26 @@ impl Generator for Recorder {
         }))
     }
 
+    /// The inner events (text deltas included), passed through and recorded like `stream`.
+    fn events<'a>(&'a self, req: &'a GenRequest) -> super::EventStream<'a> {
+        use futures::StreamExt;
+        let mut pending: Vec<Vec<Option<Completion>>> = vec![vec![None; req.params.n]; req.prompts.len()];
+        Box::pin(self.inner.events(req).map(move |item| {
+            if let Ok(super::GenEvent::Done(d)) = &item {
+                if let Some(slot) = pending.get_mut(d.prompt).and_then(|p| p.get_mut(d.sample)) {
+                    *slot = Some(d.completion.clone());
+                }
+                if pending[d.prompt].iter().all(Option::is_some) {
+                    let completions = pending[d.prompt].iter_mut().filter_map(Option::take).collect();
+                    let line =
+                        RecordLine { prompt: req.prompts[d.prompt].clone(), params: req.params.clone(), completions };
+                    self.write_line(&line)?;
+                }
+            }
+            item
+        }))
+    }
+
     fn generate<'a>(&'a self, req: &'a GenRequest) -> GenFuture<'a> {
         Box::pin(async move {
             let out = self.inner.generate(req).await?;

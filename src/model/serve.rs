@@ -233,15 +233,18 @@ fn stream(s: Arc<AppState>, req: GenRequest, chat: bool) -> Response {
     let n = req.params.n;
     let generator = s.generator.clone();
     let model = s.model.clone();
-    let chunk = move |index: usize, text: &str, finish: Option<&str>, tokens: Option<usize>| {
+    let chunk = move |index: usize, text: &str, finish: Option<&str>, tokens: Option<(usize, usize)>| {
         let mut choice = json!({"index": index, "finish_reason": finish});
         if chat {
             choice["delta"] = json!({"content": text});
         } else {
             choice["text"] = json!(text);
         }
-        if let Some(t) = tokens {
-            choice["completion_tokens"] = json!(t);
+        // A finished choice carries its own token counts: a client uses them as they come, where
+        // the request's usage arrives only after the last choice.
+        if let Some((prompt, completion)) = tokens {
+            choice["completion_tokens"] = json!(completion);
+            choice["prompt_tokens"] = json!(prompt);
         }
         format!(
             "data: {}\n\n",
@@ -276,7 +279,7 @@ fn stream(s: Arc<AppState>, req: GenRequest, chat: bool) -> Response {
                     }
                     completion_tokens += c.completion_tokens;
                     let finish = if c.finish_reason == FinishReason::Length { "length" } else { "stop" };
-                    chunk(index, rest, Some(finish), Some(c.completion_tokens))
+                    chunk(index, rest, Some(finish), Some((c.prompt_tokens, c.completion_tokens)))
                 }
                 Err(e) => {
                     let _ = tx
@@ -352,7 +355,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     put("generated_tokens_total", "counter", "Tokens sampled.", m.generated_tokens.to_string());
     put("prompt_tokens_total", "counter", "Prompt tokens received.", m.prompt_tokens.to_string());
     put("steps_total", "counter", "Engine steps run.", m.steps.to_string());
-    put("requests_total", "counter", "Requests answered or dropped.", m.requests_done.to_string());
+    put("requests_total", "counter", "Prompts admitted and then answered or dropped.", m.requests_done.to_string());
     put(
         "generation_tokens_per_second",
         "gauge",

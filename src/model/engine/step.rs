@@ -138,11 +138,19 @@ impl Loop {
     fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
             let n = if front.role == Role::Prompt { front.request.params.n } else { 1 };
-            // Blocks for its tokens, and for each sample's first new position.
-            let need = Seq::blocks_for(front.tokens.len(), self.pool.block_size()) + n;
+            let bs = self.pool.block_size();
+            // Blocks for its tokens and one more position: less than that can never run.
+            let least = Seq::blocks_for(front.tokens.len() + 1, bs);
+            if least > self.pool.total() {
+                let Some(mut seq) = self.waiting.pop_front() else { break };
+                self.finish_full(&mut seq);
+                continue;
+            }
+            // With headroom for each sample's first new position.
+            let need = Seq::blocks_for(front.tokens.len(), bs) + n;
             if self.slots() + n > self.opts.max_running || need > self.pool.available() {
-                // A lone sequence bigger than the headroom still goes: preemption makes room.
-                if !(self.running.is_empty() && need <= self.pool.total()) {
+                // A lone sequence still goes: preemption makes room for the samples.
+                if !self.running.is_empty() {
                     break;
                 }
             }
@@ -222,8 +230,9 @@ impl Loop {
                 }
             }
             if !ok {
-                if self.running.len() == 1 && self.waiting.is_empty() {
-                    // Alone and still no room: the cache cannot hold this sequence.
+                let whole = Seq::blocks_for(self.running[i].computed + tokens, bs) > self.pool.total();
+                if whole || (self.running.len() == 1 && self.waiting.is_empty()) {
+                    // The cache cannot hold this sequence even alone.
                     let mut seq = self.running.remove(i);
                     self.finish_full(&mut seq);
                 } else {
@@ -288,7 +297,17 @@ impl Loop {
             let s = &self.running[m.index];
             batch.push(&s.tokens[s.computed..s.computed + m.tokens], s.computed, s.blocks.clone(), m.logits);
         }
-        self.metrics.steps.fetch_add(1, Ordering::Relaxed);
+        let steps = self.metrics.steps.fetch_add(1, Ordering::Relaxed) + 1;
+        if steps % 1000 == 0 {
+            tracing::debug!(
+                steps,
+                running = self.running.len(),
+                waiting = self.waiting.len(),
+                tokens = batch.ids.len(),
+                blocks_used = self.pool.used(),
+                "engine step"
+            );
+        }
         match self.model.forward_paged(&batch, &self.cache) {
             Ok(logits) => self.after_step(&members, &logits),
             Err(e) => self.fail_running(&format!("the model failed: {e}")),
