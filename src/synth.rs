@@ -75,6 +75,10 @@ pub struct Provenance {
     pub verdict: Verdict,
     /// Whether the fresh-process re-check agreed.
     pub recheck_agreed: bool,
+    /// How the example's proof was found: `decomposition` for CoT examples; for a subgoal, how
+    /// its node was proved (`closer` marks automation's proofs, which no model wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
     /// Time the problem took in its run.
     pub problem_elapsed_ms: u64,
     /// SHA-256 of prompt and completion.
@@ -214,6 +218,7 @@ pub fn examples_of(
         lean_version: config.lean_version.clone(),
         verdict: Verdict::Proved,
         recheck_agreed: false,
+        via: s.result.outcome.via,
         problem_elapsed_ms: s.result.outcome.elapsed_ms,
         content_sha256: String::new(),
     };
@@ -287,7 +292,7 @@ pub fn examples_of(
                 completion: format!("```lean4\n{}\n```\n", proof.trim_end()),
                 proof,
                 prompt,
-                provenance: provenance(None),
+                provenance: Provenance { via: n.node.via, ..provenance(None) },
             });
         }
     }

@@ -219,6 +219,9 @@ fn prove_writes_the_proof_the_graph_and_every_attempt() {
         "1",
         "--seed",
         "7",
+        // Prompts offering proved lemmas depend on which finished first; transcripts key on prompts.
+        "--library",
+        "off",
         "--out",
         out_dir.to_str().unwrap(),
         "--lean",
@@ -266,4 +269,23 @@ fn prove_names_the_file_without_a_theorem() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("empty.lean") && err.contains("no theorem"), "{err}");
+}
+
+#[test]
+fn a_closers_file_that_cannot_be_read_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.lean");
+    std::fs::write(&file, format!("{HEADER}\ntheorem t (p : Prop) (hp : p) : p := by\n  sorry\n")).unwrap();
+    let bad = dir.path().join("closers.txt");
+    std::fs::write(&bad, "assumption\nnative_decide\n").unwrap();
+    let lean = lean();
+    for (path, words) in [
+        ("/nonexistent/closers.txt", vec!["/nonexistent/closers.txt"]),
+        (bad.to_str().unwrap(), vec!["closers.txt", "native_decide"]),
+    ] {
+        let out = subgoal(&["prove", file.to_str().unwrap(), "--closers", path, "--lean", lean.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(words.iter().all(|w| err.contains(w)), "{err}");
+    }
 }

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use common::script::*;
 use common::{pool_config, HEADER};
 use subgoal::model::SamplingParams;
+use subgoal::pipeline::closers::Portfolio;
+use subgoal::pipeline::config::Closers;
 use subgoal::pipeline::dag::{NodeKind, Status};
+use subgoal::pipeline::library::LibraryScope;
 use subgoal::pipeline::prompts::Prompts;
 use subgoal::pipeline::scheduler::{Attempt, Engine, EngineConfig, Problem, ProblemOutcome, Role, Strategy, Via};
 use subgoal::verify::{Verdict, Verifier, VerifyInput};
@@ -23,6 +26,9 @@ fn config(depth: u32) -> EngineConfig {
         prover: SamplingParams { max_new_tokens: 512, seed: None, ..Default::default() },
         planner: SamplingParams { max_new_tokens: 1024, seed: None, ..Default::default() },
         model_concurrency: 2,
+        // Prompts offering proved lemmas depend on which finished first; transcripts key on
+        // prompts, so only the library's own tests turn it on.
+        library: LibraryScope::Off,
         ..Default::default()
     }
 }
@@ -267,30 +273,72 @@ async fn goals_with_inaccessible_names_an_instance_and_a_let_are_restated_and_ap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_candidate_goes_back_once_with_leans_errors() {
-    let cfg = EngineConfig { strategy: Strategy::Whole, repair: true, k: 1, ..config(0) };
+    let cfg = EngineConfig { strategy: Strategy::Whole, repair: 1, k: 1, ..config(0) };
     // What Lean says about the wrong proof is what the repair prompt must carry.
-    // The candidate as the pipeline cuts it out of the answer's code block.
-    let wrong_code = format!("{HEADER}\n{WRONG}\n");
+    let feedback = feedback_on(&format!("{HEADER}\n{WRONG}\n")).await;
+    assert!(feedback.errors.starts_with("line "), "{}", feedback.errors);
+    assert!(feedback.marked.contains("<error>"), "{}", feedback.marked);
+    let mut s = Script::new(&cfg);
+    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
+    s.repair("two_level", TWO_LEVEL, &feedback, 1, FIXED);
+    let run = start(&s, false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(out.solved, "{out:#?}");
+    assert_eq!(out.via, Some(Via::Repair));
+    let repairs = run.attempts("two_level", Role::Repair);
+    assert_eq!(repairs.iter().map(|a| a.round).collect::<Vec<_>>(), [Some(1)]);
+}
+
+const FIXED: &str =
+    "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r := And.intro (And.intro hp hq) hr";
+const WRONG_TOO: &str =
+    "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r := And.intro hp hr";
+
+/// What a repair prompt shows of `code` (the two_level candidate), as Lean judges it.
+async fn feedback_on(code: &str) -> subgoal::pipeline::feedback::Feedback {
     let verifier = Verifier::start(pool_config(1, 60.0)).unwrap();
     let input = VerifyInput {
         name: "two_level".into(),
         header: HEADER.into(),
         formal_statement: TWO_LEVEL.into(),
         proof: None,
-        code: Some(wrong_code.clone()),
+        code: Some(code.to_string()),
     };
-    let errors = subgoal::pipeline::scheduler::lean_errors(&verifier.verify(&input).await);
+    let (record, doc) = verifier.verify_document(&input).await;
     verifier.shutdown().await;
-    assert!(errors.contains("line "), "{errors}");
+    subgoal::pipeline::feedback::feedback(&doc.unwrap(), &record, 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_that_fails_is_repaired_again_in_the_next_round_with_its_own_errors() {
+    let cfg = EngineConfig { strategy: Strategy::Whole, repair: 2, k: 1, ..config(0) };
+    let first = feedback_on(&format!("{HEADER}\n{WRONG}\n")).await;
+    let second = feedback_on(&format!("{HEADER}\n{WRONG_TOO}\n")).await;
+    assert_ne!(first.errors, second.errors);
     let mut s = Script::new(&cfg);
     s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
-    let fixed = "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r := And.intro (And.intro hp hq) hr";
-    s.repair("two_level", TWO_LEVEL, &wrong_code, &errors, fixed);
+    s.repair("two_level", TWO_LEVEL, &first, 1, WRONG_TOO);
+    s.repair("two_level", TWO_LEVEL, &second, 2, FIXED);
     let run = start(&s, false);
     let out = prove(&run, "two_level", TWO_LEVEL).await;
     assert!(out.solved, "{out:#?}");
     assert_eq!(out.via, Some(Via::Repair));
-    assert_eq!(run.attempts("two_level", Role::Repair).len(), 1);
+    let rounds: Vec<(Option<u32>, Verdict)> =
+        run.attempts("two_level", Role::Repair).iter().map(|a| (a.round, a.verdict)).collect();
+    assert_eq!(rounds, [(Some(1), Verdict::Failed), (Some(2), Verdict::Proved)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_repair_rounds_the_failure_says_how_many_samples_were_tried() {
+    let cfg = EngineConfig { strategy: Strategy::Whole, repair: 1, k: 1, ..config(0) };
+    let first = feedback_on(&format!("{HEADER}\n{WRONG}\n")).await;
+    let mut s = Script::new(&cfg);
+    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
+    s.repair("two_level", TWO_LEVEL, &first, 1, WRONG_TOO);
+    let run = start(&s, false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(!out.solved);
+    assert_eq!(out.reason, "prover: no proof in 1 samples, nor in 1 repair round");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,4 +464,93 @@ async fn every_model_request_gets_a_seed_of_its_own_that_a_second_run_draws_agai
     assert_eq!(first, second);
     // Each prover attempt records the seed of its request.
     assert!(attempt_seeds.iter().all(|s| s.is_some_and(|s| distinct.contains(&s))), "{attempt_seeds:?}");
+}
+
+/// A portfolio of the fixture's tactics (Mathlib's default needs Mathlib).
+fn closers(tactics: &[&str]) -> Closers {
+    Closers::Custom(Portfolio { tactics: tactics.iter().map(|t| t.to_string()).collect(), heartbeats: 50_000 })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_theorem_a_closer_proves_costs_no_model_call() {
+    let cfg = EngineConfig { closers: closers(&["constructor", "assumption"]), ..config(1) };
+    // No transcript: any model call would miss it and fail the problem.
+    let run = start(&Script::new(&cfg), false);
+    let statement = "theorem closable (p q : Prop) (hp : p) (hq : q) : q :=";
+    let out = prove(&run, "closable", statement).await;
+    assert!(out.solved, "{out:#?}");
+    assert_eq!(out.via, Some(Via::Closer));
+    assert_eq!(out.model_calls, 0);
+    assert!(out.proof.as_deref().unwrap().contains("by\n  assumption"), "{:?}", out.proof);
+    let tried = run.attempts("closable", Role::Closer);
+    assert_eq!(tried.len(), 1, "only the tactic the screen picked is verified");
+    assert_eq!((tried[0].tactic.as_deref(), tried[0].verdict), (Some("assumption"), Verdict::Proved));
+    let dag = run.engine.export_dag(None);
+    assert_eq!(dag.nodes[0].node.via, Some(Via::Closer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sketchs_subgoals_are_screened_in_one_check_and_only_the_unclosed_go_to_the_prover() {
+    let cfg = EngineConfig { closers: closers(&["assumption"]), ..config(1) };
+    let mut s = Script::new(&cfg);
+    s.prover("two_level", TWO_LEVEL, "Prove it.", &[WRONG], 0);
+    s.planner("two_level", TWO_LEVEL, "Prove it.", sketch_two_level());
+    // h2 (`r`, with `hr` at hand) is the closer's; only h1 reaches the prover.
+    s.prover(
+        "two_level_h1",
+        H1,
+        "",
+        &["theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) : And p q := And.intro hp hq"],
+        0,
+    );
+    let run = start(&s, false);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(out.solved, "{out:#?}\n{:#?}", run.engine.export_dag(None));
+    assert_eq!(out.via, Some(Via::Decomposition));
+    // One screen for the theorem, one for both subgoals of its sketch.
+    assert_eq!(run.engine.closer_screens(), 2);
+    assert!(run.attempts("two_level_h2", Role::Prover).is_empty());
+    assert_eq!(run.attempts("two_level_h2", Role::Closer).len(), 1);
+    assert!(run.attempts("two_level_h1", Role::Closer).is_empty(), "no tactic closed h1: nothing to verify");
+    let dag = run.engine.export_dag(None);
+    let via = |name: &str| dag.nodes.iter().find(|n| n.node.name == name).and_then(|n| n.node.via);
+    assert_eq!((via("two_level_h1"), via("two_level_h2")), (Some(Via::Prover), Some(Via::Closer)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lemma_proved_earlier_in_the_run_is_offered_and_an_answer_using_it_states_it_first() {
+    let cfg = EngineConfig { library: LibraryScope::Run, ..config(1) };
+    let and_of = "theorem and_of (p q : Prop) (hp : p) (hq : q) : And p q :=";
+    let offered = "theorem and_of (p q : Prop) (hp : p) (hq : q) : And p q";
+    let one_step = "theorem two_level (p q r : Prop) (hp : p) (hq : q) (hr : r) : And (And p q) r :=\n  have h1 : And p q := sorry\n  And.intro h1 hr";
+    let mut s = Script::new(&cfg);
+    // Nothing is proved yet when the first problem's prompt is written.
+    s.prover(
+        "and_of",
+        and_of,
+        "Prove it.",
+        &["theorem and_of (p q : Prop) (hp : p) (hq : q) : And p q := And.intro hp hq"],
+        0,
+    );
+    s.prover_offered("two_level", TWO_LEVEL, "Prove it.", offered, &[WRONG], 0);
+    s.planner("two_level", TWO_LEVEL, "Prove it.", one_step);
+    let h1 = "theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) :\n    And p q :=";
+    s.prover_offered(
+        "two_level_h1",
+        h1,
+        "",
+        offered,
+        &["theorem two_level_h1 (p q r : Prop) (hp : p) (hq : q) (hr : r) : And p q := and_of p q hp hq"],
+        0,
+    );
+    let run = start(&s, false);
+    assert!(prove(&run, "and_of", and_of).await.solved);
+    let out = prove(&run, "two_level", TWO_LEVEL).await;
+    assert!(out.solved, "{out:#?}\n{:#?}", run.engine.export_dag(None));
+    assert_eq!(out.via, Some(Via::Decomposition));
+    let used = run.attempts("two_level_h1", Role::Prover);
+    assert!(used[0].code.find("theorem and_of").unwrap() < used[0].code.find("theorem two_level_h1").unwrap());
+    // The recomposed proof states the lemma its subgoal's proof used, before the theorem.
+    let proof = out.proof.unwrap();
+    assert!(proof.find("theorem and_of").unwrap() < proof.find("theorem two_level ").unwrap(), "{proof}");
 }

@@ -123,6 +123,9 @@ fn synth_args(data: &Path, model: &str, lean: &Path, out: &Path, extra: &[&str])
         "--workers",
         "1",
         "--no-progress",
+        // Prompts offering proved lemmas depend on which finished first; transcripts key on prompts.
+        "--library",
+        "off",
         "--out",
         out.to_str().unwrap(),
     ]

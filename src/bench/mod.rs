@@ -151,6 +151,9 @@ pub struct ProblemResult {
     /// How many of them failed to generate (still samples: they count as wrong).
     #[serde(default)]
     pub errored: usize,
+    /// Samples of the theorem's self-correction rounds (`--repair`), apart from `samples`.
+    #[serde(default)]
+    pub repair_samples: usize,
     /// The statement does not elaborate in this Lean environment: the problem was not run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broken_statement: bool,
@@ -197,7 +200,8 @@ pub struct Tally {
     pub solved: usize,
     /// `solved / problems`, in percent.
     pub solved_pct: f64,
-    /// Mean unbiased pass@k over the problems with at least k whole-proof samples, in percent.
+    /// Mean unbiased pass@k over the problems with at least k whole-proof samples, in percent
+    /// (a theorem a closer proved counts as solved at every k; `via` says how many).
     pub pass_at_k: BTreeMap<String, f64>,
 }
 
@@ -251,6 +255,9 @@ pub struct Summary {
     pub samples_truncated: usize,
     #[serde(default)]
     pub samples_errored: usize,
+    /// Samples of the theorems' self-correction rounds, apart from `samples`.
+    #[serde(default)]
+    pub repair_samples: usize,
     pub model_calls: u64,
     pub tokens: u64,
     pub lean_checks: u64,
@@ -276,7 +283,15 @@ fn tally<'a>(results: impl Iterator<Item = &'a ProblemResult>, k_run: usize) -> 
     let max_n = rs.iter().map(|r| n_of(r)).max().unwrap_or(0);
     let mut pass = BTreeMap::new();
     for k in report_ks(max_n) {
-        let vals: Vec<f64> = rs.iter().filter_map(|r| pass_at_k(n_of(r), r.correct, k)).collect();
+        // A theorem a closer proved needed no sample: solved at every k.
+        let correct = |r: &ProblemResult| {
+            if r.outcome.solved && r.outcome.via == Some(crate::pipeline::scheduler::Via::Closer) {
+                n_of(r)
+            } else {
+                r.correct
+            }
+        };
+        let vals: Vec<f64> = rs.iter().filter_map(|r| pass_at_k(n_of(r), correct(r), k)).collect();
         if !vals.is_empty() {
             pass.insert(k.to_string(), round2(100.0 * vals.iter().sum::<f64>() / vals.len() as f64));
         }
@@ -330,6 +345,7 @@ pub fn summarize(config: &RunConfig, results: &[ProblemResult], wall_seconds: f6
         samples: results.iter().map(|r| r.samples).sum(),
         samples_truncated: results.iter().map(|r| r.truncated).sum(),
         samples_errored: results.iter().map(|r| r.errored).sum(),
+        repair_samples: results.iter().map(|r| r.repair_samples).sum(),
         model_calls: results.iter().map(|r| r.outcome.model_calls).sum(),
         tokens: results.iter().map(|r| r.outcome.tokens).sum(),
         lean_checks: results.iter().map(|r| r.outcome.lean_checks).sum(),

@@ -24,8 +24,8 @@ pub fn table(runs: &[Labeled]) -> String {
     row("statements broken", &|s| s.broken_statements.to_string());
     row("samples", &|s| {
         format!(
-            "{} ({} cut at the token limit, {} failed to generate)",
-            s.samples, s.samples_truncated, s.samples_errored
+            "{} ({} cut at the token limit, {} failed to generate); {} more in repair rounds",
+            s.samples, s.samples_truncated, s.samples_errored, s.repair_samples
         )
     });
     let ks = all_ks(runs.iter().map(|r| &r.summary.overall));
@@ -277,6 +277,7 @@ mod tests {
             samples: 80,
             samples_truncated: 0,
             samples_errored: 0,
+            repair_samples: 0,
             model_calls: 20,
             tokens: 1000,
             lean_checks: 40,

@@ -45,11 +45,16 @@ pub struct SampleTally {
     pub first_success: Option<usize>,
     /// Candidates of every role.
     pub attempts: usize,
+    /// Samples of the theorem's self-correction rounds (not in pass@k's `n`).
+    pub repair_samples: usize,
 }
 
 impl SampleTally {
     pub fn record(&mut self, a: &Attempt) {
         self.attempts += 1;
+        if a.role == Role::Repair && a.node == a.problem {
+            self.repair_samples += 1;
+        }
         if a.role != Role::Prover || a.node != a.problem {
             return;
         }
@@ -143,6 +148,7 @@ pub async fn run_problems(
             correct: t.correct,
             truncated: t.truncated,
             errored: t.errored,
+            repair_samples: t.repair_samples,
             broken_statement,
             first_success: t.first_success,
             attempts: t.attempts,
@@ -216,5 +222,45 @@ fn not_run(name: &str, why: String) -> ProblemOutcome {
         tokens: 0,
         lean_checks: 0,
         elapsed_ms: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(node: &str, role: Role, sample: usize, verdict: Verdict) -> Attempt {
+        Attempt {
+            problem: "t".into(),
+            node: node.into(),
+            role,
+            sample,
+            model: None,
+            verdict,
+            reason: String::new(),
+            code: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            lean_ms: 0,
+            elapsed_ms: 0,
+            finish_reason: None,
+            error: None,
+            block: None,
+            seed: None,
+            round: (role == Role::Repair).then_some(1),
+            tactic: None,
+        }
+    }
+
+    #[test]
+    fn repair_samples_are_counted_apart_from_the_samples_pass_at_k_is_over() {
+        let mut t = SampleTally::default();
+        t.record(&attempt("t", Role::Prover, 0, Verdict::Failed));
+        t.record(&attempt("t", Role::Prover, 1, Verdict::Failed));
+        t.record(&attempt("t", Role::Repair, 0, Verdict::Failed));
+        t.record(&attempt("t", Role::Repair, 1, Verdict::Proved));
+        // A subgoal's samples are not the theorem's.
+        t.record(&attempt("t_h1", Role::Repair, 0, Verdict::Proved));
+        assert_eq!((t.samples, t.correct, t.repair_samples, t.attempts), (2, 0, 2, 5));
     }
 }

@@ -288,6 +288,7 @@ mod tests {
             correct: 0,
             truncated: 0,
             errored: 0,
+            repair_samples: 0,
             broken_statement: false,
             first_success: None,
             attempts: 1,

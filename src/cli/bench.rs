@@ -138,7 +138,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<(PathBuf, Summary)> {
                     spec: pipeline.planner.clone().or(pipeline.prover.clone()).unwrap_or_default(),
                     describe: planner.describe(),
                 },
-                engine: pipeline.engine_config(true, jobs),
+                engine: pipeline.engine_config(true, jobs)?,
                 prompts: prompts.sources.clone(),
                 lean_version: pipeline.lean.install()?.version()?,
                 lean: LeanInfo {

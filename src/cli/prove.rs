@@ -11,7 +11,10 @@ use anyhow::Context;
 use clap::Args;
 
 use subgoal::model::{Generator, SamplingParams};
+use subgoal::pipeline::closers::Portfolio;
+use subgoal::pipeline::config::{Closers, RepairStyle};
 use subgoal::pipeline::dag::Status;
+use subgoal::pipeline::library::LibraryScope;
 use subgoal::pipeline::problem::Problem;
 use subgoal::pipeline::prompts::Prompts;
 use subgoal::pipeline::scheduler::{Attempt, Budget, Engine, EngineConfig, Strategy};
@@ -45,6 +48,19 @@ pub struct ProveArgs {
 }
 
 /// `--strategy` (`subgoal::pipeline::config::Strategy`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairStyleArg {
+    Deepseek,
+    Goedel,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibraryArg {
+    Off,
+    Problem,
+    Run,
+}
+
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrategyArg {
     /// Whole-proof sampling only.
@@ -94,9 +110,35 @@ pub struct PipelineArgs {
     /// Use the CoT prover prompt.
     #[arg(long)]
     pub cot: bool,
-    /// One repair round: failed candidates go back to the prover with Lean's errors.
+    /// Self-correction rounds: each sends the previous round's failed candidates back to the
+    /// prover with Lean's errors (`--repair` alone: one round).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1", default_value_t = 0)]
+    pub repair: u32,
+    /// The repair prompt's shape: `deepseek` (the candidate, then Lean's errors by line) or
+    /// `goedel` (errors marked in the candidate, reasoning asked first).
+    #[arg(long, value_enum, default_value_t = RepairStyleArg::Deepseek)]
+    pub repair_style: RepairStyleArg,
+    /// Lean's errors in a repair prompt are cut to about this many tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub repair_error_tokens: usize,
+    /// A closer portfolio replacing the default (one tactic a line; lines indented continue the
+    /// tactic above; `--` comments). The default, for Mathlib headers: norm_num, linarith, omega,
+    /// positivity, ring, simp, nlinarith.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_closers")]
+    pub closers: Option<PathBuf>,
+    /// Try no automation before the prover.
     #[arg(long)]
-    pub repair: bool,
+    pub no_closers: bool,
+    /// Heartbeats each closer tactic may use per statement.
+    #[arg(long, default_value_t = subgoal::pipeline::closers::DEFAULT_HEARTBEATS)]
+    pub closer_heartbeats: u64,
+    /// Which proved lemmas prover prompts are offered: `problem` (those of the same problem),
+    /// `run` (any of the run's), `off`.
+    #[arg(long, value_enum, default_value_t = LibraryArg::Problem)]
+    pub library: LibraryArg,
+    /// Tokens of lemma statements a prompt is offered at most.
+    #[arg(long, default_value_t = 512)]
+    pub library_tokens: usize,
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
     #[arg(long, default_value_t = 0.95)]
@@ -154,8 +196,13 @@ impl PipelineArgs {
     }
 
     /// The engine's configuration; `verify_all` for pass@k counting; `jobs` problems in flight.
-    pub fn engine_config(&self, verify_all: bool, jobs: usize) -> EngineConfig {
-        EngineConfig {
+    pub fn engine_config(&self, verify_all: bool, jobs: usize) -> anyhow::Result<EngineConfig> {
+        let closers = match (&self.closers, self.no_closers) {
+            (_, true) => Closers::Off,
+            (Some(path), false) => Closers::Custom(Portfolio::load(path, self.closer_heartbeats)?),
+            (None, false) => Closers::Auto { heartbeats: self.closer_heartbeats },
+        };
+        Ok(EngineConfig {
             strategy: self.strategy.into(),
             depth: self.depth,
             k: self.k,
@@ -178,6 +225,18 @@ impl PipelineArgs {
             },
             cot: self.cot,
             repair: self.repair,
+            repair_style: match self.repair_style {
+                RepairStyleArg::Deepseek => RepairStyle::Deepseek,
+                RepairStyleArg::Goedel => RepairStyle::Goedel,
+            },
+            repair_error_tokens: self.repair_error_tokens,
+            closers,
+            library: match self.library {
+                LibraryArg::Off => LibraryScope::Off,
+                LibraryArg::Problem => LibraryScope::Problem,
+                LibraryArg::Run => LibraryScope::Run,
+            },
+            library_tokens: self.library_tokens,
             verify_all,
             budget: Budget {
                 max_model_calls: self.max_model_calls,
@@ -185,7 +244,7 @@ impl PipelineArgs {
                 max_wall_s: self.max_wall,
             },
             model_concurrency: self.model_concurrency(jobs),
-        }
+        })
     }
 
     /// The prover and the planner (the same generator when they are the same model and key);
@@ -247,7 +306,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
             let _ = writeln!(f, "{line}").and_then(|_| f.flush());
         }
     });
-    let cfg = p.engine_config(false, 1);
+    let cfg = p.engine_config(false, 1)?;
     eprintln!(
         "proving {} with prover {} and planner {} (strategy {:?}, depth {}, k {}); output in {}",
         problem.name,

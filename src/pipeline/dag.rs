@@ -15,6 +15,8 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
+use super::records::Via;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
@@ -86,6 +88,9 @@ pub struct Node {
     /// The verified proof (complete Lean code of the statement), once proved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
+    /// How it was proved, once it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
     pub provenance: Provenance,
     /// Every problem whose proof needs this node.
     pub problems: Vec<String>,
@@ -105,6 +110,7 @@ impl Node {
             reason: None,
             attempts: 0,
             proof: None,
+            via: None,
             problems: vec![provenance.problem.clone()],
             provenance,
         }

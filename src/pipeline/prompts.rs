@@ -10,11 +10,12 @@ use crate::digest::sha256_hex;
 use crate::model::{ChatMessage, Prompt};
 
 /// The templates, by file name, with the copies this binary was built with.
-pub const TEMPLATES: [(&str, &str); 4] = [
+pub const TEMPLATES: [(&str, &str); 5] = [
     ("sketch.md", include_str!("../../prompts/sketch.md")),
     ("prove.md", include_str!("../../prompts/prove.md")),
     ("prove-cot.md", include_str!("../../prompts/prove-cot.md")),
     ("repair.md", include_str!("../../prompts/repair.md")),
+    ("repair-marked.md", include_str!("../../prompts/repair-marked.md")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +33,7 @@ pub struct StatementVars<'a> {
     pub formal_statement: &'a str,
 }
 
-/// What the repair template sees.
+/// What the repair templates see.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepairVars<'a> {
     pub name: &'a str,
@@ -40,6 +41,16 @@ pub struct RepairVars<'a> {
     pub formal_statement: &'a str,
     pub candidate: &'a str,
     pub errors: &'a str,
+    pub marked: &'a str,
+    pub round: u32,
+    pub library: &'a str,
+}
+
+#[derive(Serialize)]
+struct WithLibrary<'a, 'b> {
+    #[serde(flatten)]
+    vars: &'b StatementVars<'a>,
+    library: &'b str,
 }
 
 pub struct Prompts {
@@ -93,11 +104,17 @@ impl Prompts {
     }
 
     pub fn prove(&self, v: &StatementVars, cot: bool) -> Result<Prompt, PromptError> {
-        self.render(if cot { "prove-cot.md" } else { "prove.md" }, v)
+        self.prove_with(v, cot, "")
     }
 
-    pub fn repair(&self, v: &RepairVars) -> Result<Prompt, PromptError> {
-        self.render("repair.md", v)
+    /// The prover's prompt offering `library` (proved lemmas' statements; empty for none).
+    pub fn prove_with(&self, v: &StatementVars, cot: bool, library: &str) -> Result<Prompt, PromptError> {
+        self.render(if cot { "prove-cot.md" } else { "prove.md" }, WithLibrary { vars: v, library })
+    }
+
+    /// A repair prompt: `marked` selects the template with errors marked in the code.
+    pub fn repair(&self, v: &RepairVars, marked: bool) -> Result<Prompt, PromptError> {
+        self.render(if marked { "repair-marked.md" } else { "repair.md" }, v)
     }
 }
 
@@ -144,7 +161,36 @@ mod tests {
         let prompts = Prompts::load(Some(dir.path())).unwrap();
         assert_eq!(text(prompts.prove(&vars(""), false).unwrap()), "PROVE t");
         let origins: Vec<&str> = prompts.sources.iter().map(|s| s.origin.as_str()).collect();
-        assert_eq!(origins.iter().filter(|o| **o == "builtin").count(), 3);
+        assert_eq!(origins.iter().filter(|o| **o == "builtin").count(), TEMPLATES.len() - 1);
+    }
+
+    #[test]
+    fn offered_lemmas_come_before_the_code_and_an_empty_library_leaves_the_papers_prompt() {
+        let prompts = Prompts::load(None).unwrap();
+        let plain = text(prompts.prove(&vars(""), false).unwrap());
+        assert_eq!(text(prompts.prove_with(&vars(""), false, "").unwrap()), plain);
+        let offered = text(prompts.prove_with(&vars(""), false, "theorem t_h1 (n : ℕ) : 0 ≤ n").unwrap());
+        assert!(offered.starts_with("These lemmas are already proved"), "{offered}");
+        assert!(offered.ends_with(&plain), "{offered}");
+    }
+
+    #[test]
+    fn a_marked_repair_prompt_shows_the_marked_candidate_and_its_round() {
+        let prompts = Prompts::load(None).unwrap();
+        let v = RepairVars {
+            name: "t",
+            header: "import Mathlib\n",
+            formal_statement: "theorem t : 1 = 1 :=",
+            candidate: "theorem t : 1 = 1 := by simp",
+            errors: "line 1, column 22: simp made no progress",
+            marked: "theorem t : 1 = 1 := by <error>simp</error>",
+            round: 2,
+            library: "",
+        };
+        let p = text(prompts.repair(&v, true).unwrap());
+        assert!(p.contains("<error>simp</error>") && p.contains("(round 1)"), "{p}");
+        let p = text(prompts.repair(&v, false).unwrap());
+        assert!(p.contains("line 1, column 22: simp made no progress") && !p.contains("<error>"), "{p}");
     }
 
     #[test]

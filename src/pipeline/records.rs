@@ -23,6 +23,8 @@ pub enum Role {
     Lemma,
     /// Subgoal proofs put back into a sketch.
     Recompose,
+    /// A proof from the automation portfolio (`closers`), tried before any model call.
+    Closer,
 }
 
 /// One line of `attempts.jsonl`: one candidate and what the verifier said.
@@ -58,6 +60,13 @@ pub struct Attempt {
     /// request's identity; `None` when the run has no seed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Repair candidates: the self-correction round (1 for the first repair of the prover's
+    /// samples, 2 for a repair of a round-1 repair, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    /// Closer candidates: the portfolio tactic tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tactic: Option<String>,
 }
 
 /// How a node was proved.
@@ -66,6 +75,8 @@ pub struct Attempt {
 pub enum Via {
     Prover,
     Repair,
+    /// A tactic of the automation portfolio closed it with no model call.
+    Closer,
     /// The planner's answer proved it with no `sorry` left.
     Planner,
     Decomposition,

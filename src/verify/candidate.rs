@@ -495,6 +495,47 @@ impl Document {
     }
 }
 
+impl Document {
+    /// The document byte offset of a position given in `region`'s coordinates (the inverse of
+    /// `position_in`).
+    pub fn offset_in(&self, index: &LineIndex, region: Region, line: usize, column: usize) -> usize {
+        let base = match region {
+            Region::Header => 0,
+            Region::Reference => self.reference_start,
+            Region::Helpers => self.helpers_start,
+            Region::Statement => self.statement_start,
+            Region::Candidate => self.candidate_start,
+            Region::Epilogue => self.epilogue_start,
+        };
+        let (l0, c0) = index.line_char_of_offset(base);
+        let (mut line0, mut col) = (line.saturating_sub(1), column);
+        if region == Region::Candidate {
+            let (ol, oc) = self.candidate_origin;
+            line0 = line0.saturating_sub(ol);
+            if line0 == 0 {
+                col = col.saturating_sub(oc);
+            }
+        }
+        let col = if line0 == 0 { c0 + col } else { col };
+        index.offset_of_line_char(l0 + line0, col)
+    }
+
+    /// Where a document offset lies in `checked_source`, if it lies in a part of it (not in the
+    /// trusted reference or epilogue).
+    pub fn source_offset(&self, offset: usize) -> Option<usize> {
+        if self.reference.is_none() {
+            return (offset <= self.candidate_end).then_some(offset);
+        }
+        if offset < self.reference_start {
+            Some(offset)
+        } else if offset >= self.helpers_start && offset <= self.candidate_end {
+            Some(offset - (self.helpers_start - self.reference_start))
+        } else {
+            None
+        }
+    }
+}
+
 /// The namespace the header leaves open (`namespace A.B` … without its `end`), as `A.B.`.
 fn current_namespace(header: &str) -> String {
     let rest = &header[header_end(header)..];

@@ -198,6 +198,20 @@ impl Verifier {
         Ok(goals)
     }
 
+    /// Checks `text` (a whole file whose imports are those of `header`) and returns Lean's
+    /// messages, located in `text`. No gates and no verdict: this screens (which closer closes
+    /// which statement), it proves nothing.
+    pub async fn messages(
+        &self,
+        header: &str,
+        text: &str,
+    ) -> Result<Vec<verdict::RawMessage>, crate::lean::session::CheckFailure> {
+        let imports = &header[..crate::lean::source::header_end(header)];
+        let key = crate::lean::source::normalize_header(imports);
+        let checked = self.pool.check(&key, imports, text).await?;
+        Ok(verdict::messages_of(&crate::text::LineIndex::new(text), &checked))
+    }
+
     /// The record for an input that could not be checked at all.
     pub fn invalid(&self, name: &str, reason: impl Into<String>) -> VerifyRecord {
         self.unchecked(name, Verdict::InvalidInput, reason)

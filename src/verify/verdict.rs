@@ -145,6 +145,7 @@ pub struct LeanOutput {
 /// offsets, dropping silent diagnostics.
 pub fn from_lsp(doc: &Document, checked: &Checked) -> LeanOutput {
     let index = LineIndex::new(&doc.text);
+    let messages = messages_of(&index, checked);
     let tokens = match &checked.tokens {
         None => LeanTokens::Missing,
         Some(ks) => LeanTokens::Seen(
@@ -155,7 +156,12 @@ pub fn from_lsp(doc: &Document, checked: &Checked) -> LeanOutput {
                 .collect(),
         ),
     };
-    let messages = checked
+    LeanOutput { messages, tokens }
+}
+
+/// Lean's messages (less the silent ones) located in the text `index` was built over.
+pub fn messages_of(index: &LineIndex, checked: &Checked) -> Vec<RawMessage> {
+    checked
         .diagnostics
         .iter()
         .filter(|d| d.is_silent != Some(true))
@@ -173,8 +179,7 @@ pub fn from_lsp(doc: &Document, checked: &Checked) -> LeanOutput {
                 text: d.text().to_string(),
             }
         })
-        .collect();
-    LeanOutput { messages, tokens }
+        .collect()
 }
 
 /// What `judge` decided.

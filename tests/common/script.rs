@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use subgoal::model::record::{RecordLine, Replay};
 use subgoal::model::{Completion, FinishReason, Generator, SamplingParams};
+use subgoal::pipeline::config::RepairStyle;
+use subgoal::pipeline::feedback::Feedback;
 use subgoal::pipeline::prompts::{Prompts, RepairVars, StatementVars};
 use subgoal::pipeline::scheduler::EngineConfig;
 
@@ -41,7 +43,20 @@ impl Script {
 
     /// The prover's `k` answers for a node (fewer given: the last repeats).
     pub fn prover(&mut self, name: &str, statement: &str, informal: &str, codes: &[&str], elapsed_ms: u64) {
-        let prompt = self.prompts.prove(&self.vars(name, statement, informal), false).unwrap();
+        self.prover_offered(name, statement, informal, "", codes, elapsed_ms);
+    }
+
+    /// The same, to the prompt that offers `library` (proved lemmas' statements).
+    pub fn prover_offered(
+        &mut self,
+        name: &str,
+        statement: &str,
+        informal: &str,
+        library: &str,
+        codes: &[&str],
+        elapsed_ms: u64,
+    ) {
+        let prompt = self.prompts.prove_with(&self.vars(name, statement, informal), false, library).unwrap();
         let params = SamplingParams { n: self.cfg.k, ..self.cfg.prover.clone() };
         let completions =
             (0..self.cfg.k).map(|i| answer(codes[i.min(codes.len() - 1)], elapsed_ms)).collect::<Vec<_>>();
@@ -57,10 +72,20 @@ impl Script {
         self.lines.push(RecordLine { prompt, params, completions: vec![c] });
     }
 
-    /// The prover's fix for a failed candidate (the repair round).
-    pub fn repair(&mut self, name: &str, statement: &str, candidate: &str, errors: &str, fix: &str) {
-        let vars = RepairVars { name, header: &self.header, formal_statement: statement, candidate, errors };
-        let prompt = self.prompts.repair(&vars).unwrap();
+    /// The prover's answer to a repair prompt for a failed candidate, in round `round`.
+    pub fn repair(&mut self, name: &str, statement: &str, f: &Feedback, round: u32, fix: &str) {
+        let vars = RepairVars {
+            name,
+            header: &self.header,
+            formal_statement: statement,
+            candidate: &f.code,
+            errors: &f.errors,
+            marked: &f.marked,
+            round,
+            library: "",
+        };
+        let marked = self.cfg.repair_style == RepairStyle::Goedel;
+        let prompt = self.prompts.repair(&vars, marked).unwrap();
         let params = SamplingParams { n: 1, ..self.cfg.prover.clone() };
         self.lines.push(RecordLine { prompt, params, completions: vec![answer(fix, 0)] });
     }

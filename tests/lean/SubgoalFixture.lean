@@ -10,9 +10,15 @@ starts with `prelude` and `import SubgoalFixture`.  Build once (about 0.2 s):
 
 Supported in client files: term-mode proofs (`fun`, `⟨_, _⟩`, `h.1`, `have x : T := e; b`,
 `show T from e`, `match`, numerals), `sorry`, `axiom`, `#print axioms`, `#check`, `structure`,
-`inductive`, `def` with simple structural recursion.  NOT supported: tactics (`by …`: "unknown
-tactic"), notation (`∧`, `=`, `¬`, `▸`; `→` is fine), `#eval`, `nat_lit`, well-founded or
-course-of-values recursion (`wfParam` missing), `*.inj` injectivity lemmas.
+`inductive`, `def` with simple structural recursion.  Tactic proofs (`by tac`, or `by` and an
+indented block on the next lines, tactics separated by newlines or `;`) with the tactics `exact`,
+`apply`, `refine` (`?_` goals; term `sorry` in holes), `constructor`, `assumption`, `intro x y …`,
+`first | tac | …`, and the builtin `set_option NAME VAL in tac` and `open NS in tac`.
+NOT supported: other tactics ("unknown tactic": `trivial`, `rfl`, `simp`, `decide`, … are macros
+or syntax from `Init`), tactics spelled with a keyword (`have`, `show`, `sorry`, `·`, `(…)`:
+"unexpected token"), `<;>`, `intro` with patterns (`intro ⟨a, b⟩` expands to the macro `try`),
+notation (`∧`, `=`, `¬`, `▸`; `→` is fine), `notation`/`macro` commands, `#eval`, `nat_lit`,
+well-founded or course-of-values recursion (`wfParam` missing), `*.inj` injectivity lemmas.
 
 Names and shapes follow core Lean where the elaborator or the kernel looks them up by name.
 Everything here is proved, except the axioms core also has (`propext`, `Classical.choice`,
@@ -310,3 +316,58 @@ noncomputable def spin (n x : Nat) : Nat :=
     n x
 
 end Slow
+
+/-! ## Tactics
+Tactic *elaborators* are compiled into Lean; only their *syntax* lives in `Init`.  `syntax`
+elaborates to a `Lean.ParserDescr` (constructors, order and arguments as in core: the parser
+compiler reads them by position; core's `unicodeSymbol` is left out, nothing here builds one), so
+the tactics below are declared under the builtin kind names and `by …` runs the real elaborators.
+Their leading words are non-reserved symbols, as in core: no new keywords (`exact`, `intro`,
+`first`, `And.intro` stay usable as identifiers).  `set_option … in tac` needs nothing here: its
+parser and elaborator are builtin. -/
+namespace Lean
+
+inductive ParserDescr where
+  | const  (name : Name)
+  | unary  (name : Name) (p : ParserDescr)
+  | binary (name : Name) (p₁ p₂ : ParserDescr)
+  | node (kind : Name) (prec : Nat) (p : ParserDescr)
+  | trailingNode (kind : Name) (prec lhsPrec : Nat) (p : ParserDescr)
+  | symbol (val : String)
+  | nonReservedSymbol (val : String) (includeIdent : Bool)
+  | cat (catName : Name) (rbp : Nat)
+  | parser (declName : Name)
+  | nodeWithAntiquot (name : String) (kind : Name) (p : ParserDescr)
+  | sepBy  (p : ParserDescr) (sep : String) (psep : ParserDescr) (allowTrailingSep : Bool)
+  | sepBy1 (p : ParserDescr) (sep : String) (psep : ParserDescr) (allowTrailingSep : Bool)
+
+abbrev TrailingParserDescr := ParserDescr
+
+end Lean
+
+-- Same syntax as `Init/Tactics.lean`.
+syntax (name := Lean.Parser.Tactic.exact) "exact " term : tactic
+syntax (name := Lean.Parser.Tactic.apply) "apply " term : tactic
+syntax (name := Lean.Parser.Tactic.refine) "refine " term : tactic
+syntax (name := Lean.Parser.Tactic.constructor) "constructor" : tactic
+syntax (name := Lean.Parser.Tactic.assumption) "assumption" : tactic
+
+-- `intro x y …` (core: `"intro" notFollowedBy("|") (ppSpace colGt term:max)*`).  The DSL's `*` is
+-- a macro from `Init`, so the descriptor is written out: `many (colGt term:max)`; `colGt` stops
+-- it at the next line's tactic.  (`intro | pat => …` is builtin syntax of its own.)
+open Lean in
+@[tactic_parser] meta def Lean.Parser.Tactic.intro : ParserDescr :=
+  ParserDescr.node `Lean.Parser.Tactic.intro 1022
+    (ParserDescr.binary `andthen (ParserDescr.nonReservedSymbol "intro" false)
+      (ParserDescr.unary `many
+        (ParserDescr.binary `andthen (ParserDescr.const `colGt) (ParserDescr.cat `term 1024))))
+
+-- `first | tac | …` (core: `"first " withPosition((colGe "| " tacticSeq)+)`), written out for
+-- the same reason; the elaborator reads each alternative as a `group` of `|` and a `tacticSeq`.
+open Lean in
+@[tactic_parser] meta def Lean.Parser.Tactic.first : ParserDescr :=
+  ParserDescr.node `Lean.Parser.Tactic.first 1022
+    (ParserDescr.binary `andthen (ParserDescr.nonReservedSymbol "first " false)
+      (ParserDescr.unary `withPosition (ParserDescr.unary `many1 (ParserDescr.unary `group
+        (ParserDescr.binary `andthen (ParserDescr.const `colGe)
+          (ParserDescr.binary `andthen (ParserDescr.symbol "| ") (ParserDescr.const `tacticSeq)))))))

@@ -20,12 +20,14 @@ pub(super) struct Origin<'a> {
     pub completion: Option<&'a Completion>,
     pub block: Option<BlockChoice>,
     pub seed: Option<u64>,
+    pub round: Option<u32>,
+    pub tactic: Option<&'a str>,
 }
 
 impl<'a> Origin<'a> {
     /// A candidate the engine wrote itself (a lemma check, a recomposition).
     pub fn engine(node: &'a str, role: Role, sample: usize) -> Origin<'a> {
-        Origin { node, role, sample, model: None, completion: None, block: None, seed: None }
+        Origin { node, role, sample, model: None, completion: None, block: None, seed: None, round: None, tactic: None }
     }
 }
 
@@ -115,6 +117,8 @@ impl Engine {
             error: c.and_then(|c| c.error.clone()),
             block: from.block.clone(),
             seed: from.seed,
+            round: from.round,
+            tactic: from.tactic.map(str::to_string),
         });
     }
 

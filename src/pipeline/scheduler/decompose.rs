@@ -17,6 +17,7 @@ use crate::lean::source::normalize_header;
 use crate::model::{Completion, SamplingParams};
 use crate::pipeline::dag::{Node, NodeKind, Provenance, Status};
 use crate::pipeline::goal::{parse_goal, Lemma};
+use crate::pipeline::library::declarations;
 use crate::pipeline::prompts::StatementVars;
 use crate::pipeline::recompose::{proof_body, recompose, Layout};
 use crate::pipeline::sketch::{outline, parse_answer, sorry_sites, SiteKind, SorrySite};
@@ -64,13 +65,10 @@ impl Engine {
         };
         let (record, doc) = self.verify_document(&input, ctx).await;
         let from = Origin {
-            node: &name,
-            role: Role::Sketch,
-            sample: s,
             model: Some(self.planner.describe()),
             completion: Some(c),
-            block: None,
             seed,
+            ..Origin::engine(&name, Role::Sketch, s)
         };
         self.log(ctx, &from, &code, &record);
         let mut sketch_node = Node::new(
@@ -285,6 +283,10 @@ impl Engine {
             let order: Vec<String> = subs.iter().map(|&i| d.node(i).name.clone()).collect();
             d.node_mut(k).subgoals = order;
         });
+        // One screening check for every new subgoal of the sketch, before any is solved.
+        if let Some(portfolio) = self.cfg.closers.for_header(header) {
+            self.screen(ctx, header, &subs, &portfolio).await;
+        }
         // Solve every subgoal; the first failure fails the sketch and drops the others' handles.
         let handles: Vec<Subscription> = subs.iter().map(|&s| self.subscribe(s, ctx.clone())).collect();
         let names: Vec<String> = lemmas.iter().map(|l| l.name.clone()).collect();
@@ -301,13 +303,19 @@ impl Engine {
             let node_name = self.with_dag(|d| d.node(sub).name.clone());
             bodies.push(proof_body(proof, &node_name).ok_or_else(|| format!("the proof of {node_name} has no body"))?);
         }
+        let helpers = subgoal_helpers(
+            main,
+            &subs.iter().map(|&s| self.with_dag(|d| d.node(s).name.clone())).collect::<Vec<_>>(),
+            &proofs,
+        );
         // Recompose and verify: inline first, then each lemma applied at its site.
         let mut last = String::new();
         for layout in [Layout::Inline, Layout::Applied] {
             let filled = recompose(main, &sites, &lemmas, &bodies, layout);
-            // A sketch with helpers is checked again as a whole file, helpers and all.
-            let (proof, code) = if doc.has_helpers() {
-                (None, Some(format!("{header}{filled}\n")))
+            // A sketch with helpers (its own, or its subgoals' proofs') is checked again as a
+            // whole file, helpers and all.
+            let (proof, code) = if doc.has_helpers() || !helpers.is_empty() {
+                (None, Some(format!("{header}{helpers}{filled}\n")))
             } else {
                 (Some(filled[proof_at..].trim_start_matches(' ').to_string()), None)
             };
@@ -327,6 +335,26 @@ impl Engine {
         }
         Err(last)
     }
+}
+
+/// The helper theorems the subgoals' proofs state before their lemmas (library entries they
+/// used, helpers their prover wrote), each once, less those the sketch declares itself: a
+/// recomposed file states them before the sketch. Two different helpers under one name keep the
+/// first (the other proof then fails to check, and so does the recomposition).
+fn subgoal_helpers(main: &str, names: &[String], proofs: &[String]) -> String {
+    let mut seen: std::collections::HashSet<String> =
+        declarations(main, &tokenize(main)).into_iter().map(|(_, n)| n).collect();
+    let mut out = String::new();
+    for (name, proof) in names.iter().zip(proofs) {
+        let text = &proof[crate::lean::source::header_end(proof)..];
+        for (range, n) in declarations(text, &tokenize(text)) {
+            if &n != name && seen.insert(n) {
+                out.push_str(text[range].trim_end());
+                out.push_str("\n\n");
+            }
+        }
+    }
+    out
 }
 
 /// Options for the document goals are read from: what Lean prints must elaborate again.

@@ -5,8 +5,10 @@
 //! done (its sketches failed, or the problem ran out of time) the work is dropped with it: model
 //! calls and queued Lean checks are cancelled and the node is marked `cancelled`.
 //!
-//! Solving a node: (1) the prover samples `k` whole proofs (`whole`; theorems skip this under
-//! `--strategy decompose`), with an optional repair round; (2) if none verifies and the depth
+//! Solving a node: (0) the automation portfolio is tried (`closing`: one screening check, batched
+//! over a sketch's new subgoals, then the chosen tactic verified), (1) the prover samples `k` whole proofs (`whole`; theorems skip this under
+//! `--strategy decompose`), then up to `repair` self-correction rounds; prompts offer the run's
+//! lemma library; (2) if none verifies and the depth
 //! allows, the planner writes sketches, tried in turn (`decompose`): a sketch must pass the
 //! verifier as `incomplete` (statement kept, only `sorry` missing), each `sorry`'s goal is read
 //! from Lean and restated as a lemma that must elaborate on its own, the lemmas are solved
@@ -17,6 +19,7 @@
 
 mod activity;
 mod calls;
+mod closing;
 mod decompose;
 mod whole;
 
@@ -34,6 +37,7 @@ use tracing::Instrument;
 
 use self::activity::Activity;
 use super::dag::{Dag, DagExport, Node, NodeKind, Provenance, Status};
+use super::library::Library;
 use super::prompts::Prompts;
 use crate::lean::source::normalize_header;
 use crate::model::Generator;
@@ -83,6 +87,10 @@ pub struct Engine {
     sink: Option<AttemptSink>,
     /// Time with at least one model call or Lean check in flight is not the engine's own.
     activity: Activity,
+    /// Every statement the run has proved, offered to later prompts.
+    library: Library,
+    /// Closer screening checks run (each covers a batch of statements).
+    screens: AtomicU64,
 }
 
 impl Engine {
@@ -107,6 +115,8 @@ impl Engine {
             metas: Mutex::new(HashMap::new()),
             sink,
             activity: Activity::default(),
+            library: Library::default(),
+            screens: AtomicU64::new(0),
         })
     }
 
@@ -140,6 +150,11 @@ impl Engine {
 
     pub fn dag_is_acyclic(&self) -> bool {
         self.with_dag(|d| d.is_acyclic())
+    }
+
+    /// Closer screening checks run so far (one per batch of statements).
+    pub fn closer_screens(&self) -> u64 {
+        self.screens.load(Ordering::Relaxed)
     }
 
     /// Wall time so far with no model call or Lean check in flight.
@@ -195,7 +210,7 @@ impl Engine {
             },
             None => work.instrument(span).await,
         };
-        let via = self.meta_of(i).and_then(|m| m.via);
+        let via = self.with_dag(|d| d.node(i).via);
         let (solved, proof, reason) = match result {
             Ok(code) => (true, Some(code), "proved".to_string()),
             Err(r) => (false, None, r),
@@ -297,6 +312,7 @@ impl Engine {
                     n.status = Status::Proved;
                     n.reason = None;
                     n.proof = Some(code.clone());
+                    n.via = via;
                 }
                 // Running out of a problem's budget says nothing about the node: another problem
                 // that needs it later starts it again.
@@ -310,9 +326,13 @@ impl Engine {
                 }
             }
         });
-        if let (Ok(_), Some(v), Ok(mut metas)) = (result, via, self.metas.lock()) {
-            if let Some(m) = metas.get_mut(&i) {
-                m.via = Some(v);
+        if let Ok(code) = result {
+            let (kind, name, statement, problem) = self.with_dag(|d| {
+                let n = d.node(i);
+                (n.kind, n.name.clone(), n.statement.clone(), n.provenance.problem.clone())
+            });
+            if kind != NodeKind::Sketch {
+                self.library.add(&problem, &name, &statement, code);
             }
         }
         let entry = if running.get(&i).is_some_and(|r| r.generation == generation) { running.remove(&i) } else { None };
@@ -328,6 +348,9 @@ impl Engine {
         let span = tracing::info_span!("node", name = %name, depth);
         let (result, via) = async {
             let mut reasons: Vec<String> = Vec::new();
+            if let Some(code) = self.close(i, &ctx).await {
+                return (Ok(code), Some(Via::Closer));
+            }
             let whole = kind == NodeKind::Subgoal || self.cfg.strategy != Strategy::Decompose;
             if whole {
                 self.set_status(i, Status::Proving, None);
@@ -368,10 +391,11 @@ struct NodeMeta {
     informal: String,
     /// Subgoals: whether the restated lemma elaborates on its own (`None`: not checked yet).
     elaborates: Option<bool>,
-    /// How it was proved, once it is.
-    via: Option<Via>,
     /// Model requests the node has made, by role (for request seeds).
     requests: HashMap<Role, u32>,
+    /// The closer screen's answer: the first portfolio tactic that closed the statement, or
+    /// `Some(None)` when none did (`None`: not screened yet).
+    closer: Option<Option<usize>>,
 }
 
 /// A handle on a node's result; dropping the last one before it finishes cancels the work.
