@@ -6,8 +6,9 @@
 //! resume point), `dags/NAME.json`, `statements.json` (the statement preflight), `summary.json`
 //! (`Summary`) and `run.log`. `problems` selects a dataset's problems, `statements` checks that
 //! their statements elaborate, `run` runs them, `rundir` reads and repairs the directory, `report`
-//! renders it.
+//! renders it as text and plots, `html` as one page to browse.
 
+pub mod html;
 pub mod problems;
 pub mod report;
 pub mod run;

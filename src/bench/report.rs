@@ -3,7 +3,7 @@
 
 use plotters::prelude::*;
 
-use super::{PaperResult, Summary, Tally};
+use super::{Summary, Tally};
 
 /// One run to show: its label (the run directory) and summary.
 pub struct Labeled<'a> {
@@ -13,6 +13,41 @@ pub struct Labeled<'a> {
 
 /// The text table: rows of numbers, one column per run, then the paper's numbers.
 pub fn table(runs: &[Labeled]) -> String {
+    let (header, rows) = summary_rows(runs);
+    let mut out = render(&header, &rows);
+    let paper = paper_lines(runs);
+    if !paper.is_empty() {
+        out.push_str("\nPublished (same benchmark, same k):\n");
+        for line in paper {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+/// The published numbers for the runs' benchmarks and ks, one line each, without repeats.
+pub fn paper_lines(runs: &[Labeled]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for p in runs.iter().flat_map(|r| &r.summary.paper) {
+        let line = format!(
+            "{} {} pass@{}: {}{}  [{}]{}",
+            p.model,
+            p.mode,
+            p.k,
+            p.value,
+            if p.unit == "percent" { "%" } else { " problems" },
+            p.source,
+            if p.note.is_empty() { String::new() } else { format!(" ({})", p.note) }
+        );
+        if !seen.contains(&line) {
+            seen.push(line);
+        }
+    }
+    seen
+}
+
+/// The summary's rows (a name, then one cell per run) under a header of the runs' labels.
+pub fn summary_rows(runs: &[Labeled]) -> (Vec<String>, Vec<(String, Vec<String>)>) {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |name: &str, f: &dyn Fn(&Summary) -> String| {
         rows.push((name.to_string(), runs.iter().map(|r| f(r.summary)).collect()));
@@ -53,29 +88,7 @@ pub fn table(runs: &[Labeled]) -> String {
     row("load errors", &|s| s.load_errors.to_string());
     let mut header = vec![String::new()];
     header.extend(runs.iter().map(|r| r.label.clone()));
-    let mut out = render(&header, &rows);
-    let paper: Vec<&PaperResult> = runs.iter().flat_map(|r| &r.summary.paper).collect();
-    if !paper.is_empty() {
-        out.push_str("\nPublished (same benchmark, same k):\n");
-        let mut seen = Vec::new();
-        for p in paper {
-            let line = format!(
-                "  {} {} pass@{}: {}{}  [{}]{}\n",
-                p.model,
-                p.mode,
-                p.k,
-                p.value,
-                if p.unit == "percent" { "%" } else { " problems" },
-                p.source,
-                if p.note.is_empty() { String::new() } else { format!(" ({})", p.note) }
-            );
-            if !seen.contains(&line) {
-                out.push_str(&line);
-                seen.push(line);
-            }
-        }
-    }
-    out
+    (header, rows)
 }
 
 fn pct(v: Option<&f64>) -> String {

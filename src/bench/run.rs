@@ -239,6 +239,7 @@ mod tests {
             verdict,
             reason: String::new(),
             code: String::new(),
+            messages: vec![],
             prompt_tokens: 0,
             completion_tokens: 0,
             lean_ms: 0,

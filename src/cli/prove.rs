@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
+use subgoal::bench::html::{self, RunView};
 use subgoal::model::{Generator, SamplingParams};
 use subgoal::pipeline::closers::Portfolio;
 use subgoal::pipeline::config::{Closers, RepairStyle};
@@ -130,7 +131,8 @@ pub struct PipelineArgs {
     #[arg(long)]
     pub no_closers: bool,
     /// Heartbeats each closer tactic may use per statement.
-    #[arg(long, default_value_t = subgoal::pipeline::closers::DEFAULT_HEARTBEATS)]
+    #[arg(long, default_value_t = subgoal::pipeline::closers::DEFAULT_HEARTBEATS,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub closer_heartbeats: u64,
     /// Which proved lemmas prover prompts are offered: `problem` (those of the same problem),
     /// `run` (any of the run's), `off`.
@@ -333,6 +335,11 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<ExitCode> {
     if let Ok(mut f) = attempts.lock() {
         f.flush().with_context(|| format!("writing {}", attempts_path.display()))?;
     }
+    // The same page `report --html` writes for a run, for this one theorem.
+    let view = RunView::from_prove_dir(&out_dir, html::DEFAULT_BUDGET_BYTES)
+        .with_context(|| format!("reading {} back for report.html", out_dir.display()))?;
+    html::write(&out_dir.join("report.html"), &html::page(&format!("subgoal prove: {}", problem.name), &[view]))
+        .context("writing report.html")?;
     drop(engine);
     match Arc::try_unwrap(verifier) {
         Ok(v) => v.shutdown().await,

@@ -1,5 +1,6 @@
 //! `subgoal report`: one run's numbers, or several runs side by side, as a table (or JSON), with
-//! SVG plots of pass@k and of the solved rate per area or split.
+//! SVG plots of pass@k and of the solved rate per area or split, and optionally one HTML page to
+//! browse them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
+use subgoal::bench::html::{self, RunView};
 use subgoal::bench::report::{groups_svg, pass_at_k_svg, table, Labeled};
 use subgoal::bench::rundir::RunDir;
 use subgoal::bench::{summarize, Summary};
@@ -25,6 +27,13 @@ pub struct ReportArgs {
     /// Write no plots.
     #[arg(long)]
     pub no_plots: bool,
+    /// Also write one self-contained HTML page: the summary, every problem's subgoal graph, its
+    /// attempts with Lean's messages, its proof (several runs: compared problem by problem).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Attempt text the page embeds at most, spread evenly over the problems (MiB).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub html_max_mb: usize,
 }
 
 pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -42,6 +51,25 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", table(&labeled));
+    }
+    if let Some(file) = &args.html {
+        let budget = args.html_max_mb << 20;
+        let mut views = Vec::new();
+        for path in &args.runs {
+            views.push(
+                RunView::from_run_dir(path, budget / args.runs.len())
+                    .with_context(|| format!("reading {}", path.display()))?,
+            );
+        }
+        let title = match summaries.as_slice() {
+            [(_, s)] => format!("subgoal run: {}", s.dataset),
+            _ => format!(
+                "subgoal runs: {}",
+                summaries.iter().map(|(_, s)| s.dataset.as_str()).collect::<Vec<_>>().join(" vs ")
+            ),
+        };
+        html::write(file, &html::page(&title, &views)).with_context(|| format!("writing {}", file.display()))?;
+        eprintln!("wrote {}", file.display());
     }
     if !args.no_plots {
         let dir = args.plots.clone().unwrap_or_else(|| args.runs[0].clone());

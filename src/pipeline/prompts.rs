@@ -188,7 +188,7 @@ mod tests {
             library: "",
         };
         let p = text(prompts.repair(&v, true).unwrap());
-        assert!(p.contains("<error>simp</error>") && p.contains("(round 1)"), "{p}");
+        assert!(p.contains("<error>simp</error>") && p.contains("(correction round 1)"), "{p}");
         let p = text(prompts.repair(&v, false).unwrap());
         assert!(p.contains("line 1, column 22: simp made no progress") && !p.contains("<error>"), "{p}");
     }

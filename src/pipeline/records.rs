@@ -42,6 +42,10 @@ pub struct Attempt {
     pub reason: String,
     /// The Lean code checked (or the model's text, when it had none).
     pub code: String,
+    /// What Lean said (at most 32 messages, each cut to 4 KiB). Positions in the `candidate`
+    /// region are in `code`'s lines and columns; others in their own region's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<crate::verify::verdict::Message>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub lean_ms: u64,

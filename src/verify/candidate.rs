@@ -140,7 +140,7 @@ impl Helpers {
 
 /// Bytes at the start of `preamble` that repeat, token for token, the part of `header` after its
 /// imports (0 when they do not, or when that part is empty).
-fn copied_preamble(preamble: &str, header: &str) -> usize {
+pub fn copied_preamble(preamble: &str, header: &str) -> usize {
     let reference = &header[header_end(header)..];
     let want = tokenize(reference);
     if want.is_empty() {

@@ -9,7 +9,8 @@ use tracing::Instrument;
 use super::{Attempt, Ctx, Engine, Role};
 use crate::model::{Completion, GenRequest, Generator, Prompt, SamplingParams};
 use crate::pipeline::sketch::BlockChoice;
-use crate::verify::{Document, VerifyInput, VerifyRecord};
+use crate::verify::verdict::Message;
+use crate::verify::{Document, Region, VerifyInput, VerifyRecord};
 
 /// Where an attempt came from, for its record.
 pub(super) struct Origin<'a> {
@@ -97,9 +98,10 @@ impl Engine {
 
     /// Writes the attempt record of a verified (or, for a failed generation, unverifiable)
     /// candidate.
-    pub(super) fn log(&self, ctx: &Ctx, from: &Origin<'_>, code: &str, r: &VerifyRecord) {
+    pub(super) fn log(&self, ctx: &Ctx, from: &Origin<'_>, input: Option<&VerifyInput>, r: &VerifyRecord) {
         let Some(sink) = &self.sink else { return };
         let c = from.completion;
+        let code = input.map(super::whole::input_code).unwrap_or_default();
         sink(&Attempt {
             problem: ctx.problem.to_string(),
             node: from.node.to_string(),
@@ -108,7 +110,8 @@ impl Engine {
             model: from.model.clone(),
             verdict: r.verdict,
             reason: r.reason.clone(),
-            code: code.to_string(),
+            messages: input.map(|i| attempt_messages(i, r)).unwrap_or_default(),
+            code,
             prompt_tokens: c.map_or(0, |c| c.prompt_tokens),
             completion_tokens: c.map_or(0, |c| c.completion_tokens),
             lean_ms: r.lean_ms,
@@ -151,9 +154,91 @@ impl Engine {
     }
 }
 
+/// Messages an attempt record keeps, at most this many, each cut to `MESSAGE_BYTES`.
+const MESSAGES: usize = 32;
+const MESSAGE_BYTES: usize = 4096;
+
+/// The verifier's messages with the candidate's positions in the attempt's `code` (a proof-only
+/// candidate's code is its header and statement, then the proof): the other regions keep their
+/// own coordinates.
+fn attempt_messages(input: &VerifyInput, r: &VerifyRecord) -> Vec<Message> {
+    // Where the proof starts in `code` when the candidate gave only a proof.
+    let shift = match (&input.code, &input.proof) {
+        (None, Some(_)) => {
+            let prefix = format!("{}{}", input.header, input.formal_statement);
+            let lines = prefix.matches('\n').count();
+            let col = prefix.rsplit('\n').next().unwrap_or("").chars().count();
+            Some((lines, col))
+        }
+        _ => None,
+    };
+    r.messages
+        .iter()
+        .take(MESSAGES)
+        .map(|m| {
+            let mut m = m.clone();
+            if let (Some((lines, col)), Region::Candidate) = (shift, m.region) {
+                for p in [&mut m.start, &mut m.end] {
+                    if p.line == 1 {
+                        p.column += col;
+                    }
+                    p.line += lines;
+                }
+            }
+            if m.text.len() > MESSAGE_BYTES {
+                let mut end = MESSAGE_BYTES;
+                while !m.text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                m.text = format!("{}…", &m.text[..end]);
+            }
+            m
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proof_only_candidates_messages_are_placed_in_its_code() {
+        use crate::verify::verdict::{Pos, Severity, Verdict};
+        let input = VerifyInput {
+            name: "t".into(),
+            header: "import M\n".into(),
+            formal_statement: "theorem t : P :=".into(),
+            proof: Some(" by\n  simp".into()),
+            code: None,
+        };
+        let at = |line, column| Pos { line, column };
+        let msg =
+            |region, start| Message { severity: Severity::Error, region, start, end: start, text: "x".repeat(5000) };
+        let r = VerifyRecord {
+            name: "t".into(),
+            verdict: Verdict::Failed,
+            reason: String::new(),
+            rejected_by: None,
+            gates: vec![],
+            messages: vec![
+                msg(Region::Candidate, at(1, 1)),
+                msg(Region::Candidate, at(2, 2)),
+                msg(Region::Epilogue, at(1, 0)),
+            ],
+            axioms: vec![],
+            recheck: None,
+            elapsed_ms: 0,
+            lean_ms: 0,
+            lean_version: String::new(),
+        };
+        let code = crate::pipeline::scheduler::whole::input_code(&input);
+        let got = attempt_messages(&input, &r);
+        let line_of = |p: Pos| code.lines().nth(p.line - 1).unwrap().chars().skip(p.column).collect::<String>();
+        assert_eq!(line_of(got[0].start), "by");
+        assert_eq!(line_of(got[1].start), "simp");
+        assert_eq!((got[2].start.line, got[2].start.column), (1, 0));
+        assert!(got[0].text.len() < 4200 && got[0].text.ends_with('…'));
+    }
 
     #[test]
     fn a_request_seed_changes_with_the_run_seed_the_node_the_role_and_the_round() {

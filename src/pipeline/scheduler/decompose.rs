@@ -10,7 +10,6 @@ use petgraph::graph::NodeIndex;
 use tracing::Instrument;
 
 use super::calls::Origin;
-use super::whole::input_code;
 use super::{Ctx, Engine, NodeMeta, Role, Subscription, Via};
 use crate::lean::lexer::tokenize;
 use crate::lean::source::normalize_header;
@@ -70,7 +69,7 @@ impl Engine {
             seed,
             ..Origin::engine(&name, Role::Sketch, s)
         };
-        self.log(ctx, &from, &code, &record);
+        self.log(ctx, &from, Some(&input), &record);
         let mut sketch_node = Node::new(
             NodeKind::Sketch,
             &format!("{name}#sketch{s}"),
@@ -231,7 +230,7 @@ impl Engine {
                             code: None,
                         };
                         let record = self.verify(&check, ctx).await;
-                        self.log(ctx, &Origin::engine(&lemma_name, Role::Lemma, 0), &format!("{stmt} sorry"), &record);
+                        self.log(ctx, &Origin::engine(&lemma_name, Role::Lemma, 0), Some(&check), &record);
                         let ok = record.verdict == Verdict::Incomplete;
                         // A check that timed out or crashed says nothing about the statement.
                         if matches!(
@@ -327,7 +326,7 @@ impl Engine {
                 code,
             };
             let (record, checked) = self.verify_document(&input, ctx).await;
-            self.log(ctx, &Origin::engine(name, Role::Recompose, layout as usize), &input_code(&input), &record);
+            self.log(ctx, &Origin::engine(name, Role::Recompose, layout as usize), Some(&input), &record);
             if let (Verdict::Proved, Some(checked)) = (record.verdict, checked) {
                 return Ok(checked.checked_source());
             }

@@ -44,7 +44,6 @@ use crate::model::Generator;
 use crate::verify::Verifier;
 
 pub use self::calls::derive_seed;
-pub use self::whole::lean_errors;
 pub use super::config::{Budget, EngineConfig, Strategy};
 pub use super::problem::Problem;
 pub use super::records::{Attempt, AttemptSink, ProblemOutcome, Role, Via};
@@ -332,7 +331,8 @@ impl Engine {
                 (n.kind, n.name.clone(), n.statement.clone(), n.provenance.problem.clone())
             });
             if kind != NodeKind::Sketch {
-                self.library.add(&problem, &name, &statement, code);
+                let header = self.meta_of(i).map(|m| m.header).unwrap_or_default();
+                self.library.add(&problem, &header, &name, &statement, code);
             }
         }
         let entry = if running.get(&i).is_some_and(|r| r.generation == generation) { running.remove(&i) } else { None };
@@ -393,9 +393,9 @@ struct NodeMeta {
     elaborates: Option<bool>,
     /// Model requests the node has made, by role (for request seeds).
     requests: HashMap<Role, u32>,
-    /// The closer screen's answer: the first portfolio tactic that closed the statement, or
-    /// `Some(None)` when none did (`None`: not screened yet).
-    closer: Option<Option<usize>>,
+    /// The closer screen's answer: the portfolio tactics that closed the statement, in order
+    /// (empty: none did; `None`: not screened yet).
+    closer: Option<Vec<usize>>,
 }
 
 /// A handle on a node's result; dropping the last one before it finishes cancels the work.

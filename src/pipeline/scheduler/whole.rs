@@ -17,11 +17,11 @@ use crate::pipeline::feedback::{feedback, Feedback};
 use crate::pipeline::library::{prompt_text, with_entries, Entry};
 use crate::pipeline::prompts::{RepairVars, StatementVars};
 use crate::pipeline::sketch::{prover_code, BlockChoice};
-use crate::verify::{Verdict, VerifyInput, VerifyRecord};
+use crate::verify::{Verdict, VerifyInput};
 
 /// What one round of sampling gave.
 struct Round {
-    /// The first proof (lowest sample index among those verified), as Lean checked it.
+    /// A proof, as Lean checked it (under `verify_all`, that of the lowest sample index).
     found: Option<String>,
     /// Failed candidates Lean checked, in sample order, as a repair prompt shows them.
     failures: Vec<Feedback>,
@@ -31,7 +31,7 @@ impl Engine {
     /// pass@k whole-proof sampling, then the repair rounds.
     pub(super) async fn prove_whole(&self, i: NodeIndex, ctx: &Ctx) -> Result<(String, Via), String> {
         let (name, header, informal, statement) = self.statement_vars(i);
-        let offered = self.offered(ctx, &name, &statement);
+        let offered = self.offered(ctx, &header, &name, &statement);
         let library = prompt_text(&offered);
         let vars =
             StatementVars { name: &name, header: &header, informal_statement: &informal, formal_statement: &statement };
@@ -133,7 +133,7 @@ impl Engine {
                             let mut record = self.verifier.invalid(&name, reason);
                             record.verdict = Verdict::Failed;
                             let from = Origin { model: Some(model.clone()), completion: Some(&c), seed, round: round_tag, ..Origin::engine(&name, role, index) };
-                            self.log(ctx, &from, "", &record);
+                            self.log(ctx, &from, None, &record);
                             continue;
                         }
                         let (input, block) = candidate_input(&name, &header, &statement, &c.text, offered);
@@ -146,7 +146,7 @@ impl Engine {
                 Some((s, input, block, c, (record, doc))) = pending.next(), if !pending.is_empty() => {
                     self.with_dag(|d| d.node_mut(i).attempts += 1);
                     let from = Origin { model: Some(model.clone()), completion: Some(&c), block, seed, round: round_tag, ..Origin::engine(&name, role, s) };
-                    self.log(ctx, &from, &input_code(&input), &record);
+                    self.log(ctx, &from, Some(&input), &record);
                     match (record.verdict, doc) {
                         (Verdict::Proved, Some(doc)) => {
                             if found.as_ref().is_none_or(|(fs, _)| s < *fs) {
@@ -156,7 +156,8 @@ impl Engine {
                                 break;
                             }
                         }
-                        (Verdict::Failed | Verdict::Incomplete, Some(doc)) => {
+                        // What a repair prompt shows, only when a repair round may follow.
+                        (Verdict::Failed | Verdict::Incomplete, Some(doc)) if round < self.cfg.repair => {
                             failures.push((s, feedback(&doc, &record, self.cfg.repair_error_tokens)));
                         }
                         _ => {}
@@ -173,8 +174,8 @@ impl Engine {
     }
 
     /// The library entries a prompt for `statement` is offered.
-    pub(super) fn offered(&self, ctx: &Ctx, name: &str, statement: &str) -> Vec<Entry> {
-        self.library.retrieve(self.cfg.library, &ctx.problem, name, statement, self.cfg.library_tokens)
+    pub(super) fn offered(&self, ctx: &Ctx, header: &str, name: &str, statement: &str) -> Vec<Entry> {
+        self.library.retrieve(self.cfg.library, &ctx.problem, header, name, statement, self.cfg.library_tokens)
     }
 }
 
@@ -204,7 +205,7 @@ pub(super) fn candidate_input(
         code,
     };
     if !offered.is_empty() {
-        if let Some(code) = with_entries(&input_code(&input), offered, name) {
+        if let Some(code) = with_entries(&input_code(&input), offered, name, header) {
             input.code = Some(code);
             input.proof = None;
         }
@@ -217,20 +218,5 @@ pub(super) fn input_code(input: &VerifyInput) -> String {
         (Some(c), _) => c.clone(),
         (None, Some(p)) => format!("{}{}{p}", input.header, input.formal_statement),
         (None, None) => String::new(),
-    }
-}
-
-/// Lean's error messages of a failed candidate, one per line.
-pub fn lean_errors(r: &VerifyRecord) -> String {
-    let errors: Vec<String> = r
-        .messages
-        .iter()
-        .filter(|m| m.severity == crate::verify::verdict::Severity::Error)
-        .map(|m| format!("line {}: {}", m.start.line, m.text))
-        .collect();
-    if errors.is_empty() {
-        r.reason.clone()
-    } else {
-        errors.join("\n")
     }
 }
