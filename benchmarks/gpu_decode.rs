@@ -56,7 +56,7 @@ fn main() {
     let params = write_random_model(&dir, layers, &device);
     let write_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut model = Model::from_safetensors(&dir, &device, DType::BF16).expect("load the model");
+    let mut model = Model::from_safetensors(&dir, &device, DType::BF16, false).expect("load the model");
     let load_s = t.elapsed().as_secs_f64();
     let weight_bytes = params as f64 * 2.0;
 
@@ -76,7 +76,14 @@ fn main() {
         let s = (0..3).map(|_| run()).fold(f64::MAX, f64::min);
         // The serving engine's prefill: the prompt as one chunk into a paged cache, attention
         // tiled with an online softmax (no score matrix).
-        let cache = PagedCache::new(&model.cfg, p.div_ceil(16) + 1, 16, DType::BF16, &device).unwrap();
+        let cache = PagedCache::new(
+            &model.cfg,
+            p.div_ceil(16) + 1,
+            16,
+            subgoal::model::paged::KvFormat::Dense(DType::BF16),
+            &device,
+        )
+        .unwrap();
         let ids_vec: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
         let mut batch = Batch::default();
         batch.push(&ids_vec, 0, (0..(p.div_ceil(16) + 1) as u32).collect(), true);
@@ -208,7 +215,7 @@ fn agreement(model: &mut Model, dir: &Path, device: &Device) -> Value {
     let prompt = prompt_ids(1, 512, device);
     let both = |m: &mut Model| json!({"1": gpu_common::fused_vs_generic(m, &prompt, 1, 16), "2": gpu_common::fused_vs_generic(m, &prompt, 2, 16)});
     let bf16 = both(model);
-    let f32 = match Model::from_safetensors(dir, device, DType::F32) {
+    let f32 = match Model::from_safetensors(dir, device, DType::F32, false) {
         // Without the fused step the comparison would be generic against generic.
         Ok(m) if !m.fused_decode() => json!({"error": "the fused step is off for the f32 model"}),
         Ok(mut m) => both(&mut m),

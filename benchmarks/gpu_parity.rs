@@ -85,7 +85,7 @@ fn main() {
     let prompt = Tensor::new(ids.as_slice(), &device).and_then(|t| t.unsqueeze(0)).expect("the prompt on the GPU");
     let mut fused_vs_generic = serde_json::Map::new();
     for dtype in [DType::F32, DType::BF16] {
-        let mut model = Model::from_safetensors(dir.path(), &device, dtype).expect("load");
+        let mut model = Model::from_safetensors(dir.path(), &device, dtype, false).expect("load");
         let mut row = gpu_common::fused_vs_generic(&mut model, &prompt, 1, tokens);
         row["fused_available"] = json!(model.fused_decode());
         fused_vs_generic.insert(format!("{dtype:?}").to_lowercase(), row);

@@ -374,7 +374,8 @@ fn main() {
 fn paged_vs_static(model: &Model, device: &Device, rng: &mut Rng) -> Value {
     let prompt = rng.tokens(700, model.cfg.vocab);
     let bs = 16;
-    let cache = PagedCache::new(&model.cfg, 128, bs, DType::BF16, device).unwrap();
+    let cache =
+        PagedCache::new(&model.cfg, 128, bs, subgoal::model::paged::KvFormat::Dense(DType::BF16), device).unwrap();
     let table: Vec<u32> = (0..64).collect();
     let mut batch = Batch::default();
     batch.push(&prompt, 0, table.clone(), true);

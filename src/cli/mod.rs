@@ -2,6 +2,7 @@
 //! context naming the file or flag involved; the library below stays typed.
 
 mod bench;
+mod convert;
 mod doctor;
 mod generate;
 mod prove;
@@ -62,6 +63,8 @@ pub enum Command {
     Synth(Box<synth::SynthArgs>),
     /// Join synthesis shards: de-duplicated examples and summed counts.
     Merge(synth::MergeArgs),
+    /// Rewrite a model as a Hugging Face directory in another precision (FP8 included).
+    Convert(convert::ConvertArgs),
 }
 
 /// Which model to use and how; shared by every command that generates.
@@ -91,9 +94,15 @@ pub struct ModelOptions {
     /// Embedded backend device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Embedded backend precision: f32, bf16, f16 (default: f32 on CPU, bf16 on CUDA).
+    /// Embedded backend precision: f32, bf16, f16 (default: f32 on CPU, bf16 on CUDA), or fp8:
+    /// projections in E4M3 with 128×128 block scales (a Hugging Face directory, bf16/f16/f32
+    /// weights converted at load or an FP8 checkpoint as it is; CPU in this build).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Embedded backend KV cache: auto (the compute type) or fp8 (E4M3, one scale per token and
+    /// head; CPU in this build).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "fp8"])]
+    pub kv_dtype: String,
     /// A tokenizer.json to use instead of the model's own (for GGUF files).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
@@ -167,6 +176,7 @@ impl ModelOptions {
                     cache_fraction: self.kv_cache_fraction,
                     max_batch_tokens: self.max_batch_tokens.max(1),
                     max_running: self.max_running.max(1),
+                    kv_fp8: self.kv_dtype == "fp8",
                 },
             },
             server_model: self.server_model.clone(),
@@ -349,5 +359,6 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Datasets(c) => bench::datasets_command(c).await,
         Command::Synth(a) => synth::run(*a).await,
         Command::Merge(a) => synth::merge(a).await,
+        Command::Convert(a) => convert::run(a).await,
     }
 }

@@ -1,14 +1,19 @@
-//! Model file conversions for comparing devices: a GGUF model rewritten as a Hugging Face
-//! directory with dense weights (`config.json`, `tokenizer.json`, `tokenizer_config.json`,
-//! `model.safetensors`), and a GGUF model cut to its first layers.
+//! Model file conversions: a GGUF model rewritten as a Hugging Face directory with dense weights
+//! (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `model.safetensors`); a Hugging
+//! Face directory rewritten in another precision, FP8 included (DeepSeek-V3's layout: E4M3
+//! projections with `weight_scale_inv` per 128×128 block); a GGUF model cut to its first layers.
 //!
 //! Why: the CPU's quantized kernels round activations to 8 bits and a GPU's do not, so one GGUF
 //! file does not compute the same numbers on both devices; its dequantized weights can
 //! (`benchmarks/gpu_parity` compares greedy output across devices on them). A cut model is small
 //! enough to move to a GPU machine with a transfer limit (`examples/gguf_cut.rs`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+
+use candle_core::safetensors::MmapedSafetensors;
+use safetensors::tensor::{Dtype as StDtype, TensorView, View};
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
@@ -145,6 +150,232 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<Config, GenEr
                 "chat_template": template}),
     )?;
     Ok(cfg)
+}
+
+/// The precision `to_hf` writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Every floating tensor in this type (FP8 weights dequantized).
+    Dense(DType),
+    /// Layer projections in E4M3 with 128×128 block factors, the rest as stored.
+    Fp8,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Target, String> {
+        match s {
+            "f32" => Ok(Target::Dense(DType::F32)),
+            "bf16" => Ok(Target::Dense(DType::BF16)),
+            "f16" => Ok(Target::Dense(DType::F16)),
+            "fp8" => Ok(Target::Fp8),
+            other => Err(format!("{other:?}: expected f32, bf16, f16 or fp8")),
+        }
+    }
+}
+
+/// Whether `name` is a layer projection's weight (what FP8 holds in E4M3).
+pub fn is_projection(name: &str) -> bool {
+    const PROJ: [&str; 7] = [
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+    ];
+    name.starts_with("model.layers.") && PROJ.iter().any(|p| name.ends_with(p))
+}
+
+/// The `quantization_config` an FP8 directory carries (what DeepSeek's FP8 releases state).
+pub fn fp8_quantization_config() -> Value {
+    json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]})
+}
+
+/// A tensor to write: one read from the source as it is, one computed, or raw bytes.
+enum Out<'a> {
+    Same(TensorView<'a>),
+    Computed(Tensor),
+    Raw { dtype: StDtype, shape: Vec<usize>, data: Vec<u8> },
+}
+
+impl View for &Out<'_> {
+    fn dtype(&self) -> StDtype {
+        match self {
+            Out::Same(v) => v.dtype(),
+            Out::Computed(t) => View::dtype(t),
+            Out::Raw { dtype, .. } => *dtype,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            Out::Same(v) => v.shape(),
+            Out::Computed(t) => View::shape(t),
+            Out::Raw { shape, .. } => shape,
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            Out::Same(v) => Cow::Borrowed(v.data()),
+            Out::Computed(t) => View::data(t),
+            Out::Raw { data, .. } => Cow::Borrowed(data),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            Out::Same(v) => v.data_len(),
+            Out::Computed(t) => View::data_len(t),
+            Out::Raw { data, .. } => data.len(),
+        }
+    }
+}
+
+/// Writes `src` (a GGUF file, or a Hugging Face directory) as a Hugging Face directory at `out`
+/// in `target`. A directory is converted one shard at a time (a shard's tensors in memory at
+/// once), keeping its shard layout and every other file.
+pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
+    if src.is_file() {
+        let dense = match target {
+            Target::Dense(d) => d,
+            Target::Fp8 => DType::F32,
+        };
+        if target == Target::Fp8 {
+            let tmp = tempfile::tempdir().map_err(|e| fail(out, e))?;
+            gguf_to_hf(src, tmp.path(), dense)?;
+            return to_hf(tmp.path(), out, target);
+        }
+        return gguf_to_hf(src, out, dense).map(|_| ());
+    }
+    if !src.join("config.json").exists() {
+        return Err(fail(src, "neither a GGUF file nor a directory with config.json"));
+    }
+    if out.exists() && std::fs::canonicalize(src).ok() == std::fs::canonicalize(out).ok() {
+        return Err(fail(out, "the output is the source; write elsewhere"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| fail(out, e))?;
+    let mut shards: Vec<std::path::PathBuf> = std::fs::read_dir(src)
+        .map_err(|e| fail(src, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        return Err(fail(src, "no .safetensors files"));
+    }
+    // SAFETY: memory-mapped read-only; the source must not change while it is converted.
+    let all = unsafe { MmapedSafetensors::multi(&shards) }.map_err(|e| fail(src, e))?;
+    let mut weight_map = serde_json::Map::new();
+    for shard in &shards {
+        let file = shard.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        // SAFETY: as above.
+        let one = unsafe { MmapedSafetensors::new(shard) }.map_err(|e| fail(shard, e))?;
+        let mut outs: Vec<(String, Out)> = Vec::new();
+        for (name, view) in one.tensors() {
+            let at = |e: candle_core::Error| fail(shard, format!("{name}: {e}"));
+            if name.ends_with("_scale_inv") {
+                // Written beside their weight, or dropped with it dequantized.
+                if target == Target::Fp8 {
+                    outs.push((name.clone(), Out::Same(view)));
+                }
+                continue;
+            }
+            let scales = format!("{name}_scale_inv");
+            let stored_fp8 = view.dtype() == StDtype::F8_E4M3 && all.get(&scales).is_ok();
+            match target {
+                Target::Fp8 if stored_fp8 => outs.push((name.clone(), Out::Same(view))),
+                Target::Fp8 if is_projection(&name) && view.shape().len() == 2 => {
+                    let (rows, cols) = (view.shape()[0], view.shape()[1]);
+                    let w = all.load(&name, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(at)?;
+                    let v = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(at)?;
+                    let q = super::fp8::BlockFp8::quantize(&v, rows, cols)
+                        .map_err(|e| fail(shard, format!("{name}: {e}")))?;
+                    let (rb, cb) = (q.row_blocks(), q.col_blocks());
+                    let scale_bytes: Vec<u8> = q.scale_inv.iter().flat_map(|f| f.to_le_bytes()).collect();
+                    outs.push((scales, Out::Raw { dtype: StDtype::F32, shape: vec![rb, cb], data: scale_bytes }));
+                    outs.push((
+                        name.clone(),
+                        Out::Raw { dtype: StDtype::F8_E4M3, shape: vec![rows, cols], data: q.data },
+                    ));
+                }
+                Target::Fp8 => outs.push((name.clone(), Out::Same(view))),
+                Target::Dense(dtype) if stored_fp8 => {
+                    let (rows, cols) = (view.shape()[0], view.shape()[1]);
+                    let q = all.load(&name, &Device::Cpu).map_err(at)?;
+                    let bytes: Vec<u8> = q
+                        .flatten_all()
+                        .and_then(|t| t.to_vec1::<float8::F8E4M3>())
+                        .map_err(at)?
+                        .iter()
+                        .map(|b| b.to_bits())
+                        .collect();
+                    let s = all
+                        .load(&scales, &Device::Cpu)
+                        .and_then(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+                        .map_err(at)?;
+                    let w = super::fp8::BlockFp8::from_parts(rows, cols, bytes, s)
+                        .map_err(|e| fail(shard, format!("{name}: {e}")))?;
+                    let t = Tensor::from_vec(w.dequantize(), (rows, cols), &Device::Cpu)
+                        .and_then(|t| t.to_dtype(dtype))
+                        .map_err(at)?;
+                    outs.push((name.clone(), Out::Computed(t)));
+                }
+                Target::Dense(dtype)
+                    if matches!(view.dtype(), StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64) =>
+                {
+                    let t = all.load(&name, &Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(at)?;
+                    outs.push((name.clone(), Out::Computed(t)));
+                }
+                Target::Dense(_) => outs.push((name.clone(), Out::Same(view))),
+            }
+        }
+        for (name, _) in &outs {
+            weight_map.insert(name.clone(), json!(file));
+        }
+        let refs: Vec<(String, &Out)> = outs.iter().map(|(n, o)| (n.clone(), o)).collect();
+        safetensors::serialize_to_file(refs, None, &out.join(&file)).map_err(|e| fail(&out.join(&file), e))?;
+    }
+    // Every other file as it is; config.json and the shard index rewritten.
+    for entry in std::fs::read_dir(src).map_err(|e| fail(src, e))?.flatten() {
+        let p = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !p.is_file()
+            || name.ends_with(".safetensors")
+            || name == "config.json"
+            || name == "model.safetensors.index.json"
+        {
+            continue;
+        }
+        std::fs::copy(&p, out.join(&name)).map_err(|e| fail(&p, e))?;
+    }
+    let text = std::fs::read_to_string(src.join("config.json")).map_err(|e| fail(src, e))?;
+    let mut config: Value = serde_json::from_str(&text).map_err(|e| fail(&src.join("config.json"), e))?;
+    if let Some(c) = config.as_object_mut() {
+        match target {
+            Target::Fp8 => {
+                c.insert("quantization_config".into(), fp8_quantization_config());
+            }
+            Target::Dense(d) => {
+                c.remove("quantization_config");
+                let name = match d {
+                    DType::BF16 => "bfloat16",
+                    DType::F16 => "float16",
+                    _ => "float32",
+                };
+                c.insert("torch_dtype".into(), json!(name));
+            }
+        }
+    }
+    let write = |name: &str, v: &Value| -> Result<(), GenError> {
+        let text = serde_json::to_string_pretty(v).map_err(|e| fail(out, e))?;
+        std::fs::write(out.join(name), text).map_err(|e| fail(&out.join(name), e))
+    };
+    write("config.json", &config)?;
+    if src.join("model.safetensors.index.json").exists() {
+        write("model.safetensors.index.json", &json!({"metadata": {}, "weight_map": weight_map}))?;
+    }
+    Ok(())
 }
 
 /// Writes the first `layers` blocks of the GGUF model `src`, with everything outside the blocks

@@ -22,7 +22,8 @@ use super::{GenError, GenEvent, GenFuture, GenRequest, Generator, Prompt, Sample
 pub struct EmbeddedOptions {
     /// `cpu` (default), `cuda` or `cuda:N`.
     pub device: String,
-    /// Activation and dense-weight precision: `f32`, `bf16`, `f16` (default: f32 on CPU, bf16 on CUDA).
+    /// Activation and dense-weight precision: `f32`, `bf16`, `f16` (default: f32 on CPU, bf16 on
+    /// CUDA), or `fp8`: projections in E4M3 with 128×128 block factors, computed in f32 (CPU).
     pub dtype: Option<String>,
     /// A `tokenizer.json` to use instead of the model's own.
     pub tokenizer: Option<PathBuf>,
@@ -60,13 +61,19 @@ pub fn parse_device(spec: &str) -> Result<Device, GenError> {
     }
 }
 
-fn parse_dtype(spec: Option<&str>, device: &Device) -> Result<DType, GenError> {
+/// The compute precision and whether the projections are held in FP8.
+fn parse_dtype(spec: Option<&str>, device: &Device) -> Result<(DType, bool), GenError> {
     match spec {
-        None => Ok(if device.is_cpu() { DType::F32 } else { DType::BF16 }),
-        Some("f32") => Ok(DType::F32),
-        Some("bf16") => Ok(DType::BF16),
-        Some("f16") => Ok(DType::F16),
-        Some(other) => Err(GenError::Invalid(format!("dtype {other:?}: expected f32, bf16 or f16"))),
+        None => Ok((if device.is_cpu() { DType::F32 } else { DType::BF16 }, false)),
+        Some("f32") => Ok((DType::F32, false)),
+        Some("bf16") => Ok((DType::BF16, false)),
+        Some("f16") => Ok((DType::F16, false)),
+        Some("fp8") if device.is_cpu() => Ok((DType::F32, true)),
+        Some("fp8") => Err(GenError::Invalid(
+            "--dtype fp8 runs on the CPU in this build: the FP8 CUDA kernels are not written yet (use bf16 on CUDA)"
+                .into(),
+        )),
+        Some(other) => Err(GenError::Invalid(format!("dtype {other:?}: expected f32, bf16, f16 or fp8"))),
     }
 }
 
@@ -98,7 +105,7 @@ impl Embedded {
             return Err(load("no such file or directory".into()));
         }
         let device = parse_device(&opts.device)?;
-        let dtype = parse_dtype(opts.dtype.as_deref(), &device)?;
+        let (dtype, fp8) = parse_dtype(opts.dtype.as_deref(), &device)?;
         let started = Instant::now();
         let (model, tok, kind) = match gguf_in(path) {
             Some(file) => {
@@ -107,13 +114,20 @@ impl Embedded {
                     Some(t) => ModelTokenizer::from_tokenizer_json(t)?,
                     None => ModelTokenizer::from_gguf(&ct.metadata)?,
                 };
+                if fp8 {
+                    return Err(load(
+                        "--dtype fp8 takes a Hugging Face directory; a GGUF file is quantized already \
+                         (`subgoal convert FILE DIR --dtype fp8` writes an FP8 directory from it)"
+                            .into(),
+                    ));
+                }
                 let model = Model::from_gguf(&ct, &mut f, &device, dtype).map_err(|e| load(e.to_string()))?;
                 (model, tok, "gguf")
             }
             None => {
                 let tj = opts.tokenizer.clone().unwrap_or_else(|| path.join("tokenizer.json"));
                 let tok = ModelTokenizer::from_tokenizer_json(&tj)?;
-                let model = Model::from_safetensors(path, &device, dtype).map_err(|e| load(e.to_string()))?;
+                let model = Model::from_safetensors(path, &device, dtype, fp8).map_err(|e| load(e.to_string()))?;
                 (model, tok, "safetensors")
             }
         };
@@ -125,12 +139,13 @@ impl Embedded {
             );
         }
         let desc = format!(
-            "embedded:{} ({kind}, {}, {} layers, {:?} on {})",
+            "embedded:{} ({kind}, {}, {} layers, {} on {}{})",
             path.display(),
             model.cfg.arch,
             model.cfg.layers,
-            dtype,
-            if device.is_cpu() { "cpu" } else { "cuda" }
+            if fp8 { "fp8 weights, f32".to_string() } else { format!("{dtype:?}") },
+            if device.is_cpu() { "cpu" } else { "cuda" },
+            if opts.engine.kv_fp8 { ", fp8 KV cache" } else { "" }
         );
         tracing::info!(model = %desc, load_ms = started.elapsed().as_millis() as u64, "model loaded");
         let (model, tok) = (Arc::new(model), Arc::new(tok));

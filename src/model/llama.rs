@@ -10,10 +10,13 @@
 //! Qwen GGUFs and all safetensors use the half-split rotation (`rope`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use serde_json::Value;
+
+use super::fp8::BlockFp8;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -43,6 +46,8 @@ pub struct Config {
 pub(super) enum Linear {
     Quantized(QMatMul, Option<Tensor>),
     Dense(candle_nn::Linear),
+    /// E4M3 with 128×128 block factors (`--dtype fp8`, or an FP8 checkpoint), on the CPU.
+    Fp8(Arc<BlockFp8>, Option<Tensor>),
 }
 
 impl Linear {
@@ -66,6 +71,27 @@ impl Linear {
             }
             // One GEMM over all rows: candle_nn's Linear broadcasts the weight over the batch, which
             // makes a batch of `b` one-row products (the weight read once per row) in decoding.
+            Linear::Fp8(w, b) => {
+                if !x.device().is_cpu() {
+                    candle_core::bail!("FP8 weights run on the CPU only in this build");
+                }
+                let dims = x.dims().to_vec();
+                let n = x.elem_count() / w.cols.max(1);
+                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let y = if n <= super::fp8::DIRECT_ROWS {
+                    Tensor::from_vec(w.matmul_t(&xs, n), (n, w.rows), x.device())?
+                } else {
+                    let dense = Tensor::from_vec(w.dequantize(), (w.rows, w.cols), x.device())?;
+                    Tensor::from_vec(xs, (n, w.cols), x.device())?.matmul(&dense.t()?)?
+                };
+                let y = match b {
+                    Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+                    None => y,
+                };
+                let mut shape = dims[..dims.len() - 1].to_vec();
+                shape.push(w.rows);
+                y.to_dtype(x.dtype())?.reshape(shape)
+            }
             Linear::Dense(l) => match x.dims() {
                 &[b, t, i] => {
                     let y = x.reshape((b * t, i))?.matmul(&l.weight().t()?)?;
@@ -708,16 +734,19 @@ impl Model {
     }
 
     /// Loads a Hugging Face model directory: `config.json` and `*.safetensors`.
-    pub fn from_safetensors(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
+    /// With `fp8`, the projections are held in E4M3 with 128×128 block factors (quantized here
+    /// unless the checkpoint already holds them so); without, an FP8 checkpoint is dequantized.
+    pub fn from_safetensors(dir: &Path, device: &Device, dtype: DType, fp8: bool) -> Result<Model> {
         let text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.join("config.json").display())))?;
         let json: Value =
             serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("config.json: {e}")))?;
         let cfg = config_from_hf(&json)?;
+        check_quantization(&json)?;
         let files = safetensors_files(dir)?;
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        Model::from_var_builder(cfg, &json, vb, device, dtype)
+        Model::from_var_builder(cfg, &json, vb, device, dtype, fp8)
     }
 
     /// A Llama-shaped model of `cfg` with random weights (normal, std 0.02; norms 1), made on the
@@ -747,85 +776,182 @@ impl Model {
             t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
         }
         let vb = candle_nn::VarBuilder::from_tensors(t, dtype, device);
-        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype)
+        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype, false)
     }
 
-    /// The dense model `vb` holds, laid out as Hugging Face names it (`json`: its config.json).
+    /// The model `vb` holds, laid out as Hugging Face names it (`json`: its config.json); with
+    /// `fp8` its projections in E4M3.
     fn from_var_builder(
         cfg: Config,
         json: &Value,
         vb: candle_nn::VarBuilder,
         device: &Device,
         dtype: DType,
+        fp8: bool,
     ) -> Result<Model> {
         let tie = json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
         let qkv_bias = cfg.arch == "qwen2" || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
         let o_bias = cfg.arch != "qwen2" && json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
         let (hd, h, kvh) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let w = vb.get((out, inp), &format!("{name}.weight"))?;
-            let b = if bias { Some(vb.get(out, &format!("{name}.bias"))?) } else { None };
-            Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
+        let dense = |name: &str, out: usize, inp: usize| read_weight(&vb, name, (out, inp))?.dense(dtype, device);
+        let bias = |name: &str, out: usize, on: bool| -> Result<Option<Tensor>> {
+            if on {
+                Ok(Some(vb.get(out, &format!("{name}.bias"))?))
+            } else {
+                Ok(None)
+            }
         };
-        let embed = vb.get((cfg.vocab, cfg.hidden), "model.embed_tokens.weight")?;
+        // A projection in the chosen format; `scale` folds a constant into its weight and bias.
+        let lin = |name: &str, out: usize, inp: usize, with_bias: bool, scale: Option<f64>| -> Result<Linear> {
+            let w = read_weight(&vb, &format!("{name}.weight"), (out, inp))?;
+            let b = bias(name, out, with_bias)?;
+            let b = match scale {
+                Some(f) => b.map(|b| b * f).transpose()?,
+                None => b,
+            };
+            if fp8 {
+                let mut w = w.fp8(name)?;
+                if let Some(f) = scale {
+                    w.scale(f as f32);
+                }
+                Ok(Linear::Fp8(Arc::new(w), b))
+            } else {
+                let w = w.dense(dtype, device)?;
+                let w = match scale {
+                    Some(f) => (w * f)?,
+                    None => w,
+                };
+                Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
+            }
+        };
+        let embed = dense("model.embed_tokens.weight", cfg.vocab, cfg.hidden)?;
         let vocab = embed.dim(0)?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let qk_norm = cfg.arch == "qwen3";
-            let part = |name: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
-                let w = vb.get((out, cfg.hidden), &format!("{p}.self_attn.{name}.weight"))?;
-                let b = if qkv_bias { Some(vb.get(out, &format!("{p}.self_attn.{name}.bias"))?) } else { None };
-                Ok((w, b))
-            };
-            let (qw, qb) = part("q_proj", h * hd)?;
             // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
-            let (qw, qb) = if qk_norm {
-                (qw, qb)
+            let q_scale = (!qk_norm).then(|| 1.0 / (hd as f64).sqrt());
+            let attn = |name: &str| format!("{p}.self_attn.{name}");
+            let (qkv, q, k, v, mlp) = if fp8 {
+                // Separate projections: a fused matrix would put q's and k's rows in one block.
+                let q = lin(&attn("q_proj"), h * hd, cfg.hidden, qkv_bias, q_scale)?;
+                let k = lin(&attn("k_proj"), kvh * hd, cfg.hidden, qkv_bias, None)?;
+                let v = lin(&attn("v_proj"), kvh * hd, cfg.hidden, qkv_bias, None)?;
+                let gate = lin(&format!("{p}.mlp.gate_proj"), cfg.intermediate, cfg.hidden, false, None)?;
+                let up = lin(&format!("{p}.mlp.up_proj"), cfg.intermediate, cfg.hidden, false, None)?;
+                (None, q, k, v, Mlp::Split { gate, up })
             } else {
-                let scale = 1.0 / (hd as f64).sqrt();
-                ((qw * scale)?, qb.map(|b| b * scale).transpose()?)
+                let part = |name: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
+                    Ok((dense(&format!("{}.weight", attn(name)), out, cfg.hidden)?, bias(&attn(name), out, qkv_bias)?))
+                };
+                let (qw, qb) = part("q_proj", h * hd)?;
+                let (qw, qb) = match q_scale {
+                    None => (qw, qb),
+                    Some(f) => ((qw * f)?, qb.map(|b| b * f).transpose()?),
+                };
+                let (kw, kb) = part("k_proj", kvh * hd)?;
+                let (vw, vb_) = part("v_proj", kvh * hd)?;
+                let qkv_w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
+                let qkv_b = match (qb, kb, vb_) {
+                    (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
+                    _ => None,
+                };
+                drop((qw, kw, vw));
+                let view = |off: usize, n: usize| -> Result<Linear> {
+                    let b = qkv_b.as_ref().map(|b| b.narrow(0, off, n)).transpose()?;
+                    Ok(Linear::Dense(candle_nn::Linear::new(qkv_w.narrow(0, off, n)?, b)))
+                };
+                let (q, k, v) = (view(0, h * hd)?, view(h * hd, kvh * hd)?, view((h + kvh) * hd, kvh * hd)?);
+                let qkv = Linear::Dense(candle_nn::Linear::new(qkv_w.clone(), qkv_b.clone()));
+                let gate = dense(&format!("{p}.mlp.gate_proj.weight"), cfg.intermediate, cfg.hidden)?;
+                let up = dense(&format!("{p}.mlp.up_proj.weight"), cfg.intermediate, cfg.hidden)?;
+                let gate_up = Tensor::cat(&[&gate, &up], 0)?;
+                (Some(qkv), q, k, v, Mlp::Fused(Linear::Dense(candle_nn::Linear::new(gate_up, None))))
             };
-            let (kw, kb) = part("k_proj", kvh * hd)?;
-            let (vw, vb_) = part("v_proj", kvh * hd)?;
-            let qkv_w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
-            let qkv_b = match (qb, kb, vb_) {
-                (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
-                _ => None,
-            };
-            drop((qw, kw, vw));
-            let view = |off: usize, n: usize| -> Result<Linear> {
-                let b = qkv_b.as_ref().map(|b| b.narrow(0, off, n)).transpose()?;
-                Ok(Linear::Dense(candle_nn::Linear::new(qkv_w.narrow(0, off, n)?, b)))
-            };
-            let (q, k, v) = (view(0, h * hd)?, view(h * hd, kvh * hd)?, view((h + kvh) * hd, kvh * hd)?);
-            let qkv = Linear::Dense(candle_nn::Linear::new(qkv_w.clone(), qkv_b.clone()));
-            let gate = vb.get((cfg.intermediate, cfg.hidden), &format!("{p}.mlp.gate_proj.weight"))?;
-            let up = vb.get((cfg.intermediate, cfg.hidden), &format!("{p}.mlp.up_proj.weight"))?;
-            let gate_up = Tensor::cat(&[&gate, &up], 0)?;
             layers.push(Layer {
                 attn_norm: vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
-                qkv: Some(qkv),
+                qkv,
                 q,
                 q_scaled: !qk_norm,
                 k,
                 v,
-                o: lin(&format!("{p}.self_attn.o_proj"), cfg.hidden, h * hd, o_bias)?,
+                o: lin(&attn("o_proj"), cfg.hidden, h * hd, o_bias, None)?,
                 q_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.q_norm.weight"))?) } else { None },
                 k_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.k_norm.weight"))?) } else { None },
                 ffn_norm: vb.get(cfg.hidden, &format!("{p}.post_attention_layernorm.weight"))?,
-                mlp: Mlp::Fused(Linear::Dense(candle_nn::Linear::new(gate_up, None))),
-                down: lin(&format!("{p}.mlp.down_proj"), cfg.hidden, cfg.intermediate, false)?,
+                mlp,
+                down: lin(&format!("{p}.mlp.down_proj"), cfg.hidden, cfg.intermediate, false, None)?,
             });
         }
         let norm = vb.get(cfg.hidden, "model.norm.weight")?;
+        // The output projection stays dense (as DeepSeek's FP8 releases keep it).
         let lm_head = if tie || !vb.contains_tensor("lm_head.weight") {
             Linear::Dense(candle_nn::Linear::new(embed.clone(), None))
         } else {
-            lin("lm_head", vocab, cfg.hidden, false)?
+            Linear::Dense(candle_nn::Linear::new(dense("lm_head.weight", vocab, cfg.hidden)?, None))
         };
         Model::assemble(Config { vocab, ..cfg }, embed, layers, norm, lm_head, dtype, device)
     }
+}
+
+/// A projection weight as the checkpoint holds it.
+enum Weight {
+    Dense(Tensor),
+    Fp8(BlockFp8),
+}
+
+/// Weight `name` of `shape`: E4M3 with its `{name}_scale_inv` block factors when the checkpoint
+/// has them (DeepSeek's FP8 layout), else dense.
+fn read_weight(vb: &candle_nn::VarBuilder, name: &str, (out, inp): (usize, usize)) -> Result<Weight> {
+    let scales = format!("{name}_scale_inv");
+    if !vb.contains_tensor(&scales) {
+        return Ok(Weight::Dense(vb.get((out, inp), name)?));
+    }
+    let zero = candle_nn::Init::Const(0.0);
+    let q = vb.get_with_hints_dtype((out, inp), name, zero, DType::F8E4M3)?;
+    let bytes: Vec<u8> = q.flatten_all()?.to_vec1::<float8::F8E4M3>()?.iter().map(|b| b.to_bits()).collect();
+    let blocks = (out.div_ceil(super::fp8::BLOCK), inp.div_ceil(super::fp8::BLOCK));
+    let s = vb.get_with_hints_dtype(blocks, &scales, zero, DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let w = BlockFp8::from_parts(out, inp, bytes, s).map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+    Ok(Weight::Fp8(w))
+}
+
+impl Weight {
+    fn dense(self, dtype: DType, device: &Device) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t),
+            Weight::Fp8(w) => Tensor::from_vec(w.dequantize(), (w.rows, w.cols), device)?.to_dtype(dtype),
+        }
+    }
+
+    fn fp8(self, name: &str) -> Result<BlockFp8> {
+        match self {
+            Weight::Fp8(w) => Ok(w),
+            Weight::Dense(t) => {
+                let (rows, cols) = t.dims2()?;
+                let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                BlockFp8::quantize(&v, rows, cols).map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
+            }
+        }
+    }
+}
+
+/// Refuses a `quantization_config` this loader would misread: only FP8 E4M3 with 128×128
+/// blocks and dynamic activation scales (DeepSeek's layout) is known.
+fn check_quantization(json: &Value) -> Result<()> {
+    let Some(q) = json.get("quantization_config") else { return Ok(()) };
+    let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
+    let fmt = q.get("fmt").and_then(Value::as_str).unwrap_or("e4m3");
+    let block: Option<Vec<u64>> =
+        q.get("weight_block_size").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect());
+    let bs = super::fp8::BLOCK as u64;
+    if method != "fp8" || fmt != "e4m3" || block.as_deref() != Some(&[bs, bs][..]) {
+        candle_core::bail!(
+            "quantization_config {q}: only quant_method fp8, fmt e4m3, weight_block_size [128, 128] is supported"
+        );
+    }
+    Ok(())
 }
 
 /// `model.safetensors`, or the shards listed by `model.safetensors.index.json`.

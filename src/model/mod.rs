@@ -16,6 +16,7 @@ pub mod convert;
 pub mod device_memory;
 pub mod embedded;
 pub mod engine;
+pub mod fp8;
 #[cfg(feature = "cuda")]
 pub mod fused;
 pub mod hub;

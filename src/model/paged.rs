@@ -11,39 +11,120 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor};
 
 use super::llama::{Config, Model};
 
-/// Keys and values of every layer, in blocks.
+/// How the cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvFormat {
+    /// In the model's compute type.
+    Dense(DType),
+    /// E4M3 bytes with one `f32` factor per (token, head) row: half of bf16's bytes (plus 4 per
+    /// row), a quarter of f32's.
+    Fp8,
+}
+
+impl KvFormat {
+    pub fn of(dtype: DType, fp8: bool) -> KvFormat {
+        if fp8 {
+            KvFormat::Fp8
+        } else {
+            KvFormat::Dense(dtype)
+        }
+    }
+}
+
+/// Keys and values of every layer, in blocks; with FP8, each (block, head, offset) row's factor
+/// in `k_scale`/`v_scale`, `(blocks, kv_heads, block_size, 1)`.
 pub struct PagedCache {
     pub block_size: usize,
     pub blocks: usize,
+    pub format: KvFormat,
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
+    pub k_scale: Vec<Tensor>,
+    pub v_scale: Vec<Tensor>,
 }
 
 impl PagedCache {
     /// Bytes one block takes over all layers (keys and values).
-    pub fn block_bytes(cfg: &Config, block_size: usize, dtype: DType) -> usize {
-        2 * cfg.layers * cfg.kv_heads * block_size * cfg.head_dim * dtype.size_in_bytes()
+    pub fn block_bytes(cfg: &Config, block_size: usize, format: KvFormat) -> usize {
+        let row = match format {
+            KvFormat::Dense(dtype) => cfg.head_dim * dtype.size_in_bytes(),
+            KvFormat::Fp8 => cfg.head_dim + 4,
+        };
+        2 * cfg.layers * cfg.kv_heads * block_size * row
     }
 
-    pub fn new(cfg: &Config, blocks: usize, block_size: usize, dtype: DType, device: &Device) -> Result<PagedCache> {
+    pub fn new(
+        cfg: &Config,
+        blocks: usize,
+        block_size: usize,
+        format: KvFormat,
+        device: &Device,
+    ) -> Result<PagedCache> {
         let shape = (blocks, cfg.kv_heads, block_size, cfg.head_dim);
-        let mut k = Vec::with_capacity(cfg.layers);
-        let mut v = Vec::with_capacity(cfg.layers);
+        let dtype = match format {
+            KvFormat::Dense(d) => d,
+            KvFormat::Fp8 => DType::U8,
+        };
+        let mut cache =
+            PagedCache { block_size, blocks, format, k: vec![], v: vec![], k_scale: vec![], v_scale: vec![] };
         for _ in 0..cfg.layers {
-            k.push(Tensor::zeros(shape, dtype, device)?);
-            v.push(Tensor::zeros(shape, dtype, device)?);
+            cache.k.push(Tensor::zeros(shape, dtype, device)?);
+            cache.v.push(Tensor::zeros(shape, dtype, device)?);
+            if format == KvFormat::Fp8 {
+                cache.k_scale.push(Tensor::zeros((blocks, cfg.kv_heads, block_size, 1), DType::F32, device)?);
+                cache.v_scale.push(Tensor::zeros((blocks, cfg.kv_heads, block_size, 1), DType::F32, device)?);
+            }
         }
-        Ok(PagedCache { block_size, blocks, k, v })
+        Ok(cache)
     }
 
     /// Copies block `from` into block `to` in every layer (a sample's own copy of a shared
     /// partial block).
     pub fn copy_block(&self, from: u32, to: u32) -> Result<()> {
-        for t in self.k.iter().chain(&self.v) {
+        for t in self.k.iter().chain(&self.v).chain(&self.k_scale).chain(&self.v_scale) {
             let src = t.narrow(0, from as usize, 1)?.contiguous()?;
             t.slice_set(&src, 0, to as usize)?;
         }
         Ok(())
+    }
+
+    /// Writes `x` (`(rows, head_dim)`, one row per token and head) at cache rows `rows` (as
+    /// `write_rows` gives them) of layer `l`'s keys (`values` false) or values.
+    fn write(&self, l: usize, values: bool, x: &Tensor, rows: &Tensor) -> Result<()> {
+        let (cache, scales) = if values { (&self.v[l], &self.v_scale) } else { (&self.k[l], &self.k_scale) };
+        let (blocks, kvh, bs, d) = cache.dims4()?;
+        let flat = cache.reshape((blocks * kvh * bs, d))?;
+        match self.format {
+            KvFormat::Dense(_) => flat.scatter_set(rows, &x.contiguous()?, 0),
+            KvFormat::Fp8 => {
+                let n = x.dim(0)?;
+                let (bytes, factors) = super::fp8::quantize_rows(&x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, d);
+                flat.scatter_set(rows, &Tensor::from_vec(bytes, (n, d), x.device())?, 0)?;
+                let s = scales[l].reshape((blocks * kvh * bs, 1))?;
+                s.scatter_set(&rows.narrow(1, 0, 1)?.contiguous()?, &Tensor::from_vec(factors, (n, 1), x.device())?, 0)
+            }
+        }
+    }
+
+    /// Layer `l`'s keys (`values` false) or values of the blocks `table` names, as
+    /// `(kv_heads, total, head_dim)` in `dtype`: the first `total` positions of a sequence.
+    fn read(&self, l: usize, values: bool, table: &Tensor, total: usize, dtype: DType) -> Result<Tensor> {
+        let cache = if values { &self.v[l] } else { &self.k[l] };
+        let (_, kvh, bs, d) = cache.dims4()?;
+        let nb = table.dim(0)?;
+        let gather = |c: &Tensor, width: usize| -> Result<Tensor> {
+            c.index_select(table, 0)?.transpose(0, 1)?.reshape((kvh, nb * bs, width))?.narrow(1, 0, total)
+        };
+        match self.format {
+            KvFormat::Dense(_) => gather(cache, d),
+            KvFormat::Fp8 => {
+                let scales = if values { &self.v_scale[l] } else { &self.k_scale[l] };
+                let bytes = gather(cache, d)?.flatten_all()?;
+                let lut = Tensor::new(&super::fp8::table()[..], cache.device())?;
+                let x = lut.index_select(&bytes, 0)?.reshape((kvh, total, d))?;
+                x.broadcast_mul(&gather(scales, 1)?)?.to_dtype(dtype)
+            }
+        }
     }
 }
 
@@ -144,7 +225,7 @@ impl Model {
         let eps = cfg.rms_eps as f32;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = layer.attention_paged(cfg, &h, (&cos, &sin), (&cache.k[l], &cache.v[l]), &rows, batch, &tables)?;
+            let a = layer.attention_paged(cfg, &h, (&cos, &sin), (cache, l), &rows, batch, &tables)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             x = (&x + layer.down.forward(&layer.mlp.forward(&h)?)?)?;
@@ -169,7 +250,7 @@ impl super::llama::Layer {
         cfg: &Config,
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
-        (kc, vc): (&Tensor, &Tensor),
+        (cache, l): (&PagedCache, usize),
         rows: &Tensor,
         batch: &Batch,
         tables: &[Tensor],
@@ -188,9 +269,8 @@ impl super::llama::Layer {
         let rope = if cfg.rope_interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?.transpose(1, 2)?.reshape((n * kvh, d))?;
-        let (blocks, _, bs, _) = kc.dims4()?;
-        kc.reshape((blocks * kvh * bs, d))?.scatter_set(rows, &k.contiguous()?, 0)?;
-        vc.reshape((blocks * kvh * bs, d))?.scatter_set(rows, &v.contiguous()?, 0)?;
+        cache.write(l, false, &k, rows)?;
+        cache.write(l, true, &v, rows)?;
         let scale = if self.q_scaled { 1.0 } else { 1.0 / (d as f64).sqrt() };
         let rep = h / kvh;
         // On the CPU the scores and weighted sums are computed in f64: a matrix product's
@@ -209,19 +289,15 @@ impl super::llama::Layer {
         let mut outs = Vec::with_capacity(batch.segments.len());
         for (s, table) in batch.segments.iter().zip(tables) {
             let total = s.context + s.len;
-            // (kv_heads, total, d): the sequence's positions, gathered block by block.
-            let gather = |c: &Tensor| -> Result<Tensor> {
-                let nb = table.dim(0)?;
-                c.index_select(table, 0)?.transpose(0, 1)?.reshape((kvh, nb * bs, d))?.narrow(1, 0, total)
-            };
             let expand = |y: Tensor| -> Result<Tensor> {
                 if rep == 1 {
                     return Ok(y);
                 }
                 y.unsqueeze(1)?.broadcast_as((kvh, rep, total, d))?.reshape((h, total, d))
             };
-            let keys = work(expand(gather(kc)?)?)?;
-            let values = work(expand(gather(vc)?)?)?;
+            // (kv_heads, total, d): the sequence's positions, gathered block by block.
+            let keys = work(expand(cache.read(l, false, table, total, x.dtype())?)?)?;
+            let values = work(expand(cache.read(l, true, table, total, x.dtype())?)?)?;
             let qs = work(q.i(0)?.narrow(1, s.start, s.len)?.contiguous()?)?;
             let scores = (qs.matmul(&keys.t()?)? * scale)?;
             let scores = if s.len > 1 {

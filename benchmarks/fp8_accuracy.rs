@@ -1,0 +1,210 @@
+//! FP8 against dense weights on the test model (SmolLM2-135M-Instruct, its GGUF widened to an
+//! f32 Hugging Face directory), on the CPU, every arm in one run:
+//! - greedy texts on 16 prompts: f32 vs FP8 weights vs FP8 weights + FP8 KV cache (agreement;
+//!   where a text parts, the dense model's logit gap between the two tokens at that position,
+//!   small meaning a near-tie);
+//! - next-token negative log-likelihood over DeepSeek-Prover-V2's proofs in
+//!   `benchmarks/data` (teacher forced, every position scored in one paged step);
+//! - batch-1 decode tokens/s and weight bytes, side by side.
+//!
+//! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N]` prints one JSON object.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+use subgoal::model::embedded::{Embedded, EmbeddedOptions};
+use subgoal::model::engine::EngineOptions;
+use subgoal::model::paged::{Batch, KvFormat, PagedCache};
+use subgoal::model::{GenRequest, Generator, Prompt, SamplingParams};
+
+const PROMPTS: [&str; 16] = [
+    "Theorem: for every natural number n, n + 0 = n. Proof:",
+    "import Mathlib\n\ntheorem add_comm' (a b : ℕ) : a + b = b + a := by\n",
+    "The sum of the first n odd numbers is",
+    "Lemma: if p is prime and p divides ab, then",
+    "theorem mathd_algebra_10 : abs ((120 : ℝ) / 100 * 30 - 130 / 100 * 20) = 10 := by\n  norm_num",
+    "Let x be a real number with x^2 = 4. Then",
+    "To prove that the square root of 2 is irrational, we",
+    "In Lean 4, the tactic `linarith` closes goals that",
+    "Write a short proof that 7 divides 2^21 - 1.",
+    "have h₀ : 0 < x := by",
+    "The following Lean code proves that every group of order 2 is abelian:",
+    "Step 1: expand (a + b)^2 to get",
+    "Induction on n. Base case: n = 0, where",
+    "Q: What is 17 * 23? A:",
+    "The Cauchy-Schwarz inequality states that",
+    "Fermat's little theorem says that for a prime p,",
+];
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn proofs(limit: usize) -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/data");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("benchmarks/data")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("deepseek-prover-v2-minif2f-solutions"))
+        })
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(&f).expect("corpus").lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).expect("corpus line is JSON");
+            if let Some(code) = v["code"].as_str() {
+                out.push(code.to_string());
+            }
+        }
+    }
+    out.truncate(limit);
+    out
+}
+
+fn load(dir: &std::path::Path, dtype: &str, kv_fp8: bool) -> Embedded {
+    let opts = EmbeddedOptions {
+        dtype: Some(dtype.into()),
+        engine: EngineOptions { kv_fp8, cache_mb: Some(256), ..Default::default() },
+        ..Default::default()
+    };
+    Embedded::load(dir, &opts).expect("load")
+}
+
+/// Greedy continuations of every prompt, as token ids.
+fn greedy(m: &Embedded, tokens: usize) -> Vec<Vec<u32>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    PROMPTS
+        .iter()
+        .map(|p| {
+            let params = SamplingParams {
+                n: 1,
+                temperature: 0.0,
+                top_p: 1.0,
+                max_new_tokens: tokens,
+                stop: vec![],
+                seed: Some(0),
+            };
+            let req = GenRequest { prompts: vec![Prompt::Text((*p).into())], params };
+            let c = rt.block_on(m.generate(&req)).expect("generate").remove(0).remove(0);
+            m.encode_prompt(&Prompt::Text(c.text)).expect("encode")
+        })
+        .collect()
+}
+
+/// Mean negative log-likelihood per token of `ids[1..]` given the prefix, in one paged step
+/// whose every token is its own one-token segment over the shared blocks.
+fn nll(m: &Embedded, ids: &[u32], format: KvFormat) -> (f64, usize) {
+    let model = m.model();
+    let bs = 16;
+    let blocks: Vec<u32> = (0..ids.len().div_ceil(bs) as u32).collect();
+    let cache = PagedCache::new(&model.cfg, blocks.len(), bs, format, &Device::Cpu).expect("cache");
+    let mut batch = Batch::default();
+    for (i, &t) in ids[..ids.len() - 1].iter().enumerate() {
+        batch.push(&[t], i, blocks.clone(), true);
+    }
+    let logits: Tensor = model.forward_paged(&batch, &cache).expect("forward");
+    let lp = candle_nn::ops::log_softmax(&logits, 1).expect("log_softmax").to_vec2::<f32>().expect("vec");
+    let total: f64 = lp.iter().zip(&ids[1..]).map(|(row, &t)| -(row[t as usize] as f64)).sum();
+    (total, ids.len() - 1)
+}
+
+fn main() {
+    let n_proofs = arg("--proofs", 221);
+    let tokens = arg("--tokens", 48);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dense = dir.path().join("dense");
+    subgoal::model::convert::gguf_to_hf(&subgoal::model::test_model_path(), &dense, DType::F32).expect("convert");
+    let arms = [("f32", "f32", false), ("fp8_weights", "fp8", false), ("fp8_weights_kv", "fp8", true)];
+    let models: Vec<(&str, Embedded, KvFormat)> =
+        arms.iter().map(|(name, dtype, kv)| (*name, load(&dense, dtype, *kv), KvFormat::of(DType::F32, *kv))).collect();
+
+    // Greedy agreement.
+    let texts: Vec<Vec<Vec<u32>>> = models.iter().map(|(_, m, _)| greedy(m, tokens)).collect();
+    let reference = &models[0].1;
+    let mut greedy_out = serde_json::Map::new();
+    for (a, (name, _, _)) in models.iter().enumerate().skip(1) {
+        let mut same = 0;
+        let mut parted = Vec::new();
+        for (p, (x, y)) in PROMPTS.iter().zip(texts[0].iter().zip(&texts[a])) {
+            match x.iter().zip(y).position(|(u, v)| u != v) {
+                None if x.len() == y.len() => same += 1,
+                None => same += 1,
+                Some(k) => {
+                    let mut prefix = reference.encode_prompt(&Prompt::Text((*p).into())).expect("encode");
+                    prefix.extend_from_slice(&x[..k]);
+                    let l = reference.next_logits(&prefix).expect("logits");
+                    parted.push(json!({"prompt": p, "at_token": k,
+                        "dense_logit_gap": l[x[k] as usize] - l[y[k] as usize]}));
+                }
+            }
+        }
+        greedy_out.insert(name.to_string(), json!({"identical": same, "of": PROMPTS.len(), "parted": parted}));
+    }
+
+    // Negative log-likelihood over the proofs.
+    let corpus = proofs(n_proofs);
+    let mut nll_out = serde_json::Map::new();
+    let mut base = 0.0;
+    for (i, (name, m, format)) in models.iter().enumerate() {
+        let (mut total, mut count) = (0.0, 0usize);
+        let started = Instant::now();
+        for code in &corpus {
+            let mut ids = m.encode_prompt(&Prompt::Text(code.clone())).expect("encode");
+            ids.truncate(1024);
+            if ids.len() < 2 {
+                continue;
+            }
+            let (t, c) = nll(m, &ids, *format);
+            total += t;
+            count += c;
+        }
+        let mean = total / count.max(1) as f64;
+        if i == 0 {
+            base = mean;
+        }
+        nll_out.insert(
+            name.to_string(),
+            json!({"nll_per_token": mean, "tokens": count,
+            "relative_increase": if i == 0 { 0.0 } else { mean / base - 1.0 },
+            "seconds": started.elapsed().as_secs_f64()}),
+        );
+    }
+
+    // Batch-1 decode speed.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut speed = serde_json::Map::new();
+    for (name, m, _) in &models {
+        let params =
+            SamplingParams { n: 1, temperature: 0.0, top_p: 1.0, max_new_tokens: 64, stop: vec![], seed: Some(0) };
+        let req = GenRequest { prompts: vec![Prompt::Text("Proof:".into())], params };
+        rt.block_on(m.generate(&req)).expect("warm up");
+        let started = Instant::now();
+        let c = rt.block_on(m.generate(&req)).expect("generate").remove(0).remove(0);
+        let s = started.elapsed().as_secs_f64();
+        speed.insert(name.to_string(), json!({"tokens_per_s": c.completion_tokens as f64 / s}));
+    }
+    let f32_speed = speed["f32"]["tokens_per_s"].as_f64().unwrap_or(1.0);
+    for (_, v) in speed.iter_mut() {
+        let t = v["tokens_per_s"].as_f64().unwrap_or(0.0);
+        v["vs_f32"] = json!(t / f32_speed);
+    }
+    let out = json!({
+        "bench": "fp8_accuracy",
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF widened to f32)",
+        "device": "cpu",
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "greedy_tokens": tokens,
+        "greedy_vs_f32": greedy_out,
+        "proofs": corpus.len(),
+        "nll": nll_out,
+        "decode_batch1": speed,
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}

@@ -1,0 +1,317 @@
+//! FP8 weights and cache entries in DeepSeek-V3's layout: E4M3 bytes (the `float8` crate's
+//! conversion, CUDA's `__nv_cvt_float_to_fp8` with saturation: round to nearest even, ±448 at
+//! most, NaN kept), one `f32` dequantization factor (`weight_scale_inv`) per 128×128 block of a
+//! weight, and one per (token, head) row of the KV cache. Owns the conversion both ways and the
+//! CPU product `x · Wᵀ` that reads the bytes as they are.
+//!
+//! Why blocks: one scale per tensor lets a few large weights crush the rest into E4M3's
+//! subnormals; a scale per 128×128 tile keeps every tile's largest value at 448. The product sums
+//! each block's 128 terms in `f32` and only then multiplies by the block's factor, as DeepSeek's
+//! kernels promote partial sums every 128 elements.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Rows and columns of one weight block.
+pub const BLOCK: usize = 128;
+/// The largest finite E4M3 value.
+pub const E4M3_MAX: f32 = 448.0;
+/// Below this many rows the product reads FP8 bytes directly; above, it dequantizes the weight
+/// once and multiplies dense (measured on 2 cores with the test model: the direct loop wins up
+/// to about 8 rows, the dense GEMM beyond).
+pub const DIRECT_ROWS: usize = 8;
+
+/// The E4M3 byte nearest `x` (ties to even, saturating at ±448, NaN to 0x7F).
+pub fn encode(x: f32) -> u8 {
+    float8::F8E4M3::from_f32(x).to_bits()
+}
+
+/// The value of an E4M3 byte (0x7F and 0xFF are NaN).
+pub fn decode(b: u8) -> f32 {
+    table()[b as usize]
+}
+
+/// The value of a finite E4M3 byte from its bits, without a table (the form a compiler turns into
+/// vector instructions): a normal byte's exponent and mantissa moved into an `f32`'s fields with
+/// the bias difference (127 - 7) added; a subnormal one (exponent 0) is `mantissa × 2⁻⁹`. Wrong for
+/// the NaN codes, which `BlockFp8` never holds.
+#[inline(always)]
+fn decode_finite(b: u8) -> f32 {
+    let b = b as u32;
+    let sign = (b & 0x80) << 24;
+    let em = b & 0x7F;
+    let normal = f32::from_bits(sign | ((em << 20) + (120 << 23)));
+    let sub = f32::from_bits(sign | (em as f32 * (1.0 / 512.0)).to_bits());
+    if em < 8 {
+        sub
+    } else {
+        normal
+    }
+}
+
+/// `Σ a·b` over equal-length slices with eight partial sums, so the loop vectorizes (one running
+/// sum would fix the order of additions and keep it scalar).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Every byte's value, computed once.
+pub fn table() -> &'static [f32; 256] {
+    static T: OnceLock<[f32; 256]> = OnceLock::new();
+    T.get_or_init(|| std::array::from_fn(|b| float8::F8E4M3::from_bits(b as u8).to_f32()))
+}
+
+/// Why a weight cannot be held in FP8.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Fp8Error {
+    #[error("{0} values for a {1}×{2} weight")]
+    Size(usize, usize, usize),
+    #[error("{0} block factors for a {1}×{2} weight (expected {3})")]
+    Scales(usize, usize, usize, usize),
+    #[error("a weight holds {0} at ({1}, {2}): FP8 keeps finite values only")]
+    NotFinite(f32, usize, usize),
+}
+
+/// A `rows × cols` weight in E4M3 with one dequantization factor per 128×128 block: element
+/// `(r, c)` is `decode(data[r * cols + c]) * scale_inv[(r / 128) * col_blocks + c / 128]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockFp8 {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+    pub scale_inv: Vec<f32>,
+}
+
+impl BlockFp8 {
+    pub fn row_blocks(&self) -> usize {
+        self.rows.div_ceil(BLOCK)
+    }
+
+    pub fn col_blocks(&self) -> usize {
+        self.cols.div_ceil(BLOCK)
+    }
+
+    /// Quantizes a row-major weight: each block's factor is its largest magnitude over 448 (1
+    /// for an all-zero block), each element its nearest E4M3 value after division.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Result<BlockFp8, Fp8Error> {
+        if w.len() != rows * cols {
+            return Err(Fp8Error::Size(w.len(), rows, cols));
+        }
+        if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+            return Err(Fp8Error::NotFinite(w[i], i / cols, i % cols));
+        }
+        let (rb, cb) = (rows.div_ceil(BLOCK), cols.div_ceil(BLOCK));
+        let mut scale_inv = vec![1f32; rb * cb];
+        for (i, s) in scale_inv.iter_mut().enumerate() {
+            let (br, bc) = (i / cb, i % cb);
+            let mut amax = 0f32;
+            for r in br * BLOCK..((br + 1) * BLOCK).min(rows) {
+                for c in bc * BLOCK..((bc + 1) * BLOCK).min(cols) {
+                    amax = amax.max(w[r * cols + c].abs());
+                }
+            }
+            if amax > 0.0 {
+                *s = amax / E4M3_MAX;
+            }
+        }
+        let mut data = vec![0u8; rows * cols];
+        data.par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, out)| {
+            let srow = &scale_inv[(r / BLOCK) * cb..(r / BLOCK + 1) * cb];
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = encode(w[r * cols + c] / srow[c / BLOCK]);
+            }
+        });
+        Ok(BlockFp8 { rows, cols, data, scale_inv })
+    }
+
+    /// A weight as a checkpoint stores it: its bytes and its `weight_scale_inv`.
+    pub fn from_parts(rows: usize, cols: usize, data: Vec<u8>, scale_inv: Vec<f32>) -> Result<BlockFp8, Fp8Error> {
+        if data.len() != rows * cols {
+            return Err(Fp8Error::Size(data.len(), rows, cols));
+        }
+        let want = rows.div_ceil(BLOCK) * cols.div_ceil(BLOCK);
+        if scale_inv.len() != want {
+            return Err(Fp8Error::Scales(scale_inv.len(), rows, cols, want));
+        }
+        if let Some(i) = data.iter().position(|b| b & 0x7F == 0x7F) {
+            return Err(Fp8Error::NotFinite(f32::NAN, i / cols, i % cols));
+        }
+        if let Some(i) = scale_inv.iter().position(|s| !s.is_finite()) {
+            return Err(Fp8Error::NotFinite(scale_inv[i], i / cols.div_ceil(BLOCK), i % cols.div_ceil(BLOCK)));
+        }
+        Ok(BlockFp8 { rows, cols, data, scale_inv })
+    }
+
+    /// The weight in `f32`, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let cb = self.col_blocks();
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols.max(1)).enumerate().for_each(|(r, o)| {
+            let srow = &self.scale_inv[(r / BLOCK) * cb..(r / BLOCK + 1) * cb];
+            let q = &self.data[r * self.cols..(r + 1) * self.cols];
+            for (c, v) in o.iter_mut().enumerate() {
+                *v = decode_finite(q[c]) * srow[c / BLOCK];
+            }
+        });
+        out
+    }
+
+    /// Multiplies every factor by `f` (folds a constant scale into the weight exactly).
+    pub fn scale(&mut self, f: f32) {
+        for s in &mut self.scale_inv {
+            *s *= f;
+        }
+    }
+
+    /// `x · Wᵀ` for `n` row-major rows of `x` (`n × cols`), as `n × rows`. Each output reads its
+    /// weight row's bytes once for all `n` rows; every block's 128 products are summed in `f32`
+    /// and then scaled and added to the total.
+    pub fn matmul_t(&self, x: &[f32], n: usize) -> Vec<f32> {
+        debug_assert_eq!(x.len(), n * self.cols);
+        let cb = self.col_blocks();
+        // Output-major (rows × n) so each task owns one weight row; transposed at the end.
+        let mut by_row = vec![0f32; self.rows * n];
+        let fast = simd_available();
+        by_row.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, out)| {
+            let q = &self.data[r * self.cols..(r + 1) * self.cols];
+            let srow = &self.scale_inv[(r / BLOCK) * cb..(r / BLOCK + 1) * cb];
+            if fast {
+                // SAFETY: `simd_available` checked the CPU has the features.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    row_avx2(q, srow, x, out)
+                }
+            } else {
+                row_product(q, srow, x, out)
+            }
+        });
+        let mut y = vec![0f32; n * self.rows];
+        for r in 0..self.rows {
+            for i in 0..n {
+                y[i * self.rows + r] = by_row[r * n + i];
+            }
+        }
+        y
+    }
+
+    /// Bytes held: the E4M3 values and the factors.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 4 * self.scale_inv.len()
+    }
+}
+
+/// One weight row's products with every row of `x` (`out.len()` rows): per 128-column block the
+/// bytes decoded once, dotted with each row in `f32`, and the sum scaled by the block's factor.
+#[inline(always)]
+fn row_product(q: &[u8], srow: &[f32], x: &[f32], out: &mut [f32]) {
+    let cols = q.len();
+    let mut w = [0f32; BLOCK];
+    for (b, &s) in srow.iter().enumerate() {
+        let lo = b * BLOCK;
+        let hi = (lo + BLOCK).min(cols);
+        for (wi, &qi) in w.iter_mut().zip(&q[lo..hi]) {
+            *wi = decode_finite(qi);
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o += dot(&x[i * cols + lo..i * cols + hi], &w[..hi - lo]) * s;
+        }
+    }
+}
+
+/// `row_product` compiled for AVX2 and FMA (the portable build targets SSE2 only; the dense
+/// GEMM picks its kernels at run time too).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_avx2(q: &[u8], srow: &[f32], x: &[f32], out: &mut [f32]) {
+    row_product(q, srow, x, out)
+}
+
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Quantizes rows of `width` values each to E4M3 with one factor per row (the KV cache's
+/// per-token, per-head scale): returns the bytes and the factors.
+pub fn quantize_rows(x: &[f32], width: usize) -> (Vec<u8>, Vec<f32>) {
+    let rows = x.len() / width.max(1);
+    let mut bytes = vec![0u8; x.len()];
+    let mut scales = vec![1f32; rows];
+    for ((row, out), s) in x.chunks(width).zip(bytes.chunks_mut(width)).zip(scales.iter_mut()) {
+        let amax = row.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
+        if amax > 0.0 {
+            *s = amax / E4M3_MAX;
+        }
+        for (o, v) in out.iter_mut().zip(row) {
+            *o = encode(v / *s);
+        }
+    }
+    (bytes, scales)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_product_reads_the_same_weight_dequantize_gives() {
+        let (rows, cols, n) = (130, 260, 3);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0).collect();
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 997.0).collect();
+        let q = BlockFp8::quantize(&w, rows, cols).unwrap();
+        let dense = q.dequantize();
+        let y = q.matmul_t(&x, n);
+        for i in 0..n {
+            for r in 0..rows {
+                let want: f64 = (0..cols).map(|c| x[i * cols + c] as f64 * dense[r * cols + c] as f64).sum();
+                let got = y[i * rows + r] as f64;
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "({i}, {r}): {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_bit_decoding_agrees_with_the_table_on_every_finite_code() {
+        for b in (0..=255u8).filter(|b| b & 0x7F != 0x7F) {
+            assert_eq!(decode_finite(b).to_bits(), decode(b).to_bits(), "{b:#04x}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_byte_that_is_nan_is_refused() {
+        let mut data = vec![0u8; 6];
+        data[4] = 0xFF;
+        assert!(matches!(BlockFp8::from_parts(2, 3, data, vec![1.0]), Err(Fp8Error::NotFinite(_, 1, 1))));
+    }
+
+    #[test]
+    fn a_weight_that_is_not_finite_is_refused_with_its_place() {
+        let mut w = vec![0.5f32; 4 * 3];
+        w[7] = f32::NAN;
+        assert!(matches!(BlockFp8::quantize(&w, 4, 3), Err(Fp8Error::NotFinite(_, 2, 1))));
+    }
+
+    #[test]
+    fn checkpoint_parts_of_the_wrong_size_are_refused() {
+        assert!(BlockFp8::from_parts(129, 10, vec![0; 1290], vec![1.0]).is_err());
+        assert!(BlockFp8::from_parts(129, 10, vec![0; 1290], vec![1.0, 1.0]).is_ok());
+    }
+}
