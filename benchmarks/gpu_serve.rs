@@ -5,7 +5,7 @@
 //!
 //!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
 //!             [--trt-seqs-long 24] [--layers 30] [--only-trt]
-//!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s]
+//!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all]
 //!
 //! Prints JSON:
 //! - `paged_vs_static`: the engine's fused paged step (tiled prefill attention, paged split-K
@@ -13,6 +13,10 @@
 //!   cache: materialized prefill attention, its own fused decode step) on the same tokens: logits
 //!   and argmax.
 //! - `batch1`: one request, one sample, through the engine.
+//! - `devices` (with `--devices LIST` naming several GPUs): the pass@k workload scaled by the
+//!   number of devices through one engine per device behind the router, against the one-GPU
+//!   run of `passk`: the speed-up and each device's share of the tokens (goal: 2 GPUs ≥ 1.9×,
+//!   4 ≥ 3.8×, 8 ≥ 7.5×; every device within 5 % of the mean).
 //! - `passk`: `--prompts` prompts of 300-1,500 tokens, `--k` samples each, lengths drawn from a
 //!   long-tailed (log-normal) distribution of mean `--mean`, at most `--max`, end-of-sequence
 //!   ignored; output tokens/s and wall time through the engine, and through the static batch of
@@ -29,6 +33,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
+use subgoal::model::engine::router::{DeviceStats, Router};
 use subgoal::model::engine::{Engine, EngineOptions, Event, Job, MetricsSnapshot};
 use subgoal::model::llama::{Config, KvCache, Model};
 use subgoal::model::paged::{Batch, PagedCache};
@@ -153,6 +158,52 @@ fn engine_run(
     let blocks = engine.cache_blocks;
     drop(engine);
     (wall, tokens, m, blocks)
+}
+
+/// `engine_run` over one engine per device behind the router: wall seconds, output tokens and
+/// each device's counts.
+fn router_run(
+    models: &[(String, Arc<Model>)],
+    tok: &Arc<ModelTokenizer>,
+    jobs: &[(Vec<u32>, Vec<usize>)],
+    rt: &tokio::runtime::Runtime,
+) -> (f64, u64, Vec<DeviceStats>) {
+    let engines = models
+        .iter()
+        .map(|(d, m)| (d.clone(), Engine::start(m.clone(), tok.clone(), &EngineOptions::default()).expect("start")))
+        .collect();
+    let router = Router::new(engines).expect("the router");
+    let started = Instant::now();
+    let mut receivers = Vec::new();
+    for (i, (prompt, lengths)) in jobs.iter().enumerate() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let params = SamplingParams {
+            n: lengths.len(),
+            temperature: 1.0,
+            top_p: 0.95,
+            max_new_tokens: *lengths.iter().max().unwrap(),
+            stop: vec![],
+            seed: Some(i as u64),
+        };
+        let mut job = Job::new(prompt.clone(), params, false, tx);
+        job.ignore_eos = true;
+        job.sample_max_tokens = Some(lengths.clone());
+        router.submit(job).unwrap();
+        receivers.push(rx);
+    }
+    let tokens: u64 = rt.block_on(async {
+        let mut total = 0u64;
+        for mut rx in receivers {
+            while let Some(e) = rx.recv().await {
+                if let Event::Done { completion, .. } = e {
+                    assert!(completion.error.is_none(), "{completion:?}");
+                    total += completion.completion_tokens as u64;
+                }
+            }
+        }
+        total
+    });
+    (started.elapsed().as_secs_f64(), tokens, router.stats())
 }
 
 /// The engine of before: one prompt at a time, prefilled once, its cache copied to `k` rows,
@@ -318,6 +369,36 @@ fn main() {
                 passk["static_batch"] = json!({"k": bk, "wall_s": r(w), "output_tokens": t, "tokens_per_s": r(rate)});
                 passk["engine_over_static"] = json!(r(passk["engine"]["tokens_per_s"].as_f64().unwrap_or(0.0) / rate));
             }
+        }
+        // Every GPU named by --devices: the workload times the devices, one engine each.
+        if let Some(spec) = args.iter().position(|a| a == "--devices").and_then(|i| args.get(i + 1)) {
+            let names = subgoal::model::embedded::parse_devices(spec).expect("--devices");
+            let mut models = vec![(names[0].clone(), model.clone())];
+            for name in &names[1..] {
+                let d = subgoal::model::embedded::parse_device(name).expect("device");
+                models
+                    .push((name.clone(), Arc::new(Model::random(cfg.clone(), &d, DType::BF16).expect("random model"))));
+            }
+            let jobs: Vec<(Vec<u32>, Vec<usize>)> = (0..names.len()).flat_map(|_| passk_jobs.iter().cloned()).collect();
+            let (wall, tokens, stats) = router_run(&models, &tok, &jobs, &rt);
+            let rate = tokens as f64 / wall;
+            let one = passk["engine"]["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            let mean = stats.iter().map(|s| s.metrics.generated_tokens as f64).sum::<f64>() / stats.len() as f64;
+            let per: Vec<Value> = stats
+                .iter()
+                .map(|s| {
+                    json!({"device": s.device, "jobs": s.jobs, "samples": s.answered,
+                    "generated_tokens": s.metrics.generated_tokens,
+                    "vs_mean": r(s.metrics.generated_tokens as f64 / mean), "healthy": s.healthy})
+                })
+                .collect();
+            let worst =
+                stats.iter().map(|s| (s.metrics.generated_tokens as f64 / mean - 1.0).abs()).fold(0.0, f64::max);
+            passk["devices"] = json!({"devices": names, "prompts": jobs.len(), "wall_s": r(wall), "output_tokens": tokens,
+                "tokens_per_s": r(rate), "one_gpu_tokens_per_s": one, "speedup": r(rate / one),
+                "largest_deviation_from_mean": r(worst), "per_device": per});
+            progress("devices", &passk["devices"]);
+            drop(models);
         }
         drop(model);
         // Frees are queued on the stream: let them finish before the next model is made.

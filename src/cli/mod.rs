@@ -91,7 +91,10 @@ impl ModelArgs {
 /// How to open and run a model, whichever one it is.
 #[derive(Args, Debug, Clone)]
 pub struct ModelOptions {
-    /// Embedded backend device: cpu, cuda or cuda:N.
+    /// Embedded backend device: cpu, cuda, cuda:N, a list (cuda:0,1,3) or cuda:all: one engine
+    /// per device with its own weights and KV cache, each request routed to the least loaded
+    /// (a problem's prompts to the one caching their prefix), a failed device's samples rerun
+    /// on the others.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Embedded backend precision: f32, bf16, f16 (default: f32 on CPU, bf16 on CUDA), or fp8:

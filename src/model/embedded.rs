@@ -13,6 +13,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use futures::StreamExt;
 
+use super::engine::router::Router;
 use super::engine::{Engine, EngineOptions, Event, Job, MetricsSnapshot};
 use super::llama::{KvCache, Model};
 use super::tokenizer::ModelTokenizer;
@@ -20,7 +21,8 @@ use super::{GenError, GenEvent, GenFuture, GenRequest, Generator, Prompt, Sample
 
 #[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
-    /// `cpu` (default), `cuda` or `cuda:N`.
+    /// `cpu` (default), `cuda`, `cuda:N`, a comma list or `cuda:all`: one engine per device,
+    /// requests routed among them (`engine::router`).
     pub device: String,
     /// Activation and dense-weight precision: `f32`, `bf16`, `f16` (default: f32 on CPU, bf16 on
     /// CUDA), or `fp8`: projections in E4M3 with 128×128 block factors, computed in f32 (CPU).
@@ -44,7 +46,7 @@ pub struct GenStats {
 pub struct Embedded {
     model: Arc<Model>,
     tok: Arc<ModelTokenizer>,
-    engine: Engine,
+    router: Router,
     desc: String,
     stats: Arc<Mutex<GenStats>>,
 }
@@ -59,6 +61,47 @@ pub fn parse_device(spec: &str) -> Result<Device, GenError> {
             None => Err(bad("expected cpu, cuda or cuda:N".into())),
         },
     }
+}
+
+/// The devices `--device` names, one engine each: `cpu`, `cuda`, `cuda:N`, a comma list
+/// (`cuda:0,1,3` or `cuda:0,cuda:1`; `cpu,cpu` runs two CPU engines), or `cuda:all` (every
+/// CUDA device the driver lists).
+pub fn parse_devices(spec: &str) -> Result<Vec<String>, GenError> {
+    let bad = |d: &str| GenError::Load { model: format!("device {spec}"), detail: d.to_string() };
+    let mut out = Vec::new();
+    let mut last_cuda = false;
+    for item in spec.split(',').map(str::trim) {
+        match item {
+            "" if spec.trim().is_empty() => out.push("cpu".to_string()),
+            "cuda:all" => {
+                let n = (0..64).take_while(|&i| Device::new_cuda(i).is_ok()).count();
+                if n == 0 {
+                    return Err(bad("cuda:all: no CUDA device (a CUDA build and a GPU are needed)"));
+                }
+                out.extend((0..n).map(|i| format!("cuda:{i}")));
+                last_cuda = true;
+            }
+            i if i.parse::<usize>().is_ok() && last_cuda => out.push(format!("cuda:{i}")),
+            "cpu" => {
+                out.push(item.to_string());
+                last_cuda = false;
+            }
+            "cuda" => {
+                out.push("cuda:0".to_string());
+                last_cuda = true;
+            }
+            i if i.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) => {
+                out.push(item.to_string());
+                last_cuda = true;
+            }
+            _ => return Err(bad("expected cpu, cuda, cuda:N, a comma list of them, or cuda:all")),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(d) = out.iter().find(|d| d.starts_with("cuda") && !seen.insert(d.as_str())) {
+        return Err(bad(&format!("{d} is named twice (one engine per GPU)")));
+    }
+    Ok(out)
 }
 
 /// The compute precision and whether the projections are held in FP8.
@@ -96,6 +139,54 @@ fn gguf_in(path: &Path) -> Option<PathBuf> {
     (found.len() == 1).then(|| found.remove(0))
 }
 
+/// The model at `path` on one device, its tokenizer, and a description.
+fn load_one(path: &Path, opts: &EmbeddedOptions, device: &Device) -> Result<(Model, ModelTokenizer, String), GenError> {
+    let load = |d: String| GenError::Load { model: path.display().to_string(), detail: d };
+    let device = device.clone();
+    let (dtype, fp8) = parse_dtype(opts.dtype.as_deref(), &device)?;
+    let (model, tok, kind) = match gguf_in(path) {
+        Some(file) => {
+            let (ct, mut f) = super::llama::read_gguf(&file).map_err(|e| load(e.to_string()))?;
+            let tok = match &opts.tokenizer {
+                Some(t) => ModelTokenizer::from_tokenizer_json(t)?,
+                None => ModelTokenizer::from_gguf(&ct.metadata)?,
+            };
+            if fp8 {
+                return Err(load(
+                    "--dtype fp8 takes a Hugging Face directory; a GGUF file is quantized already \
+                     (`subgoal convert FILE DIR --dtype fp8` writes an FP8 directory from it)"
+                        .into(),
+                ));
+            }
+            let model = Model::from_gguf(&ct, &mut f, &device, dtype).map_err(|e| load(e.to_string()))?;
+            (model, tok, "gguf")
+        }
+        None => {
+            let tj = opts.tokenizer.clone().unwrap_or_else(|| path.join("tokenizer.json"));
+            let tok = ModelTokenizer::from_tokenizer_json(&tj)?;
+            let model = Model::from_safetensors(path, &device, dtype, fp8).map_err(|e| load(e.to_string()))?;
+            (model, tok, "safetensors")
+        }
+    };
+    if tok.vocab_size() > model.cfg.vocab {
+        tracing::warn!(
+            tokenizer = tok.vocab_size(),
+            model = model.cfg.vocab,
+            "the tokenizer knows more tokens than the model"
+        );
+    }
+    let desc = format!(
+        "embedded:{} ({kind}, {}, {} layers, {} on {}{})",
+        path.display(),
+        model.cfg.arch,
+        model.cfg.layers,
+        if fp8 { "fp8 weights, f32".to_string() } else { format!("{dtype:?}") },
+        if device.is_cpu() { "cpu" } else { "cuda" },
+        if opts.engine.kv_fp8 { ", fp8 KV cache" } else { "" }
+    );
+    Ok((model, tok, desc))
+}
+
 impl Embedded {
     /// Loads a GGUF file, or a Hugging Face directory (`config.json`, `tokenizer.json`,
     /// `*.safetensors`), or a directory holding one GGUF file.
@@ -104,63 +195,39 @@ impl Embedded {
         if !path.exists() {
             return Err(load("no such file or directory".into()));
         }
-        let device = parse_device(&opts.device)?;
-        let (dtype, fp8) = parse_dtype(opts.dtype.as_deref(), &device)?;
+        let devices = parse_devices(&opts.device)?;
         let started = Instant::now();
-        let (model, tok, kind) = match gguf_in(path) {
-            Some(file) => {
-                let (ct, mut f) = super::llama::read_gguf(&file).map_err(|e| load(e.to_string()))?;
-                let tok = match &opts.tokenizer {
-                    Some(t) => ModelTokenizer::from_tokenizer_json(t)?,
-                    None => ModelTokenizer::from_gguf(&ct.metadata)?,
-                };
-                if fp8 {
-                    return Err(load(
-                        "--dtype fp8 takes a Hugging Face directory; a GGUF file is quantized already \
-                         (`subgoal convert FILE DIR --dtype fp8` writes an FP8 directory from it)"
-                            .into(),
-                    ));
-                }
-                let model = Model::from_gguf(&ct, &mut f, &device, dtype).map_err(|e| load(e.to_string()))?;
-                (model, tok, "gguf")
-            }
-            None => {
-                let tj = opts.tokenizer.clone().unwrap_or_else(|| path.join("tokenizer.json"));
-                let tok = ModelTokenizer::from_tokenizer_json(&tj)?;
-                let model = Model::from_safetensors(path, &device, dtype, fp8).map_err(|e| load(e.to_string()))?;
-                (model, tok, "safetensors")
-            }
-        };
-        if tok.vocab_size() > model.cfg.vocab {
-            tracing::warn!(
-                tokenizer = tok.vocab_size(),
-                model = model.cfg.vocab,
-                "the tokenizer knows more tokens than the model"
-            );
+        let mut engines = Vec::with_capacity(devices.len());
+        let mut first: Option<(Arc<Model>, Arc<ModelTokenizer>, String)> = None;
+        for name in &devices {
+            let device = parse_device(name)?;
+            let (model, tok, desc) = load_one(path, opts, &device)?;
+            let (model, tok) = (Arc::new(model), Arc::new(tok));
+            engines.push((name.clone(), Engine::start(model.clone(), tok.clone(), &opts.engine)?));
+            first.get_or_insert((model, tok, desc));
         }
-        let desc = format!(
-            "embedded:{} ({kind}, {}, {} layers, {} on {}{})",
-            path.display(),
-            model.cfg.arch,
-            model.cfg.layers,
-            if fp8 { "fp8 weights, f32".to_string() } else { format!("{dtype:?}") },
-            if device.is_cpu() { "cpu" } else { "cuda" },
-            if opts.engine.kv_fp8 { ", fp8 KV cache" } else { "" }
-        );
+        let (model, tok, desc) = first.ok_or_else(|| load("no device".into()))?;
+        let desc =
+            if devices.len() > 1 { format!("{desc}, {} engines: {}", devices.len(), devices.join(",")) } else { desc };
         tracing::info!(model = %desc, load_ms = started.elapsed().as_millis() as u64, "model loaded");
-        let (model, tok) = (Arc::new(model), Arc::new(tok));
-        let engine = Engine::start(model.clone(), tok.clone(), &opts.engine)?;
-        Ok(Embedded { model, tok, engine, desc, stats: Arc::default() })
+        let router = Router::new(engines)?;
+        Ok(Embedded { model, tok, router, desc, stats: Arc::default() })
     }
 
-    /// The engine's counters.
+    /// The engines' counters, summed over devices.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.engine.metrics.snapshot()
+        self.router.metrics()
+    }
+
+    /// The engines, one per device, and how requests were routed among them.
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Blocks of the KV cache, and positions per block.
     pub fn cache_shape(&self) -> (usize, usize) {
-        (self.engine.cache_blocks, self.engine.block_size)
+        let e = self.router.engines().next().expect("a router has an engine");
+        (e.cache_blocks, e.block_size)
     }
 
     /// Counts of the last request.
@@ -262,7 +329,7 @@ impl Generator for Embedded {
     }
 
     fn metrics(&self) -> Option<MetricsSnapshot> {
-        Some(self.engine.metrics.snapshot())
+        Some(self.router.metrics())
     }
 }
 
@@ -285,7 +352,7 @@ impl Embedded {
             };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let job = Job::new(prompt, req.params.clone(), deltas, tx);
-            if let Err(e) = self.engine.submit(job) {
+            if let Err(e) = self.router.submit(job) {
                 return futures::stream::iter(vec![Err(e)]).boxed();
             }
             streams.push(tokio_stream_of(rx).map(move |e| Ok((i, e))));

@@ -14,6 +14,7 @@
 //! step and its blocks freed.
 
 pub mod blocks;
+pub mod router;
 mod sequence;
 mod step;
 
@@ -130,6 +131,26 @@ pub struct MetricsSnapshot {
     pub positions_shared: u64,
 }
 
+impl MetricsSnapshot {
+    /// Adds another engine's counters (several devices reported as one).
+    pub fn add(&mut self, o: &MetricsSnapshot) {
+        self.running += o.running;
+        self.waiting += o.waiting;
+        self.blocks_used += o.blocks_used;
+        self.blocks_total += o.blocks_total;
+        self.prefix_hits += o.prefix_hits;
+        self.prefix_misses += o.prefix_misses;
+        self.preemptions += o.preemptions;
+        self.generated_tokens += o.generated_tokens;
+        self.prompt_tokens += o.prompt_tokens;
+        self.steps += o.steps;
+        self.requests_done += o.requests_done;
+        self.decode_rows += o.decode_rows;
+        self.positions_read += o.positions_read;
+        self.positions_shared += o.positions_shared;
+    }
+}
+
 impl Metrics {
     pub fn snapshot(&self) -> MetricsSnapshot {
         let l = |a: &AtomicUsize| a.load(Ordering::Relaxed);
@@ -160,6 +181,7 @@ pub struct Engine {
     thread: Option<std::thread::JoinHandle<()>>,
     pub metrics: Arc<Metrics>,
     stopping: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
     pub cache_blocks: usize,
     pub block_size: usize,
 }
@@ -181,7 +203,8 @@ impl Engine {
         metrics.blocks_total.store(blocks, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let stopping = Arc::new(AtomicBool::new(false));
-        let state = step::Loop::new(model, tok, cache, opts.clone(), metrics.clone());
+        let failed = Arc::new(AtomicBool::new(false));
+        let state = step::Loop::new(model, tok, cache, opts.clone(), metrics.clone(), failed.clone());
         let stop = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("subgoal-engine".into())
@@ -193,9 +216,16 @@ impl Engine {
             thread: Some(thread),
             metrics,
             stopping,
+            failed,
             cache_blocks: blocks,
             block_size: opts.block_size,
         })
+    }
+
+    /// From the next step on, every step fails as on a lost device (its samples end as
+    /// `the model failed: …`): the failure drill the multi-device router is tested with.
+    pub fn fail_device(&self) {
+        self.failed.store(true, Ordering::Relaxed);
     }
 
     /// Queues a job; its events arrive on its channel.

@@ -33,6 +33,8 @@ pub struct Loop {
     next_id: u64,
     admissions: u64,
     context: usize,
+    /// Set by `Engine::fail_device`: every step fails as on a lost device.
+    failed: Arc<AtomicBool>,
 }
 
 /// What one running sequence does in a step.
@@ -49,6 +51,7 @@ impl Loop {
         cache: PagedCache,
         opts: EngineOptions,
         metrics: Arc<Metrics>,
+        failed: Arc<AtomicBool>,
     ) -> Loop {
         let context = model.context();
         Loop {
@@ -64,6 +67,7 @@ impl Loop {
             next_id: 0,
             admissions: 0,
             context,
+            failed,
         }
     }
 
@@ -308,7 +312,12 @@ impl Loop {
                 "engine step"
             );
         }
-        match self.model.forward_paged(&batch, &self.cache) {
+        let result = if self.failed.load(Ordering::Relaxed) {
+            Err(candle_core::Error::Msg("the device is marked failed".into()))
+        } else {
+            self.model.forward_paged(&batch, &self.cache)
+        };
+        match result {
             Ok(logits) => self.after_step(&members, &logits),
             Err(e) => self.fail_running(&format!("the model failed: {e}")),
         }
