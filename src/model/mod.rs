@@ -21,6 +21,7 @@ pub mod fp8;
 pub mod fused;
 pub mod hub;
 pub mod llama;
+mod load;
 pub mod openai;
 pub mod paged;
 pub mod record;

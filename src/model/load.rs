@@ -1,0 +1,432 @@
+//! Making a `Model` from files: GGUF (quantized weights, `QMatMul`), a Hugging Face directory
+//! (`config.json` and safetensors shards; dense, or FP8 with `weight_scale_inv` blocks), or random
+//! weights at a given shape for benchmarks; and reading either kind of configuration.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::{DType, Device, Result, Tensor};
+use serde_json::Value;
+
+use super::fp8::BlockFp8;
+use super::llama::{Config, Layer, Linear, Mlp, Model, RopeScaling};
+
+impl Model {
+    /// Loads a GGUF model (`general.architecture` llama, mistral, qwen2 or qwen3).
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        ct: &gguf_file::Content,
+        r: &mut R,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Model> {
+        let cfg = config_from_gguf(ct)?;
+        let embed_q = ct.tensor(r, "token_embd.weight", device)?;
+        let embed = embed_q.dequantize(device)?.to_dtype(dtype)?;
+        let vocab = embed.dim(0)?;
+        let lm_head = if ct.tensor_infos.contains_key("output.weight") {
+            Linear::Quantized(QMatMul::from_qtensor(ct.tensor(r, "output.weight", device)?)?, None)
+        } else {
+            Linear::Quantized(QMatMul::from_qtensor(embed_q)?, None)
+        };
+        let norm = ct.tensor(r, "output_norm.weight", device)?.dequantize(device)?.to_dtype(dtype)?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let name = |n: &str| format!("blk.{i}.{n}");
+            let has = |n: &str| ct.tensor_infos.contains_key(&name(n));
+            let mut dense =
+                |n: &str| -> Result<Tensor> { ct.tensor(r, &name(n), device)?.dequantize(device)?.to_dtype(dtype) };
+            let attn_norm = dense("attn_norm.weight")?;
+            let ffn_norm = dense("ffn_norm.weight")?;
+            let mut bias = |n: &str| -> Result<Option<Tensor>> {
+                if has(&format!("{n}.bias")) {
+                    dense(&format!("{n}.bias")).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (qb, kb, vb) = (bias("attn_q")?, bias("attn_k")?, bias("attn_v")?);
+            let (q_norm, k_norm) = if has("attn_q_norm.weight") {
+                (Some(dense("attn_q_norm.weight")?), Some(dense("attn_k_norm.weight")?))
+            } else {
+                (None, None)
+            };
+            let mut lin = |n: &str, b: Option<Tensor>| -> Result<Linear> {
+                Ok(Linear::Quantized(QMatMul::from_qtensor(ct.tensor(r, &name(&format!("{n}.weight")), device)?)?, b))
+            };
+            layers.push(Layer {
+                attn_norm,
+                qkv: None,
+                q: lin("attn_q", qb)?,
+                k: lin("attn_k", kb)?,
+                v: lin("attn_v", vb)?,
+                o: lin("attn_output", None)?,
+                q_norm,
+                k_norm,
+                ffn_norm,
+                mlp: Mlp::Split { gate: lin("ffn_gate", None)?, up: lin("ffn_up", None)? },
+                down: lin("ffn_down", None)?,
+                q_scaled: false,
+            });
+        }
+        Model::assemble(Config { vocab, ..cfg }, embed, layers, norm, lm_head, dtype, device)
+    }
+
+    /// Loads a Hugging Face model directory: `config.json` and `*.safetensors`.
+    /// With `fp8`, the projections are held in E4M3 with 128×128 block factors (quantized here
+    /// unless the checkpoint already holds them so); without, an FP8 checkpoint is dequantized.
+    pub fn from_safetensors(dir: &Path, device: &Device, dtype: DType, fp8: bool) -> Result<Model> {
+        let text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.join("config.json").display())))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("config.json: {e}")))?;
+        let cfg = config_from_hf(&json)?;
+        check_quantization(&json)?;
+        let files = safetensors_files(dir)?;
+        // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+        Model::from_var_builder(cfg, &json, vb, device, dtype, fp8)
+    }
+
+    /// A Llama-shaped model of `cfg` with random weights (normal, std 0.02; norms 1), made on the
+    /// device without files: for benchmarks at a shape whose weights cannot be had.
+    pub fn random(cfg: Config, device: &Device, dtype: DType) -> Result<Model> {
+        let mut t: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
+        let rand = |shape: (usize, usize)| Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype);
+        let ones = |n: usize| Tensor::ones(n, dtype, device);
+        let (h, hd, kvh) = (cfg.hidden, cfg.head_dim, cfg.kv_heads);
+        t.insert("model.embed_tokens.weight".into(), rand((cfg.vocab, h))?);
+        t.insert("lm_head.weight".into(), rand((cfg.vocab, h))?);
+        t.insert("model.norm.weight".into(), ones(h)?);
+        for l in 0..cfg.layers {
+            let p = format!("model.layers.{l}");
+            for (name, shape) in [
+                ("self_attn.q_proj", (cfg.heads * hd, h)),
+                ("self_attn.k_proj", (kvh * hd, h)),
+                ("self_attn.v_proj", (kvh * hd, h)),
+                ("self_attn.o_proj", (h, cfg.heads * hd)),
+                ("mlp.gate_proj", (cfg.intermediate, h)),
+                ("mlp.up_proj", (cfg.intermediate, h)),
+                ("mlp.down_proj", (h, cfg.intermediate)),
+            ] {
+                t.insert(format!("{p}.{name}.weight"), rand(shape)?);
+            }
+            t.insert(format!("{p}.input_layernorm.weight"), ones(h)?);
+            t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
+        }
+        let vb = candle_nn::VarBuilder::from_tensors(t, dtype, device);
+        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype, false)
+    }
+
+    /// The model `vb` holds, laid out as Hugging Face names it (`json`: its config.json); with
+    /// `fp8` its projections in E4M3.
+    fn from_var_builder(
+        cfg: Config,
+        json: &Value,
+        vb: candle_nn::VarBuilder,
+        device: &Device,
+        dtype: DType,
+        fp8: bool,
+    ) -> Result<Model> {
+        let tie = json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
+        let qkv_bias = cfg.arch == "qwen2" || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let o_bias = cfg.arch != "qwen2" && json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let (hd, h, kvh) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+        let dense = |name: &str, out: usize, inp: usize| read_weight(&vb, name, (out, inp))?.dense(dtype, device);
+        let bias = |name: &str, out: usize, on: bool| -> Result<Option<Tensor>> {
+            if on {
+                Ok(Some(vb.get(out, &format!("{name}.bias"))?))
+            } else {
+                Ok(None)
+            }
+        };
+        // A projection in the chosen format; `scale` folds a constant into its weight and bias.
+        let lin = |name: &str, out: usize, inp: usize, with_bias: bool, scale: Option<f64>| -> Result<Linear> {
+            let w = read_weight(&vb, &format!("{name}.weight"), (out, inp))?;
+            let b = bias(name, out, with_bias)?;
+            let b = match scale {
+                Some(f) => b.map(|b| b * f).transpose()?,
+                None => b,
+            };
+            if fp8 {
+                let mut w = w.fp8(name)?;
+                if let Some(f) = scale {
+                    w.scale(f as f32);
+                }
+                Ok(Linear::Fp8(Arc::new(w), b))
+            } else {
+                let w = w.dense(dtype, device)?;
+                let w = match scale {
+                    Some(f) => (w * f)?,
+                    None => w,
+                };
+                Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
+            }
+        };
+        let embed = dense("model.embed_tokens.weight", cfg.vocab, cfg.hidden)?;
+        let vocab = embed.dim(0)?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            let qk_norm = cfg.arch == "qwen3";
+            // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
+            let q_scale = (!qk_norm).then(|| 1.0 / (hd as f64).sqrt());
+            let attn = |name: &str| format!("{p}.self_attn.{name}");
+            let (qkv, q, k, v, mlp) = if fp8 {
+                // Separate projections: a fused matrix would put q's and k's rows in one block.
+                let q = lin(&attn("q_proj"), h * hd, cfg.hidden, qkv_bias, q_scale)?;
+                let k = lin(&attn("k_proj"), kvh * hd, cfg.hidden, qkv_bias, None)?;
+                let v = lin(&attn("v_proj"), kvh * hd, cfg.hidden, qkv_bias, None)?;
+                let gate = lin(&format!("{p}.mlp.gate_proj"), cfg.intermediate, cfg.hidden, false, None)?;
+                let up = lin(&format!("{p}.mlp.up_proj"), cfg.intermediate, cfg.hidden, false, None)?;
+                (None, q, k, v, Mlp::Split { gate, up })
+            } else {
+                let part = |name: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
+                    Ok((dense(&format!("{}.weight", attn(name)), out, cfg.hidden)?, bias(&attn(name), out, qkv_bias)?))
+                };
+                let (qw, qb) = part("q_proj", h * hd)?;
+                let (qw, qb) = match q_scale {
+                    None => (qw, qb),
+                    Some(f) => ((qw * f)?, qb.map(|b| b * f).transpose()?),
+                };
+                let (kw, kb) = part("k_proj", kvh * hd)?;
+                let (vw, vb_) = part("v_proj", kvh * hd)?;
+                let qkv_w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
+                let qkv_b = match (qb, kb, vb_) {
+                    (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
+                    _ => None,
+                };
+                drop((qw, kw, vw));
+                let view = |off: usize, n: usize| -> Result<Linear> {
+                    let b = qkv_b.as_ref().map(|b| b.narrow(0, off, n)).transpose()?;
+                    Ok(Linear::Dense(candle_nn::Linear::new(qkv_w.narrow(0, off, n)?, b)))
+                };
+                let (q, k, v) = (view(0, h * hd)?, view(h * hd, kvh * hd)?, view((h + kvh) * hd, kvh * hd)?);
+                let qkv = Linear::Dense(candle_nn::Linear::new(qkv_w.clone(), qkv_b.clone()));
+                let gate = dense(&format!("{p}.mlp.gate_proj.weight"), cfg.intermediate, cfg.hidden)?;
+                let up = dense(&format!("{p}.mlp.up_proj.weight"), cfg.intermediate, cfg.hidden)?;
+                let gate_up = Tensor::cat(&[&gate, &up], 0)?;
+                (Some(qkv), q, k, v, Mlp::Fused(Linear::Dense(candle_nn::Linear::new(gate_up, None))))
+            };
+            layers.push(Layer {
+                attn_norm: vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
+                qkv,
+                q,
+                q_scaled: !qk_norm,
+                k,
+                v,
+                o: lin(&attn("o_proj"), cfg.hidden, h * hd, o_bias, None)?,
+                q_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.q_norm.weight"))?) } else { None },
+                k_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.k_norm.weight"))?) } else { None },
+                ffn_norm: vb.get(cfg.hidden, &format!("{p}.post_attention_layernorm.weight"))?,
+                mlp,
+                down: lin(&format!("{p}.mlp.down_proj"), cfg.hidden, cfg.intermediate, false, None)?,
+            });
+        }
+        let norm = vb.get(cfg.hidden, "model.norm.weight")?;
+        // The output projection stays dense (as DeepSeek's FP8 releases keep it).
+        let lm_head = if tie || !vb.contains_tensor("lm_head.weight") {
+            Linear::Dense(candle_nn::Linear::new(embed.clone(), None))
+        } else {
+            Linear::Dense(candle_nn::Linear::new(dense("lm_head.weight", vocab, cfg.hidden)?, None))
+        };
+        Model::assemble(Config { vocab, ..cfg }, embed, layers, norm, lm_head, dtype, device)
+    }
+}
+
+/// A projection weight as the checkpoint holds it.
+enum Weight {
+    Dense(Tensor),
+    Fp8(BlockFp8),
+}
+
+/// Weight `name` of `shape`: E4M3 with its `{name}_scale_inv` block factors when the checkpoint
+/// has them (DeepSeek's FP8 layout), else dense.
+fn read_weight(vb: &candle_nn::VarBuilder, name: &str, (out, inp): (usize, usize)) -> Result<Weight> {
+    let scales = format!("{name}_scale_inv");
+    if !vb.contains_tensor(&scales) {
+        return Ok(Weight::Dense(vb.get((out, inp), name)?));
+    }
+    let zero = candle_nn::Init::Const(0.0);
+    let q = vb.get_with_hints_dtype((out, inp), name, zero, DType::F8E4M3)?;
+    let bytes: Vec<u8> = q.flatten_all()?.to_vec1::<float8::F8E4M3>()?.iter().map(|b| b.to_bits()).collect();
+    let blocks = (out.div_ceil(super::fp8::BLOCK), inp.div_ceil(super::fp8::BLOCK));
+    let s = vb.get_with_hints_dtype(blocks, &scales, zero, DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let w = BlockFp8::from_parts(out, inp, bytes, s).map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+    Ok(Weight::Fp8(w))
+}
+
+impl Weight {
+    fn dense(self, dtype: DType, device: &Device) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t),
+            Weight::Fp8(w) => Tensor::from_vec(w.dequantize(), (w.rows, w.cols), device)?.to_dtype(dtype),
+        }
+    }
+
+    fn fp8(self, name: &str) -> Result<BlockFp8> {
+        match self {
+            Weight::Fp8(w) => Ok(w),
+            Weight::Dense(t) => {
+                let (rows, cols) = t.dims2()?;
+                let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                BlockFp8::quantize(&v, rows, cols).map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
+            }
+        }
+    }
+}
+
+/// Refuses a `quantization_config` this loader would misread: only FP8 E4M3 with 128×128
+/// blocks and dynamic activation scales (DeepSeek's layout) is known.
+fn check_quantization(json: &Value) -> Result<()> {
+    let Some(q) = json.get("quantization_config") else { return Ok(()) };
+    let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
+    let fmt = q.get("fmt").and_then(Value::as_str).unwrap_or("e4m3");
+    let block: Option<Vec<u64>> =
+        q.get("weight_block_size").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect());
+    let bs = super::fp8::BLOCK as u64;
+    if method != "fp8" || fmt != "e4m3" || block.as_deref() != Some(&[bs, bs][..]) {
+        candle_core::bail!(
+            "quantization_config {q}: only quant_method fp8, fmt e4m3, weight_block_size [128, 128] is supported"
+        );
+    }
+    Ok(())
+}
+
+/// `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let files = super::hub::shards(&index).map_err(candle_core::Error::Msg)?;
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    candle_core::bail!("{} holds no model.safetensors or model.safetensors.index.json", dir.display())
+}
+
+/// The decoder configuration from a GGUF file's metadata.
+pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<Config> {
+    let md = &ct.metadata;
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        candle_core::bail!("GGUF architecture {arch:?} is not supported (llama, mistral, qwen2, qwen3 are)");
+    }
+    let get = |k: &str| md.get(&format!("{arch}.{k}"));
+    let req = |k: &str| -> Result<usize> {
+        get(k)
+            .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata lacks {arch}.{k}")))?
+            .to_u32()
+            .map(|v| v as usize)
+    };
+    let hidden = req("embedding_length")?;
+    let heads = req("attention.head_count")?;
+    let scaling = match get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
+        Some("linear") => {
+            get("rope.scaling.factor").and_then(|v| v.to_f32().ok()).map(|f| RopeScaling::Linear { factor: f as f64 })
+        }
+        Some("yarn") => {
+            let factor = get("rope.scaling.factor").and_then(|v| v.to_f32().ok()).unwrap_or(1.0) as f64;
+            let original_max =
+                get("rope.scaling.original_context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as f64;
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 0.1 * factor.ln() + 1.0,
+            })
+        }
+        _ => None,
+    };
+    let vocab = ct.tensor_infos.get("token_embd.weight").map_or(0, |t| t.shape.dims()[0]);
+    Ok(Config {
+        arch: arch.clone(),
+        hidden,
+        layers: req("block_count")?,
+        heads,
+        kv_heads: get("attention.head_count_kv").and_then(|v| v.to_u32().ok()).map_or(heads, |v| v as usize),
+        head_dim: get("attention.key_length").and_then(|v| v.to_u32().ok()).map_or(hidden / heads, |v| v as usize),
+        intermediate: req("feed_forward_length")?,
+        rms_eps: get("attention.layer_norm_rms_epsilon").and_then(|v| v.to_f32().ok()).unwrap_or(1e-5) as f64,
+        rope_theta: get("rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0) as f64,
+        rope_interleaved: matches!(arch.as_str(), "llama" | "mistral"),
+        rope_scaling: scaling,
+        max_positions: get("context_length").and_then(|v| v.to_u32().ok()).unwrap_or(4096) as usize,
+        vocab,
+    })
+}
+
+/// The decoder configuration from a Hugging Face `config.json`.
+pub fn config_from_hf(json: &Value) -> Result<Config> {
+    let arch = json.get("model_type").and_then(Value::as_str).unwrap_or("llama").to_string();
+    if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        candle_core::bail!("model_type {arch:?} is not supported (llama, mistral, qwen2, qwen3 are)");
+    }
+    let n = |k: &str| json.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    let f = |k: &str| json.get(k).and_then(Value::as_f64);
+    let req = |k: &str| n(k).ok_or_else(|| candle_core::Error::Msg(format!("config.json lacks {k}")));
+    let hidden = req("hidden_size")?;
+    let heads = req("num_attention_heads")?;
+    let rope_scaling = match json.get("rope_scaling").filter(|v| !v.is_null()) {
+        None => None,
+        Some(s) => {
+            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+            let sf = |k: &str| s.get(k).and_then(Value::as_f64);
+            let factor = sf("factor").unwrap_or(1.0);
+            let original_max =
+                sf("original_max_position_embeddings").or_else(|| f("max_position_embeddings")).unwrap_or(4096.0);
+            match kind {
+                "default" => None,
+                "linear" => Some(RopeScaling::Linear { factor }),
+                "llama3" => Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor: sf("low_freq_factor").unwrap_or(1.0),
+                    high_freq_factor: sf("high_freq_factor").unwrap_or(4.0),
+                    original_max,
+                }),
+                "yarn" => {
+                    let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+                    let attention_factor = match (sf("attention_factor"), sf("mscale"), sf("mscale_all_dim")) {
+                        (Some(a), _, _) => a,
+                        (None, Some(m), Some(all)) => mscale(m) / mscale(all),
+                        _ => mscale(1.0),
+                    };
+                    Some(RopeScaling::Yarn {
+                        factor,
+                        original_max,
+                        beta_fast: sf("beta_fast").unwrap_or(32.0),
+                        beta_slow: sf("beta_slow").unwrap_or(1.0),
+                        attention_factor,
+                    })
+                }
+                other => candle_core::bail!("rope_scaling type {other:?} is not supported (linear, llama3, yarn are)"),
+            }
+        }
+    };
+    Ok(Config {
+        arch,
+        hidden,
+        layers: req("num_hidden_layers")?,
+        heads,
+        kv_heads: n("num_key_value_heads").unwrap_or(heads),
+        head_dim: n("head_dim").unwrap_or(hidden / heads),
+        intermediate: req("intermediate_size")?,
+        rms_eps: f("rms_norm_eps").unwrap_or(1e-6),
+        rope_theta: f("rope_theta").unwrap_or(10_000.0),
+        rope_interleaved: false,
+        rope_scaling,
+        max_positions: n("max_position_embeddings").unwrap_or(4096),
+        vocab: req("vocab_size")?,
+    })
+}
+
+/// Metadata of a GGUF file, for callers that only need it (tokenizer, description).
+pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
+    let mut f = std::fs::File::open(path).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    let ct =
+        gguf_file::Content::read(&mut f).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    Ok((ct, f))
+}
