@@ -179,7 +179,15 @@ pub async fn fetch(entry: &RegistryEntry, dir: &Path) -> Result<PathBuf, Dataset
     });
     let result = match result {
         Ok(()) => {
-            tokio::fs::rename(&tmp, &dest).await.map_err(|source| DatasetError::Write { path: dest.clone(), source })
+            async {
+                tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .map_err(|source| DatasetError::Write { path: dest.clone(), source })?;
+                // The rename is durable only once the directory is synced.
+                let in_dir = |source| DatasetError::Write { path: dir.to_path_buf(), source };
+                tokio::fs::File::open(dir).await.map_err(in_dir)?.sync_all().await.map_err(in_dir)
+            }
+            .await
         }
         Err(e) => Err(e),
     };
