@@ -273,62 +273,7 @@ pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
         let one = unsafe { MmapedSafetensors::new(shard) }.map_err(|e| fail(shard, e))?;
         let mut outs: Vec<(String, Out)> = Vec::new();
         for (name, view) in one.tensors() {
-            let at = |e: candle_core::Error| fail(shard, format!("{name}: {e}"));
-            if name.ends_with("_scale_inv") {
-                // Written beside their weight, or dropped with it dequantized.
-                if target == Target::Fp8 {
-                    outs.push((name.clone(), Out::Same(view)));
-                }
-                continue;
-            }
-            let scales = format!("{name}_scale_inv");
-            let stored_fp8 = view.dtype() == StDtype::F8_E4M3 && all.get(&scales).is_ok();
-            match target {
-                Target::Fp8 if stored_fp8 => outs.push((name.clone(), Out::Same(view))),
-                Target::Fp8 if is_projection(&name) && view.shape().len() == 2 => {
-                    let (rows, cols) = (view.shape()[0], view.shape()[1]);
-                    let w = all.load(&name, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(at)?;
-                    let v = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(at)?;
-                    let q = super::fp8::BlockFp8::quantize(&v, rows, cols)
-                        .map_err(|e| fail(shard, format!("{name}: {e}")))?;
-                    let (rb, cb) = (q.row_blocks(), q.col_blocks());
-                    let scale_bytes: Vec<u8> = q.scale_inv.iter().flat_map(|f| f.to_le_bytes()).collect();
-                    outs.push((scales, Out::Raw { dtype: StDtype::F32, shape: vec![rb, cb], data: scale_bytes }));
-                    outs.push((
-                        name.clone(),
-                        Out::Raw { dtype: StDtype::F8_E4M3, shape: vec![rows, cols], data: q.data },
-                    ));
-                }
-                Target::Fp8 => outs.push((name.clone(), Out::Same(view))),
-                Target::Dense(dtype) if stored_fp8 => {
-                    let (rows, cols) = (view.shape()[0], view.shape()[1]);
-                    let q = all.load(&name, &Device::Cpu).map_err(at)?;
-                    let bytes: Vec<u8> = q
-                        .flatten_all()
-                        .and_then(|t| t.to_vec1::<float8::F8E4M3>())
-                        .map_err(at)?
-                        .iter()
-                        .map(|b| b.to_bits())
-                        .collect();
-                    let s = all
-                        .load(&scales, &Device::Cpu)
-                        .and_then(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
-                        .map_err(at)?;
-                    let w = super::fp8::BlockFp8::from_parts(rows, cols, bytes, s)
-                        .map_err(|e| fail(shard, format!("{name}: {e}")))?;
-                    let t = Tensor::from_vec(w.dequantize(), (rows, cols), &Device::Cpu)
-                        .and_then(|t| t.to_dtype(dtype))
-                        .map_err(at)?;
-                    outs.push((name.clone(), Out::Computed(t)));
-                }
-                Target::Dense(dtype)
-                    if matches!(view.dtype(), StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64) =>
-                {
-                    let t = all.load(&name, &Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(at)?;
-                    outs.push((name.clone(), Out::Computed(t)));
-                }
-                Target::Dense(_) => outs.push((name.clone(), Out::Same(view))),
-            }
+            outs.extend(convert_tensor(&all, shard, name, view, target)?);
         }
         for (name, _) in &outs {
             weight_map.insert(name.clone(), json!(file));
@@ -376,6 +321,69 @@ pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
         write("model.safetensors.index.json", &json!({"metadata": {}, "weight_map": weight_map}))?;
     }
     Ok(())
+}
+
+/// One source tensor as `target` writes it: itself, its conversion, or (FP8) its bytes and
+/// block factors; nothing for a factor tensor whose weight is dequantized.
+fn convert_tensor<'a>(
+    all: &MmapedSafetensors,
+    shard: &Path,
+    name: String,
+    view: TensorView<'a>,
+    target: Target,
+) -> Result<Vec<(String, Out<'a>)>, GenError> {
+    let mut outs = Vec::new();
+    let at = |e: candle_core::Error| fail(shard, format!("{name}: {e}"));
+    if name.ends_with("_scale_inv") {
+        // Written beside their weight, or dropped with it dequantized.
+        if target == Target::Fp8 {
+            outs.push((name.clone(), Out::Same(view)));
+        }
+        return Ok(outs);
+    }
+    let scales = format!("{name}_scale_inv");
+    let stored_fp8 = view.dtype() == StDtype::F8_E4M3 && all.get(&scales).is_ok();
+    match target {
+        Target::Fp8 if stored_fp8 => outs.push((name.clone(), Out::Same(view))),
+        Target::Fp8 if is_projection(&name) && view.shape().len() == 2 => {
+            let (rows, cols) = (view.shape()[0], view.shape()[1]);
+            let w = all.load(&name, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(at)?;
+            let v = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(at)?;
+            let q = super::fp8::BlockFp8::quantize(&v, rows, cols).map_err(|e| fail(shard, format!("{name}: {e}")))?;
+            let (rb, cb) = (q.row_blocks(), q.col_blocks());
+            let scale_bytes: Vec<u8> = q.scale_inv.iter().flat_map(|f| f.to_le_bytes()).collect();
+            outs.push((scales, Out::Raw { dtype: StDtype::F32, shape: vec![rb, cb], data: scale_bytes }));
+            outs.push((name.clone(), Out::Raw { dtype: StDtype::F8_E4M3, shape: vec![rows, cols], data: q.data }));
+        }
+        Target::Fp8 => outs.push((name.clone(), Out::Same(view))),
+        Target::Dense(dtype) if stored_fp8 => {
+            let (rows, cols) = (view.shape()[0], view.shape()[1]);
+            let q = all.load(&name, &Device::Cpu).map_err(at)?;
+            let bytes: Vec<u8> = q
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<float8::F8E4M3>())
+                .map_err(at)?
+                .iter()
+                .map(|b| b.to_bits())
+                .collect();
+            let s = all
+                .load(&scales, &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+                .map_err(at)?;
+            let w = super::fp8::BlockFp8::from_parts(rows, cols, bytes, s)
+                .map_err(|e| fail(shard, format!("{name}: {e}")))?;
+            let t = Tensor::from_vec(w.dequantize(), (rows, cols), &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(at)?;
+            outs.push((name.clone(), Out::Computed(t)));
+        }
+        Target::Dense(dtype) if matches!(view.dtype(), StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64) => {
+            let t = all.load(&name, &Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(at)?;
+            outs.push((name.clone(), Out::Computed(t)));
+        }
+        Target::Dense(_) => outs.push((name.clone(), Out::Same(view))),
+    }
+    Ok(outs)
 }
 
 /// Writes the first `layers` blocks of the GGUF model `src`, with everything outside the blocks

@@ -120,7 +120,6 @@ impl Engine {
         sketch: &VerifyInput,
         doc: &Document,
     ) -> Result<String, String> {
-        let depth = self.with_dag(|d| d.node(parent).provenance.depth);
         let (header, main) = doc.checked_parts();
         // `main` starts with the sketch's helper theorems, if it declared any.
         let proof_at = doc.proof_start - doc.helpers_start;
@@ -131,152 +130,34 @@ impl Engine {
         if sites.is_empty() {
             return Err("the sketch has no `sorry` to decompose".into());
         }
-        // Goals are read with options that make them readable back: proofs and `let` values
-        // shown, numerals with their types, names in full.
-        let prefix = format!("{header}{GOAL_OPTIONS}");
-        let goal_doc = format!("{prefix}{main}\n");
-        let index = LineIndex::new(&goal_doc);
-        let positions: Vec<(lsp_types::Position, GoalKind)> = sites
-            .iter()
-            .map(|site| {
-                let (line, character) = index.lsp_of_offset(prefix.len() + sorry_offset(main, site));
-                let kind = match site.kind {
-                    SiteKind::Term => GoalKind::Term,
-                    SiteKind::Tactic => GoalKind::Tactic,
-                };
-                (lsp_types::Position { line, character }, kind)
-            })
-            .collect();
-        ctx.spend.checks.fetch_add(1, Ordering::Relaxed);
-        let goals = {
-            let _busy = self.activity.enter();
-            self.verifier
-                .goals(header, &goal_doc, positions)
-                .instrument(tracing::info_span!("sketch_goals", sites = sites.len()))
-                .await
-                .map_err(|e| format!("reading the sketch's goals: {e:?}"))?
+        let goals = self.sketch_goals(ctx, header, main, &sites).await?;
+        let plan = SketchSites {
+            depth: self.with_dag(|d| d.node(parent).provenance.depth),
+            k,
+            header,
+            main,
+            outline: &outline,
+            sites: &sites,
+            have_names: sites.iter().map(|site| have_name(main, site)).collect(),
+            eq_notation: tokenize(header).first().map(|t| t.text(header)) != Some("prelude"),
+            header_key: normalize_header(header),
+            name: &sketch.name,
         };
-        let eq_notation = tokenize(header).first().map(|t| t.text(header)) != Some("prelude");
-        let header_key = normalize_header(header);
-        let mut lemmas = Vec::new();
-        let mut subs = Vec::new();
         let mut created: Vec<NodeIndex> = Vec::new();
         let mut used_names: Vec<String> = Vec::new();
-        let have_names: Vec<Option<String>> = sites.iter().map(|site| have_name(main, site)).collect();
-        let name = &sketch.name;
-        let result: Result<(), String> = async {
-            for (n, (site, goal)) in sites.iter().zip(goals).enumerate() {
-                let step = site.step.map(|s| outline.steps[s].name.clone()).or_else(|| have_names[n].clone());
-                // Earlier steps are premises: the outline's, and every `have` an earlier site proves.
-                let mut premises: Vec<String> = outline
-                    .steps
-                    .iter()
-                    .take(site.step.unwrap_or(outline.steps.len()))
-                    .map(|s| s.name.clone())
-                    .collect();
-                premises.extend(have_names[..n].iter().flatten().cloned());
-                // Unique in the run: another sketch of the same theorem has its own `h1`.
-                let base = format!("{name}_{}", sanitize(step.as_deref().unwrap_or("final")));
-                let mut lemma_name = base.clone();
-                let mut i = 1;
-                while used_names.contains(&lemma_name) || self.with_dag(|d| d.has_name(&lemma_name)) {
-                    i += 1;
-                    lemma_name = format!("{base}_{i}");
+        let mut lemmas = Vec::new();
+        let mut subs = Vec::new();
+        for (n, goal) in goals.into_iter().enumerate() {
+            match self.subgoal_of_site(ctx, &plan, n, goal, &mut used_names, &mut created).await {
+                Ok((sub, lemma)) => {
+                    subs.push(sub);
+                    lemmas.push(lemma);
                 }
-                used_names.push(lemma_name.clone());
-                let parsed = goal
-                    .ok_or_else(|| "Lean reports no goal at this `sorry`".to_string())
-                    .and_then(|g| parse_goal(&g).map_err(|e| e.to_string()));
-                let lemma = parsed.as_ref().ok().map(|g| Lemma::from_goal(&lemma_name, g, &premises, eq_notation));
-                let stmt = lemma.as_ref().map_or_else(String::new, |l| l.statement());
-                let key = match &lemma {
-                    Some(l) => l.key(&header_key),
-                    None => format!("unrestatable:{lemma_name}:{}", crate::digest::sha256_hex(main)),
-                };
-                let mut node = Node::new(
-                    NodeKind::Subgoal,
-                    &lemma_name,
-                    &stmt,
-                    key,
-                    Provenance { problem: ctx.problem.to_string(), step: step.clone(), depth: depth + 1, model: None },
-                );
-                node.statement_without_premises = lemma.as_ref().map(|l| l.statement_without_premises());
-                let (sub, new) = self.with_dag(|d| d.intern(node));
-                if new {
-                    created.push(sub);
-                    self.meta(sub, NodeMeta { header: header.to_string(), ..Default::default() });
+                Err(e) => {
+                    self.abandon(&created);
+                    return Err(e);
                 }
-                self.with_dag(|d| d.link(sub, k)).map_err(|e| e.to_string())?;
-                let lemma = match (parsed, lemma) {
-                    (Ok(_), Some(l)) => l,
-                    (parsed, _) => {
-                        let e = parsed.err().unwrap_or_default();
-                        let reason = format!("the goal at `sorry` {n} cannot be restated: {e}");
-                        self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
-                        return Err(reason);
-                    }
-                };
-                // The restated lemma must elaborate on its own before anyone tries to prove it
-                // (once per node, whichever sketch meets it first).
-                let elaborates = self.meta_of(sub).and_then(|m| m.elaborates);
-                let reason = match elaborates {
-                    Some(ok) => (!ok).then(|| "the restated lemma does not elaborate".to_string()),
-                    None => {
-                        let check = VerifyInput {
-                            name: lemma_name.clone(),
-                            header: header.to_string(),
-                            formal_statement: stmt.clone(),
-                            proof: Some(" sorry".into()),
-                            code: None,
-                        };
-                        let record = self.verify(&check, ctx).await;
-                        self.log(ctx, &Origin::engine(&lemma_name, Role::Lemma, 0), Some(&check), &record);
-                        let ok = record.verdict == Verdict::Incomplete;
-                        // A check that timed out or crashed says nothing about the statement.
-                        if matches!(
-                            record.verdict,
-                            Verdict::Incomplete | Verdict::Failed | Verdict::Rejected | Verdict::InvalidInput
-                        ) {
-                            if let Ok(mut m) = self.metas.lock() {
-                                if let Some(m) = m.get_mut(&sub) {
-                                    m.elaborates = Some(ok);
-                                }
-                            }
-                        }
-                        (!ok).then(|| {
-                            format!(
-                                "the restated lemma does not elaborate ({}): {}",
-                                record.verdict.as_str(),
-                                record.reason
-                            )
-                        })
-                    }
-                };
-                if let Some(reason) = reason {
-                    self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
-                    return Err(format!("{lemma_name}: {reason}"));
-                }
-                lemmas.push(lemma);
-                subs.push(sub);
             }
-            Ok(())
-        }
-        .await;
-        // Nodes made for this sketch that nobody will solve are not left open.
-        let abandon = |engine: &Engine| {
-            engine.with_dag(|d| {
-                for &c in &created {
-                    let node = d.node_mut(c);
-                    if node.status == Status::Open {
-                        node.status = Status::Cancelled;
-                        node.reason = Some("its sketch failed before it was tried".into());
-                    }
-                }
-            })
-        };
-        if let Err(e) = result {
-            abandon(self);
-            return Err(e);
         }
         self.with_dag(|d| {
             let order: Vec<String> = subs.iter().map(|&i| d.node(i).name.clone()).collect();
@@ -296,21 +177,181 @@ impl Engine {
                 .map(|(h, n)| async move { h.await.map_err(|r| format!("subgoal {n} failed: {r}")) }),
         )
         .await?;
-        // A shared node's proof declares the node's own name, not this sketch's lemma name.
-        let mut bodies = Vec::with_capacity(subs.len());
-        for (&sub, proof) in subs.iter().zip(&proofs) {
-            let node_name = self.with_dag(|d| d.node(sub).name.clone());
-            bodies.push(proof_body(proof, &node_name).ok_or_else(|| format!("the proof of {node_name} has no body"))?);
+        self.recompose_sketch(ctx, sketch, doc, &plan, &lemmas, &subs, &proofs).await
+    }
+
+    /// Lean's goal at each `sorry` of the sketch, read with options that make them readable
+    /// back: proofs and `let` values shown, numerals with their types, names in full.
+    async fn sketch_goals(
+        &self,
+        ctx: &Ctx,
+        header: &str,
+        main: &str,
+        sites: &[SorrySite],
+    ) -> Result<Vec<Option<String>>, String> {
+        let prefix = format!("{header}{GOAL_OPTIONS}");
+        let goal_doc = format!("{prefix}{main}\n");
+        let index = LineIndex::new(&goal_doc);
+        let positions: Vec<(lsp_types::Position, GoalKind)> = sites
+            .iter()
+            .map(|site| {
+                let (line, character) = index.lsp_of_offset(prefix.len() + sorry_offset(main, site));
+                let kind = match site.kind {
+                    SiteKind::Term => GoalKind::Term,
+                    SiteKind::Tactic => GoalKind::Tactic,
+                };
+                (lsp_types::Position { line, character }, kind)
+            })
+            .collect();
+        ctx.spend.checks.fetch_add(1, Ordering::Relaxed);
+        let _busy = self.activity.enter();
+        self.verifier
+            .goals(header, &goal_doc, positions)
+            .instrument(tracing::info_span!("sketch_goals", sites = sites.len()))
+            .await
+            .map_err(|e| format!("reading the sketch's goals: {e:?}"))
+    }
+
+    /// The subgoal node of site `n` (made, or the shared one with its key), linked as needed by
+    /// the sketch, with its lemma; an error when the goal cannot be restated or the restated
+    /// lemma does not elaborate (the node is marked `unrestatable`). Nodes this call makes are
+    /// added to `created`.
+    async fn subgoal_of_site(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        plan: &SketchSites<'_>,
+        n: usize,
+        goal: Option<String>,
+        used_names: &mut Vec<String>,
+        created: &mut Vec<NodeIndex>,
+    ) -> Result<(NodeIndex, Lemma), String> {
+        let site = &plan.sites[n];
+        let step = site.step.map(|s| plan.outline.steps[s].name.clone()).or_else(|| plan.have_names[n].clone());
+        // Earlier steps are premises: the outline's, and every `have` an earlier site proves.
+        let mut premises: Vec<String> = plan
+            .outline
+            .steps
+            .iter()
+            .take(site.step.unwrap_or(plan.outline.steps.len()))
+            .map(|s| s.name.clone())
+            .collect();
+        premises.extend(plan.have_names[..n].iter().flatten().cloned());
+        // Unique in the run: another sketch of the same theorem has its own `h1`.
+        let base = format!("{}_{}", plan.name, sanitize(step.as_deref().unwrap_or("final")));
+        let mut lemma_name = base.clone();
+        let mut i = 1;
+        while used_names.contains(&lemma_name) || self.with_dag(|d| d.has_name(&lemma_name)) {
+            i += 1;
+            lemma_name = format!("{base}_{i}");
         }
-        let helpers = subgoal_helpers(
-            main,
-            &subs.iter().map(|&s| self.with_dag(|d| d.node(s).name.clone())).collect::<Vec<_>>(),
-            &proofs,
-        );
-        // Recompose and verify: inline first, then each lemma applied at its site.
+        used_names.push(lemma_name.clone());
+        let parsed = goal
+            .ok_or_else(|| "Lean reports no goal at this `sorry`".to_string())
+            .and_then(|g| parse_goal(&g).map_err(|e| e.to_string()));
+        let lemma = parsed.as_ref().ok().map(|g| Lemma::from_goal(&lemma_name, g, &premises, plan.eq_notation));
+        let stmt = lemma.as_ref().map_or_else(String::new, |l| l.statement());
+        let key = match &lemma {
+            Some(l) => l.key(&plan.header_key),
+            None => format!("unrestatable:{lemma_name}:{}", crate::digest::sha256_hex(plan.main)),
+        };
+        let provenance =
+            Provenance { problem: ctx.problem.to_string(), step: step.clone(), depth: plan.depth + 1, model: None };
+        let mut node = Node::new(NodeKind::Subgoal, &lemma_name, &stmt, key, provenance);
+        node.statement_without_premises = lemma.as_ref().map(|l| l.statement_without_premises());
+        let (sub, new) = self.with_dag(|d| d.intern(node));
+        if new {
+            created.push(sub);
+            self.meta(sub, NodeMeta { header: plan.header.to_string(), ..Default::default() });
+        }
+        self.with_dag(|d| d.link(sub, plan.k)).map_err(|e| e.to_string())?;
+        let lemma = match (parsed, lemma) {
+            (Ok(_), Some(l)) => l,
+            (parsed, _) => {
+                let e = parsed.err().unwrap_or_default();
+                let reason = format!("the goal at `sorry` {n} cannot be restated: {e}");
+                self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
+                return Err(reason);
+            }
+        };
+        if let Some(reason) = self.lemma_fails_to_elaborate(ctx, sub, &lemma_name, plan.header, &stmt).await {
+            self.set_status(sub, Status::Unrestatable, Some(reason.clone()));
+            return Err(format!("{lemma_name}: {reason}"));
+        }
+        Ok((sub, lemma))
+    }
+
+    /// Why the restated lemma of node `sub` does not elaborate on its own, if it does not:
+    /// checked once per node, whichever sketch meets it first, before anyone tries to prove it.
+    async fn lemma_fails_to_elaborate(
+        &self,
+        ctx: &Ctx,
+        sub: NodeIndex,
+        lemma_name: &str,
+        header: &str,
+        stmt: &str,
+    ) -> Option<String> {
+        if let Some(ok) = self.meta_of(sub).and_then(|m| m.elaborates) {
+            return (!ok).then(|| "the restated lemma does not elaborate".to_string());
+        }
+        let check = VerifyInput {
+            name: lemma_name.to_string(),
+            header: header.to_string(),
+            formal_statement: stmt.to_string(),
+            proof: Some(" sorry".into()),
+            code: None,
+        };
+        let record = self.verify(&check, ctx).await;
+        self.log(ctx, &Origin::engine(lemma_name, Role::Lemma, 0), Some(&check), &record);
+        let ok = record.verdict == Verdict::Incomplete;
+        // A check that timed out or crashed says nothing about the statement.
+        if matches!(record.verdict, Verdict::Incomplete | Verdict::Failed | Verdict::Rejected | Verdict::InvalidInput) {
+            if let Ok(mut m) = self.metas.lock() {
+                if let Some(m) = m.get_mut(&sub) {
+                    m.elaborates = Some(ok);
+                }
+            }
+        }
+        (!ok).then(|| format!("the restated lemma does not elaborate ({}): {}", record.verdict.as_str(), record.reason))
+    }
+
+    /// Nodes made for a sketch that failed before they were tried are not left open.
+    fn abandon(&self, created: &[NodeIndex]) {
+        self.with_dag(|d| {
+            for &c in created {
+                let node = d.node_mut(c);
+                if node.status == Status::Open {
+                    node.status = Status::Cancelled;
+                    node.reason = Some("its sketch failed before it was tried".into());
+                }
+            }
+        })
+    }
+
+    /// The subgoals' proofs put back into the sketch and the whole verified: inline first, then
+    /// each lemma applied at its site. The checked source of the first that Lean proves.
+    #[allow(clippy::too_many_arguments)]
+    async fn recompose_sketch(
+        &self,
+        ctx: &Ctx,
+        sketch: &VerifyInput,
+        doc: &Document,
+        plan: &SketchSites<'_>,
+        lemmas: &[Lemma],
+        subs: &[NodeIndex],
+        proofs: &[String],
+    ) -> Result<String, String> {
+        let (header, main, name) = (plan.header, plan.main, plan.name);
+        let proof_at = doc.proof_start - doc.helpers_start;
+        // A shared node's proof declares the node's own name, not this sketch's lemma name.
+        let node_names: Vec<String> = subs.iter().map(|&s| self.with_dag(|d| d.node(s).name.clone())).collect();
+        let mut bodies = Vec::with_capacity(subs.len());
+        for (node_name, proof) in node_names.iter().zip(proofs) {
+            bodies.push(proof_body(proof, node_name).ok_or_else(|| format!("the proof of {node_name} has no body"))?);
+        }
+        let helpers = subgoal_helpers(main, &node_names, proofs);
         let mut last = String::new();
         for layout in [Layout::Inline, Layout::Applied] {
-            let filled = recompose(main, &sites, &lemmas, &bodies, layout);
+            let filled = recompose(main, plan.sites, lemmas, &bodies, layout);
             // A sketch with helpers (its own, or its subgoals' proofs') is checked again as a
             // whole file, helpers and all.
             let (proof, code) = if doc.has_helpers() || !helpers.is_empty() {
@@ -334,6 +375,25 @@ impl Engine {
         }
         Err(last)
     }
+}
+
+/// What every site of one sketch shares while its subgoals are made and put back.
+struct SketchSites<'a> {
+    /// The depth of the node the sketch decomposes.
+    depth: u32,
+    /// The sketch's own node: every subgoal is needed by it.
+    k: NodeIndex,
+    header: &'a str,
+    /// The checked text after the header: the sketch's helpers, then the theorem.
+    main: &'a str,
+    outline: &'a crate::pipeline::sketch::Outline,
+    sites: &'a [SorrySite],
+    /// The `have` each site proves, when it is one.
+    have_names: Vec<Option<String>>,
+    /// `=` is notation here (not under the fixture's `prelude`).
+    eq_notation: bool,
+    header_key: String,
+    name: &'a str,
 }
 
 /// The helper theorems the subgoals' proofs state before their lemmas (library entries they
