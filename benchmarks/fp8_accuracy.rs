@@ -7,7 +7,8 @@
 //!   `benchmarks/data` (teacher forced, every position scored in one paged step);
 //! - batch-1 decode tokens/s and weight bytes, side by side.
 //!
-//! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N]` prints one JSON object.
+//! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N] [--arms fp8_weights,fp8_weights_kv]`
+//! prints one JSON object.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -101,10 +102,15 @@ fn greedy(m: &Embedded, tokens: usize) -> Vec<Vec<u32>> {
 /// Mean negative log-likelihood per token of `ids[1..]` given the prefix, in one paged step
 /// whose every token is its own one-token segment over the shared blocks.
 fn nll(m: &Embedded, ids: &[u32], format: KvFormat) -> (f64, usize) {
+    nll_with(m, ids, format, true)
+}
+
+fn nll_with(m: &Embedded, ids: &[u32], format: KvFormat, rotate: bool) -> (f64, usize) {
     let model = m.model();
     let bs = 16;
     let blocks: Vec<u32> = (0..ids.len().div_ceil(bs) as u32).collect();
     let cache = PagedCache::new(&model.cfg, blocks.len(), bs, format, &Device::Cpu).expect("cache");
+    let cache = if rotate { cache } else { cache.without_rotation() };
     let mut batch = Batch::default();
     for (i, &t) in ids[..ids.len() - 1].iter().enumerate() {
         batch.push(&[t], i, blocks.clone(), true);
@@ -121,9 +127,42 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dense = dir.path().join("dense");
     subgoal::model::convert::gguf_to_hf(&subgoal::model::test_model_path(), &dense, DType::F32).expect("convert");
+    if std::env::args().any(|a| a == "--kv-study") {
+        // The FP8 cache alone (f32 weights), with and without the Hadamard rotation, on the
+        // first 256 tokens of each proof.
+        let m = load(&dense, "f32", false);
+        let corpus = proofs(n_proofs);
+        let mut out = serde_json::Map::new();
+        for (name, format, rotate) in [
+            ("f32_cache", KvFormat::Dense(DType::F32), false),
+            ("fp8_cache", KvFormat::Fp8, false),
+            ("fp8_cache_rotated", KvFormat::Fp8, true),
+        ] {
+            let (mut total, mut count) = (0.0, 0usize);
+            for code in &corpus {
+                let mut ids = m.encode_prompt(&Prompt::Text(code.clone())).expect("encode");
+                ids.truncate(256);
+                let (t, c) = nll_with(&m, &ids, format, rotate);
+                total += t;
+                count += c;
+            }
+            out.insert(name.into(), json!({"nll_per_token": total / count as f64, "tokens": count}));
+        }
+        println!("{}", serde_json::to_string_pretty(&json!({"kv_study": out, "proofs": corpus.len()})).unwrap());
+        return;
+    }
     let arms = [("f32", "f32", false), ("fp8_weights", "fp8", false), ("fp8_weights_kv", "fp8", true)];
-    let models: Vec<(&str, Embedded, KvFormat)> =
-        arms.iter().map(|(name, dtype, kv)| (*name, load(&dense, dtype, *kv), KvFormat::of(DType::F32, *kv))).collect();
+    // `--arms a,b`: a subset (f32 always runs: the others are measured against it).
+    let only: Option<Vec<String>> = std::env::args()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "--arms")
+        .map(|w| w[1].split(',').map(str::to_string).collect());
+    let models: Vec<(&str, Embedded, KvFormat)> = arms
+        .iter()
+        .filter(|(name, _, _)| *name == "f32" || only.as_ref().is_none_or(|o| o.iter().any(|x| x == name)))
+        .map(|(name, dtype, kv)| (*name, load(&dense, dtype, *kv), KvFormat::of(DType::F32, *kv)))
+        .collect();
 
     // Greedy agreement.
     let texts: Vec<Vec<Vec<u32>>> = models.iter().map(|(_, m, _)| greedy(m, tokens)).collect();

@@ -41,6 +41,19 @@ pub struct PagedCache {
     pub v: Vec<Tensor>,
     pub k_scale: Vec<Tensor>,
     pub v_scale: Vec<Tensor>,
+    /// FP8 with a power-of-two head size: the normalized Hadamard matrix rows are multiplied by
+    /// before quantizing and after reading. It is orthonormal and its own inverse, so attention
+    /// sees the same vectors, but it spreads a row's few large channels (RoPE'd keys have them)
+    /// over all channels, so the row's one factor fits every channel better.
+    rotation: Option<Tensor>,
+}
+
+/// The `d × d` Sylvester Hadamard matrix over `sqrt(d)` (`d` a power of two).
+fn hadamard(d: usize, device: &Device) -> Result<Tensor> {
+    let scale = 1.0 / (d as f32).sqrt();
+    let m: Vec<f32> =
+        (0..d * d).map(|i| if ((i / d) & (i % d)).count_ones() % 2 == 0 { scale } else { -scale }).collect();
+    Tensor::from_vec(m, (d, d), device)
 }
 
 impl PagedCache {
@@ -65,8 +78,12 @@ impl PagedCache {
             KvFormat::Dense(d) => d,
             KvFormat::Fp8 => DType::U8,
         };
+        let rotation = match format {
+            KvFormat::Fp8 if cfg.head_dim.is_power_of_two() => Some(hadamard(cfg.head_dim, device)?),
+            _ => None,
+        };
         let mut cache =
-            PagedCache { block_size, blocks, format, k: vec![], v: vec![], k_scale: vec![], v_scale: vec![] };
+            PagedCache { block_size, blocks, format, k: vec![], v: vec![], k_scale: vec![], v_scale: vec![], rotation };
         for _ in 0..cfg.layers {
             cache.k.push(Tensor::zeros(shape, dtype, device)?);
             cache.v.push(Tensor::zeros(shape, dtype, device)?);
@@ -76,6 +93,12 @@ impl PagedCache {
             }
         }
         Ok(cache)
+    }
+
+    /// Drops the FP8 rotation (benchmarks compare the two).
+    pub fn without_rotation(mut self) -> PagedCache {
+        self.rotation = None;
+        self
     }
 
     /// Copies block `from` into block `to` in every layer (a sample's own copy of a shared
@@ -98,7 +121,12 @@ impl PagedCache {
             KvFormat::Dense(_) => flat.scatter_set(rows, &x.contiguous()?, 0),
             KvFormat::Fp8 => {
                 let n = x.dim(0)?;
-                let (bytes, factors) = super::fp8::quantize_rows(&x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, d);
+                let x = x.to_dtype(DType::F32)?;
+                let x = match &self.rotation {
+                    Some(h) => x.matmul(h)?,
+                    None => x,
+                };
+                let (bytes, factors) = super::fp8::quantize_rows(&x.flatten_all()?.to_vec1()?, d);
                 flat.scatter_set(rows, &Tensor::from_vec(bytes, (n, d), x.device())?, 0)?;
                 let s = scales[l].reshape((blocks * kvh * bs, 1))?;
                 s.scatter_set(&rows.narrow(1, 0, 1)?.contiguous()?, &Tensor::from_vec(factors, (n, 1), x.device())?, 0)
@@ -122,7 +150,12 @@ impl PagedCache {
                 let bytes = gather(cache, d)?.flatten_all()?;
                 let lut = Tensor::new(&super::fp8::table()[..], cache.device())?;
                 let x = lut.index_select(&bytes, 0)?.reshape((kvh, total, d))?;
-                x.broadcast_mul(&gather(scales, 1)?)?.to_dtype(dtype)
+                let x = x.broadcast_mul(&gather(scales, 1)?)?;
+                let x = match &self.rotation {
+                    Some(h) => x.reshape((kvh * total, d))?.matmul(h)?.reshape((kvh, total, d))?,
+                    None => x,
+                };
+                x.to_dtype(dtype)
             }
         }
     }
@@ -472,5 +505,22 @@ impl Model {
         let h =
             if last.len() == batch.ids.len() { h } else { h.index_select(&Tensor::new(last.as_slice(), device)?, 0)? };
         project(k, &self.lm_head, &h.contiguous()?)?.to_dtype(DType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hadamard_rotation_is_its_own_inverse() {
+        let h = hadamard(64, &Device::Cpu).unwrap();
+        let hh = h.matmul(&h).unwrap().to_vec2::<f32>().unwrap();
+        for (i, row) in hh.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-5, "({i}, {j}): {v}");
+            }
+        }
     }
 }
