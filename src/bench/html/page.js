@@ -210,7 +210,7 @@
         section.append(el("div", { class: "muted", text: `${s.name} (${s.status})` }), sketchPre(s.statement));
       }
     }
-    section.append(el("h3", { text: "Proof" }));
+    section.append(el("h3", { text: `Proof of ${row.name}` }));
     section.append(d.proof ? el("pre", { class: "proof", text: d.proof }) : el("p", { class: "muted", text: "No proof." }));
     if (link.node && selected) panel.scrollIntoView({ block: "start" });
     else section.scrollIntoView({ block: "start" });
