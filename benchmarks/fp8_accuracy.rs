@@ -127,6 +127,10 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dense = dir.path().join("dense");
     subgoal::model::convert::gguf_to_hf(&subgoal::model::test_model_path(), &dense, DType::F32).expect("convert");
+    if std::env::args().any(|a| a == "--shape-7b") {
+        shape_7b(arg("--layers", 2));
+        return;
+    }
     if std::env::args().any(|a| a == "--kv-study") {
         // The FP8 cache alone (f32 weights), with and without the Hadamard rotation, on the
         // first 256 tokens of each proof.
@@ -244,6 +248,62 @@ fn main() {
         "proofs": corpus.len(),
         "nll": nll_out,
         "decode_batch1": speed,
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
+
+/// DeepSeek-Prover-V2-7B's shape (hidden 4096, 32 heads of 128, intermediate 11008, vocabulary
+/// 102400) with `layers` layers of random weights, dense f32 and FP8 from the same tensors: the
+/// cosine of their next-token logits over a 64-token prompt and 16 decode steps (the dense
+/// model's greedy tokens fed to both).
+fn shape_7b(layers: usize) {
+    use subgoal::model::llama::{Config, KvCache, Model};
+    let cfg = Config {
+        arch: "llama".into(),
+        hidden: 4096,
+        layers,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 128,
+        intermediate: 11008,
+        rms_eps: 1e-6,
+        rope_theta: 10000.0,
+        rope_interleaved: false,
+        rope_scaling: None,
+        max_positions: 4096,
+        vocab: 102400,
+    };
+    let dev = Device::Cpu;
+    let weights = Model::random_weights(&cfg, &dev, DType::F32).expect("weights");
+    let dense = Model::from_weights(cfg.clone(), weights.clone(), &dev, DType::F32, false).expect("dense");
+    let fp8 = Model::from_weights(cfg.clone(), weights, &dev, DType::F32, true).expect("fp8");
+    let cos = |a: &Tensor, b: &Tensor| -> f64 {
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (n(&a) * n(&b))
+    };
+    let prompt: Vec<u32> = (0..64u32).map(|i| (i * 7919 + 13) % 102400).collect();
+    let (mut cd, mut cf) = (KvCache::new(layers), KvCache::new(layers));
+    let ids = Tensor::new(prompt.as_slice(), &dev).unwrap().unsqueeze(0).unwrap();
+    let (mut ld, mut lf) = (dense.forward(&ids, 0, &mut cd).unwrap(), fp8.forward(&ids, 0, &mut cf).unwrap());
+    let mut steps = vec![cos(&ld, &lf)];
+    for s in 0..16 {
+        let next = ld.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        let t = Tensor::new(&[next], &dev).unwrap().unsqueeze(0).unwrap();
+        ld = dense.forward(&t, 64 + s, &mut cd).unwrap();
+        lf = fp8.forward(&t, 64 + s, &mut cf).unwrap();
+        steps.push(cos(&ld, &lf));
+    }
+    let min = steps.iter().cloned().fold(f64::INFINITY, f64::min);
+    let out = json!({
+        "bench": "fp8_accuracy --shape-7b",
+        "shape": {"hidden": 4096, "heads": 32, "head_dim": 128, "intermediate": 11008, "vocab": 102400, "layers": layers},
+        "weights": "random normal, std 0.02 (the same tensors for both)",
+        "logit_cosine_prefill": steps[0],
+        "logit_cosine_min_over_decode": min,
+        "logit_cosine_per_step": steps,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }

@@ -91,6 +91,29 @@ impl Model {
     /// A Llama-shaped model of `cfg` with random weights (normal, std 0.02; norms 1), made on the
     /// device without files: for benchmarks at a shape whose weights cannot be had.
     pub fn random(cfg: Config, device: &Device, dtype: DType) -> Result<Model> {
+        let weights = Model::random_weights(&cfg, device, dtype)?;
+        Model::from_weights(cfg, weights, device, dtype, false)
+    }
+
+    /// The model `weights` (Hugging Face names) hold; with `fp8` its projections in E4M3. Two
+    /// models made from one set of weights (dense and FP8) share the tensors they both keep.
+    pub fn from_weights(
+        cfg: Config,
+        weights: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+        fp8: bool,
+    ) -> Result<Model> {
+        let vb = candle_nn::VarBuilder::from_tensors(weights, dtype, device);
+        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype, fp8)
+    }
+
+    /// Random weights of `cfg`'s shape, as `Model::random` uses them.
+    pub fn random_weights(
+        cfg: &Config,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<std::collections::HashMap<String, Tensor>> {
         let mut t: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
         let rand = |shape: (usize, usize)| Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype);
         let ones = |n: usize| Tensor::ones(n, dtype, device);
@@ -114,8 +137,7 @@ impl Model {
             t.insert(format!("{p}.input_layernorm.weight"), ones(h)?);
             t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
         }
-        let vb = candle_nn::VarBuilder::from_tensors(t, dtype, device);
-        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype, false)
+        Ok(t)
     }
 
     /// The model `vb` holds, laid out as Hugging Face names it (`json`: its config.json); with
