@@ -114,6 +114,106 @@ struct Partial {
 /// Where finished samples go: sample index within the prompt, and the completion.
 type Emit<'e> = &'e mut (dyn FnMut(usize, Completion) + Send);
 
+/// An answer that is not an event stream: an error status, or one JSON body with every choice.
+async fn read_plain(
+    resp: reqwest::Response,
+    idle: Duration,
+    targets: &[usize],
+    chat: bool,
+    emit: Emit<'_>,
+) -> Result<(), AttemptError> {
+    let status = resp.status();
+    let bytes = read_all(resp, idle).await?;
+    let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+    if !status.is_success() {
+        let retry = status.as_u16() == 429 || status.is_server_error();
+        return Err(AttemptError { retry, detail: format!("HTTP {status}: {shown}") });
+    }
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| AttemptError::retry(format!("the body is not JSON ({e}): {shown}")))?;
+    let cs = parse_choices(&v, targets.len(), chat).map_err(|d| AttemptError::fatal(format!("{d}: {shown}")))?;
+    for (i, c) in cs.into_iter().enumerate() {
+        emit(targets[i], c);
+    }
+    Ok(())
+}
+
+/// A streamed answer: server-sent events, each choice's text gathered until its
+/// `finish_reason`, then handed to `emit`. Silence past `idle` is an error to retry, as is a
+/// stream that ends with a choice unfinished.
+async fn read_events(
+    resp: reqwest::Response,
+    idle: Duration,
+    targets: &[usize],
+    chat: bool,
+    emit: Emit<'_>,
+) -> Result<(), AttemptError> {
+    let mut events = resp.bytes_stream().eventsource();
+    let mut partial: HashMap<usize, Partial> = HashMap::new();
+    let mut finished = vec![false; targets.len()];
+    let mut prompt_tokens = 0usize;
+    loop {
+        let event = match tokio::time::timeout(idle, events.next()).await {
+            Err(_) => return Err(AttemptError::retry(format!("no answer within {:.0} s", idle.as_secs_f64()))),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(AttemptError::retry(format!("reading the event stream: {e}"))),
+            Ok(Some(Ok(ev))) => ev,
+        };
+        if event.data.trim() == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&event.data).map_err(|e| {
+            let shown: String = event.data.chars().take(300).collect();
+            AttemptError::retry(format!("an event is not JSON ({e}): {shown}"))
+        })?;
+        if let Some(err) = v.get("error") {
+            return Err(AttemptError::retry(format!("the server reported an error: {err}")));
+        }
+        if let Some(p) = v.get("usage").and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64) {
+            prompt_tokens = p as usize;
+        }
+        for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+            if index >= targets.len() {
+                return Err(AttemptError::fatal(format!("asked for {} choices, got index {index}", targets.len())));
+            }
+            let piece = if chat {
+                c.get("delta").and_then(|d| d.get("content")).and_then(Value::as_str)
+            } else {
+                c.get("text").and_then(Value::as_str)
+            };
+            let p = partial.entry(index).or_default();
+            // A finishing chunk often carries no text; it is no token.
+            if let Some(t) = piece.filter(|t| !t.is_empty()) {
+                p.text.push_str(t);
+                p.chunks += 1;
+            }
+            let Some(reason) = c.get("finish_reason").and_then(Value::as_str) else { continue };
+            if std::mem::replace(&mut finished[index], true) {
+                continue;
+            }
+            let p = partial.remove(&index).unwrap_or_default();
+            let completion_tokens = c.get("completion_tokens").and_then(Value::as_u64).map_or(p.chunks, |t| t as usize);
+            let prompt_tokens = c.get("prompt_tokens").and_then(Value::as_u64).map_or(prompt_tokens, |t| t as usize);
+            emit(
+                targets[index],
+                Completion {
+                    text: p.text,
+                    prompt_tokens,
+                    completion_tokens,
+                    finish_reason: if reason == "length" { FinishReason::Length } else { FinishReason::Stop },
+                    error: None,
+                    elapsed_ms: 0,
+                },
+            );
+        }
+    }
+    match finished.iter().filter(|f| !**f).count() {
+        0 => Ok(()),
+        open => Err(AttemptError::retry(format!("the stream ended with {open} choice(s) unfinished"))),
+    }
+}
+
 impl OpenAiClient {
     pub fn new(cfg: OpenAiConfig) -> Result<OpenAiClient, GenError> {
         let http = reqwest::Client::builder()
@@ -180,87 +280,9 @@ impl OpenAiClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if !status.is_success() || !event_stream {
-            let bytes = read_all(resp, idle).await?;
-            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-            if !status.is_success() {
-                let retry = status.as_u16() == 429 || status.is_server_error();
-                return Err(AttemptError { retry, detail: format!("HTTP {status}: {shown}") });
-            }
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| AttemptError::retry(format!("the body is not JSON ({e}): {shown}")))?;
-            let cs =
-                parse_choices(&v, targets.len(), chat).map_err(|d| AttemptError::fatal(format!("{d}: {shown}")))?;
-            for (i, c) in cs.into_iter().enumerate() {
-                emit(targets[i], c);
-            }
-            return Ok(());
+            return read_plain(resp, idle, targets, chat, emit).await;
         }
-        let mut events = resp.bytes_stream().eventsource();
-        let mut partial: HashMap<usize, Partial> = HashMap::new();
-        let mut finished = vec![false; targets.len()];
-        let mut prompt_tokens = 0usize;
-        loop {
-            let event = match tokio::time::timeout(idle, events.next()).await {
-                Err(_) => return Err(silent()),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(AttemptError::retry(format!("reading the event stream: {e}"))),
-                Ok(Some(Ok(ev))) => ev,
-            };
-            if event.data.trim() == "[DONE]" {
-                break;
-            }
-            let v: Value = serde_json::from_str(&event.data).map_err(|e| {
-                let shown: String = event.data.chars().take(300).collect();
-                AttemptError::retry(format!("an event is not JSON ({e}): {shown}"))
-            })?;
-            if let Some(err) = v.get("error") {
-                return Err(AttemptError::retry(format!("the server reported an error: {err}")));
-            }
-            if let Some(p) = v.get("usage").and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64) {
-                prompt_tokens = p as usize;
-            }
-            for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
-                let index = c.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                if index >= targets.len() {
-                    return Err(AttemptError::fatal(format!("asked for {} choices, got index {index}", targets.len())));
-                }
-                let piece = if chat {
-                    c.get("delta").and_then(|d| d.get("content")).and_then(Value::as_str)
-                } else {
-                    c.get("text").and_then(Value::as_str)
-                };
-                let p = partial.entry(index).or_default();
-                // A finishing chunk often carries no text; it is no token.
-                if let Some(t) = piece.filter(|t| !t.is_empty()) {
-                    p.text.push_str(t);
-                    p.chunks += 1;
-                }
-                let Some(reason) = c.get("finish_reason").and_then(Value::as_str) else { continue };
-                if std::mem::replace(&mut finished[index], true) {
-                    continue;
-                }
-                let p = partial.remove(&index).unwrap_or_default();
-                let completion_tokens =
-                    c.get("completion_tokens").and_then(Value::as_u64).map_or(p.chunks, |t| t as usize);
-                let prompt_tokens =
-                    c.get("prompt_tokens").and_then(Value::as_u64).map_or(prompt_tokens, |t| t as usize);
-                emit(
-                    targets[index],
-                    Completion {
-                        text: p.text,
-                        prompt_tokens,
-                        completion_tokens,
-                        finish_reason: if reason == "length" { FinishReason::Length } else { FinishReason::Stop },
-                        error: None,
-                        elapsed_ms: 0,
-                    },
-                );
-            }
-        }
-        match finished.iter().filter(|f| !**f).count() {
-            0 => Ok(()),
-            open => Err(AttemptError::retry(format!("the stream ended with {open} choice(s) unfinished"))),
-        }
+        read_events(resp, idle, targets, chat, emit).await
     }
 
     /// All `params.n` samples of one prompt, each sent to `out` as it finishes.
