@@ -97,22 +97,7 @@ pub async fn run_problems(
         "bench"
     );
 
-    let tallies: Arc<Mutex<HashMap<String, SampleTally>>> = Arc::default();
-    let attempts = Arc::new(Mutex::new(run.attempts_writer()?));
-    let sink = {
-        let tallies = tallies.clone();
-        let attempts = attempts.clone();
-        Arc::new(move |a: &Attempt| {
-            if let Ok(mut t) = tallies.lock() {
-                t.entry(a.problem.clone()).or_default().record(a);
-            }
-            if let (Ok(mut f), Ok(mut line)) = (attempts.lock(), serde_json::to_string(a)) {
-                line.push('\n');
-                // One write per line, so a kill leaves at most one torn line (cut on resume).
-                let _ = f.write_all(line.as_bytes()).and_then(|_| f.flush());
-            }
-        })
-    };
+    let (tallies, sink) = attempt_sink(run)?;
     let ticker = tokio::spawn(log_engine_metrics(res.prover.clone(), res.planner.clone()));
     let engine =
         Engine::new(res.verifier.clone(), res.prover, res.planner, res.prompts, config.engine.clone(), Some(sink));
@@ -134,26 +119,7 @@ pub async fn run_problems(
     .buffer_unordered(jobs.max(1));
     while let Some((p, outcome, broken_statement)) = outcomes.next().await {
         let name = &p.problem.name;
-        let dag_rel = format!("dags/{}.json", file_safe(name));
-        let dag = engine.export_dag(Some(name));
-        write_atomic(&run.file(&dag_rel), &serde_json::to_string_pretty(&dag).unwrap_or_default())?;
-        let t = tallies.lock().ok().and_then(|mut t| t.remove(name)).unwrap_or_default();
-        let result = ProblemResult {
-            schema: RESULT_SCHEMA.into(),
-            outcome,
-            split: p.split.clone(),
-            area: p.area.clone(),
-            source: p.source.clone(),
-            samples: t.samples,
-            correct: t.correct,
-            truncated: t.truncated,
-            errored: t.errored,
-            repair_samples: t.repair_samples,
-            broken_statement,
-            first_success: t.first_success,
-            attempts: t.attempts,
-            dag: dag_rel,
-        };
+        let result = problem_result(run, &engine, &tallies, p, outcome, broken_statement)?;
         run.append_result(&result)?;
         engine.retire(name);
         solved += result.outcome.solved as usize;
@@ -174,6 +140,62 @@ pub async fn run_problems(
     let summary = summarize(config, &results, before + wall);
     run.write_summary(&summary)?;
     Ok(summary)
+}
+
+/// Samples counted per problem from the attempts as they happen.
+type Tallies = Arc<Mutex<HashMap<String, SampleTally>>>;
+
+/// The engine's attempt sink: each attempt counted for its problem and appended to
+/// `attempts.jsonl` as one line.
+#[allow(clippy::type_complexity)]
+fn attempt_sink(run: &RunDir) -> Result<(Tallies, Arc<dyn Fn(&Attempt) + Send + Sync>), RunError> {
+    let tallies: Tallies = Arc::default();
+    let attempts = Arc::new(Mutex::new(run.attempts_writer()?));
+    let counted = tallies.clone();
+    let sink = Arc::new(move |a: &Attempt| {
+        if let Ok(mut t) = counted.lock() {
+            t.entry(a.problem.clone()).or_default().record(a);
+        }
+        if let (Ok(mut f), Ok(mut line)) = (attempts.lock(), serde_json::to_string(a)) {
+            line.push('\n');
+            // One write per line, so a kill leaves at most one torn line (cut on resume).
+            let _ = f.write_all(line.as_bytes()).and_then(|_| f.flush());
+        }
+    });
+    Ok((tallies, sink))
+}
+
+/// A finished problem's record: its DAG written to `dags/`, its samples' counts taken from the
+/// tallies.
+fn problem_result(
+    run: &RunDir,
+    engine: &Engine,
+    tallies: &Tallies,
+    p: &BenchProblem,
+    outcome: ProblemOutcome,
+    broken_statement: bool,
+) -> Result<ProblemResult, RunError> {
+    let name = &p.problem.name;
+    let dag_rel = format!("dags/{}.json", file_safe(name));
+    let dag = engine.export_dag(Some(name));
+    write_atomic(&run.file(&dag_rel), &serde_json::to_string_pretty(&dag).unwrap_or_default())?;
+    let t = tallies.lock().ok().and_then(|mut t| t.remove(name)).unwrap_or_default();
+    Ok(ProblemResult {
+        schema: RESULT_SCHEMA.into(),
+        outcome,
+        split: p.split.clone(),
+        area: p.area.clone(),
+        source: p.source.clone(),
+        samples: t.samples,
+        correct: t.correct,
+        truncated: t.truncated,
+        errored: t.errored,
+        repair_samples: t.repair_samples,
+        broken_statement,
+        first_success: t.first_success,
+        attempts: t.attempts,
+        dag: dag_rel,
+    })
 }
 
 /// Logs the embedded engines' counters once a minute (to `run.log`): batch occupancy, KV blocks,
