@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CUDA binary (`--features cuda`) on a machine without a GPU or CUDA toolkit, after
-# ../shared/notes/gpu-build.md: nvcc and the CUDA 13.0 libraries come from pinned PyPI wheels
+# docs/models.md ("Building for CUDA"): nvcc and the CUDA 13.0 libraries come from pinned PyPI wheels
 # (pin the GPU machine's CUDA version: a newer nvcc emits PTX its driver rejects), a libcuda stub
 # satisfies the link (the real driver is loaded at run time), CUDA_COMPUTE_CAP picks the GPU.
 #
