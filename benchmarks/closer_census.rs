@@ -9,43 +9,27 @@
 //! Run by hand: `cargo bench --bench closer_census`. Prints JSON.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde_json::json;
 use subgoal::pipeline::closers::MATHLIB_TACTICS;
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/data");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("benchmarks/data")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("deepseek-prover-v2-minif2f-solutions") && n.ends_with(".jsonl"))
-        })
-        .collect();
-    files.sort();
+    let corpus = subgoal::datasets::solutions_corpus().expect("the proofs corpus in benchmarks/data");
     let mut proofs = 0usize;
     let mut steps = 0usize;
     let mut one_tactic = 0usize;
     let mut by_head: BTreeMap<String, usize> = BTreeMap::new();
     let mut bare: BTreeMap<String, usize> = BTreeMap::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).expect("corpus file");
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).expect("corpus line is JSON");
-            let Some(code) = v["code"].as_str() else { continue };
-            proofs += 1;
-            for proof in have_proofs(code) {
-                steps += 1;
-                if let Some(tactic) = single_tactic(&proof) {
-                    one_tactic += 1;
-                    let head = tactic.split(|c: char| c.is_whitespace() || c == '[').next().unwrap_or("").to_string();
-                    *by_head.entry(head.clone()).or_insert(0) += 1;
-                    if tactic.trim() == head {
-                        *bare.entry(head).or_insert(0) += 1;
-                    }
+    for (_, code) in &corpus {
+        proofs += 1;
+        for proof in have_proofs(code) {
+            steps += 1;
+            if let Some(tactic) = single_tactic(&proof) {
+                one_tactic += 1;
+                let head = tactic.split(|c: char| c.is_whitespace() || c == '[').next().unwrap_or("").to_string();
+                *by_head.entry(head.clone()).or_insert(0) += 1;
+                if tactic.trim() == head {
+                    *bare.entry(head).or_insert(0) += 1;
                 }
             }
         }
@@ -66,7 +50,7 @@ fn main() {
     others.sort_by_key(|o| std::cmp::Reverse(o.1));
     let report = json!({
         "benchmark": "closer_census",
-        "files": files.iter().filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_owned)).collect::<Vec<_>>(),
+        "files": ["benchmarks/data/deepseek-prover-v2-minif2f-solutions.valid.jsonl"],
         "proofs": proofs,
         "have_steps": steps,
         "closed_by_one_tactic": one_tactic,

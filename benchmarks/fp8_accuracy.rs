@@ -10,7 +10,6 @@
 //! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N] [--arms fp8_weights,fp8_weights_kv]`
 //! prints one JSON object.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -45,28 +44,8 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn proofs(limit: usize) -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/data");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("benchmarks/data")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("deepseek-prover-v2-minif2f-solutions"))
-        })
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        for line in std::fs::read_to_string(&f).expect("corpus").lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).expect("corpus line is JSON");
-            if let Some(code) = v["code"].as_str() {
-                out.push(code.to_string());
-            }
-        }
-    }
-    out.truncate(limit);
-    out
+    let corpus = subgoal::datasets::solutions_corpus().expect("the proofs corpus in benchmarks/data");
+    corpus.into_iter().take(limit).map(|(_, code)| code).collect()
 }
 
 fn load(dir: &std::path::Path, dtype: &str, kv_fp8: bool) -> Embedded {
@@ -258,21 +237,7 @@ fn main() {
 /// model's greedy tokens fed to both).
 fn shape_7b(layers: usize) {
     use subgoal::model::llama::{Config, KvCache, Model};
-    let cfg = Config {
-        arch: "llama".into(),
-        hidden: 4096,
-        layers,
-        heads: 32,
-        kv_heads: 32,
-        head_dim: 128,
-        intermediate: 11008,
-        rms_eps: 1e-6,
-        rope_theta: 10000.0,
-        rope_interleaved: false,
-        rope_scaling: None,
-        max_positions: 4096,
-        vocab: 102400,
-    };
+    let cfg = Config::llama_7b(layers, 102400);
     let dev = Device::Cpu;
     let weights = Model::random_weights(&cfg, &dev, DType::F32).expect("weights");
     let dense = Model::from_weights(cfg.clone(), weights.clone(), &dev, DType::F32, false).expect("dense");

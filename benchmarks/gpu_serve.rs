@@ -48,24 +48,6 @@ fn r(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn llama(layers: usize, vocab: usize) -> Config {
-    Config {
-        arch: "llama".into(),
-        hidden: 4096,
-        layers,
-        heads: 32,
-        kv_heads: 32,
-        head_dim: 128,
-        intermediate: 11008,
-        rms_eps: 1e-6,
-        rope_theta: 10000.0,
-        rope_interleaved: false,
-        rope_scaling: None,
-        max_positions: 16384,
-        vocab,
-    }
-}
-
 /// A deterministic generator (splitmix64) for prompt tokens and lengths.
 struct Rng(u64);
 impl Rng {
@@ -114,15 +96,13 @@ fn tokenizer(dir: &std::path::Path) -> ModelTokenizer {
     ModelTokenizer::from_tokenizer_json(&path).unwrap()
 }
 
-/// Runs jobs (prompt, each sample's length) through a fresh engine; returns wall seconds, output
-/// tokens, the engine's counters and its cache blocks.
-fn engine_run(
-    model: &Arc<Model>,
-    tok: &Arc<ModelTokenizer>,
+/// Submits every job (prompt, each sample's length; generated past end of sequence to exactly
+/// those lengths) through `submit` and waits for all: wall seconds and output tokens.
+fn run_jobs(
+    submit: impl Fn(Job) -> Result<(), subgoal::model::GenError>,
     jobs: &[(Vec<u32>, Vec<usize>)],
     rt: &tokio::runtime::Runtime,
-) -> (f64, u64, MetricsSnapshot, usize) {
-    let engine = Engine::start(model.clone(), tok.clone(), &EngineOptions::default()).expect("start the engine");
+) -> (f64, u64) {
     let started = Instant::now();
     let mut receivers = Vec::new();
     for (i, (prompt, lengths)) in jobs.iter().enumerate() {
@@ -138,7 +118,7 @@ fn engine_run(
         let mut job = Job::new(prompt.clone(), params, false, tx);
         job.ignore_eos = true;
         job.sample_max_tokens = Some(lengths.clone());
-        engine.submit(job).unwrap();
+        submit(job).unwrap();
         receivers.push(rx);
     }
     let tokens: u64 = rt.block_on(async {
@@ -153,7 +133,19 @@ fn engine_run(
         }
         total
     });
-    let wall = started.elapsed().as_secs_f64();
+    (started.elapsed().as_secs_f64(), tokens)
+}
+
+/// Runs jobs through a fresh engine; returns wall seconds, output tokens, the engine's counters
+/// and its cache blocks.
+fn engine_run(
+    model: &Arc<Model>,
+    tok: &Arc<ModelTokenizer>,
+    jobs: &[(Vec<u32>, Vec<usize>)],
+    rt: &tokio::runtime::Runtime,
+) -> (f64, u64, MetricsSnapshot, usize) {
+    let engine = Engine::start(model.clone(), tok.clone(), &EngineOptions::default()).expect("start the engine");
+    let (wall, tokens) = run_jobs(|job| engine.submit(job), jobs, rt);
     let m = engine.metrics.snapshot();
     let blocks = engine.cache_blocks;
     drop(engine);
@@ -173,37 +165,8 @@ fn router_run(
         .map(|(d, m)| (d.clone(), Engine::start(m.clone(), tok.clone(), &EngineOptions::default()).expect("start")))
         .collect();
     let router = Router::new(engines).expect("the router");
-    let started = Instant::now();
-    let mut receivers = Vec::new();
-    for (i, (prompt, lengths)) in jobs.iter().enumerate() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let params = SamplingParams {
-            n: lengths.len(),
-            temperature: 1.0,
-            top_p: 0.95,
-            max_new_tokens: *lengths.iter().max().unwrap(),
-            stop: vec![],
-            seed: Some(i as u64),
-        };
-        let mut job = Job::new(prompt.clone(), params, false, tx);
-        job.ignore_eos = true;
-        job.sample_max_tokens = Some(lengths.clone());
-        router.submit(job).unwrap();
-        receivers.push(rx);
-    }
-    let tokens: u64 = rt.block_on(async {
-        let mut total = 0u64;
-        for mut rx in receivers {
-            while let Some(e) = rx.recv().await {
-                if let Event::Done { completion, .. } = e {
-                    assert!(completion.error.is_none(), "{completion:?}");
-                    total += completion.completion_tokens as u64;
-                }
-            }
-        }
-        total
-    });
-    (started.elapsed().as_secs_f64(), tokens, router.stats())
+    let (wall, tokens) = run_jobs(|job| router.submit(job), jobs, rt);
+    (wall, tokens, router.stats())
 }
 
 /// The engine of before: one prompt at a time, prefilled once, its cache copied to `k` rows,
@@ -300,7 +263,7 @@ fn main() {
     // The Prover-V2-7B shape (skipped with --only-trt: a second model made in the same process
     // after a first one may find its memory not yet returned).
     let only_trt = args.iter().any(|a| a == "--only-trt");
-    let cfg = llama(layers, 102400);
+    let cfg = Config::llama_7b(layers, 102400);
     let kv_bytes = (2 * cfg.layers * cfg.kv_heads * cfg.head_dim * 2) as f64;
     let t0 = Instant::now();
     let progress = |what: &str, v: &Value| eprintln!("[{:7.1}s] {what}: {v}", t0.elapsed().as_secs_f64());
@@ -407,7 +370,7 @@ fn main() {
         (parity, b1, passk)
     };
     // TensorRT-LLM's Llama-2-7B shapes.
-    let cfg2 = llama(32, 32000);
+    let cfg2 = Config::llama_7b(32, 32000);
     let kv2 = (2 * cfg2.layers * cfg2.kv_heads * cfg2.head_dim * 2) as f64;
     let w2 = 2.0
         * (cfg2.vocab * cfg2.hidden

@@ -7,15 +7,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn subgoal(args: &[&str]) -> std::process::Output {
-    Command::new(subgoal_bin())
-        .args(args)
-        .env_remove("SUBGOAL_LEAN")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run subgoal")
-}
-
 fn records(stdout: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -37,7 +28,7 @@ fn malformed_lines_are_invalid_input_and_the_rest_are_still_checked() {
     )
     .unwrap();
     let lean = lean();
-    let out = subgoal(&["verify", "--input", input.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()]);
+    let out = run_subgoal(&["verify", "--input", input.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let recs = records(&out.stdout);
     let verdicts: Vec<&str> = recs.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
@@ -50,7 +41,7 @@ fn malformed_lines_are_invalid_input_and_the_rest_are_still_checked() {
 #[test]
 fn every_record_matches_the_documented_schema() {
     let lean = lean();
-    let out = subgoal(&["verify", "--json", "--lean", lean.to_str().unwrap()]);
+    let out = run_subgoal(&["verify", "--json", "--lean", lean.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let recs = records(&out.stdout);
     assert!(recs.len() >= 5);
@@ -69,7 +60,7 @@ fn a_single_lean_file_is_checked_as_a_whole() {
     std::fs::write(&file, format!("{HEADER}theorem a : True := True.intro\ntheorem b (p : Prop) : p := sorry\n"))
         .unwrap();
     let lean = lean();
-    let out = subgoal(&["verify", "--input", file.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()]);
+    let out = run_subgoal(&["verify", "--input", file.to_str().unwrap(), "--json", "--lean", lean.to_str().unwrap()]);
     let recs = records(&out.stdout);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["name"], "two");
@@ -81,7 +72,7 @@ fn out_file_receives_the_records() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("out.jsonl");
     let lean = lean();
-    let out = subgoal(&["verify", "--out", out_file.to_str().unwrap(), "--lean", lean.to_str().unwrap()]);
+    let out = run_subgoal(&["verify", "--out", out_file.to_str().unwrap(), "--lean", lean.to_str().unwrap()]);
     assert!(out.status.success());
     let written = std::fs::read(&out_file).unwrap();
     assert_eq!(records(&written).len(), include_str!("../examples/verify-demo.jsonl").lines().count());
@@ -89,7 +80,7 @@ fn out_file_receives_the_records() {
 
 #[test]
 fn missing_lean_is_a_clear_error() {
-    let out = subgoal(&["verify", "--lean", "/nonexistent/lean"]);
+    let out = run_subgoal(&["verify", "--lean", "/nonexistent/lean"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/lean") && err.contains("not executable"), "{err}");
@@ -98,7 +89,7 @@ fn missing_lean_is_a_clear_error() {
 #[test]
 fn missing_input_file_is_a_clear_error() {
     let lean = lean();
-    let out = subgoal(&["verify", "--input", "/nonexistent/in.jsonl", "--lean", lean.to_str().unwrap()]);
+    let out = run_subgoal(&["verify", "--input", "/nonexistent/in.jsonl", "--lean", lean.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/in.jsonl"));
 }
@@ -106,7 +97,7 @@ fn missing_input_file_is_a_clear_error() {
 #[test]
 fn doctor_reports_version_and_which_libraries_import() {
     let lean = lean();
-    let out = subgoal(&["doctor", "--json", "--lean", lean.to_str().unwrap()]);
+    let out = run_subgoal(&["doctor", "--json", "--lean", lean.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["version"].as_str().unwrap().contains("4.35.0"));
@@ -188,45 +179,7 @@ fn generate_with_a_missing_model_names_it() {
 #[test]
 fn prove_writes_the_proof_the_graph_and_every_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    // The CLI's defaults for what the transcript is keyed by.
-    let cfg = subgoal::pipeline::scheduler::EngineConfig {
-        k: 2,
-        sketches: 1,
-        prover: subgoal::model::SamplingParams { max_new_tokens: 2048, seed: None, ..Default::default() },
-        planner: subgoal::model::SamplingParams {
-            max_new_tokens: 8192,
-            temperature: 0.6,
-            seed: None,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let transcript = dir.path().join("transcript.jsonl");
-    script::two_level_script(&cfg).write(&transcript);
-    let file = dir.path().join("two_level.lean");
-    std::fs::write(&file, format!("{HEADER}\n/-- Prove it. -/\n{} by\n  sorry\n", script::TWO_LEVEL)).unwrap();
-    let out_dir = dir.path().join("out");
-    let model = format!("replay:{}", transcript.display());
-    let lean = lean();
-    let out = subgoal(&[
-        "prove",
-        file.to_str().unwrap(),
-        "--prover",
-        &model,
-        "-k",
-        "2",
-        "--sketches",
-        "1",
-        "--seed",
-        "7",
-        // Prompts offering proved lemmas depend on which finished first; transcripts key on prompts.
-        "--library",
-        "off",
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--lean",
-        lean.to_str().unwrap(),
-    ]);
+    let (out, out_dir) = common::script::prove_two_level(dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("two_level: proved via Decomposition"), "{stdout}");
@@ -258,7 +211,7 @@ fn prove_names_the_file_without_a_theorem() {
     let file = dir.path().join("empty.lean");
     std::fs::write(&file, "prelude\nimport SubgoalFixture\n-- nothing here\n").unwrap();
     let lean = lean();
-    let out = subgoal(&[
+    let out = run_subgoal(&[
         "prove",
         file.to_str().unwrap(),
         "--prover",
@@ -283,7 +236,7 @@ fn a_closers_file_that_cannot_be_read_is_an_error_naming_it() {
         ("/nonexistent/closers.txt", vec!["/nonexistent/closers.txt"]),
         (bad.to_str().unwrap(), vec!["closers.txt", "native_decide"]),
     ] {
-        let out = subgoal(&["prove", file.to_str().unwrap(), "--closers", path, "--lean", lean.to_str().unwrap()]);
+        let out = run_subgoal(&["prove", file.to_str().unwrap(), "--closers", path, "--lean", lean.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(words.iter().all(|w| err.contains(w)), "{err}");

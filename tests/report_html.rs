@@ -113,50 +113,10 @@ fn data_attr(dom: &str, name: &str) -> Option<f64> {
     dom[at..].split('"').next()?.parse().ok()
 }
 
-fn subgoal(args: &[&str]) -> std::process::Output {
-    Command::new(subgoal_bin()).args(args).env("RUST_LOG", "warn").output().unwrap()
-}
-
 #[test]
 fn prove_writes_a_page_whose_deep_link_opens_a_subgoal_with_its_statement_and_verdicts() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = EngineConfig {
-        k: 2,
-        sketches: 1,
-        prover: subgoal::model::SamplingParams { max_new_tokens: 2048, seed: None, ..Default::default() },
-        planner: subgoal::model::SamplingParams {
-            max_new_tokens: 8192,
-            temperature: 0.6,
-            seed: None,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let transcript = dir.path().join("transcript.jsonl");
-    script::two_level_script(&cfg).write(&transcript);
-    let file = dir.path().join("two_level.lean");
-    std::fs::write(&file, format!("{HEADER}\n/-- Prove it. -/\n{} by\n  sorry\n", script::TWO_LEVEL)).unwrap();
-    let out_dir = dir.path().join("out");
-    let lean = lean();
-    let model = format!("replay:{}", transcript.display());
-    let out = subgoal(&[
-        "prove",
-        file.to_str().unwrap(),
-        "--prover",
-        &model,
-        "-k",
-        "2",
-        "--sketches",
-        "1",
-        "--seed",
-        "7",
-        "--library",
-        "off",
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--lean",
-        lean.to_str().unwrap(),
-    ]);
+    let (out, out_dir) = script::prove_two_level(dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let page = out_dir.join("report.html");
     let dag: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("dag.json")).unwrap()).unwrap();
@@ -236,8 +196,14 @@ fn two_runs_are_compared_problem_by_problem() {
     let a = bench_run_solving(&dir.path().join("a"), 4, |i| i % 2 == 0);
     let b = bench_run_solving(&dir.path().join("b"), 4, |i| i != 3);
     let page = dir.path().join("ab.html");
-    let out =
-        subgoal(&["report", a.to_str().unwrap(), b.to_str().unwrap(), "--no-plots", "--html", page.to_str().unwrap()]);
+    let out = run_subgoal(&[
+        "report",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--no-plots",
+        "--html",
+        page.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Only p1 is solved by one run and not the other.
     let dom = load(&page, "differ=1&problem=p1&run=1", "two-runs", "differ=1&problem=p1&run=1");
@@ -254,7 +220,7 @@ fn a_bench_runs_page_lists_every_problem_and_shows_leans_messages_in_a_failed_ca
     let dir = tempfile::tempdir().unwrap();
     let run = bench_run(dir.path(), 6);
     let page = dir.path().join("run.html");
-    let out = subgoal(&["report", run.to_str().unwrap(), "--no-plots", "--html", page.to_str().unwrap()]);
+    let out = run_subgoal(&["report", run.to_str().unwrap(), "--no-plots", "--html", page.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let dom = load(&page, "problem=p1&node=0", "bench-failed-problem", "problem=p1&node=0");
@@ -306,7 +272,7 @@ fn a_page_of_ten_thousand_problems_is_usable_at_once() {
     std::fs::write(big.join("results.jsonl"), results).unwrap();
     std::fs::write(big.join("attempts.jsonl"), lines).unwrap();
     let page = dir.path().join("big.html");
-    let out = subgoal(&["report", big.to_str().unwrap(), "--no-plots", "--html", page.to_str().unwrap()]);
+    let out = run_subgoal(&["report", big.to_str().unwrap(), "--no-plots", "--html", page.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mb = std::fs::metadata(&page).unwrap().len() as f64 / 1e6;
 

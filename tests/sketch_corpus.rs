@@ -1,23 +1,10 @@
 //! The sketch module against real DeepSeek-Prover-V2 proofs (MiniF2F valid): every proof is outlined,
 //! hollowed into a sketch with one `sorry` per step, and filled back to the original byte for byte.
 
-use std::path::PathBuf;
-
 use subgoal::pipeline::sketch::{fill, hollow, outline, sorry_sites, ProofMode, SiteKind};
 
-const CORPUS: &str = "benchmarks/data/deepseek-prover-v2-minif2f-solutions.valid.jsonl";
-
 fn corpus() -> Vec<(String, String)> {
-    let path: PathBuf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(CORPUS);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("the corpus {} is required by this test: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("corpus line is JSON");
-            (v["name"].as_str().expect("name").to_string(), v["code"].as_str().expect("code").to_string())
-        })
-        .collect()
+    subgoal::datasets::solutions_corpus().unwrap_or_else(|e| panic!("the corpus is required by this test: {e}"))
 }
 
 /// The steps counted without the lexer: lines of the proof that start, after exactly the base

@@ -15,7 +15,8 @@ mod registry;
 pub use formats::{detect, load};
 pub use lean_text::strip_answer_comments;
 pub use registry::{
-    bundled_data_dir, default_data_dirs, fetch, load_entry, resolve, Registry, RegistryEntry, Resolved,
+    bundled_data_dir, default_data_dirs, fetch, load_entry, resolve, solutions_corpus, Registry, RegistryEntry,
+    Resolved,
 };
 
 use std::fmt;
@@ -229,6 +230,8 @@ pub enum DatasetError {
     Empty { path: PathBuf },
     #[error("{}: cannot tell the format from {what}; name one ({FORMAT_NAMES}) or fields:MAPPING", .path.display())]
     Undetectable { path: PathBuf, what: String },
+    #[error("{}:{line}: {detail}", .path.display())]
+    BadLine { path: PathBuf, line: usize, detail: String },
     #[error("unknown format {0:?}: expected one of {FORMAT_NAMES}, or fields:MAPPING")]
     UnknownFormat(String),
     #[error("bad field mapping {spec:?}: {reason}")]

@@ -117,6 +117,24 @@ pub fn bundled_data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks/data")
 }
 
+/// DeepSeek-Prover-V2's verified MiniF2F-valid proofs kept in `benchmarks/data` (221 of them),
+/// as `(name, code)`: the corpus the sketch tests, the closer census and the FP8 accuracy
+/// benchmark read.
+pub fn solutions_corpus() -> Result<Vec<(String, String)>, DatasetError> {
+    let path = bundled_data_dir().join("deepseek-prover-v2-minif2f-solutions.valid.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|source| DatasetError::Read { path: path.clone(), source })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |detail: &str| DatasetError::BadLine { path: path.clone(), line: i + 1, detail: detail.to_string() };
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(&format!("not JSON ({e})")))?;
+        match (v["name"].as_str(), v["code"].as_str()) {
+            (Some(n), Some(c)) => out.push((n.to_string(), c.to_string())),
+            _ => return Err(bad("no name or code")),
+        }
+    }
+    Ok(out)
+}
+
 /// Loads a resolved dataset. With a registry entry: the file's sha256 must match the entry's
 /// (unless that is empty) or this is an `Err`, because a benchmark's numbers are only comparable
 /// on the registered bytes (to use a changed file anyway, load it by path); then the entry's

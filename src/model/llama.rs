@@ -42,6 +42,29 @@ pub struct Config {
     pub vocab: usize,
 }
 
+impl Config {
+    /// The Llama 7B layout DeepSeek-Prover-V2-7B uses (hidden 4096, 32 heads of 128 without
+    /// grouping, intermediate 11008) with `layers` layers and a `vocab`-token vocabulary: the
+    /// shape benchmarks build random models at.
+    pub fn llama_7b(layers: usize, vocab: usize) -> Config {
+        Config {
+            arch: "llama".into(),
+            hidden: 4096,
+            layers,
+            heads: 32,
+            kv_heads: 32,
+            head_dim: 128,
+            intermediate: 11008,
+            rms_eps: 1e-6,
+            rope_theta: 10000.0,
+            rope_interleaved: false,
+            rope_scaling: None,
+            max_positions: 16384,
+            vocab,
+        }
+    }
+}
+
 /// A projection: quantized (GGUF) or dense (safetensors), with an optional bias.
 pub(super) enum Linear {
     Quantized(QMatMul, Option<Tensor>),

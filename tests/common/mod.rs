@@ -60,6 +60,16 @@ pub fn subgoal_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_subgoal"))
 }
 
+/// Runs the binary with `args`, quiet logging and no `SUBGOAL_LEAN` from the caller's shell.
+pub fn run_subgoal(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(subgoal_bin())
+        .args(args)
+        .env_remove("SUBGOAL_LEAN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run subgoal")
+}
+
 pub mod script;
 
 /// Fails unless `value` is valid against `schemas/<file>` (a JSON Schema, draft 2020-12).

@@ -158,3 +158,43 @@ pub fn two_level_script(cfg: &EngineConfig) -> Script {
     );
     s
 }
+
+/// `subgoal prove` on the two-level theorem in `dir`, its models replayed from
+/// `two_level_script` at the CLI's defaults: the process's output and the `--out` directory.
+pub fn prove_two_level(dir: &std::path::Path) -> (std::process::Output, std::path::PathBuf) {
+    // The CLI's defaults for what the transcript is keyed by.
+    let cfg = EngineConfig {
+        k: 2,
+        sketches: 1,
+        prover: SamplingParams { max_new_tokens: 2048, seed: None, ..Default::default() },
+        planner: SamplingParams { max_new_tokens: 8192, temperature: 0.6, seed: None, ..Default::default() },
+        ..Default::default()
+    };
+    let transcript = dir.join("transcript.jsonl");
+    two_level_script(&cfg).write(&transcript);
+    let file = dir.join("two_level.lean");
+    std::fs::write(&file, format!("{HEADER}\n/-- Prove it. -/\n{TWO_LEVEL} by\n  sorry\n")).unwrap();
+    let out_dir = dir.join("out");
+    let model = format!("replay:{}", transcript.display());
+    let lean = super::lean();
+    let out = super::run_subgoal(&[
+        "prove",
+        file.to_str().unwrap(),
+        "--prover",
+        &model,
+        "-k",
+        "2",
+        "--sketches",
+        "1",
+        "--seed",
+        "7",
+        // Prompts offering proved lemmas depend on which finished first; transcripts key on prompts.
+        "--library",
+        "off",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--lean",
+        lean.to_str().unwrap(),
+    ]);
+    (out, out_dir)
+}
