@@ -200,11 +200,17 @@ impl Embedded {
         let mut engines = Vec::with_capacity(devices.len());
         let mut first: Option<(Arc<Model>, Arc<ModelTokenizer>, String)> = None;
         for name in &devices {
-            let device = parse_device(name)?;
-            let (model, tok, desc) = load_one(path, opts, &device)?;
-            let (model, tok) = (Arc::new(model), Arc::new(tok));
-            engines.push((name.clone(), Engine::start(model.clone(), tok.clone(), &opts.engine)?));
-            first.get_or_insert((model, tok, desc));
+            // Weights are loaded once per device; engines on one device (`cpu,cpu`) share them.
+            let (model, tok) = match (&first, name.as_str()) {
+                (Some((m, t, _)), "cpu") if m.device().is_cpu() => (m.clone(), t.clone()),
+                _ => {
+                    let (model, tok, desc) = load_one(path, opts, &parse_device(name)?)?;
+                    let (model, tok) = (Arc::new(model), Arc::new(tok));
+                    first.get_or_insert((model.clone(), tok.clone(), desc));
+                    (model, tok)
+                }
+            };
+            engines.push((name.clone(), Engine::start(model, tok, &opts.engine)?));
         }
         let (model, tok, desc) = first.ok_or_else(|| load("no device".into()))?;
         let desc =

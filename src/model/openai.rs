@@ -102,6 +102,10 @@ impl AttemptError {
     fn fatal(detail: impl Into<String>) -> AttemptError {
         AttemptError { retry: false, detail: detail.into() }
     }
+    /// The server sent nothing for `idle`.
+    fn silent(idle: Duration) -> AttemptError {
+        AttemptError::retry(format!("no answer within {:.0} s", idle.as_secs_f64()))
+    }
 }
 
 /// A choice being streamed.
@@ -154,7 +158,7 @@ async fn read_events(
     let mut prompt_tokens = 0usize;
     loop {
         let event = match tokio::time::timeout(idle, events.next()).await {
-            Err(_) => return Err(AttemptError::retry(format!("no answer within {:.0} s", idle.as_secs_f64()))),
+            Err(_) => return Err(AttemptError::silent(idle)),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(AttemptError::retry(format!("reading the event stream: {e}"))),
             Ok(Some(Ok(ev))) => ev,
@@ -263,13 +267,12 @@ impl OpenAiClient {
         emit: Emit<'_>,
     ) -> Result<(), AttemptError> {
         let idle = self.cfg.idle_timeout;
-        let silent = || AttemptError::retry(format!("no answer within {:.0} s", idle.as_secs_f64()));
         let mut req = self.http.post(url).json(body);
         if let Some(k) = &self.cfg.api_key {
             req = req.bearer_auth(k);
         }
         let resp = match tokio::time::timeout(idle, req.send()).await {
-            Err(_) => return Err(silent()),
+            Err(_) => return Err(AttemptError::silent(idle)),
             Ok(Err(e)) => return Err(AttemptError::retry(format!("request failed: {e}"))),
             Ok(Ok(r)) => r,
         };
@@ -345,7 +348,7 @@ async fn read_all(resp: reqwest::Response, idle: Duration) -> Result<Vec<u8>, At
     let mut bytes = Vec::new();
     loop {
         match tokio::time::timeout(idle, body.next()).await {
-            Err(_) => return Err(AttemptError::retry(format!("no answer within {:.0} s", idle.as_secs_f64()))),
+            Err(_) => return Err(AttemptError::silent(idle)),
             Ok(None) => return Ok(bytes),
             Ok(Some(Err(e))) => return Err(AttemptError::retry(format!("reading the body: {e}"))),
             Ok(Some(Ok(chunk))) => bytes.extend_from_slice(&chunk),

@@ -46,6 +46,8 @@ pub struct PagedCache {
     /// sees the same vectors, but it spreads a row's few large channels (RoPE'd keys have them)
     /// over all channels, so the row's one factor fits every channel better.
     rotation: Option<Tensor>,
+    /// FP8: every byte's value, to decode the cache with one lookup.
+    lut: Option<Tensor>,
 }
 
 /// The `d × d` Sylvester Hadamard matrix over `sqrt(d)` (`d` a power of two).
@@ -82,8 +84,21 @@ impl PagedCache {
             KvFormat::Fp8 if cfg.head_dim.is_power_of_two() => Some(hadamard(cfg.head_dim, device)?),
             _ => None,
         };
-        let mut cache =
-            PagedCache { block_size, blocks, format, k: vec![], v: vec![], k_scale: vec![], v_scale: vec![], rotation };
+        let lut = match format {
+            KvFormat::Fp8 => Some(Tensor::new(&super::fp8::table()[..], device)?),
+            KvFormat::Dense(_) => None,
+        };
+        let mut cache = PagedCache {
+            block_size,
+            blocks,
+            format,
+            k: vec![],
+            v: vec![],
+            k_scale: vec![],
+            v_scale: vec![],
+            rotation,
+            lut,
+        };
         for _ in 0..cfg.layers {
             cache.k.push(Tensor::zeros(shape, dtype, device)?);
             cache.v.push(Tensor::zeros(shape, dtype, device)?);
@@ -146,9 +161,12 @@ impl PagedCache {
         match self.format {
             KvFormat::Dense(_) => gather(cache, d),
             KvFormat::Fp8 => {
-                let scales = if values { &self.v_scale[l] } else { &self.k_scale[l] };
+                let (scales, lut) = match (&self.lut, values) {
+                    (Some(lut), true) => (&self.v_scale[l], lut),
+                    (Some(lut), false) => (&self.k_scale[l], lut),
+                    (None, _) => candle_core::bail!("an FP8 cache without its decoding table"),
+                };
                 let bytes = gather(cache, d)?.flatten_all()?;
-                let lut = Tensor::new(&super::fp8::table()[..], cache.device())?;
                 let x = lut.index_select(&bytes, 0)?.reshape((kvh, total, d))?;
                 let x = x.broadcast_mul(&gather(scales, 1)?)?;
                 let x = match &self.rotation {

@@ -191,7 +191,8 @@ impl Router {
     /// Routes `job` to an engine; its events arrive on its channel as from one engine.
     pub fn submit(&self, job: Job) -> Result<(), GenError> {
         let Job { prompt, params, deltas, events, ignore_eos, sample_max_tokens } = job;
-        let spec = Arc::new(Spec { prompt, params, deltas, ignore_eos, sample_max_tokens });
+        let hashes = block_hashes(&prompt, self.shared.block_size);
+        let spec = Arc::new(Spec { prompt, hashes, params, deltas, ignore_eos, sample_max_tokens });
         let (target, rx) = self.shared.start(&spec, None)?;
         let shared = self.shared.clone();
         forwarders()?.spawn(forward(shared, spec, target, rx, events));
@@ -202,6 +203,8 @@ impl Router {
 /// What a job asks, kept to run it again.
 struct Spec {
     prompt: Vec<u32>,
+    /// The prompt's chained block hashes (`block_hashes`), for routing.
+    hashes: Vec<u64>,
     params: SamplingParams,
     deltas: bool,
     ignore_eos: bool,
@@ -217,18 +220,18 @@ impl Shared {
         let load = |i: usize| self.replicas[i].outstanding.load(Ordering::Relaxed);
         let least = healthy.iter().map(|&i| load(i)).min()?;
         let slack = spec.params.n.max(8);
-        let hashes = block_hashes(&spec.prompt, self.block_size);
         let seen = self.seen.lock().ok()?;
-        let matched = |i: usize| hashes.iter().take_while(|h| seen[i].set.contains(h)).count();
-        let free = |i: usize| {
-            let m = self.replicas[i].engine.metrics.snapshot();
-            m.blocks_total.saturating_sub(m.blocks_used)
-        };
         healthy
-            .iter()
-            .copied()
+            .into_iter()
             .filter(|&i| load(i) <= least + slack)
-            .max_by_key(|&i| (matched(i), std::cmp::Reverse(load(i)), free(i), std::cmp::Reverse(i)))
+            .map(|i| {
+                let matched = spec.hashes.iter().take_while(|h| seen[i].set.contains(h)).count();
+                let m = self.replicas[i].engine.metrics.snapshot();
+                let free = m.blocks_total.saturating_sub(m.blocks_used);
+                (i, (matched, std::cmp::Reverse(load(i)), free, std::cmp::Reverse(i)))
+            })
+            .max_by_key(|(_, key)| *key)
+            .map(|(i, _)| i)
     }
 
     /// Submits `spec` to a healthy engine other than `avoid`, counting it there.
@@ -245,7 +248,7 @@ impl Shared {
                     r.jobs.fetch_add(1, Ordering::Relaxed);
                     r.outstanding.fetch_add(spec.params.n, Ordering::Relaxed);
                     if let Ok(mut seen) = self.seen.lock() {
-                        for h in block_hashes(&spec.prompt, self.block_size) {
+                        for &h in &spec.hashes {
                             seen[i].insert(h);
                         }
                     }
