@@ -180,7 +180,7 @@ async fn serve_streams_to_64_concurrent_clients_and_reports_metrics() {
                     break;
                 }
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                for c in v["choices"].as_array().unwrap() {
+                for c in v["choices"].as_array().unwrap_or_else(|| panic!("an event without choices: {line}")) {
                     out.push_str(c["text"].as_str().unwrap_or(""));
                     finished |= !c["finish_reason"].is_null();
                 }
