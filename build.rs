@@ -8,6 +8,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=src/model/cuda/decode.cu");
     println!("cargo:rerun-if-changed=src/model/cuda/paged.cu");
+    println!("cargo:rerun-if-changed=src/model/cuda/fp8.cu");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

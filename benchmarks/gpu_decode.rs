@@ -5,7 +5,7 @@
 //!
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
-//!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic]
+//!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic] [--fp8]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
 //! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
@@ -96,10 +96,28 @@ fn main() {
         };
         run_paged();
         let sp = (0..3).map(|_| run_paged()).fold(f64::MAX, f64::min);
+        // The tiled kernel's logits against the generic path's (which materializes the scores).
+        let agreement = {
+            let mut kv = KvCache::new(layers);
+            let generic = model.forward(&ids, 0, &mut kv).and_then(|l| l.flatten_all()?.to_dtype(DType::F32));
+            let tiled = model.forward_paged(&batch, &cache).and_then(|l| l.flatten_all()?.to_dtype(DType::F32));
+            match (generic, tiled) {
+                (Ok(a), Ok(b)) => {
+                    let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().unwrap(), b.to_vec1().unwrap());
+                    let argmax = |v: &[f32]| {
+                        v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
+                    };
+                    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+                    json!({"max_abs_logit_diff": diff, "max_abs_logit": scale, "same_argmax": argmax(&a) == argmax(&b)})
+                }
+                (a, b) => json!({"error": format!("{:?} / {:?}", a.err(), b.err())}),
+            }
+        };
         drop(cache);
         prefill.insert(
             p.to_string(),
-            json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s), "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp)}),
+            json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s), "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement}),
         );
     }
 
@@ -113,6 +131,28 @@ fn main() {
         (Value::Object(g), agreement(&mut model, &dir, &device))
     } else {
         (Value::Null, Value::Null)
+    };
+
+    // FP8 weights (`--fp8`): the same checkpoint quantized at load to E4M3 with 128x128 block
+    // factors, decoded at the same batches; its logits against bf16's on a 512-token prompt and on
+    // each of 16 greedy steps (the per-step logit cosine).
+    let fp8 = if args.iter().any(|a| a == "--fp8") {
+        let t = Instant::now();
+        let m8 = Model::from_safetensors(&dir, &device, DType::BF16, true).expect("load the model in FP8");
+        let load8 = t.elapsed().as_secs_f64();
+        let rates = decode_rates(&m8, &batches, layers, new_tokens, cpu_sampling, &device);
+        let cosine = fp8_cosine(&model, &m8, layers, &device);
+        let mut ratios = serde_json::Map::new();
+        for (k, v) in &rates {
+            let (a, b) = (v["tokens_per_s"].as_f64().unwrap_or(0.0), decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0));
+            ratios.insert(format!("decode_{k}_fp8_over_bf16"), json!(if b > 0.0 { r(a / b) } else { 0.0 }));
+        }
+        json!({"load_s": r(load8), "decode": rates, "ratios": ratios, "logits_vs_bf16": cosine,
+               // Bytes per token: the projections in one byte each, the output head in two (it
+               // stays bf16), counted like the bf16 roofline (embeddings included): `params`.
+               "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / params as f64)})
+    } else {
+        Value::Null
     };
 
     let torch = if args.iter().any(|a| a == "--no-torch") {
@@ -147,12 +187,46 @@ fn main() {
         "subgoal": {"prefill": prefill, "decode": decode, "decode_generic_step": generic},
         "fused_decode": fused,
         "fused_vs_generic_logits": agreement,
+        "fp8": fp8,
         "torch": torch,
         "ratios": ratios,
         "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / weight_bytes),
         "goals": {"decode_batch1_tokens_per_s": 240, "decode_batch32_tokens_per_s": 3000},
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// Logits of `fp8` against `dense` (the same weights): cosine and argmax agreement on a 512-token
+/// prompt and on 16 greedy steps after it, each model fed its own greedy tokens until they part
+/// (then both take the dense model's token, so every step compares the same context).
+fn fp8_cosine(dense: &Model, fp8: &Model, layers: usize, device: &Device) -> Value {
+    let ids = prompt_ids(1, 512, device);
+    let (mut ca, mut cb) = (KvCache::new(layers), KvCache::new(layers));
+    let mut a = dense.forward(&ids, 0, &mut ca).unwrap();
+    let mut b = fp8.forward(&ids, 0, &mut cb).unwrap();
+    let mut cosines = Vec::new();
+    let mut same = 0;
+    for step in 0..17 {
+        let (va, vb): (Vec<f32>, Vec<f32>) =
+            (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
+        let dot: f64 = va.iter().zip(&vb).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na: f64 = va.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = vb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        cosines.push(dot / (na * nb).max(1e-30));
+        let argmax =
+            |v: &[f32]| v.iter().enumerate().fold((0usize, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0;
+        let (ta, tb) = (argmax(&va), argmax(&vb));
+        same += usize::from(ta == tb);
+        if step == 16 {
+            break;
+        }
+        let next = Tensor::from_vec(vec![ta as u32], (1, 1), device).unwrap();
+        a = dense.forward(&next, 512 + step, &mut ca).unwrap();
+        b = fp8.forward(&next, 512 + step, &mut cb).unwrap();
+    }
+    let min = cosines.iter().copied().fold(f64::MAX, f64::min);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    json!({"steps": cosines.len(), "cosine_min": min, "cosine_mean": mean, "same_argmax": same, "goal_cosine": 0.999})
 }
 
 /// Decode tokens/s at each batch: a 512-token prompt, its cache copied to `b` rows, `new_tokens`

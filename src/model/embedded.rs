@@ -25,7 +25,8 @@ pub struct EmbeddedOptions {
     /// requests routed among them (`engine::router`).
     pub device: String,
     /// Activation and dense-weight precision: `f32`, `bf16`, `f16` (default: f32 on CPU, bf16 on
-    /// CUDA), or `fp8`: projections in E4M3 with 128×128 block factors, computed in f32 (CPU).
+    /// CUDA), or `fp8`: projections in E4M3 with 128×128 block factors, activations in f32 (CPU)
+    /// or bf16 (CUDA).
     pub dtype: Option<String>,
     /// A `tokenizer.json` to use instead of the model's own.
     pub tokenizer: Option<PathBuf>,
@@ -112,10 +113,8 @@ fn parse_dtype(spec: Option<&str>, device: &Device) -> Result<(DType, bool), Gen
         Some("bf16") => Ok((DType::BF16, false)),
         Some("f16") => Ok((DType::F16, false)),
         Some("fp8") if device.is_cpu() => Ok((DType::F32, true)),
-        Some("fp8") => Err(GenError::Invalid(
-            "--dtype fp8 runs on the CPU in this build: the FP8 CUDA kernels are not written yet (use bf16 on CUDA)"
-                .into(),
-        )),
+        // On CUDA the activations and the cache stay in bf16; the projections read E4M3 bytes.
+        Some("fp8") => Ok((DType::BF16, true)),
         Some(other) => Err(GenError::Invalid(format!("dtype {other:?}: expected f32, bf16, f16 or fp8"))),
     }
 }
@@ -180,7 +179,7 @@ fn load_one(path: &Path, opts: &EmbeddedOptions, device: &Device) -> Result<(Mod
         path.display(),
         model.cfg.arch,
         model.cfg.layers,
-        if fp8 { "fp8 weights, f32".to_string() } else { format!("{dtype:?}") },
+        if fp8 { format!("fp8 weights, {dtype:?}") } else { format!("{dtype:?}") },
         if device.is_cpu() { "cpu" } else { "cuda" },
         if opts.engine.kv_fp8 { ", fp8 KV cache" } else { "" }
     );

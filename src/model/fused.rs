@@ -248,12 +248,12 @@ fn ptx_target() -> u32 {
         .unwrap_or(0)
 }
 
-/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): Q, K and V tiles
-/// and the probabilities in 16 bits, the scores, outputs and running max and sum in f32.
+/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): the query, key and
+/// transposed value tiles, rows padded by 8 elements (paged.cu).
 fn prefill_smem(d: usize) -> usize {
     const Q: usize = 64;
     const K: usize = 64;
-    (Q * d + 2 * K * d + Q * K) * 2 + (Q * K + Q * d + 2 * Q) * 4
+    (Q * (d + 8) + K * (d + 8) + d * (K + 8)) * 2
 }
 
 /// A kernel argument as the driver takes it: a pointer to its value. Only `Copy` values (scalars
@@ -275,6 +275,7 @@ fn addr(t: &Tensor) -> Result<u64> {
         CudaStorageSlice::BF16(s) => s.device_ptr(&stream).0,
         CudaStorageSlice::F16(s) => s.device_ptr(&stream).0,
         CudaStorageSlice::U32(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::U8(s) => s.device_ptr(&stream).0,
         CudaStorageSlice::I64(s) => s.device_ptr(&stream).0,
         _ => bail!("the fused decode kernels do not take {:?}", t.dtype()),
     };
@@ -314,12 +315,27 @@ impl Kernels {
             "gemv_rope_k8",
         ];
         const PAGED: [&str; 4] = ["rope_kv_paged", "attn_paged64", "attn_paged128", "attn_paged256"];
+        const FP8: [&str; 12] = [
+            "fp8_dequant",
+            "gemv_fp8_1",
+            "gemv_fp8_2",
+            "gemv_fp8_3",
+            "gemv_fp8_4",
+            "gemv_fp8_5",
+            "gemv_fp8_6",
+            "gemv_fp8_7",
+            "gemv_fp8_8",
+            "gemv_fp8_1_k2",
+            "gemv_fp8_1_k4",
+            "gemv_fp8_1_k8",
+        ];
         // Tensor-core prefill attention takes 16-bit inputs only.
         let prefill: &[&'static str] =
             if dtype == DType::F32 { &[] } else { &["attn_prefill64", "attn_prefill128", "attn_prefill256"] };
         let entries: Vec<(&'static str, String)> = PER_DTYPE
             .iter()
             .chain(PAGED.iter())
+            .chain(FP8.iter())
             .chain(prefill.iter())
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
@@ -591,10 +607,101 @@ impl Kernels {
         Ok(Some(y))
     }
 
+    /// `residual + x @ dequant(w)^T` for FP8 weights (`w`: E4M3 bytes `[n, k]`, `scale`: its
+    /// 128×128 block factors `[ceil(n/128), ceil(k/128)]`, f32): few rows (up to 8) read the bytes
+    /// once and dequantize in registers; `None` for more rows or unaligned shapes, which take
+    /// `dequantize_fp8` and the GEMM.
+    pub fn gemv_fp8(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        scale: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let (n, wk) = w.dims2()?;
+        let fits = rows > 0
+            && rows <= GEMV_MAX_ROWS
+            && wk == k
+            && k % 16 == 0
+            && self.aligned(x)
+            && w.dtype() == DType::U8
+            && w.is_contiguous()
+            && w.layout().start_offset() % 16 == 0
+            && scale.dtype() == DType::F32
+            && scale.dims2()? == (n.div_ceil(128), k.div_ceil(128));
+        if !fits {
+            return Ok(None);
+        }
+        let pr = match residual {
+            Some(r) if r.dims() == [rows, n] && r.dtype() == self.dtype => addr(r)?,
+            Some(r) => bail!("gemv_fp8: residual {:?} {:?} for output [{rows}, {n}]", r.dtype(), r.dims()),
+            None => 0,
+        };
+        let y = self.empty((rows, n), self.dtype)?;
+        let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale.contiguous()?)?, addr(&y)?);
+        let (n_i, k_i) = (n as i32, k as i32);
+        if rows == 1 {
+            let (i, cfg) = self.split_choice(n.div_ceil(GEMV_COLS), Split::Plain);
+            const NAMES: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
+            launch!(self, NAMES[i], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(GEMV_COLS * GEMV_WARPS) as u32, 1, 1),
+                block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            const NAMES: [&str; GEMV_MAX_ROWS] = [
+                "gemv_fp8_1",
+                "gemv_fp8_2",
+                "gemv_fp8_3",
+                "gemv_fp8_4",
+                "gemv_fp8_5",
+                "gemv_fp8_6",
+                "gemv_fp8_7",
+                "gemv_fp8_8",
+            ];
+            launch!(self, NAMES[rows - 1], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
+        }
+        Ok(Some(y))
+    }
+
+    /// An FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its block factors) in the kernels' dtype,
+    /// for a GEMM over many rows.
+    pub fn dequantize_fp8(&self, w: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        let (n, k) = w.dims2()?;
+        if w.dtype() != DType::U8 || k % 16 != 0 || scale.dtype() != DType::F32 {
+            bail!("dequantize_fp8: E4M3 bytes [n, k] with k a multiple of 16 and f32 factors");
+        }
+        let w = w.contiguous()?;
+        let scale = scale.contiguous()?;
+        let out = self.empty((n, k), self.dtype)?;
+        let (pw, ps, po) = (addr(&w)?, addr(&scale)?, addr(&out)?);
+        let (n_i, k_i) = (n as i32, k as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((n * k / 16).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, "fp8_dequant", cfg, &pw, &ps, &po, &n_i, &k_i);
+        Ok(out)
+    }
+
     /// The kernel and launch geometry of a one-row projection of `kind` computing `units` units:
     /// the fewest warps per unit (of `SPLITS`) that give the device the kind's `WARPS_PER_SM`,
     /// unless `SUBGOAL_CUDA_GEMV_SPLIT` says otherwise.
     fn split_launch(&self, units: usize, kind: Split) -> (&'static str, LaunchConfig) {
+        let (i, cfg) = self.split_choice(units, kind);
+        let names = match kind {
+            Split::Qkv => ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k4", "gemv_rope_k8"],
+            Split::GateUp => ["gemv_silu_k1", "gemv_silu_k2", "gemv_silu_k4", "gemv_silu_k8"],
+            Split::Plain => ["gemv1", "gemv1_k2", "gemv1_k4", "gemv1_k8"],
+        };
+        (names[i], cfg)
+    }
+
+    /// The index into `SPLITS` (warps per unit) and the launch geometry `split_launch` picks.
+    fn split_choice(&self, units: usize, kind: Split) -> (usize, LaunchConfig) {
         let target = WARPS_PER_SM[kind as usize] * self.sms;
         let i = match self.gemv_split[kind as usize] {
             Some(s) => SPLITS.iter().position(|&x| x == s).unwrap_or(0),
@@ -606,12 +713,7 @@ impl Kernels {
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let names = match kind {
-            Split::Qkv => ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k4", "gemv_rope_k8"],
-            Split::GateUp => ["gemv_silu_k1", "gemv_silu_k2", "gemv_silu_k4", "gemv_silu_k8"],
-            Split::Plain => ["gemv1", "gemv1_k2", "gemv1_k4", "gemv1_k8"],
-        };
-        (names[i], cfg)
+        (i, cfg)
     }
 
     /// Whether the few-row kernels take `x` (`[rows, k]`) against `w` (`[n, wk]`, `wk == k`):

@@ -71,6 +71,43 @@ pub(super) enum Linear {
     Dense(candle_nn::Linear),
     /// E4M3 with 128×128 block factors (`--dtype fp8`, or an FP8 checkpoint), on the CPU.
     Fp8(Arc<BlockFp8>, Option<Tensor>),
+    /// The same on a CUDA device: the bytes and factors in device memory, read by the FP8 kernels.
+    #[cfg(feature = "cuda")]
+    Fp8Cuda(Arc<DeviceFp8>, Option<Tensor>),
+}
+
+/// An FP8 weight on a CUDA device: E4M3 bytes `[rows, cols]` (u8), the f32 factors of its 128×128
+/// blocks, and the kernels that read them (the few-row product and the dequantization).
+#[cfg(feature = "cuda")]
+pub(super) struct DeviceFp8 {
+    pub(super) bytes: Tensor,
+    pub(super) scale: Tensor,
+    pub(super) kernels: Arc<super::fused::Kernels>,
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceFp8 {
+    /// `w` moved to `device`.
+    pub(super) fn upload(w: BlockFp8, device: &Device, kernels: Arc<super::fused::Kernels>) -> Result<DeviceFp8> {
+        let (rb, cb) = (w.row_blocks(), w.col_blocks());
+        let bytes = Tensor::from_vec(w.data, (w.rows, w.cols), device)?;
+        let scale = Tensor::from_vec(w.scale_inv, (rb, cb), device)?;
+        Ok(DeviceFp8 { bytes, scale, kernels })
+    }
+
+    /// `x @ Wᵀ` for `x` of shape `[.., cols]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = self.bytes.dims2()?;
+        let dims = x.dims().to_vec();
+        let x2 = x.reshape((x.elem_count() / cols.max(1), cols))?.contiguous()?;
+        let y = match self.kernels.gemv_fp8(&x2, &self.bytes, &self.scale, None)? {
+            Some(y) => y,
+            None => x2.matmul(&self.kernels.dequantize_fp8(&self.bytes, &self.scale)?.t()?)?,
+        };
+        let mut shape = dims[..dims.len() - 1].to_vec();
+        shape.push(rows);
+        y.reshape(shape)
+    }
 }
 
 impl Linear {
@@ -115,6 +152,14 @@ impl Linear {
                 shape.push(w.rows);
                 y.to_dtype(x.dtype())?.reshape(shape)
             }
+            #[cfg(feature = "cuda")]
+            Linear::Fp8Cuda(w, b) => {
+                let y = w.forward(x)?;
+                match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
             Linear::Dense(l) => match x.dims() {
                 &[b, t, i] => {
                     let y = x.reshape((b * t, i))?.matmul(&l.weight().t()?)?;
@@ -154,6 +199,11 @@ pub(super) fn project_onto(
 ) -> Result<(Tensor, Option<Tensor>)> {
     if let Some(w) = l.plain_weight() {
         if let Some(sum) = k.gemv(x, w, Some(&residual))? {
+            return Ok((sum, None));
+        }
+    }
+    if let Linear::Fp8Cuda(w, None) = l {
+        if let Some(sum) = k.gemv_fp8(x, &w.bytes, &w.scale, Some(&residual))? {
             return Ok((sum, None));
         }
     }

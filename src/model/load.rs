@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use serde_json::Value;
 
 use super::fp8::BlockFp8;
+#[cfg(feature = "cuda")]
+use super::llama::DeviceFp8;
 use super::llama::{Config, Layer, Linear, Mlp, Model, RopeScaling};
 
 impl Model {
@@ -151,110 +153,170 @@ impl Model {
         fp8: bool,
     ) -> Result<Model> {
         let tie = json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
-        let qkv_bias = cfg.arch == "qwen2" || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
-        let o_bias = cfg.arch != "qwen2" && json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
-        let (hd, h, kvh) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let dense = |name: &str, out: usize, inp: usize| read_weight(&vb, name, (out, inp))?.dense(dtype, device);
-        let bias = |name: &str, out: usize, on: bool| -> Result<Option<Tensor>> {
-            if on {
-                Ok(Some(vb.get(out, &format!("{name}.bias"))?))
-            } else {
-                Ok(None)
-            }
+        let l = HfLoader {
+            // FP8 on CUDA: the kernels that read the bytes, shared by every projection.
+            #[cfg(feature = "cuda")]
+            fp8_kernels: match (fp8, device.is_cuda()) {
+                (true, true) => Some(Arc::new(super::fused::Kernels::load(device, dtype)?.ok_or_else(|| {
+                    candle_core::Error::Msg(format!("FP8 weights on CUDA take bf16 or f16 activations, not {dtype:?}"))
+                })?)),
+                _ => None,
+            },
+            qkv_bias: cfg.arch == "qwen2" || json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            o_bias: cfg.arch != "qwen2" && json.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            cfg,
+            vb,
+            device,
+            dtype,
+            fp8,
         };
-        // A projection in the chosen format; `scale` folds a constant into its weight and bias.
-        let lin = |name: &str, out: usize, inp: usize, with_bias: bool, scale: Option<f64>| -> Result<Linear> {
-            let w = read_weight(&vb, &format!("{name}.weight"), (out, inp))?;
-            let b = bias(name, out, with_bias)?;
-            let b = match scale {
-                Some(f) => b.map(|b| b * f).transpose()?,
-                None => b,
-            };
-            if fp8 {
-                let mut w = w.fp8(name)?;
-                if let Some(f) = scale {
-                    w.scale(f as f32);
-                }
-                Ok(Linear::Fp8(Arc::new(w), b))
-            } else {
-                let w = w.dense(dtype, device)?;
-                let w = match scale {
-                    Some(f) => (w * f)?,
-                    None => w,
-                };
-                Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
-            }
-        };
-        let embed = dense("model.embed_tokens.weight", cfg.vocab, cfg.hidden)?;
+        let embed = l.dense("model.embed_tokens.weight", l.cfg.vocab, l.cfg.hidden)?;
         let vocab = embed.dim(0)?;
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for i in 0..cfg.layers {
-            let p = format!("model.layers.{i}");
-            let qk_norm = cfg.arch == "qwen3";
-            // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
-            let q_scale = (!qk_norm).then(|| 1.0 / (hd as f64).sqrt());
-            let attn = |name: &str| format!("{p}.self_attn.{name}");
-            let (qkv, q, k, v, mlp) = if fp8 {
-                // Separate projections: a fused matrix would put q's and k's rows in one block.
-                let q = lin(&attn("q_proj"), h * hd, cfg.hidden, qkv_bias, q_scale)?;
-                let k = lin(&attn("k_proj"), kvh * hd, cfg.hidden, qkv_bias, None)?;
-                let v = lin(&attn("v_proj"), kvh * hd, cfg.hidden, qkv_bias, None)?;
-                let gate = lin(&format!("{p}.mlp.gate_proj"), cfg.intermediate, cfg.hidden, false, None)?;
-                let up = lin(&format!("{p}.mlp.up_proj"), cfg.intermediate, cfg.hidden, false, None)?;
-                (None, q, k, v, Mlp::Split { gate, up })
-            } else {
-                let part = |name: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
-                    Ok((dense(&format!("{}.weight", attn(name)), out, cfg.hidden)?, bias(&attn(name), out, qkv_bias)?))
-                };
-                let (qw, qb) = part("q_proj", h * hd)?;
-                let (qw, qb) = match q_scale {
-                    None => (qw, qb),
-                    Some(f) => ((qw * f)?, qb.map(|b| b * f).transpose()?),
-                };
-                let (kw, kb) = part("k_proj", kvh * hd)?;
-                let (vw, vb_) = part("v_proj", kvh * hd)?;
-                let qkv_w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
-                let qkv_b = match (qb, kb, vb_) {
-                    (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
-                    _ => None,
-                };
-                drop((qw, kw, vw));
-                let view = |off: usize, n: usize| -> Result<Linear> {
-                    let b = qkv_b.as_ref().map(|b| b.narrow(0, off, n)).transpose()?;
-                    Ok(Linear::Dense(candle_nn::Linear::new(qkv_w.narrow(0, off, n)?, b)))
-                };
-                let (q, k, v) = (view(0, h * hd)?, view(h * hd, kvh * hd)?, view((h + kvh) * hd, kvh * hd)?);
-                let qkv = Linear::Dense(candle_nn::Linear::new(qkv_w.clone(), qkv_b.clone()));
-                let gate = dense(&format!("{p}.mlp.gate_proj.weight"), cfg.intermediate, cfg.hidden)?;
-                let up = dense(&format!("{p}.mlp.up_proj.weight"), cfg.intermediate, cfg.hidden)?;
-                let gate_up = Tensor::cat(&[&gate, &up], 0)?;
-                (Some(qkv), q, k, v, Mlp::Fused(Linear::Dense(candle_nn::Linear::new(gate_up, None))))
-            };
-            layers.push(Layer {
-                attn_norm: vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
-                qkv,
-                q,
-                q_scaled: !qk_norm,
-                k,
-                v,
-                o: lin(&attn("o_proj"), cfg.hidden, h * hd, o_bias, None)?,
-                q_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.q_norm.weight"))?) } else { None },
-                k_norm: if qk_norm { Some(vb.get(hd, &format!("{p}.self_attn.k_norm.weight"))?) } else { None },
-                ffn_norm: vb.get(cfg.hidden, &format!("{p}.post_attention_layernorm.weight"))?,
-                mlp,
-                down: lin(&format!("{p}.mlp.down_proj"), cfg.hidden, cfg.intermediate, false, None)?,
-            });
-        }
-        let norm = vb.get(cfg.hidden, "model.norm.weight")?;
+        let layers = (0..l.cfg.layers).map(|i| l.layer(i)).collect::<Result<Vec<_>>>()?;
+        let norm = l.vb.get(l.cfg.hidden, "model.norm.weight")?;
         // The output projection stays dense (as DeepSeek's FP8 releases keep it).
-        let lm_head = if tie || !vb.contains_tensor("lm_head.weight") {
+        let lm_head = if tie || !l.vb.contains_tensor("lm_head.weight") {
             Linear::Dense(candle_nn::Linear::new(embed.clone(), None))
         } else {
-            Linear::Dense(candle_nn::Linear::new(dense("lm_head.weight", vocab, cfg.hidden)?, None))
+            Linear::Dense(candle_nn::Linear::new(l.dense("lm_head.weight", vocab, l.cfg.hidden)?, None))
         };
+        let HfLoader { cfg, .. } = l;
         Model::assemble(Config { vocab, ..cfg }, embed, layers, norm, lm_head, dtype, device)
     }
 }
+
+/// Reads one Hugging Face checkpoint's tensors into layers: dense in `dtype`, or with `fp8` the
+/// projections in E4M3 (on the CPU, or on CUDA through `fp8_kernels`).
+struct HfLoader<'a> {
+    cfg: Config,
+    vb: candle_nn::VarBuilder<'a>,
+    device: &'a Device,
+    dtype: DType,
+    fp8: bool,
+    qkv_bias: bool,
+    o_bias: bool,
+    #[cfg(feature = "cuda")]
+    fp8_kernels: Option<Arc<super::fused::Kernels>>,
+}
+
+impl HfLoader<'_> {
+    fn dense(&self, name: &str, out: usize, inp: usize) -> Result<Tensor> {
+        read_weight(&self.vb, name, (out, inp))?.dense(self.dtype, self.device)
+    }
+
+    fn bias(&self, name: &str, out: usize, on: bool) -> Result<Option<Tensor>> {
+        if on {
+            Ok(Some(self.vb.get(out, &format!("{name}.bias"))?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A projection in the chosen format; `scale` folds a constant into its weight and bias.
+    fn lin(&self, name: &str, out: usize, inp: usize, with_bias: bool, scale: Option<f64>) -> Result<Linear> {
+        let w = read_weight(&self.vb, &format!("{name}.weight"), (out, inp))?;
+        let b = self.bias(name, out, with_bias)?;
+        let b = match scale {
+            Some(f) => b.map(|b| b * f).transpose()?,
+            None => b,
+        };
+        if self.fp8 {
+            let mut w = w.fp8(name)?;
+            if let Some(f) = scale {
+                w.scale(f as f32);
+            }
+            #[cfg(feature = "cuda")]
+            if let Some(k) = &self.fp8_kernels {
+                return Ok(Linear::Fp8Cuda(Arc::new(DeviceFp8::upload(w, self.device, k.clone())?), b));
+            }
+            return Ok(Linear::Fp8(Arc::new(w), b));
+        }
+        let w = w.dense(self.dtype, self.device)?;
+        let w = match scale {
+            Some(f) => (w * f)?,
+            None => w,
+        };
+        Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
+    }
+
+    /// Layer `i`.
+    fn layer(&self, i: usize) -> Result<Layer> {
+        let cfg = &self.cfg;
+        let p = format!("model.layers.{i}");
+        let qk_norm = cfg.arch == "qwen3";
+        // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
+        let q_scale = (!qk_norm).then(|| 1.0 / (cfg.head_dim as f64).sqrt());
+        let attn = |name: &str| format!("{p}.self_attn.{name}");
+        let (qkv, q, k, v, mlp) =
+            if self.fp8 { self.fp8_projections(&p, q_scale)? } else { self.fused_projections(&p, q_scale)? };
+        Ok(Layer {
+            attn_norm: self.vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
+            qkv,
+            q,
+            q_scaled: !qk_norm,
+            k,
+            v,
+            o: self.lin(&attn("o_proj"), cfg.hidden, cfg.heads * cfg.head_dim, self.o_bias, None)?,
+            q_norm: if qk_norm { Some(self.vb.get(cfg.head_dim, &attn("q_norm.weight"))?) } else { None },
+            k_norm: if qk_norm { Some(self.vb.get(cfg.head_dim, &attn("k_norm.weight"))?) } else { None },
+            ffn_norm: self.vb.get(cfg.hidden, &format!("{p}.post_attention_layernorm.weight"))?,
+            mlp,
+            down: self.lin(&format!("{p}.mlp.down_proj"), cfg.hidden, cfg.intermediate, false, None)?,
+        })
+    }
+
+    /// FP8: separate projections (a fused matrix would put q's and k's rows in one block).
+    fn fp8_projections(&self, p: &str, q_scale: Option<f64>) -> Result<Projections> {
+        let (cfg, hd) = (&self.cfg, self.cfg.head_dim);
+        let attn = |name: &str| format!("{p}.self_attn.{name}");
+        let q = self.lin(&attn("q_proj"), cfg.heads * hd, cfg.hidden, self.qkv_bias, q_scale)?;
+        let k = self.lin(&attn("k_proj"), cfg.kv_heads * hd, cfg.hidden, self.qkv_bias, None)?;
+        let v = self.lin(&attn("v_proj"), cfg.kv_heads * hd, cfg.hidden, self.qkv_bias, None)?;
+        let gate = self.lin(&format!("{p}.mlp.gate_proj"), cfg.intermediate, cfg.hidden, false, None)?;
+        let up = self.lin(&format!("{p}.mlp.up_proj"), cfg.intermediate, cfg.hidden, false, None)?;
+        Ok((None, q, k, v, Mlp::Split { gate, up }))
+    }
+
+    /// Dense: q, k and v as one matrix (one GEMM; q, k and v are views of it), gate and up as one.
+    fn fused_projections(&self, p: &str, q_scale: Option<f64>) -> Result<Projections> {
+        let (cfg, hd) = (&self.cfg, self.cfg.head_dim);
+        let attn = |name: &str| format!("{p}.self_attn.{name}");
+        let part = |name: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
+            Ok((
+                self.dense(&format!("{}.weight", attn(name)), out, cfg.hidden)?,
+                self.bias(&attn(name), out, self.qkv_bias)?,
+            ))
+        };
+        let (qw, qb) = part("q_proj", cfg.heads * hd)?;
+        let (qw, qb) = match q_scale {
+            None => (qw, qb),
+            Some(f) => ((qw * f)?, qb.map(|b| b * f).transpose()?),
+        };
+        let (kw, kb) = part("k_proj", cfg.kv_heads * hd)?;
+        let (vw, vb_) = part("v_proj", cfg.kv_heads * hd)?;
+        let qkv_w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
+        let qkv_b = match (qb, kb, vb_) {
+            (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
+            _ => None,
+        };
+        drop((qw, kw, vw));
+        let view = |off: usize, n: usize| -> Result<Linear> {
+            let b = qkv_b.as_ref().map(|b| b.narrow(0, off, n)).transpose()?;
+            Ok(Linear::Dense(candle_nn::Linear::new(qkv_w.narrow(0, off, n)?, b)))
+        };
+        let (h, kvh) = (cfg.heads * hd, cfg.kv_heads * hd);
+        let (q, k, v) = (view(0, h)?, view(h, kvh)?, view(h + kvh, kvh)?);
+        let qkv = Linear::Dense(candle_nn::Linear::new(qkv_w.clone(), qkv_b.clone()));
+        let gate = self.dense(&format!("{p}.mlp.gate_proj.weight"), cfg.intermediate, cfg.hidden)?;
+        let up = self.dense(&format!("{p}.mlp.up_proj.weight"), cfg.intermediate, cfg.hidden)?;
+        let gate_up = Tensor::cat(&[&gate, &up], 0)?;
+        Ok((Some(qkv), q, k, v, Mlp::Fused(Linear::Dense(candle_nn::Linear::new(gate_up, None)))))
+    }
+}
+
+/// A layer's attention and MLP input projections: the fused q/k/v matrix (dense only), q, k, v,
+/// and the MLP's gate and up.
+type Projections = (Option<Linear>, Linear, Linear, Linear, Mlp);
 
 /// A projection weight as the checkpoint holds it.
 enum Weight {

@@ -722,3 +722,4 @@ extern "C" __global__ void sample_accept(const float* mass, int chunks, const in
 }
 
 #include "paged.cu"
+#include "fp8.cu"

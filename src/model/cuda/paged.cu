@@ -4,8 +4,6 @@
 // own: each token carries its position and the offset of its sequence's block table in one
 // array of tables (`tab`).
 
-#include <mma.h>
-
 // rope_kv for tokens at positions of their own: token t of qkv (rows of `stride`: q, k, v heads)
 // is rotated at pos[t]; q goes to q_out [tokens, heads, d] scaled by q_scale; k and v into the
 // cache through the table at tables + tab[t]. Grid: (heads + 2*kv_heads, tokens); block: d/2.
@@ -157,130 +155,187 @@ __device__ void attn_paged(const T* q, const T* kc, const T* vc, float* part, un
 //
 // The queries of one prompt chunk (`len` tokens at positions context..context+len-1, q already
 // scaled) against the sequence's cached positions up to each query's own, without a score matrix
-// in memory: a block holds 64 queries of one head, walks the keys 64 at a time (read through the
-// block table), and keeps per query a running max, a running sum and the unnormalized output,
-// rescaled as the max grows. The two products of a tile run on tensor cores (WMMA 16x16x16, f32
-// accumulation); a warp owns 16 query rows throughout, so the softmax needs no block barrier.
-// Grid: (ceil(len / 64), heads); block: 128; dynamic shared memory: fa_smem(D, sizeof(T)).
+// in memory. A block holds 64 queries of one head and walks the keys 64 at a time (read through
+// the block table); each of its 4 warps owns 16 query rows throughout. The products run on tensor
+// cores (mma.sync m16n8k16, f32 accumulation) with everything a warp owns in registers: its
+// scores, its running max and sum, and its unnormalized output, rescaled as the max grows. The
+// scores' accumulator layout is the layout the second product takes its probabilities in, so P
+// never goes through shared memory (FlashAttention-2's arrangement). Shared memory holds the
+// query tile, the key tile and the value tile transposed, rows padded by 8 elements so that the
+// fragment loads of a warp fall in distinct banks.
+// Grid: (ceil(len / 64), heads); block: 128; dynamic shared memory: prefill_smem(D) in fused.rs.
 
 constexpr int FA_Q = 64;
 constexpr int FA_K = 64;
 
+template <typename T> __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint32_t* b);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float* c, const uint32_t* a, const uint32_t* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float* c, const uint32_t* a, const uint32_t* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Two values as one 32-bit fragment register: the lower column in the lower half.
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t*)&v;
+}
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *(uint32_t*)&v;
+}
+
 template <typename T, int D>
 __device__ void attn_prefill(const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len,
                              int heads, int kv_heads, int bs) {
-    using namespace nvcuda;
     pdl_begin();
-    extern __shared__ __align__(128) unsigned char smem[];
-    T* qs = (T*)smem;
-    T* ks = qs + FA_Q * D;
-    T* vs = ks + FA_K * D;
-    T* ps = vs + FA_K * D;
-    float* ss = (float*)(ps + FA_Q * FA_K);
-    float* os = ss + FA_Q * FA_K;
-    float* rm = os + FA_Q * D;
-    float* rl = rm + FA_Q;
+    // Padded row strides, in elements.
+    constexpr int QS = D + 8, KS = D + 8, VS = FA_K + 8;
+    constexpr int VEC = 16 / sizeof(T);
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* qs = (T*)smem;        // [FA_Q][QS]
+    T* ks = qs + FA_Q * QS;  // [FA_K][KS]
+    T* vt = ks + FA_K * KS;  // [D][VS]: the value tile transposed (keys along a row)
     int head = blockIdx.y, q0 = blockIdx.x * FA_Q;
     int kh = head / (heads / kv_heads);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // Fragment coordinates: g is the row (of 8) a lane holds, t4 its column pair.
+    int g = lane >> 2, t4 = lane & 3;
     int nq = min(FA_Q, len - q0);
-    constexpr int VEC = 16 / sizeof(T);
     for (int i = threadIdx.x; i < FA_Q * D / VEC; i += blockDim.x) {
         int r = i / (D / VEC), c = (i % (D / VEC)) * VEC;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r < nq) v = *(const uint4*)(q + ((size_t)(q0 + r) * heads + head) * D + c);
-        *(uint4*)(qs + r * D + c) = v;
+        *(uint4*)(qs + r * QS + c) = v;
     }
-    for (int i = threadIdx.x; i < FA_Q * D; i += blockDim.x) os[i] = 0.f;
-    for (int r = threadIdx.x; r < FA_Q; r += blockDim.x) rm[r] = -INFINITY, rl[r] = 0.f;
-    __syncthreads();
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const int qpos0 = context + q0 + r0, qpos1 = qpos0 + 8;
+    // The last position any query of this warp sees: tiles past it are skipped by the warp.
+    const int warp_last = context + q0 + min(warp * 16 + 15, nq - 1);
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     int last_pos = context + q0 + nq - 1;
     int tiles = last_pos / FA_K + 1;
-    for (int t = 0; t < tiles; t++) {
-        int k0 = t * FA_K;
+    for (int tile = 0; tile < tiles; tile++) {
+        int k0 = tile * FA_K;
         int nk = min(FA_K, last_pos + 1 - k0);
+        __syncthreads();  // the previous tile's readers are done with ks and vt
+        // Keys row by row (a warp reads whole rows: coalesced).
         for (int i = threadIdx.x; i < FA_K * D / VEC; i += blockDim.x) {
             int j = i / (D / VEC), c = (i % (D / VEC)) * VEC;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-            if (j < nk) {
-                size_t row = paged_row(table, k0 + j, bs, kv_heads, kh);
-                kv = *(const uint4*)(kc + row * D + c);
-                vv = *(const uint4*)(vc + row * D + c);
-            }
-            *(uint4*)(ks + j * D + c) = kv;
-            *(uint4*)(vs + j * D + c) = vv;
+            uint4 kv = make_uint4(0, 0, 0, 0);
+            if (j < nk) kv = *(const uint4*)(kc + paged_row(table, k0 + j, bs, kv_heads, kh) * D + c);
+            *(uint4*)(ks + j * KS + c) = kv;
+        }
+        // Values key-fastest, so the transposed stores of a warp fill consecutive elements.
+        for (int i = threadIdx.x; i < FA_K * D / VEC; i += blockDim.x) {
+            int j = i % FA_K, c = (i / FA_K) * VEC;
+            uint4 vv = make_uint4(0, 0, 0, 0);
+            if (j < nk) vv = *(const uint4*)(vc + paged_row(table, k0 + j, bs, kv_heads, kh) * D + c);
+            const T* ve = (const T*)&vv;
+#pragma unroll
+            for (int e = 0; e < VEC; e++) vt[(c + e) * VS + j] = ve[e];
         }
         __syncthreads();
-        // Scores of this warp's 16 queries against the tile's 64 keys.
-        {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        if (k0 > warp_last) continue;
+        // S = Q K^T for this warp's 16 rows and the tile's 64 keys: 8 accumulators of 16x8.
+        float s[FA_K / 8][4];
 #pragma unroll
-            for (int nt = 0; nt < FA_K / 16; nt++) {
-                wmma::fill_fragment(acc, 0.f);
+        for (int n = 0; n < FA_K / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    wmma::load_matrix_sync(a, qs + warp * 16 * D + kk * 16, D);
-                    wmma::load_matrix_sync(b, ks + nt * 16 * D + kk * 16, D);
-                    wmma::mma_sync(acc, a, b, acc);
-                }
-                wmma::store_matrix_sync(ss + warp * 16 * FA_K + nt * 16, acc, FA_K, wmma::mem_row_major);
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t a[4];
+            a[0] = *(const uint32_t*)(qs + r0 * QS + kk * 16 + 2 * t4);
+            a[1] = *(const uint32_t*)(qs + r1 * QS + kk * 16 + 2 * t4);
+            a[2] = *(const uint32_t*)(qs + r0 * QS + kk * 16 + 8 + 2 * t4);
+            a[3] = *(const uint32_t*)(qs + r1 * QS + kk * 16 + 8 + 2 * t4);
+#pragma unroll
+            for (int n = 0; n < FA_K / 8; n++) {
+                uint32_t b[2];
+                b[0] = *(const uint32_t*)(ks + (n * 8 + g) * KS + kk * 16 + 2 * t4);
+                b[1] = *(const uint32_t*)(ks + (n * 8 + g) * KS + kk * 16 + 8 + 2 * t4);
+                mma16816<T>(s[n], a, b);
             }
         }
-        __syncwarp();
-        // Online softmax: two lanes per query row, 32 keys each.
-        {
-            int r = warp * 16 + lane / 2, side = lane & 1;
-            int qpos = context + q0 + r;
-            float* srow = ss + r * FA_K;
-            float mx = -INFINITY;
-            for (int c = side * 32; c < side * 32 + 32; c++) {
-                float s = (r < nq && c < nk && k0 + c <= qpos) ? srow[c] : -INFINITY;
-                srow[c] = s;
-                mx = fmaxf(mx, s);
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-            float m_old = rm[r];
-            float m_new = fmaxf(m_old, mx);
-            // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
-            float base = m_new == -INFINITY ? 0.f : m_new;
-            float sum = 0.f;
-            for (int c = side * 32; c < side * 32 + 32; c++) {
-                float p = __expf(srow[c] - base);
-                ps[r * FA_K + c] = from_f<T>(p);
-                sum += p;
-            }
-            sum += __shfl_xor_sync(0xffffffff, sum, 1);
-            float alpha = __expf(m_old - base);
-            for (int c = side * (D / 2); c < side * (D / 2) + D / 2; c++) os[r * D + c] *= alpha;
-            __syncwarp();
-            if (side == 0) rl[r] = rl[r] * alpha + sum, rm[r] = m_new;
-        }
-        __syncwarp();
-        // This warp's outputs += P V.
-        {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        // Causal mask (and the tile's end), then the rows' maxima across the quad that holds them.
+        float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-            for (int dt = 0; dt < D / 16; dt++) {
-                wmma::load_matrix_sync(acc, os + warp * 16 * D + dt * 16, D, wmma::mem_row_major);
+        for (int n = 0; n < FA_K / 8; n++) {
 #pragma unroll
-                for (int kk = 0; kk < FA_K / 16; kk++) {
-                    wmma::load_matrix_sync(a, ps + warp * 16 * FA_K + kk * 16, FA_K);
-                    wmma::load_matrix_sync(b, vs + kk * 16 * D + dt * 16, D);
-                    wmma::mma_sync(acc, a, b, acc);
-                }
-                wmma::store_matrix_sync(os + warp * 16 * D + dt * 16, acc, D, wmma::mem_row_major);
+            for (int e = 0; e < 2; e++) {
+                int col = n * 8 + 2 * t4 + e;
+                if (col >= nk || k0 + col > qpos0) s[n][e] = -INFINITY;
+                if (col >= nk || k0 + col > qpos1) s[n][2 + e] = -INFINITY;
+                mx0 = fmaxf(mx0, s[n][e]);
+                mx1 = fmaxf(mx1, s[n][2 + e]);
             }
         }
-        __syncthreads();
+#pragma unroll
+        for (int o2 = 1; o2 < 4; o2 <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, o2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, o2));
+        }
+        float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
+        float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
+        float alpha0 = __expf(m0 - b0), alpha1 = __expf(m1 - b1);
+        m0 = n0, m1 = n1;
+        // P = exp(S - max), packed straight into the A fragments of the second product: keys
+        // 16kk..16kk+15 are accumulators 2kk (a0, a1) and 2kk+1 (a2, a3).
+        uint32_t p[FA_K / 16][4];
+        float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < FA_K / 8; n++) {
+            float p0 = __expf(s[n][0] - b0), p1 = __expf(s[n][1] - b0);
+            float p2 = __expf(s[n][2] - b1), p3 = __expf(s[n][3] - b1);
+            ls0 += p0 + p1;
+            ls1 += p2 + p3;
+            p[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
+            p[n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
+        }
+        // Each lane keeps its share of the row sums; the quad adds them up at the end.
+        l0 = l0 * alpha0 + ls0;
+        l1 = l1 * alpha1 + ls1;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            o[dt][0] *= alpha0, o[dt][1] *= alpha0;
+            o[dt][2] *= alpha1, o[dt][3] *= alpha1;
+        }
+        // O += P V.
+#pragma unroll
+        for (int kk = 0; kk < FA_K / 16; kk++) {
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                uint32_t b[2];
+                b[0] = *(const uint32_t*)(vt + (dt * 8 + g) * VS + kk * 16 + 2 * t4);
+                b[1] = *(const uint32_t*)(vt + (dt * 8 + g) * VS + kk * 16 + 8 + 2 * t4);
+                mma16816<T>(o[dt], p[kk], b);
+            }
+        }
     }
-    for (int i = threadIdx.x; i < nq * D; i += blockDim.x) {
-        int r = i / D, c = i % D;
-        float l = rl[r];
-        y[((size_t)(q0 + r) * heads + head) * D + c] = from_f<T>(l > 0.f ? os[i] / l : 0.f);
+#pragma unroll
+    for (int o2 = 1; o2 < 4; o2 <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffff, l0, o2);
+        l1 += __shfl_xor_sync(0xffffffff, l1, o2);
+    }
+    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        int c = dt * 8 + 2 * t4;
+        if (r0 < nq)
+            *(uint32_t*)(y + ((size_t)(q0 + r0) * heads + head) * D + c) = pack2<T>(o[dt][0] * inv0, o[dt][1] * inv0);
+        if (r1 < nq)
+            *(uint32_t*)(y + ((size_t)(q0 + r1) * heads + head) * D + c) = pack2<T>(o[dt][2] * inv1, o[dt][3] * inv1);
     }
 }
 
