@@ -226,6 +226,14 @@ fn engine_report(wall: f64, tokens: u64, m: &MetricsSnapshot, blocks: usize, wei
         "hbm_limit_shared_prefix_once_tokens_per_s": r(limit_shared), "fraction_of_shared_limit": r(rate / limit_shared),
         "mean_decode_rows_per_step": r(m.decode_rows as f64 / m.steps.max(1) as f64),
         "steps": m.steps, "preemptions": m.preemptions, "prefix_hits": m.prefix_hits, "cache_blocks": blocks,
+        // Where a step's time goes on the engine thread (the device's time is the rest of the
+        // wall time per step, overlapped with `forward` as far as launches run ahead).
+        "ms_per_step": r(wall * 1e3 / m.steps.max(1) as f64),
+        "engine_thread_ms_per_step": {
+            "plan": r(m.plan_us as f64 / 1e3 / m.steps.max(1) as f64),
+            "forward": r(m.forward_us as f64 / 1e3 / m.steps.max(1) as f64),
+            "after": r(m.after_us as f64 / 1e3 / m.steps.max(1) as f64),
+        },
     })
 }
 

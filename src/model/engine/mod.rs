@@ -110,6 +110,13 @@ pub struct Metrics {
     pub decode_rows: AtomicU64,
     pub positions_read: AtomicU64,
     pub positions_shared: AtomicU64,
+    /// Microseconds of the engine thread over all steps: scheduling and building the batch,
+    /// inside the model's forward call (launching the kernels, and any wait a launch implies),
+    /// and after it (sampling, which waits for the device, and the sequences' bookkeeping). Where
+    /// a step's time goes when it is slower than the device's bytes allow.
+    pub plan_us: AtomicU64,
+    pub forward_us: AtomicU64,
+    pub after_us: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -129,6 +136,9 @@ pub struct MetricsSnapshot {
     pub decode_rows: u64,
     pub positions_read: u64,
     pub positions_shared: u64,
+    pub plan_us: u64,
+    pub forward_us: u64,
+    pub after_us: u64,
 }
 
 impl MetricsSnapshot {
@@ -148,6 +158,9 @@ impl MetricsSnapshot {
         self.decode_rows += o.decode_rows;
         self.positions_read += o.positions_read;
         self.positions_shared += o.positions_shared;
+        self.plan_us += o.plan_us;
+        self.forward_us += o.forward_us;
+        self.after_us += o.after_us;
     }
 }
 
@@ -170,6 +183,9 @@ impl Metrics {
             decode_rows: g(&self.decode_rows),
             positions_read: g(&self.positions_read),
             positions_shared: g(&self.positions_shared),
+            plan_us: g(&self.plan_us),
+            forward_us: g(&self.forward_us),
+            after_us: g(&self.after_us),
         }
     }
 }

@@ -287,6 +287,7 @@ impl Loop {
     }
 
     fn step(&mut self) {
+        let started = Instant::now();
         self.drop_cancelled();
         self.admit();
         let mut members = self.plan();
@@ -312,15 +313,21 @@ impl Loop {
                 "engine step"
             );
         }
+        let planned = Instant::now();
         let result = if self.failed.load(Ordering::Relaxed) {
             Err(candle_core::Error::Msg("the device is marked failed".into()))
         } else {
             self.model.forward_paged(&batch, &self.cache)
         };
+        let launched = Instant::now();
         match result {
             Ok(logits) => self.after_step(&members, &logits),
             Err(e) => self.fail_running(&format!("the model failed: {e}")),
         }
+        let us = |a: Instant, b: Instant| b.duration_since(a).as_micros() as u64;
+        self.metrics.plan_us.fetch_add(us(started, planned), Ordering::Relaxed);
+        self.metrics.forward_us.fetch_add(us(planned, launched), Ordering::Relaxed);
+        self.metrics.after_us.fetch_add(us(launched, Instant::now()), Ordering::Relaxed);
     }
 
     /// Adds this step's decode reads to the metrics: rows, positions read, and positions of a
