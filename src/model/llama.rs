@@ -1,7 +1,8 @@
 //! The Llama-family decoder the prover models ship in: Llama (DeepSeek-Prover-V1.5/V2-7B),
-//! Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMS norms): its layers, projections
-//! (GGUF-quantized, dense or FP8), RoPE, the static KV cache and the static forward pass. Making
-//! one from files is `load`'s job.
+//! Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMS norms): its configuration, its
+//! layers and the static forward pass (the generic path and the fused CUDA decode step). The
+//! projections are `linear`'s, the rotary tables `rope`'s, the static cache `kv_cache`'s; making
+//! a model from files is `load`'s job, the paged forward pass `paged`'s.
 //!
 //! Written here rather than taken from candle-transformers because the KV cache must be ours:
 //! pass@k decodes `n` samples of one prompt as one batch after a single prefill, which needs the
@@ -10,13 +11,15 @@
 //! RoPE: llama.cpp stores Llama's q/k weights permuted for interleaved rotation (`rope_i`);
 //! Qwen GGUFs and all safetensors use the half-split rotation (`rope`).
 
-use std::sync::Arc;
+use candle_core::{DType, Device, IndexOp, Result, Tensor};
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-
-use super::fp8::BlockFp8;
+pub use super::kv_cache::KvCache;
+use super::kv_cache::{LayerCache, CACHE_SPARE};
+#[cfg(feature = "cuda")]
+pub(super) use super::linear::{normalized, project, project_onto};
+pub(super) use super::linear::{Linear, Mlp};
 pub use super::load::{config_from_gguf, config_from_hf, read_gguf};
+use super::rope::rope_tables;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -65,196 +68,6 @@ impl Config {
     }
 }
 
-/// A projection: quantized (GGUF) or dense (safetensors), with an optional bias.
-pub(super) enum Linear {
-    Quantized(QMatMul, Option<Tensor>),
-    Dense(candle_nn::Linear),
-    /// E4M3 with 128×128 block factors (`--dtype fp8`, or an FP8 checkpoint), on the CPU.
-    Fp8(Arc<BlockFp8>, Option<Tensor>),
-    /// The same on a CUDA device: the bytes and factors in device memory, read by the FP8 kernels.
-    #[cfg(feature = "cuda")]
-    Fp8Cuda(Arc<DeviceFp8>, Option<Tensor>),
-}
-
-/// An FP8 weight on a CUDA device: E4M3 bytes `[rows, cols]` (u8), the f32 factors of its 128×128
-/// blocks, and the kernels that read them (the few-row product and the dequantization).
-#[cfg(feature = "cuda")]
-pub(super) struct DeviceFp8 {
-    pub(super) bytes: Tensor,
-    pub(super) scale: Tensor,
-    pub(super) kernels: Arc<super::fused::Kernels>,
-}
-
-#[cfg(feature = "cuda")]
-impl DeviceFp8 {
-    /// `w` moved to `device`.
-    pub(super) fn upload(w: BlockFp8, device: &Device, kernels: Arc<super::fused::Kernels>) -> Result<DeviceFp8> {
-        let (rb, cb) = (w.row_blocks(), w.col_blocks());
-        let bytes = Tensor::from_vec(w.data, (w.rows, w.cols), device)?;
-        let scale = Tensor::from_vec(w.scale_inv, (rb, cb), device)?;
-        Ok(DeviceFp8 { bytes, scale, kernels })
-    }
-
-    /// `x @ Wᵀ` for `x` of shape `[.., cols]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, cols) = self.bytes.dims2()?;
-        let dims = x.dims().to_vec();
-        let x2 = x.reshape((x.elem_count() / cols.max(1), cols))?.contiguous()?;
-        let y = match self.kernels.gemv_fp8(&x2, &self.bytes, &self.scale, None)? {
-            Some(y) => y,
-            None => x2.matmul(&self.kernels.dequantize_fp8(&self.bytes, &self.scale)?.t()?)?,
-        };
-        let mut shape = dims[..dims.len() - 1].to_vec();
-        shape.push(rows);
-        y.reshape(shape)
-    }
-}
-
-impl Linear {
-    /// The weight of a dense projection without bias (what the fused few-row kernels take).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(super) fn plain_weight(&self) -> Option<&Tensor> {
-        match self {
-            Linear::Dense(l) if l.bias().is_none() => Some(l.weight()),
-            _ => None,
-        }
-    }
-
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Linear::Quantized(w, b) => {
-                let y = w.forward(x)?;
-                match b {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
-            // One GEMM over all rows: candle_nn's Linear broadcasts the weight over the batch, which
-            // makes a batch of `b` one-row products (the weight read once per row) in decoding.
-            Linear::Fp8(w, b) => {
-                if !x.device().is_cpu() {
-                    candle_core::bail!("FP8 weights run on the CPU only in this build");
-                }
-                let dims = x.dims().to_vec();
-                let n = x.elem_count() / w.cols.max(1);
-                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let y = if n <= super::fp8::DIRECT_ROWS {
-                    Tensor::from_vec(w.matmul_t(&xs, n), (n, w.rows), x.device())?
-                } else {
-                    let dense = Tensor::from_vec(w.dequantize(), (w.rows, w.cols), x.device())?;
-                    Tensor::from_vec(xs, (n, w.cols), x.device())?.matmul(&dense.t()?)?
-                };
-                let y = match b {
-                    Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
-                    None => y,
-                };
-                let mut shape = dims[..dims.len() - 1].to_vec();
-                shape.push(w.rows);
-                y.to_dtype(x.dtype())?.reshape(shape)
-            }
-            #[cfg(feature = "cuda")]
-            Linear::Fp8Cuda(w, b) => {
-                let y = w.forward(x)?;
-                match b {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
-            Linear::Dense(l) => match x.dims() {
-                &[b, t, i] => {
-                    let y = x.reshape((b * t, i))?.matmul(&l.weight().t()?)?;
-                    let y = match l.bias() {
-                        Some(bias) => y.broadcast_add(bias)?,
-                        None => y,
-                    };
-                    y.reshape((b, t, ()))
-                }
-                _ => l.forward(x),
-            },
-        }
-    }
-}
-
-/// A projection of a fused decode step's rows: the few-row kernel for dense weights without bias,
-/// else the projection's own path.
-#[cfg(feature = "cuda")]
-pub(super) fn project(k: &super::fused::Kernels, l: &Linear, x: &Tensor) -> Result<Tensor> {
-    if let Some(w) = l.plain_weight() {
-        if let Some(y) = k.gemv(x, w, None)? {
-            return Ok(y);
-        }
-    }
-    l.forward(x)
-}
-
-/// The residual stream `residual` after the projection `l(x)` is added to it: the sum, where the
-/// few-row kernel adds it in its epilogue, else the stream and the projection still to add (which
-/// the next add_rmsnorm adds, one launch fewer than adding here).
-#[cfg(feature = "cuda")]
-pub(super) fn project_onto(
-    k: &super::fused::Kernels,
-    l: &Linear,
-    x: &Tensor,
-    residual: Tensor,
-) -> Result<(Tensor, Option<Tensor>)> {
-    if let Some(w) = l.plain_weight() {
-        if let Some(sum) = k.gemv(x, w, Some(&residual))? {
-            return Ok((sum, None));
-        }
-    }
-    if let Linear::Fp8Cuda(w, None) = l {
-        if let Some(sum) = k.gemv_fp8(x, &w.bytes, &w.scale, Some(&residual))? {
-            return Ok((sum, None));
-        }
-    }
-    Ok((residual, Some(l.forward(x)?)))
-}
-
-/// A layer's input `x + delta` normalized by `g` and projected: by `fused` (a projection with the
-/// norm in its loads) where there is no delta to add and it applies, else by add_rmsnorm and then
-/// `generic`. Leaves the residual stream (the sum) in `x` and no delta.
-#[cfg(feature = "cuda")]
-pub(super) fn normalized<R>(
-    k: &super::fused::Kernels,
-    (x, delta): (&mut Tensor, &mut Option<Tensor>),
-    g: &Tensor,
-    eps: f32,
-    fused: impl FnOnce(&super::fused::NormIn) -> Result<Option<R>>,
-    generic: impl FnOnce(&Tensor) -> Result<R>,
-) -> Result<R> {
-    if delta.is_none() {
-        if let Some(r) = fused(&super::fused::NormIn { x, g, eps })? {
-            return Ok(r);
-        }
-    }
-    let (sum, h) = k.add_rmsnorm(x, delta.take().as_ref(), g, eps)?;
-    *x = sum;
-    generic(&h)
-}
-
-/// The gated MLP's input projections: apart (GGUF), or as one matrix `[gate; up]` (dense weights),
-/// one GEMM instead of two.
-pub(super) enum Mlp {
-    Split { gate: Linear, up: Linear },
-    Fused(Linear),
-}
-
-impl Mlp {
-    /// `silu(gate(x)) * up(x)`.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Mlp::Split { gate, up } => candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?,
-            Mlp::Fused(gu) => {
-                let y = gu.forward(x)?;
-                let i = y.dim(candle_core::D::Minus1)? / 2;
-                let gate = y.narrow(candle_core::D::Minus1, 0, i)?;
-                let up = y.narrow(candle_core::D::Minus1, i, i)?;
-                candle_nn::ops::silu(&gate)? * up
-            }
-        }
-    }
-}
-
 pub(super) struct Layer {
     pub(super) attn_norm: Tensor,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -275,105 +88,6 @@ pub(super) struct Layer {
     pub(super) q_scaled: bool,
 }
 
-/// One layer's keys and values: buffers `(batch, kv_heads, capacity, head_dim)` of which the first
-/// `len` positions are filled. A step writes its positions in place; the buffers grow by
-/// doubling, so a decode step copies one position, not the whole cache.
-#[derive(Debug, Clone)]
-struct LayerCache {
-    k: Tensor,
-    v: Tensor,
-    len: usize,
-}
-
-/// Spare positions a new cache starts with (a prompt plus this many steps before it first grows).
-const CACHE_SPARE: usize = 512;
-
-impl LayerCache {
-    fn new(k: &Tensor, v: &Tensor, spare: usize) -> Result<LayerCache> {
-        let (b, h, t, d) = k.dims4()?;
-        let cap = t + spare.max(1);
-        let kb = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
-        let vb = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
-        kb.slice_set(&k.contiguous()?, 2, 0)?;
-        vb.slice_set(&v.contiguous()?, 2, 0)?;
-        Ok(LayerCache { k: kb, v: vb, len: t })
-    }
-
-    /// Makes room for `extra` more positions.
-    fn reserve(&mut self, extra: usize) -> Result<()> {
-        let cap = self.k.dim(2)?;
-        if self.len + extra > cap {
-            let (b, h, _, d) = self.k.dims4()?;
-            let new_cap = (2 * cap).max(self.len + extra);
-            let kb = Tensor::zeros((b, h, new_cap, d), self.k.dtype(), self.k.device())?;
-            let vb = Tensor::zeros((b, h, new_cap, d), self.v.dtype(), self.v.device())?;
-            kb.slice_set(&self.keys()?.contiguous()?, 2, 0)?;
-            vb.slice_set(&self.values()?.contiguous()?, 2, 0)?;
-            self.k = kb;
-            self.v = vb;
-        }
-        Ok(())
-    }
-
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
-        let t = k.dim(2)?;
-        self.reserve(t)?;
-        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
-        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
-        self.len += t;
-        Ok(())
-    }
-
-    /// The filled positions, as views into the buffers.
-    fn keys(&self) -> Result<Tensor> {
-        self.k.narrow(2, 0, self.len)
-    }
-
-    fn values(&self) -> Result<Tensor> {
-        self.v.narrow(2, 0, self.len)
-    }
-}
-
-/// Keys and values of every layer.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<LayerCache>>,
-    /// Spare positions a layer's buffers start with (0: `CACHE_SPARE`).
-    spare: usize,
-}
-
-impl KvCache {
-    pub fn new(layers: usize) -> KvCache {
-        KvCache { layers: vec![None; layers], spare: CACHE_SPARE }
-    }
-
-    /// A cache whose buffers start with `spare` free positions (tests use a few, to make them grow).
-    pub fn with_spare(layers: usize, spare: usize) -> KvCache {
-        KvCache { layers: vec![None; layers], spare }
-    }
-
-    /// Copies a batch-1 cache (after a prefill) into `n` rows.
-    pub fn expand(&mut self, n: usize) -> Result<()> {
-        for c in self.layers.iter_mut().flatten() {
-            let (_, h, cap, d) = c.k.dims4()?;
-            c.k = c.k.broadcast_as((n, h, cap, d))?.contiguous()?;
-            c.v = c.v.broadcast_as((n, h, cap, d))?.contiguous()?;
-        }
-        Ok(())
-    }
-
-    /// Keeps only the rows in `keep` (samples still running), in that order.
-    pub fn retain(&mut self, keep: &[u32]) -> Result<()> {
-        let Some(dev) = self.layers.iter().flatten().next().map(|c| c.k.device().clone()) else { return Ok(()) };
-        let idx = Tensor::new(keep, &dev)?;
-        for c in self.layers.iter_mut().flatten() {
-            c.k = c.k.index_select(&idx, 0)?;
-            c.v = c.v.index_select(&idx, 0)?;
-        }
-        Ok(())
-    }
-}
-
 pub struct Model {
     pub cfg: Config,
     pub(super) embed: Tensor,
@@ -392,76 +106,6 @@ pub struct Model {
     pub(super) step_fits: bool,
     #[cfg(feature = "cuda")]
     pub(super) fused_on: bool,
-}
-
-/// Inverse frequencies of the rotary embedding, with the configured scaling, and the factor
-/// cos/sin are multiplied by (YaRN's attention factor, else 1).
-fn inv_freq(cfg: &Config) -> (Vec<f64>, f64) {
-    let d = cfg.head_dim as f64;
-    let base: Vec<f64> = (0..cfg.head_dim / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d)).collect();
-    match &cfg.rope_scaling {
-        None => (base, 1.0),
-        Some(RopeScaling::Linear { factor }) => (base.iter().map(|f| f / factor).collect(), 1.0),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max }) => {
-            let low_wavelen = original_max / low_freq_factor;
-            let high_wavelen = original_max / high_freq_factor;
-            let f = base
-                .iter()
-                .map(|&f| {
-                    let wavelen = 2.0 * std::f64::consts::PI / f;
-                    if wavelen < high_wavelen {
-                        f
-                    } else if wavelen > low_wavelen {
-                        f / factor
-                    } else {
-                        let smooth = (original_max / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * f / factor + smooth * f
-                    }
-                })
-                .collect();
-            (f, 1.0)
-        }
-        Some(RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, attention_factor }) => {
-            let dim = cfg.head_dim as f64;
-            let correction = |rotations: f64| {
-                dim * (original_max / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * cfg.rope_theta.ln())
-            };
-            let low = correction(*beta_fast).floor().max(0.0);
-            let high = correction(*beta_slow).ceil().min(dim - 1.0);
-            let span = if (high - low).abs() < 1e-3 { 1e-3 } else { high - low };
-            let f = base
-                .iter()
-                .enumerate()
-                .map(|(i, &extrapolated)| {
-                    let ramp = ((i as f64 - low) / span).clamp(0.0, 1.0);
-                    let keep = 1.0 - ramp;
-                    extrapolated / factor * (1.0 - keep) + extrapolated * keep
-                })
-                .collect();
-            (f, *attention_factor)
-        }
-    }
-}
-
-fn rope_tables(cfg: &Config, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
-    let (freqs, scale) = inv_freq(cfg);
-    // Enough positions for any prompt and completion the model was trained for, bounded so a
-    // huge advertised context does not cost memory up front.
-    let n = cfg.max_positions.clamp(1, 1 << 17);
-    let half = freqs.len();
-    let mut cos = Vec::with_capacity(n * half);
-    let mut sin = Vec::with_capacity(n * half);
-    for p in 0..n {
-        for f in &freqs {
-            let a = p as f64 * f;
-            cos.push((a.cos() * scale) as f32);
-            sin.push((a.sin() * scale) as f32);
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
-        Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
-    ))
 }
 
 /// What every layer of one forward pass shares: the configuration, the rotary tables for its
@@ -751,50 +395,6 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cfg(scaling: Option<RopeScaling>) -> Config {
-        Config {
-            arch: "llama".into(),
-            hidden: 64,
-            layers: 1,
-            heads: 1,
-            kv_heads: 1,
-            head_dim: 64,
-            intermediate: 1,
-            rms_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_interleaved: false,
-            rope_scaling: scaling,
-            max_positions: 8,
-            vocab: 1,
-        }
-    }
-
-    #[test]
-    fn linear_rope_scaling_divides_every_frequency() {
-        let (base, _) = inv_freq(&cfg(None));
-        let (scaled, _) = inv_freq(&cfg(Some(RopeScaling::Linear { factor: 4.0 })));
-        for (b, s) in base.iter().zip(&scaled) {
-            assert!((b / 4.0 - s).abs() < 1e-12);
-        }
-    }
-
-    #[test]
-    fn yarn_keeps_high_frequencies_and_interpolates_low_ones() {
-        let (base, _) = inv_freq(&cfg(None));
-        let yarn = RopeScaling::Yarn {
-            factor: 4.0,
-            original_max: 4096.0,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            attention_factor: 1.1,
-        };
-        let (scaled, scale) = inv_freq(&cfg(Some(yarn)));
-        assert_eq!(scale, 1.1);
-        assert!((scaled[0] - base[0]).abs() < 1e-12, "the fastest rotation is kept");
-        let last = base.len() - 1;
-        assert!((scaled[last] - base[last] / 4.0).abs() < 1e-12, "the slowest is interpolated");
-    }
 
     #[test]
     fn hf_config_reads_gqa_head_dim_and_scaling() {

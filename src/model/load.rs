@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::fp8::BlockFp8;
 #[cfg(feature = "cuda")]
-use super::llama::DeviceFp8;
+use super::linear::DeviceFp8;
 use super::llama::{Config, Layer, Linear, Mlp, Model, RopeScaling};
 
 impl Model {

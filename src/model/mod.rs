@@ -20,11 +20,14 @@ pub mod fp8;
 #[cfg(feature = "cuda")]
 pub mod fused;
 pub mod hub;
+mod kv_cache;
+mod linear;
 pub mod llama;
 mod load;
 pub mod openai;
 pub mod paged;
 pub mod record;
+mod rope;
 pub mod sample;
 pub mod serve;
 pub mod spec;
