@@ -99,7 +99,8 @@ pub struct ModelOptions {
     pub device: String,
     /// Embedded backend precision: f32, bf16, f16 (default: f32 on CPU, bf16 on CUDA), or fp8:
     /// projections in E4M3 with 128×128 block scales (a Hugging Face directory, bf16/f16/f32
-    /// weights converted at load or an FP8 checkpoint as it is; CPU in this build).
+    /// weights converted at load or an FP8 checkpoint as it is; activations f32 on the CPU, bf16
+    /// on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
     /// Embedded backend KV cache: auto (the compute type) or fp8 (E4M3, one scale per token and

@@ -80,7 +80,8 @@ impl Linear {
             // makes a batch of `b` one-row products (the weight read once per row) in decoding.
             Linear::Fp8(w, b) => {
                 if !x.device().is_cpu() {
-                    candle_core::bail!("FP8 weights run on the CPU only in this build");
+                    // A CUDA model holds `Fp8Cuda`; these bytes live in host memory.
+                    candle_core::bail!("CPU-held FP8 weights take CPU activations");
                 }
                 let dims = x.dims().to_vec();
                 let n = x.elem_count() / w.cols.max(1);
