@@ -87,37 +87,19 @@ fn main() {
         let ids_vec: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
         let mut batch = Batch::default();
         batch.push(&ids_vec, 0, (0..(p.div_ceil(16) + 1) as u32).collect(), true);
-        let run_paged = || {
-            let t = Instant::now();
-            let logits = model.forward_paged(&batch, &cache).unwrap();
-            device.synchronize().unwrap();
-            drop(logits);
-            t.elapsed().as_secs_f64()
-        };
-        run_paged();
-        let sp = (0..3).map(|_| run_paged()).fold(f64::MAX, f64::min);
-        // The tiled kernel's logits against the generic path's (which materializes the scores).
-        let agreement = {
-            let mut kv = KvCache::new(layers);
-            let generic = model.forward(&ids, 0, &mut kv).and_then(|l| l.flatten_all()?.to_dtype(DType::F32));
-            let tiled = model.forward_paged(&batch, &cache).and_then(|l| l.flatten_all()?.to_dtype(DType::F32));
-            match (generic, tiled) {
-                (Ok(a), Ok(b)) => {
-                    let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().unwrap(), b.to_vec1().unwrap());
-                    let argmax = |v: &[f32]| {
-                        v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
-                    };
-                    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                    let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
-                    json!({"max_abs_logit_diff": diff, "max_abs_logit": scale, "same_argmax": argmax(&a) == argmax(&b)})
-                }
-                (a, b) => json!({"error": format!("{:?} / {:?}", a.err(), b.err())}),
-            }
-        };
+        let sp = time_paged(&model, &batch, &cache, &device);
+        // The register-resident mma.sync prefill kernel beside the WMMA one (the default).
+        model.set_prefill_mma(true);
+        let sp_mma = time_paged(&model, &batch, &cache, &device);
+        let agreement_mma = logits_agreement(&model, &ids, &batch, &cache, layers);
+        model.set_prefill_mma(false);
+        let agreement = logits_agreement(&model, &ids, &batch, &cache, layers);
         drop(cache);
         prefill.insert(
             p.to_string(),
-            json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s), "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement}),
+            json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s),
+                   "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement,
+                   "paged_mma_ms": r(sp_mma * 1e3), "paged_mma_tokens_per_s": r(p as f64 / sp_mma), "paged_mma_vs_generic": agreement_mma}),
         );
     }
 
@@ -176,6 +158,8 @@ fn main() {
     for (k, v) in &prefill {
         let paged = json!({"tokens_per_s": v["paged_tokens_per_s"]});
         ratios.insert(format!("prefill_{k}_paged_over_torch"), ratio(&paged, &torch["prefill"][k]));
+        let mma = json!({"tokens_per_s": v["paged_mma_tokens_per_s"]});
+        ratios.insert(format!("prefill_{k}_paged_mma_over_torch"), ratio(&mma, &torch["prefill"][k]));
     }
     let report = json!({
         "benchmark": "gpu_decode",
@@ -194,6 +178,38 @@ fn main() {
         "goals": {"decode_batch1_tokens_per_s": 240, "decode_batch32_tokens_per_s": 3000},
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// Seconds of one paged prefill (`batch` into `cache`), the best of 3 after a warm-up.
+fn time_paged(model: &Model, batch: &Batch, cache: &PagedCache, device: &Device) -> f64 {
+    let run = || {
+        let t = Instant::now();
+        let logits = model.forward_paged(batch, cache).unwrap();
+        device.synchronize().unwrap();
+        drop(logits);
+        t.elapsed().as_secs_f64()
+    };
+    run();
+    (0..3).map(|_| run()).fold(f64::MAX, f64::min)
+}
+
+/// The paged prefill's last-token logits against the generic path's (which materializes the
+/// scores): the largest difference, the largest logit, and whether their argmaxes agree.
+fn logits_agreement(model: &Model, ids: &Tensor, batch: &Batch, cache: &PagedCache, layers: usize) -> Value {
+    let mut kv = KvCache::new(layers);
+    let generic = model.forward(ids, 0, &mut kv).and_then(|l| l.flatten_all()?.to_dtype(DType::F32));
+    let tiled = model.forward_paged(batch, cache).and_then(|l| l.flatten_all()?.to_dtype(DType::F32));
+    match (generic, tiled) {
+        (Ok(a), Ok(b)) => {
+            let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().unwrap(), b.to_vec1().unwrap());
+            let argmax =
+                |v: &[f32]| v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0;
+            let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            json!({"max_abs_logit_diff": diff, "max_abs_logit": scale, "same_argmax": argmax(&a) == argmax(&b)})
+        }
+        (a, b) => json!({"error": format!("{:?} / {:?}", a.err(), b.err())}),
+    }
 }
 
 /// Logits of `fp8` against `dense` (the same weights): cosine and argmax agreement on a 512-token
