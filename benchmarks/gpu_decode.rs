@@ -88,18 +88,12 @@ fn main() {
         let mut batch = Batch::default();
         batch.push(&ids_vec, 0, (0..(p.div_ceil(16) + 1) as u32).collect(), true);
         let sp = time_paged(&model, &batch, &cache, &device);
-        // The register-resident mma.sync prefill kernel beside the WMMA one (the default).
-        model.set_prefill_mma(true);
-        let sp_mma = time_paged(&model, &batch, &cache, &device);
-        let agreement_mma = logits_agreement(&model, &ids, &batch, &cache, layers);
-        model.set_prefill_mma(false);
         let agreement = logits_agreement(&model, &ids, &batch, &cache, layers);
         drop(cache);
         prefill.insert(
             p.to_string(),
             json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s),
-                   "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement,
-                   "paged_mma_ms": r(sp_mma * 1e3), "paged_mma_tokens_per_s": r(p as f64 / sp_mma), "paged_mma_vs_generic": agreement_mma}),
+                   "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement}),
         );
     }
 
@@ -158,8 +152,6 @@ fn main() {
     for (k, v) in &prefill {
         let paged = json!({"tokens_per_s": v["paged_tokens_per_s"]});
         ratios.insert(format!("prefill_{k}_paged_over_torch"), ratio(&paged, &torch["prefill"][k]));
-        let mma = json!({"tokens_per_s": v["paged_mma_tokens_per_s"]});
-        ratios.insert(format!("prefill_{k}_paged_mma_over_torch"), ratio(&mma, &torch["prefill"][k]));
     }
     let report = json!({
         "benchmark": "gpu_decode",

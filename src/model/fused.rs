@@ -98,11 +98,11 @@ impl Module {
             let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             // SAFETY: `module` is loaded.
             let f = unsafe { result::module::get_function(m.module, name) }.map_err(err)?;
-            if let Some((d, mma)) = prefill_kernel(short) {
+            if let Some(d) = short.strip_prefix("attn_prefill").and_then(|d| d.parse::<usize>().ok()) {
                 // The prefill kernel's tiles take more than the 48 KiB of shared memory a launch
                 // gets by default; a GPU without that much goes without it (and prompts take the
                 // generic path), keeping every other kernel.
-                let bytes = prefill_smem(d, mma) as i32;
+                let bytes = prefill_smem(d) as i32;
                 // SAFETY: a function of the loaded module and a documented attribute.
                 let set = unsafe {
                     sys::cuFuncSetAttribute(
@@ -226,9 +226,6 @@ pub struct Kernels {
     gemv_split: [Option<usize>; 3],
     /// Streaming multiprocessors of the device.
     sms: usize,
-    /// Prefill attention through the register-resident `mma.sync` kernel (`SUBGOAL_CUDA_PREFILL=mma`)
-    /// rather than the WMMA one, the default until the former is measured on a GPU.
-    prefill_mma: bool,
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
@@ -251,38 +248,20 @@ fn ptx_target() -> u32 {
         .unwrap_or(0)
 }
 
-/// Dynamic shared memory of a prefill kernel for head size `d` (16-bit inputs). `mma` (the
-/// register-resident `attn_prefill`): the query, key and transposed value tiles, rows padded by 8
-/// elements. WMMA (`attn_prefill_wmma`): the Q, K and V tiles and the probabilities in 16 bits, the
-/// scores, outputs and running max and sum in f32.
-fn prefill_smem(d: usize, mma: bool) -> usize {
+/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): the query, key and
+/// transposed value tiles, rows padded by 8 elements (paged.cu).
+fn prefill_smem(d: usize) -> usize {
     const Q: usize = 64;
     const K: usize = 64;
-    if mma {
-        (Q * (d + 8) + K * (d + 8) + d * (K + 8)) * 2
-    } else {
-        (Q * d + 2 * K * d + Q * K) * 2 + (Q * K + Q * d + 2 * Q) * 4
-    }
+    (Q * (d + 8) + K * (d + 8) + d * (K + 8)) * 2
 }
 
-/// Head size and kind (`true`: mma) of a prefill kernel's short name.
-fn prefill_kernel(short: &str) -> Option<(usize, bool)> {
-    let rest = short.strip_prefix("attn_prefill")?;
-    match rest.strip_prefix("_wmma") {
-        Some(d) => d.parse().ok().map(|d| (d, false)),
-        None => rest.parse().ok().map(|d| (d, true)),
-    }
-}
-
-/// The short name of the prefill kernel for head size `d`.
-fn prefill_name(d: usize, mma: bool) -> Option<&'static str> {
-    Some(match (d, mma) {
-        (64, true) => "attn_prefill64",
-        (128, true) => "attn_prefill128",
-        (256, true) => "attn_prefill256",
-        (64, false) => "attn_prefill_wmma64",
-        (128, false) => "attn_prefill_wmma128",
-        (256, false) => "attn_prefill_wmma256",
+/// The prefill kernel for head size `d`.
+fn prefill_name(d: usize) -> Option<&'static str> {
+    Some(match d {
+        64 => "attn_prefill64",
+        128 => "attn_prefill128",
+        256 => "attn_prefill256",
         _ => return None,
     })
 }
@@ -361,18 +340,8 @@ impl Kernels {
             "gemv_fp8_1_k8",
         ];
         // Tensor-core prefill attention takes 16-bit inputs only.
-        let prefill: &[&'static str] = if dtype == DType::F32 {
-            &[]
-        } else {
-            &[
-                "attn_prefill64",
-                "attn_prefill128",
-                "attn_prefill256",
-                "attn_prefill_wmma64",
-                "attn_prefill_wmma128",
-                "attn_prefill_wmma256",
-            ]
-        };
+        let prefill: &[&'static str] =
+            if dtype == DType::F32 { &[] } else { &["attn_prefill64", "attn_prefill128", "attn_prefill256"] };
         let entries: Vec<(&'static str, String)> = PER_DTYPE
             .iter()
             .chain(PAGED.iter())
@@ -417,7 +386,6 @@ impl Kernels {
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
             sms: sms.max(1) as usize,
-            prefill_mma: std::env::var("SUBGOAL_CUDA_PREFILL").is_ok_and(|v| v == "mma"),
             counters: Default::default(),
         }))
     }
@@ -955,14 +923,9 @@ impl Kernels {
         Ok(out)
     }
 
-    /// Picks the prefill kernel: `mma.sync` (true) or WMMA.
-    pub fn set_prefill_mma(&mut self, on: bool) {
-        self.prefill_mma = on;
-    }
-
     /// Whether the tiled prefill attention runs here for head size `d`.
     pub fn has_prefill(&self, d: usize) -> bool {
-        prefill_name(d, self.prefill_mma).is_some_and(|name| self.module.funcs.contains_key(name))
+        prefill_name(d).is_some_and(|name| self.module.funcs.contains_key(name))
     }
 
     /// Prefill attention of one prompt chunk: `q` (`[len, heads * d]`, scaled) at positions
@@ -980,7 +943,7 @@ impl Kernels {
         if !self.has_prefill(d) {
             return Ok(None);
         }
-        let Some(kernel) = prefill_name(d, self.prefill_mma) else { return Ok(None) };
+        let Some(kernel) = prefill_name(d) else { return Ok(None) };
         self.check(q)?;
         let len = q.dim(0)?;
         let out = self.empty((len, heads * d), self.dtype)?;
@@ -989,7 +952,7 @@ impl Kernels {
         let cfg = LaunchConfig {
             grid_dim: (len.div_ceil(64) as u32, heads as u32, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: prefill_smem(d, self.prefill_mma) as u32,
+            shared_mem_bytes: prefill_smem(d) as u32,
         };
         launch!(self, kernel, cfg, &pq, &pk, &pv, &po, &pt, &ints[0], &ints[1], &ints[2], &ints[3], &ints[4]);
         Ok(Some(out))

@@ -23,6 +23,10 @@ pub(super) enum Linear {
     Fp8Cuda(Arc<DeviceFp8>, Option<Tensor>),
 }
 
+/// Up to this many rows an FP8 projection on CUDA takes the few-row kernel, 8 rows per launch.
+#[cfg(feature = "cuda")]
+const FP8_CHUNKED_ROWS: usize = 32;
+
 /// An FP8 weight on a CUDA device: E4M3 bytes `[rows, cols]` (u8), the f32 factors of its 128×128
 /// blocks, and the kernels that read them (the few-row product and the dequantization).
 #[cfg(feature = "cuda")]
@@ -47,8 +51,22 @@ impl DeviceFp8 {
         let (rows, cols) = self.bytes.dims2()?;
         let dims = x.dims().to_vec();
         let x2 = x.reshape((x.elem_count() / cols.max(1), cols))?.contiguous()?;
+        let n = x2.dim(0)?;
         let y = match self.kernels.gemv_fp8(&x2, &self.bytes, &self.scale, None)? {
             Some(y) => y,
+            // Up to 32 rows, 8 at a time through the few-row kernel: measured on an H100 at 32
+            // rows, dequantizing the whole weight for every call ran at 0.12x bf16's decode.
+            None if n <= FP8_CHUNKED_ROWS => {
+                let mut parts = Vec::with_capacity(n.div_ceil(8));
+                for start in (0..n).step_by(8) {
+                    let rows = x2.narrow(0, start, (n - start).min(8))?;
+                    match self.kernels.gemv_fp8(&rows, &self.bytes, &self.scale, None)? {
+                        Some(y) => parts.push(y),
+                        None => candle_core::bail!("FP8 projection: the few-row kernel refused {:?}", rows.dims()),
+                    }
+                }
+                Tensor::cat(&parts, 0)?
+            }
             None => x2.matmul(&self.kernels.dequantize_fp8(&self.bytes, &self.scale)?.t()?)?,
         };
         let mut shape = dims[..dims.len() - 1].to_vec();

@@ -250,16 +250,6 @@ impl Model {
         let _ = on;
     }
 
-    /// Which prefill attention kernel the paged path takes on CUDA: the register-resident
-    /// `mma.sync` one, or the WMMA one (the default; `SUBGOAL_CUDA_PREFILL=mma` sets it at load).
-    /// For benchmarks that measure both in one run.
-    #[cfg(feature = "cuda")]
-    pub fn set_prefill_mma(&mut self, on: bool) {
-        if let Some(k) = &mut self.kernels {
-            k.set_prefill_mma(on);
-        }
-    }
-
     /// One token per row of `logits` with each row's noise keyed by its own seed (so a sample
     /// draws alike in any batch), on the device by the fused sampler; `None` where there is none
     /// (the CPU, or the kernels off), for the caller to sample each row itself.

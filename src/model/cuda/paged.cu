@@ -1,5 +1,3 @@
-#include <mma.h>
-
 // Kernels of the serving engine's paged KV cache (included by decode.cu, launched by fused.rs for
 // `Model::forward_paged`). Per layer the cache is [blocks, kv_heads, bs, d]; position p of a
 // sequence lives in block table[p / bs] at offset p % bs. Sequences are at positions of their
@@ -341,136 +339,6 @@ __device__ void attn_prefill(const T* q, const T* kc, const T* vc, T* y, const u
     }
 }
 
-// ---- Prefill attention, the WMMA version (the default until the mma.sync one below is measured
-// on a GPU; SUBGOAL_CUDA_PREFILL=mma picks that one) ------------------------------------------
-//
-// The queries of one prompt chunk (`len` tokens at positions context..context+len-1, q already
-// scaled) against the sequence's cached positions up to each query's own, without a score matrix
-// in memory: a block holds 64 queries of one head, walks the keys 64 at a time (read through the
-// block table), and keeps per query a running max, a running sum and the unnormalized output,
-// rescaled as the max grows. The two products of a tile run on tensor cores (WMMA 16x16x16, f32
-// accumulation); a warp owns 16 query rows throughout, so the softmax needs no block barrier.
-// Grid: (ceil(len / 64), heads); block: 128; dynamic shared memory: prefill_smem(D, false) in fused.rs.
-
-
-template <typename T, int D>
-__device__ void attn_prefill_wmma(const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len,
-                             int heads, int kv_heads, int bs) {
-    using namespace nvcuda;
-    pdl_begin();
-    extern __shared__ __align__(128) unsigned char smem[];
-    T* qs = (T*)smem;
-    T* ks = qs + FA_Q * D;
-    T* vs = ks + FA_K * D;
-    T* ps = vs + FA_K * D;
-    float* ss = (float*)(ps + FA_Q * FA_K);
-    float* os = ss + FA_Q * FA_K;
-    float* rm = os + FA_Q * D;
-    float* rl = rm + FA_Q;
-    int head = blockIdx.y, q0 = blockIdx.x * FA_Q;
-    int kh = head / (heads / kv_heads);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int nq = min(FA_Q, len - q0);
-    constexpr int VEC = 16 / sizeof(T);
-    for (int i = threadIdx.x; i < FA_Q * D / VEC; i += blockDim.x) {
-        int r = i / (D / VEC), c = (i % (D / VEC)) * VEC;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (r < nq) v = *(const uint4*)(q + ((size_t)(q0 + r) * heads + head) * D + c);
-        *(uint4*)(qs + r * D + c) = v;
-    }
-    for (int i = threadIdx.x; i < FA_Q * D; i += blockDim.x) os[i] = 0.f;
-    for (int r = threadIdx.x; r < FA_Q; r += blockDim.x) rm[r] = -INFINITY, rl[r] = 0.f;
-    __syncthreads();
-    int last_pos = context + q0 + nq - 1;
-    int tiles = last_pos / FA_K + 1;
-    for (int t = 0; t < tiles; t++) {
-        int k0 = t * FA_K;
-        int nk = min(FA_K, last_pos + 1 - k0);
-        for (int i = threadIdx.x; i < FA_K * D / VEC; i += blockDim.x) {
-            int j = i / (D / VEC), c = (i % (D / VEC)) * VEC;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-            if (j < nk) {
-                size_t row = paged_row(table, k0 + j, bs, kv_heads, kh);
-                kv = *(const uint4*)(kc + row * D + c);
-                vv = *(const uint4*)(vc + row * D + c);
-            }
-            *(uint4*)(ks + j * D + c) = kv;
-            *(uint4*)(vs + j * D + c) = vv;
-        }
-        __syncthreads();
-        // Scores of this warp's 16 queries against the tile's 64 keys.
-        {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-#pragma unroll
-            for (int nt = 0; nt < FA_K / 16; nt++) {
-                wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    wmma::load_matrix_sync(a, qs + warp * 16 * D + kk * 16, D);
-                    wmma::load_matrix_sync(b, ks + nt * 16 * D + kk * 16, D);
-                    wmma::mma_sync(acc, a, b, acc);
-                }
-                wmma::store_matrix_sync(ss + warp * 16 * FA_K + nt * 16, acc, FA_K, wmma::mem_row_major);
-            }
-        }
-        __syncwarp();
-        // Online softmax: two lanes per query row, 32 keys each.
-        {
-            int r = warp * 16 + lane / 2, side = lane & 1;
-            int qpos = context + q0 + r;
-            float* srow = ss + r * FA_K;
-            float mx = -INFINITY;
-            for (int c = side * 32; c < side * 32 + 32; c++) {
-                float s = (r < nq && c < nk && k0 + c <= qpos) ? srow[c] : -INFINITY;
-                srow[c] = s;
-                mx = fmaxf(mx, s);
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-            float m_old = rm[r];
-            float m_new = fmaxf(m_old, mx);
-            // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
-            float base = m_new == -INFINITY ? 0.f : m_new;
-            float sum = 0.f;
-            for (int c = side * 32; c < side * 32 + 32; c++) {
-                float p = __expf(srow[c] - base);
-                ps[r * FA_K + c] = from_f<T>(p);
-                sum += p;
-            }
-            sum += __shfl_xor_sync(0xffffffff, sum, 1);
-            float alpha = __expf(m_old - base);
-            for (int c = side * (D / 2); c < side * (D / 2) + D / 2; c++) os[r * D + c] *= alpha;
-            __syncwarp();
-            if (side == 0) rl[r] = rl[r] * alpha + sum, rm[r] = m_new;
-        }
-        __syncwarp();
-        // This warp's outputs += P V.
-        {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-#pragma unroll
-            for (int dt = 0; dt < D / 16; dt++) {
-                wmma::load_matrix_sync(acc, os + warp * 16 * D + dt * 16, D, wmma::mem_row_major);
-#pragma unroll
-                for (int kk = 0; kk < FA_K / 16; kk++) {
-                    wmma::load_matrix_sync(a, ps + warp * 16 * FA_K + kk * 16, FA_K);
-                    wmma::load_matrix_sync(b, vs + kk * 16 * D + dt * 16, D);
-                    wmma::mma_sync(acc, a, b, acc);
-                }
-                wmma::store_matrix_sync(os + warp * 16 * D + dt * 16, acc, D, wmma::mem_row_major);
-            }
-        }
-        __syncthreads();
-    }
-    for (int i = threadIdx.x; i < nq * D; i += blockDim.x) {
-        int r = i / D, c = i % D;
-        float l = rl[r];
-        y[((size_t)(q0 + r) * heads + head) * D + c] = from_f<T>(l > 0.f ? os[i] / l : 0.f);
-    }
-}
-
 #define PAGED(T, S)                                                                                            \
     extern "C" __global__ void rope_kv_paged_##S(const T* qkv, int stride, T* q_out, T* kc, T* vc,             \
                                                  const T* cos, const T* sin, const uint32_t* pos,              \
@@ -492,11 +360,6 @@ __device__ void attn_prefill_wmma(const T* q, const T* kc, const T* vc, T* y, co
         const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len, int heads,    \
         int kv_heads, int bs) {                                                                                \
         attn_prefill<T, D>(q, kc, vc, y, table, context, len, heads, kv_heads, bs);                            \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attn_prefill_wmma##D##_##S(                              \
-        const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len, int heads,    \
-        int kv_heads, int bs) {                                                                                \
-        attn_prefill_wmma<T, D>(q, kc, vc, y, table, context, len, heads, kv_heads, bs);                       \
     }
 
 PAGED(float, f32)
