@@ -4,6 +4,7 @@
 //! verdicts out), `lean` (talking to Lean), `lsp` (the protocol plumbing beneath it).
 
 pub mod bench;
+pub mod confine;
 pub mod datasets;
 pub mod digest;
 pub mod lean;

@@ -27,7 +27,7 @@ pub struct ProcessLimits {
 /// What a child does between fork and exec beyond rlimits (see `sandbox`).
 #[derive(Debug, Clone, Default)]
 pub struct ChildSetup {
-    pub net: Option<crate::sandbox::NetPlan>,
+    pub net: Option<crate::confine::NetPlan>,
     /// Landlock ruleset descriptor to enforce, or -1.
     pub landlock_fd: i32,
 }
@@ -79,7 +79,7 @@ fn child_setup(limits: &ProcessLimits, setup: &ChildSetup) -> std::io::Result<()
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    crate::sandbox::restrict_self(setup.landlock_fd)
+    crate::confine::restrict_self(setup.landlock_fd)
 }
 
 fn set_limit(resource: libc::__rlimit_resource_t, value: Option<u64>) -> std::io::Result<()> {
