@@ -99,6 +99,18 @@ async fn concurrent_requests_give_exactly_the_samples_they_give_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_steps_time_is_split_into_planning_the_forward_pass_and_what_follows() {
+    let engine = load(EngineOptions::default());
+    let started = Instant::now();
+    engine.generate(&request("Fact:", 2, 3, 8)).await.unwrap();
+    let m = settled(&engine).await;
+    let wall_us = started.elapsed().as_micros() as u64;
+    assert!(m.steps > 0 && m.plan_us > 0 && m.forward_us > 0 && m.after_us > 0, "{m:?}");
+    // The three parts are disjoint stretches of the engine thread's time.
+    assert!(m.plan_us + m.forward_us + m.after_us <= wall_us, "{m:?} in {wall_us} us");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_too_small_for_the_batch_preempts_and_loses_or_repeats_no_sample() {
     let reqs = workload();
     let expected = alone(&load(EngineOptions::default()), &reqs).await;
