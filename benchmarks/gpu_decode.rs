@@ -172,6 +172,11 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
 
+/// The index of the largest value.
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
+}
+
 /// Seconds of one paged prefill (`batch` into `cache`), the best of 3 after a warm-up.
 fn time_paged(model: &Model, batch: &Batch, cache: &PagedCache, device: &Device) -> f64 {
     let run = || {
@@ -194,8 +199,6 @@ fn logits_agreement(model: &Model, ids: &Tensor, batch: &Batch, cache: &PagedCac
     match (generic, tiled) {
         (Ok(a), Ok(b)) => {
             let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().unwrap(), b.to_vec1().unwrap());
-            let argmax =
-                |v: &[f32]| v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0;
             let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
             json!({"max_abs_logit_diff": diff, "max_abs_logit": scale, "same_argmax": argmax(&a) == argmax(&b)})
@@ -221,8 +224,6 @@ fn fp8_cosine(dense: &Model, fp8: &Model, layers: usize, device: &Device) -> Val
         let na: f64 = va.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let nb: f64 = vb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         cosines.push(dot / (na * nb).max(1e-30));
-        let argmax =
-            |v: &[f32]| v.iter().enumerate().fold((0usize, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0;
         let (ta, tb) = (argmax(&va), argmax(&vb));
         same += usize::from(ta == tb);
         if step == 16 {

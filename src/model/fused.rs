@@ -55,6 +55,17 @@ const WARPS_PER_SM: [usize; 3] = [48, 96, 96];
 const GEMV_WARPS: usize = 8;
 /// Output columns per unit of the plain projection (`GEMV_COLS` in decode.cu).
 const GEMV_COLS: usize = 2;
+/// Kernel names (each with a dtype suffix in the module), one list per family, indexed as they
+/// are launched: the few-row projections by rows - 1, the one-row ones by index into `SPLITS`.
+const GEMV: [&str; GEMV_MAX_ROWS] = ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8"];
+const GEMV1_SPLIT: [&str; 4] = ["gemv1", "gemv1_k2", "gemv1_k4", "gemv1_k8"];
+const GEMV_SILU_SPLIT: [&str; 4] = ["gemv_silu_k1", "gemv_silu_k2", "gemv_silu_k4", "gemv_silu_k8"];
+const GEMV_ROPE_SPLIT: [&str; 4] = ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k4", "gemv_rope_k8"];
+const GEMV_FP8: [&str; GEMV_MAX_ROWS] =
+    ["gemv_fp8_1", "gemv_fp8_2", "gemv_fp8_3", "gemv_fp8_4", "gemv_fp8_5", "gemv_fp8_6", "gemv_fp8_7", "gemv_fp8_8"];
+const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
+/// Prefill attention for head sizes 64, 128 and 256.
+const PREFILL: [&str; 3] = ["attn_prefill64", "attn_prefill128", "attn_prefill256"];
 
 /// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
 macro_rules! launch {
@@ -259,9 +270,9 @@ fn prefill_smem(d: usize) -> usize {
 /// The prefill kernel for head size `d`.
 fn prefill_name(d: usize) -> Option<&'static str> {
     Some(match d {
-        64 => "attn_prefill64",
-        128 => "attn_prefill128",
-        256 => "attn_prefill256",
+        64 => PREFILL[0],
+        128 => PREFILL[1],
+        256 => PREFILL[2],
         _ => return None,
     })
 }
@@ -297,55 +308,30 @@ impl Kernels {
     pub fn load(device: &Device, dtype: DType) -> Result<Option<Kernels>> {
         let Device::Cuda(dev) = device else { return Ok(None) };
         let Ok(sfx) = suffix(dtype) else { return Ok(None) };
-        const PER_DTYPE: [&str; 25] = [
+        const OTHERS: [&str; 10] = [
             "add_rmsnorm",
             "silu_mul",
             "rope_kv",
             "attn_split64",
             "attn_split128",
             "attn_split256",
-            "gemv1",
-            "gemv2",
-            "gemv3",
-            "gemv4",
-            "gemv5",
-            "gemv6",
-            "gemv7",
-            "gemv8",
-            "gemv1_k2",
-            "gemv1_k4",
-            "gemv1_k8",
-            "gemv_silu_k1",
-            "gemv_silu_k2",
-            "gemv_silu_k4",
-            "gemv_silu_k8",
-            "gemv_rope_k1",
-            "gemv_rope_k2",
-            "gemv_rope_k4",
-            "gemv_rope_k8",
-        ];
-        const PAGED: [&str; 4] = ["rope_kv_paged", "attn_paged64", "attn_paged128", "attn_paged256"];
-        const FP8: [&str; 12] = [
-            "fp8_dequant",
-            "gemv_fp8_1",
-            "gemv_fp8_2",
-            "gemv_fp8_3",
-            "gemv_fp8_4",
-            "gemv_fp8_5",
-            "gemv_fp8_6",
-            "gemv_fp8_7",
-            "gemv_fp8_8",
-            "gemv_fp8_1_k2",
-            "gemv_fp8_1_k4",
-            "gemv_fp8_1_k8",
+            "rope_kv_paged",
+            "attn_paged64",
+            "attn_paged128",
+            "attn_paged256",
         ];
         // Tensor-core prefill attention takes 16-bit inputs only.
-        let prefill: &[&'static str] =
-            if dtype == DType::F32 { &[] } else { &["attn_prefill64", "attn_prefill128", "attn_prefill256"] };
-        let entries: Vec<(&'static str, String)> = PER_DTYPE
+        let prefill: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL };
+        // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
+        let entries: Vec<(&'static str, String)> = OTHERS
             .iter()
-            .chain(PAGED.iter())
-            .chain(FP8.iter())
+            .chain(GEMV.iter())
+            .chain(GEMV1_SPLIT[1..].iter())
+            .chain(GEMV_SILU_SPLIT.iter())
+            .chain(GEMV_ROPE_SPLIT.iter())
+            .chain(std::iter::once(&"fp8_dequant"))
+            .chain(GEMV_FP8.iter())
+            .chain(GEMV_FP8_1_SPLIT[1..].iter())
             .chain(prefill.iter())
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
@@ -610,9 +596,7 @@ impl Kernels {
                 block_dim: (32 * GEMV_WARPS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            const NAMES: [&str; GEMV_MAX_ROWS] =
-                ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8"];
-            launch!(self, NAMES[rows - 1], cfg, &px, &pw, &pr, &py, &n_i, &k_i);
+            launch!(self, GEMV[rows - 1], cfg, &px, &pw, &pr, &py, &n_i, &k_i);
         }
         Ok(Some(y))
     }
@@ -653,25 +637,14 @@ impl Kernels {
         let (n_i, k_i) = (n as i32, k as i32);
         if rows == 1 {
             let (i, cfg) = self.split_choice(n.div_ceil(GEMV_COLS), Split::Plain);
-            const NAMES: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
-            launch!(self, NAMES[i], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
+            launch!(self, GEMV_FP8_1_SPLIT[i], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
         } else {
             let cfg = LaunchConfig {
                 grid_dim: (n.div_ceil(GEMV_COLS * GEMV_WARPS) as u32, 1, 1),
                 block_dim: (32 * GEMV_WARPS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            const NAMES: [&str; GEMV_MAX_ROWS] = [
-                "gemv_fp8_1",
-                "gemv_fp8_2",
-                "gemv_fp8_3",
-                "gemv_fp8_4",
-                "gemv_fp8_5",
-                "gemv_fp8_6",
-                "gemv_fp8_7",
-                "gemv_fp8_8",
-            ];
-            launch!(self, NAMES[rows - 1], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
+            launch!(self, GEMV_FP8[rows - 1], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
         }
         Ok(Some(y))
     }
@@ -703,9 +676,9 @@ impl Kernels {
     fn split_launch(&self, units: usize, kind: Split) -> (&'static str, LaunchConfig) {
         let (i, cfg) = self.split_choice(units, kind);
         let names = match kind {
-            Split::Qkv => ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k4", "gemv_rope_k8"],
-            Split::GateUp => ["gemv_silu_k1", "gemv_silu_k2", "gemv_silu_k4", "gemv_silu_k8"],
-            Split::Plain => ["gemv1", "gemv1_k2", "gemv1_k4", "gemv1_k8"],
+            Split::Qkv => GEMV_ROPE_SPLIT,
+            Split::GateUp => GEMV_SILU_SPLIT,
+            Split::Plain => GEMV1_SPLIT,
         };
         (names[i], cfg)
     }

@@ -246,12 +246,14 @@ pub struct Merged {
 /// wins, as in one unsharded synthesis), in one stable order; counts summed. A shard whose files
 /// do not match its `stats.json` is incomplete and refused.
 pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged, SynthError> {
+    // Each shard's stats.json, read once: the hashes its layouts must match, and its counts.
+    let recorded: Vec<Value> = inputs.iter().map(|dir| shard_stats(dir)).collect::<Result<_, _>>()?;
     let mut layouts: Vec<Vec<Value>> = Vec::new();
     let mut dups = 0;
     for file in ["chat.jsonl", "pairs.jsonl"] {
         let mut rows = Vec::new();
-        for dir in inputs {
-            rows.extend(read_shard(dir, file)?);
+        for (dir, stats) in inputs.iter().zip(&recorded) {
+            rows.extend(read_shard(dir, file, stats)?);
         }
         rows.sort_by_key(merge_order);
         let mut seen = HashSet::new();
@@ -263,8 +265,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Merged, SynthError> {
     let mut shards = Vec::new();
     let mut total = SynthStats::default();
     let mut wall_hours = 0.0;
-    for dir in inputs {
-        let s = shard_stats(dir)?;
+    for (dir, stats) in inputs.iter().zip(&recorded) {
+        let s: SynthStats = serde_json::from_value(stats.clone()).map_err(|e| SynthError::Invalid {
+            path: dir.join("stats.json").display().to_string(),
+            detail: e.to_string(),
+        })?;
         total.problems += s.problems;
         total.solved += s.solved;
         total.selected += s.selected;
@@ -304,25 +309,21 @@ fn merge_order(v: &Value) -> (String, String, String, String) {
     )
 }
 
-fn shard_stats(dir: &Path) -> Result<SynthStats, SynthError> {
-    let path = dir.join("stats.json");
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|source| SynthError::Read { path: shown.clone(), source })?;
-    serde_json::from_str(&text).map_err(|e| SynthError::Invalid { path: shown, detail: e.to_string() })
+/// A shard's `stats.json`; without one the shard's output is incomplete.
+fn shard_stats(dir: &Path) -> Result<Value, SynthError> {
+    std::fs::read_to_string(dir.join("stats.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).ok_or_else(|| {
+        SynthError::Invalid {
+            path: dir.display().to_string(),
+            detail: "no stats.json, so the output is incomplete".into(),
+        }
+    })
 }
 
-/// One layout of a shard, refused unless it matches the hash its `stats.json` records.
-fn read_shard(dir: &Path, file: &str) -> Result<Vec<Value>, SynthError> {
+/// One layout of a shard, refused unless it matches the hash its `stats.json` (`stats`) records.
+fn read_shard(dir: &Path, file: &str, stats: &Value) -> Result<Vec<Value>, SynthError> {
     let path = dir.join(file);
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(&path).map_err(|source| SynthError::Read { path: shown.clone(), source })?;
-    let stats: Value = std::fs::read_to_string(dir.join("stats.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .ok_or_else(|| SynthError::Invalid {
-            path: dir.display().to_string(),
-            detail: "no stats.json, so the output is incomplete".into(),
-        })?;
     if stats["sha256"][file].as_str() != Some(sha256_hex(&text).as_str()) {
         return Err(SynthError::Invalid {
             path: shown,

@@ -350,13 +350,29 @@ __device__ __forceinline__ bool unit_sum(float (&v)[N]) {
     }
 }
 
+// Output columns of one few-row unit (`gemv`, `gemv_fp8`).
+constexpr int GEMV_COLS = 2;
+// The few-row projections' epilogue: the unit's sums (acc[c * M + m] for column col0 + c, row m)
+// written to y, plus res where given, columns past n left alone.
+template <typename T, int M>
+__device__ __forceinline__ void gemv_store(const float* acc, const T* res, T* y, int col0, int n) {
+#pragma unroll
+    for (int c = 0; c < GEMV_COLS; c++)
+#pragma unroll
+        for (int m = 0; m < M; m++)
+            if (col0 + c < n) {
+                size_t at = (size_t)m * n + col0 + c;
+                // With a residual, the sum of the two as the unfused path rounds them: each to T.
+                y[at] = res ? from_f<T>(to_f(res[at]) + to_f(from_f<T>(acc[c * M + m]))) : from_f<T>(acc[c * M + m]);
+            }
+}
+
 // y[m, n] = res[m, n] + sum_k x[m, k] * w[n, k] for the M rows of x (res optional: the residual
 // stream the projection adds to): the projections of a decode step with few
 // rows, where a GEMM library's tiles waste bandwidth. A unit computes COLS output columns, so each
 // load of x serves COLS weight rows; weights stream past L1 (read once), x stays there.
 // Requires k % (16 / sizeof(T)) == 0 and 16-byte aligned rows.
 // Grid: ceil(ceil(n / COLS) / (8 / KS)); block: 256.
-constexpr int GEMV_COLS = 2;
 template <typename T, int M, int KS>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ res, T* __restrict__ y,
                      int n, int k) {
@@ -391,15 +407,7 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
         }
     }
     if (!unit_sum<KS>(acc)) return;
-#pragma unroll
-    for (int c = 0; c < GEMV_COLS; c++)
-#pragma unroll
-        for (int m = 0; m < M; m++)
-            if (col0 + c < n) {
-                size_t at = (size_t)m * n + col0 + c;
-                // With a residual, the sum of the two as the unfused path rounds them: each to T.
-                y[at] = res ? from_f<T>(to_f(res[at]) + to_f(from_f<T>(acc[c * M + m]))) : from_f<T>(acc[c * M + m]);
-            }
+    gemv_store<T, M>(acc, res, y, col0, n);
 }
 
 #define GEMV(T, S, M)                                                                                          \

@@ -106,14 +106,7 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         }
     }
     if (!unit_sum<KS>(acc)) return;
-#pragma unroll
-    for (int c = 0; c < GEMV_COLS; c++)
-#pragma unroll
-        for (int m = 0; m < M; m++)
-            if (col0 + c < n) {
-                size_t at = (size_t)m * n + col0 + c;
-                y[at] = res ? from_f<T>(to_f(res[at]) + to_f(from_f<T>(acc[c * M + m]))) : from_f<T>(acc[c * M + m]);
-            }
+    gemv_store<T, M>(acc, res, y, col0, n);
 }
 
 #define FP8_GEMV(T, S, M)                                                                                      \
