@@ -6,6 +6,7 @@
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
 //!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic] [--fp8]
+//!              [--kv-rows 32] [--kv-context 2048]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
 //! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
@@ -13,6 +14,12 @@
 //! Decode runs twice, through the fused decode step and sampler and through the generic ones
 //! (`--no-generic` skips it), for their ratio in the same run, and the two steps' logits are
 //! compared (`fused_vs_generic_logits`). A checkpoint already in `--dir` is reused.
+//!
+//! `kv_cache` compares the serving engine's paged cache in bf16 and in FP8 (`--kv-dtype fp8`):
+//! decode steps of `--kv-rows` sequences at `--kv-context` positions each (each its own blocks,
+//! so every step reads every row's keys and values), and the FP8 cache's logits against bf16's
+//! on one sequence (its prompt, then 16 greedy steps). With `--fp8`, the FP8 weights decode over
+//! both caches too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +29,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
 use subgoal::model::llama::{KvCache, Model};
-use subgoal::model::paged::{Batch, PagedCache};
+use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 
 #[path = "gpu_common.rs"]
 mod gpu_common;
@@ -76,14 +83,7 @@ fn main() {
         let s = (0..3).map(|_| run()).fold(f64::MAX, f64::min);
         // The serving engine's prefill: the prompt as one chunk into a paged cache, attention
         // tiled with an online softmax (no score matrix).
-        let cache = PagedCache::new(
-            &model.cfg,
-            p.div_ceil(16) + 1,
-            16,
-            subgoal::model::paged::KvFormat::Dense(DType::BF16),
-            &device,
-        )
-        .unwrap();
+        let cache = PagedCache::new(&model.cfg, p.div_ceil(16) + 1, 16, KvFormat::Dense(DType::BF16), &device).unwrap();
         let ids_vec: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
         let mut batch = Batch::default();
         batch.push(&ids_vec, 0, (0..(p.div_ceil(16) + 1) as u32).collect(), true);
@@ -96,6 +96,10 @@ fn main() {
                    "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement}),
         );
     }
+
+    // Prefill attention alone, one layer's worth (all heads), against PyTorch's SDPA below.
+    let attention: serde_json::Map<String, Value> =
+        prompts.iter().map(|&p| (p.to_string(), attention_alone(p, &device))).collect();
 
     // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
     let fused = model.fused_decode();
@@ -118,18 +122,70 @@ fn main() {
         let load8 = t.elapsed().as_secs_f64();
         let rates = decode_rates(&m8, &batches, layers, new_tokens, cpu_sampling, &device);
         let cosine = fp8_cosine(&model, &m8, layers, &device);
+        drop(m8);
+        // The same weights with every projection past 8 rows on the tensor-core FP8 GEMM (the
+        // default sends up to 32 rows through the few-row kernel, 8 at a time).
+        std::env::set_var("SUBGOAL_CUDA_FP8_FEW_ROWS", "8");
+        let m8g = Model::from_safetensors(&dir, &device, DType::BF16, true).expect("load the model in FP8");
+        std::env::remove_var("SUBGOAL_CUDA_FP8_FEW_ROWS");
+        let rates_gemm = decode_rates(&m8g, &batches, layers, new_tokens, cpu_sampling, &device);
+        drop(m8g);
+        let gemm = gemm_fp8_check(&device);
         let mut ratios = serde_json::Map::new();
         for (k, v) in &rates {
             let (a, b) = (v["tokens_per_s"].as_f64().unwrap_or(0.0), decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0));
             ratios.insert(format!("decode_{k}_fp8_over_bf16"), json!(if b > 0.0 { r(a / b) } else { 0.0 }));
         }
-        json!({"load_s": r(load8), "decode": rates, "ratios": ratios, "logits_vs_bf16": cosine,
+        for (k, v) in &rates_gemm {
+            let (a, b) = (v["tokens_per_s"].as_f64().unwrap_or(0.0), decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0));
+            ratios.insert(format!("decode_{k}_fp8_gemm_over_bf16"), json!(if b > 0.0 { r(a / b) } else { 0.0 }));
+        }
+        json!({"load_s": r(load8), "decode": rates, "decode_gemm_past_8_rows": rates_gemm, "gemm_fp8": gemm,
+               "ratios": ratios, "logits_vs_bf16": cosine,
                // Bytes per token: the projections in one byte each, the output head in two (it
                // stays bf16), counted like the bf16 roofline (embeddings included): `params`.
                "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / params as f64)})
     } else {
         Value::Null
     };
+
+    // The paged cache in bf16 and in FP8, with the bf16 weights and (`--fp8`) the FP8 ones.
+    let kv_rows: usize = arg(&args, "--kv-rows").and_then(|v| v.parse().ok()).unwrap_or(32);
+    let kv_context: usize = arg(&args, "--kv-context").and_then(|v| v.parse().ok()).unwrap_or(2048);
+    let mut kv_cache = serde_json::Map::new();
+    kv_cache.insert("rows".into(), json!(kv_rows));
+    kv_cache.insert("context".into(), json!(kv_context));
+    kv_cache.insert("logits_fp8_vs_bf16_cache".into(), kv_agreement(&model, kv_context, &device));
+    let mut weights: Vec<(&str, Model)> = vec![];
+    if args.iter().any(|a| a == "--fp8") {
+        weights.push(("fp8_weights", Model::from_safetensors(&dir, &device, DType::BF16, true).expect("FP8 weights")));
+    }
+    let mut steps = vec![];
+    for (name, m) in std::iter::once(("bf16_weights", &model)).chain(weights.iter().map(|(n, m)| (*n, m))) {
+        for (cache_name, format) in [("bf16_cache", KvFormat::Dense(DType::BF16)), ("fp8_cache", KvFormat::Fp8)] {
+            let ms = kv_step_ms(m, kv_rows, kv_context, format, &device);
+            steps.push((format!("{name}_{cache_name}"), ms));
+            kv_cache.insert(format!("{name}_{cache_name}_ms_per_step"), json!(r(ms)));
+        }
+    }
+    drop(weights);
+    if let Some((_, base)) = steps.first() {
+        for (name, ms) in &steps[1..] {
+            kv_cache.insert(format!("{name}_speedup_over_bf16"), json!(r(base / ms)));
+        }
+    }
+    // Bytes a step reads at this occupancy: the weights once and every row's keys and values.
+    let kv_bytes = |per_token: f64| kv_rows as f64 * kv_context as f64 * per_token;
+    let per_token_bf16 = (2 * layers * HIDDEN * 2) as f64;
+    let per_token_fp8 = (2 * layers * (HIDDEN + 4 * HEADS)) as f64;
+    kv_cache.insert(
+        "hbm_limit_ms_per_step".into(),
+        json!({
+            "bf16_weights_bf16_cache": r((weight_bytes + kv_bytes(per_token_bf16)) / HBM_BYTES_PER_S * 1e3),
+            "bf16_weights_fp8_cache": r((weight_bytes + kv_bytes(per_token_fp8)) / HBM_BYTES_PER_S * 1e3),
+            "bandwidth_tb_per_s": HBM_BYTES_PER_S / 1e12,
+        }),
+    );
 
     let torch = if args.iter().any(|a| a == "--no-torch") {
         Value::Null
@@ -149,6 +205,12 @@ fn main() {
             ratios.insert(format!("{kind}_{k}_subgoal_over_torch"), ratio(v, &torch[kind][k]));
         }
     }
+    for (k, v) in &attention {
+        let (ours, theirs) = (v["ms"].as_f64(), torch["attention"][k]["ms"].as_f64());
+        if let (Some(a), Some(b)) = (ours, theirs) {
+            ratios.insert(format!("attention_{k}_subgoal_over_torch"), json!(r(b / a)));
+        }
+    }
     for (k, v) in &prefill {
         let paged = json!({"tokens_per_s": v["paged_tokens_per_s"]});
         ratios.insert(format!("prefill_{k}_paged_over_torch"), ratio(&paged, &torch["prefill"][k]));
@@ -160,10 +222,11 @@ fn main() {
         "load_s": r(load_s),
         "new_tokens": new_tokens,
         "sampling": if cpu_sampling { "cpu, per row" } else { "on the device" },
-        "subgoal": {"prefill": prefill, "decode": decode, "decode_generic_step": generic},
+        "subgoal": {"prefill": prefill, "attention": attention, "decode": decode, "decode_generic_step": generic},
         "fused_decode": fused,
         "fused_vs_generic_logits": agreement,
         "fp8": fp8,
+        "kv_cache": kv_cache,
         "torch": torch,
         "ratios": ratios,
         "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / weight_bytes),
@@ -175,6 +238,183 @@ fn main() {
 /// The index of the largest value.
 fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
+}
+
+/// The tiled prefill attention kernel alone on one layer's shape (32 heads of 128, `p` queries at
+/// positions 0..p over a paged cache of 16-token blocks, random inputs): the best of 3 runs of 5
+/// launches, its rate in causal TFLOP/s, and its output on two heads against attention computed
+/// in f32 with the score matrix materialized.
+fn attention_alone(p: usize, device: &Device) -> Value {
+    use subgoal::model::fused::Kernels;
+    const D: usize = 128;
+    let Ok(Some(k)) = Kernels::load(device, DType::BF16) else { return json!({"error": "no fused kernels"}) };
+    let blocks = p.div_ceil(16);
+    let rand = |shape: &[usize], scale: f64| {
+        (Tensor::randn(0f32, 1.0, shape, device).unwrap() * scale).unwrap().to_dtype(DType::BF16).unwrap()
+    };
+    let q = rand(&[p, HEADS * D], 1.0 / (D as f64).sqrt());
+    let (kc, vc) = (rand(&[blocks, HEADS, 16, D], 1.0), rand(&[blocks, HEADS, 16, D], 1.0));
+    let table = Tensor::arange(0u32, blocks as u32, device).unwrap();
+    let kv = subgoal::model::fused::PagedKv { k: &kc, v: &vc, scales: None };
+    let launch = || k.attention_prefill(&q, kv, &table, 0, HEADS).unwrap().expect("a prefill kernel");
+    launch();
+    device.synchronize().unwrap();
+    let s = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..5 {
+                launch();
+            }
+            device.synchronize().unwrap();
+            t.elapsed().as_secs_f64() / 5.0
+        })
+        .fold(f64::MAX, f64::min);
+    let flops = 4.0 * (p * p) as f64 / 2.0 * (D * HEADS) as f64;
+    let out = launch().to_dtype(DType::F32).unwrap();
+    // The reference, on heads 0 and the last: (p, D) rows of the cache as positions.
+    let cache_rows = |c: &Tensor, h: usize| {
+        c.narrow(1, h, 1)
+            .unwrap()
+            .reshape((blocks * 16, D))
+            .unwrap()
+            .narrow(0, 0, p)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let pos = Tensor::arange(0u32, p as u32, device).unwrap();
+    let future = pos.unsqueeze(0).unwrap().broadcast_gt(&pos.unsqueeze(1).unwrap()).unwrap();
+    let neg = Tensor::full(f32::NEG_INFINITY, (p, p), device).unwrap();
+    let (mut diff, mut scale) = (0f32, 0f32);
+    for h in [0, HEADS - 1] {
+        let qh = q.narrow(1, h * D, D).unwrap().contiguous().unwrap().to_dtype(DType::F32).unwrap();
+        let scores = qh.matmul(&cache_rows(&kc, h).t().unwrap()).unwrap();
+        let scores = future.where_cond(&neg, &scores).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let want = probs.matmul(&cache_rows(&vc, h)).unwrap();
+        let got = out.narrow(1, h * D, D).unwrap();
+        let d = (want.clone() - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        diff = diff.max(d);
+        scale = scale.max(m);
+    }
+    json!({"ms": r(s * 1e3), "causal_tflops": r(flops / s / 1e12), "max_abs_diff_vs_f32": diff, "max_abs_f32": scale})
+}
+
+/// `gemm_fp8` on its own at the 7B shape's projection sizes: against the dequantized weight
+/// through cuBLAS on the same bytes (largest difference over the largest output), and its time
+/// beside that path's and beside bf16 cuBLAS on a dense weight of the same shape, at 64 and 256
+/// rows (best of 3 runs of 10 launches).
+fn gemm_fp8_check(device: &Device) -> Value {
+    use subgoal::model::fused::Kernels;
+    let Ok(Some(k)) = Kernels::load(device, DType::BF16) else { return json!({"error": "no fused kernels"}) };
+    let mut out = serde_json::Map::new();
+    for (name, n, kk) in [("qkv", 3 * HIDDEN, HIDDEN), ("down", HIDDEN, INTERMEDIATE)] {
+        let host: Vec<f32> = (0..n * kk).map(|i| (((i * 7919) % 1999) as f32 - 999.0) * 0.02 / 999.0).collect();
+        let q = subgoal::model::fp8::BlockFp8::quantize(&host, n, kk).unwrap();
+        let (rb, cb) = (q.row_blocks(), q.col_blocks());
+        let bytes = Tensor::from_vec(q.data, (n, kk), device).unwrap();
+        let scale = Tensor::from_vec(q.scale_inv, (rb, cb), device).unwrap();
+        let dense = k.dequantize_fp8(&bytes, &scale).unwrap();
+        for rows in [64usize, 256] {
+            let x = Tensor::randn(0f32, 1.0, (rows, kk), device).unwrap().to_dtype(DType::BF16).unwrap();
+            let Some(got) = k.gemm_fp8(&x, &bytes, &scale).unwrap() else {
+                out.insert(format!("{name}_{rows}"), json!("gemm_fp8 does not take this shape"));
+                continue;
+            };
+            let want = x.matmul(&dense.t().unwrap()).unwrap().to_dtype(DType::F32).unwrap();
+            let got = got.to_dtype(DType::F32).unwrap();
+            let diff = (&want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale_out = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let time = |f: &dyn Fn()| {
+                f();
+                device.synchronize().unwrap();
+                (0..3)
+                    .map(|_| {
+                        let t = Instant::now();
+                        for _ in 0..10 {
+                            f();
+                        }
+                        device.synchronize().unwrap();
+                        t.elapsed().as_secs_f64() / 10.0
+                    })
+                    .fold(f64::MAX, f64::min)
+            };
+            let t_gemm = time(&|| drop(k.gemm_fp8(&x, &bytes, &scale).unwrap()));
+            let t_deq = time(&|| drop(x.matmul(&k.dequantize_fp8(&bytes, &scale).unwrap().t().unwrap()).unwrap()));
+            let t_bf16 = time(&|| drop(x.matmul(&dense.t().unwrap()).unwrap()));
+            out.insert(
+                format!("{name}_{n}x{kk}_rows_{rows}"),
+                json!({"max_abs_diff": diff, "max_abs_output": scale_out,
+                       "gemm_fp8_us": r(t_gemm * 1e6), "dequantize_then_cublas_us": r(t_deq * 1e6),
+                       "bf16_cublas_us": r(t_bf16 * 1e6),
+                       "gemm_fp8_over_bf16_speed": r(t_bf16 / t_gemm)}),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+/// Milliseconds per decode step of `rows` sequences at `context` positions each in a paged cache
+/// of `format` (16-token blocks, each sequence its own): the prompts are prefilled one by one,
+/// then 2 warm-up steps and 16 timed ones, every row's token a fixed one.
+fn kv_step_ms(model: &Model, rows: usize, context: usize, format: KvFormat, device: &Device) -> f64 {
+    const STEPS: usize = 18;
+    let per_row = (context + STEPS).div_ceil(16);
+    let cache = PagedCache::new(&model.cfg, rows * per_row, 16, format, device).unwrap();
+    let table = |r: usize| ((r * per_row) as u32..((r + 1) * per_row) as u32).collect::<Vec<u32>>();
+    let ids: Vec<u32> = prompt_ids(1, context, device).flatten_all().unwrap().to_vec1().unwrap();
+    for r in 0..rows {
+        let mut batch = Batch::default();
+        batch.push(&ids, 0, table(r), true);
+        drop(model.forward_paged(&batch, &cache).unwrap());
+    }
+    let step = |s: usize| {
+        let mut batch = Batch::default();
+        for r in 0..rows {
+            batch.push(&[1], context + s, table(r), true);
+        }
+        drop(model.forward_paged(&batch, &cache).unwrap());
+    };
+    step(0);
+    step(1);
+    device.synchronize().unwrap();
+    let t = Instant::now();
+    for s in 2..STEPS {
+        step(s);
+    }
+    device.synchronize().unwrap();
+    t.elapsed().as_secs_f64() * 1e3 / (STEPS - 2) as f64
+}
+
+/// The FP8 cache's logits against the bf16 cache's, same weights: one prompt of `context`
+/// tokens, then 16 greedy steps, both fed the bf16 cache's greedy token: cosine per step and
+/// argmax agreement.
+fn kv_agreement(model: &Model, context: usize, device: &Device) -> Value {
+    let blocks: Vec<u32> = (0..(context + 17).div_ceil(16) as u32).collect();
+    let dense = PagedCache::new(&model.cfg, blocks.len(), 16, KvFormat::Dense(DType::BF16), device).unwrap();
+    let fp8 = PagedCache::new(&model.cfg, blocks.len(), 16, KvFormat::Fp8, device).unwrap();
+    let ids: Vec<u32> = prompt_ids(1, context, device).flatten_all().unwrap().to_vec1().unwrap();
+    let (mut cosines, mut same) = (vec![], 0);
+    let mut feed = |tokens: &[u32], at: usize| -> u32 {
+        let mut batch = Batch::default();
+        batch.push(tokens, at, blocks.clone(), true);
+        let a: Vec<f32> = model.forward_paged(&batch, &dense).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = model.forward_paged(&batch, &fp8).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        cosines.push(dot / (na * nb).max(1e-30));
+        same += usize::from(argmax(&a) == argmax(&b));
+        argmax(&a) as u32
+    };
+    let mut next = feed(&ids, 0);
+    for s in 0..16 {
+        next = feed(&[next], context + s);
+    }
+    let min = cosines.iter().copied().fold(f64::MAX, f64::min);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    json!({"steps": cosines.len(), "cosine_min": min, "cosine_mean": mean, "same_argmax": same})
 }
 
 /// Seconds of one paged prefill (`batch` into `cache`), the best of 3 after a warm-up.

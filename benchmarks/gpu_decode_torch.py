@@ -18,8 +18,22 @@ def ids(t):
     return torch.tensor([[(i * 7919 + 13) % (vocab - 1) for i in range(t)]], device="cuda")
 
 
-out = {"torch": torch.__version__, "prefill": {}, "decode": {}}
+out = {"torch": torch.__version__, "prefill": {}, "attention": {}, "decode": {}}
 with torch.inference_mode():
+    # Causal attention alone at the same shape as gpu_decode's attention arm: best of 3 runs of 5.
+    for p in prompts:
+        q, k, v = (torch.randn(1, 32, p, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.cuda.synchronize()
+        best = 1e9
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(5):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - t) / 5)
+        out["attention"][str(p)] = {"ms": round(best * 1e3, 3)}
+        del q, k, v
     for p in prompts:
         x = ids(p)
         model(x)

@@ -5,7 +5,7 @@
 //!
 //!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
 //!             [--trt-seqs-long 24] [--layers 30] [--only-trt]
-//!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all]
+//!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all] [--kv-fp8]
 //!
 //! Prints JSON:
 //! - `paged_vs_static`: the engine's fused paged step (tiled prefill attention, paged split-K
@@ -24,6 +24,9 @@
 //!   largest k that runs (`--baseline-k`, halved on out-of-memory).
 //! - `trt`: 128 in / 2,048 out and 2,048 / 2,048, `--trt-seqs-short` and `--trt-seqs-long`
 //!   sequences.
+//! - `--kv-fp8`: each engine run of `passk` and `trt` again with the cache in FP8
+//!   (`--kv-dtype fp8`: E4M3 with a factor per row, so twice the blocks in the same memory), its
+//!   figures under `engine_fp8_cache` and its speed-up over the bf16 cache beside them.
 //! - Beside each engine figure, the memory-bandwidth limit at the occupancy the engine ran at:
 //!   every step reads the weights once and each decode row's cached positions (and, with a
 //!   shared prefix read once per request, less).
@@ -136,15 +139,17 @@ fn run_jobs(
     (started.elapsed().as_secs_f64(), tokens)
 }
 
-/// Runs jobs through a fresh engine; returns wall seconds, output tokens, the engine's counters
-/// and its cache blocks.
+/// Runs jobs through a fresh engine (its cache in FP8 with `kv_fp8`); returns wall seconds,
+/// output tokens, the engine's counters and its cache blocks.
 fn engine_run(
     model: &Arc<Model>,
     tok: &Arc<ModelTokenizer>,
     jobs: &[(Vec<u32>, Vec<usize>)],
     rt: &tokio::runtime::Runtime,
+    kv_fp8: bool,
 ) -> (f64, u64, MetricsSnapshot, usize) {
-    let engine = Engine::start(model.clone(), tok.clone(), &EngineOptions::default()).expect("start the engine");
+    let opts = EngineOptions { kv_fp8, ..EngineOptions::default() };
+    let engine = Engine::start(model.clone(), tok.clone(), &opts).expect("start the engine");
     let (wall, tokens) = run_jobs(|job| engine.submit(job), jobs, rt);
     let m = engine.metrics.snapshot();
     let blocks = engine.cache_blocks;
@@ -273,6 +278,9 @@ fn main() {
     let only_trt = args.iter().any(|a| a == "--only-trt");
     let cfg = Config::llama_7b(layers, 102400);
     let kv_bytes = (2 * cfg.layers * cfg.kv_heads * cfg.head_dim * 2) as f64;
+    let kv_fp8 = args.iter().any(|a| a == "--kv-fp8");
+    // A byte per element and an f32 factor per (token, head) row.
+    let kv_bytes_fp8 = (2 * cfg.layers * cfg.kv_heads * (cfg.head_dim + 4)) as f64;
     let t0 = Instant::now();
     let progress = |what: &str, v: &Value| eprintln!("[{:7.1}s] {what}: {v}", t0.elapsed().as_secs_f64());
     let (parity, b1, passk) = if only_trt {
@@ -291,7 +299,7 @@ fn main() {
 
         let b1 = {
             let prompt = rng.tokens(512, cfg.vocab);
-            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &[(prompt.clone(), vec![256])], &rt);
+            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &[(prompt.clone(), vec![256])], &rt, false);
             let mut v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth);
             // The same through the static path (its fused one-row step), for the ratio.
             if let Some((w, t)) = static_batch(&model, &prompt, &[256], &device) {
@@ -307,12 +315,20 @@ fn main() {
                 (rng.tokens(len, cfg.vocab), (0..k).map(|_| rng.length(mean, max)).collect())
             })
             .collect();
-        let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt);
+        let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, false);
         progress("passk engine", &json!({"wall": wall, "tokens": tokens, "metrics": m}));
         let mut passk = json!({
             "prompts": prompts, "k": k, "mean_length": r(passk_jobs.iter().flat_map(|j| &j.1).sum::<usize>() as f64 / (prompts * k) as f64),
             "engine": engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth),
         });
+        if kv_fp8 {
+            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, true);
+            let v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes_fp8, bandwidth);
+            passk["fp8_cache_over_bf16"] = json!(r(v["tokens_per_s"].as_f64().unwrap_or(0.0)
+                / passk["engine"]["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
+            progress("passk engine, fp8 cache", &v);
+            passk["engine_fp8_cache"] = v;
+        }
         if !no_baseline {
             let mut bk = baseline_k.min(k);
             let mut done = None;
@@ -388,8 +404,16 @@ fn main() {
     for (input, output, seqs) in [(128usize, 2048usize, trt_short), (2048, 2048, trt_long)] {
         let jobs: Vec<(Vec<u32>, Vec<usize>)> =
             (0..seqs).map(|_| (rng.tokens(input, cfg2.vocab), vec![output])).collect();
-        let (wall, tokens, m, blocks) = engine_run(&model2, &tok, &jobs, &rt);
+        let (wall, tokens, m, blocks) = engine_run(&model2, &tok, &jobs, &rt, false);
         let mut v = engine_report(wall, tokens, &m, blocks, w2, kv2, bandwidth);
+        if kv_fp8 {
+            let (wall, tokens, m, blocks) = engine_run(&model2, &tok, &jobs, &rt, true);
+            let kv8 = (2 * cfg2.layers * cfg2.kv_heads * (cfg2.head_dim + 4)) as f64;
+            let f = engine_report(wall, tokens, &m, blocks, w2, kv8, bandwidth);
+            v["fp8_cache_over_bf16"] =
+                json!(r(f["tokens_per_s"].as_f64().unwrap_or(0.0) / v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
+            v["engine_fp8_cache"] = f;
+        }
         if !no_baseline {
             // The engine of before runs one sequence at a time; two give its rate.
             let mut total = (0.0, 0u64);

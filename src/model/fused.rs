@@ -64,8 +64,17 @@ const GEMV_ROPE_SPLIT: [&str; 4] = ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k
 const GEMV_FP8: [&str; GEMV_MAX_ROWS] =
     ["gemv_fp8_1", "gemv_fp8_2", "gemv_fp8_3", "gemv_fp8_4", "gemv_fp8_5", "gemv_fp8_6", "gemv_fp8_7", "gemv_fp8_8"];
 const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
-/// Prefill attention for head sizes 64, 128 and 256.
+/// Prefill attention for head sizes 64, 128 and 256, over a cache in the model's dtype and over
+/// an FP8 one.
 const PREFILL: [&str; 3] = ["attn_prefill64", "attn_prefill128", "attn_prefill256"];
+const PREFILL_KV8: [&str; 3] = ["attn_prefill64_kv8", "attn_prefill128_kv8", "attn_prefill256_kv8"];
+/// Default of `Kernels::fp8_few_rows`.
+const FP8_FEW_ROWS: usize = 32;
+/// The FP8 GEMM for many rows and its split-K sum.
+const GEMM_FP8: [&str; 2] = ["gemm_fp8", "gemm_fp8_reduce"];
+/// Decode attention over the paged cache, likewise.
+const PAGED: [&str; 3] = ["attn_paged64", "attn_paged128", "attn_paged256"];
+const PAGED_KV8: [&str; 3] = ["attn_paged64_kv8", "attn_paged128_kv8", "attn_paged256_kv8"];
 
 /// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
 macro_rules! launch {
@@ -109,11 +118,11 @@ impl Module {
             let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             // SAFETY: `module` is loaded.
             let f = unsafe { result::module::get_function(m.module, name) }.map_err(err)?;
-            if let Some(d) = short.strip_prefix("attn_prefill").and_then(|d| d.parse::<usize>().ok()) {
-                // The prefill kernel's tiles take more than the 48 KiB of shared memory a launch
-                // gets by default; a GPU without that much goes without it (and prompts take the
-                // generic path), keeping every other kernel.
-                let bytes = prefill_smem(d) as i32;
+            if let Some(bytes) = dynamic_smem(short) {
+                // These kernels' tiles take more than the 48 KiB of shared memory a launch gets by
+                // default; a GPU without that much goes without them (prompts take the generic
+                // path, FP8 products the dequantized weight), keeping every other kernel.
+                let bytes = bytes as i32;
                 // SAFETY: a function of the loaded module and a documented attribute.
                 let set = unsafe {
                     sys::cuFuncSetAttribute(
@@ -124,7 +133,7 @@ impl Module {
                 }
                 .result();
                 if let Err(e) = set {
-                    tracing::warn!(kernel = short, bytes, error = %e, "prefill attention unavailable on this GPU");
+                    tracing::warn!(kernel = short, bytes, error = %e, "kernel unavailable on this GPU");
                     continue;
                 }
             }
@@ -193,13 +202,23 @@ pub struct RopeStep<'a> {
     pub q_scale: f32,
 }
 
-/// What the paged rotation and cache write of a step need: the layer's paged caches (`[blocks,
-/// kv_heads, bs, d]`), the rotary tables, each token's position (u32 `[tokens]`), the block
+/// One layer's paged keys and values (`[blocks, kv_heads, bs, d]`): in the model's dtype, or E4M3
+/// bytes (u8) with each row's factor in `scales` (f32, `[blocks, kv_heads, bs, 1]`, keys' then
+/// values').
+#[derive(Clone, Copy)]
+pub struct PagedKv<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub scales: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// What the paged rotation and cache write of a step need: the layer's paged caches, the rotary
+/// tables, each token's position (u32 `[tokens]`), the block
 /// tables of the step's sequences back to back (u32) and each token's offset into them (u32
 /// `[tokens]`), the query heads, the rotation's layout and q's scale.
 #[derive(Clone, Copy)]
 pub struct PagedRope<'a> {
-    pub caches: (&'a Tensor, &'a Tensor),
+    pub caches: PagedKv<'a>,
     pub tables: (&'a Tensor, &'a Tensor),
     pub pos: &'a Tensor,
     pub block_tables: &'a Tensor,
@@ -233,6 +252,9 @@ pub struct Kernels {
     dtype: DType,
     module: Module,
     gemv_rows: usize,
+    /// Up to how many rows an FP8 projection takes the few-row kernel (8 rows a launch) rather
+    /// than `gemm_fp8`.
+    fp8_few_rows: usize,
     /// `SUBGOAL_CUDA_GEMV_SPLIT` per `Split`, where set to one of `SPLITS`.
     gemv_split: [Option<usize>; 3],
     /// Streaming multiprocessors of the device.
@@ -259,22 +281,43 @@ fn ptx_target() -> u32 {
         .unwrap_or(0)
 }
 
-/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): the query, key and
-/// transposed value tiles, rows padded by 8 elements (paged.cu).
+/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): two stages of key
+/// and value tiles of 64 rows, rows padded by 8 elements, and past head size 128 the query tile
+/// (below it the queries live in registers) (paged.cu). An FP8 cache's tiles are decoded into
+/// the same buffers.
 fn prefill_smem(d: usize) -> usize {
     const Q: usize = 64;
     const K: usize = 64;
-    (Q * (d + 8) + K * (d + 8) + d * (K + 8)) * 2
+    let queries = if d <= 128 { 0 } else { Q * (d + 8) };
+    (4 * K * (d + 8) + queries) * 2
 }
 
-/// The prefill kernel for head size `d`.
-fn prefill_name(d: usize) -> Option<&'static str> {
-    Some(match d {
-        64 => PREFILL[0],
-        128 => PREFILL[1],
-        256 => PREFILL[2],
-        _ => return None,
-    })
+/// Dynamic shared memory of the kernels that take it (over the default 48 KiB), by short name.
+fn dynamic_smem(short: &str) -> Option<usize> {
+    if short == GEMM_FP8[0] {
+        return Some(GEMM_FP8_SMEM);
+    }
+    let d = short.strip_prefix("attn_prefill")?.split('_').next()?.parse::<usize>().ok()?;
+    Some(prefill_smem(d))
+}
+
+/// `gemm_fp8`'s tiles (fp8.cu): two stages of 64 rows of x and of 128 weight rows' bytes, and the
+/// decoded weight tile, rows of 128 padded by 8 elements, for 16-bit activations.
+const GEMM_FP8_SMEM: usize = 2 * 64 * 136 * 2 + 2 * 128 * 128 + 128 * 136 * 2;
+
+/// The index of head size `d` in the attention kernels' lists.
+fn head_index(d: usize) -> Option<usize> {
+    match d {
+        64 => Some(0),
+        128 => Some(1),
+        256 => Some(2),
+        _ => None,
+    }
+}
+
+/// The prefill kernel for head size `d`, over an FP8 cache or not.
+fn prefill_name(d: usize, fp8: bool) -> Option<&'static str> {
+    head_index(d).map(|i| if fp8 { PREFILL_KV8[i] } else { PREFILL[i] })
 }
 
 /// A kernel argument as the driver takes it: a pointer to its value. Only `Copy` values (scalars
@@ -308,7 +351,7 @@ impl Kernels {
     pub fn load(device: &Device, dtype: DType) -> Result<Option<Kernels>> {
         let Device::Cuda(dev) = device else { return Ok(None) };
         let Ok(sfx) = suffix(dtype) else { return Ok(None) };
-        const OTHERS: [&str; 10] = [
+        const OTHERS: [&str; 8] = [
             "add_rmsnorm",
             "silu_mul",
             "rope_kv",
@@ -316,12 +359,13 @@ impl Kernels {
             "attn_split128",
             "attn_split256",
             "rope_kv_paged",
-            "attn_paged64",
-            "attn_paged128",
-            "attn_paged256",
+            "rope_kv_paged_kv8",
         ];
         // Tensor-core prefill attention takes 16-bit inputs only.
         let prefill: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL };
+        let prefill_kv8: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL_KV8 };
+        // So does the FP8 GEMM for many rows.
+        let gemm_fp8: &[&'static str] = if dtype == DType::F32 { &[] } else { &GEMM_FP8 };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
         let entries: Vec<(&'static str, String)> = OTHERS
             .iter()
@@ -332,12 +376,19 @@ impl Kernels {
             .chain(std::iter::once(&"fp8_dequant"))
             .chain(GEMV_FP8.iter())
             .chain(GEMV_FP8_1_SPLIT[1..].iter())
+            .chain(PAGED.iter())
+            .chain(PAGED_KV8.iter())
             .chain(prefill.iter())
+            .chain(prefill_kv8.iter())
+            .chain(gemm_fp8.iter())
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
             .collect();
         // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
         let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
+        // Likewise for FP8 weights, the few-row kernel against the FP8 GEMM (`SUBGOAL_CUDA_FP8_FEW_ROWS`).
+        let fp8_few_rows =
+            std::env::var("SUBGOAL_CUDA_FP8_FEW_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(FP8_FEW_ROWS);
         // Warps per unit of the one-row projections (a tuning knob; unset: `split_launch` decides):
         // one number for all, or three for q/k/v, gate/up and the others.
         let knob: Vec<Option<usize>> = std::env::var("SUBGOAL_CUDA_GEMV_SPLIT")
@@ -370,6 +421,7 @@ impl Kernels {
             dtype,
             module,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
+            fp8_few_rows,
             gemv_split,
             sms: sms.max(1) as usize,
             counters: Default::default(),
@@ -649,6 +701,60 @@ impl Kernels {
         Ok(Some(y))
     }
 
+    /// Up to how many rows an FP8 projection takes `gemv_fp8` (8 rows a launch) before `gemm_fp8`.
+    pub fn fp8_few_rows(&self) -> usize {
+        self.fp8_few_rows
+    }
+
+    /// `x @ Wᵀ` for many rows with an FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its 128×128
+    /// block factors) on tensor cores, the bytes read once per 64 rows (`gemm_fp8`, fp8.cu);
+    /// `None` where it does not run (f32, or n or k not a multiple of 128).
+    pub fn gemm_fp8(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let (n, wk) = w.dims2()?;
+        let fits = rows > 0
+            && self.module.funcs.contains_key(GEMM_FP8[0])
+            && wk == k
+            && k % 128 == 0
+            && n % 128 == 0
+            && self.aligned(x)
+            && w.dtype() == DType::U8
+            && w.is_contiguous()
+            && w.layout().start_offset() % 16 == 0
+            && scale.dtype() == DType::F32
+            && scale.dims2()? == (n / 128, k / 128);
+        if !fits {
+            return Ok(None);
+        }
+        let (nb, mb, kb) = (n / 128, rows.div_ceil(64), k / 128);
+        // Split k until the grid covers the GPU about twice over, each
+        // split keeping at least 2 of k's 128-wide steps.
+        let splits = (2 * self.sms).div_ceil(nb * mb).min(kb / 2).max(1);
+        let y = self.empty((rows, n), self.dtype)?;
+        let part = if splits > 1 { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
+        let scale = scale.contiguous()?;
+        let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale)?, addr(&y)?);
+        let pp = part.as_ref().map_or(Ok(0), addr)?;
+        let (m_i, n_i, k_i) = (rows as i32, n as i32, k as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (nb as u32, mb as u32, splits as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: GEMM_FP8_SMEM as u32,
+        };
+        launch!(self, GEMM_FP8[0], cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
+        if splits > 1 {
+            let total = rows * n;
+            let cfg = LaunchConfig {
+                grid_dim: (total.div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (s_i, t_u) = (splits as i32, total as u64);
+            launch!(self, GEMM_FP8[1], cfg, &pp, &py, &s_i, &t_u);
+        }
+        Ok(Some(y))
+    }
+
     /// An FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its block factors) in the kernels' dtype,
     /// for a GEMM over many rows.
     pub fn dequantize_fp8(&self, w: &Tensor, scale: &Tensor) -> Result<Tensor> {
@@ -781,6 +887,11 @@ impl Kernels {
         table: &Tensor,
     ) -> Result<Option<Tensor>> {
         let PagedRope { caches, tables, pos, heads, interleaved, q_scale, .. } = *step;
+        // An FP8 cache's rows are quantized by `rope_kv_paged`'s FP8 kernel.
+        if caches.scales.is_some() {
+            return Ok(None);
+        }
+        let caches = (caches.k, caches.v);
         let (n, k) = w.dims2()?;
         let (_, kv_heads, bs, d) = caches.0.dims4()?;
         if n != (heads + 2 * kv_heads) * d || !self.norm_fits(row, w)? || pos.elem_count() != 1 {
@@ -802,26 +913,26 @@ impl Kernels {
     }
 
     /// Rotates every token's q and k at its own position, writes k and v into the paged cache
-    /// through its sequence's block table, and returns q `[tokens, heads * d]` scaled.
+    /// through its sequence's block table (quantized, with their rows' factors, into an FP8
+    /// cache), and returns q `[tokens, heads * d]` scaled.
     pub fn rope_kv_paged(&self, qkv: &Tensor, step: &PagedRope) -> Result<Tensor> {
         let PagedRope { caches, tables, pos, heads, interleaved, q_scale, block_tables, tab } = *step;
         self.check(qkv)?;
-        self.check(caches.0)?;
-        self.check(caches.1)?;
+        self.check_kv(&caches)?;
         self.check(tables.0)?;
         self.check(tables.1)?;
         let (tokens, stride) = qkv.dims2()?;
-        let (_, kv_heads, bs, d) = caches.0.dims4()?;
+        let (_, kv_heads, bs, d) = caches.k.dims4()?;
         if stride != (heads + 2 * kv_heads) * d || pos.elem_count() != tokens || tab.elem_count() != tokens {
             bail!(
                 "rope_kv_paged: qkv {:?} for {} positions and cache {:?}",
                 qkv.dims(),
                 pos.elem_count(),
-                caches.0.dims()
+                caches.k.dims()
             );
         }
         let q = self.empty((tokens, heads * d), self.dtype)?;
-        let (pqkv, pq, pk, pv) = (addr(qkv)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (pqkv, pq, pk, pv) = (addr(qkv)?, addr(&q)?, addr(caches.k)?, addr(caches.v)?);
         let (pc, ps, pp, pt, ptab) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?, addr(block_tables)?, addr(tab)?);
         let ints = [stride as i32, heads as i32, kv_heads as i32, d as i32, bs as i32, interleaved as i32];
         let cfg = LaunchConfig {
@@ -829,28 +940,76 @@ impl Kernels {
             block_dim: ((d / 2) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(
-            self,
-            "rope_kv_paged",
-            cfg,
-            &pqkv,
-            &ints[0],
-            &pq,
-            &pk,
-            &pv,
-            &pc,
-            &ps,
-            &pp,
-            &pt,
-            &ptab,
-            &ints[1],
-            &ints[2],
-            &ints[3],
-            &ints[4],
-            &ints[5],
-            &q_scale
-        );
+        let [stride, heads, kv_heads, d, bs, inter] = ints.each_ref();
+        match caches.scales {
+            None => launch!(
+                self,
+                "rope_kv_paged",
+                cfg,
+                &pqkv,
+                stride,
+                &pq,
+                &pk,
+                &pv,
+                &pc,
+                &ps,
+                &pp,
+                &pt,
+                &ptab,
+                heads,
+                kv_heads,
+                d,
+                bs,
+                inter,
+                &q_scale
+            ),
+            Some((ks, vs)) => {
+                let (pks, pvs) = (addr(ks)?, addr(vs)?);
+                launch!(
+                    self,
+                    "rope_kv_paged_kv8",
+                    cfg,
+                    &pqkv,
+                    stride,
+                    &pq,
+                    &pk,
+                    &pv,
+                    &pks,
+                    &pvs,
+                    &pc,
+                    &ps,
+                    &pp,
+                    &pt,
+                    &ptab,
+                    heads,
+                    kv_heads,
+                    d,
+                    bs,
+                    inter,
+                    &q_scale
+                )
+            }
+        }
         Ok(q)
+    }
+
+    /// Paged keys and values: in the kernels' dtype, or FP8 bytes with f32 row factors.
+    fn check_kv(&self, kv: &PagedKv) -> Result<()> {
+        match kv.scales {
+            None => {
+                self.check(kv.k)?;
+                self.check(kv.v)
+            }
+            Some((ks, vs)) => {
+                if kv.k.dtype() != DType::U8 || kv.v.dtype() != DType::U8 {
+                    bail!("fused decode: an FP8 cache of {:?}, not u8", kv.k.dtype());
+                }
+                if ks.dtype() != DType::F32 || vs.dtype() != DType::F32 {
+                    bail!("fused decode: FP8 cache factors of {:?}, not f32", ks.dtype());
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Attention of one query per row (`q`: `[rows, heads * d]`, scaled) over its sequence's first
@@ -860,7 +1019,7 @@ impl Kernels {
     pub fn attention_paged(
         &self,
         q: &Tensor,
-        caches: (&Tensor, &Tensor),
+        caches: PagedKv,
         block_tables: &Tensor,
         tab: &Tensor,
         lens: &Tensor,
@@ -868,23 +1027,19 @@ impl Kernels {
         heads: usize,
     ) -> Result<Tensor> {
         self.check(q)?;
-        self.check(caches.0)?;
-        self.check(caches.1)?;
+        self.check_kv(&caches)?;
         let rows = q.dim(0)?;
-        let (_, kv_heads, bs, d) = caches.0.dims4()?;
-        let kernel = match d {
-            64 => "attn_paged64",
-            128 => "attn_paged128",
-            256 => "attn_paged256",
-            _ => bail!("paged attention takes head_dim 64, 128 or 256, not {d}"),
-        };
-        let chunk = ATTN_TILE_BYTES / (d * self.dtype.size_in_bytes());
+        let (_, kv_heads, bs, d) = caches.k.dims4()?;
+        let Some(i) = head_index(d) else { bail!("paged attention takes head_dim 64, 128 or 256, not {d}") };
+        let kernel = if caches.scales.is_some() { PAGED_KV8[i] } else { PAGED[i] };
+        // Positions per split: as many as fill the kernel's tile (twice as many in FP8).
+        let chunk = ATTN_TILE_BYTES / (d * caches.k.dtype().size_in_bytes());
         let splits = max_len.div_ceil(chunk).max(1);
         let part = self.empty((rows, heads, splits, d + 2), DType::F32)?;
         let out = self.empty((rows, heads * d), self.dtype)?;
         let counters = self.counters(rows * heads)?;
         let (pq, pk, pv, ppart, pc, po) =
-            (addr(q)?, addr(caches.0)?, addr(caches.1)?, addr(&part)?, addr(&counters)?, addr(&out)?);
+            (addr(q)?, addr(caches.k)?, addr(caches.v)?, addr(&part)?, addr(&counters)?, addr(&out)?);
         let (pt, ptab, pl) = (addr(block_tables)?, addr(tab)?, addr(lens)?);
         let ints = [heads as i32, kv_heads as i32, bs as i32];
         let cfg = LaunchConfig {
@@ -892,13 +1047,24 @@ impl Kernels {
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, kernel, cfg, &pq, &pk, &pv, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0], &ints[1], &ints[2]);
+        match caches.scales {
+            None => launch!(
+                self, kernel, cfg, &pq, &pk, &pv, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0], &ints[1], &ints[2]
+            ),
+            Some((ks, vs)) => {
+                let (pks, pvs) = (addr(ks)?, addr(vs)?);
+                launch!(
+                    self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0],
+                    &ints[1], &ints[2]
+                )
+            }
+        }
         Ok(out)
     }
 
-    /// Whether the tiled prefill attention runs here for head size `d`.
-    pub fn has_prefill(&self, d: usize) -> bool {
-        prefill_name(d).is_some_and(|name| self.module.funcs.contains_key(name))
+    /// Whether the tiled prefill attention runs here for head size `d`, over an FP8 cache or not.
+    pub fn has_prefill(&self, d: usize, fp8: bool) -> bool {
+        prefill_name(d, fp8).is_some_and(|name| self.module.funcs.contains_key(name))
     }
 
     /// Prefill attention of one prompt chunk: `q` (`[len, heads * d]`, scaled) at positions
@@ -907,27 +1073,33 @@ impl Kernels {
     pub fn attention_prefill(
         &self,
         q: &Tensor,
-        caches: (&Tensor, &Tensor),
+        caches: PagedKv,
         table: &Tensor,
         context: usize,
         heads: usize,
     ) -> Result<Option<Tensor>> {
-        let (_, kv_heads, bs, d) = caches.0.dims4()?;
-        if !self.has_prefill(d) {
-            return Ok(None);
-        }
-        let Some(kernel) = prefill_name(d) else { return Ok(None) };
+        let (_, kv_heads, bs, d) = caches.k.dims4()?;
+        let fp8 = caches.scales.is_some();
+        let Some(kernel) = prefill_name(d, fp8).filter(|_| self.has_prefill(d, fp8)) else { return Ok(None) };
         self.check(q)?;
+        self.check_kv(&caches)?;
         let len = q.dim(0)?;
         let out = self.empty((len, heads * d), self.dtype)?;
-        let (pq, pk, pv, po, pt) = (addr(q)?, addr(caches.0)?, addr(caches.1)?, addr(&out)?, addr(table)?);
+        let (pq, pk, pv, po, pt) = (addr(q)?, addr(caches.k)?, addr(caches.v)?, addr(&out)?, addr(table)?);
         let ints = [context as i32, len as i32, heads as i32, kv_heads as i32, bs as i32];
         let cfg = LaunchConfig {
-            grid_dim: (len.div_ceil(64) as u32, heads as u32, 1),
+            grid_dim: (heads as u32, len.div_ceil(64) as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: prefill_smem(d) as u32,
         };
-        launch!(self, kernel, cfg, &pq, &pk, &pv, &po, &pt, &ints[0], &ints[1], &ints[2], &ints[3], &ints[4]);
+        let [context, len, heads, kv_heads, bs] = ints.each_ref();
+        match caches.scales {
+            None => launch!(self, kernel, cfg, &pq, &pk, &pv, &po, &pt, context, len, heads, kv_heads, bs),
+            Some((ks, vs)) => {
+                let (pks, pvs) = (addr(ks)?, addr(vs)?);
+                launch!(self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &po, &pt, context, len, heads, kv_heads, bs)
+            }
+        }
         Ok(Some(out))
     }
 

@@ -23,9 +23,11 @@ pub(super) enum Linear {
     Fp8Cuda(Arc<DeviceFp8>, Option<Tensor>),
 }
 
-/// Up to this many rows an FP8 projection on CUDA takes the few-row kernel, 8 rows per launch.
+/// Up to this many rows an FP8 projection on CUDA takes the tensor-core FP8 GEMM (the bytes read
+/// once per 64 rows) after the few-row kernel's share (`Kernels::fp8_few_rows`); past it (prefill)
+/// the weight is dequantized once per call for cuBLAS, which is compute-bound there.
 #[cfg(feature = "cuda")]
-const FP8_CHUNKED_ROWS: usize = 32;
+const FP8_GEMM_ROWS: usize = 256;
 
 /// An FP8 weight on a CUDA device: E4M3 bytes `[rows, cols]` (u8), the f32 factors of its 128×128
 /// blocks, and the kernels that read them (the few-row product and the dequantization).
@@ -67,7 +69,14 @@ impl DeviceFp8 {
         let (rows, cols) = self.bytes.dims2()?;
         let dims = x.dims().to_vec();
         let x2 = x.reshape((x.elem_count() / cols.max(1), cols))?.contiguous()?;
-        let few = if x2.dim(0)? <= FP8_CHUNKED_ROWS { self.few_rows(&x2)? } else { None };
+        let n = x2.dim(0)?;
+        let few = if n <= self.kernels.fp8_few_rows() {
+            self.few_rows(&x2)?
+        } else if n <= FP8_GEMM_ROWS {
+            self.kernels.gemm_fp8(&x2, &self.bytes, &self.scale)?
+        } else {
+            None
+        };
         let y = match few {
             Some(y) => y,
             None => x2.matmul(&self.kernels.dequantize_fp8(&self.bytes, &self.scale)?.t()?)?,

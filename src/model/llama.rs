@@ -240,6 +240,15 @@ impl Model {
         false
     }
 
+    /// Whether the fused kernels read and write an FP8 paged cache here (CUDA, a 16-bit model:
+    /// prompts need the tensor-core prefill kernel).
+    pub fn fused_paged_kv8(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.fused_decode() && self.kernels.as_ref().is_some_and(|k| k.has_prefill(self.cfg.head_dim, true));
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
     /// Turns the fused decode step and sampler off or back on (off, the generic path runs on
     /// every device).
     pub fn set_fused_decode(&mut self, on: bool) {

@@ -109,6 +109,128 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     gemv_store<T, M>(acc, res, y, col0, n);
 }
 
+// ---- Many rows: a mixed-input GEMM on tensor cores ----------------------------------------
+//
+// y[m, n] = sum_k x[m, k] * e4m3(w[n, k]) * scale[n / 128, k / 128] for the rows a batch of
+// decoding sequences brings (past what the few-row kernel takes, short of prefill sizes): the
+// weight bytes cross HBM once per 64 rows, where dequantizing the whole weight first writes and
+// reads it again in 16 bits. A block owns 64 rows by 128 columns (one block of the factors along
+// n) and walks k 128 at a time (one factor along k): the x tile and the weight's bytes arrive by
+// cp.async, two stages deep; the bytes are then decoded, times their one factor, into a T tile in
+// shared memory, and 4 warps of 16 rows each multiply on tensor cores (mma.sync m16n8k16, f32
+// accumulation). The product of a byte and its factor rounded to T is the only rounding beyond
+// bf16's GEMM. With split-K (gridDim.z > 1) each block sums its share of k and writes f32
+// partial sums to part[z][m][n], which gemm_fp8_reduce adds into y.
+// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / 64), splits); block: 128;
+// dynamic shared memory: FP8_GEMM_SMEM bytes (gemm_fp8_smem in fused.rs).
+constexpr int G8_M = 64, G8_N = 128, G8_K = 128;
+constexpr int G8_AS = G8_K + 8;  // padded row stride of the x and decoded weight tiles, in elements
+
+template <typename T>
+__device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
+                         float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
+    pdl_begin();
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* xs = (T*)smem;                                  // [2][G8_M][G8_AS]
+    uint8_t* wraw = (uint8_t*)(xs + 2 * G8_M * G8_AS);  // [2][G8_N][G8_K]
+    T* wt = (T*)(wraw + 2 * G8_N * G8_K);              // [G8_N][G8_AS]
+    constexpr int VEC = 16 / sizeof(T);
+    int nb = blockIdx.x, n0 = nb * G8_N, m0 = blockIdx.y * G8_M;
+    int kblocks = k / G8_K;
+    int per = (kblocks + gridDim.z - 1) / gridDim.z;
+    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    int rows = min(G8_M, m - m0);
+    auto load = [&](int kb, int stage) {
+        T* xd = xs + stage * G8_M * G8_AS;
+        uint8_t* wd = wraw + stage * G8_N * G8_K;
+        for (int i = threadIdx.x; i < G8_M * G8_K / VEC; i += blockDim.x) {
+            int r = i / (G8_K / VEC), c = (i % (G8_K / VEC)) * VEC;
+            if (r < rows)
+                __pipeline_memcpy_async((uint4*)(xd + r * G8_AS + c), (const uint4*)(x + (size_t)(m0 + r) * k + kb * G8_K + c), 16);
+            else
+                *(uint4*)(xd + r * G8_AS + c) = make_uint4(0, 0, 0, 0);
+        }
+        for (int i = threadIdx.x; i < G8_N * G8_K / 16; i += blockDim.x) {
+            int r = i / (G8_K / 16), c = (i % (G8_K / 16)) * 16;
+            __pipeline_memcpy_async((uint4*)(wd + r * G8_K + c), (const uint4*)(w + (size_t)(n0 + r) * k + kb * G8_K + c), 16);
+        }
+        __pipeline_commit();
+    };
+    float acc[G8_N / 8][4];
+#pragma unroll
+    for (int i = 0; i < G8_N / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    // Lane offsets of the ldmatrix row addresses (as in attn_prefill).
+    const T* arow = xs + (warp * 16 + (lane & 15)) * G8_AS + (lane >> 4) * 8;
+    const int boff = (((lane >> 4) << 3) + (lane & 7)) * G8_AS + ((lane >> 3) & 1) * 8;
+    if (kb0 < kb1) load(kb0, 0);
+    for (int kb = kb0; kb < kb1; kb++) {
+        int stage = (kb - kb0) & 1;
+        if (kb + 1 < kb1) {
+            __pipeline_wait_prior(0);
+            __syncthreads();  // this stage has landed; the other one's readers are done
+            load(kb + 1, stage ^ 1);
+        } else {
+            __pipeline_wait_prior(0);
+            __syncthreads();
+        }
+        // Decode this stage's weight bytes with their block's factor.
+        float f = scale[(size_t)nb * kblocks + kb];
+        const uint8_t* wsrc = wraw + stage * G8_N * G8_K;
+        for (int i = threadIdx.x; i < G8_N * G8_K / 16; i += blockDim.x) {
+            int r = i / (G8_K / 16), c = (i % (G8_K / 16)) * 16;
+            uint4 b = *(const uint4*)(wsrc + r * G8_K + c);
+            float v[16];
+            fp8x8_to_f(b.x, b.y, v);
+            fp8x8_to_f(b.z, b.w, v + 8);
+            uint32_t o[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[e] = pack2<T>(v[2 * e] * f, v[2 * e + 1] * f);
+            *(uint4*)(wt + r * G8_AS + c) = make_uint4(o[0], o[1], o[2], o[3]);
+            *(uint4*)(wt + r * G8_AS + c + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+        }
+        __syncthreads();
+        const T* xa = arow + stage * G8_M * G8_AS;
+#pragma unroll
+        for (int kk = 0; kk < G8_K / 16; kk++) {
+            uint32_t a[4];
+            ldsm4(a, xa + kk * 16);
+#pragma unroll
+            for (int nt = 0; nt < G8_N / 8; nt += 2) {
+                uint32_t b[4];
+                ldsm4(b, wt + nt * 8 * G8_AS + boff + kk * 16);
+                mma16816<T>(acc[nt], a, b);
+                mma16816<T>(acc[nt + 1], a, b + 2);
+            }
+        }
+        __syncthreads();  // wt is decoded afresh next step
+    }
+    int r0 = warp * 16 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int nt = 0; nt < G8_N / 8; nt++) {
+        int c = n0 + nt * 8 + 2 * t4;
+        if (gridDim.z == 1) {
+            if (r0 < rows) *(uint32_t*)(y + (size_t)(m0 + r0) * n + c) = pack2<T>(acc[nt][0], acc[nt][1]);
+            if (r1 < rows) *(uint32_t*)(y + (size_t)(m0 + r1) * n + c) = pack2<T>(acc[nt][2], acc[nt][3]);
+        } else {
+            float* p = part + (size_t)blockIdx.z * m * n;
+            if (r0 < rows) *(float2*)(p + (size_t)(m0 + r0) * n + c) = make_float2(acc[nt][0], acc[nt][1]);
+            if (r1 < rows) *(float2*)(p + (size_t)(m0 + r1) * n + c) = make_float2(acc[nt][2], acc[nt][3]);
+        }
+    }
+}
+
+// y[i] = sum over the splits of part[z][i], for the m * n outputs. Grid: ceil(m * n / 256); block: 256.
+template <typename T>
+__device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ y, int splits, size_t total) {
+    pdl_begin();
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    float a = 0.f;
+    for (int z = 0; z < splits; z++) a += part[(size_t)z * total + i];
+    y[i] = from_f<T>(a);
+}
+
 #define FP8_GEMV(T, S, M)                                                                                      \
     extern "C" __global__ void gemv_fp8_##M##_##S(const T* x, const uint8_t* w, const float* scale,            \
                                                   const T* res, T* y, int n, int k) {                          \
@@ -127,6 +249,19 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     FP8_GEMV(T, S, 6) FP8_GEMV(T, S, 7) FP8_GEMV(T, S, 8) FP8_GEMV1(T, S, 2) FP8_GEMV1(T, S, 4)              \
     FP8_GEMV1(T, S, 8)
 
+#define FP8_GEMM(T, S)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128) gemm_fp8_##S(const T* x, const uint8_t* w,               \
+                                                                   const float* scale, float* part, T* y,      \
+                                                                   int m, int n, int k) {                      \
+        gemm_fp8<T>(x, w, scale, part, y, m, n, k);                                                            \
+    }                                                                                                          \
+    extern "C" __global__ void gemm_fp8_reduce_##S(const float* part, T* y, int splits, size_t total) {        \
+        gemm_fp8_reduce<T>(part, y, splits, total);                                                            \
+    }
+
 FP8_ALL(float, f32)
 FP8_ALL(__nv_bfloat16, bf16)
 FP8_ALL(__half, f16)
+// Tensor cores take 16-bit inputs: f32 models dequantize and take cuBLAS.
+FP8_GEMM(__nv_bfloat16, bf16)
+FP8_GEMM(__half, f16)

@@ -43,23 +43,105 @@ __device__ void rope_kv_paged(const T* qkv, int stride, T* q_out, T* kc, T* vc, 
     dst[b] = from_f<T>((x0 * s + x1 * c) * scale);
 }
 
+// ---- The FP8 cache (`--kv-dtype fp8`) ------------------------------------------------------
+// E4M3 bytes, one per element, and one f32 factor per (block, head, offset) row in a tensor of
+// its own ([blocks, kv_heads, bs], the row index is the element row's): the row's largest finite
+// magnitude over 448, as fp8.rs's quantize_rows on the CPU. The rows are stored unrotated (the
+// CPU cache's Hadamard rotation is not applied here).
+
+// Two E4M3 bytes (the lower first) as floats.
+__device__ __forceinline__ float2 f8x2(uint16_t w) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)w, __NV_E4M3);
+    return __half22float2(__half2(h));
+}
+__device__ __forceinline__ float f8(uint8_t b) {
+    __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3);
+    return __half2float(__half(h));
+}
+__device__ __forceinline__ uint8_t to_f8(float x) { return __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3); }
+
+// One cache element as a float: a 16-bit or f32 value, or an E4M3 byte (its row factor applied
+// by the caller).
+template <typename T> __device__ __forceinline__ float kv_f(T x) { return to_f(x); }
+__device__ __forceinline__ float kv_f(uint8_t x) { return f8(x); }
+
+// N consecutive cache elements (N even; p aligned to N elements) as floats.
+template <int N> __device__ __forceinline__ void kv_row(const uint8_t* p, float* out) {
+#pragma unroll
+    for (int e = 0; e < N; e += 2) {
+        float2 v = f8x2(*(const uint16_t*)(p + e));
+        out[e] = v.x, out[e + 1] = v.y;
+    }
+}
+template <int N, typename T> __device__ __forceinline__ void kv_row(const T* p, float* out) {
+#pragma unroll
+    for (int e = 0; e < N; e++) out[e] = kv_f(p[e]);
+}
+
+// rope_kv_paged into an FP8 cache: q as there; each k (rotated) and v row quantized with its
+// row's factor (ksc/vsc). Grid: (heads + 2*kv_heads, tokens); block: d/2.
+template <typename T>
+__device__ void rope_kv_paged8(const T* qkv, int stride, T* q_out, uint8_t* kc, uint8_t* vc, float* ksc, float* vsc,
+                               const T* cos, const T* sin, const uint32_t* pos_a, const uint32_t* tables,
+                               const uint32_t* tab, int heads, int kv_heads, int d, int bs, int interleaved,
+                               float q_scale) {
+    pdl_begin();
+    __shared__ float wmax[8];
+    int head = blockIdx.x, t = blockIdx.y, i = threadIdx.x, half = d / 2;
+    int pos = (int)pos_a[t];
+    // q, k and v heads lie in this order along a row of qkv.
+    const T* src = qkv + (size_t)t * stride + (size_t)head * d;
+    int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    float x0 = to_f(src[a]), x1 = to_f(src[b]);
+    bool value = head >= heads + kv_heads;
+    if (!value) {
+        float c = to_f(cos[(size_t)pos * half + i]), s = to_f(sin[(size_t)pos * half + i]);
+        float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
+        x0 = r0, x1 = r1;
+    }
+    if (head < heads) {
+        T* dst = q_out + ((size_t)t * heads + head) * d;
+        dst[a] = from_f<T>(x0 * q_scale);
+        dst[b] = from_f<T>(x1 * q_scale);
+        return;
+    }
+    int kh = value ? head - heads - kv_heads : head - heads;
+    size_t row = paged_row(tables + tab[t], pos, bs, kv_heads, kh);
+    float m = fmaxf(isfinite(x0) ? fabsf(x0) : 0.f, isfinite(x1) ? fabsf(x1) : 0.f);
+    m = warp_max(m);
+    if ((i & 31) == 0) wmax[i >> 5] = m;
+    __syncthreads();
+    m = 0.f;
+    for (int w = 0; w < (half + 31) / 32; w++) m = fmaxf(m, wmax[w]);
+    float f = m > 0.f ? m / 448.f : 1.f;
+    uint8_t* dst = (value ? vc : kc) + row * d;
+    dst[a] = to_f8(x0 / f);
+    dst[b] = to_f8(x1 / f);
+    if (i == 0) (value ? vsc : ksc)[row] = f;
+}
+
 // Split-K attention of one query per row over its sequence's cached positions 0..lens[r]-1, read
 // through its block table (tables + tab[r]); as attn_split otherwise (q already scaled, the last
 // split of each (row, head) merges). Grid: (heads, rows, splits covering the longest row);
 // block: ATTN_THREADS.
-template <typename T, int EPL>
-__device__ void attn_paged(const T* q, const T* kc, const T* vc, float* part, unsigned* counters, T* y,
-                           const uint32_t* tables, const uint32_t* tab, const uint32_t* lens, int heads, int kv_heads,
-                           int bs) {
+template <typename T, typename KT, int EPL>
+__device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* ksc, const float* vsc, float* part,
+                           unsigned* counters, T* y, const uint32_t* tables, const uint32_t* tab, const uint32_t* lens,
+                           int heads, int kv_heads, int bs) {
     pdl_begin();
+    // An FP8 cache (KT uint8_t) has a factor per row (ksc, vsc): a score takes its key's, and a
+    // probability its value's before the weighted sum (pw), while the softmax sum takes none.
+    constexpr bool F8 = sizeof(KT) == 1;
     constexpr int D = EPL * 32;
-    constexpr int CH = TILE_BYTES / (D * sizeof(T));
+    constexpr int CH = TILE_BYTES / (D * sizeof(KT));
     constexpr int PER_WARP = CH / (ATTN_THREADS / 32);
-    constexpr int VEC = 16 / sizeof(T);
+    constexpr int VEC = 16 / sizeof(KT);
     constexpr int PER_POS = D / VEC;
-    __shared__ __align__(16) T ks[CH * D];
-    __shared__ __align__(16) T vs[CH * D];
+    __shared__ __align__(16) KT ks[CH * D];
+    __shared__ __align__(16) KT vs[CH * D];
     __shared__ float ps[CH];
+    __shared__ float kf[F8 ? CH : 1], pw_[F8 ? CH : 1];
+    float* pw = F8 ? pw_ : ps;
     int head = blockIdx.x, r = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int len = (int)lens[r];
@@ -83,6 +165,14 @@ __device__ void attn_paged(const T* q, const T* kc, const T* vc, float* part, un
         __pipeline_memcpy_async((uint4*)(vs + j * D) + c, (const uint4*)(vc + row * D) + c, 16);
     }
     __pipeline_commit();
+    if constexpr (F8) {
+        // The value factors wait in pw until the probabilities multiply them.
+        for (int j = threadIdx.x; j < n; j += ATTN_THREADS) {
+            size_t row = paged_row(table, begin + j, bs, kv_heads, kh);
+            kf[j] = ksc[row];
+            pw[j] = vsc[row];
+        }
+    }
     float qv[EPL];
     const T* qr = q + ((size_t)r * heads + head) * D + lane * EPL;
 #pragma unroll
@@ -95,8 +185,11 @@ __device__ void attn_paged(const T* q, const T* kc, const T* vc, float* part, un
         int j = warp + p * (ATTN_THREADS / 32);
         float a = 0.f;
         if (j < n) {
+            float kv[EPL];
+            kv_row<EPL>(ks + j * D + lane * EPL, kv);
 #pragma unroll
-            for (int e = 0; e < EPL; e++) a += qv[e] * to_f(ks[j * D + lane * EPL + e]);
+            for (int e = 0; e < EPL; e++) a += qv[e] * kv[e];
+            if constexpr (F8) a *= kf[j];
         }
         sc[p] = a;
     }
@@ -116,7 +209,10 @@ __device__ void attn_paged(const T* q, const T* kc, const T* vc, float* part, un
     for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[j]);
     m = warp_max(m);
     __syncthreads();
-    for (int j = threadIdx.x; j < n; j += ATTN_THREADS) ps[j] = __expf(ps[j] - m);
+    for (int j = threadIdx.x; j < n; j += ATTN_THREADS) {
+        ps[j] = __expf(ps[j] - m);
+        if constexpr (F8) pw[j] *= ps[j];
+    }
     __pipeline_wait_prior(0);
     __syncthreads();
     float l = 0.f;
@@ -125,7 +221,7 @@ __device__ void attn_paged(const T* q, const T* kc, const T* vc, float* part, un
     for (int x = threadIdx.x; x < D; x += ATTN_THREADS) {
         float a = 0.f;
 #pragma unroll 8
-        for (int j = 0; j < n; j++) a += ps[j] * to_f(vs[j * D + x]);
+        for (int j = 0; j < n; j++) a += pw[j] * kv_f(vs[j * D + x]);
         out[x] = a;
     }
     if (threadIdx.x == 0) out[D] = m, out[D + 1] = l;
@@ -160,10 +256,17 @@ __device__ void attn_paged(const T* q, const T* kc, const T* vc, float* part, un
 // cores (mma.sync m16n8k16, f32 accumulation) with everything a warp owns in registers: its
 // scores, its running max and sum, and its unnormalized output, rescaled as the max grows. The
 // scores' accumulator layout is the layout the second product takes its probabilities in, so P
-// never goes through shared memory (FlashAttention-2's arrangement). Shared memory holds the
-// query tile, the key tile and the value tile transposed, rows padded by 8 elements so that the
-// fragment loads of a warp fall in distinct banks.
-// Grid: (ceil(len / 64), heads); block: 128; dynamic shared memory: prefill_smem(D) in fused.rs.
+// never goes through shared memory (FlashAttention-2's arrangement).
+//
+// Memory: key and value tiles arrive by cp.async into two stages, the next tile's copy in flight
+// while the tensor cores work on this one. Both are stored as they lie in the cache (rows of D,
+// padded by 8 elements so that the 8 row addresses of an ldmatrix fall in distinct banks);
+// ldmatrix hands out the key fragments as they are and the value fragments transposed. With
+// D <= 128 a warp keeps its query fragments in registers (loaded once, through the second stage's
+// key buffer before it is first filled); with D = 256 they would not fit, and stay in shared
+// memory. Blocks go heaviest first (the last query block of every head, then the one before), so
+// the short diagonal blocks fill the tail rather than the long ones.
+// Grid: (heads, ceil(len / 64)); block: 128; dynamic shared memory: prefill_smem(D) in fused.rs.
 
 constexpr int FA_Q = 64;
 constexpr int FA_K = 64;
@@ -182,6 +285,29 @@ template <> __device__ __forceinline__ void mma16816<__half>(float* c, const uin
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Four 8x8 tiles of 16-bit values from shared memory: lane l names row l % 8 of tile l / 8, and
+// register i gets tile i's (row lane / 4, columns 2 (lane % 4) and the next); `trans` hands out
+// the tiles transposed.
+__device__ __forceinline__ void ldsm4(uint32_t* r, const void* p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm4_trans(uint32_t* r, const void* p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// 2^x in one instruction (the special function unit's approximation; 2^-inf = 0).
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Two values as one 32-bit fragment register: the lower column in the lower half.
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
@@ -193,135 +319,204 @@ template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi
     return *(uint32_t*)&v;
 }
 
-template <typename T, int D>
-__device__ void attn_prefill(const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len,
-                             int heads, int kv_heads, int bs) {
+// Sixteen E4M3 bytes times f, as sixteen T at dst (16-byte aligned).
+template <typename T> __device__ __forceinline__ void f8x16_store(uint4 w, float f, T* dst) {
+    const uint16_t* h = (const uint16_t*)&w;
+    uint32_t out[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        float2 v = f8x2(h[e]);
+        out[e] = pack2<T>(v.x * f, v.y * f);
+    }
+    *(uint4*)dst = make_uint4(out[0], out[1], out[2], out[3]);
+    *(uint4*)(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+template <typename T, typename KT, int D>
+__device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float* ksc, const float* vsc, T* y,
+                             const uint32_t* table, int context, int len, int heads, int kv_heads, int bs) {
     pdl_begin();
-    // Padded row strides, in elements.
-    constexpr int QS = D + 8, KS = D + 8, VS = FA_K + 8;
+    // An FP8 cache (KT uint8_t) is decoded on the way in: its tiles are loaded, scaled by their
+    // rows' factors and stored in T, synchronously (the copy of the next tile still overlaps
+    // nothing but this tile's own loads).
+    constexpr bool F8 = sizeof(KT) == 1;
+    constexpr int RS = D + 8;  // padded row stride of every tile, in elements
     constexpr int VEC = 16 / sizeof(T);
+    constexpr int CPR = D / VEC;  // 16-byte chunks per row
+    constexpr bool QREG = D <= 128;
+    constexpr float LOG2E = 1.4426950408889634f;
     extern __shared__ __align__(16) unsigned char smem[];
-    T* qs = (T*)smem;        // [FA_Q][QS]
-    T* ks = qs + FA_Q * QS;  // [FA_K][KS]
-    T* vt = ks + FA_K * KS;  // [D][VS]: the value tile transposed (keys along a row)
-    int head = blockIdx.y, q0 = blockIdx.x * FA_Q;
+    T* ks = (T*)smem;              // [2][FA_K][RS]: the key tiles of the two stages
+    T* vs = ks + 2 * FA_K * RS;    // [2][FA_K][RS]: the value tiles
+    T* qs = QREG ? ks + FA_K * RS  // the second stage's key tile until the loop first fills it
+                 : vs + 2 * FA_K * RS;
+    int head = blockIdx.x, q0 = (gridDim.y - 1 - blockIdx.y) * FA_Q;
     int kh = head / (heads / kv_heads);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // Fragment coordinates: g is the row (of 8) a lane holds, t4 its column pair.
     int g = lane >> 2, t4 = lane & 3;
     int nq = min(FA_Q, len - q0);
-    for (int i = threadIdx.x; i < FA_Q * D / VEC; i += blockDim.x) {
-        int r = i / (D / VEC), c = (i % (D / VEC)) * VEC;
+    int last_pos = context + q0 + nq - 1;
+    int tiles = last_pos / FA_K + 1;
+    auto load_tile = [&](int tile, int stage) {
+        int k0 = tile * FA_K, nk = min(FA_K, last_pos + 1 - k0);
+        T* kb = ks + stage * FA_K * RS;
+        T* vb = vs + stage * FA_K * RS;
+        if constexpr (F8) {
+            for (int i = threadIdx.x; i < FA_K * D / 16; i += blockDim.x) {
+                int j = i / (D / 16), c = (i % (D / 16)) * 16;
+                uint4 k8 = make_uint4(0, 0, 0, 0), v8 = make_uint4(0, 0, 0, 0);
+                float kf = 0.f, vf = 0.f;
+                if (j < nk) {
+                    size_t row = paged_row(table, k0 + j, bs, kv_heads, kh);
+                    k8 = *(const uint4*)(kc + row * D + c);
+                    v8 = *(const uint4*)(vc + row * D + c);
+                    kf = ksc[row], vf = vsc[row];
+                }
+                f8x16_store<T>(k8, kf, kb + j * RS + c);
+                f8x16_store<T>(v8, vf, vb + j * RS + c);
+            }
+        } else {
+            for (int i = threadIdx.x; i < FA_K * CPR; i += blockDim.x) {
+                int j = i / CPR, c = (i % CPR) * VEC;
+                if (j < nk) {
+                    size_t at = paged_row(table, k0 + j, bs, kv_heads, kh) * D + c;
+                    __pipeline_memcpy_async((uint4*)(kb + j * RS + c), (const uint4*)((const T*)kc + at), 16);
+                    __pipeline_memcpy_async((uint4*)(vb + j * RS + c), (const uint4*)((const T*)vc + at), 16);
+                } else {
+                    // Past the last key: zeros, so that P (zero there) times V stays finite.
+                    *(uint4*)(kb + j * RS + c) = make_uint4(0, 0, 0, 0);
+                    *(uint4*)(vb + j * RS + c) = make_uint4(0, 0, 0, 0);
+                }
+            }
+        }
+        __pipeline_commit();
+    };
+    load_tile(0, 0);
+    for (int i = threadIdx.x; i < FA_Q * CPR; i += blockDim.x) {
+        int r = i / CPR, c = (i % CPR) * VEC;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r < nq) v = *(const uint4*)(q + ((size_t)(q0 + r) * heads + head) * D + c);
-        *(uint4*)(qs + r * QS + c) = v;
+        *(uint4*)(qs + r * RS + c) = v;
+    }
+    __syncthreads();
+    // This lane's row address for the query fragments (tiles: rows 0-7 | 8-15 by columns 0-7 | 8-15).
+    const T* qrow = qs + (warp * 16 + (lane & 15)) * RS + (lane >> 4) * 8;
+    uint32_t qf[QREG ? D / 16 : 1][4];
+    if constexpr (QREG) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) ldsm4(qf[kk], qrow + kk * 16);
+        __syncthreads();  // the second stage's key tile is free again
     }
     const int r0 = warp * 16 + g, r1 = r0 + 8;
     const int qpos0 = context + q0 + r0, qpos1 = qpos0 + 8;
-    // The last position any query of this warp sees: tiles past it are skipped by the warp.
+    // The first and last positions of this warp's queries: tiles past the last are skipped, and
+    // only tiles reaching past the first need the causal mask.
+    const int warp_first = context + q0 + warp * 16;
     const int warp_last = context + q0 + min(warp * 16 + 15, nq - 1);
+    // Lane offsets of the key tiles' fragment rows (tiles: keys 0-7 | 8-15 of a pair of
+    // 8-column groups, by dims 0-7 | 8-15) and of the value tiles' (keys 0-15 by dims 0-7 | 8-15).
+    const int koff = (((lane >> 4) << 3) + (lane & 7)) * RS + ((lane >> 3) & 1) * 8;
+    const int voff = (lane & 15) * RS + (lane >> 4) * 8;
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    // Running maxima in log2 units (scores times log2 e), and each lane's share of the row sums.
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    int last_pos = context + q0 + nq - 1;
-    int tiles = last_pos / FA_K + 1;
     for (int tile = 0; tile < tiles; tile++) {
-        int k0 = tile * FA_K;
-        int nk = min(FA_K, last_pos + 1 - k0);
-        __syncthreads();  // the previous tile's readers are done with ks and vt
-        // Keys row by row (a warp reads whole rows: coalesced).
-        for (int i = threadIdx.x; i < FA_K * D / VEC; i += blockDim.x) {
-            int j = i / (D / VEC), c = (i % (D / VEC)) * VEC;
-            uint4 kv = make_uint4(0, 0, 0, 0);
-            if (j < nk) kv = *(const uint4*)(kc + paged_row(table, k0 + j, bs, kv_heads, kh) * D + c);
-            *(uint4*)(ks + j * KS + c) = kv;
-        }
-        // Values key-fastest, so the transposed stores of a warp fill consecutive elements.
-        for (int i = threadIdx.x; i < FA_K * D / VEC; i += blockDim.x) {
-            int j = i % FA_K, c = (i / FA_K) * VEC;
-            uint4 vv = make_uint4(0, 0, 0, 0);
-            if (j < nk) vv = *(const uint4*)(vc + paged_row(table, k0 + j, bs, kv_heads, kh) * D + c);
-            const T* ve = (const T*)&vv;
-#pragma unroll
-            for (int e = 0; e < VEC; e++) vt[(c + e) * VS + j] = ve[e];
+        int stage = tile & 1;
+        if (tile + 1 < tiles) {
+            load_tile(tile + 1, stage ^ 1);
+            __pipeline_wait_prior(1);
+        } else {
+            __pipeline_wait_prior(0);
         }
         __syncthreads();
-        if (k0 > warp_last) continue;
-        // S = Q K^T for this warp's 16 rows and the tile's 64 keys: 8 accumulators of 16x8.
-        float s[FA_K / 8][4];
+        int k0 = tile * FA_K;
+        int nk = min(FA_K, last_pos + 1 - k0);
+        const T* kb = ks + stage * FA_K * RS;
+        const T* vb = vs + stage * FA_K * RS;
+        if (k0 <= warp_last) {
+            // S = Q K^T for this warp's 16 rows and the tile's 64 keys: 8 accumulators of 16x8.
+            float s[FA_K / 8][4];
 #pragma unroll
-        for (int n = 0; n < FA_K / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            for (int n = 0; n < FA_K / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t a[4];
-            a[0] = *(const uint32_t*)(qs + r0 * QS + kk * 16 + 2 * t4);
-            a[1] = *(const uint32_t*)(qs + r1 * QS + kk * 16 + 2 * t4);
-            a[2] = *(const uint32_t*)(qs + r0 * QS + kk * 16 + 8 + 2 * t4);
-            a[3] = *(const uint32_t*)(qs + r1 * QS + kk * 16 + 8 + 2 * t4);
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t a[4];
+                if constexpr (QREG) {
+                    a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
+                } else {
+                    ldsm4(a, qrow + kk * 16);
+                }
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n += 2) {
+                    uint32_t b[4];
+                    ldsm4(b, kb + n * 8 * RS + koff + kk * 16);
+                    mma16816<T>(s[n], a, b);
+                    mma16816<T>(s[n + 1], a, b + 2);
+                }
+            }
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+            bool mask = k0 + FA_K - 1 > warp_first || nk < FA_K;
 #pragma unroll
             for (int n = 0; n < FA_K / 8; n++) {
-                uint32_t b[2];
-                b[0] = *(const uint32_t*)(ks + (n * 8 + g) * KS + kk * 16 + 2 * t4);
-                b[1] = *(const uint32_t*)(ks + (n * 8 + g) * KS + kk * 16 + 8 + 2 * t4);
-                mma16816<T>(s[n], a, b);
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] *= LOG2E;
+                if (mask) {
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        int col = n * 8 + 2 * t4 + e;
+                        if (col >= nk || k0 + col > qpos0) s[n][e] = -INFINITY;
+                        if (col >= nk || k0 + col > qpos1) s[n][2 + e] = -INFINITY;
+                    }
+                }
+                mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
             }
-        }
-        // Causal mask (and the tile's end), then the rows' maxima across the quad that holds them.
-        float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < FA_K / 8; n++) {
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int col = n * 8 + 2 * t4 + e;
-                if (col >= nk || k0 + col > qpos0) s[n][e] = -INFINITY;
-                if (col >= nk || k0 + col > qpos1) s[n][2 + e] = -INFINITY;
-                mx0 = fmaxf(mx0, s[n][e]);
-                mx1 = fmaxf(mx1, s[n][2 + e]);
+            for (int o2 = 1; o2 < 4; o2 <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, o2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, o2));
             }
-        }
+            float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
+            float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
+            float alpha0 = ex2(m0 - b0), alpha1 = ex2(m1 - b1);
+            m0 = n0, m1 = n1;
+            // P = 2^(S - max), packed straight into the A fragments of the second product: keys
+            // 16kk..16kk+15 are accumulators 2kk (a0, a1) and 2kk+1 (a2, a3).
+            uint32_t p[FA_K / 16][4];
+            float ls0 = 0.f, ls1 = 0.f;
 #pragma unroll
-        for (int o2 = 1; o2 < 4; o2 <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, o2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, o2));
-        }
-        float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
-        float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
-        float alpha0 = __expf(m0 - b0), alpha1 = __expf(m1 - b1);
-        m0 = n0, m1 = n1;
-        // P = exp(S - max), packed straight into the A fragments of the second product: keys
-        // 16kk..16kk+15 are accumulators 2kk (a0, a1) and 2kk+1 (a2, a3).
-        uint32_t p[FA_K / 16][4];
-        float ls0 = 0.f, ls1 = 0.f;
-#pragma unroll
-        for (int n = 0; n < FA_K / 8; n++) {
-            float p0 = __expf(s[n][0] - b0), p1 = __expf(s[n][1] - b0);
-            float p2 = __expf(s[n][2] - b1), p3 = __expf(s[n][3] - b1);
-            ls0 += p0 + p1;
-            ls1 += p2 + p3;
-            p[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
-            p[n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
-        }
-        // Each lane keeps its share of the row sums; the quad adds them up at the end.
-        l0 = l0 * alpha0 + ls0;
-        l1 = l1 * alpha1 + ls1;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            o[dt][0] *= alpha0, o[dt][1] *= alpha0;
-            o[dt][2] *= alpha1, o[dt][3] *= alpha1;
-        }
-        // O += P V.
-#pragma unroll
-        for (int kk = 0; kk < FA_K / 16; kk++) {
+            for (int n = 0; n < FA_K / 8; n++) {
+                float p0 = ex2(s[n][0] - b0), p1 = ex2(s[n][1] - b0);
+                float p2 = ex2(s[n][2] - b1), p3 = ex2(s[n][3] - b1);
+                ls0 += p0 + p1;
+                ls1 += p2 + p3;
+                p[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
+                p[n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
+            }
+            l0 = l0 * alpha0 + ls0;
+            l1 = l1 * alpha1 + ls1;
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt++) {
-                uint32_t b[2];
-                b[0] = *(const uint32_t*)(vt + (dt * 8 + g) * VS + kk * 16 + 2 * t4);
-                b[1] = *(const uint32_t*)(vt + (dt * 8 + g) * VS + kk * 16 + 8 + 2 * t4);
-                mma16816<T>(o[dt], p[kk], b);
+                o[dt][0] *= alpha0, o[dt][1] *= alpha0;
+                o[dt][2] *= alpha1, o[dt][3] *= alpha1;
+            }
+            // O += P V: one transposed ldmatrix gives the fragments of two 8-dim groups.
+#pragma unroll
+            for (int kk = 0; kk < FA_K / 16; kk++) {
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt += 2) {
+                    uint32_t b[4];
+                    ldsm4_trans(b, vb + kk * 16 * RS + voff + dt * 8);
+                    mma16816<T>(o[dt], p[kk], b);
+                    mma16816<T>(o[dt + 1], p[kk], b + 2);
+                }
             }
         }
+        __syncthreads();  // this stage is refilled by the next iteration's prefetch
     }
 #pragma unroll
     for (int o2 = 1; o2 < 4; o2 <<= 1) {
@@ -347,24 +542,46 @@ __device__ void attn_prefill(const T* q, const T* kc, const T* vc, T* y, const u
         rope_kv_paged<T>(qkv, stride, q_out, kc, vc, cos, sin, pos, tables, tab, heads, kv_heads, d, bs,       \
                          interleaved, q_scale);                                                                \
     }                                                                                                          \
+    extern "C" __global__ void rope_kv_paged_kv8_##S(                                                          \
+        const T* qkv, int stride, T* q_out, uint8_t* kc, uint8_t* vc, float* ksc, float* vsc, const T* cos,    \
+        const T* sin, const uint32_t* pos, const uint32_t* tables, const uint32_t* tab, int heads,             \
+        int kv_heads, int d, int bs, int interleaved, float q_scale) {                                         \
+        rope_kv_paged8<T>(qkv, stride, q_out, kc, vc, ksc, vsc, cos, sin, pos, tables, tab, heads, kv_heads,   \
+                          d, bs, interleaved, q_scale);                                                        \
+    }                                                                                                          \
     PAGED_ATTN(T, S, 64) PAGED_ATTN(T, S, 128) PAGED_ATTN(T, S, 256)
 #define PAGED_ATTN(T, S, D)                                                                                    \
     extern "C" __global__ void attn_paged##D##_##S(const T* q, const T* kc, const T* vc, float* part,          \
                                                    unsigned* counters, T* y, const uint32_t* tables,           \
                                                    const uint32_t* tab, const uint32_t* lens, int heads,       \
                                                    int kv_heads, int bs) {                                     \
-        attn_paged<T, D / 32>(q, kc, vc, part, counters, y, tables, tab, lens, heads, kv_heads, bs);           \
+        attn_paged<T, T, D / 32>(q, kc, vc, nullptr, nullptr, part, counters, y, tables, tab, lens, heads,     \
+                                 kv_heads, bs);                                                                \
+    }                                                                                                          \
+    extern "C" __global__ void attn_paged##D##_kv8_##S(                                                        \
+        const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, float* part,     \
+        unsigned* counters, T* y, const uint32_t* tables, const uint32_t* tab, const uint32_t* lens,           \
+        int heads, int kv_heads, int bs) {                                                                     \
+        attn_paged<T, uint8_t, D / 32>(q, kc, vc, ksc, vsc, part, counters, y, tables, tab, lens, heads,       \
+                                       kv_heads, bs);                                                          \
     }
-#define PREFILL(T, S, D)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(128) attn_prefill##D##_##S(                                   \
+// MINB: blocks per SM to fit registers for (at head size 128, three: 168 registers, no spills,
+// against two at the 175 the compiler would otherwise take).
+#define PREFILL(T, S, D, MINB)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_##S(                             \
         const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len, int heads,    \
         int kv_heads, int bs) {                                                                                \
-        attn_prefill<T, D>(q, kc, vc, y, table, context, len, heads, kv_heads, bs);                            \
+        attn_prefill<T, T, D>(q, kc, vc, nullptr, nullptr, y, table, context, len, heads, kv_heads, bs);       \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_kv8_##S(                         \
+        const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, T* y,            \
+        const uint32_t* table, int context, int len, int heads, int kv_heads, int bs) {                        \
+        attn_prefill<T, uint8_t, D>(q, kc, vc, ksc, vsc, y, table, context, len, heads, kv_heads, bs);         \
     }
 
 PAGED(float, f32)
 PAGED(__nv_bfloat16, bf16)
 PAGED(__half, f16)
 // Tensor cores take 16-bit inputs: no f32 prefill kernel (f32 models take the generic path).
-PREFILL(__nv_bfloat16, bf16, 64) PREFILL(__nv_bfloat16, bf16, 128) PREFILL(__nv_bfloat16, bf16, 256)
-PREFILL(__half, f16, 64) PREFILL(__half, f16, 128) PREFILL(__half, f16, 256)
+PREFILL(__nv_bfloat16, bf16, 64, 1) PREFILL(__nv_bfloat16, bf16, 128, 3) PREFILL(__nv_bfloat16, bf16, 256, 1)
+PREFILL(__half, f16, 64, 1) PREFILL(__half, f16, 128, 3) PREFILL(__half, f16, 256, 1)

@@ -206,10 +206,9 @@ impl Engine {
     /// Starts the loop on a thread of its own, with a cache sized per `opts`.
     pub fn start(model: Arc<Model>, tok: Arc<ModelTokenizer>, opts: &EngineOptions) -> Result<Engine, GenError> {
         let blocks = cache_blocks(&model, opts)?;
-        if opts.kv_fp8 && !model.device().is_cpu() {
+        if opts.kv_fp8 && !model.device().is_cpu() && !model.fused_paged_kv8() {
             return Err(GenError::Invalid(
-                "--kv-dtype fp8 runs on the CPU in this build: the FP8 cache kernels for CUDA are not written yet"
-                    .into(),
+                "--kv-dtype fp8 on a GPU needs the fused kernels for a bf16 or f16 model (--dtype bf16)".into(),
             ));
         }
         let format = super::paged::KvFormat::of(model.dtype(), opts.kv_fp8);
