@@ -98,12 +98,17 @@ fn main() {
     }
 
     // Prefill attention alone, one layer's worth (all heads), against PyTorch's SDPA below.
+    // Each part also goes to stderr as it ends, so a later failure keeps what came before.
+    let progress = |what: &str, v: &dyn std::fmt::Display| eprintln!("{what}: {v}");
+    progress("prefill", &Value::Object(prefill.clone()));
     let attention: serde_json::Map<String, Value> =
         prompts.iter().map(|&p| (p.to_string(), attention_alone(p, &device))).collect();
+    progress("attention", &Value::Object(attention.clone()));
 
     // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
     let fused = model.fused_decode();
     let decode = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
+    progress("decode", &Value::Object(decode.clone()));
     let (generic, agreement) = if fused && !args.iter().any(|a| a == "--no-generic") {
         model.set_fused_decode(false);
         let g = decode_rates(&model, &batches, layers, new_tokens, cpu_sampling, &device);
@@ -130,7 +135,9 @@ fn main() {
         std::env::remove_var("SUBGOAL_CUDA_FP8_FEW_ROWS");
         let rates_gemm = decode_rates(&m8g, &batches, layers, new_tokens, cpu_sampling, &device);
         drop(m8g);
+        progress("fp8 decode", &json!({"few_rows": &rates, "gemm_past_8_rows": &rates_gemm, "cosine": &cosine}));
         let gemm = gemm_fp8_check(&device);
+        progress("gemm_fp8", &gemm);
         let mut ratios = serde_json::Map::new();
         for (k, v) in &rates {
             let (a, b) = (v["tokens_per_s"].as_f64().unwrap_or(0.0), decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0));
@@ -156,6 +163,7 @@ fn main() {
     kv_cache.insert("rows".into(), json!(kv_rows));
     kv_cache.insert("context".into(), json!(kv_context));
     kv_cache.insert("logits_fp8_vs_bf16_cache".into(), kv_agreement(&model, kv_context, &device));
+    progress("kv logits", &kv_cache["logits_fp8_vs_bf16_cache"]);
     let mut weights: Vec<(&str, Model)> = vec![];
     if args.iter().any(|a| a == "--fp8") {
         weights.push(("fp8_weights", Model::from_safetensors(&dir, &device, DType::BF16, true).expect("FP8 weights")));
@@ -164,6 +172,7 @@ fn main() {
     for (name, m) in std::iter::once(("bf16_weights", &model)).chain(weights.iter().map(|(n, m)| (*n, m))) {
         for (cache_name, format) in [("bf16_cache", KvFormat::Dense(DType::BF16)), ("fp8_cache", KvFormat::Fp8)] {
             let ms = kv_step_ms(m, kv_rows, kv_context, format, &device);
+            progress(&format!("kv {name} {cache_name} ms/step"), &ms);
             steps.push((format!("{name}_{cache_name}"), ms));
             kv_cache.insert(format!("{name}_{cache_name}_ms_per_step"), json!(r(ms)));
         }

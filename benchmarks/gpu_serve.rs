@@ -4,7 +4,7 @@
 //! 32,000), with random bf16 weights made on the device.
 //!
 //!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
-//!             [--trt-seqs-long 24] [--layers 30] [--only-trt]
+//!             [--trt-seqs-long 24] [--layers 30] [--only-trt] [--no-trt]
 //!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all] [--kv-fp8]
 //!
 //! Prints JSON:
@@ -399,15 +399,21 @@ fn main() {
     let w2 = 2.0
         * (cfg2.vocab * cfg2.hidden
             + cfg2.layers * (4 * cfg2.hidden * cfg2.hidden + 3 * cfg2.hidden * cfg2.intermediate)) as f64;
-    let model2 = Arc::new(Model::random(cfg2.clone(), &device, DType::BF16).expect("random model"));
+    let no_trt = args.iter().any(|a| a == "--no-trt");
+    let model2 = if no_trt {
+        None
+    } else {
+        Some(Arc::new(Model::random(cfg2.clone(), &device, DType::BF16).expect("random model")))
+    };
     let mut trt = serde_json::Map::new();
     for (input, output, seqs) in [(128usize, 2048usize, trt_short), (2048, 2048, trt_long)] {
+        let Some(model2) = &model2 else { break };
         let jobs: Vec<(Vec<u32>, Vec<usize>)> =
             (0..seqs).map(|_| (rng.tokens(input, cfg2.vocab), vec![output])).collect();
-        let (wall, tokens, m, blocks) = engine_run(&model2, &tok, &jobs, &rt, false);
+        let (wall, tokens, m, blocks) = engine_run(model2, &tok, &jobs, &rt, false);
         let mut v = engine_report(wall, tokens, &m, blocks, w2, kv2, bandwidth);
         if kv_fp8 {
-            let (wall, tokens, m, blocks) = engine_run(&model2, &tok, &jobs, &rt, true);
+            let (wall, tokens, m, blocks) = engine_run(model2, &tok, &jobs, &rt, true);
             let kv8 = (2 * cfg2.layers * cfg2.kv_heads * (cfg2.head_dim + 4)) as f64;
             let f = engine_report(wall, tokens, &m, blocks, w2, kv8, bandwidth);
             v["fp8_cache_over_bf16"] =
@@ -418,7 +424,7 @@ fn main() {
             // The engine of before runs one sequence at a time; two give its rate.
             let mut total = (0.0, 0u64);
             for (prompt, lengths) in jobs.iter().take(2) {
-                if let Some((w, t)) = static_batch(&model2, prompt, lengths, &device) {
+                if let Some((w, t)) = static_batch(model2, prompt, lengths, &device) {
                     total = (total.0 + w, total.1 + t);
                 }
             }
