@@ -10,7 +10,8 @@
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
 //! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
-//! (weight bytes / 4.8 TB/s per token). Sampling is temperature 1, top-p 0.95 on both sides.
+//! (weight bytes over the HBM bandwidth per token: 4.8 TB/s on an H200, 3.35 on an H100).
+//! Sampling is temperature 1, top-p 0.95 on both sides.
 //! Decode runs twice, through the fused decode step and sampler and through the generic ones
 //! (`--no-generic` skips it), for their ratio in the same run, and the two steps' logits are
 //! compared (`fused_vs_generic_logits`). A checkpoint already in `--dir` is reused.
@@ -38,7 +39,14 @@ const HIDDEN: usize = 4096;
 const INTERMEDIATE: usize = 11008;
 const HEADS: usize = 32;
 const VOCAB: usize = 102400;
-const HBM_BYTES_PER_S: f64 = 4.8e12;
+/// The GPU's name, as nvidia-smi gives it.
+fn gpu_name() -> String {
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
@@ -58,6 +66,9 @@ fn main() {
     let python = arg(&args, "--python").unwrap_or_else(|| "/opt/torch/.venv/bin/python".into());
     let cpu_sampling = args.iter().any(|a| a == "--cpu-sampling");
     let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
+    // HBM bandwidth for the rooflines: an H200's 4.8 TB/s, else an H100 SXM's 3.35.
+    let gpu = gpu_name();
+    let hbm_bytes_per_s = if gpu.contains("H200") { 4.8e12 } else { 3.35e12 };
 
     let t = Instant::now();
     let params = write_random_model(&dir, layers, &device);
@@ -69,6 +80,10 @@ fn main() {
 
     // Prefill: one prompt of each length, timed after a warm-up.
     let mut prefill = serde_json::Map::new();
+    // The same weights with the prefill attention at 128 queries a block (two row tiles a warp).
+    std::env::set_var("SUBGOAL_CUDA_PREFILL_ROWS", "128");
+    let wide = Model::from_safetensors(&dir, &device, DType::BF16, false).expect("load the model");
+    std::env::remove_var("SUBGOAL_CUDA_PREFILL_ROWS");
     for &p in &prompts {
         let ids = prompt_ids(1, p, &device);
         let run = || {
@@ -89,20 +104,30 @@ fn main() {
         batch.push(&ids_vec, 0, (0..(p.div_ceil(16) + 1) as u32).collect(), true);
         let sp = time_paged(&model, &batch, &cache, &device);
         let agreement = logits_agreement(&model, &ids, &batch, &cache, layers);
+        let sw = time_paged(&wide, &batch, &cache, &device);
+        let agreement_wide = logits_agreement(&wide, &ids, &batch, &cache, layers);
         drop(cache);
         prefill.insert(
             p.to_string(),
             json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s),
-                   "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement}),
+                   "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement,
+                   "paged_q128_ms": r(sw * 1e3), "paged_q128_tokens_per_s": r(p as f64 / sw),
+                   "paged_q128_vs_generic": agreement_wide}),
         );
     }
 
     // Prefill attention alone, one layer's worth (all heads), against PyTorch's SDPA below.
+    drop(wide);
     // Each part also goes to stderr as it ends, so a later failure keeps what came before.
     let progress = |what: &str, v: &dyn std::fmt::Display| eprintln!("{what}: {v}");
     progress("prefill", &Value::Object(prefill.clone()));
-    let attention: serde_json::Map<String, Value> =
-        prompts.iter().map(|&p| (p.to_string(), attention_alone(p, &device))).collect();
+    let mut attention = serde_json::Map::new();
+    for &p in &prompts {
+        attention.insert(p.to_string(), attention_alone(p, &device));
+        std::env::set_var("SUBGOAL_CUDA_PREFILL_ROWS", "128");
+        attention.insert(format!("{p}_q128"), attention_alone(p, &device));
+        std::env::remove_var("SUBGOAL_CUDA_PREFILL_ROWS");
+    }
     progress("attention", &Value::Object(attention.clone()));
 
     // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
@@ -151,7 +176,7 @@ fn main() {
                "ratios": ratios, "logits_vs_bf16": cosine,
                // Bytes per token: the projections in one byte each, the output head in two (it
                // stays bf16), counted like the bf16 roofline (embeddings included): `params`.
-               "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / params as f64)})
+               "roofline_batch1_tokens_per_s": r(hbm_bytes_per_s / params as f64)})
     } else {
         Value::Null
     };
@@ -190,9 +215,9 @@ fn main() {
     kv_cache.insert(
         "hbm_limit_ms_per_step".into(),
         json!({
-            "bf16_weights_bf16_cache": r((weight_bytes + kv_bytes(per_token_bf16)) / HBM_BYTES_PER_S * 1e3),
-            "bf16_weights_fp8_cache": r((weight_bytes + kv_bytes(per_token_fp8)) / HBM_BYTES_PER_S * 1e3),
-            "bandwidth_tb_per_s": HBM_BYTES_PER_S / 1e12,
+            "bf16_weights_bf16_cache": r((weight_bytes + kv_bytes(per_token_bf16)) / hbm_bytes_per_s * 1e3),
+            "bf16_weights_fp8_cache": r((weight_bytes + kv_bytes(per_token_fp8)) / hbm_bytes_per_s * 1e3),
+            "bandwidth_tb_per_s": hbm_bytes_per_s / 1e12,
         }),
     );
 
@@ -215,7 +240,8 @@ fn main() {
         }
     }
     for (k, v) in &attention {
-        let (ours, theirs) = (v["ms"].as_f64(), torch["attention"][k]["ms"].as_f64());
+        let base = k.trim_end_matches("_q128");
+        let (ours, theirs) = (v["ms"].as_f64(), torch["attention"][base]["ms"].as_f64());
         if let (Some(a), Some(b)) = (ours, theirs) {
             ratios.insert(format!("attention_{k}_subgoal_over_torch"), json!(r(b / a)));
         }
@@ -223,9 +249,12 @@ fn main() {
     for (k, v) in &prefill {
         let paged = json!({"tokens_per_s": v["paged_tokens_per_s"]});
         ratios.insert(format!("prefill_{k}_paged_over_torch"), ratio(&paged, &torch["prefill"][k]));
+        let wide = json!({"tokens_per_s": v["paged_q128_tokens_per_s"]});
+        ratios.insert(format!("prefill_{k}_paged_q128_over_torch"), ratio(&wide, &torch["prefill"][k]));
     }
     let report = json!({
         "benchmark": "gpu_decode",
+        "gpu": gpu,
         "shape": {"layers": layers, "hidden": HIDDEN, "intermediate": INTERMEDIATE, "heads": HEADS, "vocab": VOCAB, "params": params, "dtype": "bf16"},
         "write_weights_s": r(write_s),
         "load_s": r(load_s),
@@ -238,7 +267,7 @@ fn main() {
         "kv_cache": kv_cache,
         "torch": torch,
         "ratios": ratios,
-        "roofline_batch1_tokens_per_s": r(HBM_BYTES_PER_S / weight_bytes),
+        "roofline_batch1_tokens_per_s": r(hbm_bytes_per_s / weight_bytes),
         "goals": {"decode_batch1_tokens_per_s": 240, "decode_batch32_tokens_per_s": 3000},
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -249,7 +278,8 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
 }
 
-/// The tiled prefill attention kernel alone on one layer's shape (32 heads of 128, `p` queries at
+/// The tiled prefill attention kernel (at the queries a block `SUBGOAL_CUDA_PREFILL_ROWS` sets)
+/// alone on one layer's shape (32 heads of 128, `p` queries at
 /// positions 0..p over a paged cache of 16-token blocks, random inputs): the best of 3 runs of 5
 /// launches, its rate in causal TFLOP/s, and its output on two heads against attention computed
 /// in f32 with the score matrix materialized.

@@ -104,7 +104,7 @@ pub struct ModelOptions {
     #[arg(long)]
     pub dtype: Option<String>,
     /// Embedded backend KV cache: auto (the compute type) or fp8 (E4M3, one scale per token and
-    /// head; CPU in this build).
+    /// head; on CUDA with a bf16 or f16 model).
     #[arg(long, default_value = "auto", value_parser = ["auto", "fp8"])]
     pub kv_dtype: String,
     /// A tokenizer.json to use instead of the model's own (for GGUF files).

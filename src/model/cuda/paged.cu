@@ -534,6 +534,192 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
     }
 }
 
+// attn_prefill with 128 queries a block: each warp owns two row tiles of 16, so every key and
+// value fragment it loads from shared memory feeds two products (FlashAttention-2's tile), at the
+// price of twice the accumulators (255 registers at head size 128). Over a cache in T only; the
+// query tile stays in shared memory. Grid: (heads, ceil(len / 128)); block: 128; dynamic shared
+// memory: prefill_smem(D, 128) in fused.rs.
+template <typename T, int D>
+__device__ void attn_prefill_q128(const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context,
+                                  int len, int heads, int kv_heads, int bs) {
+    pdl_begin();
+    constexpr int MT = 2;
+    constexpr int BQ = 64 * MT;
+    constexpr int RS = D + 8;
+    constexpr int VEC = 16 / sizeof(T);
+    constexpr int CPR = D / VEC;
+    constexpr float LOG2E = 1.4426950408889634f;
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* ks = (T*)smem;            // [2][FA_K][RS]
+    T* vs = ks + 2 * FA_K * RS;  // [2][FA_K][RS]
+    T* qs = vs + 2 * FA_K * RS;  // [BQ][RS]
+    int head = blockIdx.x, q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
+    int kh = head / (heads / kv_heads);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, t4 = lane & 3;
+    int nq = min(BQ, len - q0);
+    int last_pos = context + q0 + nq - 1;
+    int tiles = last_pos / FA_K + 1;
+    auto load_tile = [&](int tile, int stage) {
+        int k0 = tile * FA_K, nk = min(FA_K, last_pos + 1 - k0);
+        T* kb = ks + stage * FA_K * RS;
+        T* vb = vs + stage * FA_K * RS;
+        for (int i = threadIdx.x; i < FA_K * CPR; i += blockDim.x) {
+            int j = i / CPR, c = (i % CPR) * VEC;
+            if (j < nk) {
+                size_t at = paged_row(table, k0 + j, bs, kv_heads, kh) * D + c;
+                __pipeline_memcpy_async((uint4*)(kb + j * RS + c), (const uint4*)(kc + at), 16);
+                __pipeline_memcpy_async((uint4*)(vb + j * RS + c), (const uint4*)(vc + at), 16);
+            } else {
+                *(uint4*)(kb + j * RS + c) = make_uint4(0, 0, 0, 0);
+                *(uint4*)(vb + j * RS + c) = make_uint4(0, 0, 0, 0);
+            }
+        }
+        __pipeline_commit();
+    };
+    load_tile(0, 0);
+    for (int i = threadIdx.x; i < BQ * CPR; i += blockDim.x) {
+        int r = i / CPR, c = (i % CPR) * VEC;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < nq) v = *(const uint4*)(q + ((size_t)(q0 + r) * heads + head) * D + c);
+        *(uint4*)(qs + r * RS + c) = v;
+    }
+    const int rbase = warp * 16 * MT;
+    const T* qrow = qs + (rbase + (lane & 15)) * RS + (lane >> 4) * 8;
+    const int warp_first = context + q0 + rbase;
+    const int warp_last = context + q0 + min(rbase + 16 * MT - 1, nq - 1);
+    const int koff = (((lane >> 4) << 3) + (lane & 7)) * RS + ((lane >> 3) & 1) * 8;
+    const int voff = (lane & 15) * RS + (lane >> 4) * 8;
+    float o[MT][D / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
+    for (int tile = 0; tile < tiles; tile++) {
+        int stage = tile & 1;
+        if (tile + 1 < tiles) {
+            load_tile(tile + 1, stage ^ 1);
+            __pipeline_wait_prior(1);
+        } else {
+            __pipeline_wait_prior(0);
+        }
+        __syncthreads();  // (the first time, the query tile's stores too)
+        int k0 = tile * FA_K;
+        int nk = min(FA_K, last_pos + 1 - k0);
+        const T* kb = ks + stage * FA_K * RS;
+        const T* vb = vs + stage * FA_K * RS;
+        if (k0 <= warp_last) {
+            float s[MT][FA_K / 8][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) ldsm4(a[mt], qrow + mt * 16 * RS + kk * 16);
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n += 2) {
+                    uint32_t b[4];
+                    ldsm4(b, kb + n * 8 * RS + koff + kk * 16);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma16816<T>(s[mt][n], a[mt], b);
+                        mma16816<T>(s[mt][n + 1], a[mt], b + 2);
+                    }
+                }
+            }
+            bool mask = k0 + FA_K - 1 > warp_first || nk < FA_K;
+            uint32_t p[MT][FA_K / 16][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                const int qpos0 = warp_first + mt * 16 + g, qpos1 = qpos0 + 8;
+                float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[mt][n][e] *= LOG2E;
+                    if (mask) {
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            int col = n * 8 + 2 * t4 + e;
+                            if (col >= nk || k0 + col > qpos0) s[mt][n][e] = -INFINITY;
+                            if (col >= nk || k0 + col > qpos1) s[mt][n][2 + e] = -INFINITY;
+                        }
+                    }
+                    mx0 = fmaxf(mx0, fmaxf(s[mt][n][0], s[mt][n][1]));
+                    mx1 = fmaxf(mx1, fmaxf(s[mt][n][2], s[mt][n][3]));
+                }
+#pragma unroll
+                for (int o2 = 1; o2 < 4; o2 <<= 1) {
+                    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, o2));
+                    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, o2));
+                }
+                float n0 = fmaxf(m[mt][0], mx0), n1 = fmaxf(m[mt][1], mx1);
+                float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
+                float alpha0 = ex2(m[mt][0] - b0), alpha1 = ex2(m[mt][1] - b1);
+                m[mt][0] = n0, m[mt][1] = n1;
+                float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n++) {
+                    float p0 = ex2(s[mt][n][0] - b0), p1 = ex2(s[mt][n][1] - b0);
+                    float p2 = ex2(s[mt][n][2] - b1), p3 = ex2(s[mt][n][3] - b1);
+                    ls0 += p0 + p1;
+                    ls1 += p2 + p3;
+                    p[mt][n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
+                    p[mt][n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
+                }
+                l[mt][0] = l[mt][0] * alpha0 + ls0;
+                l[mt][1] = l[mt][1] * alpha1 + ls1;
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt++) {
+                    o[mt][dt][0] *= alpha0, o[mt][dt][1] *= alpha0;
+                    o[mt][dt][2] *= alpha1, o[mt][dt][3] *= alpha1;
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < FA_K / 16; kk++) {
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt += 2) {
+                    uint32_t b[4];
+                    ldsm4_trans(b, vb + kk * 16 * RS + voff + dt * 8);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma16816<T>(o[mt][dt], p[mt][kk], b);
+                        mma16816<T>(o[mt][dt + 1], p[mt][kk], b + 2);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        float l0 = l[mt][0], l1 = l[mt][1];
+#pragma unroll
+        for (int o2 = 1; o2 < 4; o2 <<= 1) {
+            l0 += __shfl_xor_sync(0xffffffff, l0, o2);
+            l1 += __shfl_xor_sync(0xffffffff, l1, o2);
+        }
+        float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+        const int r0 = rbase + mt * 16 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            int c = dt * 8 + 2 * t4;
+            if (r0 < nq)
+                *(uint32_t*)(y + ((size_t)(q0 + r0) * heads + head) * D + c) =
+                    pack2<T>(o[mt][dt][0] * inv0, o[mt][dt][1] * inv0);
+            if (r1 < nq)
+                *(uint32_t*)(y + ((size_t)(q0 + r1) * heads + head) * D + c) =
+                    pack2<T>(o[mt][dt][2] * inv1, o[mt][dt][3] * inv1);
+        }
+    }
+}
+
 #define PAGED(T, S)                                                                                            \
     extern "C" __global__ void rope_kv_paged_##S(const T* qkv, int stride, T* q_out, T* kc, T* vc,             \
                                                  const T* cos, const T* sin, const uint32_t* pos,              \
@@ -585,3 +771,11 @@ PAGED(__half, f16)
 // Tensor cores take 16-bit inputs: no f32 prefill kernel (f32 models take the generic path).
 PREFILL(__nv_bfloat16, bf16, 64, 1) PREFILL(__nv_bfloat16, bf16, 128, 3) PREFILL(__nv_bfloat16, bf16, 256, 1)
 PREFILL(__half, f16, 64, 1) PREFILL(__half, f16, 128, 3) PREFILL(__half, f16, 256, 1)
+#define PREFILL_Q128(T, S, D)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_prefill##D##_q128_##S(                           \
+        const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len, int heads,    \
+        int kv_heads, int bs) {                                                                                \
+        attn_prefill_q128<T, D>(q, kc, vc, y, table, context, len, heads, kv_heads, bs);                       \
+    }
+PREFILL_Q128(__nv_bfloat16, bf16, 64) PREFILL_Q128(__nv_bfloat16, bf16, 128)
+PREFILL_Q128(__half, f16, 64) PREFILL_Q128(__half, f16, 128)

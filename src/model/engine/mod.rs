@@ -42,7 +42,8 @@ pub struct EngineOptions {
     pub max_batch_tokens: usize,
     /// Sequences decoded at once.
     pub max_running: usize,
-    /// Keys and values in E4M3 with one factor per token and head (`--kv-dtype fp8`, CPU).
+    /// Keys and values in E4M3 with one factor per token and head (`--kv-dtype fp8`; on CUDA through
+    /// the fused kernels, bf16 or f16 models).
     pub kv_fp8: bool,
 }
 
