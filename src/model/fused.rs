@@ -1096,7 +1096,8 @@ impl Kernels {
         let fp8 = caches.scales.is_some();
         let Some(mut kernel) = prefill_name(d, fp8).filter(|_| self.has_prefill(d, fp8)) else { return Ok(None) };
         let mut rows = 64;
-        if let Some(&wide) = PREFILL_Q128.iter().find(|n| n.starts_with(&format!("attn_prefill{d}_"))) {
+        // PREFILL_Q128 holds head sizes 64 and 128, the first two of `head_index`.
+        if let Some(&wide) = head_index(d).and_then(|i| PREFILL_Q128.get(i)) {
             if !fp8 && self.prefill_rows == 128 && self.module.funcs.contains_key(wide) {
                 (kernel, rows) = (wide, 128);
             }

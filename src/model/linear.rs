@@ -30,7 +30,8 @@ pub(super) enum Linear {
 const FP8_GEMM_ROWS: usize = 256;
 
 /// An FP8 weight on a CUDA device: E4M3 bytes `[rows, cols]` (u8), the f32 factors of its 128×128
-/// blocks, and the kernels that read them (the few-row product and the dequantization).
+/// blocks, and the kernels that read them (the few-row product, the tensor-core GEMM and the
+/// dequantization).
 #[cfg(feature = "cuda")]
 pub(super) struct DeviceFp8 {
     pub(super) bytes: Tensor,
