@@ -325,6 +325,15 @@ fn prefill_name(d: usize, fp8: bool) -> Option<&'static str> {
     head_index(d).map(|i| if fp8 { PREFILL_KV8[i] } else { PREFILL[i] })
 }
 
+/// The addresses of an FP8 cache's row factors (keys', values'); null for a cache in the model's
+/// dtype, whose kernels take the same arguments and do not read them.
+fn factors(kv: &PagedKv) -> Result<(u64, u64)> {
+    match kv.scales {
+        Some((ks, vs)) => Ok((addr(ks)?, addr(vs)?)),
+        None => Ok((0, 0)),
+    }
+}
+
 /// A kernel argument as the driver takes it: a pointer to its value. Only `Copy` values (scalars
 /// and device addresses), so a buffer object cannot be passed by mistake where its address is meant.
 fn kernel_arg<T: Copy>(v: &T) -> *mut c_void {
@@ -954,56 +963,13 @@ impl Kernels {
             block_dim: ((d / 2) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
+        let kernel = if caches.scales.is_some() { "rope_kv_paged_kv8" } else { "rope_kv_paged" };
+        let (pks, pvs) = factors(&caches)?;
         let [stride, heads, kv_heads, d, bs, inter] = ints.each_ref();
-        match caches.scales {
-            None => launch!(
-                self,
-                "rope_kv_paged",
-                cfg,
-                &pqkv,
-                stride,
-                &pq,
-                &pk,
-                &pv,
-                &pc,
-                &ps,
-                &pp,
-                &pt,
-                &ptab,
-                heads,
-                kv_heads,
-                d,
-                bs,
-                inter,
-                &q_scale
-            ),
-            Some((ks, vs)) => {
-                let (pks, pvs) = (addr(ks)?, addr(vs)?);
-                launch!(
-                    self,
-                    "rope_kv_paged_kv8",
-                    cfg,
-                    &pqkv,
-                    stride,
-                    &pq,
-                    &pk,
-                    &pv,
-                    &pks,
-                    &pvs,
-                    &pc,
-                    &ps,
-                    &pp,
-                    &pt,
-                    &ptab,
-                    heads,
-                    kv_heads,
-                    d,
-                    bs,
-                    inter,
-                    &q_scale
-                )
-            }
-        }
+        launch!(
+            self, kernel, cfg, &pqkv, stride, &pq, &pk, &pv, &pks, &pvs, &pc, &ps, &pp, &pt, &ptab, heads, kv_heads, d,
+            bs, inter, &q_scale
+        );
         Ok(q)
     }
 
@@ -1061,18 +1027,11 @@ impl Kernels {
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        match caches.scales {
-            None => launch!(
-                self, kernel, cfg, &pq, &pk, &pv, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0], &ints[1], &ints[2]
-            ),
-            Some((ks, vs)) => {
-                let (pks, pvs) = (addr(ks)?, addr(vs)?);
-                launch!(
-                    self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0],
-                    &ints[1], &ints[2]
-                )
-            }
-        }
+        let (pks, pvs) = factors(&caches)?;
+        launch!(
+            self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0], &ints[1],
+            &ints[2]
+        );
         Ok(out)
     }
 
@@ -1114,13 +1073,8 @@ impl Kernels {
             shared_mem_bytes: prefill_smem(d, rows) as u32,
         };
         let [context, len, heads, kv_heads, bs] = ints.each_ref();
-        match caches.scales {
-            None => launch!(self, kernel, cfg, &pq, &pk, &pv, &po, &pt, context, len, heads, kv_heads, bs),
-            Some((ks, vs)) => {
-                let (pks, pvs) = (addr(ks)?, addr(vs)?);
-                launch!(self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &po, &pt, context, len, heads, kv_heads, bs)
-            }
-        }
+        let (pks, pvs) = factors(&caches)?;
+        launch!(self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &po, &pt, context, len, heads, kv_heads, bs);
         Ok(Some(out))
     }
 

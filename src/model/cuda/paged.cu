@@ -721,10 +721,10 @@ __device__ void attn_prefill_q128(const T* q, const T* kc, const T* vc, T* y, co
 }
 
 #define PAGED(T, S)                                                                                            \
-    extern "C" __global__ void rope_kv_paged_##S(const T* qkv, int stride, T* q_out, T* kc, T* vc,             \
-                                                 const T* cos, const T* sin, const uint32_t* pos,              \
-                                                 const uint32_t* tables, const uint32_t* tab, int heads,       \
-                                                 int kv_heads, int d, int bs, int interleaved, float q_scale) { \
+    extern "C" __global__ void rope_kv_paged_##S(                                                              \
+        const T* qkv, int stride, T* q_out, T* kc, T* vc, float*, float*, const T* cos, const T* sin,          \
+        const uint32_t* pos, const uint32_t* tables, const uint32_t* tab, int heads, int kv_heads, int d,      \
+        int bs, int interleaved, float q_scale) {                                                              \
         rope_kv_paged<T>(qkv, stride, q_out, kc, vc, cos, sin, pos, tables, tab, heads, kv_heads, d, bs,       \
                          interleaved, q_scale);                                                                \
     }                                                                                                          \
@@ -737,10 +737,10 @@ __device__ void attn_prefill_q128(const T* q, const T* kc, const T* vc, T* y, co
     }                                                                                                          \
     PAGED_ATTN(T, S, 64) PAGED_ATTN(T, S, 128) PAGED_ATTN(T, S, 256)
 #define PAGED_ATTN(T, S, D)                                                                                    \
-    extern "C" __global__ void attn_paged##D##_##S(const T* q, const T* kc, const T* vc, float* part,          \
-                                                   unsigned* counters, T* y, const uint32_t* tables,           \
-                                                   const uint32_t* tab, const uint32_t* lens, int heads,       \
-                                                   int kv_heads, int bs) {                                     \
+    extern "C" __global__ void attn_paged##D##_##S(                                                            \
+        const T* q, const T* kc, const T* vc, const float*, const float*, float* part, unsigned* counters,     \
+        T* y, const uint32_t* tables, const uint32_t* tab, const uint32_t* lens, int heads, int kv_heads,      \
+        int bs) {                                                                                              \
         attn_paged<T, T, D / 32>(q, kc, vc, nullptr, nullptr, part, counters, y, tables, tab, lens, heads,     \
                                  kv_heads, bs);                                                                \
     }                                                                                                          \
@@ -751,12 +751,13 @@ __device__ void attn_prefill_q128(const T* q, const T* kc, const T* vc, T* y, co
         attn_paged<T, uint8_t, D / 32>(q, kc, vc, ksc, vsc, part, counters, y, tables, tab, lens, heads,       \
                                        kv_heads, bs);                                                          \
     }
-// MINB: blocks per SM to fit registers for (at head size 128, three: 168 registers, no spills,
-// against two at the 175 the compiler would otherwise take).
+// Every entry point over a cache in T takes the FP8 one's factor pointers too (unread), so that the
+// two share one argument list. MINB: blocks per SM to fit registers for (at head size 128, three:
+// 168 registers, no spills, against two at the 175 the compiler would otherwise take).
 #define PREFILL(T, S, D, MINB)                                                                                 \
     extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_##S(                             \
-        const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len, int heads,    \
-        int kv_heads, int bs) {                                                                                \
+        const T* q, const T* kc, const T* vc, const float*, const float*, T* y, const uint32_t* table,         \
+        int context, int len, int heads, int kv_heads, int bs) {                                               \
         attn_prefill<T, T, D>(q, kc, vc, nullptr, nullptr, y, table, context, len, heads, kv_heads, bs);       \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_kv8_##S(                         \
@@ -773,8 +774,8 @@ PREFILL(__nv_bfloat16, bf16, 64, 1) PREFILL(__nv_bfloat16, bf16, 128, 3) PREFILL
 PREFILL(__half, f16, 64, 1) PREFILL(__half, f16, 128, 3) PREFILL(__half, f16, 256, 1)
 #define PREFILL_Q128(T, S, D)                                                                                  \
     extern "C" __global__ void __launch_bounds__(128, 2) attn_prefill##D##_q128_##S(                           \
-        const T* q, const T* kc, const T* vc, T* y, const uint32_t* table, int context, int len, int heads,    \
-        int kv_heads, int bs) {                                                                                \
+        const T* q, const T* kc, const T* vc, const float*, const float*, T* y, const uint32_t* table,         \
+        int context, int len, int heads, int kv_heads, int bs) {                                               \
         attn_prefill_q128<T, D>(q, kc, vc, y, table, context, len, heads, kv_heads, bs);                       \
     }
 PREFILL_Q128(__nv_bfloat16, bf16, 64) PREFILL_Q128(__nv_bfloat16, bf16, 128)
