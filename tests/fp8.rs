@@ -264,8 +264,14 @@ fn one_row_logits(m: &Embedded, ids: &[u32], k: usize) -> Vec<f32> {
 }
 
 fn paged_logits(m: &Embedded, ids: &[u32], k: usize, format: KvFormat) -> Vec<f32> {
+    let cache = PagedCache::new(&m.model().cfg, 8, 16, format, &Device::Cpu).unwrap();
+    logits_over(m, ids, k, cache)
+}
+
+/// The next-token logits after `ids`, its first `k` read as one chunk into `cache` and the rest
+/// decoded one by one over it.
+fn logits_over(m: &Embedded, ids: &[u32], k: usize, cache: PagedCache) -> Vec<f32> {
     let model = m.model();
-    let cache = PagedCache::new(&model.cfg, 8, 16, format, &Device::Cpu).unwrap();
     let blocks: Vec<u32> = (0..8).collect();
     let mut first = Batch::default();
     first.push(&ids[..k], 0, blocks.clone(), false);
@@ -303,6 +309,24 @@ fn an_fp8_kv_cache_keeps_the_logits_of_the_dense_cache() {
     );
     assert_eq!(d, 4 * cfg.head_dim * 2 * cfg.layers * cfg.kv_heads * 16);
     assert_eq!(f, (cfg.head_dim + 4) * 2 * cfg.layers * cfg.kv_heads * 16);
+}
+
+#[test]
+fn an_fp8_kv_cache_stored_unrotated_as_on_cuda_keeps_the_logits_too() {
+    // The CUDA kernels quantize rows as they are, without the CPU's Hadamard rotation.
+    let dir = tempfile::tempdir().unwrap();
+    let dense = load(&dense_cut(dir.path()), "f32");
+    let ids = ids(&dense);
+    let k = ids.len() / 2;
+    let cfg = &dense.model().cfg;
+    let a = paged_logits(&dense, &ids, k, KvFormat::Dense(DType::F32));
+    let rotated = paged_logits(&dense, &ids, k, KvFormat::Fp8);
+    let plain = PagedCache::new(cfg, 8, 16, KvFormat::Fp8, &Device::Cpu).unwrap().without_rotation();
+    let b = logits_over(&dense, &ids, k, plain);
+    let c = cosine(&a, &b);
+    assert!(c > 0.999, "cosine {c}");
+    assert_eq!(argmax(&a), argmax(&b));
+    assert_ne!(b, rotated, "the unrotated cache computed what the rotated one did: was the rotation dropped?");
 }
 
 #[test]
