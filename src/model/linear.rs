@@ -49,9 +49,10 @@ impl DeviceFp8 {
         Ok(DeviceFp8 { bytes, scale, kernels })
     }
 
-    /// `x @ Wᵀ` for rows `x` through the few-row kernel, 8 rows per launch (measured on an H100 at
-    /// 32 rows, dequantizing the whole weight for every call ran at 0.12x bf16's decode); `None`
-    /// where the kernel does not take them (unaligned shapes).
+    /// `x @ Wᵀ` for rows `x` through the few-row kernel, 8 rows per launch (up to
+    /// `Kernels::fp8_few_rows` rows: past 8 the launches read the weight again each, and on an
+    /// H100 at 32 rows four of them ran at 0.43x of `gemm_fp8`); `None` where the kernel does
+    /// not take them (unaligned shapes).
     fn few_rows(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let n = x.dim(0)?;
         let mut parts = Vec::with_capacity(n.div_ceil(8));
