@@ -29,6 +29,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
+use subgoal::model::fused::Kernels;
 use subgoal::model::llama::{KvCache, Model};
 use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 
@@ -80,10 +81,6 @@ fn main() {
 
     // Prefill: one prompt of each length, timed after a warm-up.
     let mut prefill = serde_json::Map::new();
-    // The same weights with the prefill attention at 128 queries a block (two row tiles a warp).
-    std::env::set_var("SUBGOAL_CUDA_PREFILL_ROWS", "128");
-    let wide = Model::from_safetensors(&dir, &device, DType::BF16, false).expect("load the model");
-    std::env::remove_var("SUBGOAL_CUDA_PREFILL_ROWS");
     for &p in &prompts {
         let ids = prompt_ids(1, p, &device);
         let run = || {
@@ -104,30 +101,21 @@ fn main() {
         batch.push(&ids_vec, 0, (0..(p.div_ceil(16) + 1) as u32).collect(), true);
         let sp = time_paged(&model, &batch, &cache, &device);
         let agreement = logits_agreement(&model, &ids, &batch, &cache, layers);
-        let sw = time_paged(&wide, &batch, &cache, &device);
-        let agreement_wide = logits_agreement(&wide, &ids, &batch, &cache, layers);
         drop(cache);
         prefill.insert(
             p.to_string(),
             json!({"ms": r(s * 1e3), "tokens_per_s": r(p as f64 / s),
-                   "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement,
-                   "paged_q128_ms": r(sw * 1e3), "paged_q128_tokens_per_s": r(p as f64 / sw),
-                   "paged_q128_vs_generic": agreement_wide}),
+                   "paged_ms": r(sp * 1e3), "paged_tokens_per_s": r(p as f64 / sp), "paged_vs_generic": agreement}),
         );
     }
 
-    // Prefill attention alone, one layer's worth (all heads), against PyTorch's SDPA below.
-    drop(wide);
     // Each part also goes to stderr as it ends, so a later failure keeps what came before.
     let progress = |what: &str, v: &dyn std::fmt::Display| eprintln!("{what}: {v}");
     progress("prefill", &Value::Object(prefill.clone()));
-    let mut attention = serde_json::Map::new();
-    for &p in &prompts {
-        attention.insert(p.to_string(), attention_alone(p, &device));
-        std::env::set_var("SUBGOAL_CUDA_PREFILL_ROWS", "128");
-        attention.insert(format!("{p}_q128"), attention_alone(p, &device));
-        std::env::remove_var("SUBGOAL_CUDA_PREFILL_ROWS");
-    }
+    // Prefill attention alone, one layer's worth (all heads), against PyTorch's SDPA below.
+    let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
+    let attention: serde_json::Map<String, Value> =
+        prompts.iter().map(|&p| (p.to_string(), attention_alone(&kernels, p, &device))).collect();
     progress("attention", &Value::Object(attention.clone()));
 
     // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
@@ -146,33 +134,25 @@ fn main() {
     // FP8 weights (`--fp8`): the same checkpoint quantized at load to E4M3 with 128x128 block
     // factors, decoded at the same batches; its logits against bf16's on a 512-token prompt and on
     // each of 16 greedy steps (the per-step logit cosine).
-    let fp8 = if args.iter().any(|a| a == "--fp8") {
-        let t = Instant::now();
-        let m8 = Model::from_safetensors(&dir, &device, DType::BF16, true).expect("load the model in FP8");
-        let load8 = t.elapsed().as_secs_f64();
-        let rates = decode_rates(&m8, &batches, layers, new_tokens, cpu_sampling, &device);
-        let cosine = fp8_cosine(&model, &m8, layers, &device);
-        drop(m8);
-        // The same weights with every projection past 8 rows on the tensor-core FP8 GEMM (the
-        // default sends up to 32 rows through the few-row kernel, 8 at a time).
-        std::env::set_var("SUBGOAL_CUDA_FP8_FEW_ROWS", "8");
-        let m8g = Model::from_safetensors(&dir, &device, DType::BF16, true).expect("load the model in FP8");
-        std::env::remove_var("SUBGOAL_CUDA_FP8_FEW_ROWS");
-        let rates_gemm = decode_rates(&m8g, &batches, layers, new_tokens, cpu_sampling, &device);
-        drop(m8g);
-        progress("fp8 decode", &json!({"few_rows": &rates, "gemm_past_8_rows": &rates_gemm, "cosine": &cosine}));
-        let gemm = gemm_fp8_check(&device);
+    // The FP8 model is loaded once, for this arm and the cache arm below.
+    let t = Instant::now();
+    let m8 = args
+        .iter()
+        .any(|a| a == "--fp8")
+        .then(|| Model::from_safetensors(&dir, &device, DType::BF16, true).expect("load the model in FP8"));
+    let load8 = t.elapsed().as_secs_f64();
+    let fp8 = if let Some(m8) = &m8 {
+        let rates = decode_rates(m8, &batches, layers, new_tokens, cpu_sampling, &device);
+        let cosine = fp8_cosine(&model, m8, layers, &device);
+        progress("fp8 decode", &json!({"rates": &rates, "cosine": &cosine}));
+        let gemm = gemm_fp8_check(&kernels, &device);
         progress("gemm_fp8", &gemm);
         let mut ratios = serde_json::Map::new();
         for (k, v) in &rates {
             let (a, b) = (v["tokens_per_s"].as_f64().unwrap_or(0.0), decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0));
             ratios.insert(format!("decode_{k}_fp8_over_bf16"), json!(if b > 0.0 { r(a / b) } else { 0.0 }));
         }
-        for (k, v) in &rates_gemm {
-            let (a, b) = (v["tokens_per_s"].as_f64().unwrap_or(0.0), decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0));
-            ratios.insert(format!("decode_{k}_fp8_gemm_over_bf16"), json!(if b > 0.0 { r(a / b) } else { 0.0 }));
-        }
-        json!({"load_s": r(load8), "decode": rates, "decode_gemm_past_8_rows": rates_gemm, "gemm_fp8": gemm,
+        json!({"load_s": r(load8), "decode": rates, "gemm_fp8": gemm,
                "ratios": ratios, "logits_vs_bf16": cosine,
                // Bytes per token: the projections in one byte each, the output head in two (it
                // stays bf16), counted like the bf16 roofline (embeddings included): `params`.
@@ -189,12 +169,8 @@ fn main() {
     kv_cache.insert("context".into(), json!(kv_context));
     kv_cache.insert("logits_fp8_vs_bf16_cache".into(), kv_agreement(&model, kv_context, &device));
     progress("kv logits", &kv_cache["logits_fp8_vs_bf16_cache"]);
-    let mut weights: Vec<(&str, Model)> = vec![];
-    if args.iter().any(|a| a == "--fp8") {
-        weights.push(("fp8_weights", Model::from_safetensors(&dir, &device, DType::BF16, true).expect("FP8 weights")));
-    }
     let mut steps = vec![];
-    for (name, m) in std::iter::once(("bf16_weights", &model)).chain(weights.iter().map(|(n, m)| (*n, m))) {
+    for (name, m) in std::iter::once(("bf16_weights", &model)).chain(m8.iter().map(|m| ("fp8_weights", m))) {
         for (cache_name, format) in [("bf16_cache", KvFormat::Dense(DType::BF16)), ("fp8_cache", KvFormat::Fp8)] {
             let ms = kv_step_ms(m, kv_rows, kv_context, format, &device);
             progress(&format!("kv {name} {cache_name} ms/step"), &ms);
@@ -202,7 +178,7 @@ fn main() {
             kv_cache.insert(format!("{name}_{cache_name}_ms_per_step"), json!(r(ms)));
         }
     }
-    drop(weights);
+    drop(m8);
     if let Some((_, base)) = steps.first() {
         for (name, ms) in &steps[1..] {
             kv_cache.insert(format!("{name}_speedup_over_bf16"), json!(r(base / ms)));
@@ -240,8 +216,7 @@ fn main() {
         }
     }
     for (k, v) in &attention {
-        let base = k.trim_end_matches("_q128");
-        let (ours, theirs) = (v["ms"].as_f64(), torch["attention"][base]["ms"].as_f64());
+        let (ours, theirs) = (v["ms"].as_f64(), torch["attention"][k]["ms"].as_f64());
         if let (Some(a), Some(b)) = (ours, theirs) {
             ratios.insert(format!("attention_{k}_subgoal_over_torch"), json!(r(b / a)));
         }
@@ -249,8 +224,6 @@ fn main() {
     for (k, v) in &prefill {
         let paged = json!({"tokens_per_s": v["paged_tokens_per_s"]});
         ratios.insert(format!("prefill_{k}_paged_over_torch"), ratio(&paged, &torch["prefill"][k]));
-        let wide = json!({"tokens_per_s": v["paged_q128_tokens_per_s"]});
-        ratios.insert(format!("prefill_{k}_paged_q128_over_torch"), ratio(&wide, &torch["prefill"][k]));
     }
     let report = json!({
         "benchmark": "gpu_decode",
@@ -278,15 +251,28 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
 }
 
-/// The tiled prefill attention kernel (at the queries a block `SUBGOAL_CUDA_PREFILL_ROWS` sets)
-/// alone on one layer's shape (32 heads of 128, `p` queries at
-/// positions 0..p over a paged cache of 16-token blocks, random inputs): the best of 3 runs of 5
-/// launches, its rate in causal TFLOP/s, and its output on two heads against attention computed
+/// Seconds per call of `f`: the best of 3 runs of `calls` calls, after one to warm up.
+fn best_of_3(device: &Device, calls: usize, f: &dyn Fn()) -> f64 {
+    f();
+    device.synchronize().unwrap();
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            device.synchronize().unwrap();
+            t.elapsed().as_secs_f64() / calls as f64
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// The tiled prefill attention kernel alone on one layer's shape (32 heads of 128, `p` queries
+/// at positions 0..p over a paged cache of 16-token blocks, random inputs): the best of 3 runs of
+/// 5 launches, its rate in causal TFLOP/s, and its output on two heads against attention computed
 /// in f32 with the score matrix materialized.
-fn attention_alone(p: usize, device: &Device) -> Value {
-    use subgoal::model::fused::Kernels;
+fn attention_alone(k: &Kernels, p: usize, device: &Device) -> Value {
     const D: usize = 128;
-    let Ok(Some(k)) = Kernels::load(device, DType::BF16) else { return json!({"error": "no fused kernels"}) };
     let blocks = p.div_ceil(16);
     let rand = |shape: &[usize], scale: f64| {
         (Tensor::randn(0f32, 1.0, shape, device).unwrap() * scale).unwrap().to_dtype(DType::BF16).unwrap()
@@ -296,18 +282,7 @@ fn attention_alone(p: usize, device: &Device) -> Value {
     let table = Tensor::arange(0u32, blocks as u32, device).unwrap();
     let kv = subgoal::model::fused::PagedKv { k: &kc, v: &vc, scales: None };
     let launch = || k.attention_prefill(&q, kv, &table, 0, HEADS).unwrap().expect("a prefill kernel");
-    launch();
-    device.synchronize().unwrap();
-    let s = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..5 {
-                launch();
-            }
-            device.synchronize().unwrap();
-            t.elapsed().as_secs_f64() / 5.0
-        })
-        .fold(f64::MAX, f64::min);
+    let s = best_of_3(device, 5, &|| drop(launch()));
     let flops = 4.0 * (p * p) as f64 / 2.0 * (D * HEADS) as f64;
     let out = launch().to_dtype(DType::F32).unwrap();
     // The reference, on heads 0 and the last: (p, D) rows of the cache as positions.
@@ -344,9 +319,7 @@ fn attention_alone(p: usize, device: &Device) -> Value {
 /// through cuBLAS on the same bytes (largest difference over the largest output), and its time
 /// beside that path's and beside bf16 cuBLAS on a dense weight of the same shape, at 64 and 256
 /// rows (best of 3 runs of 10 launches).
-fn gemm_fp8_check(device: &Device) -> Value {
-    use subgoal::model::fused::Kernels;
-    let Ok(Some(k)) = Kernels::load(device, DType::BF16) else { return json!({"error": "no fused kernels"}) };
+fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
     let mut out = serde_json::Map::new();
     for (name, n, kk) in [("qkv", 3 * HIDDEN, HIDDEN), ("down", HIDDEN, INTERMEDIATE)] {
         let host: Vec<f32> = (0..n * kk).map(|i| (((i * 7919) % 1999) as f32 - 999.0) * 0.02 / 999.0).collect();
@@ -365,20 +338,7 @@ fn gemm_fp8_check(device: &Device) -> Value {
             let got = got.to_dtype(DType::F32).unwrap();
             let diff = (&want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale_out = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let time = |f: &dyn Fn()| {
-                f();
-                device.synchronize().unwrap();
-                (0..3)
-                    .map(|_| {
-                        let t = Instant::now();
-                        for _ in 0..10 {
-                            f();
-                        }
-                        device.synchronize().unwrap();
-                        t.elapsed().as_secs_f64() / 10.0
-                    })
-                    .fold(f64::MAX, f64::min)
-            };
+            let time = |f: &dyn Fn()| best_of_3(device, 10, f);
             let t_gemm = time(&|| drop(k.gemm_fp8(&x, &bytes, &scale).unwrap()));
             let t_deq = time(&|| drop(x.matmul(&k.dequantize_fp8(&bytes, &scale).unwrap().t().unwrap()).unwrap()));
             let t_bf16 = time(&|| drop(x.matmul(&dense.t().unwrap()).unwrap()));

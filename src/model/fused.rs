@@ -68,12 +68,6 @@ const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_
 /// an FP8 one.
 const PREFILL: [&str; 3] = ["attn_prefill64", "attn_prefill128", "attn_prefill256"];
 const PREFILL_KV8: [&str; 3] = ["attn_prefill64_kv8", "attn_prefill128_kv8", "attn_prefill256_kv8"];
-/// Prefill attention with 128 queries a block (two row tiles a warp) for head sizes 64 and 128,
-/// over a cache in the model's dtype: taken with `SUBGOAL_CUDA_PREFILL_ROWS=128`.
-const PREFILL_Q128: [&str; 2] = ["attn_prefill64_q128", "attn_prefill128_q128"];
-/// Default of `Kernels::fp8_few_rows`: measured on an H100 at 32 rows (`gpu_decode --fp8`),
-/// `gemm_fp8` decoded 2,477 tokens/s where four launches of the few-row kernel gave 1,071.
-const FP8_FEW_ROWS: usize = 8;
 /// The FP8 GEMM for many rows and its split-K sum.
 const GEMM_FP8: [&str; 2] = ["gemm_fp8", "gemm_fp8_reduce"];
 /// Decode attention over the paged cache, likewise.
@@ -256,11 +250,6 @@ pub struct Kernels {
     dtype: DType,
     module: Module,
     gemv_rows: usize,
-    /// Up to how many rows an FP8 projection takes the few-row kernel (8 rows a launch) rather
-    /// than `gemm_fp8`.
-    fp8_few_rows: usize,
-    /// Queries a block of the prefill attention takes over a cache in the model's dtype (64 or 128).
-    prefill_rows: usize,
     /// `SUBGOAL_CUDA_GEMV_SPLIT` per `Split`, where set to one of `SPLITS`.
     gemv_split: [Option<usize>; 3],
     /// Streaming multiprocessors of the device.
@@ -287,13 +276,14 @@ fn ptx_target() -> u32 {
         .unwrap_or(0)
 }
 
-/// Dynamic shared memory of `attn_prefill` for head size `d` and `rows` queries a block (16-bit
-/// inputs): two stages of key and value tiles of 64 rows, rows padded by 8 elements, and the query
-/// tile, except at 64 queries up to head size 128, where the queries live in registers (paged.cu).
-/// An FP8 cache's tiles are decoded into the same buffers.
-fn prefill_smem(d: usize, rows: usize) -> usize {
+/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): two stages of key
+/// and value tiles of 64 rows, rows padded by 8 elements, and past head size 128 the query tile
+/// (below it the queries live in registers) (paged.cu). An FP8 cache's tiles are decoded into
+/// the same buffers.
+fn prefill_smem(d: usize) -> usize {
+    const Q: usize = 64;
     const K: usize = 64;
-    let queries = if rows == 64 && d <= 128 { 0 } else { rows * (d + 8) };
+    let queries = if d <= 128 { 0 } else { Q * (d + 8) };
     (4 * K * (d + 8) + queries) * 2
 }
 
@@ -303,7 +293,7 @@ fn dynamic_smem(short: &str) -> Option<usize> {
         return Some(GEMM_FP8_SMEM);
     }
     let d = short.strip_prefix("attn_prefill")?.split('_').next()?.parse::<usize>().ok()?;
-    Some(prefill_smem(d, if short.ends_with("_q128") { 128 } else { 64 }))
+    Some(prefill_smem(d))
 }
 
 /// `gemm_fp8`'s tiles (fp8.cu): two stages of 64 rows of x and of 128 weight rows' bytes, and the
@@ -380,7 +370,6 @@ impl Kernels {
         let prefill_kv8: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL_KV8 };
         // So does the FP8 GEMM for many rows.
         let gemm_fp8: &[&'static str] = if dtype == DType::F32 { &[] } else { &GEMM_FP8 };
-        let prefill_q128: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL_Q128 };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
         let entries: Vec<(&'static str, String)> = OTHERS
             .iter()
@@ -396,21 +385,11 @@ impl Kernels {
             .chain(prefill.iter())
             .chain(prefill_kv8.iter())
             .chain(gemm_fp8.iter())
-            .chain(prefill_q128.iter())
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
             .collect();
         // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
         let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
-        // Likewise for FP8 weights, the few-row kernel against the FP8 GEMM (`SUBGOAL_CUDA_FP8_FEW_ROWS`).
-        let fp8_few_rows =
-            std::env::var("SUBGOAL_CUDA_FP8_FEW_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(FP8_FEW_ROWS);
-        // Queries per block of the prefill attention over a cache in the model's dtype: 64, or 128
-        // (`SUBGOAL_CUDA_PREFILL_ROWS=128`, two row tiles a warp).
-        let prefill_rows = match std::env::var("SUBGOAL_CUDA_PREFILL_ROWS").ok().as_deref() {
-            Some("128") => 128,
-            _ => 64,
-        };
         // Warps per unit of the one-row projections (a tuning knob; unset: `split_launch` decides):
         // one number for all, or three for q/k/v, gate/up and the others.
         let knob: Vec<Option<usize>> = std::env::var("SUBGOAL_CUDA_GEMV_SPLIT")
@@ -443,8 +422,6 @@ impl Kernels {
             dtype,
             module,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
-            fp8_few_rows,
-            prefill_rows,
             gemv_split,
             sms: sms.max(1) as usize,
             counters: Default::default(),
@@ -688,18 +665,8 @@ impl Kernels {
         residual: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
-        let (n, wk) = w.dims2()?;
-        let fits = rows > 0
-            && rows <= GEMV_MAX_ROWS
-            && wk == k
-            && k % 16 == 0
-            && self.aligned(x)
-            && w.dtype() == DType::U8
-            && w.is_contiguous()
-            && w.layout().start_offset() % 16 == 0
-            && scale.dtype() == DType::F32
-            && scale.dims2()? == (n.div_ceil(128), k.div_ceil(128));
-        if !fits {
+        let n = w.dim(0)?;
+        if rows > GEMV_MAX_ROWS || !self.fp8_operands_fit(x, w, scale)? {
             return Ok(None);
         }
         let pr = match residual {
@@ -724,9 +691,21 @@ impl Kernels {
         Ok(Some(y))
     }
 
-    /// Up to how many rows an FP8 projection takes `gemv_fp8` (8 rows a launch) before `gemm_fp8`.
-    pub fn fp8_few_rows(&self) -> usize {
-        self.fp8_few_rows
+    /// What both FP8 products take: some rows `x` `[m, k]` (k a multiple of 16, aligned), E4M3
+    /// bytes `w` `[n, k]` contiguous and 16-byte aligned, and their f32 block factors
+    /// `[ceil(n/128), ceil(k/128)]`.
+    fn fp8_operands_fit(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<bool> {
+        let (rows, k) = x.dims2()?;
+        let (n, wk) = w.dims2()?;
+        Ok(rows > 0
+            && wk == k
+            && k % 16 == 0
+            && self.aligned(x)
+            && w.dtype() == DType::U8
+            && w.is_contiguous()
+            && w.layout().start_offset() % 16 == 0
+            && scale.dtype() == DType::F32
+            && scale.dims2()? == (n.div_ceil(128), k.div_ceil(128)))
     }
 
     /// `x @ Wᵀ` for many rows with an FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its 128×128
@@ -734,18 +713,11 @@ impl Kernels {
     /// `None` where it does not run (f32, or n or k not a multiple of 128).
     pub fn gemm_fp8(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
-        let (n, wk) = w.dims2()?;
-        let fits = rows > 0
-            && self.module.funcs.contains_key(GEMM_FP8[0])
-            && wk == k
+        let n = w.dim(0)?;
+        let fits = self.module.funcs.contains_key(GEMM_FP8[0])
             && k % 128 == 0
             && n % 128 == 0
-            && self.aligned(x)
-            && w.dtype() == DType::U8
-            && w.is_contiguous()
-            && w.layout().start_offset() % 16 == 0
-            && scale.dtype() == DType::F32
-            && scale.dims2()? == (n / 128, k / 128);
+            && self.fp8_operands_fit(x, w, scale)?;
         if !fits {
             return Ok(None);
         }
@@ -1053,14 +1025,7 @@ impl Kernels {
     ) -> Result<Option<Tensor>> {
         let (_, kv_heads, bs, d) = caches.k.dims4()?;
         let fp8 = caches.scales.is_some();
-        let Some(mut kernel) = prefill_name(d, fp8).filter(|_| self.has_prefill(d, fp8)) else { return Ok(None) };
-        let mut rows = 64;
-        // PREFILL_Q128 holds head sizes 64 and 128, the first two of `head_index`.
-        if let Some(&wide) = head_index(d).and_then(|i| PREFILL_Q128.get(i)) {
-            if !fp8 && self.prefill_rows == 128 && self.module.funcs.contains_key(wide) {
-                (kernel, rows) = (wide, 128);
-            }
-        }
+        let Some(kernel) = prefill_name(d, fp8).filter(|_| self.has_prefill(d, fp8)) else { return Ok(None) };
         self.check(q)?;
         self.check_kv(&caches)?;
         let len = q.dim(0)?;
@@ -1068,9 +1033,9 @@ impl Kernels {
         let (pq, pk, pv, po, pt) = (addr(q)?, addr(caches.k)?, addr(caches.v)?, addr(&out)?, addr(table)?);
         let ints = [context as i32, len as i32, heads as i32, kv_heads as i32, bs as i32];
         let cfg = LaunchConfig {
-            grid_dim: (heads as u32, len.div_ceil(rows) as u32, 1),
+            grid_dim: (heads as u32, len.div_ceil(64) as u32, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: prefill_smem(d, rows) as u32,
+            shared_mem_bytes: prefill_smem(d) as u32,
         };
         let [context, len, heads, kv_heads, bs] = ints.each_ref();
         let (pks, pvs) = factors(&caches)?;

@@ -24,8 +24,8 @@ pub(super) enum Linear {
 }
 
 /// Up to this many rows an FP8 projection on CUDA takes the tensor-core FP8 GEMM (the bytes read
-/// once per 64 rows) after the few-row kernel's share (`Kernels::fp8_few_rows`); past it (prefill)
-/// the weight is dequantized once per call for cuBLAS, which is compute-bound there.
+/// once per 64 rows) where the few-row kernel (up to 8 rows) does not; past it (prefill) the
+/// weight is dequantized once per call for cuBLAS, which is compute-bound there.
 #[cfg(feature = "cuda")]
 const FP8_GEMM_ROWS: usize = 256;
 
@@ -49,37 +49,18 @@ impl DeviceFp8 {
         Ok(DeviceFp8 { bytes, scale, kernels })
     }
 
-    /// `x @ Wᵀ` for rows `x` through the few-row kernel, 8 rows per launch (up to
-    /// `Kernels::fp8_few_rows` rows: past 8 the launches read the weight again each, and on an
-    /// H100 at 32 rows four of them ran at 0.43x of `gemm_fp8`); `None` where the kernel does
-    /// not take them (unaligned shapes).
-    fn few_rows(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let n = x.dim(0)?;
-        let mut parts = Vec::with_capacity(n.div_ceil(8));
-        for start in (0..n).step_by(8) {
-            let rows = x.narrow(0, start, (n - start).min(8))?;
-            match self.kernels.gemv_fp8(&rows, &self.bytes, &self.scale, None)? {
-                Some(y) => parts.push(y),
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 0)? }))
-    }
-
     /// `x @ Wᵀ` for `x` of shape `[.., cols]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, cols) = self.bytes.dims2()?;
         let dims = x.dims().to_vec();
         let x2 = x.reshape((x.elem_count() / cols.max(1), cols))?.contiguous()?;
-        let n = x2.dim(0)?;
-        let few = if n <= self.kernels.fp8_few_rows() {
-            self.few_rows(&x2)?
-        } else if n <= FP8_GEMM_ROWS {
-            self.kernels.gemm_fp8(&x2, &self.bytes, &self.scale)?
-        } else {
-            None
+        // Up to 8 rows `gemv_fp8` reads the bytes once in registers; more rows on it would read
+        // them again per 8 (on an H100 at 32 rows, four launches ran at 0.43x of `gemm_fp8`).
+        let fast = match self.kernels.gemv_fp8(&x2, &self.bytes, &self.scale, None)? {
+            None if x2.dim(0)? <= FP8_GEMM_ROWS => self.kernels.gemm_fp8(&x2, &self.bytes, &self.scale)?,
+            y => y,
         };
-        let y = match few {
+        let y = match fast {
             Some(y) => y,
             None => x2.matmul(&self.kernels.dequantize_fp8(&self.bytes, &self.scale)?.t()?)?,
         };

@@ -24,6 +24,18 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
 
+// E4M3 (FP8 weights in fp8.cu, the FP8 cache in paged.cu): two bytes (the lower first) as floats
+// through the hardware pair conversion of sm_89 and later, one byte, and a float saturated to one.
+__device__ __forceinline__ float2 f8x2(uint16_t w) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)w, __NV_E4M3);
+    return __half22float2(__half2(h));
+}
+__device__ __forceinline__ float f8(uint8_t b) {
+    __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3);
+    return __half2float(__half(h));
+}
+__device__ __forceinline__ uint8_t to_f8(float x) { return __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3); }
+
 // Programmatic dependent launch (sm_90 and later; `fused.rs` launches with it where the device has
 // it): the next kernel on the stream may be scheduled once every block of this one has started,
 // so its launch overlaps this one's tail; each kernel then waits here, before its first read,

@@ -7,20 +7,16 @@
 // bytes read once per 8 rows). Many rows (prefill) dequantize the weight to the model's dtype once
 // per call and take cuBLAS, where compute, not the weight read, bounds the product.
 
-#include <cuda_fp8.h>
-
 constexpr int FP8_BLOCK = 128;
 
-// Eight E4M3 bytes (two 32-bit words) to floats: the hardware pairs conversion on sm_89 and later.
+// Eight E4M3 bytes (two 32-bit words, lowest byte first) to floats.
 __device__ __forceinline__ void fp8x8_to_f(uint32_t lo, uint32_t hi, float* out) {
     uint32_t w[2] = {lo, hi};
 #pragma unroll
     for (int h = 0; h < 2; h++) {
 #pragma unroll
         for (int p = 0; p < 2; p++) {
-            __nv_fp8x2_storage_t pair = (__nv_fp8x2_storage_t)((w[h] >> (16 * p)) & 0xFFFF);
-            __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
-            float2 f = __half22float2(*(__half2*)&r);
+            float2 f = f8x2((uint16_t)((w[h] >> (16 * p)) & 0xFFFF));
             out[h * 4 + p * 2] = f.x;
             out[h * 4 + p * 2 + 1] = f.y;
         }
