@@ -6,12 +6,15 @@
 //!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
 //!             [--trt-seqs-long 24] [--layers 30] [--only-trt] [--no-trt]
 //!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all] [--kv-fp8]
+//!             [--cascade-ab]
 //!
 //! Prints JSON:
 //! - `paged_vs_static`: the engine's fused paged step (tiled prefill attention, paged split-K
 //!   decode attention) against the static path of before (`Model::forward` with a contiguous
 //!   cache: materialized prefill attention, its own fused decode step) on the same tokens: logits
-//!   and argmax.
+//!   and argmax. Under it, `cascade_vs_plain` (and `_fp8_cache`): one decode step of rows in two
+//!   shared-prefix groups and a lone row, with shared-prefix (cascade) attention and without, over
+//!   the same cache: logits and argmax, at the full depth and on a one-layer model.
 //! - `batch1`: one request, one sample, through the engine.
 //! - `devices` (with `--devices LIST` naming several GPUs): the pass@k workload scaled by the
 //!   number of devices through one engine per device behind the router, against the one-GPU
@@ -21,7 +24,9 @@
 //!   long-tailed (log-normal) distribution of mean `--mean`, at most `--max`, end-of-sequence
 //!   ignored; output tokens/s and wall time through the engine, and through the static batch of
 //!   before (one prompt at a time, its cache copied to k rows, rows leaving as they finish) at the
-//!   largest k that runs (`--baseline-k`, halved on out-of-memory).
+//!   largest k that runs (`--baseline-k`, halved on out-of-memory). With `--cascade-ab`, the engine
+//!   again with every row reading its prompt's blocks itself (`engine_no_cascade`, and with
+//!   `--kv-fp8` `engine_fp8_cache_no_cascade`), and the ratios.
 //! - `trt`: 128 in / 2,048 out and 2,048 / 2,048, `--trt-seqs-short` and `--trt-seqs-long`
 //!   sequences.
 //! - `--kv-fp8`: each engine run of `passk` and `trt` again with the cache in FP8
@@ -294,8 +299,22 @@ fn main() {
                 as f64;
 
         progress("model", &json!({"weight_bytes": weight_bytes}));
-        let parity = paged_vs_static(&model, &device, &mut rng);
+        let mut parity = paged_vs_static(&model, &device, &mut rng);
         progress("paged_vs_static", &parity);
+        parity["cascade_vs_plain"] = cascade_vs_plain(&model, &device, &mut rng, false);
+        progress("cascade_vs_plain", &parity["cascade_vs_plain"]);
+        parity["cascade_vs_plain_fp8_cache"] = cascade_vs_plain(&model, &device, &mut rng, true);
+        progress("cascade_vs_plain, fp8 cache", &parity["cascade_vs_plain_fp8_cache"]);
+        {
+            // One layer: no depth for rounding differences to grow through, so what remains is
+            // the kernels' own.
+            let one = Model::random(Config::llama_7b(1, cfg.vocab), &device, DType::BF16).expect("random model");
+            parity["cascade_vs_plain_1_layer"] = cascade_vs_plain(&one, &device, &mut rng, false);
+            progress("cascade_vs_plain, 1 layer", &parity["cascade_vs_plain_1_layer"]);
+            parity["cascade_vs_plain_1_layer_fp8_cache"] = cascade_vs_plain(&one, &device, &mut rng, true);
+            progress("cascade_vs_plain, 1 layer, fp8 cache", &parity["cascade_vs_plain_1_layer_fp8_cache"]);
+        }
+        device.synchronize().unwrap();
 
         let b1 = {
             let prompt = rng.tokens(512, cfg.vocab);
@@ -321,6 +340,18 @@ fn main() {
             "prompts": prompts, "k": k, "mean_length": r(passk_jobs.iter().flat_map(|j| &j.1).sum::<usize>() as f64 / (prompts * k) as f64),
             "engine": engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth),
         });
+        // The same engine with every row reading its whole prefix itself, for the ratio.
+        let cascade_ab = args.iter().any(|a| a == "--cascade-ab");
+        if cascade_ab {
+            model.set_cascade(false);
+            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, false);
+            model.set_cascade(true);
+            let v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth);
+            passk["cascade_over_plain"] = json!(r(passk["engine"]["tokens_per_s"].as_f64().unwrap_or(0.0)
+                / v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
+            progress("passk engine, no cascade", &v);
+            passk["engine_no_cascade"] = v;
+        }
         if kv_fp8 {
             let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, true);
             let v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes_fp8, bandwidth);
@@ -328,6 +359,17 @@ fn main() {
                 / passk["engine"]["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
             progress("passk engine, fp8 cache", &v);
             passk["engine_fp8_cache"] = v;
+            if cascade_ab {
+                model.set_cascade(false);
+                let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, true);
+                model.set_cascade(true);
+                let v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes_fp8, bandwidth);
+                passk["fp8_cache_cascade_over_plain"] =
+                    json!(r(passk["engine_fp8_cache"]["tokens_per_s"].as_f64().unwrap_or(0.0)
+                        / v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
+                progress("passk engine, fp8 cache, no cascade", &v);
+                passk["engine_fp8_cache_no_cascade"] = v;
+            }
         }
         if !no_baseline {
             let mut bk = baseline_k.min(k);
@@ -453,6 +495,69 @@ fn main() {
 /// The engine's fused paged path against the static contiguous one, same weights and tokens: a
 /// 700-token prompt (tiled prefill attention over the blocks), then 8 greedy steps (paged split-K
 /// attention), with a second sequence beside the one compared.
+/// Shared-prefix (cascade) attention against each row reading all its blocks, on one decode step
+/// over the same cache: two prompts in shared blocks, each with rows of their own suffixes (so
+/// two groups at different offsets), one row with a prompt of its own, and every row's logits
+/// compared. Over a bf16 cache and, with `fp8`, an FP8 one.
+fn cascade_vs_plain(model: &Model, device: &Device, rng: &mut Rng, fp8: bool) -> Value {
+    let bs = 16;
+    let format = subgoal::model::paged::KvFormat::of(DType::BF16, fp8);
+    let cache = PagedCache::new(&model.cfg, 512, bs, format, device).unwrap();
+    let mut next_block = 0u32;
+    let mut take = |n: usize| -> Vec<u32> {
+        let t = (next_block..next_block + n as u32).collect();
+        next_block += n as u32;
+        t
+    };
+    // (prompt length, rows sharing it): 704 and 1,216 positions (whole blocks), and a lone row.
+    let mut rows: Vec<(Vec<u32>, usize)> = Vec::new(); // (block table, context before the step)
+    for (len, n) in [(704usize, 9usize), (1216, 5), (300, 1)] {
+        let prompt = rng.tokens(len, model.cfg.vocab);
+        let shared = take(len.div_ceil(bs));
+        let mut b = Batch::default();
+        b.push(&prompt, 0, shared.clone(), false);
+        model.forward_paged(&b, &cache).unwrap();
+        for _ in 0..n {
+            let own = 1 + (rng.next() % 60) as usize;
+            let start = if len % bs == 0 { shared.clone() } else { shared[..len / bs].to_vec() };
+            let mut table = start.clone();
+            // A prompt ending mid-block gets its own copy of that block (copy-on-write).
+            if len % bs != 0 {
+                let copy = take(1)[0];
+                cache.copy_block(shared[len / bs], copy).unwrap();
+                table.push(copy);
+            }
+            table.extend(take((len + own + 1).div_ceil(bs) - table.len()));
+            let mut b = Batch::default();
+            b.push(&rng.tokens(own, model.cfg.vocab), len, table.clone(), false);
+            model.forward_paged(&b, &cache).unwrap();
+            rows.push((table, len + own));
+        }
+    }
+    let mut step = Batch::default();
+    for (table, context) in &rows {
+        step.push(&[rng.tokens(1, model.cfg.vocab)[0]], *context, table.clone(), true);
+    }
+    model.set_cascade(false);
+    let plain = model.forward_paged(&step, &cache).unwrap().to_vec2::<f32>().unwrap();
+    model.set_cascade(true);
+    let cascade = model.forward_paged(&step, &cache).unwrap().to_vec2::<f32>().unwrap();
+    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+    let mut same = 0;
+    let mut max_diff = 0f32;
+    let mut max_abs = 0f32;
+    let mut max_gap = 0f32;
+    for (p, c) in plain.iter().zip(&cascade) {
+        let (ap, ac) = (argmax(p), argmax(c));
+        same += usize::from(ap == ac);
+        max_gap = max_gap.max(p[ap] - p[ac]);
+        max_diff = p.iter().zip(c).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+        max_abs = p.iter().map(|x| x.abs()).fold(max_abs, f32::max);
+    }
+    json!({"layers": model.cfg.layers, "rows": rows.len(), "groups": 2, "same_argmax": same,
+        "max_abs_logit_diff": max_diff, "max_abs_logit": max_abs, "largest_gap_where_argmax_differs": max_gap})
+}
+
 fn paged_vs_static(model: &Model, device: &Device, rng: &mut Rng) -> Value {
     let prompt = rng.tokens(700, model.cfg.vocab);
     let bs = 16;

@@ -68,11 +68,31 @@ const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_
 /// an FP8 one.
 const PREFILL: [&str; 3] = ["attn_prefill64", "attn_prefill128", "attn_prefill256"];
 const PREFILL_KV8: [&str; 3] = ["attn_prefill64_kv8", "attn_prefill128_kv8", "attn_prefill256_kv8"];
+/// Shared-prefix attention of decode rows (the prefill kernel's cascade form), likewise.
+const CASCADE: [&str; 3] = ["attn_cascade64", "attn_cascade128", "attn_cascade256"];
+const CASCADE_KV8: [&str; 3] = ["attn_cascade64_kv8", "attn_cascade128_kv8", "attn_cascade256_kv8"];
+/// Keys per tile of the prefill and cascade kernels (`FA_K` in paged.cu): a cascade span is a
+/// whole number of tiles.
+const FA_K: usize = 64;
 /// The FP8 GEMM for many rows and its split-K sum.
 const GEMM_FP8: [&str; 2] = ["gemm_fp8", "gemm_fp8_reduce"];
 /// Decode attention over the paged cache, likewise.
 const PAGED: [&str; 3] = ["attn_paged64", "attn_paged128", "attn_paged256"];
 const PAGED_KV8: [&str; 3] = ["attn_paged64_kv8", "attn_paged128_kv8", "attn_paged256_kv8"];
+
+/// Decode rows' shared prefixes for `attention_paged` (laid out by the paged forward pass):
+/// `blocks` has four numbers per query block (offset of its rows in `rows`, how many, its group's
+/// block-table offset, shared positions), `starts` each row's first position of its own.
+pub struct Cascade<'a> {
+    pub blocks: &'a Tensor,
+    pub rows: &'a Tensor,
+    pub starts: &'a Tensor,
+    pub query_blocks: usize,
+    pub max_shared: usize,
+    /// `starts` and the rows' lengths on the host (they size the launches).
+    pub row_starts: &'a [u32],
+    pub row_lens: &'a [u32],
+}
 
 /// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
 macro_rules! launch {
@@ -292,7 +312,8 @@ fn dynamic_smem(short: &str) -> Option<usize> {
     if short == GEMM_FP8[0] {
         return Some(GEMM_FP8_SMEM);
     }
-    let d = short.strip_prefix("attn_prefill")?.split('_').next()?.parse::<usize>().ok()?;
+    let rest = short.strip_prefix("attn_prefill").or_else(|| short.strip_prefix("attn_cascade"))?;
+    let d = rest.split('_').next()?.parse::<usize>().ok()?;
     Some(prefill_smem(d))
 }
 
@@ -368,6 +389,8 @@ impl Kernels {
         // Tensor-core prefill attention takes 16-bit inputs only.
         let prefill: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL };
         let prefill_kv8: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL_KV8 };
+        let cascade: &[&'static str] = if dtype == DType::F32 { &[] } else { &CASCADE };
+        let cascade_kv8: &[&'static str] = if dtype == DType::F32 { &[] } else { &CASCADE_KV8 };
         // So does the FP8 GEMM for many rows.
         let gemm_fp8: &[&'static str] = if dtype == DType::F32 { &[] } else { &GEMM_FP8 };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
@@ -384,6 +407,8 @@ impl Kernels {
             .chain(PAGED_KV8.iter())
             .chain(prefill.iter())
             .chain(prefill_kv8.iter())
+            .chain(cascade.iter())
+            .chain(cascade_kv8.iter())
             .chain(gemm_fp8.iter())
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
@@ -966,7 +991,8 @@ impl Kernels {
 
     /// Attention of one query per row (`q`: `[rows, heads * d]`, scaled) over its sequence's first
     /// `lens[r]` positions, read through its block table (`block_tables` at `tab[r]`); `max_len` is
-    /// the longest row's length (it sets the splits).
+    /// the longest row's length (it sets the splits). With `cascade`, the rows' shared prefixes are
+    /// read once per group (`attn_cascade`) and each row's own positions after them by itself.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_paged(
         &self,
@@ -977,34 +1003,86 @@ impl Kernels {
         lens: &Tensor,
         max_len: usize,
         heads: usize,
+        cascade: Option<Cascade>,
     ) -> Result<Tensor> {
         self.check(q)?;
         self.check_kv(&caches)?;
         let rows = q.dim(0)?;
         let (_, kv_heads, bs, d) = caches.k.dims4()?;
         let Some(i) = head_index(d) else { bail!("paged attention takes head_dim 64, 128 or 256, not {d}") };
-        let kernel = if caches.scales.is_some() { PAGED_KV8[i] } else { PAGED[i] };
+        let fp8 = caches.scales.is_some();
+        let kernel = if fp8 { PAGED_KV8[i] } else { PAGED[i] };
         // Positions per split: as many as fill the kernel's tile (twice as many in FP8).
         let chunk = ATTN_TILE_BYTES / (d * caches.k.dtype().size_in_bytes());
-        let splits = max_len.div_ceil(chunk).max(1);
-        let part = self.empty((rows, heads, splits, d + 2), DType::F32)?;
+        let cascade = cascade.filter(|c| {
+            c.max_shared > 0 && c.row_starts.len() == rows && c.row_lens.len() == rows && self.has_cascade(d, fp8)
+        });
+        // Each row's partial results: its prefix spans' (cascade), then its own splits'.
+        let (splits, slots, span) = match &cascade {
+            None => {
+                let s = max_len.div_ceil(chunk).max(1);
+                (s, s, 1)
+            }
+            Some(c) => {
+                let span = self.cascade_span(c.max_shared, c.query_blocks, heads);
+                let mine = |r: usize| (c.row_lens[r] - c.row_starts[r]) as usize;
+                let splits = (0..rows).map(|r| mine(r).div_ceil(chunk)).max().unwrap_or(1).max(1);
+                let slots = (0..rows)
+                    .map(|r| (c.row_starts[r] as usize).div_ceil(span) + mine(r).div_ceil(chunk))
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
+                (splits, slots, span)
+            }
+        };
+        let part = self.empty((rows, heads, slots, d + 2), DType::F32)?;
         let out = self.empty((rows, heads * d), self.dtype)?;
         let counters = self.counters(rows * heads)?;
         let (pq, pk, pv, ppart, pc, po) =
             (addr(q)?, addr(caches.k)?, addr(caches.v)?, addr(&part)?, addr(&counters)?, addr(&out)?);
         let (pt, ptab, pl) = (addr(block_tables)?, addr(tab)?, addr(lens)?);
-        let ints = [heads as i32, kv_heads as i32, bs as i32];
+        let (pks, pvs) = factors(&caches)?;
+        let ints = [heads as i32, kv_heads as i32, bs as i32, span as i32, slots as i32];
+        let [heads_i, kv_heads_i, bs_i, span_i, slots_i] = ints.each_ref();
+        let mut pstarts = 0u64;
+        if let Some(c) = &cascade {
+            pstarts = addr(c.starts)?;
+            let (pb, pr) = (addr(c.blocks)?, addr(c.rows)?);
+            let name = if fp8 { CASCADE_KV8[i] } else { CASCADE[i] };
+            let cfg = LaunchConfig {
+                grid_dim: (heads as u32, c.query_blocks as u32, c.max_shared.div_ceil(span) as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: prefill_smem(d) as u32,
+            };
+            launch!(
+                self, name, cfg, &pq, &pk, &pv, &pks, &pvs, &ppart, &pt, &pb, &pr, span_i, slots_i, heads_i,
+                kv_heads_i, bs_i
+            );
+        }
         let cfg = LaunchConfig {
             grid_dim: (heads as u32, rows as u32, splits as u32),
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (pks, pvs) = factors(&caches)?;
         launch!(
-            self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &ppart, &pc, &po, &pt, &ptab, &pl, &ints[0], &ints[1],
-            &ints[2]
+            self, kernel, cfg, &pq, &pk, &pv, &pks, &pvs, &ppart, &pc, &po, &pt, &ptab, &pl, &pstarts, span_i, slots_i,
+            heads_i, kv_heads_i, bs_i
         );
         Ok(out)
+    }
+
+    /// Positions per cascade block: whole key tiles, as few as still give about two blocks per SM
+    /// over all heads and query blocks (fewer, longer spans each carry their queries' fragments
+    /// over more keys; too few blocks leave SMs idle).
+    fn cascade_span(&self, max_shared: usize, query_blocks: usize, heads: usize) -> usize {
+        let tiles = max_shared.div_ceil(FA_K).max(1);
+        let spans = (2 * self.sms).div_ceil((heads * query_blocks).max(1)).clamp(1, tiles);
+        FA_K * tiles.div_ceil(spans)
+    }
+
+    /// Whether shared-prefix attention runs here for head size `d`, over an FP8 cache or not.
+    pub fn has_cascade(&self, d: usize, fp8: bool) -> bool {
+        head_index(d).is_some_and(|i| self.module.funcs.contains_key(if fp8 { CASCADE_KV8[i] } else { CASCADE[i] }))
     }
 
     /// Whether the tiled prefill attention runs here for head size `d`, over an FP8 cache or not.

@@ -106,6 +106,11 @@ pub struct Model {
     pub(super) step_fits: bool,
     #[cfg(feature = "cuda")]
     pub(super) fused_on: bool,
+    /// Whether paged decode steps read a prefix shared by several rows once for all of them
+    /// (`cascade`); on unless `SUBGOAL_CUDA_CASCADE=0`, and switchable at run time for side-by-side
+    /// comparisons (`set_cascade`).
+    #[cfg(feature = "cuda")]
+    pub(super) cascade: std::sync::atomic::AtomicBool,
 }
 
 /// What every layer of one forward pass shares: the configuration, the rotary tables for its
@@ -214,6 +219,8 @@ impl Model {
             step_fits,
             #[cfg(feature = "cuda")]
             fused_on: true,
+            #[cfg(feature = "cuda")]
+            cascade: std::env::var("SUBGOAL_CUDA_CASCADE").map_or(true, |v| v != "0").into(),
         })
     }
 
@@ -256,6 +263,14 @@ impl Model {
         {
             self.fused_on = on;
         }
+        let _ = on;
+    }
+
+    /// Turns shared-prefix attention of paged decode steps off or back on (CUDA; the CPU path
+    /// always reads each row's blocks itself).
+    pub fn set_cascade(&self, on: bool) {
+        #[cfg(feature = "cuda")]
+        self.cascade.store(on, std::sync::atomic::Ordering::Relaxed);
         let _ = on;
     }
 

@@ -11,6 +11,7 @@
 //! for: a failed sample is a `Completion` with `finish_reason: error`; only a request that could
 //! not be attempted at all is an `Err`.
 
+pub mod cascade;
 pub mod chat;
 pub mod convert;
 pub mod device_memory;

@@ -133,7 +133,9 @@ impl PagedCache {
     /// partial block).
     pub fn copy_block(&self, from: u32, to: u32) -> Result<()> {
         for t in self.k.iter().chain(&self.v).chain(&self.k_scale).chain(&self.v_scale) {
-            let src = t.narrow(0, from as usize, 1)?.contiguous()?;
+            // A copy of its own: a narrowed view shares the cache's storage, which `slice_set`
+            // refuses.
+            let src = t.narrow(0, from as usize, 1)?.copy()?;
             t.slice_set(&src, 0, to as usize)?;
         }
         Ok(())
@@ -401,11 +403,89 @@ struct DeviceStep {
     prefills: Vec<(usize, usize, usize, Tensor)>,
     /// The first decode row's table alone (the one-row fused projection writes through it).
     first_table: Option<Tensor>,
+    /// Decode rows that share a prefix, when there are any and the kernels take them.
+    cascade: Option<CascadeStep>,
+}
+
+/// The decode rows' shared prefixes laid out for `attn_cascade` (paged.cu): per query block of up
+/// to 64 rows of one group, (offset of its rows in `rows`, rows, its group's table offset, shared
+/// positions); each decode row's first position of its own (0 outside every group).
+#[cfg(feature = "cuda")]
+struct CascadeStep {
+    blocks: Tensor,
+    rows: Tensor,
+    starts: Tensor,
+    query_blocks: usize,
+    max_shared: usize,
+    host_starts: Vec<u32>,
+    host_lens: Vec<u32>,
+}
+
+/// Rows of a cascade query block (`FA_Q` in paged.cu).
+#[cfg(feature = "cuda")]
+const CASCADE_ROWS: usize = 64;
+/// The least shared prefix worth a cascade group: one key tile of the kernel (`FA_K`).
+#[cfg(feature = "cuda")]
+const CASCADE_MIN_SHARED: usize = 64;
+
+#[cfg(feature = "cuda")]
+impl CascadeStep {
+    fn new(
+        batch: &Batch,
+        rows: usize,
+        offsets: &[u32],
+        lens: &[u32],
+        block_size: usize,
+        device: &Device,
+    ) -> Result<Option<CascadeStep>> {
+        let decode: Vec<super::cascade::Row> = batch.segments[..rows]
+            .iter()
+            .map(|s| super::cascade::Row { blocks: &s.blocks, context: s.context })
+            .collect();
+        let groups = super::cascade::groups(&decode, block_size, CASCADE_MIN_SHARED);
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        let mut blocks: Vec<u32> = Vec::new();
+        let mut members: Vec<u32> = Vec::new();
+        let mut starts = vec![0u32; rows];
+        for g in &groups {
+            for chunk in g.rows.chunks(CASCADE_ROWS) {
+                blocks.extend([members.len() as u32, chunk.len() as u32, offsets[g.rows[0]], g.shared as u32]);
+                members.extend(chunk.iter().map(|&r| r as u32));
+            }
+            for &r in &g.rows {
+                starts[r] = g.shared as u32;
+            }
+        }
+        Ok(Some(CascadeStep {
+            query_blocks: blocks.len() / 4,
+            max_shared: groups.iter().map(|g| g.shared).max().unwrap_or(0),
+            blocks: Tensor::new(blocks.as_slice(), device)?,
+            rows: Tensor::new(members.as_slice(), device)?,
+            starts: Tensor::new(starts.as_slice(), device)?,
+            host_starts: starts,
+            host_lens: lens.to_vec(),
+        }))
+    }
+
+    fn args(&self) -> super::fused::Cascade<'_> {
+        super::fused::Cascade {
+            blocks: &self.blocks,
+            rows: &self.rows,
+            starts: &self.starts,
+            query_blocks: self.query_blocks,
+            max_shared: self.max_shared,
+            row_starts: &self.host_starts,
+            row_lens: &self.host_lens,
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]
 impl DeviceStep {
-    fn new(batch: &Batch, block_size: usize, device: &Device) -> Result<DeviceStep> {
+    /// With `cascade`, decode rows that share a prefix are grouped for `attn_cascade`.
+    fn new(batch: &Batch, block_size: usize, cascade: bool, device: &Device) -> Result<DeviceStep> {
         let mut flat: Vec<u32> = Vec::new();
         let mut tab: Vec<u32> = Vec::with_capacity(batch.ids.len());
         let mut offsets = Vec::with_capacity(batch.segments.len());
@@ -429,6 +509,11 @@ impl DeviceStep {
             Some(s) if rows == 1 => Some(Tensor::new(&s.blocks[..(s.context + 1).div_ceil(block_size)], device)?),
             _ => None,
         };
+        let cascade = if cascade && rows > 1 {
+            CascadeStep::new(batch, rows, &offsets, &lens, block_size, device)?
+        } else {
+            None
+        };
         Ok(DeviceStep {
             pos: Tensor::new(batch.positions().as_slice(), device)?,
             tables: Tensor::new(flat.as_slice(), device)?,
@@ -439,6 +524,7 @@ impl DeviceStep {
             max_len: lens.iter().copied().max().unwrap_or(1) as usize,
             prefills,
             first_table,
+            cascade,
         })
     }
 }
@@ -454,7 +540,9 @@ impl Model {
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
         let device = self.device();
-        let step = DeviceStep::new(batch, cache.block_size, device)?;
+        let cascade = self.cascade.load(std::sync::atomic::Ordering::Relaxed)
+            && k.has_cascade(cfg.head_dim, cache.format == KvFormat::Fp8);
+        let step = DeviceStep::new(batch, cache.block_size, cascade, device)?;
         let q_scale =
             if self.layers.first().is_some_and(|l| l.q_scaled) { 1.0 } else { 1.0 / (cfg.head_dim as f32).sqrt() };
         let ids = Tensor::new(batch.ids.as_slice(), device)?;
@@ -500,6 +588,7 @@ impl Model {
                     &step.row_lens,
                     step.max_len,
                     cfg.heads,
+                    step.cascade.as_ref().map(CascadeStep::args),
                 )?);
             }
             for (start, len, context, table) in &step.prefills {
@@ -542,6 +631,23 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copying_a_block_copies_its_keys_and_values_in_every_layer() {
+        let cfg = Config::llama_7b(2, 16);
+        let cfg = Config { hidden: 128, heads: 2, kv_heads: 2, head_dim: 64, ..cfg };
+        let cache = PagedCache::new(&cfg, 4, 4, KvFormat::Dense(DType::F32), &Device::Cpu).unwrap();
+        let block = |t: &Tensor, b: usize| t.narrow(0, b, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, t) in cache.k.iter().chain(&cache.v).enumerate() {
+            let fill = Tensor::full(i as f32 + 1.0, (1, 2, 4, 64), &Device::Cpu).unwrap();
+            t.slice_set(&fill, 0, 1).unwrap();
+        }
+        cache.copy_block(1, 3).unwrap();
+        for (i, t) in cache.k.iter().chain(&cache.v).enumerate() {
+            assert_eq!(block(t, 3), vec![i as f32 + 1.0; 2 * 4 * 64], "tensor {i}");
+            assert_eq!(block(t, 1), block(t, 3));
+        }
+    }
 
     #[test]
     fn the_hadamard_rotation_is_its_own_inverse() {

@@ -109,14 +109,18 @@ __device__ void rope_kv_paged8(const T* qkv, int stride, T* q_out, uint8_t* kc, 
     if (i == 0) (value ? vsc : ksc)[row] = f;
 }
 
-// Split-K attention of one query per row over its sequence's cached positions 0..lens[r]-1, read
-// through its block table (tables + tab[r]); as attn_split otherwise (q already scaled, the last
-// split of each (row, head) merges). Grid: (heads, rows, splits covering the longest row);
-// block: ATTN_THREADS.
+// Split-K attention of one query per row over its sequence's cached positions starts[r]..lens[r]-1
+// (starts null: from 0), read through its block table (tables + tab[r]); as attn_split otherwise
+// (q already scaled, the last split of each (row, head) merges). A row that starts past 0 shares
+// its first starts[r] positions with other rows, and attn_cascade has already left their partial
+// results in the row's first ceil(starts[r] / span) slots; this kernel's splits follow them and
+// the merge takes all of them. Partials: [rows, heads, slots, D + 2] (the weighted sum, then the
+// max score and the sum of exponentials). Grid: (heads, rows, splits covering the longest
+// row's part); block: ATTN_THREADS.
 template <typename T, typename KT, int EPL>
 __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* ksc, const float* vsc, float* part,
                            unsigned* counters, T* y, const uint32_t* tables, const uint32_t* tab, const uint32_t* lens,
-                           int heads, int kv_heads, int bs) {
+                           const uint32_t* starts, int span, int slots, int heads, int kv_heads, int bs) {
     pdl_begin();
     // An FP8 cache (KT uint8_t) has a factor per row (ksc, vsc): a score takes its key's, and a
     // probability its value's before the weighted sum (pw), while the softmax sum takes none.
@@ -131,16 +135,16 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
     __shared__ float ps[CH];
     __shared__ float kf[F8 ? CH : 1], pw_[F8 ? CH : 1];
     float* pw = F8 ? pw_ : ps;
-    int head = blockIdx.x, r = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    int head = blockIdx.x, r = blockIdx.y, split = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int len = (int)lens[r];
     const uint32_t* table = tables + tab[r];
-    int begin = split * CH, n = min(CH, len - begin);
-    float* out = part + (((size_t)r * heads + head) * splits + split) * (D + 2);
-    if (n <= 0) {
-        if (threadIdx.x == 0) out[D] = -INFINITY, out[D + 1] = 0.f;
-        return;
-    }
+    int start = starts ? (int)starts[r] : 0;
+    int pre = (start + span - 1) / span;  // the shared prefix's slots
+    int begin = start + split * CH, n = min(CH, len - begin);
+    // Past this row's end: a slot the merge does not read.
+    if (n <= 0) return;
+    float* out = part + (((size_t)r * heads + head) * slots + pre + split) * (D + 2);
     int kh = head / (heads / kv_heads);
     for (int i = threadIdx.x; i < n * PER_POS; i += ATTN_THREADS) {
         int j = i / PER_POS, c = i % PER_POS;
@@ -217,11 +221,11 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
     __shared__ bool last;
     __threadfence();
     __syncthreads();
-    int used = (len + CH - 1) / CH;
-    if (threadIdx.x == 0) last = atomicAdd(&counters[r * heads + head], 1u) == (unsigned)(used - 1);
+    int mine = (len - start + CH - 1) / CH, used = pre + mine;
+    if (threadIdx.x == 0) last = atomicAdd(&counters[r * heads + head], 1u) == (unsigned)(mine - 1);
     __syncthreads();
     if (!last) return;
-    const float* p = part + ((size_t)r * heads + head) * splits * (D + 2);
+    const float* p = part + ((size_t)r * heads + head) * slots * (D + 2);
     float mm = -INFINITY;
     for (int s = 0; s < used; s++) mm = fmaxf(mm, __ldcg(p + s * (D + 2) + D));
     for (int x = threadIdx.x; x < D; x += ATTN_THREADS) {
@@ -256,6 +260,12 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
 // memory. Blocks go heaviest first (the last query block of every head, then the one before), so
 // the short diagonal blocks fill the tail rather than the long ones.
 // Grid: (heads, ceil(len / 64)); block: 128; dynamic shared memory: prefill_smem(D) in fused.rs.
+//
+// CASCADE: the same kernel serves decode rows that share a prefix (attn_cascade below). Its
+// queries are up to 64 decode rows of one group (their indices in `rows`), its keys one span of
+// the group's shared positions, no mask but the span's end (every query comes after the prefix),
+// and it leaves each row's unnormalized partial result in the slot attn_paged's merge reads. So
+// the prefix is read once per group, by tensor cores, instead of once per row.
 
 constexpr int FA_Q = 64;
 constexpr int FA_K = 64;
@@ -321,9 +331,17 @@ template <typename T> __device__ __forceinline__ void f8x16_store(uint4 w, float
     *(uint4*)(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
 }
 
-template <typename T, typename KT, int D>
+// A cascade block's work (CASCADE): its query rows, and the group's shared positions.
+struct CascadeBlock {
+    const uint32_t* rows;  // the decode rows' indices in q (nq of them)
+    float* part;           // attn_paged's partials, [rows, heads, slots, D + 2]
+    int span, slots;
+};
+
+template <typename T, typename KT, int D, bool CASCADE>
 __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float* ksc, const float* vsc, T* y,
-                             const uint32_t* table, int context, int len, int heads, int kv_heads, int bs) {
+                             const uint32_t* table, int context, int len, int heads, int kv_heads, int bs,
+                             CascadeBlock cb) {
     pdl_begin();
     // An FP8 cache (KT uint8_t) is decoded on the way in: its tiles are loaded, scaled by their
     // rows' factors and stored in T, synchronously (the copy of the next tile still overlaps
@@ -339,14 +357,19 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
     T* vs = ks + 2 * FA_K * RS;    // [2][FA_K][RS]: the value tiles
     T* qs = QREG ? ks + FA_K * RS  // the second stage's key tile until the loop first fills it
                  : vs + 2 * FA_K * RS;
-    int head = blockIdx.x, q0 = (gridDim.y - 1 - blockIdx.y) * FA_Q;
+    int head = blockIdx.x, q0 = CASCADE ? 0 : (gridDim.y - 1 - blockIdx.y) * FA_Q;
     int kh = head / (heads / kv_heads);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // Fragment coordinates: g is the row (of 8) a lane holds, t4 its column pair.
     int g = lane >> 2, t4 = lane & 3;
-    int nq = min(FA_Q, len - q0);
-    int last_pos = context + q0 + nq - 1;
+    // Prefill: this block's queries, and keys from 0 to the last query's position. Cascade: `len`
+    // rows, and the keys of span blockIdx.z of the `context` shared positions.
+    int nq = CASCADE ? len : min(FA_Q, len - q0);
+    int first_tile = CASCADE ? blockIdx.z * cb.span / FA_K : 0;
+    int last_pos = CASCADE ? min(context, (int)(blockIdx.z + 1) * cb.span) - 1 : context + q0 + nq - 1;
     int tiles = last_pos / FA_K + 1;
+    if (CASCADE && first_tile * FA_K > last_pos) return;
+    auto q_row = [&](int r) -> size_t { return CASCADE ? (size_t)cb.rows[r] : (size_t)(q0 + r); };
     auto load_tile = [&](int tile, int stage) {
         int k0 = tile * FA_K, nk = min(FA_K, last_pos + 1 - k0);
         T* kb = ks + stage * FA_K * RS;
@@ -381,11 +404,11 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
         }
         __pipeline_commit();
     };
-    load_tile(0, 0);
+    load_tile(first_tile, 0);
     for (int i = threadIdx.x; i < FA_Q * CPR; i += blockDim.x) {
         int r = i / CPR, c = (i % CPR) * VEC;
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (r < nq) v = *(const uint4*)(q + ((size_t)(q0 + r) * heads + head) * D + c);
+        if (r < nq) v = *(const uint4*)(q + (q_row(r) * heads + head) * D + c);
         *(uint4*)(qs + r * RS + c) = v;
     }
     __syncthreads();
@@ -412,8 +435,8 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
     for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     // Running maxima in log2 units (scores times log2 e), and each lane's share of the row sums.
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    for (int tile = 0; tile < tiles; tile++) {
-        int stage = tile & 1;
+    for (int tile = first_tile; tile < tiles; tile++) {
+        int stage = (tile - first_tile) & 1;
         if (tile + 1 < tiles) {
             load_tile(tile + 1, stage ^ 1);
             __pipeline_wait_prior(1);
@@ -425,7 +448,7 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
         int nk = min(FA_K, last_pos + 1 - k0);
         const T* kb = ks + stage * FA_K * RS;
         const T* vb = vs + stage * FA_K * RS;
-        if (k0 <= warp_last) {
+        if (CASCADE ? warp * 16 < nq : k0 <= warp_last) {
             // S = Q K^T for this warp's 16 rows and the tile's 64 keys: 8 accumulators of 16x8.
             float s[FA_K / 8][4];
 #pragma unroll
@@ -447,7 +470,7 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
                 }
             }
             float mx0 = -INFINITY, mx1 = -INFINITY;
-            bool mask = k0 + FA_K - 1 > warp_first || nk < FA_K;
+            bool mask = (!CASCADE && k0 + FA_K - 1 > warp_first) || nk < FA_K;
 #pragma unroll
             for (int n = 0; n < FA_K / 8; n++) {
 #pragma unroll
@@ -456,8 +479,8 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
                         int col = n * 8 + 2 * t4 + e;
-                        if (col >= nk || k0 + col > qpos0) s[n][e] = -INFINITY;
-                        if (col >= nk || k0 + col > qpos1) s[n][2 + e] = -INFINITY;
+                        if (col >= nk || (!CASCADE && k0 + col > qpos0)) s[n][e] = -INFINITY;
+                        if (col >= nk || (!CASCADE && k0 + col > qpos1)) s[n][2 + e] = -INFINITY;
                     }
                 }
                 mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
@@ -512,14 +535,29 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
         l0 += __shfl_xor_sync(0xffffffff, l0, o2);
         l1 += __shfl_xor_sync(0xffffffff, l1, o2);
     }
+    if constexpr (CASCADE) {
+        // Unnormalized, with the max in natural-log units, as attn_paged's splits leave theirs.
+        constexpr float LN2 = 0.6931471805599453f;
+#pragma unroll
+        for (int h2 = 0; h2 < 2; h2++) {
+            int r = h2 ? r1 : r0;
+            if (r >= nq) continue;
+            float* out = cb.part + ((q_row(r) * heads + head) * cb.slots + blockIdx.z) * (D + 2);
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++)
+                *(float2*)(out + dt * 8 + 2 * t4) = make_float2(o[dt][2 * h2], o[dt][2 * h2 + 1]);
+            if (t4 == 0) out[D] = (h2 ? m1 : m0) * LN2, out[D + 1] = h2 ? l1 : l0;
+        }
+        return;
+    }
     float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
         int c = dt * 8 + 2 * t4;
         if (r0 < nq)
-            *(uint32_t*)(y + ((size_t)(q0 + r0) * heads + head) * D + c) = pack2<T>(o[dt][0] * inv0, o[dt][1] * inv0);
+            *(uint32_t*)(y + (q_row(r0) * heads + head) * D + c) = pack2<T>(o[dt][0] * inv0, o[dt][1] * inv0);
         if (r1 < nq)
-            *(uint32_t*)(y + ((size_t)(q0 + r1) * heads + head) * D + c) = pack2<T>(o[dt][2] * inv1, o[dt][3] * inv1);
+            *(uint32_t*)(y + (q_row(r1) * heads + head) * D + c) = pack2<T>(o[dt][2] * inv1, o[dt][3] * inv1);
     }
 }
 
@@ -542,36 +580,60 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
 #define PAGED_ATTN(T, S, D)                                                                                    \
     extern "C" __global__ void attn_paged##D##_##S(                                                            \
         const T* q, const T* kc, const T* vc, const float*, const float*, float* part, unsigned* counters,     \
-        T* y, const uint32_t* tables, const uint32_t* tab, const uint32_t* lens, int heads, int kv_heads,      \
-        int bs) {                                                                                              \
-        attn_paged<T, T, D / 32>(q, kc, vc, nullptr, nullptr, part, counters, y, tables, tab, lens, heads,     \
-                                 kv_heads, bs);                                                                \
+        T* y, const uint32_t* tables, const uint32_t* tab, const uint32_t* lens, const uint32_t* starts,       \
+        int span, int slots, int heads, int kv_heads, int bs) {                                                \
+        attn_paged<T, T, D / 32>(q, kc, vc, nullptr, nullptr, part, counters, y, tables, tab, lens, starts,    \
+                                 span, slots, heads, kv_heads, bs);                                            \
     }                                                                                                          \
     extern "C" __global__ void attn_paged##D##_kv8_##S(                                                        \
         const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, float* part,     \
         unsigned* counters, T* y, const uint32_t* tables, const uint32_t* tab, const uint32_t* lens,           \
-        int heads, int kv_heads, int bs) {                                                                     \
-        attn_paged<T, uint8_t, D / 32>(q, kc, vc, ksc, vsc, part, counters, y, tables, tab, lens, heads,       \
-                                       kv_heads, bs);                                                          \
+        const uint32_t* starts, int span, int slots, int heads, int kv_heads, int bs) {                        \
+        attn_paged<T, uint8_t, D / 32>(q, kc, vc, ksc, vsc, part, counters, y, tables, tab, lens, starts,      \
+                                       span, slots, heads, kv_heads, bs);                                      \
     }
 // Every entry point over a cache in T takes the FP8 one's factor pointers too (unread), so that the
 // two share one argument list. MINB: blocks per SM to fit registers for (at head size 128, three:
-// 168 registers, no spills, against two at the 175 the compiler would otherwise take).
-#define PREFILL(T, S, D, MINB)                                                                                 \
+// 168 registers, no spills, against two at the 175 the compiler would otherwise take). CMINB: the
+// same for the cascade entry points, whose extra state spills at three (191 registers at two).
+#define PREFILL(T, S, D, MINB, CMINB)                                                                          \
     extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_##S(                             \
         const T* q, const T* kc, const T* vc, const float*, const float*, T* y, const uint32_t* table,         \
         int context, int len, int heads, int kv_heads, int bs) {                                               \
-        attn_prefill<T, T, D>(q, kc, vc, nullptr, nullptr, y, table, context, len, heads, kv_heads, bs);       \
+        attn_prefill<T, T, D, false>(q, kc, vc, nullptr, nullptr, y, table, context, len, heads, kv_heads, bs, \
+                                     CascadeBlock{});                                                          \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_kv8_##S(                         \
         const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, T* y,            \
         const uint32_t* table, int context, int len, int heads, int kv_heads, int bs) {                        \
-        attn_prefill<T, uint8_t, D>(q, kc, vc, ksc, vsc, y, table, context, len, heads, kv_heads, bs);         \
+        attn_prefill<T, uint8_t, D, false>(q, kc, vc, ksc, vsc, y, table, context, len, heads, kv_heads, bs,   \
+                                           CascadeBlock{});                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128, CMINB) attn_cascade##D##_##S(                            \
+        const T* q, const T* kc, const T* vc, const float*, const float*, float* part, const uint32_t* tables, \
+        const uint32_t* groups, const uint32_t* rows, int span, int slots, int heads, int kv_heads, int bs) {  \
+        const uint32_t* gr = groups + 4 * blockIdx.y;                                                          \
+        attn_prefill<T, T, D, true>(q, kc, vc, nullptr, nullptr, nullptr, tables + gr[2], (int)gr[3],          \
+                                    (int)gr[1], heads, kv_heads, bs, CascadeBlock{rows + gr[0], part, span,    \
+                                    slots});                                                                   \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128, CMINB) attn_cascade##D##_kv8_##S(                        \
+        const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, float* part,     \
+        const uint32_t* tables, const uint32_t* groups, const uint32_t* rows, int span, int slots, int heads,  \
+        int kv_heads, int bs) {                                                                                \
+        const uint32_t* gr = groups + 4 * blockIdx.y;                                                          \
+        attn_prefill<T, uint8_t, D, true>(q, kc, vc, ksc, vsc, nullptr, tables + gr[2], (int)gr[3],            \
+                                          (int)gr[1], heads, kv_heads, bs,                                     \
+                                          CascadeBlock{rows + gr[0], part, span, slots});                      \
     }
 
 PAGED(float, f32)
 PAGED(__nv_bfloat16, bf16)
 PAGED(__half, f16)
 // Tensor cores take 16-bit inputs: no f32 prefill kernel (f32 models take the generic path).
-PREFILL(__nv_bfloat16, bf16, 64, 1) PREFILL(__nv_bfloat16, bf16, 128, 3) PREFILL(__nv_bfloat16, bf16, 256, 1)
-PREFILL(__half, f16, 64, 1) PREFILL(__half, f16, 128, 3) PREFILL(__half, f16, 256, 1)
+PREFILL(__nv_bfloat16, bf16, 64, 1, 1)
+PREFILL(__nv_bfloat16, bf16, 128, 3, 2)
+PREFILL(__nv_bfloat16, bf16, 256, 1, 1)
+PREFILL(__half, f16, 64, 1, 1)
+PREFILL(__half, f16, 128, 3, 2)
+PREFILL(__half, f16, 256, 1, 1)
