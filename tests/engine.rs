@@ -169,6 +169,18 @@ async fn a_prompt_found_in_the_prefix_cache_gives_the_same_samples() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_samples_of_a_request_copy_its_partial_last_block_rather_than_read_the_prompt_again() {
+    // Blocks of 6: the prompt fills some and ends inside the next, which each sample but the
+    // first gets a copy of. A sample that got none would be read again through the prefix cache.
+    let engine = load(EngineOptions { block_size: 6, ..Default::default() });
+    let out = engine.generate(&request("theorem foo (n : ℕ) : n + 0 = n := by", 4, 21, 6)).await.unwrap();
+    assert_eq!(out[0].len(), 4);
+    let m = settled(&engine).await;
+    assert!(m.prompt_tokens > 6 && m.prompt_tokens % 6 != 0, "the prompt must end mid-block: {m:?}");
+    assert_eq!(m.prefix_hits, 0, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_streams_to_64_concurrent_clients_and_reports_metrics() {
     let engine = Arc::new(load(EngineOptions::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
