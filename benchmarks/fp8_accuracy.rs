@@ -234,7 +234,60 @@ fn main() {
 /// DeepSeek-Prover-V2-7B's shape (hidden 4096, 32 heads of 128, intermediate 11008, vocabulary
 /// 102400) with `layers` layers of random weights, dense f32 and FP8 from the same tensors: the
 /// cosine of their next-token logits over a 64-token prompt and 16 decode steps (the dense
-/// model's greedy tokens fed to both).
+/// model's greedy tokens fed to both). Beside it, `one_projection`: what the formats cost one
+/// projection alone, the floor every layer's seven projections add to.
+/// One 4096 × 4096 projection of the 7B shape's random weights (normal, std 0.02) on 8 random
+/// rows: the cosine of its outputs with the weights in FP8 (E4M3, 128 × 128 block factors) and in
+/// bf16 against f32, and the weights' relative error in each.
+fn one_projection() -> serde_json::Value {
+    const N: usize = 4096;
+    const ROWS: usize = 8;
+    // A fixed stream of normal draws (Box-Muller over a 64-bit LCG), so every run sees the same.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let mut normal = move || (-2.0 * uniform().ln()).sqrt() as f32 * (std::f64::consts::TAU * uniform()).cos() as f32;
+    let w: Vec<f32> = (0..N * N).map(|_| 0.02 * normal()).collect();
+    let x: Vec<f32> = (0..ROWS * N).map(|_| normal()).collect();
+    let dense = |w: &[f32]| -> Vec<f32> {
+        (0..ROWS)
+            .flat_map(|r| {
+                let xr = &x[r * N..(r + 1) * N];
+                (0..N).map(move |o| w[o * N..(o + 1) * N].iter().zip(xr).map(|(a, b)| a * b).sum::<f32>())
+            })
+            .collect()
+    };
+    // The least cosine over the rows.
+    let cosine = |a: &[f32], b: &[f32]| -> f64 {
+        (0..ROWS)
+            .map(|r| {
+                let (a, b) = (&a[r * N..(r + 1) * N], &b[r * N..(r + 1) * N]);
+                let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                dot / (n(a) * n(b))
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let rel = |q: &[f32]| -> f64 {
+        let e: f64 = w.iter().zip(q).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        (e / w.iter().map(|a| (*a as f64).powi(2)).sum::<f64>()).sqrt()
+    };
+    let exact = dense(&w);
+    let fp8 = subgoal::model::fp8::BlockFp8::quantize(&w, N, N).expect("quantize");
+    let y8 = fp8.matmul_t(&x, ROWS);
+    let bf16: Vec<f32> = Tensor::from_vec(w.clone(), N * N, &Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.to_vec1::<f32>())
+        .expect("bf16 rounding");
+    let ybf = dense(&bf16);
+    json!({
+        "shape": [N, N], "rows": ROWS,
+        "fp8_output_cosine_min": cosine(&exact, &y8), "fp8_weight_relative_error": rel(&fp8.dequantize()),
+        "bf16_output_cosine_min": cosine(&exact, &ybf), "bf16_weight_relative_error": rel(&bf16),
+    })
+}
+
 fn shape_7b(layers: usize) {
     use subgoal::model::llama::{Config, KvCache, Model};
     let cfg = Config::llama_7b(layers, 102400);
@@ -264,6 +317,7 @@ fn shape_7b(layers: usize) {
     let min = steps.iter().cloned().fold(f64::INFINITY, f64::min);
     let out = json!({
         "bench": "fp8_accuracy --shape-7b",
+        "one_projection": one_projection(),
         "shape": {"hidden": 4096, "heads": 32, "head_dim": 128, "intermediate": 11008, "vocab": 102400, "layers": layers},
         "weights": "random normal, std 0.02 (the same tensors for both)",
         "logit_cosine_prefill": steps[0],
