@@ -427,6 +427,11 @@ const CASCADE_ROWS: usize = 64;
 /// The least shared prefix worth a cascade group: one key tile of the kernel (`FA_K`).
 #[cfg(feature = "cuda")]
 const CASCADE_MIN_SHARED: usize = 64;
+/// The least a step's groups must spare for the extra launch per layer to pay: at the 7B shape a
+/// position is 16 KiB of keys and values per layer, so 1,024 positions are 16 MiB, about 5 µs of
+/// an H100's bandwidth, against a launch of a few µs (estimated, not measured).
+#[cfg(feature = "cuda")]
+const CASCADE_MIN_SAVED: usize = 1024;
 
 #[cfg(feature = "cuda")]
 impl CascadeStep {
@@ -443,7 +448,7 @@ impl CascadeStep {
             .map(|s| super::cascade::Row { blocks: &s.blocks, context: s.context })
             .collect();
         let groups = super::cascade::groups(&decode, block_size, CASCADE_MIN_SHARED);
-        if groups.is_empty() {
+        if groups.is_empty() || super::cascade::saved_positions(&groups) < CASCADE_MIN_SAVED {
             return Ok(None);
         }
         let mut blocks: Vec<u32> = Vec::new();
