@@ -191,13 +191,7 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         for (int kk = 0; kk < G8_K / 16; kk++) {
             uint32_t a[4];
             ldsm4(a, xa + kk * 16);
-#pragma unroll
-            for (int nt = 0; nt < G8_N / 8; nt += 2) {
-                uint32_t b[4];
-                ldsm4(b, wt + nt * 8 * G8_AS + boff + kk * 16);
-                mma16816<T>(acc[nt], a, b);
-                mma16816<T>(acc[nt + 1], a, b + 2);
-            }
+            mma_rows<T, G8_N / 8>(acc, a, wt + boff + kk * 16, G8_AS);
         }
         __syncthreads();  // wt is decoded afresh next step
     }

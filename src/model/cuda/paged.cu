@@ -300,6 +300,20 @@ __device__ __forceinline__ void ldsm4_trans(uint32_t* r, const void* p) {
                  : "r"(a));
 }
 
+// acc[0..NT) += A (one 16x16 fragment) times NT 8-column tiles of B whose rows lie in shared
+// memory `stride` elements apart, 8 rows per tile (b: this lane's address in the first tile, as
+// ldsm4 wants it). The attention's S = Q K^T and the FP8 GEMM's x W^T are both this product.
+template <typename T, int NT>
+__device__ __forceinline__ void mma_rows(float (*acc)[4], const uint32_t* a, const T* b, int stride) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+        uint32_t f[4];
+        ldsm4(f, b + nt * 8 * stride);
+        mma16816<T>(acc[nt], a, f);
+        mma16816<T>(acc[nt + 1], a, f + 2);
+    }
+}
+
 // 2^x in one instruction (the special function unit's approximation; 2^-inf = 0).
 __device__ __forceinline__ float ex2(float x) {
     float y;
@@ -461,13 +475,7 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
                 } else {
                     ldsm4(a, qrow + kk * 16);
                 }
-#pragma unroll
-                for (int n = 0; n < FA_K / 8; n += 2) {
-                    uint32_t b[4];
-                    ldsm4(b, kb + n * 8 * RS + koff + kk * 16);
-                    mma16816<T>(s[n], a, b);
-                    mma16816<T>(s[n + 1], a, b + 2);
-                }
+                mma_rows<T, FA_K / 8>(s, a, kb + koff + kk * 16, RS);
             }
             float mx0 = -INFINITY, mx1 = -INFINITY;
             bool mask = (!CASCADE && k0 + FA_K - 1 > warp_first) || nk < FA_K;
