@@ -1,4 +1,5 @@
-//! What the GPU benchmarks share: the fused CUDA decode step checked against the generic one.
+//! What the GPU benchmarks share: the GPU's name and HBM bandwidth, the comparison of two paths'
+//! logits, and the fused CUDA decode step checked against the generic one.
 
 use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
@@ -34,15 +35,54 @@ pub fn fused_vs_generic(model: &mut Model, prompt: &Tensor, rows: usize, steps: 
     model.set_fused_decode(false);
     let (generic, _) = run(model, Some(&fed));
     model.set_fused_decode(true);
-    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-    let (mut same, mut max_diff, mut max_gap) = (0, 0f32, 0f32);
-    for (f, g) in fused.iter().flatten().zip(generic.iter().flatten()) {
-        let (af, ag) = (argmax(f), argmax(g));
-        same += usize::from(af == ag);
-        // Where the argmaxes differ, how far apart the two tokens are in the generic logits: a
-        // near-tie (a gap within the logit difference) is rounding, not a wrong kernel.
-        max_gap = max_gap.max(g[ag] - g[af]);
-        max_diff = f.iter().zip(g).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+    let (generic, fused): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+        (generic.into_iter().flatten().collect(), fused.into_iter().flatten().collect());
+    logit_agreement(&generic, &fused)
+}
+
+/// The GPU's name, as nvidia-smi gives it (empty without it).
+pub fn gpu_name() -> String {
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// HBM bandwidth in TB/s for the rooflines: an H200's 4.8, else an H100 SXM's 3.35.
+pub fn hbm_tb_per_s(gpu: &str) -> f64 {
+    if gpu.contains("H200") {
+        4.8
+    } else {
+        3.35
     }
-    json!({"rows_compared": rows * steps, "same_argmax": same, "max_abs_logit_diff": max_diff, "largest_gap_where_argmax_differs": max_gap})
+}
+
+/// The index of the largest value.
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// The cosine of two vectors (in f64).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b)).max(1e-30)
+}
+
+/// Rows of logits from another path against the reference's: rows compared, rows whose argmax
+/// agree, the largest difference, the largest reference logit, and where the argmaxes differ the
+/// largest gap between the two tokens in the reference logits (a near-tie, a gap within the
+/// difference, is rounding, not a wrong kernel).
+pub fn logit_agreement(reference: &[Vec<f32>], other: &[Vec<f32>]) -> Value {
+    let (mut same, mut max_diff, mut max_abs, mut max_gap) = (0, 0f32, 0f32, 0f32);
+    for (r, o) in reference.iter().zip(other) {
+        let (ar, ao) = (argmax(r), argmax(o));
+        same += usize::from(ar == ao);
+        max_gap = max_gap.max(r[ar] - r[ao]);
+        max_diff = r.iter().zip(o).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+        max_abs = r.iter().map(|x| x.abs()).fold(max_abs, f32::max);
+    }
+    json!({"rows_compared": reference.len().min(other.len()), "same_argmax": same, "max_abs_logit_diff": max_diff,
+        "max_abs_logit": max_abs, "largest_gap_where_argmax_differs": max_gap})
 }

@@ -34,20 +34,14 @@ use subgoal::model::llama::{KvCache, Model};
 use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 
 #[path = "gpu_common.rs"]
+#[allow(dead_code)]
 mod gpu_common;
+use gpu_common::{argmax, cosine};
 
 const HIDDEN: usize = 4096;
 const INTERMEDIATE: usize = 11008;
 const HEADS: usize = 32;
 const VOCAB: usize = 102400;
-/// The GPU's name, as nvidia-smi gives it.
-fn gpu_name() -> String {
-    std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
-        .unwrap_or_default()
-}
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
@@ -68,8 +62,8 @@ fn main() {
     let cpu_sampling = args.iter().any(|a| a == "--cpu-sampling");
     let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
     // HBM bandwidth for the rooflines: an H200's 4.8 TB/s, else an H100 SXM's 3.35.
-    let gpu = gpu_name();
-    let hbm_bytes_per_s = if gpu.contains("H200") { 4.8e12 } else { 3.35e12 };
+    let gpu = gpu_common::gpu_name();
+    let hbm_bytes_per_s = gpu_common::hbm_tb_per_s(&gpu) * 1e12;
 
     let t = Instant::now();
     let params = write_random_model(&dir, layers, &device);
@@ -246,11 +240,6 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
 
-/// The index of the largest value.
-fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
-}
-
 /// Seconds per call of `f`: the best of 3 runs of `calls` calls, after one to warm up.
 fn best_of_3(device: &Device, calls: usize, f: &dyn Fn()) -> f64 {
     f();
@@ -400,10 +389,7 @@ fn kv_agreement(model: &Model, context: usize, device: &Device) -> Value {
         batch.push(tokens, at, blocks.clone(), true);
         let a: Vec<f32> = model.forward_paged(&batch, &dense).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = model.forward_paged(&batch, &fp8).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        cosines.push(dot / (na * nb).max(1e-30));
+        cosines.push(cosine(&a, &b));
         same += usize::from(argmax(&a) == argmax(&b));
         argmax(&a) as u32
     };
@@ -459,10 +445,7 @@ fn fp8_cosine(dense: &Model, fp8: &Model, layers: usize, device: &Device) -> Val
     for step in 0..17 {
         let (va, vb): (Vec<f32>, Vec<f32>) =
             (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
-        let dot: f64 = va.iter().zip(&vb).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let na: f64 = va.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let nb: f64 = vb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        cosines.push(dot / (na * nb).max(1e-30));
+        cosines.push(cosine(&va, &vb));
         let (ta, tb) = (argmax(&va), argmax(&vb));
         same += usize::from(ta == tb);
         if step == 16 {

@@ -19,6 +19,7 @@ use subgoal::model::llama::Model;
 use subgoal::model::{GenRequest, Generator, Prompt, SamplingParams};
 
 #[path = "gpu_common.rs"]
+#[allow(dead_code)]
 mod gpu_common;
 
 const PROMPTS: &[&str] = &[

@@ -48,6 +48,10 @@ use subgoal::model::paged::{Batch, PagedCache};
 use subgoal::model::tokenizer::ModelTokenizer;
 use subgoal::model::SamplingParams;
 
+#[path = "gpu_common.rs"]
+#[allow(dead_code)]
+mod gpu_common;
+
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -267,12 +271,8 @@ fn main() {
     let baseline_k: usize = arg(&args, "--baseline-k", 8);
     let no_baseline = args.iter().any(|a| a == "--no-baseline");
     let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
-    let gpu = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let bandwidth = arg(&args, "--bandwidth", if gpu.contains("H200") { 4.8 } else { 3.35 }) * 1e12;
+    let gpu = gpu_common::gpu_name();
+    let bandwidth = arg(&args, "--bandwidth", gpu_common::hbm_tb_per_s(&gpu)) * 1e12;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tok = Arc::new(tokenizer(dir.path()));
@@ -543,20 +543,10 @@ fn cascade_vs_plain(model: &Model, device: &Device, rng: &mut Rng, fp8: bool) ->
     let plain = model.forward_paged(&step, &cache).unwrap().to_vec2::<f32>().unwrap();
     model.set_cascade(true);
     let cascade = model.forward_paged(&step, &cache).unwrap().to_vec2::<f32>().unwrap();
-    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-    let mut same = 0;
-    let mut max_diff = 0f32;
-    let mut max_abs = 0f32;
-    let mut max_gap = 0f32;
-    for (p, c) in plain.iter().zip(&cascade) {
-        let (ap, ac) = (argmax(p), argmax(c));
-        same += usize::from(ap == ac);
-        max_gap = max_gap.max(p[ap] - p[ac]);
-        max_diff = p.iter().zip(c).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
-        max_abs = p.iter().map(|x| x.abs()).fold(max_abs, f32::max);
-    }
-    json!({"layers": model.cfg.layers, "rows": rows.len(), "groups": 2, "same_argmax": same,
-        "max_abs_logit_diff": max_diff, "max_abs_logit": max_abs, "largest_gap_where_argmax_differs": max_gap})
+    let mut v = gpu_common::logit_agreement(&plain, &cascade);
+    v["layers"] = json!(model.cfg.layers);
+    v["groups"] = json!(2);
+    v
 }
 
 fn paged_vs_static(model: &Model, device: &Device, rng: &mut Rng) -> Value {
@@ -577,9 +567,8 @@ fn paged_vs_static(model: &Model, device: &Device, rng: &mut Rng) -> Value {
     let mut b2 = Batch::default();
     b2.push(&other, 0, other_table.clone(), false);
     model.forward_paged(&b2, &cache).unwrap();
-    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i) as u32;
     for step in 0..8 {
-        let tok = argmax(paged.last().unwrap());
+        let tok = gpu_common::argmax(paged.last().unwrap()) as u32;
         let mut b = Batch::default();
         b.push(&[tok], prompt.len() + step, table.clone(), true);
         b.push(&[other[step % other.len()]], other.len() + step, other_table.clone(), false);
@@ -587,14 +576,5 @@ fn paged_vs_static(model: &Model, device: &Device, rng: &mut Rng) -> Value {
         let ids = Tensor::new(&[tok], device).unwrap().unsqueeze(0).unwrap();
         generic.push(model.forward(&ids, prompt.len() + step, &mut kv).unwrap().to_vec2::<f32>().unwrap().remove(0));
     }
-    let mut same = 0;
-    let mut max_diff = 0f32;
-    let mut max_gap = 0f32;
-    for (p, g) in paged.iter().zip(&generic) {
-        let (ap, ag) = (argmax(p) as usize, argmax(g) as usize);
-        same += usize::from(ap == ag);
-        max_gap = max_gap.max(g[ag] - g[ap]);
-        max_diff = p.iter().zip(g).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
-    }
-    json!({"rows_compared": paged.len(), "same_argmax": same, "max_abs_logit_diff": max_diff, "largest_gap_where_argmax_differs": max_gap})
+    gpu_common::logit_agreement(&generic, &paged)
 }

@@ -64,21 +64,29 @@ const GEMV_ROPE_SPLIT: [&str; 4] = ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k
 const GEMV_FP8: [&str; GEMV_MAX_ROWS] =
     ["gemv_fp8_1", "gemv_fp8_2", "gemv_fp8_3", "gemv_fp8_4", "gemv_fp8_5", "gemv_fp8_6", "gemv_fp8_7", "gemv_fp8_8"];
 const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
-/// Prefill attention for head sizes 64, 128 and 256, over a cache in the model's dtype and over
-/// an FP8 one.
-const PREFILL: [&str; 3] = ["attn_prefill64", "attn_prefill128", "attn_prefill256"];
-const PREFILL_KV8: [&str; 3] = ["attn_prefill64_kv8", "attn_prefill128_kv8", "attn_prefill256_kv8"];
-/// Shared-prefix attention of decode rows (the prefill kernel's cascade form), likewise.
-const CASCADE: [&str; 3] = ["attn_cascade64", "attn_cascade128", "attn_cascade256"];
-const CASCADE_KV8: [&str; 3] = ["attn_cascade64_kv8", "attn_cascade128_kv8", "attn_cascade256_kv8"];
+/// An attention kernel family: per head size 64, 128 and 256 (`head_index`), over a cache in the
+/// model's dtype (`[0]`) and over an FP8 one (`[1]`).
+type AttnFamily = [[&'static str; 3]; 2];
+/// Prefill attention.
+const PREFILL: AttnFamily = [
+    ["attn_prefill64", "attn_prefill128", "attn_prefill256"],
+    ["attn_prefill64_kv8", "attn_prefill128_kv8", "attn_prefill256_kv8"],
+];
+/// Shared-prefix attention of decode rows (the prefill kernel's cascade form).
+const CASCADE: AttnFamily = [
+    ["attn_cascade64", "attn_cascade128", "attn_cascade256"],
+    ["attn_cascade64_kv8", "attn_cascade128_kv8", "attn_cascade256_kv8"],
+];
 /// Keys per tile of the prefill and cascade kernels (`FA_K` in paged.cu): a cascade span is a
 /// whole number of tiles.
 const FA_K: usize = 64;
 /// The FP8 GEMM for many rows and its split-K sum.
 const GEMM_FP8: [&str; 2] = ["gemm_fp8", "gemm_fp8_reduce"];
-/// Decode attention over the paged cache, likewise.
-const PAGED: [&str; 3] = ["attn_paged64", "attn_paged128", "attn_paged256"];
-const PAGED_KV8: [&str; 3] = ["attn_paged64_kv8", "attn_paged128_kv8", "attn_paged256_kv8"];
+/// Decode attention over the paged cache.
+const PAGED: AttnFamily = [
+    ["attn_paged64", "attn_paged128", "attn_paged256"],
+    ["attn_paged64_kv8", "attn_paged128_kv8", "attn_paged256_kv8"],
+];
 
 /// Decode rows' shared prefixes for `attention_paged` (laid out by the paged forward pass):
 /// `blocks` has four numbers per query block (offset of its rows in `rows`, how many, its group's
@@ -331,9 +339,9 @@ fn head_index(d: usize) -> Option<usize> {
     }
 }
 
-/// The prefill kernel for head size `d`, over an FP8 cache or not.
-fn prefill_name(d: usize, fp8: bool) -> Option<&'static str> {
-    head_index(d).map(|i| if fp8 { PREFILL_KV8[i] } else { PREFILL[i] })
+/// A family's kernel for head size `d`, over an FP8 cache or not.
+fn attn_name(family: &AttnFamily, d: usize, fp8: bool) -> Option<&'static str> {
+    head_index(d).map(|i| family[usize::from(fp8)][i])
 }
 
 /// The addresses of an FP8 cache's row factors (keys', values'); null for a cache in the model's
@@ -386,13 +394,13 @@ impl Kernels {
             "rope_kv_paged",
             "rope_kv_paged_kv8",
         ];
-        // Tensor-core prefill attention takes 16-bit inputs only.
-        let prefill: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL };
-        let prefill_kv8: &[&'static str] = if dtype == DType::F32 { &[] } else { &PREFILL_KV8 };
-        let cascade: &[&'static str] = if dtype == DType::F32 { &[] } else { &CASCADE };
-        let cascade_kv8: &[&'static str] = if dtype == DType::F32 { &[] } else { &CASCADE_KV8 };
-        // So does the FP8 GEMM for many rows.
-        let gemm_fp8: &[&'static str] = if dtype == DType::F32 { &[] } else { &GEMM_FP8 };
+        // The tensor-core kernels (prefill and shared-prefix attention, the FP8 GEMM for many rows)
+        // take 16-bit inputs only.
+        let tensor_core: Vec<&'static str> = if dtype == DType::F32 {
+            Vec::new()
+        } else {
+            PREFILL.iter().chain(&CASCADE).flatten().chain(&GEMM_FP8).copied().collect()
+        };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
         let entries: Vec<(&'static str, String)> = OTHERS
             .iter()
@@ -403,13 +411,8 @@ impl Kernels {
             .chain(std::iter::once(&"fp8_dequant"))
             .chain(GEMV_FP8.iter())
             .chain(GEMV_FP8_1_SPLIT[1..].iter())
-            .chain(PAGED.iter())
-            .chain(PAGED_KV8.iter())
-            .chain(prefill.iter())
-            .chain(prefill_kv8.iter())
-            .chain(cascade.iter())
-            .chain(cascade_kv8.iter())
-            .chain(gemm_fp8.iter())
+            .chain(PAGED.iter().flatten())
+            .chain(tensor_core.iter())
             .map(|&name| (name, format!("{name}_{sfx}")))
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
             .collect();
@@ -1009,13 +1012,15 @@ impl Kernels {
         self.check_kv(&caches)?;
         let rows = q.dim(0)?;
         let (_, kv_heads, bs, d) = caches.k.dims4()?;
-        let Some(i) = head_index(d) else { bail!("paged attention takes head_dim 64, 128 or 256, not {d}") };
         let fp8 = caches.scales.is_some();
-        let kernel = if fp8 { PAGED_KV8[i] } else { PAGED[i] };
+        let Some(kernel) = attn_name(&PAGED, d, fp8) else {
+            bail!("paged attention takes head_dim 64, 128 or 256, not {d}")
+        };
         // Positions per split: as many as fill the kernel's tile (twice as many in FP8).
         let chunk = ATTN_TILE_BYTES / (d * caches.k.dtype().size_in_bytes());
+        let cascade_kernel = attn_name(&CASCADE, d, fp8).filter(|&n| self.module.funcs.contains_key(n));
         let cascade = cascade.filter(|c| {
-            c.max_shared > 0 && c.row_starts.len() == rows && c.row_lens.len() == rows && self.has_cascade(d, fp8)
+            c.max_shared > 0 && c.row_starts.len() == rows && c.row_lens.len() == rows && cascade_kernel.is_some()
         });
         // Each row's partial results: its prefix spans' (cascade), then its own splits'.
         let (splits, slots, span) = match &cascade {
@@ -1045,10 +1050,9 @@ impl Kernels {
         let ints = [heads as i32, kv_heads as i32, bs as i32, span as i32, slots as i32];
         let [heads_i, kv_heads_i, bs_i, span_i, slots_i] = ints.each_ref();
         let mut pstarts = 0u64;
-        if let Some(c) = &cascade {
+        if let (Some(c), Some(name)) = (&cascade, cascade_kernel) {
             pstarts = addr(c.starts)?;
             let (pb, pr) = (addr(c.blocks)?, addr(c.rows)?);
-            let name = if fp8 { CASCADE_KV8[i] } else { CASCADE[i] };
             let cfg = LaunchConfig {
                 grid_dim: (heads as u32, c.query_blocks as u32, c.max_shared.div_ceil(span) as u32),
                 block_dim: (128, 1, 1),
@@ -1082,12 +1086,12 @@ impl Kernels {
 
     /// Whether shared-prefix attention runs here for head size `d`, over an FP8 cache or not.
     pub fn has_cascade(&self, d: usize, fp8: bool) -> bool {
-        head_index(d).is_some_and(|i| self.module.funcs.contains_key(if fp8 { CASCADE_KV8[i] } else { CASCADE[i] }))
+        attn_name(&CASCADE, d, fp8).is_some_and(|name| self.module.funcs.contains_key(name))
     }
 
     /// Whether the tiled prefill attention runs here for head size `d`, over an FP8 cache or not.
     pub fn has_prefill(&self, d: usize, fp8: bool) -> bool {
-        prefill_name(d, fp8).is_some_and(|name| self.module.funcs.contains_key(name))
+        attn_name(&PREFILL, d, fp8).is_some_and(|name| self.module.funcs.contains_key(name))
     }
 
     /// Prefill attention of one prompt chunk: `q` (`[len, heads * d]`, scaled) at positions
@@ -1103,7 +1107,9 @@ impl Kernels {
     ) -> Result<Option<Tensor>> {
         let (_, kv_heads, bs, d) = caches.k.dims4()?;
         let fp8 = caches.scales.is_some();
-        let Some(kernel) = prefill_name(d, fp8).filter(|_| self.has_prefill(d, fp8)) else { return Ok(None) };
+        let Some(kernel) = attn_name(&PREFILL, d, fp8).filter(|&n| self.module.funcs.contains_key(n)) else {
+            return Ok(None);
+        };
         self.check(q)?;
         self.check_kv(&caches)?;
         let len = q.dim(0)?;
