@@ -175,15 +175,7 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         const uint8_t* wsrc = wraw + stage * G8_N * G8_K;
         for (int i = threadIdx.x; i < G8_N * G8_K / 16; i += blockDim.x) {
             int r = i / (G8_K / 16), c = (i % (G8_K / 16)) * 16;
-            uint4 b = *(const uint4*)(wsrc + r * G8_K + c);
-            float v[16];
-            fp8x8_to_f(b.x, b.y, v);
-            fp8x8_to_f(b.z, b.w, v + 8);
-            uint32_t o[8];
-#pragma unroll
-            for (int e = 0; e < 8; e++) o[e] = pack2<T>(v[2 * e] * f, v[2 * e + 1] * f);
-            *(uint4*)(wt + r * G8_AS + c) = make_uint4(o[0], o[1], o[2], o[3]);
-            *(uint4*)(wt + r * G8_AS + c + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+            f8x16_store<T>(*(const uint4*)(wsrc + r * G8_K + c), f, wt + r * G8_AS + c);
         }
         __syncthreads();
         const T* xa = arow + stage * G8_M * G8_AS;
