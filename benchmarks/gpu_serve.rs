@@ -148,6 +148,11 @@ fn run_jobs(
     (started.elapsed().as_secs_f64(), tokens)
 }
 
+/// Engine report `a`'s tokens/s over `b`'s.
+fn rate_ratio(a: &Value, b: &Value) -> Value {
+    json!(r(a["tokens_per_s"].as_f64().unwrap_or(0.0) / b["tokens_per_s"].as_f64().unwrap_or(f64::NAN)))
+}
+
 /// Runs jobs through a fresh engine (its cache in FP8 with `kv_fp8`); returns wall seconds,
 /// output tokens, the engine's counters and its cache blocks.
 fn engine_run(
@@ -334,41 +339,42 @@ fn main() {
                 (rng.tokens(len, cfg.vocab), (0..k).map(|_| rng.length(mean, max)).collect())
             })
             .collect();
-        let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, false);
+        // One engine run over the pass@k jobs, its report also in the log (a run stopped by a time
+        // limit keeps it) with the raw counters.
+        let passk_run = |what: &str, fp8: bool, cascade: bool| {
+            model.set_cascade(cascade);
+            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, fp8);
+            model.set_cascade(true);
+            let v = engine_report(
+                wall,
+                tokens,
+                &m,
+                blocks,
+                weight_bytes,
+                if fp8 { kv_bytes_fp8 } else { kv_bytes },
+                bandwidth,
+            );
+            progress(what, &json!({"report": v, "metrics": m}));
+            v
+        };
         let mut passk = json!({
             "prompts": prompts, "k": k, "mean_length": r(passk_jobs.iter().flat_map(|j| &j.1).sum::<usize>() as f64 / (prompts * k) as f64),
-            "engine": engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth),
+            "engine": passk_run("passk engine", false, true),
         });
-        // The report and the raw counters: a run stopped by a time limit keeps them in its log.
-        progress("passk engine", &json!({"report": passk["engine"], "metrics": m}));
         // The same engine with every row reading its whole prefix itself, for the ratio.
         let cascade_ab = args.iter().any(|a| a == "--cascade-ab");
         if cascade_ab {
-            model.set_cascade(false);
-            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, false);
-            model.set_cascade(true);
-            let v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes, bandwidth);
-            passk["cascade_over_plain"] = json!(r(passk["engine"]["tokens_per_s"].as_f64().unwrap_or(0.0)
-                / v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
-            progress("passk engine, no cascade", &v);
+            let v = passk_run("passk engine, no cascade", false, false);
+            passk["cascade_over_plain"] = rate_ratio(&passk["engine"], &v);
             passk["engine_no_cascade"] = v;
         }
         if kv_fp8 {
-            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, true);
-            let v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes_fp8, bandwidth);
-            passk["fp8_cache_over_bf16"] = json!(r(v["tokens_per_s"].as_f64().unwrap_or(0.0)
-                / passk["engine"]["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
-            progress("passk engine, fp8 cache", &v);
+            let v = passk_run("passk engine, fp8 cache", true, true);
+            passk["fp8_cache_over_bf16"] = rate_ratio(&v, &passk["engine"]);
             passk["engine_fp8_cache"] = v;
             if cascade_ab {
-                model.set_cascade(false);
-                let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, true);
-                model.set_cascade(true);
-                let v = engine_report(wall, tokens, &m, blocks, weight_bytes, kv_bytes_fp8, bandwidth);
-                passk["fp8_cache_cascade_over_plain"] =
-                    json!(r(passk["engine_fp8_cache"]["tokens_per_s"].as_f64().unwrap_or(0.0)
-                        / v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
-                progress("passk engine, fp8 cache, no cascade", &v);
+                let v = passk_run("passk engine, fp8 cache, no cascade", true, false);
+                passk["fp8_cache_cascade_over_plain"] = rate_ratio(&passk["engine_fp8_cache"], &v);
                 passk["engine_fp8_cache_no_cascade"] = v;
             }
         }
@@ -397,7 +403,7 @@ fn main() {
             if let Some((bk, (w, t))) = done {
                 let rate = t as f64 / w;
                 passk["static_batch"] = json!({"k": bk, "wall_s": r(w), "output_tokens": t, "tokens_per_s": r(rate)});
-                passk["engine_over_static"] = json!(r(passk["engine"]["tokens_per_s"].as_f64().unwrap_or(0.0) / rate));
+                passk["engine_over_static"] = rate_ratio(&passk["engine"], &json!({"tokens_per_s": rate}));
             }
         }
         // Every GPU named by --devices: the workload times the devices, one engine each.
@@ -459,8 +465,7 @@ fn main() {
             let (wall, tokens, m, blocks) = engine_run(model2, &tok, &jobs, &rt, true);
             let kv8 = (2 * cfg2.layers * cfg2.kv_heads * (cfg2.head_dim + 4)) as f64;
             let f = engine_report(wall, tokens, &m, blocks, w2, kv8, bandwidth);
-            v["fp8_cache_over_bf16"] =
-                json!(r(f["tokens_per_s"].as_f64().unwrap_or(0.0) / v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)));
+            v["fp8_cache_over_bf16"] = rate_ratio(&f, &v);
             v["engine_fp8_cache"] = f;
         }
         if !no_baseline {
