@@ -6,6 +6,7 @@
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
 //!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic] [--fp8]
+//!              [--gemm-only]
 //!              [--kv-rows 32] [--kv-context 2048]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
@@ -64,6 +65,14 @@ fn main() {
     // HBM bandwidth for the rooflines: an H200's 4.8 TB/s, else an H100 SXM's 3.35.
     let gpu = gpu_common::gpu_name();
     let hbm_bytes_per_s = gpu_common::hbm_tb_per_s(&gpu) * 1e12;
+    // `--gemm-only`: the FP8 GEMM's check alone, no model (a quick look at a kernel change).
+    if args.iter().any(|a| a == "--gemm-only") {
+        let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
+        let v = json!({"benchmark": "gpu_decode", "gpu": gpu, "hbm_tb_per_s": hbm_bytes_per_s / 1e12,
+                       "gemm_fp8": gemm_fp8_check(&kernels, &device)});
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
 
     let t = Instant::now();
     let params = write_random_model(&dir, layers, &device);
@@ -304,26 +313,30 @@ fn attention_alone(k: &Kernels, p: usize, device: &Device) -> Value {
     json!({"ms": r(s * 1e3), "causal_tflops": r(flops / s / 1e12), "max_abs_diff_vs_f32": diff, "max_abs_f32": scale})
 }
 
-/// `gemm_fp8` on its own at the 7B shape's projection sizes: against the dequantized weight
-/// through cuBLAS on the same bytes (largest difference over the largest output), and its time
-/// beside that path's and beside bf16 cuBLAS on a dense weight of the same shape, at 64 and 256
-/// rows (best of 3 runs of 10 launches).
+/// `gemm_fp8` on its own at the 7B shape's projection sizes and at 16 to 256 rows: against the
+/// same product in f32 (the weight dequantized on the host, cuBLAS in f32: the largest difference
+/// over the largest output, which the bf16 output's rounding alone puts near 2^-9), and its time
+/// beside bf16 cuBLAS on the dense weight of the same shape and beside dequantizing the bytes for
+/// cuBLAS (best of 3 runs of 10 launches).
 fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
     let mut out = serde_json::Map::new();
-    for (name, n, kk) in [("qkv", 3 * HIDDEN, HIDDEN), ("down", HIDDEN, INTERMEDIATE)] {
+    for (name, n, kk) in
+        [("qkv", 3 * HIDDEN, HIDDEN), ("o", HIDDEN, HIDDEN), ("gate_up", 2 * INTERMEDIATE, HIDDEN), ("down", HIDDEN, INTERMEDIATE)]
+    {
         let host: Vec<f32> = (0..n * kk).map(|i| (((i * 7919) % 1999) as f32 - 999.0) * 0.02 / 999.0).collect();
         let q = subgoal::model::fp8::BlockFp8::quantize(&host, n, kk).unwrap();
+        let exact = Tensor::from_vec(q.dequantize(), (n, kk), device).unwrap();
+        let dense = exact.to_dtype(DType::BF16).unwrap();
         let (rb, cb) = (q.row_blocks(), q.col_blocks());
         let bytes = Tensor::from_vec(q.data, (n, kk), device).unwrap();
         let scale = Tensor::from_vec(q.scale_inv, (rb, cb), device).unwrap();
-        let dense = k.dequantize_fp8(&bytes, &scale).unwrap();
-        for rows in [64usize, 256] {
+        for rows in [16usize, 32, 64, 128, 256] {
             let x = Tensor::randn(0f32, 1.0, (rows, kk), device).unwrap().to_dtype(DType::BF16).unwrap();
             let Some(got) = k.gemm_fp8(&x, &bytes, &scale).unwrap() else {
                 out.insert(format!("{name}_{rows}"), json!("gemm_fp8 does not take this shape"));
                 continue;
             };
-            let want = x.matmul(&dense.t().unwrap()).unwrap().to_dtype(DType::F32).unwrap();
+            let want = x.to_dtype(DType::F32).unwrap().matmul(&exact.t().unwrap()).unwrap();
             let got = got.to_dtype(DType::F32).unwrap();
             let diff = (&want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale_out = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -333,10 +346,11 @@ fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
             let t_bf16 = time(&|| drop(x.matmul(&dense.t().unwrap()).unwrap()));
             out.insert(
                 format!("{name}_{n}x{kk}_rows_{rows}"),
-                json!({"max_abs_diff": diff, "max_abs_output": scale_out,
+                json!({"max_abs_diff_vs_f32": diff, "max_abs_output": scale_out,
                        "gemm_fp8_us": r(t_gemm * 1e6), "dequantize_then_cublas_us": r(t_deq * 1e6),
                        "bf16_cublas_us": r(t_bf16 * 1e6),
-                       "gemm_fp8_over_bf16_speed": r(t_bf16 / t_gemm)}),
+                       "gemm_fp8_over_bf16_speed": r(t_bf16 / t_gemm),
+                       "weight_tb_per_s": r((n * kk) as f64 / t_gemm / 1e12)}),
             );
         }
     }

@@ -6,7 +6,7 @@
 //!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
 //!             [--trt-seqs-long 24] [--layers 30] [--only-trt] [--no-trt]
 //!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all] [--kv-fp8]
-//!             [--cascade-ab]
+//!             [--cascade-ab] [--fp8]
 //!
 //! Prints JSON:
 //! - `paged_vs_static`: the engine's fused paged step (tiled prefill attention, paged split-K
@@ -32,6 +32,9 @@
 //! - `--kv-fp8`: each engine run of `passk` and `trt` again with the cache in FP8
 //!   (`--kv-dtype fp8`: E4M3 with a factor per row, so twice the blocks in the same memory), its
 //!   figures under `engine_fp8_cache` and its speed-up over the bf16 cache beside them.
+//! - `--fp8`: the same again with the weights in FP8 too (`--dtype fp8 --kv-dtype fp8`: E4M3 with
+//!   128×128 block factors, quantized from the same random weights; the output head stays bf16),
+//!   under `engine_fp8_weights_fp8_cache`, with its speed-up over the bf16 engine.
 //! - Beside each engine figure, the memory-bandwidth limit at the occupancy the engine ran at:
 //!   every step reads the weights once and each decode row's cached positions (and, with a
 //!   shared prefix read once per request, less).
@@ -146,6 +149,18 @@ fn run_jobs(
         total
     });
     (started.elapsed().as_secs_f64(), tokens)
+}
+
+/// Bytes a decode step reads of the weights of `cfg`: the layers' projections at `per` bytes a
+/// weight and the output projection in bf16 (the embedding only at the rows it looks up).
+fn weight_bytes(cfg: &Config, per: f64) -> f64 {
+    let layers = cfg.layers * (4 * cfg.hidden * cfg.hidden + 3 * cfg.hidden * cfg.intermediate);
+    2.0 * (cfg.vocab * cfg.hidden) as f64 + per * layers as f64
+}
+
+/// `weight_bytes` with the projections in E4M3 and their block factors (4 bytes per 128×128).
+fn weight_bytes_fp8(cfg: &Config) -> f64 {
+    weight_bytes(cfg, 1.0 + 4.0 / (128.0 * 128.0))
 }
 
 /// Engine report `a`'s tokens/s over `b`'s.
@@ -289,6 +304,7 @@ fn main() {
     let cfg = Config::llama_7b(layers, 102400);
     let kv_bytes = (2 * cfg.layers * cfg.kv_heads * cfg.head_dim * 2) as f64;
     let kv_fp8 = args.iter().any(|a| a == "--kv-fp8");
+    let fp8 = args.iter().any(|a| a == "--fp8");
     // A byte per element and an f32 factor per (token, head) row.
     let kv_bytes_fp8 = (2 * cfg.layers * cfg.kv_heads * (cfg.head_dim + 4)) as f64;
     let t0 = Instant::now();
@@ -296,12 +312,10 @@ fn main() {
     let (parity, b1, passk) = if only_trt {
         (Value::Null, Value::Null, Value::Null)
     } else {
-        // The Prover-V2-7B shape.
-        let model = Arc::new(Model::random(cfg.clone(), &device, DType::BF16).expect("random model"));
-        // A step reads the layers and the output projection (the embedding only at the rows it looks up).
-        let weight_bytes = 2.0
-            * (cfg.vocab * cfg.hidden + cfg.layers * (4 * cfg.hidden * cfg.hidden + 3 * cfg.hidden * cfg.intermediate))
-                as f64;
+        // The Prover-V2-7B shape (its weights kept for the FP8 model of `--fp8`).
+        let weights = Model::random_weights(&cfg, &device, DType::BF16).expect("random weights");
+        let model = Arc::new(Model::from_weights(cfg.clone(), weights.clone(), &device, DType::BF16, false).expect("model"));
+        let weight_bytes = weight_bytes(&cfg, 2.0);
 
         progress("model", &json!({"weight_bytes": weight_bytes}));
         let mut parity = paged_vs_static(&model, &device, &mut rng);
@@ -341,9 +355,9 @@ fn main() {
             .collect();
         // One engine run over the pass@k jobs, its report also in the log (a run stopped by a time
         // limit keeps it) with the raw counters.
-        let passk_run = |what: &str, fp8: bool, cascade: bool| {
+        let passk_run = |model: &Arc<Model>, weight_bytes: f64, what: &str, fp8: bool, cascade: bool| {
             model.set_cascade(cascade);
-            let (wall, tokens, m, blocks) = engine_run(&model, &tok, &passk_jobs, &rt, fp8);
+            let (wall, tokens, m, blocks) = engine_run(model, &tok, &passk_jobs, &rt, fp8);
             model.set_cascade(true);
             let v = engine_report(
                 wall,
@@ -359,25 +373,36 @@ fn main() {
         };
         let mut passk = json!({
             "prompts": prompts, "k": k, "mean_length": r(passk_jobs.iter().flat_map(|j| &j.1).sum::<usize>() as f64 / (prompts * k) as f64),
-            "engine": passk_run("passk engine", false, true),
+            "engine": passk_run(&model, weight_bytes, "passk engine", false, true),
         });
         // The same engine with every row reading its whole prefix itself, for the ratio.
         let cascade_ab = args.iter().any(|a| a == "--cascade-ab");
         if cascade_ab {
-            let v = passk_run("passk engine, no cascade", false, false);
+            let v = passk_run(&model, weight_bytes, "passk engine, no cascade", false, false);
             passk["cascade_over_plain"] = rate_ratio(&passk["engine"], &v);
             passk["engine_no_cascade"] = v;
         }
         if kv_fp8 {
-            let v = passk_run("passk engine, fp8 cache", true, true);
+            let v = passk_run(&model, weight_bytes, "passk engine, fp8 cache", true, true);
             passk["fp8_cache_over_bf16"] = rate_ratio(&v, &passk["engine"]);
             passk["engine_fp8_cache"] = v;
             if cascade_ab {
-                let v = passk_run("passk engine, fp8 cache, no cascade", true, false);
+                let v = passk_run(&model, weight_bytes, "passk engine, fp8 cache, no cascade", true, false);
                 passk["fp8_cache_cascade_over_plain"] = rate_ratio(&passk["engine_fp8_cache"], &v);
                 passk["engine_fp8_cache_no_cascade"] = v;
             }
         }
+        if fp8 {
+            let t = Instant::now();
+            let m8 = Arc::new(
+                Model::from_weights(cfg.clone(), weights.clone(), &device, DType::BF16, true).expect("the FP8 model"),
+            );
+            progress("fp8 model", &json!({"quantize_s": r(t.elapsed().as_secs_f64())}));
+            let v = passk_run(&m8, weight_bytes_fp8(&cfg), "passk engine, fp8 weights and cache", true, true);
+            passk["fp8_weights_and_cache_over_bf16"] = rate_ratio(&v, &passk["engine"]);
+            passk["engine_fp8_weights_fp8_cache"] = v;
+        }
+        drop(weights);
         if !no_baseline {
             let mut bk = baseline_k.min(k);
             let mut done = None;
@@ -445,14 +470,16 @@ fn main() {
     // TensorRT-LLM's Llama-2-7B shapes.
     let cfg2 = Config::llama_7b(32, 32000);
     let kv2 = (2 * cfg2.layers * cfg2.kv_heads * cfg2.head_dim * 2) as f64;
-    let w2 = 2.0
-        * (cfg2.vocab * cfg2.hidden
-            + cfg2.layers * (4 * cfg2.hidden * cfg2.hidden + 3 * cfg2.hidden * cfg2.intermediate)) as f64;
+    let w2 = weight_bytes(&cfg2, 2.0);
     let no_trt = args.iter().any(|a| a == "--no-trt");
-    let model2 = if no_trt {
-        None
+    let (model2, model2_fp8) = if no_trt {
+        (None, None)
     } else {
-        Some(Arc::new(Model::random(cfg2.clone(), &device, DType::BF16).expect("random model")))
+        let weights = Model::random_weights(&cfg2, &device, DType::BF16).expect("random weights");
+        let m8 = fp8.then(|| {
+            Arc::new(Model::from_weights(cfg2.clone(), weights.clone(), &device, DType::BF16, true).expect("FP8 model"))
+        });
+        (Some(Arc::new(Model::from_weights(cfg2.clone(), weights, &device, DType::BF16, false).expect("model"))), m8)
     };
     let mut trt = serde_json::Map::new();
     for (input, output, seqs) in [(128usize, 2048usize, trt_short), (2048, 2048, trt_long)] {
@@ -467,6 +494,13 @@ fn main() {
             let f = engine_report(wall, tokens, &m, blocks, w2, kv8, bandwidth);
             v["fp8_cache_over_bf16"] = rate_ratio(&f, &v);
             v["engine_fp8_cache"] = f;
+        }
+        if let Some(m8) = &model2_fp8 {
+            let (wall, tokens, m, blocks) = engine_run(m8, &tok, &jobs, &rt, true);
+            let kv8 = (2 * cfg2.layers * cfg2.kv_heads * (cfg2.head_dim + 4)) as f64;
+            let f = engine_report(wall, tokens, &m, blocks, weight_bytes_fp8(&cfg2), kv8, bandwidth);
+            v["fp8_weights_and_cache_over_bf16"] = rate_ratio(&f, &v);
+            v["engine_fp8_weights_fp8_cache"] = f;
         }
         if !no_baseline {
             // The engine of before runs one sequence at a time; two give its rate.

@@ -80,8 +80,9 @@ const CASCADE: AttnFamily = [
 /// Keys per tile of the prefill and cascade kernels (`FA_K` in paged.cu): a cascade span is a
 /// whole number of tiles.
 const FA_K: usize = 64;
-/// The FP8 GEMM for many rows and its split-K sum.
-const GEMM_FP8: [&str; 2] = ["gemm_fp8", "gemm_fp8_reduce"];
+/// The FP8 GEMM for many rows, by 16-row tiles per block (1 to 4), and its split-K sum.
+const GEMM_FP8: [&str; 4] = ["gemm_fp8_m1", "gemm_fp8_m2", "gemm_fp8_m3", "gemm_fp8_m4"];
+const GEMM_FP8_REDUCE: &str = "gemm_fp8_reduce";
 /// Decode attention over the paged cache.
 const PAGED: AttnFamily = [
     ["attn_paged64", "attn_paged128", "attn_paged256"],
@@ -317,17 +318,22 @@ fn prefill_smem(d: usize) -> usize {
 
 /// Dynamic shared memory of the kernels that take it (over the default 48 KiB), by short name.
 fn dynamic_smem(short: &str) -> Option<usize> {
-    if short == GEMM_FP8[0] {
-        return Some(GEMM_FP8_SMEM);
+    if let Some(i) = GEMM_FP8.iter().position(|&g| g == short) {
+        return Some(gemm_fp8_smem(i + 1));
     }
     let rest = short.strip_prefix("attn_prefill").or_else(|| short.strip_prefix("attn_cascade"))?;
     let d = rest.split('_').next()?.parse::<usize>().ok()?;
     Some(prefill_smem(d))
 }
 
-/// `gemm_fp8`'s tiles (fp8.cu): two stages of 64 rows of x and of 128 weight rows' bytes, and the
-/// decoded weight tile, rows of 128 padded by 8 elements, for 16-bit activations.
-const GEMM_FP8_SMEM: usize = 2 * 64 * 136 * 2 + 2 * 128 * 128 + 128 * 136 * 2;
+/// Stages of `gemm_fp8` (`G8_STAGES` in fp8.cu).
+const GEMM_FP8_STAGES: usize = 3;
+
+/// `gemm_fp8`'s tiles at `mt` 16-row tiles per block (fp8.cu): per stage, the rows of x (128
+/// 16-bit activations each) and 128 weight rows of 128 bytes.
+fn gemm_fp8_smem(mt: usize) -> usize {
+    GEMM_FP8_STAGES * (16 * mt * 128 * 2 + 128 * 128)
+}
 
 /// The index of head size `d` in the attention kernels' lists.
 fn head_index(d: usize) -> Option<usize> {
@@ -399,7 +405,7 @@ impl Kernels {
         let tensor_core: Vec<&'static str> = if dtype == DType::F32 {
             Vec::new()
         } else {
-            PREFILL.iter().chain(&CASCADE).flatten().chain(&GEMM_FP8).copied().collect()
+            PREFILL.iter().chain(&CASCADE).flatten().chain(&GEMM_FP8).chain(&[GEMM_FP8_REDUCE]).copied().collect()
         };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
         let entries: Vec<(&'static str, String)> = OTHERS
@@ -737,22 +743,27 @@ impl Kernels {
     }
 
     /// `x @ Wᵀ` for many rows with an FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its 128×128
-    /// block factors) on tensor cores, the bytes read once per 64 rows (`gemm_fp8`, fp8.cu);
-    /// `None` where it does not run (f32, or n or k not a multiple of 128).
+    /// block factors) on tensor cores, the bytes read once per 64 rows and made 16-bit in
+    /// registers (`gemm_fp8`, fp8.cu); `None` where it does not run (f32, or n or k not a multiple
+    /// of 128).
     pub fn gemm_fp8(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
-        let fits = self.module.funcs.contains_key(GEMM_FP8[0])
+        // 16-row tiles per block: as many as the rows fill, up to 4.
+        let mt = rows.div_ceil(16).clamp(1, GEMM_FP8.len());
+        let name = GEMM_FP8[mt - 1];
+        let fits = self.module.funcs.contains_key(name)
+            && self.module.funcs.contains_key(GEMM_FP8_REDUCE)
             && k % 128 == 0
             && n % 128 == 0
             && self.fp8_operands_fit(x, w, scale)?;
         if !fits {
             return Ok(None);
         }
-        let (nb, mb, kb) = (n / 128, rows.div_ceil(64), k / 128);
-        // Split k until the grid covers the GPU about twice over, each
-        // split keeping at least 2 of k's 128-wide steps.
-        let splits = (2 * self.sms).div_ceil(nb * mb).min(kb / 2).max(1);
+        let (nb, mb, kb) = (n / 128, rows.div_ceil(16 * mt), k / 128);
+        // Split k until the grid covers the GPU about twice over, each split keeping at least as
+        // many of k's 128-wide steps as the pipeline has stages.
+        let splits = (2 * self.sms).div_ceil(nb * mb).min(kb / GEMM_FP8_STAGES).max(1);
         let y = self.empty((rows, n), self.dtype)?;
         let part = if splits > 1 { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
         let scale = scale.contiguous()?;
@@ -762,9 +773,9 @@ impl Kernels {
         let cfg = LaunchConfig {
             grid_dim: (nb as u32, mb as u32, splits as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: GEMM_FP8_SMEM as u32,
+            shared_mem_bytes: gemm_fp8_smem(mt) as u32,
         };
-        launch!(self, GEMM_FP8[0], cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
+        launch!(self, name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
         if splits > 1 {
             let total = rows * n;
             let cfg = LaunchConfig {
@@ -773,7 +784,7 @@ impl Kernels {
                 shared_mem_bytes: 0,
             };
             let (s_i, t_u) = (splits as i32, total as u64);
-            launch!(self, GEMM_FP8[1], cfg, &pp, &py, &s_i, &t_u);
+            launch!(self, GEMM_FP8_REDUCE, cfg, &pp, &py, &s_i, &t_u);
         }
         Ok(Some(y))
     }

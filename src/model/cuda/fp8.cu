@@ -2,10 +2,11 @@
 // bytes [n, k] with one f32 dequantization factor per 128x128 block (`scale`, [ceil(n/128),
 // ceil(k/128)], DeepSeek-V3's `weight_scale_inv`), activations in the model's dtype.
 //
-// Few rows (decode) read the bytes and dequantize in registers: half the weight bytes of bf16
-// cross HBM, which bounds a small batch; up to 32 rows take this kernel 8 rows at a time (the
-// bytes read once per 8 rows). Many rows (prefill) dequantize the weight to the model's dtype once
-// per call and take cuBLAS, where compute, not the weight read, bounds the product.
+// Few rows (up to 8: decode) read the bytes and dequantize in registers: half the weight bytes of
+// bf16 cross HBM, which bounds a small batch. More rows, up to a few hundred (a batch of decoding
+// sequences), take gemm_fp8 on tensor cores, the bytes read once per 64 rows and turned into
+// 16-bit values in registers. Past that (prefill) the weight is dequantized to the model's dtype
+// once per call for cuBLAS, where compute, not the weight read, bounds the product.
 
 constexpr int FP8_BLOCK = 128;
 
@@ -105,99 +106,174 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     gemv_store<T, M>(acc, res, y, col0, n);
 }
 
-// ---- Many rows: a mixed-input GEMM on tensor cores ----------------------------------------
+// ---- Many rows: FP8 weights on tensor cores ----------------------------------------------
 //
 // y[m, n] = sum_k x[m, k] * e4m3(w[n, k]) * scale[n / 128, k / 128] for the rows a batch of
-// decoding sequences brings (past what the few-row kernel takes, short of prefill sizes): the
-// weight bytes cross HBM once per 64 rows, where dequantizing the whole weight first writes and
-// reads it again in 16 bits. A block owns 64 rows by 128 columns (one block of the factors along
-// n) and walks k 128 at a time (one factor along k): the x tile and the weight's bytes arrive by
-// cp.async, two stages deep; the bytes are then decoded, times their one factor, into a T tile in
-// shared memory, and 4 warps of 16 rows each multiply on tensor cores (mma.sync m16n8k16, f32
-// accumulation). The product of a byte and its factor rounded to T is the only rounding beyond
-// bf16's GEMM. With split-K (gridDim.z > 1) each block sums its share of k and writes f32
-// partial sums to part[z][m][n], which gemm_fp8_reduce adds into y.
-// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / 64), splits); block: 128;
-// dynamic shared memory: FP8_GEMM_SMEM bytes (gemm_fp8_smem in fused.rs).
-constexpr int G8_M = 64, G8_N = 128, G8_K = 128;
-constexpr int G8_AS = G8_K + 8;  // padded row stride of the x and decoded weight tiles, in elements
+// decoding sequences brings (past what the few-row kernel takes, short of prefill sizes). The
+// weight crosses HBM once per 16 * MT rows and only as bytes: three stages of one 128-wide step of
+// k (the activations' tile and the weight's bytes) arrive in shared memory by cp.async, and each
+// warp turns its own weight fragments into 16-bit values in registers with integer operations (an
+// E4M3 byte's bits shifted into a bf16/f16 are its value times a power of two, which one exact
+// multiplication takes back, subnormals included), so neither a conversion instruction (a quarter
+// of the integer rate) nor a decoded tile in shared memory stands between the bytes and mma.sync.
+// The weights enter the products exactly, the activations as they are (no 8-bit activations: a
+// sample's text should not depend on how many rows share its step), and each 128-wide step's sum
+// is scaled by its block's factor in f32 (the running sum is kept in units of the current step's
+// factor and rescaled when it changes): the dequantized product the CPU path and gemv_fp8
+// compute, up to summation order.
+//
+// A block owns 16 * MT rows by 128 columns (one factor block along n); warp w owns columns
+// 32 w .. 32 w + 31 (4 tiles of 8) of all the block's rows. Inside each 16-wide MMA step k is
+// permuted so that a lane's weight fragment is 4 consecutive bytes of one weight row and its
+// activation fragment 4 consecutive elements of one row (the same permutation on both sides leaves
+// the product unchanged): lane (g, t4) at step s of half q of the 128-wide step takes bytes and
+// elements 64 q + 16 t4 + 4 s + j, j = 0..3; the odd j form the MMA's k = 2 t4, 2 t4 + 1 and the
+// even j its k = 2 t4 + 8, 2 t4 + 9. Shared-memory rows are swizzled in 16-byte chunks so these
+// reads are free of bank conflicts. With split-K (gridDim.z > 1) each block sums its share of k
+// and writes f32 partial sums to part[z][m][n], which gemm_fp8_reduce adds into y.
+// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / (16 MT)), splits); block: 128;
+// dynamic shared memory: G8_STAGES * (16 MT * 256 + 16384) bytes (gemm_fp8_smem in fused.rs).
+constexpr int G8_N = 128, G8_K = 128, G8_STAGES = 3;
 
-template <typename T>
+// A 32-bit word of four E4M3 bytes as two pairs of 16-bit values: `odd` holds bytes 1 and 3,
+// `even` bytes 0 and 2 (the lower byte in the lower half).
+template <typename T> __device__ __forceinline__ void e4m3x4_split(uint32_t w, uint32_t& odd, uint32_t& even);
+template <> __device__ __forceinline__ void e4m3x4_split<__nv_bfloat16>(uint32_t w, uint32_t& odd, uint32_t& even) {
+    // Sign to bit 15, exponent and mantissa to bits 4..10: the value times 2^-120, then times
+    // 2^120 (0x7B80) by fma with -0.
+    uint32_t o = (w & 0x80008000u) | ((w >> 4) & 0x07F007F0u);
+    uint32_t e = ((w << 8) & 0x80008000u) | ((w << 4) & 0x07F007F0u);
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(odd) : "r"(o), "r"(0x7B807B80u), "r"(0x80008000u));
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(even) : "r"(e), "r"(0x7B807B80u), "r"(0x80008000u));
+}
+template <> __device__ __forceinline__ void e4m3x4_split<__half>(uint32_t w, uint32_t& odd, uint32_t& even) {
+    // Sign to bit 15, exponent and mantissa to bits 7..13: the value times 2^-8, then times 2^8
+    // (0x5C00).
+    uint32_t o = (w & 0x80008000u) | ((w >> 1) & 0x3F803F80u);
+    uint32_t e = ((w << 8) & 0x80008000u) | ((w << 7) & 0x3F803F80u);
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(odd) : "r"(o), "r"(0x5C005C00u), "r"(0x80008000u));
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(even) : "r"(e), "r"(0x5C005C00u), "r"(0x80008000u));
+}
+
+// Bytes [a, b] and [c, d] of two 32-bit words as one (prmt's selector, lowest byte first).
+__device__ __forceinline__ uint32_t prmt(uint32_t lo, uint32_t hi, uint32_t sel) {
+    uint32_t r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(lo), "r"(hi), "r"(sel));
+    return r;
+}
+
+template <typename T, int MT>
 __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                          float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
     pdl_begin();
+    constexpr int ROWS = 16 * MT;
+    constexpr int XS = ROWS * G8_K * 2;  // a stage's activation tile: rows of 256 bytes
+    constexpr int WS = G8_N * G8_K;      // a stage's weight tile: rows of 128 bytes
     extern __shared__ __align__(16) unsigned char smem[];
-    T* xs = (T*)smem;                                  // [2][G8_M][G8_AS]
-    uint8_t* wraw = (uint8_t*)(xs + 2 * G8_M * G8_AS);  // [2][G8_N][G8_K]
-    T* wt = (T*)(wraw + 2 * G8_N * G8_K);              // [G8_N][G8_AS]
-    constexpr int VEC = 16 / sizeof(T);
-    int nb = blockIdx.x, n0 = nb * G8_N, m0 = blockIdx.y * G8_M;
+    int n0 = blockIdx.x * G8_N, m0 = blockIdx.y * ROWS;
     int kblocks = k / G8_K;
     int per = (kblocks + gridDim.z - 1) / gridDim.z;
     int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
+    int steps = max(0, kb1 - kb0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    int rows = min(G8_M, m - m0);
+    int rows = min(ROWS, m - m0);
+    const float* factors = scale + (size_t)blockIdx.x * kblocks;  // this block's row of factors
     auto load = [&](int kb, int stage) {
-        T* xd = xs + stage * G8_M * G8_AS;
-        uint8_t* wd = wraw + stage * G8_N * G8_K;
-        for (int i = threadIdx.x; i < G8_M * G8_K / VEC; i += blockDim.x) {
-            int r = i / (G8_K / VEC), c = (i % (G8_K / VEC)) * VEC;
+        unsigned char* xd = smem + stage * (XS + WS);
+        unsigned char* wd = xd + XS;
+        // Row r's 16-byte chunk c at c ^ (r & 1) (activations) and c ^ 4 (r & 1) (weights).
+        for (int i = threadIdx.x; i < ROWS * 16; i += blockDim.x) {
+            int r = i >> 4, c = i & 15;
+            uint4* dst = (uint4*)(xd + r * 256 + ((c ^ (r & 1)) << 4));
             if (r < rows)
-                __pipeline_memcpy_async((uint4*)(xd + r * G8_AS + c), (const uint4*)(x + (size_t)(m0 + r) * k + kb * G8_K + c), 16);
+                __pipeline_memcpy_async(dst, (const uint4*)(x + (size_t)(m0 + r) * k + kb * G8_K) + c, 16);
             else
-                *(uint4*)(xd + r * G8_AS + c) = make_uint4(0, 0, 0, 0);
+                *dst = make_uint4(0, 0, 0, 0);
         }
-        for (int i = threadIdx.x; i < G8_N * G8_K / 16; i += blockDim.x) {
-            int r = i / (G8_K / 16), c = (i % (G8_K / 16)) * 16;
-            __pipeline_memcpy_async((uint4*)(wd + r * G8_K + c), (const uint4*)(w + (size_t)(n0 + r) * k + kb * G8_K + c), 16);
+        for (int i = threadIdx.x; i < G8_N * 8; i += blockDim.x) {
+            int r = i >> 3, c = i & 7;
+            __pipeline_memcpy_async((uint4*)(wd + r * 128 + ((c ^ ((r & 1) << 2)) << 4)),
+                                    (const uint4*)(w + (size_t)(n0 + r) * k + kb * G8_K) + c, 16);
         }
-        __pipeline_commit();
     };
-    float acc[G8_N / 8][4];
+    float acc[MT][4][4];
 #pragma unroll
-    for (int i = 0; i < G8_N / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    // Lane offsets of the ldmatrix row addresses (as in attn_prefill).
-    const T* arow = xs + (warp * 16 + (lane & 15)) * G8_AS + (lane >> 4) * 8;
-    const int boff = (((lane >> 4) << 3) + (lane & 7)) * G8_AS + ((lane >> 3) & 1) * 8;
-    if (kb0 < kb1) load(kb0, 0);
-    for (int kb = kb0; kb < kb1; kb++) {
-        int stage = (kb - kb0) & 1;
-        if (kb + 1 < kb1) {
-            __pipeline_wait_prior(0);
-            __syncthreads();  // this stage has landed; the other one's readers are done
-            load(kb + 1, stage ^ 1);
-        } else {
-            __pipeline_wait_prior(0);
-            __syncthreads();
-        }
-        // Decode this stage's weight bytes with their block's factor.
-        float f = scale[(size_t)nb * kblocks + kb];
-        const uint8_t* wsrc = wraw + stage * G8_N * G8_K;
-        for (int i = threadIdx.x; i < G8_N * G8_K / 16; i += blockDim.x) {
-            int r = i / (G8_K / 16), c = (i % (G8_K / 16)) * 16;
-            f8x16_store<T>(*(const uint4*)(wsrc + r * G8_K + c), f, wt + r * G8_AS + c);
-        }
-        __syncthreads();
-        const T* xa = arow + stage * G8_M * G8_AS;
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int kk = 0; kk < G8_K / 16; kk++) {
-            uint32_t a[4];
-            ldsm4(a, xa + kk * 16);
-            mma_rows<T, G8_N / 8>(acc, a, wt + boff + kk * 16, G8_AS);
-        }
-        __syncthreads();  // wt is decoded afresh next step
+        for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+    float fcur = 1.f;  // the factor acc is counted in
+#pragma unroll
+    for (int s = 0; s < G8_STAGES - 1; s++) {
+        if (s < steps) load(kb0 + s, s);
+        __pipeline_commit();
     }
-    int r0 = warp * 16 + g, r1 = r0 + 8;
+    for (int it = 0; it < steps; it++) {
+        float f = __ldg(factors + kb0 + it);
+        __pipeline_wait_prior(G8_STAGES - 2);
+        __syncthreads();  // step it has landed; every warp is done with the stage loaded next
+        if (it + G8_STAGES - 1 < steps) load(kb0 + it + G8_STAGES - 1, (it + G8_STAGES - 1) % G8_STAGES);
+        __pipeline_commit();
+        if (f == 0.f) continue;  // a zero block adds nothing
+        float rescale = fcur / f;
+        fcur = f;
 #pragma unroll
-    for (int nt = 0; nt < G8_N / 8; nt++) {
-        int c = n0 + nt * 8 + 2 * t4;
-        if (gridDim.z == 1) {
-            if (r0 < rows) *(uint32_t*)(y + (size_t)(m0 + r0) * n + c) = pack2<T>(acc[nt][0], acc[nt][1]);
-            if (r1 < rows) *(uint32_t*)(y + (size_t)(m0 + r1) * n + c) = pack2<T>(acc[nt][2], acc[nt][3]);
-        } else {
-            float* p = part + (size_t)blockIdx.z * m * n;
-            if (r0 < rows) *(float2*)(p + (size_t)(m0 + r0) * n + c) = make_float2(acc[nt][0], acc[nt][1]);
-            if (r1 < rows) *(float2*)(p + (size_t)(m0 + r1) * n + c) = make_float2(acc[nt][2], acc[nt][3]);
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[mt][nt][i] *= rescale;
+        const unsigned char* xs = smem + (it % G8_STAGES) * (XS + WS);
+        const unsigned char* ws = xs + XS;
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            // This lane's weight fragments of steps 4q .. 4q + 3, for its 4 column tiles.
+            uint32_t bo[4][4], be[4][4];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                int r = warp * 32 + nt * 8 + g;
+                uint4 v = *(const uint4*)(ws + r * 128 + (((4 * q + t4) ^ ((r & 1) << 2)) << 4));
+                e4m3x4_split<T>(v.x, bo[nt][0], be[nt][0]);
+                e4m3x4_split<T>(v.y, bo[nt][1], be[nt][1]);
+                e4m3x4_split<T>(v.z, bo[nt][2], be[nt][2]);
+                e4m3x4_split<T>(v.w, bo[nt][3], be[nt][3]);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                int r0 = mt * 16 + g, r1 = r0 + 8;  // same parity
+                int c0 = ((8 * q + 2 * t4) ^ (r0 & 1)) << 4, c1 = ((8 * q + 2 * t4 + 1) ^ (r0 & 1)) << 4;
+                uint4 lo0 = *(const uint4*)(xs + r0 * 256 + c0), hi0 = *(const uint4*)(xs + r0 * 256 + c1);
+                uint4 lo1 = *(const uint4*)(xs + r1 * 256 + c0), hi1 = *(const uint4*)(xs + r1 * 256 + c1);
+                uint32_t u[2][8] = {{lo0.x, lo0.y, lo0.z, lo0.w, hi0.x, hi0.y, hi0.z, hi0.w},
+                                    {lo1.x, lo1.y, lo1.z, lo1.w, hi1.x, hi1.y, hi1.z, hi1.w}};
+#pragma unroll
+                for (int s = 0; s < 4; s++) {
+                    uint32_t a[4] = {prmt(u[0][2 * s], u[0][2 * s + 1], 0x7632), prmt(u[1][2 * s], u[1][2 * s + 1], 0x7632),
+                                     prmt(u[0][2 * s], u[0][2 * s + 1], 0x5410), prmt(u[1][2 * s], u[1][2 * s + 1], 0x5410)};
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++) {
+                        uint32_t b[2] = {bo[nt][s], be[nt][s]};
+                        mma16816<T>(acc[mt][nt], a, b);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        int r0 = mt * 16 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            int c = n0 + warp * 32 + nt * 8 + 2 * t4;
+            float v0 = acc[mt][nt][0] * fcur, v1 = acc[mt][nt][1] * fcur;
+            float v2 = acc[mt][nt][2] * fcur, v3 = acc[mt][nt][3] * fcur;
+            if (gridDim.z == 1) {
+                if (r0 < rows) *(uint32_t*)(y + (size_t)(m0 + r0) * n + c) = pack2<T>(v0, v1);
+                if (r1 < rows) *(uint32_t*)(y + (size_t)(m0 + r1) * n + c) = pack2<T>(v2, v3);
+            } else {
+                float* p = part + (size_t)blockIdx.z * m * n;
+                if (r0 < rows) *(float2*)(p + (size_t)(m0 + r0) * n + c) = make_float2(v0, v1);
+                if (r1 < rows) *(float2*)(p + (size_t)(m0 + r1) * n + c) = make_float2(v2, v3);
+            }
         }
     }
 }
@@ -231,12 +307,14 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
     FP8_GEMV(T, S, 6) FP8_GEMV(T, S, 7) FP8_GEMV(T, S, 8) FP8_GEMV1(T, S, 2) FP8_GEMV1(T, S, 4)              \
     FP8_GEMV1(T, S, 8)
 
+#define FP8_GEMM_M(T, S, MT)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) gemm_fp8_m##MT##_##S(const T* x, const uint8_t* w,         \
+                                                                           const float* scale, float* part,     \
+                                                                           T* y, int m, int n, int k) {         \
+        gemm_fp8<T, MT>(x, w, scale, part, y, m, n, k);                                                        \
+    }
 #define FP8_GEMM(T, S)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(128) gemm_fp8_##S(const T* x, const uint8_t* w,               \
-                                                                   const float* scale, float* part, T* y,      \
-                                                                   int m, int n, int k) {                      \
-        gemm_fp8<T>(x, w, scale, part, y, m, n, k);                                                            \
-    }                                                                                                          \
+    FP8_GEMM_M(T, S, 1) FP8_GEMM_M(T, S, 2) FP8_GEMM_M(T, S, 3) FP8_GEMM_M(T, S, 4)                          \
     extern "C" __global__ void gemm_fp8_reduce_##S(const float* part, T* y, int splits, size_t total) {        \
         gemm_fp8_reduce<T>(part, y, splits, total);                                                            \
     }
