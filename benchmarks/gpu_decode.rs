@@ -342,6 +342,15 @@ fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
             let scale_out = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let time = |f: &dyn Fn()| best_of_3(device, 10, f);
             let t_gemm = time(&|| drop(k.gemm_fp8(&x, &bytes, &scale).unwrap()));
+            // The split of k the kernel chooses against others, at the same shape.
+            let sweep: serde_json::Map<String, Value> = [1usize, 2, 3, 4, 6, 8, 12]
+                .iter()
+                .filter(|&&sp| kk / 128 / sp >= 3)
+                .map(|&sp| {
+                    let t = time(&|| drop(k.gemm_fp8_split(&x, &bytes, &scale, Some(sp)).unwrap()));
+                    (sp.to_string(), json!(r(t * 1e6)))
+                })
+                .collect();
             let t_deq = time(&|| drop(x.matmul(&k.dequantize_fp8(&bytes, &scale).unwrap().t().unwrap()).unwrap()));
             let t_bf16 = time(&|| drop(x.matmul(&dense.t().unwrap()).unwrap()));
             out.insert(
@@ -350,7 +359,8 @@ fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
                        "gemm_fp8_us": r(t_gemm * 1e6), "dequantize_then_cublas_us": r(t_deq * 1e6),
                        "bf16_cublas_us": r(t_bf16 * 1e6),
                        "gemm_fp8_over_bf16_speed": r(t_bf16 / t_gemm),
-                       "weight_tb_per_s": r((n * kk) as f64 / t_gemm / 1e12)}),
+                       "weight_tb_per_s": r((n * kk) as f64 / t_gemm / 1e12),
+                       "gemm_fp8_us_by_splits": sweep}),
             );
         }
     }

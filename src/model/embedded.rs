@@ -113,16 +113,10 @@ fn parse_dtype(spec: Option<&str>, device: &Device) -> Result<(DType, bool), Gen
         Some("bf16") => Ok((DType::BF16, false)),
         Some("f16") => Ok((DType::F16, false)),
         Some("fp8") if device.is_cpu() => Ok((DType::F32, true)),
-        // On CUDA the activations stay in bf16; the projections read E4M3 bytes. Opt-in: measured
-        // faster than bf16 at one row only (an H100, 2026-12-06: 1.24x at batch 1, 0.73x at 32
-        // and 0.76x at 64 through gemm_fp8, which decodes the weight to bf16 in shared memory).
-        Some("fp8") if std::env::var("SUBGOAL_CUDA_FP8").is_ok_and(|v| v == "1") => Ok((DType::BF16, true)),
-        Some("fp8") => Err(GenError::Invalid(
-            "--dtype fp8 on CUDA is opt-in (SUBGOAL_CUDA_FP8=1): it decodes one row 1.24x faster than bf16 \
-             on an H100, but batches of 32-64 rows at 0.73-0.76x of bf16 (see docs/models.md, FP8); \
-             --kv-dtype fp8 needs no opt-in"
-                .into(),
-        )),
+        // On CUDA the activations stay in bf16; the projections read E4M3 bytes (measured on an
+        // H100 at the 7B shape, 2026-12-06: 1.24x bf16's decode rate at one row, 1.11x at 16,
+        // 1.03x at 32, 0.96x at 64; docs/models.md, FP8).
+        Some("fp8") => Ok((DType::BF16, true)),
         Some(other) => Err(GenError::Invalid(format!("dtype {other:?}: expected f32, bf16, f16 or fp8"))),
     }
 }

@@ -169,6 +169,20 @@ impl Module {
         Ok(m)
     }
 
+    /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel
+    /// `name` an SM holds at once.
+    fn resident_blocks(&self, name: &str, threads: u32, smem: usize) -> Result<usize> {
+        let f = *self.funcs.get(name).ok_or_else(|| candle_core::Error::Msg(format!("kernel {name} not loaded")))?;
+        let err = |e: DriverError| candle_core::Error::Msg(format!("{name}: occupancy: {e}"));
+        self.ctx.bind_to_thread().map_err(err)?;
+        let mut blocks: std::ffi::c_int = 0;
+        // SAFETY: a function of the loaded module, and a place for the count.
+        unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, smem) }
+            .result()
+            .map_err(err)?;
+        Ok(blocks.max(0) as usize)
+    }
+
     /// Launches `name` on `stream`, with the programmatic-stream-serialization attribute when
     /// `pdl`.
     ///
@@ -283,6 +297,8 @@ pub struct Kernels {
     gemv_split: [Option<usize>; 3],
     /// Streaming multiprocessors of the device.
     sms: usize,
+    /// Blocks of each `GEMM_FP8` kernel an SM holds at once (its shared memory and registers).
+    gemm_fp8_resident: [usize; 4],
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
@@ -450,6 +466,12 @@ impl Kernels {
         // no `griddepcontrol.wait` (decode.cu compiles it out), and its kernels must not overlap.
         let pdl = major >= 9 && ptx_target() >= 90 && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0");
         let module = Module::load(&stream, &entries, pdl)?;
+        let mut gemm_fp8_resident = [1; 4];
+        for (i, name) in GEMM_FP8.iter().enumerate() {
+            if module.funcs.contains_key(name) {
+                gemm_fp8_resident[i] = module.resident_blocks(name, 128, gemm_fp8_smem(i + 1))?.max(1);
+            }
+        }
         Ok(Some(Kernels {
             dev: dev.clone(),
             stream,
@@ -458,6 +480,7 @@ impl Kernels {
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
             sms: sms.max(1) as usize,
+            gemm_fp8_resident,
             counters: Default::default(),
         }))
     }
@@ -747,6 +770,12 @@ impl Kernels {
     /// registers (`gemm_fp8`, fp8.cu); `None` where it does not run (f32, or n or k not a multiple
     /// of 128).
     pub fn gemm_fp8(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Option<Tensor>> {
+        self.gemm_fp8_split(x, w, scale, None)
+    }
+
+    /// `gemm_fp8` with k split into `splits` parts (`None`: as `fp8::gemm_splits` chooses), for
+    /// benchmarks that compare split choices.
+    pub fn gemm_fp8_split(&self, x: &Tensor, w: &Tensor, scale: &Tensor, splits: Option<usize>) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
         // 16-row tiles per block: as many as the rows fill, up to 4.
@@ -761,9 +790,8 @@ impl Kernels {
             return Ok(None);
         }
         let (nb, mb, kb) = (n / 128, rows.div_ceil(16 * mt), k / 128);
-        // Split k until the grid covers the GPU about twice over, each split keeping at least as
-        // many of k's 128-wide steps as the pipeline has stages.
-        let splits = (2 * self.sms).div_ceil(nb * mb).min(kb / GEMM_FP8_STAGES).max(1);
+        let slots = self.sms * self.gemm_fp8_resident[mt - 1];
+        let splits = splits.unwrap_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES));
         let y = self.empty((rows, n), self.dtype)?;
         let part = if splits > 1 { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
         let scale = scale.contiguous()?;
