@@ -791,7 +791,7 @@ impl Kernels {
         }
         let (nb, mb, kb) = (n / 128, rows.div_ceil(16 * mt), k / 128);
         let slots = self.sms * self.gemm_fp8_resident[mt - 1];
-        let splits = splits.unwrap_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES));
+        let splits = splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
         let y = self.empty((rows, n), self.dtype)?;
         let part = if splits > 1 { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
         let scale = scale.contiguous()?;
