@@ -36,27 +36,6 @@ __device__ __forceinline__ float f8(uint8_t b) {
 }
 __device__ __forceinline__ uint8_t to_f8(float x) { return __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3); }
 
-// E4M3 bytes as floats by integer operations alone, for the kernels that decode every byte they
-// stream (the FP8 weights' few-row product, the FP8 cache's decode attention): the conversions
-// above run at a quarter of the integer rate, and at 1.5 to 2 of them a byte they bounded those
-// kernels below the HBM limit. A byte's sign, exponent and mantissa moved into an f32 (sign to bit
-// 31, the other seven bits to bits 20..26) are its value times 2^-120, subnormals included (they
-// land on f32 subnormals, which these kernels keep: no flush to zero); callers take 2^-120 back
-// once, on a sum. The NaN codes (0x7F, 0xFF) come out finite: the cache writes none and loading
-// refuses checkpoints that hold them.
-constexpr float E4M3_RAW_SCALE = 0x1p120f;
-// Byte k (0..3) of w: shifted to the top, then an arithmetic shift by 4 puts its seven low bits
-// at 20..26 and copies its sign down to bit 27, which the mask drops with the lower bytes.
-template <int K> __device__ __forceinline__ float f8_raw(uint32_t w) {
-    return __uint_as_float((uint32_t)((int32_t)(w << (24 - 8 * K)) >> 4) & 0x87F00000u);
-}
-__device__ __forceinline__ void f8x4_raw(uint32_t w, float* out) {
-    out[0] = f8_raw<0>(w);
-    out[1] = f8_raw<1>(w);
-    out[2] = f8_raw<2>(w);
-    out[3] = f8_raw<3>(w);
-}
-
 // Programmatic dependent launch (sm_90 and later; `fused.rs` launches with it where the device has
 // it): the next kernel on the stream may be scheduled once every block of this one has started,
 // so its launch overlaps this one's tail; each kernel then waits here, before its first read,

@@ -75,12 +75,9 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         float wf[GEMV_COLS][V];
 #pragma unroll
         for (int c = 0; c < GEMV_COLS; c++) {
-            // The weights times 2^-120 (f8x4_raw), taken back once on the sums below.
             uint4 b = __ldcs((const uint4*)(wr[c] + i));
-            f8x4_raw(b.x, wf[c]);
-            f8x4_raw(b.y, wf[c] + 4);
-            f8x4_raw(b.z, wf[c] + 8);
-            f8x4_raw(b.w, wf[c] + 12);
+            fp8x8_to_f(b.x, b.y, wf[c]);
+            fp8x8_to_f(b.z, b.w, wf[c] + 8);
         }
         float f[GEMV_COLS];
 #pragma unroll
@@ -105,8 +102,6 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
             for (int c = 0; c < GEMV_COLS; c++) acc[c * M + m] += part[c] * f[c];
         }
     }
-#pragma unroll
-    for (int j = 0; j < GEMV_COLS * M; j++) acc[j] *= E4M3_RAW_SCALE;
     if (!unit_sum<KS>(acc)) return;
     gemv_store<T, M>(acc, res, y, col0, n);
 }

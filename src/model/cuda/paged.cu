@@ -49,23 +49,17 @@ __device__ void rope_kv_paged(const T* qkv, int stride, T* q_out, T* kc, T* vc, 
 // magnitude over 448, as fp8.rs's quantize_rows on the CPU. The rows are stored unrotated (the
 // CPU cache's Hadamard rotation is not applied here).
 
-// One cache element as a float: a 16-bit or f32 value, or an E4M3 byte times 2^-120 (f8x4_raw;
-// the caller applies the row factor and takes the 2^-120 back).
+// One cache element as a float: a 16-bit or f32 value, or an E4M3 byte (its row factor applied
+// by the caller).
 template <typename T> __device__ __forceinline__ float kv_f(T x) { return to_f(x); }
-__device__ __forceinline__ float kv_f(uint8_t x) { return f8_raw<0>(x); }
+__device__ __forceinline__ float kv_f(uint8_t x) { return f8(x); }
 
-// N consecutive cache elements (N even; p aligned to N elements) as floats, E4M3 bytes as kv_f
-// gives them.
+// N consecutive cache elements (N even; p aligned to N elements) as floats.
 template <int N> __device__ __forceinline__ void kv_row(const uint8_t* p, float* out) {
-    if constexpr (N % 4 == 0) {
 #pragma unroll
-        for (int e = 0; e < N; e += 4) f8x4_raw(*(const uint32_t*)(p + e), out + e);
-    } else {
-#pragma unroll
-        for (int e = 0; e < N; e += 2) {
-            uint32_t w = *(const uint16_t*)(p + e);
-            out[e] = f8_raw<0>(w), out[e + 1] = f8_raw<1>(w);
-        }
+    for (int e = 0; e < N; e += 2) {
+        float2 v = f8x2(*(const uint16_t*)(p + e));
+        out[e] = v.x, out[e + 1] = v.y;
     }
 }
 template <int N, typename T> __device__ __forceinline__ void kv_row(const T* p, float* out) {
@@ -188,7 +182,7 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
             kv_row<EPL>(ks + j * D + lane * EPL, kv);
 #pragma unroll
             for (int e = 0; e < EPL; e++) a += qv[e] * kv[e];
-            if constexpr (F8) a = a * kf[j] * E4M3_RAW_SCALE;
+            if constexpr (F8) a *= kf[j];
         }
         sc[p] = a;
     }
@@ -221,7 +215,7 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
         float a = 0.f;
 #pragma unroll 8
         for (int j = 0; j < n; j++) a += pw[j] * kv_f(vs[j * D + x]);
-        out[x] = F8 ? a * E4M3_RAW_SCALE : a;
+        out[x] = a;
     }
     if (threadIdx.x == 0) out[D] = m, out[D + 1] = l;
     __shared__ bool last;
