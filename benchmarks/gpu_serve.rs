@@ -34,7 +34,9 @@
 //!   figures under `engine_fp8_cache` and its speed-up over the bf16 cache beside them.
 //! - `--fp8`: the same again with the weights in FP8 too (`--dtype fp8 --kv-dtype fp8`: E4M3 with
 //!   128×128 block factors, quantized from the same random weights; the output head stays bf16),
-//!   under `engine_fp8_weights_fp8_cache`, with its speed-up over the bf16 engine.
+//!   under `engine_fp8_weights_fp8_cache`, with its speed-up over the bf16 engine. The bf16 model
+//!   stays loaded beside it, so its cache gets the memory both models leave (as the bf16 runs'
+//!   does), not the 6.5 GB more an FP8 model alone would leave.
 //! - Beside each engine figure, the memory-bandwidth limit at the occupancy the engine ran at:
 //!   every step reads the weights once and each decode row's cached positions (and, with a
 //!   shared prefix read once per request, less).

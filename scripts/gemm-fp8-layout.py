@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""A lane-by-lane emulation of `gemm_fp8` (src/model/cuda/fp8.cu), the FP8-weight GEMM on tensor
+cores, for checking its data layout without a GPU.
+
+It replays what each lane of each warp does: the swizzled shared-memory writes of a stage, the
+16-byte reads of its weight and activation chunks, the integer decode of E4M3 bytes into 16-bit
+pairs (and the exact multiply that undoes the exponent offset), the `prmt` regrouping of the
+activations, and the per-step factor handling (the sum kept in units of the current factor).
+It assembles each mma.sync m16n8k16 operand from the lanes' registers by the PTX fragment
+layout, and compares the block's output with a float64 product of the dequantized weight. A
+wrong index anywhere gives an O(1) error. Every finite E4M3 code is checked in every byte
+position of a word too.
+
+    python3 scripts/gemm-fp8-layout.py      # needs numpy; prints the errors, exits 1 on a mismatch
+
+Keep it in step with the kernel when the kernel's layout changes.
+"""
+import numpy as np, struct
+rng = np.random.default_rng(1)
+
+def e4m3_val(b):
+    s = -1.0 if b & 0x80 else 1.0
+    e = (b >> 3) & 15; m = b & 7
+    if e == 0: return s * m / 8 * 2.0**-6
+    return s * (1 + m / 8) * 2.0**(e - 7)
+
+def bf16_val(h):
+    return struct.unpack('<f', struct.pack('<I', (h & 0xFFFF) << 16))[0]
+
+def f16_val(h):
+    return float(np.frombuffer(struct.pack('<H', h & 0xFFFF), dtype=np.float16)[0])
+
+def split(w, kind):
+    if kind == 'bf16':
+        o = (w & 0x80008000) | ((w >> 4) & 0x07F007F0)
+        e = ((w << 8) & 0x80008000) | ((w << 4) & 0x07F007F0)
+        f = lambda h: bf16_val(h) * 2.0**120
+    else:
+        o = (w & 0x80008000) | ((w >> 1) & 0x3F803F80)
+        e = ((w << 8) & 0x80008000) | ((w << 7) & 0x3F803F80)
+        f = lambda h: f16_val(h) * 2.0**8
+    o &= 0xFFFFFFFF; e &= 0xFFFFFFFF
+    return (f(o & 0xFFFF), f(o >> 16)), (f(e & 0xFFFF), f(e >> 16))
+
+def prmt(lo, hi, sel):
+    bs = [(lo >> (8*i)) & 255 for i in range(4)] + [(hi >> (8*i)) & 255 for i in range(4)]
+    return sum(bs[(sel >> (4*i)) & 7] << (8*i) for i in range(4))
+
+# Every finite code decodes exactly, in each byte position of a word.
+for kind in ['bf16', 'f16']:
+    for b in range(256):
+        if b & 0x7F == 0x7F: continue
+        for pos in range(4):
+            w = b << (8*pos)
+            o, e = split(w, kind)
+            vals = [e[0], o[0], e[1], o[1]]  # bytes 0,1,2,3
+            for p in range(4):
+                want = e4m3_val(b) if p == pos else 0.0
+                assert vals[p] == want or (want == 0 and vals[p] == 0), (kind, hex(b), pos, p, vals[p], want)
+print("decode ok")
+
+def run(m, n, k, MT, kind):
+    ROWS = 16*MT
+    wbytes = rng.integers(0, 256, size=(n, k), dtype=np.uint8)
+    wbytes[(wbytes & 0x7F) == 0x7F] = 0x3C
+    kb = k // 128
+    scale = rng.uniform(0.5, 2.0, size=(n // 128, kb)); scale[0, 1 % kb] = 0.0
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    # The activations as f16 codes: the kernel only moves them as 16-bit lanes, so one format
+    # stands for both (the weights' decode is checked in each).
+    xv = x.astype(np.float16).astype(np.float64)
+    # 16-bit codes of x (we use float16 codes for both kinds: the emulation only moves 16-bit lanes)
+    xcode = x.astype(np.float16).view(np.uint16)
+    table = np.array([e4m3_val(b) if b & 0x7F != 0x7F else 0 for b in range(256)])
+    ref = xv @ (table[wbytes] * np.repeat(np.repeat(scale, 128, 0), 128, 1)).T
+    y = np.zeros((m, n))
+    for bx in range(n // 128):
+        for by in range((m + ROWS - 1) // ROWS):
+            n0, m0 = bx*128, by*ROWS
+            rows = min(ROWS, m - m0)
+            acc = {}
+            fcur = 1.0
+            for it in range(kb):
+                f = scale[bx, it]
+                # smem
+                xs = np.zeros(ROWS*256, dtype=np.uint8); ws = np.zeros(128*128, dtype=np.uint8)
+                for r in range(ROWS):
+                    for c in range(16):
+                        d = r*256 + ((c ^ (r & 1)) << 4)
+                        if r < rows:
+                            xs[d:d+16] = xcode[m0+r, it*128 + c*8: it*128 + c*8 + 8].view(np.uint8)
+                for r in range(128):
+                    for c in range(8):
+                        d = r*128 + ((c ^ ((r & 1) << 2)) << 4)
+                        ws[d:d+16] = wbytes[n0+r, it*128 + c*16: it*128 + c*16 + 16]
+                if f == 0: continue
+                rs = fcur / f; fcur = f
+                for key in acc: acc[key] = [v*rs for v in acc[key]]
+                word = lambda buf, off: int(buf[off]) | int(buf[off+1]) << 8 | int(buf[off+2]) << 16 | int(buf[off+3]) << 24
+                for q in range(2):
+                    for warp in range(4):
+                        # per lane fragments, then assemble matrices per mma
+                        B = {}  # (nt, s) -> 16x8 matrix
+                        for nt in range(4):
+                            for s in range(4):
+                                B[(nt, s)] = np.zeros((16, 8))
+                        for lane in range(32):
+                            g, t4 = lane >> 2, lane & 3
+                            for nt in range(4):
+                                r = warp*32 + nt*8 + g
+                                base = r*128 + (((4*q + t4) ^ ((r & 1) << 2)) << 4)
+                                for s in range(4):
+                                    o, e = split(word(ws, base + 4*s), kind)
+                                    Bm = B[(nt, s)]
+                                    Bm[2*t4, g], Bm[2*t4+1, g] = o
+                                    Bm[2*t4+8, g], Bm[2*t4+9, g] = e
+                        for mt in range(MT):
+                            for s in range(4):
+                                A = np.zeros((16, 16))
+                                for lane in range(32):
+                                    g, t4 = lane >> 2, lane & 3
+                                    r0 = mt*16 + g; r1 = r0 + 8
+                                    c0 = ((8*q + 2*t4) ^ (r0 & 1)) << 4; c1 = ((8*q + 2*t4 + 1) ^ (r0 & 1)) << 4
+                                    u = []
+                                    for rr in (r0, r1):
+                                        lo = [word(xs, rr*256 + c0 + 4*i) for i in range(4)]
+                                        hi = [word(xs, rr*256 + c1 + 4*i) for i in range(4)]
+                                        u.append(lo + hi)
+                                    a = [prmt(u[0][2*s], u[0][2*s+1], 0x7632), prmt(u[1][2*s], u[1][2*s+1], 0x7632),
+                                         prmt(u[0][2*s], u[0][2*s+1], 0x5410), prmt(u[1][2*s], u[1][2*s+1], 0x5410)]
+                                    h = lambda v: f16_val(v)
+                                    A[g, 2*t4], A[g, 2*t4+1] = h(a[0] & 0xFFFF), h(a[0] >> 16)
+                                    A[g+8, 2*t4], A[g+8, 2*t4+1] = h(a[1] & 0xFFFF), h(a[1] >> 16)
+                                    A[g, 2*t4+8], A[g, 2*t4+9] = h(a[2] & 0xFFFF), h(a[2] >> 16)
+                                    A[g+8, 2*t4+8], A[g+8, 2*t4+9] = h(a[3] & 0xFFFF), h(a[3] >> 16)
+                                for nt in range(4):
+                                    C = A @ B[(nt, s)]
+                                    key = (warp, mt, nt)
+                                    cur = acc.get(key, np.zeros((16, 8)))
+                                    acc[key] = cur + C
+            for (warp, mt, nt), C in acc.items():
+                for rr in range(16):
+                    if mt*16 + rr < rows:
+                        y[m0 + mt*16 + rr, n0 + warp*32 + nt*8: n0 + warp*32 + nt*8 + 8] = C[rr] * fcur
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    print(m, n, k, MT, kind, "max rel err", err)
+    assert err < 1e-9
+
+run(20, 128, 256, 2, 'bf16')
+run(9, 256, 128, 1, 'f16')
+run(50, 128, 384, 4, 'bf16')
