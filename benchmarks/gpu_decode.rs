@@ -320,9 +320,12 @@ fn attention_alone(k: &Kernels, p: usize, device: &Device) -> Value {
 /// cuBLAS (best of 3 runs of 10 launches).
 fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
     let mut out = serde_json::Map::new();
-    for (name, n, kk) in
-        [("qkv", 3 * HIDDEN, HIDDEN), ("o", HIDDEN, HIDDEN), ("gate_up", 2 * INTERMEDIATE, HIDDEN), ("down", HIDDEN, INTERMEDIATE)]
-    {
+    for (name, n, kk) in [
+        ("qkv", 3 * HIDDEN, HIDDEN),
+        ("o", HIDDEN, HIDDEN),
+        ("gate_up", 2 * INTERMEDIATE, HIDDEN),
+        ("down", HIDDEN, INTERMEDIATE),
+    ] {
         let host: Vec<f32> = (0..n * kk).map(|i| (((i * 7919) % 1999) as f32 - 999.0) * 0.02 / 999.0).collect();
         let q = subgoal::model::fp8::BlockFp8::quantize(&host, n, kk).unwrap();
         let exact = Tensor::from_vec(q.dequantize(), (n, kk), device).unwrap();

@@ -316,7 +316,8 @@ fn main() {
     } else {
         // The Prover-V2-7B shape (its weights kept for the FP8 model of `--fp8`).
         let weights = Model::random_weights(&cfg, &device, DType::BF16).expect("random weights");
-        let model = Arc::new(Model::from_weights(cfg.clone(), weights.clone(), &device, DType::BF16, false).expect("model"));
+        let model =
+            Arc::new(Model::from_weights(cfg.clone(), weights.clone(), &device, DType::BF16, false).expect("model"));
         let weight_bytes = weight_bytes(&cfg, 2.0);
 
         progress("model", &json!({"weight_bytes": weight_bytes}));

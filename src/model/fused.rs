@@ -775,7 +775,13 @@ impl Kernels {
 
     /// `gemm_fp8` with k split into `splits` parts (`None`: as `fp8::gemm_splits` chooses), for
     /// benchmarks that compare split choices.
-    pub fn gemm_fp8_split(&self, x: &Tensor, w: &Tensor, scale: &Tensor, splits: Option<usize>) -> Result<Option<Tensor>> {
+    pub fn gemm_fp8_split(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        scale: &Tensor,
+        splits: Option<usize>,
+    ) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
         // 16-row tiles per block: as many as the rows fill, up to 4.
