@@ -19,6 +19,10 @@ use subgoal::model::engine::EngineOptions;
 use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 use subgoal::model::{GenRequest, Generator, Prompt, SamplingParams};
 
+#[path = "gpu_common.rs"]
+#[allow(dead_code)]
+mod gpu_common;
+
 const PROMPTS: [&str; 16] = [
     "Theorem: for every natural number n, n + 0 = n. Proof:",
     "import Mathlib\n\ntheorem add_comm' (a b : ℕ) : a + b = b + a := by\n",
@@ -261,14 +265,7 @@ fn one_projection() -> serde_json::Value {
     };
     // The least cosine over the rows.
     let cosine = |a: &[f32], b: &[f32]| -> f64 {
-        (0..ROWS)
-            .map(|r| {
-                let (a, b) = (&a[r * N..(r + 1) * N], &b[r * N..(r + 1) * N]);
-                let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-                let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                dot / (n(a) * n(b))
-            })
-            .fold(f64::INFINITY, f64::min)
+        a.chunks(N).zip(b.chunks(N)).map(|(a, b)| gpu_common::cosine(a, b)).fold(f64::INFINITY, f64::min)
     };
     let rel = |q: &[f32]| -> f64 {
         let e: f64 = w.iter().zip(q).map(|(a, b)| ((a - b) as f64).powi(2)).sum();

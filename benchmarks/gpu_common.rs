@@ -1,5 +1,6 @@
-//! What the GPU benchmarks share: the GPU's name and HBM bandwidth, the comparison of two paths'
-//! logits, and the fused CUDA decode step checked against the generic one.
+//! What the GPU benchmarks (and `fp8_accuracy`, for `cosine`) share: the GPU's name and HBM
+//! bandwidth, the comparison of two paths' logits, and the fused CUDA decode step checked against
+//! the generic one.
 
 use candle_core::{DType, Tensor};
 use serde_json::{json, Value};

@@ -165,6 +165,13 @@ fn weight_bytes_fp8(cfg: &Config) -> f64 {
     weight_bytes(cfg, 1.0 + 4.0 / (128.0 * 128.0))
 }
 
+/// Bytes of keys and values a cached position holds across the layers: bf16, or (`fp8`) a byte
+/// per element and an f32 factor per (position, head) row.
+fn kv_bytes_per_token(cfg: &Config, fp8: bool) -> f64 {
+    let row = if fp8 { cfg.head_dim + 4 } else { 2 * cfg.head_dim };
+    (2 * cfg.layers * cfg.kv_heads * row) as f64
+}
+
 /// Engine report `a`'s tokens/s over `b`'s.
 fn rate_ratio(a: &Value, b: &Value) -> Value {
     json!(r(a["tokens_per_s"].as_f64().unwrap_or(0.0) / b["tokens_per_s"].as_f64().unwrap_or(f64::NAN)))
@@ -304,11 +311,10 @@ fn main() {
     // after a first one may find its memory not yet returned).
     let only_trt = args.iter().any(|a| a == "--only-trt");
     let cfg = Config::llama_7b(layers, 102400);
-    let kv_bytes = (2 * cfg.layers * cfg.kv_heads * cfg.head_dim * 2) as f64;
+    let kv_bytes = kv_bytes_per_token(&cfg, false);
     let kv_fp8 = args.iter().any(|a| a == "--kv-fp8");
     let fp8 = args.iter().any(|a| a == "--fp8");
-    // A byte per element and an f32 factor per (token, head) row.
-    let kv_bytes_fp8 = (2 * cfg.layers * cfg.kv_heads * (cfg.head_dim + 4)) as f64;
+    let kv_bytes_fp8 = kv_bytes_per_token(&cfg, true);
     let t0 = Instant::now();
     let progress = |what: &str, v: &Value| eprintln!("[{:7.1}s] {what}: {v}", t0.elapsed().as_secs_f64());
     let (parity, b1, passk) = if only_trt {
@@ -472,7 +478,7 @@ fn main() {
     };
     // TensorRT-LLM's Llama-2-7B shapes.
     let cfg2 = Config::llama_7b(32, 32000);
-    let kv2 = (2 * cfg2.layers * cfg2.kv_heads * cfg2.head_dim * 2) as f64;
+    let (kv2, kv2_fp8) = (kv_bytes_per_token(&cfg2, false), kv_bytes_per_token(&cfg2, true));
     let w2 = weight_bytes(&cfg2, 2.0);
     let no_trt = args.iter().any(|a| a == "--no-trt");
     let (model2, model2_fp8) = if no_trt {
@@ -493,15 +499,13 @@ fn main() {
         let mut v = engine_report(wall, tokens, &m, blocks, w2, kv2, bandwidth);
         if kv_fp8 {
             let (wall, tokens, m, blocks) = engine_run(model2, &tok, &jobs, &rt, true);
-            let kv8 = (2 * cfg2.layers * cfg2.kv_heads * (cfg2.head_dim + 4)) as f64;
-            let f = engine_report(wall, tokens, &m, blocks, w2, kv8, bandwidth);
+            let f = engine_report(wall, tokens, &m, blocks, w2, kv2_fp8, bandwidth);
             v["fp8_cache_over_bf16"] = rate_ratio(&f, &v);
             v["engine_fp8_cache"] = f;
         }
         if let Some(m8) = &model2_fp8 {
             let (wall, tokens, m, blocks) = engine_run(m8, &tok, &jobs, &rt, true);
-            let kv8 = (2 * cfg2.layers * cfg2.kv_heads * (cfg2.head_dim + 4)) as f64;
-            let f = engine_report(wall, tokens, &m, blocks, weight_bytes_fp8(&cfg2), kv8, bandwidth);
+            let f = engine_report(wall, tokens, &m, blocks, weight_bytes_fp8(&cfg2), kv2_fp8, bandwidth);
             v["fp8_weights_and_cache_over_bf16"] = rate_ratio(&f, &v);
             v["engine_fp8_weights_fp8_cache"] = f;
         }

@@ -1063,7 +1063,7 @@ impl Kernels {
         };
         // Positions per split: as many as fill the kernel's tile (twice as many in FP8).
         let chunk = ATTN_TILE_BYTES / (d * caches.k.dtype().size_in_bytes());
-        let cascade_kernel = attn_name(&CASCADE, d, fp8).filter(|&n| self.module.funcs.contains_key(n));
+        let cascade_kernel = self.loaded_attn(&CASCADE, d, fp8);
         let cascade = cascade.filter(|c| {
             c.max_shared > 0 && c.row_starts.len() == rows && c.row_lens.len() == rows && cascade_kernel.is_some()
         });
@@ -1129,14 +1129,20 @@ impl Kernels {
         FA_K * tiles.div_ceil(spans)
     }
 
+    /// A family's kernel for head size `d` (over an FP8 cache or not), where this GPU loaded it
+    /// (the tensor-core kernels need more shared memory than some GPUs give).
+    fn loaded_attn(&self, family: &AttnFamily, d: usize, fp8: bool) -> Option<&'static str> {
+        attn_name(family, d, fp8).filter(|name| self.module.funcs.contains_key(name))
+    }
+
     /// Whether shared-prefix attention runs here for head size `d`, over an FP8 cache or not.
     pub fn has_cascade(&self, d: usize, fp8: bool) -> bool {
-        attn_name(&CASCADE, d, fp8).is_some_and(|name| self.module.funcs.contains_key(name))
+        self.loaded_attn(&CASCADE, d, fp8).is_some()
     }
 
     /// Whether the tiled prefill attention runs here for head size `d`, over an FP8 cache or not.
     pub fn has_prefill(&self, d: usize, fp8: bool) -> bool {
-        attn_name(&PREFILL, d, fp8).is_some_and(|name| self.module.funcs.contains_key(name))
+        self.loaded_attn(&PREFILL, d, fp8).is_some()
     }
 
     /// Prefill attention of one prompt chunk: `q` (`[len, heads * d]`, scaled) at positions
@@ -1152,9 +1158,7 @@ impl Kernels {
     ) -> Result<Option<Tensor>> {
         let (_, kv_heads, bs, d) = caches.k.dims4()?;
         let fp8 = caches.scales.is_some();
-        let Some(kernel) = attn_name(&PREFILL, d, fp8).filter(|&n| self.module.funcs.contains_key(n)) else {
-            return Ok(None);
-        };
+        let Some(kernel) = self.loaded_attn(&PREFILL, d, fp8) else { return Ok(None) };
         self.check(q)?;
         self.check_kv(&caches)?;
         let len = q.dim(0)?;

@@ -302,7 +302,7 @@ __device__ __forceinline__ void ldsm4_trans(uint32_t* r, const void* p) {
 
 // acc[0..NT) += A (one 16x16 fragment) times NT 8-column tiles of B whose rows lie in shared
 // memory `stride` elements apart, 8 rows per tile (b: this lane's address in the first tile, as
-// ldsm4 wants it). The attention's S = Q K^T and the FP8 GEMM's x W^T are both this product.
+// ldsm4 wants it). The attention's S = Q K^T.
 template <typename T, int NT>
 __device__ __forceinline__ void mma_rows(float (*acc)[4], const uint32_t* a, const T* b, int stride) {
 #pragma unroll
