@@ -49,22 +49,21 @@ __device__ void rope_kv_paged(const T* qkv, int stride, T* q_out, T* kc, T* vc, 
 // magnitude over 448, as fp8.rs's quantize_rows on the CPU. The rows are stored unrotated (the
 // CPU cache's Hadamard rotation is not applied here).
 
-// One cache element as a float: a 16-bit or f32 value, or an E4M3 byte (its row factor applied
-// by the caller).
-template <typename T> __device__ __forceinline__ float kv_f(T x) { return to_f(x); }
-__device__ __forceinline__ float kv_f(uint8_t x) { return f8(x); }
-
-// N consecutive cache elements (N even; p aligned to N elements) as floats.
+// N consecutive cache elements (p aligned to N elements) as floats: 16-bit or f32 values, or E4M3
+// bytes (N of 2, 4 or 8) decoded times 2^-120 (f8_raw; the caller applies the row factor and
+// takes the 2^-120 back with it).
 template <int N> __device__ __forceinline__ void kv_row(const uint8_t* p, float* out) {
+    static_assert(N == 2 || N % 4 == 0, "E4M3 cache rows are read 2 or 4k bytes a lane");
+    if constexpr (N == 2) {
+        f8_raw<2>(*(const uint16_t*)p, out);
+    } else {
 #pragma unroll
-    for (int e = 0; e < N; e += 2) {
-        float2 v = f8x2(*(const uint16_t*)(p + e));
-        out[e] = v.x, out[e + 1] = v.y;
+        for (int e = 0; e < N; e += 4) f8_raw<4>(*(const uint32_t*)(p + e), out + e);
     }
 }
 template <int N, typename T> __device__ __forceinline__ void kv_row(const T* p, float* out) {
 #pragma unroll
-    for (int e = 0; e < N; e++) out[e] = kv_f(p[e]);
+    for (int e = 0; e < N; e++) out[e] = to_f(p[e]);
 }
 
 // rope_kv_paged into an FP8 cache: q as there; each k (rotated) and v row quantized with its
@@ -123,7 +122,9 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
                            const uint32_t* starts, int span, int slots, int heads, int kv_heads, int bs) {
     pdl_begin();
     // An FP8 cache (KT uint8_t) has a factor per row (ksc, vsc): a score takes its key's, and a
-    // probability its value's before the weighted sum (pw), while the softmax sum takes none.
+    // probability its value's before the weighted sum (pw), while the softmax sum takes none. Its
+    // bytes are decoded times 2^-120 (f8_raw): a score's sum takes F8_RAW_A and its factor
+    // F8_RAW_B; pw takes F8_RAW_A and the weighted sum F8_RAW_B.
     constexpr bool F8 = sizeof(KT) == 1;
     constexpr int D = EPL * 32;
     constexpr int CH = TILE_BYTES / (D * sizeof(KT));
@@ -162,8 +163,8 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
         // The value factors wait in pw until the probabilities multiply them.
         for (int j = threadIdx.x; j < n; j += ATTN_THREADS) {
             size_t row = paged_row(table, begin + j, bs, kv_heads, kh);
-            kf[j] = ksc[row];
-            pw[j] = vsc[row];
+            kf[j] = ksc[row] * F8_RAW_B;
+            pw[j] = vsc[row] * F8_RAW_A;
         }
     }
     float qv[EPL];
@@ -172,29 +173,30 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
     for (int e = 0; e < EPL; e++) qv[e] = to_f(qr[e]);
     __pipeline_wait_prior(1);
     __syncthreads();
+    // Scores of every tile row, the rows past n (never loaded) too: they are dropped below, and
+    // no branch per row is cheaper than the products it would skip.
     float sc[PER_WARP];
 #pragma unroll
     for (int p = 0; p < PER_WARP; p++) {
         int j = warp + p * (ATTN_THREADS / 32);
+        float kv[EPL];
+        kv_row<EPL>(ks + j * D + lane * EPL, kv);
         float a = 0.f;
-        if (j < n) {
-            float kv[EPL];
-            kv_row<EPL>(ks + j * D + lane * EPL, kv);
 #pragma unroll
-            for (int e = 0; e < EPL; e++) a += qv[e] * kv[e];
-            if constexpr (F8) a *= kf[j];
-        }
+        for (int e = 0; e < EPL; e++) a += qv[e] * kv[e];
         sc[p] = a;
     }
+    // Each lane holds a part of every score: warp_sum_deal sums them 32 at a time and leaves
+    // score c0 + lane in lane `lane`, which scales and stores it.
+    constexpr int C = PER_WARP < 32 ? PER_WARP : 32;
+    static_assert(PER_WARP % C == 0 && (C & (C - 1)) == 0, "scores are dealt in powers of two");
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int p = 0; p < PER_WARP; p++) sc[p] += __shfl_xor_sync(0xffffffff, sc[p], o);
-    if (lane == 0) {
-#pragma unroll
-        for (int p = 0; p < PER_WARP; p++) {
-            int j = warp + p * (ATTN_THREADS / 32);
-            if (j < n) ps[j] = sc[p];
+    for (int c0 = 0; c0 < PER_WARP; c0 += C) {
+        float a = warp_sum_deal<C>(sc + c0, lane);
+        int j = warp + (c0 + (lane & (C - 1))) * (ATTN_THREADS / 32);
+        if (lane < C && j < n) {
+            if constexpr (F8) a = a * F8_RAW_A * kf[j];
+            ps[j] = a;
         }
     }
     __syncthreads();
@@ -211,11 +213,39 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
     float l = 0.f;
     for (int j = lane; j < n; j += 32) l += ps[j];
     l = warp_sum(l);
-    for (int x = threadIdx.x; x < D; x += ATTN_THREADS) {
-        float a = 0.f;
+    if constexpr (F8) {
+        // Four columns a thread (one 32-bit read of bytes), the positions dealt round-robin to
+        // ATTN_THREADS / (D / 4) groups whose sums meet in shared memory (the key tile's, free
+        // now): one byte a thread would leave three quarters of each read and of the decode idle.
+        constexpr int CT = D / 4, G = ATTN_THREADS / CT;
+        static_assert(ATTN_THREADS % CT == 0 && G * D * sizeof(float) <= sizeof(ks), "value groups fit");
+        int c4 = (threadIdx.x % CT) * 4, grp = threadIdx.x / CT;
+        float a[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+        for (int j = grp; j < n; j += G) {
+            float v[4];
+            f8_raw<4>(*(const uint32_t*)(vs + j * D + c4), v);
+            float p = pw[j];
+#pragma unroll
+            for (int e = 0; e < 4; e++) a[e] += p * v[e];
+        }
+        float* red = (float*)ks;
+#pragma unroll
+        for (int e = 0; e < 4; e++) red[grp * D + c4 + e] = a[e];
+        __syncthreads();
+        for (int x = threadIdx.x; x < D; x += ATTN_THREADS) {
+            float t = 0.f;
+#pragma unroll
+            for (int g2 = 0; g2 < G; g2++) t += red[g2 * D + x];
+            out[x] = t * F8_RAW_B;
+        }
+    } else {
+        for (int x = threadIdx.x; x < D; x += ATTN_THREADS) {
+            float a = 0.f;
 #pragma unroll 8
-        for (int j = 0; j < n; j++) a += pw[j] * kv_f(vs[j * D + x]);
-        out[x] = a;
+            for (int j = 0; j < n; j++) a += pw[j] * to_f(vs[j * D + x]);
+            out[x] = a;
+        }
     }
     if (threadIdx.x == 0) out[D] = m, out[D + 1] = l;
     __shared__ bool last;
