@@ -22,6 +22,11 @@
 //! so every step reads every row's keys and values), and the FP8 cache's logits against bf16's
 //! on one sequence (its prompt, then 16 greedy steps). With `--fp8`, the FP8 weights decode over
 //! both caches too.
+//!
+//! `--gemm-only` runs only the FP8 GEMM's check (no model): `gemm_fp8` at the 7B shape's
+//! projections and 16 to 256 rows against the f32 product, cuBLAS in bf16 and dequantizing for
+//! cuBLAS, a sweep of split counts, and every `gemm_fp8` kernel whose blocks hold half to twice
+//! the rows (`gemm_fp8_by_kernel`: time and difference from the f32 product).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +35,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
-use subgoal::model::fused::Kernels;
+use subgoal::model::fused::{Kernels, GEMM_FP8};
 use subgoal::model::llama::{KvCache, Model};
 use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 
@@ -350,8 +355,21 @@ fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
                 .iter()
                 .filter(|&&sp| kk / 128 / sp >= 3)
                 .map(|&sp| {
-                    let t = time(&|| drop(k.gemm_fp8_split(&x, &bytes, &scale, Some(sp)).unwrap()));
+                    let t = time(&|| drop(k.gemm_fp8_with(&x, &bytes, &scale, None, Some(sp)).unwrap()));
                     (sp.to_string(), json!(r(t * 1e6)))
+                })
+                .collect();
+            // Every kernel whose blocks hold half to twice these rows, each with its own split
+            // choice: its time and its largest difference from the f32 product.
+            let kernels: serde_json::Map<String, Value> = GEMM_FP8
+                .iter()
+                .filter(|g| 2 * g.rows() >= rows && g.rows() <= 2 * rows)
+                .map(|&g| {
+                    let run = || k.gemm_fp8_with(&x, &bytes, &scale, Some(g), None).unwrap().expect("a loaded kernel");
+                    let out = run().to_dtype(DType::F32).unwrap();
+                    let d = (&want - &out).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    let t = time(&|| drop(run()));
+                    (g.name.to_string(), json!({"us": r(t * 1e6), "max_abs_diff_vs_f32": d}))
                 })
                 .collect();
             let t_deq = time(&|| drop(x.matmul(&k.dequantize_fp8(&bytes, &scale).unwrap().t().unwrap()).unwrap()));
@@ -363,7 +381,7 @@ fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
                        "bf16_cublas_us": r(t_bf16 * 1e6),
                        "gemm_fp8_over_bf16_speed": r(t_bf16 / t_gemm),
                        "weight_tb_per_s": r((n * kk) as f64 / t_gemm / 1e12),
-                       "gemm_fp8_us_by_splits": sweep}),
+                       "gemm_fp8_us_by_splits": sweep, "gemm_fp8_by_kernel": kernels}),
             );
         }
     }

@@ -28,7 +28,7 @@
 //!   again with every row reading its prompt's blocks itself (`engine_no_cascade`, and with
 //!   `--kv-fp8` `engine_fp8_cache_no_cascade`), and the ratios.
 //! - `trt`: 128 in / 2,048 out and 2,048 / 2,048, `--trt-seqs-short` and `--trt-seqs-long`
-//!   sequences.
+//!   sequences (0 leaves a shape out).
 //! - `--kv-fp8`: each engine run of `passk` and `trt` again with the cache in FP8
 //!   (`--kv-dtype fp8`: E4M3 with a factor per row, so twice the blocks in the same memory), its
 //!   figures under `engine_fp8_cache` and its speed-up over the bf16 cache beside them.
@@ -493,6 +493,9 @@ fn main() {
     let mut trt = serde_json::Map::new();
     for (input, output, seqs) in [(128usize, 2048usize, trt_short), (2048, 2048, trt_long)] {
         let Some(model2) = &model2 else { break };
+        if seqs == 0 {
+            continue; // `--trt-seqs-short 0` or `--trt-seqs-long 0` leaves that shape out
+        }
         let jobs: Vec<(Vec<u32>, Vec<usize>)> =
             (0..seqs).map(|_| (rng.tokens(input, cfg2.vocab), vec![output])).collect();
         let (wall, tokens, m, blocks) = engine_run(model2, &tok, &jobs, &rt, false);

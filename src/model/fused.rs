@@ -80,8 +80,44 @@ const CASCADE: AttnFamily = [
 /// Keys per tile of the prefill and cascade kernels (`FA_K` in paged.cu): a cascade span is a
 /// whole number of tiles.
 const FA_K: usize = 64;
-/// The FP8 GEMM for many rows, by 16-row tiles per block (1 to 4), and its split-K sum.
-const GEMM_FP8: [&str; 4] = ["gemm_fp8_m1", "gemm_fp8_m2", "gemm_fp8_m3", "gemm_fp8_m4"];
+/// One kernel of the FP8 GEMM for many rows (`gemm_fp8`, fp8.cu): blocks of `4 * warps_m` warps,
+/// each warp `16 * mt` rows by 32 columns, so a block covers `16 * mt * warps_m` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmFp8Kernel {
+    pub name: &'static str,
+    pub mt: usize,
+    pub warps_m: usize,
+}
+
+impl GemmFp8Kernel {
+    /// Rows of x one block covers.
+    pub fn rows(&self) -> usize {
+        16 * self.mt * self.warps_m
+    }
+    fn threads(&self) -> u32 {
+        128 * self.warps_m as u32
+    }
+}
+
+const fn g8(name: &'static str, mt: usize, warps_m: usize) -> GemmFp8Kernel {
+    GemmFp8Kernel { name, mt, warps_m }
+}
+
+/// Every `gemm_fp8` kernel fp8.cu instantiates.
+pub const GEMM_FP8: [GemmFp8Kernel; 7] = [
+    g8("gemm_fp8_m1", 1, 1),
+    g8("gemm_fp8_m2", 2, 1),
+    g8("gemm_fp8_m3", 3, 1),
+    g8("gemm_fp8_m4", 4, 1),
+    g8("gemm_fp8_m2x2", 2, 2),
+    g8("gemm_fp8_m2x4", 2, 4),
+    g8("gemm_fp8_m4x2", 4, 2),
+];
+/// The kernel `gemm_fp8` takes for up to so many rows (indices into `GEMM_FP8`), the last for
+/// any more (each block then takes its share of the rows). The kernels with more than one warp
+/// along m (8 and 16 warps a block, for 64 and 128 rows) are built and compared by
+/// `gpu_decode --gemm-only` but not measured yet, so none is picked.
+const GEMM_FP8_PICK: [(usize, usize); 4] = [(16, 0), (32, 1), (48, 2), (usize::MAX, 3)];
 const GEMM_FP8_REDUCE: &str = "gemm_fp8_reduce";
 /// Decode attention over the paged cache.
 const PAGED: AttnFamily = [
@@ -298,7 +334,7 @@ pub struct Kernels {
     /// Streaming multiprocessors of the device.
     sms: usize,
     /// Blocks of each `GEMM_FP8` kernel an SM holds at once (its shared memory and registers).
-    gemm_fp8_resident: [usize; 4],
+    gemm_fp8_resident: [usize; GEMM_FP8.len()],
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
@@ -334,8 +370,8 @@ fn prefill_smem(d: usize) -> usize {
 
 /// Dynamic shared memory of the kernels that take it (over the default 48 KiB), by short name.
 fn dynamic_smem(short: &str) -> Option<usize> {
-    if let Some(i) = GEMM_FP8.iter().position(|&g| g == short) {
-        return Some(gemm_fp8_smem(i + 1));
+    if let Some(g) = GEMM_FP8.iter().find(|g| g.name == short) {
+        return Some(gemm_fp8_smem(g.rows()));
     }
     let rest = short.strip_prefix("attn_prefill").or_else(|| short.strip_prefix("attn_cascade"))?;
     let d = rest.split('_').next()?.parse::<usize>().ok()?;
@@ -345,10 +381,10 @@ fn dynamic_smem(short: &str) -> Option<usize> {
 /// Stages of `gemm_fp8` (`G8_STAGES` in fp8.cu).
 const GEMM_FP8_STAGES: usize = 3;
 
-/// `gemm_fp8`'s tiles at `mt` 16-row tiles per block (fp8.cu): per stage, the rows of x (128
-/// 16-bit activations each) and 128 weight rows of 128 bytes.
-fn gemm_fp8_smem(mt: usize) -> usize {
-    GEMM_FP8_STAGES * (16 * mt * 128 * 2 + 128 * 128)
+/// `gemm_fp8`'s tiles for blocks of `rows` rows (fp8.cu): per stage, the rows of x (128 16-bit
+/// activations each) and 128 weight rows of 128 bytes.
+fn gemm_fp8_smem(rows: usize) -> usize {
+    GEMM_FP8_STAGES * (rows * 128 * 2 + 128 * 128)
 }
 
 /// The index of head size `d` in the attention kernels' lists.
@@ -421,7 +457,14 @@ impl Kernels {
         let tensor_core: Vec<&'static str> = if dtype == DType::F32 {
             Vec::new()
         } else {
-            PREFILL.iter().chain(&CASCADE).flatten().chain(&GEMM_FP8).chain(&[GEMM_FP8_REDUCE]).copied().collect()
+            PREFILL
+                .iter()
+                .chain(&CASCADE)
+                .flatten()
+                .copied()
+                .chain(GEMM_FP8.iter().map(|g| g.name))
+                .chain([GEMM_FP8_REDUCE])
+                .collect()
         };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
         let entries: Vec<(&'static str, String)> = OTHERS
@@ -466,10 +509,10 @@ impl Kernels {
         // no `griddepcontrol.wait` (decode.cu compiles it out), and its kernels must not overlap.
         let pdl = major >= 9 && ptx_target() >= 90 && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0");
         let module = Module::load(&stream, &entries, pdl)?;
-        let mut gemm_fp8_resident = [1; 4];
-        for (i, name) in GEMM_FP8.iter().enumerate() {
-            if module.funcs.contains_key(name) {
-                gemm_fp8_resident[i] = module.resident_blocks(name, 128, gemm_fp8_smem(i + 1))?.max(1);
+        let mut gemm_fp8_resident = [1; GEMM_FP8.len()];
+        for (resident, g) in gemm_fp8_resident.iter_mut().zip(&GEMM_FP8) {
+            if module.funcs.contains_key(g.name) {
+                *resident = module.resident_blocks(g.name, g.threads(), gemm_fp8_smem(g.rows()))?.max(1);
             }
         }
         Ok(Some(Kernels {
@@ -766,28 +809,32 @@ impl Kernels {
     }
 
     /// `x @ Wᵀ` for many rows with an FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its 128×128
-    /// block factors) on tensor cores, the bytes read once per 64 rows and made 16-bit in
-    /// registers (`gemm_fp8`, fp8.cu); `None` where it does not run (f32, or n or k not a multiple
-    /// of 128).
+    /// block factors) on tensor cores, the bytes read once per block of rows (up to 64 with the
+    /// kernels `GEMM_FP8_PICK` takes) and made 16-bit in registers (`gemm_fp8`, fp8.cu); `None`
+    /// where it does not run (f32, or n or k not a multiple of 128).
     pub fn gemm_fp8(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Option<Tensor>> {
-        self.gemm_fp8_split(x, w, scale, None)
+        self.gemm_fp8_with(x, w, scale, None, None)
     }
 
-    /// `gemm_fp8` with k split into `splits` parts (`None`: as `fp8::gemm_splits` chooses), for
-    /// benchmarks that compare split choices.
-    pub fn gemm_fp8_split(
+    /// `gemm_fp8` with a given kernel (`GEMM_FP8`'s entry; `None`: the one `GEMM_FP8_PICK` takes
+    /// for this many rows) and k split into `splits` parts (`None`: as `fp8::gemm_splits`
+    /// chooses), for benchmarks that compare the choices.
+    pub fn gemm_fp8_with(
         &self,
         x: &Tensor,
         w: &Tensor,
         scale: &Tensor,
+        kernel: Option<GemmFp8Kernel>,
         splits: Option<usize>,
     ) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
-        // 16-row tiles per block: as many as the rows fill, up to 4.
-        let mt = rows.div_ceil(16).clamp(1, GEMM_FP8.len());
-        let name = GEMM_FP8[mt - 1];
-        let fits = self.module.funcs.contains_key(name)
+        let pick = GEMM_FP8_PICK.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i);
+        let g = kernel.unwrap_or(GEMM_FP8[pick]);
+        let Some(index) = GEMM_FP8.iter().position(|&c| c == g) else {
+            bail!("gemm_fp8: no kernel {}", g.name);
+        };
+        let fits = self.module.funcs.contains_key(g.name)
             && self.module.funcs.contains_key(GEMM_FP8_REDUCE)
             && k % 128 == 0
             && n % 128 == 0
@@ -795,8 +842,8 @@ impl Kernels {
         if !fits {
             return Ok(None);
         }
-        let (nb, mb, kb) = (n / 128, rows.div_ceil(16 * mt), k / 128);
-        let slots = self.sms * self.gemm_fp8_resident[mt - 1];
+        let (nb, mb, kb) = (n / 128, rows.div_ceil(g.rows()), k / 128);
+        let slots = self.sms * self.gemm_fp8_resident[index];
         let splits = splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
         let y = self.empty((rows, n), self.dtype)?;
         let part = if splits > 1 { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
@@ -806,10 +853,10 @@ impl Kernels {
         let (m_i, n_i, k_i) = (rows as i32, n as i32, k as i32);
         let cfg = LaunchConfig {
             grid_dim: (nb as u32, mb as u32, splits as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: gemm_fp8_smem(mt) as u32,
+            block_dim: (g.threads(), 1, 1),
+            shared_mem_bytes: gemm_fp8_smem(g.rows()) as u32,
         };
-        launch!(self, name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
+        launch!(self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
         if splits > 1 {
             let total = rows * n;
             let cfg = LaunchConfig {

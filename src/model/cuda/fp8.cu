@@ -122,8 +122,12 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
 // factor and rescaled when it changes): the dequantized product the CPU path and gemv_fp8
 // compute, up to summation order.
 //
-// A block owns 16 * MT rows by 128 columns (one factor block along n); warp w owns columns
-// 32 w .. 32 w + 31 (4 tiles of 8) of all the block's rows. Inside each 16-wide MMA step k is
+// A block of 4 * WM warps owns 16 * MT * WM rows by 128 columns (one factor block along n): warp w
+// owns columns 32 (w % 4) .. 32 (w % 4) + 31 (4 tiles of 8) of rows 16 MT (w / 4) onwards, 16 MT of
+// them. More warps along m (WM > 1) share one stage of weight bytes in shared memory (each decodes
+// its own fragments of it). They are meant for 64 and 128 rows, where one warp per 32 columns of
+// all rows leaves few warps per SM (the tiles' shared memory allows 2 blocks of 4 warps at 64 rows)
+// and 128 rows read the weight twice; not measured yet, so fused.rs picks none of them. Inside each 16-wide MMA step k is
 // permuted so that a lane's weight fragment is 4 consecutive bytes of one weight row and its
 // activation fragment 4 consecutive elements of one row (the same permutation on both sides leaves
 // the product unchanged): lane (g, t4) at step s of half q of the 128-wide step takes bytes and
@@ -131,8 +135,9 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
 // even j its k = 2 t4 + 8, 2 t4 + 9. Shared-memory rows are swizzled in 16-byte chunks so these
 // reads are free of bank conflicts. With split-K (gridDim.z > 1) each block sums its share of k
 // and writes f32 partial sums to part[z][m][n], which gemm_fp8_reduce adds into y.
-// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / (16 MT)), splits); block: 128;
-// dynamic shared memory: G8_STAGES * (16 MT * 256 + 16384) bytes (gemm_fp8_smem in fused.rs).
+// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / (16 MT WM)), splits); block:
+// 128 WM; dynamic shared memory: G8_STAGES * (16 MT WM * 256 + 16384) bytes (gemm_fp8_smem in
+// fused.rs).
 constexpr int G8_N = 128, G8_K = 128, G8_STAGES = 3;
 
 // A 32-bit word of four E4M3 bytes as two pairs of 16-bit values: `odd` holds bytes 1 and 3,
@@ -162,11 +167,11 @@ __device__ __forceinline__ uint32_t prmt(uint32_t lo, uint32_t hi, uint32_t sel)
     return r;
 }
 
-template <typename T, int MT>
+template <typename T, int MT, int WM>
 __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                          float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
     pdl_begin();
-    constexpr int ROWS = 16 * MT;
+    constexpr int ROWS = 16 * MT * WM;
     constexpr int XS = ROWS * G8_K * 2;  // a stage's activation tile: rows of 256 bytes
     constexpr int WS = G8_N * G8_K;      // a stage's weight tile: rows of 128 bytes
     extern __shared__ __align__(16) unsigned char smem[];
@@ -176,6 +181,7 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
     int steps = max(0, kb1 - kb0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    int wn = warp & 3, wr = (warp >> 2) * 16 * MT;  // this warp's column group, its first row
     int rows = min(ROWS, m - m0);
     const float* factors = scale + (size_t)blockIdx.x * kblocks;  // this block's row of factors
     auto load = [&](int kb, int stage) {
@@ -230,7 +236,7 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
             uint32_t bo[4][4], be[4][4];
 #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
-                int r = warp * 32 + nt * 8 + g;
+                int r = wn * 32 + nt * 8 + g;
                 uint4 v = *(const uint4*)(ws + r * 128 + (((4 * q + t4) ^ ((r & 1) << 2)) << 4));
                 e4m3x4_split<T>(v.x, bo[nt][0], be[nt][0]);
                 e4m3x4_split<T>(v.y, bo[nt][1], be[nt][1]);
@@ -239,7 +245,7 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
             }
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
-                int r0 = mt * 16 + g, r1 = r0 + 8;  // same parity
+                int r0 = wr + mt * 16 + g, r1 = r0 + 8;  // same parity
                 int c0 = ((8 * q + 2 * t4) ^ (r0 & 1)) << 4, c1 = ((8 * q + 2 * t4 + 1) ^ (r0 & 1)) << 4;
                 uint4 lo0 = *(const uint4*)(xs + r0 * 256 + c0), hi0 = *(const uint4*)(xs + r0 * 256 + c1);
                 uint4 lo1 = *(const uint4*)(xs + r1 * 256 + c0), hi1 = *(const uint4*)(xs + r1 * 256 + c1);
@@ -260,10 +266,10 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
-        int r0 = mt * 16 + g, r1 = r0 + 8;
+        int r0 = wr + mt * 16 + g, r1 = r0 + 8;
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) {
-            int c = n0 + warp * 32 + nt * 8 + 2 * t4;
+            int c = n0 + wn * 32 + nt * 8 + 2 * t4;
             float v0 = acc[mt][nt][0] * fcur, v1 = acc[mt][nt][1] * fcur;
             float v2 = acc[mt][nt][2] * fcur, v3 = acc[mt][nt][3] * fcur;
             if (gridDim.z == 1) {
@@ -307,14 +313,18 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
     FP8_GEMV(T, S, 6) FP8_GEMV(T, S, 7) FP8_GEMV(T, S, 8) FP8_GEMV1(T, S, 2) FP8_GEMV1(T, S, 4)              \
     FP8_GEMV1(T, S, 8)
 
-#define FP8_GEMM_M(T, S, MT)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) gemm_fp8_m##MT##_##S(const T* x, const uint8_t* w,         \
-                                                                           const float* scale, float* part,     \
-                                                                           T* y, int m, int n, int k) {         \
-        gemm_fp8<T, MT>(x, w, scale, part, y, m, n, k);                                                        \
+// gemm_fp8_m<MT>_<S> (one warp per column group, WM 1) and gemm_fp8_m<MT>x<WM>_<S>; fused.rs's
+// GEMM_FP8 lists them.
+#define FP8_GEMM_K(T, S, NAME, MT, WM)                                                                         \
+    extern "C" __global__ void __launch_bounds__(128 * WM) NAME##_##S(const T* x, const uint8_t* w,             \
+                                                                      const float* scale, float* part, T* y,    \
+                                                                      int m, int n, int k) {                    \
+        gemm_fp8<T, MT, WM>(x, w, scale, part, y, m, n, k);                                                    \
     }
 #define FP8_GEMM(T, S)                                                                                         \
-    FP8_GEMM_M(T, S, 1) FP8_GEMM_M(T, S, 2) FP8_GEMM_M(T, S, 3) FP8_GEMM_M(T, S, 4)                          \
+    FP8_GEMM_K(T, S, gemm_fp8_m1, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m2, 2, 1) FP8_GEMM_K(T, S, gemm_fp8_m3, 3, 1) \
+    FP8_GEMM_K(T, S, gemm_fp8_m4, 4, 1) FP8_GEMM_K(T, S, gemm_fp8_m2x2, 2, 2)                                   \
+    FP8_GEMM_K(T, S, gemm_fp8_m2x4, 2, 4) FP8_GEMM_K(T, S, gemm_fp8_m4x2, 4, 2)                                 \
     extern "C" __global__ void gemm_fp8_reduce_##S(const float* part, T* y, int splits, size_t total) {        \
         gemm_fp8_reduce<T>(part, y, splits, total);                                                            \
     }
