@@ -365,8 +365,10 @@ fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
                 .iter()
                 .filter(|g| 2 * g.rows() >= rows && g.rows() <= 2 * rows)
                 .map(|&g| {
-                    let run = || k.gemm_fp8_with(&x, &bytes, &scale, Some(g), None).unwrap().expect("a loaded kernel");
-                    let out = run().to_dtype(DType::F32).unwrap();
+                    let run = || k.gemm_fp8_with(&x, &bytes, &scale, Some(g), None).unwrap();
+                    // A GPU without the kernel's shared memory did not load it.
+                    let Some(out) = run() else { return (g.name.to_string(), json!("not loaded")) };
+                    let out = out.to_dtype(DType::F32).unwrap();
                     let d = (&want - &out).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                     let t = time(&|| drop(run()));
                     (g.name.to_string(), json!({"us": r(t * 1e6), "max_abs_diff_vs_f32": d}))
