@@ -59,8 +59,8 @@ for kind in ['bf16', 'f16']:
                 assert vals[p] == want or (want == 0 and vals[p] == 0), (kind, hex(b), pos, p, vals[p], want)
 print("decode ok")
 
-def run(m, n, k, MT, kind):
-    ROWS = 16*MT
+def run(m, n, k, MT, kind, WM=1):
+    ROWS = 16*MT*WM
     wbytes = rng.integers(0, 256, size=(n, k), dtype=np.uint8)
     wbytes[(wbytes & 0x7F) == 0x7F] = 0x3C
     kb = k // 128
@@ -98,7 +98,8 @@ def run(m, n, k, MT, kind):
                 for key in acc: acc[key] = [v*rs for v in acc[key]]
                 word = lambda buf, off: int(buf[off]) | int(buf[off+1]) << 8 | int(buf[off+2]) << 16 | int(buf[off+3]) << 24
                 for q in range(2):
-                    for warp in range(4):
+                    for warp in range(4*WM):
+                        wn, wr = warp & 3, (warp >> 2)*16*MT
                         # per lane fragments, then assemble matrices per mma
                         B = {}  # (nt, s) -> 16x8 matrix
                         for nt in range(4):
@@ -107,7 +108,7 @@ def run(m, n, k, MT, kind):
                         for lane in range(32):
                             g, t4 = lane >> 2, lane & 3
                             for nt in range(4):
-                                r = warp*32 + nt*8 + g
+                                r = wn*32 + nt*8 + g
                                 base = r*128 + (((4*q + t4) ^ ((r & 1) << 2)) << 4)
                                 for s in range(4):
                                     o, e = split(word(ws, base + 4*s), kind)
@@ -119,7 +120,7 @@ def run(m, n, k, MT, kind):
                                 A = np.zeros((16, 16))
                                 for lane in range(32):
                                     g, t4 = lane >> 2, lane & 3
-                                    r0 = mt*16 + g; r1 = r0 + 8
+                                    r0 = wr + mt*16 + g; r1 = r0 + 8
                                     c0 = ((8*q + 2*t4) ^ (r0 & 1)) << 4; c1 = ((8*q + 2*t4 + 1) ^ (r0 & 1)) << 4
                                     u = []
                                     for rr in (r0, r1):
@@ -139,13 +140,18 @@ def run(m, n, k, MT, kind):
                                     cur = acc.get(key, np.zeros((16, 8)))
                                     acc[key] = cur + C
             for (warp, mt, nt), C in acc.items():
+                wn, wr = warp & 3, (warp >> 2)*16*MT
                 for rr in range(16):
-                    if mt*16 + rr < rows:
-                        y[m0 + mt*16 + rr, n0 + warp*32 + nt*8: n0 + warp*32 + nt*8 + 8] = C[rr] * fcur
+                    if wr + mt*16 + rr < rows:
+                        y[m0 + wr + mt*16 + rr, n0 + wn*32 + nt*8: n0 + wn*32 + nt*8 + 8] = C[rr] * fcur
     err = np.abs(y - ref).max() / np.abs(ref).max()
-    print(m, n, k, MT, kind, "max rel err", err)
+    print(m, n, k, MT, WM, kind, "max rel err", err)
     assert err < 1e-9
 
 run(20, 128, 256, 2, 'bf16')
 run(9, 256, 128, 1, 'f16')
 run(50, 128, 384, 4, 'bf16')
+# Warps along m (gemm_fp8_m2x2, m2x4, m4x2): rows past one block's, and a partial last block.
+run(70, 128, 256, 2, 'bf16', WM=2)
+run(100, 128, 256, 2, 'f16', WM=4)
+run(150, 128, 256, 4, 'bf16', WM=2)
