@@ -94,11 +94,13 @@ fn nll_with(m: &Embedded, ids: &[u32], format: KvFormat, rotate: bool) -> (f64, 
     let blocks: Vec<u32> = (0..ids.len().div_ceil(bs) as u32).collect();
     let cache = PagedCache::new(&model.cfg, blocks.len(), bs, format, &Device::Cpu).expect("cache");
     let cache = if rotate { cache } else { cache.without_rotation() };
+    // The proof as one prompt chunk, every position's logits returned: its keys and values are
+    // written to the cache (in FP8 where the cache is) and read back by every query, as decode
+    // rows would read them, with the sequence's cache gathered once per layer instead of once per
+    // position.
     let mut batch = Batch::default();
-    for (i, &t) in ids[..ids.len() - 1].iter().enumerate() {
-        batch.push(&[t], i, blocks.clone(), true);
-    }
-    let logits: Tensor = model.forward_paged(&batch, &cache).expect("forward");
+    batch.push(&ids[..ids.len() - 1], 0, blocks, true);
+    let logits: Tensor = model.forward_paged_every(&batch, &cache).expect("forward");
     let lp = candle_nn::ops::log_softmax(&logits, 1).expect("log_softmax").to_vec2::<f32>().expect("vec");
     let total: f64 = lp.iter().zip(&ids[1..]).map(|(row, &t)| -(row[t as usize] as f64)).sum();
     (total, ids.len() - 1)

@@ -289,6 +289,29 @@ fn logits_over(m: &Embedded, ids: &[u32], k: usize, cache: PagedCache) -> Vec<f3
 }
 
 #[test]
+fn scoring_a_text_in_one_chunk_gives_each_position_the_logits_decoding_gives_it() {
+    // `forward_paged_every` (how fp8_accuracy scores its proofs) over an FP8 cache: the chunk's
+    // queries read every key and value back from the cache, quantized, as decode rows would.
+    let dir = tempfile::tempdir().unwrap();
+    let m = load(&dense_cut(dir.path()), "f32");
+    let ids = ids(&m);
+    let model = m.model();
+    let cache = PagedCache::new(&model.cfg, 8, 16, KvFormat::Fp8, &Device::Cpu).unwrap();
+    let mut batch = Batch::default();
+    batch.push(&ids, 0, (0..8).collect(), false);
+    let every = model.forward_paged_every(&batch, &cache).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(every.len(), ids.len(), "one row of logits per token");
+    for p in [1, ids.len() / 2, ids.len() - 1] {
+        // The logits after token p: the tokens before it as a chunk, then p as a decode row.
+        let want = paged_logits(&m, &ids[..=p], p, KvFormat::Fp8);
+        let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let diff = want.iter().zip(&every[p]).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale, "position {p}: logits differ by {diff} (largest {scale})");
+        assert_eq!(argmax(&want), argmax(&every[p]), "position {p}: the next token changed");
+    }
+}
+
+#[test]
 fn an_fp8_kv_cache_keeps_the_logits_of_the_dense_cache() {
     let dir = tempfile::tempdir().unwrap();
     let dense = load(&dense_cut(dir.path()), "f32");

@@ -247,12 +247,33 @@ fn write_rows(batch: &Batch, kv_heads: usize, block_size: usize, head_dim: usize
     Tensor::from_vec(rows, (batch.ids.len() * kv_heads, head_dim), device)
 }
 
+/// The tokens of a step whose logits it returns: every token, or each segment's last where the
+/// segment asks for logits.
+fn logit_rows(batch: &Batch, every: bool) -> Vec<u32> {
+    if every {
+        return (0..batch.ids.len() as u32).collect();
+    }
+    batch.segments.iter().filter(|s| s.logits).map(|s| (s.start + s.len - 1) as u32).collect()
+}
+
 impl Model {
     /// Runs one step: writes every token's keys and values into its sequence's blocks and
     /// returns the next-token logits (f32) of the segments that ask for them, in order,
     /// `(segments with logits, vocab)`. On CUDA with the fused kernels a batch must list its
     /// one-token (decode) segments first.
     pub fn forward_paged(&self, batch: &Batch, cache: &PagedCache) -> Result<Tensor> {
+        self.paged_step(batch, cache, false)
+    }
+
+    /// `forward_paged`, returning the next-token logits of every token of the batch, `(tokens,
+    /// vocab)`, whatever its segments ask: a text scored in one prompt chunk (each position's
+    /// prediction of the next) instead of one decode row per position, which gathers the
+    /// sequence's cache once per position.
+    pub fn forward_paged_every(&self, batch: &Batch, cache: &PagedCache) -> Result<Tensor> {
+        self.paged_step(batch, cache, true)
+    }
+
+    fn paged_step(&self, batch: &Batch, cache: &PagedCache, every: bool) -> Result<Tensor> {
         let cfg = &self.cfg;
         let n = batch.ids.len();
         if n == 0 {
@@ -264,7 +285,7 @@ impl Model {
             // without it such a step takes the generic path.
             let chunks = batch.segments.iter().any(|s| s.len > 1);
             if !chunks || k.has_prefill(cfg.head_dim, cache.format == KvFormat::Fp8) {
-                return self.forward_paged_fused(k, batch, cache);
+                return self.forward_paged_fused(k, batch, cache, every);
             }
         }
         let device = self.device();
@@ -296,7 +317,7 @@ impl Model {
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             x = (&x + layer.down.forward(&layer.mlp.forward(&h)?)?)?;
         }
-        let last: Vec<u32> = batch.segments.iter().filter(|s| s.logits).map(|s| (s.start + s.len - 1) as u32).collect();
+        let last = logit_rows(batch, every);
         if last.is_empty() {
             return Tensor::zeros((0, cfg.vocab), DType::F32, device);
         }
@@ -540,7 +561,13 @@ impl Model {
     /// projection (at one row with the norm, RoPE and the cache write in one launch), RoPE with
     /// the paged cache write, split-K attention of the decode rows over their blocks, tiled
     /// attention of each prompt chunk, and the projections with their residual adds.
-    fn forward_paged_fused(&self, k: &super::fused::Kernels, batch: &Batch, cache: &PagedCache) -> Result<Tensor> {
+    fn forward_paged_fused(
+        &self,
+        k: &super::fused::Kernels,
+        batch: &Batch,
+        cache: &PagedCache,
+        every: bool,
+    ) -> Result<Tensor> {
         use super::llama::{normalized, project, project_onto, Linear, Mlp};
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
@@ -622,7 +649,7 @@ impl Model {
             )?;
             (x, delta) = project_onto(k, &layer.down, &act, x)?;
         }
-        let last: Vec<u32> = batch.segments.iter().filter(|s| s.logits).map(|s| (s.start + s.len - 1) as u32).collect();
+        let last = logit_rows(batch, every);
         if last.is_empty() {
             return Tensor::zeros((0, cfg.vocab), DType::F32, device);
         }
