@@ -49,7 +49,7 @@ use serde_json::{json, Value};
 use subgoal::model::engine::router::{DeviceStats, Router};
 use subgoal::model::engine::{Engine, EngineOptions, Event, Job, MetricsSnapshot};
 use subgoal::model::llama::{Config, KvCache, Model};
-use subgoal::model::paged::{Batch, PagedCache};
+use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 use subgoal::model::tokenizer::ModelTokenizer;
 use subgoal::model::SamplingParams;
 
@@ -165,11 +165,11 @@ fn weight_bytes_fp8(cfg: &Config) -> f64 {
     weight_bytes(cfg, 1.0 + 4.0 / (128.0 * 128.0))
 }
 
-/// Bytes of keys and values a cached position holds across the layers: bf16, or (`fp8`) a byte
-/// per element and an f32 factor per (position, head) row.
+/// Bytes of keys and values a cached position holds across the layers: bf16, or (`fp8`) the FP8
+/// cache's byte per element and factor per (position, head) row (the cache's own block size at
+/// one position).
 fn kv_bytes_per_token(cfg: &Config, fp8: bool) -> f64 {
-    let row = if fp8 { cfg.head_dim + 4 } else { 2 * cfg.head_dim };
-    (2 * cfg.layers * cfg.kv_heads * row) as f64
+    PagedCache::block_bytes(cfg, 1, KvFormat::of(DType::BF16, fp8)) as f64
 }
 
 /// Engine report `a`'s tokens/s over `b`'s.
@@ -551,7 +551,7 @@ fn main() {
 /// compared. Over a bf16 cache and, with `fp8`, an FP8 one.
 fn cascade_vs_plain(model: &Model, device: &Device, rng: &mut Rng, fp8: bool) -> Value {
     let bs = 16;
-    let format = subgoal::model::paged::KvFormat::of(DType::BF16, fp8);
+    let format = KvFormat::of(DType::BF16, fp8);
     let cache = PagedCache::new(&model.cfg, 512, bs, format, device).unwrap();
     let mut next_block = 0u32;
     let mut take = |n: usize| -> Vec<u32> {
@@ -601,8 +601,7 @@ fn cascade_vs_plain(model: &Model, device: &Device, rng: &mut Rng, fp8: bool) ->
 fn paged_vs_static(model: &Model, device: &Device, rng: &mut Rng) -> Value {
     let prompt = rng.tokens(700, model.cfg.vocab);
     let bs = 16;
-    let cache =
-        PagedCache::new(&model.cfg, 128, bs, subgoal::model::paged::KvFormat::Dense(DType::BF16), device).unwrap();
+    let cache = PagedCache::new(&model.cfg, 128, bs, KvFormat::Dense(DType::BF16), device).unwrap();
     let table: Vec<u32> = (0..64).collect();
     let mut batch = Batch::default();
     batch.push(&prompt, 0, table.clone(), true);

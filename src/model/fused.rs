@@ -829,11 +829,14 @@ impl Kernels {
     ) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
-        let pick = GEMM_FP8_PICK.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i);
-        let g = kernel.unwrap_or(GEMM_FP8[pick]);
-        let Some(index) = GEMM_FP8.iter().position(|&c| c == g) else {
-            bail!("gemm_fp8: no kernel {}", g.name);
+        let index = match kernel {
+            Some(g) => match GEMM_FP8.iter().position(|&c| c == g) {
+                Some(i) => i,
+                None => bail!("gemm_fp8: no kernel {}", g.name),
+            },
+            None => GEMM_FP8_PICK.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i),
         };
+        let g = GEMM_FP8[index];
         let fits = self.module.funcs.contains_key(g.name)
             && self.module.funcs.contains_key(GEMM_FP8_REDUCE)
             && k % 128 == 0
