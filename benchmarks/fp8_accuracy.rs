@@ -1,11 +1,15 @@
-//! FP8 against dense weights on the test model (SmolLM2-135M-Instruct, its GGUF widened to an
-//! f32 Hugging Face directory), on the CPU, every arm in one run:
-//! - greedy texts on 16 prompts: f32 vs FP8 weights vs FP8 weights + FP8 KV cache (agreement;
-//!   where a text parts, the dense model's logit gap between the two tokens at that position,
-//!   small meaning a near-tie);
+//! FP8 against dense weights on the test model (SmolLM2-135M-Instruct, its GGUF written as a bf16
+//! Hugging Face checkpoint, the form DeepSeek-Prover-V2-7B ships in, and as an f32 one), on the
+//! CPU, every arm in one run:
+//! - greedy texts on 16 prompts: bf16 vs f32 vs FP8 weights vs FP8 weights + FP8 KV cache, the
+//!   FP8 weights converted from the bf16 checkpoint at load (agreement; where a text parts, the
+//!   bf16 model's logit gap between the two tokens at that position, small meaning a near-tie);
 //! - next-token negative log-likelihood over DeepSeek-Prover-V2's proofs in
 //!   `benchmarks/data` (teacher forced, every position scored in one paged step);
 //! - batch-1 decode tokens/s and weight bytes, side by side.
+//!
+//! The `_a8` arms (`--arms fp8_weights_a8,fp8_weights_a8_kv`, not run by default) round each
+//! product's activations to E4M3 per 1×128 tile first, the arithmetic of CUDA's W8A8 GEMM.
 //!
 //! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N] [--arms fp8_weights,fp8_weights_kv]`
 //! prints one JSON object.
@@ -140,24 +144,49 @@ fn main() {
         println!("{}", serde_json::to_string_pretty(&json!({"kv_study": out, "proofs": corpus.len()})).unwrap());
         return;
     }
-    let arms = [("f32", "f32", false), ("fp8_weights", "fp8", false), ("fp8_weights_kv", "fp8", true)];
-    // `--arms a,b`: a subset (f32 always runs: the others are measured against it).
+    // The reference is the model as a bf16 checkpoint ships it (DeepSeek-Prover-V2-7B's form): the
+    // GGUF's weights rounded to bf16, computed in f32. The FP8 arms convert that checkpoint at
+    // load, as a user's `--dtype fp8` does; f32 (the GGUF exactly) shows what bf16 itself costs.
+    let bf16_dir = dir.path().join("bf16");
+    subgoal::model::convert::gguf_to_hf(&subgoal::model::test_model_path(), &bf16_dir, DType::BF16).expect("convert");
+    // `_a8`: the activations rounded to E4M3 per 1×128 tile before each FP8 product, the
+    // arithmetic of CUDA's W8A8 GEMM kernels (`fp8::set_activation_tiles`).
+    let arms = [
+        ("bf16", &bf16_dir, "f32", false, false),
+        ("f32", &dense, "f32", false, false),
+        ("fp8_weights", &bf16_dir, "fp8", false, false),
+        ("fp8_weights_kv", &bf16_dir, "fp8", true, false),
+        ("fp8_weights_a8", &bf16_dir, "fp8", false, true),
+        ("fp8_weights_a8_kv", &bf16_dir, "fp8", true, true),
+    ];
+    // `--arms a,b`: a subset (bf16 always runs: the others are measured against it).
     let only: Option<Vec<String>> = std::env::args()
         .collect::<Vec<_>>()
         .windows(2)
         .find(|w| w[0] == "--arms")
         .map(|w| w[1].split(',').map(str::to_string).collect());
-    let models: Vec<(&str, Embedded, KvFormat)> = arms
+    let models: Vec<(&str, Embedded, KvFormat, bool)> = arms
         .iter()
-        .filter(|(name, _, _)| *name == "f32" || only.as_ref().is_none_or(|o| o.iter().any(|x| x == name)))
-        .map(|(name, dtype, kv)| (*name, load(&dense, dtype, *kv), KvFormat::of(DType::F32, *kv)))
+        .filter(|(name, ..)| {
+            *name == "bf16" || only.as_ref().map_or(!name.contains("a8"), |o| o.iter().any(|x| x == name))
+        })
+        .map(|(name, path, dtype, kv, a8)| (*name, load(path, dtype, *kv), KvFormat::of(DType::F32, *kv), *a8))
         .collect();
+    // Each model with its activation rounding on or off.
+    let arm = |a8: bool| subgoal::model::fp8::set_activation_tiles(a8);
 
     // Greedy agreement.
-    let texts: Vec<Vec<Vec<u32>>> = models.iter().map(|(_, m, _)| greedy(m, tokens)).collect();
+    let texts: Vec<Vec<Vec<u32>>> = models
+        .iter()
+        .map(|(_, m, _, a8)| {
+            arm(*a8);
+            greedy(m, tokens)
+        })
+        .collect();
+    arm(false);
     let reference = &models[0].1;
     let mut greedy_out = serde_json::Map::new();
-    for (a, (name, _, _)) in models.iter().enumerate().skip(1) {
+    for (a, (name, ..)) in models.iter().enumerate().skip(1) {
         let mut same = 0;
         let mut parted = Vec::new();
         for (p, (x, y)) in PROMPTS.iter().zip(texts[0].iter().zip(&texts[a])) {
@@ -180,7 +209,8 @@ fn main() {
     let corpus = proofs(n_proofs);
     let mut nll_out = serde_json::Map::new();
     let mut base = 0.0;
-    for (i, (name, m, format)) in models.iter().enumerate() {
+    for (i, (name, m, format, a8)) in models.iter().enumerate() {
+        arm(*a8);
         let (mut total, mut count) = (0.0, 0usize);
         let started = Instant::now();
         for code in &corpus {
@@ -205,10 +235,18 @@ fn main() {
         );
     }
 
+    if let Some(f32_nll) = nll_out.get("f32").and_then(|v| v["nll_per_token"].as_f64()) {
+        for (_, v) in nll_out.iter_mut() {
+            let mean = v["nll_per_token"].as_f64().unwrap_or(f32_nll);
+            v["relative_to_f32"] = json!(mean / f32_nll - 1.0);
+        }
+    }
+
     // Batch-1 decode speed.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut speed = serde_json::Map::new();
-    for (name, m, _) in &models {
+    for (name, m, _, a8) in &models {
+        arm(*a8);
         let params =
             SamplingParams { n: 1, temperature: 0.0, top_p: 1.0, max_new_tokens: 64, stop: vec![], seed: Some(0) };
         let req = GenRequest { prompts: vec![Prompt::Text("Proof:".into())], params };
@@ -218,18 +256,19 @@ fn main() {
         let s = started.elapsed().as_secs_f64();
         speed.insert(name.to_string(), json!({"tokens_per_s": c.completion_tokens as f64 / s}));
     }
-    let f32_speed = speed["f32"]["tokens_per_s"].as_f64().unwrap_or(1.0);
+    let base_speed = speed["bf16"]["tokens_per_s"].as_f64().unwrap_or(1.0);
     for (_, v) in speed.iter_mut() {
         let t = v["tokens_per_s"].as_f64().unwrap_or(0.0);
-        v["vs_f32"] = json!(t / f32_speed);
+        v["vs_bf16"] = json!(t / base_speed);
     }
     let out = json!({
         "bench": "fp8_accuracy",
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF widened to f32)",
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF: f32 exactly, and rounded to a bf16 checkpoint)",
+        "reference": "bf16 (weights rounded to bf16, computed in f32); the FP8 arms are converted from it",
         "device": "cpu",
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "greedy_tokens": tokens,
-        "greedy_vs_f32": greedy_out,
+        "greedy_vs_bf16": greedy_out,
         "proofs": corpus.len(),
         "nll": nll_out,
         "decode_batch1": speed,

@@ -6,7 +6,7 @@
 //!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
 //!             [--trt-seqs-long 24] [--layers 30] [--only-trt] [--no-trt]
 //!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all] [--kv-fp8]
-//!             [--cascade-ab] [--fp8]
+//!             [--cascade-ab] [--fp8] [--gemm-fp8-pick SPEC] [--gemm-fp8-picks SPEC;SPEC]
 //!
 //! Prints JSON:
 //! - `paged_vs_static`: the engine's fused paged step (tiled prefill attention, paged split-K
@@ -37,6 +37,9 @@
 //!   under `engine_fp8_weights_fp8_cache`, with its speed-up over the bf16 engine. The bf16 model
 //!   stays loaded beside it, so its cache gets the memory both models leave (as the bf16 runs'
 //!   does), not the 6.5 GB more an FP8 model alone would leave.
+//! - `--gemm-fp8-pick 32:m2,64:m2x2,max:m4x2` sets which FP8 GEMM kernel runs up to how many rows
+//!   for the whole run (`fused::set_gemm_fp8_pick`); `--gemm-fp8-picks A;B` runs the TensorRT
+//!   shapes' FP8-weights arm again under each pick (`engine_fp8_weights_fp8_cache_by_pick`).
 //! - Beside each engine figure, the memory-bandwidth limit at the occupancy the engine ran at:
 //!   every step reads the weights once and each decode row's cached positions (and, with a
 //!   shared prefix read once per request, less).
@@ -56,6 +59,20 @@ use subgoal::model::SamplingParams;
 #[path = "gpu_common.rs"]
 #[allow(dead_code)]
 mod gpu_common;
+
+/// `fused::set_gemm_fp8_pick` (the kernel of the FP8 GEMM by row count), the pick it set as JSON;
+/// without the cuda feature there is no such GEMM, and nothing to set.
+fn set_gemm_fp8_pick(spec: Option<&str>) -> Value {
+    #[cfg(feature = "cuda")]
+    {
+        json!(subgoal::model::fused::set_gemm_fp8_pick(spec).expect("--gemm-fp8-pick(s)"))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = spec;
+        Value::Null
+    }
+}
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -299,6 +316,17 @@ fn main() {
     let trt_long: usize = arg(&args, "--trt-seqs-long", 24);
     let baseline_k: usize = arg(&args, "--baseline-k", 8);
     let no_baseline = args.iter().any(|a| a == "--no-baseline");
+    // `--gemm-fp8-pick SPEC`: the FP8 GEMM's kernel by row count for the whole run
+    // (`fused::set_gemm_fp8_pick`); `--gemm-fp8-picks A;B`: the TensorRT shapes' FP8 arm again
+    // under each.
+    let gemm_pick: Option<String> = arg(&args, "--gemm-fp8-pick", String::new()).into();
+    let gemm_pick = gemm_pick.filter(|s| !s.is_empty());
+    let gemm_default = set_gemm_fp8_pick(gemm_pick.as_deref());
+    let gemm_picks: Vec<String> = arg(&args, "--gemm-fp8-picks", String::new())
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     let device = Device::new_cuda(0).expect("a CUDA device (this benchmark needs the cuda build and a GPU)");
     let gpu = gpu_common::gpu_name();
     let bandwidth = arg(&args, "--bandwidth", gpu_common::hbm_tb_per_s(&gpu)) * 1e12;
@@ -511,6 +539,20 @@ fn main() {
             let f = engine_report(wall, tokens, &m, blocks, weight_bytes_fp8(&cfg2), kv2_fp8, bandwidth);
             v["fp8_weights_and_cache_over_bf16"] = rate_ratio(&f, &v);
             v["engine_fp8_weights_fp8_cache"] = f;
+            // `--gemm-fp8-picks A;B`: the FP8 model again under each other pick of GEMM kernel.
+            let mut picks = serde_json::Map::new();
+            for spec in gemm_picks.iter() {
+                let shown = set_gemm_fp8_pick(Some(spec));
+                let (wall, tokens, m, blocks) = engine_run(m8, &tok, &jobs, &rt, true);
+                let mut f = engine_report(wall, tokens, &m, blocks, weight_bytes_fp8(&cfg2), kv2_fp8, bandwidth);
+                f["over_default_pick"] = rate_ratio(&f, &v["engine_fp8_weights_fp8_cache"]);
+                f["pick"] = shown;
+                picks.insert(spec.clone(), f);
+                set_gemm_fp8_pick(gemm_pick.as_deref());
+            }
+            if !picks.is_empty() {
+                v["engine_fp8_weights_fp8_cache_by_pick"] = Value::Object(picks);
+            }
         }
         if !no_baseline {
             // The engine of before runs one sequence at a time; two give its rate.
@@ -537,6 +579,7 @@ fn main() {
         "batch1": b1,
         "passk": passk,
         "trt_llama2_7b": trt,
+        "gemm_fp8_pick": gemm_default,
         "published_trt_llm_v0_9_fp8_h200": {"128/2048": 8348, "2048/2048": 3522},
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());

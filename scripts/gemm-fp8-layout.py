@@ -155,3 +155,98 @@ run(50, 128, 384, 4, 'bf16')
 run(70, 128, 256, 2, 'bf16', WM=2)
 run(100, 128, 256, 2, 'f16', WM=4)
 run(150, 128, 256, 4, 'bf16', WM=2)
+
+# The W8A8 kernels (gemm_w8a8): activations quantized per 1x128 tile by fp8_quant_rows, both
+# operands' bytes straight into mma.sync m16n8k32 (E4M3), each step's sums promoted with the
+# row's and the block's factors.
+finite = [b for b in range(256) if b & 0x7F != 0x7F]
+codes = np.array(finite); values = np.array([e4m3_val(b) for b in finite])
+
+def quant_rows(x):
+    m, k = x.shape
+    q = np.zeros((m, k), dtype=np.uint8); f = np.ones((m, k // 128))
+    for r in range(m):
+        for t in range(k // 128):
+            tile = x[r, t*128:(t+1)*128]
+            a = np.abs(tile).max()
+            up = 448.0 / a if a > 0 else 1.0
+            q[r, t*128:(t+1)*128] = codes[np.abs(values[None, :] - (tile * up)[:, None]).argmin(1)]
+            f[r, t] = a / 448.0 if a > 0 else 1.0
+    return q, f
+
+def run_a8(m, n, k, MT, WM=1):
+    ROWS = 16*MT*WM
+    wbytes = rng.integers(0, 256, size=(n, k), dtype=np.uint8)
+    wbytes[(wbytes & 0x7F) == 0x7F] = 0x3C
+    kb = k // 128
+    scale = rng.uniform(0.5, 2.0, size=(n // 128, kb)); scale[0, 1 % kb] = 0.0
+    xq, xf = quant_rows(rng.standard_normal((m, k)))
+    table = np.array([e4m3_val(b) if b & 0x7F != 0x7F else 0 for b in range(256)])
+    xv = table[xq] * np.repeat(xf, 128, 1)
+    ref = xv @ (table[wbytes] * np.repeat(np.repeat(scale, 128, 0), 128, 1)).T
+    word = lambda buf, off: [int(buf[off + i]) for i in range(4)]  # four bytes, lowest first
+    y = np.zeros((m, n))
+    for bx in range(n // 128):
+        for by in range((m + ROWS - 1) // ROWS):
+            n0, m0 = bx*128, by*ROWS
+            rows = min(ROWS, m - m0)
+            acc = {}
+            for it in range(kb):
+                xs = np.zeros(ROWS*128, dtype=np.uint8); ws = np.zeros(128*128, dtype=np.uint8)
+                for r in range(ROWS):
+                    for c in range(8):
+                        d = r*128 + ((c ^ ((r & 1) << 2)) << 4)
+                        if r < rows:
+                            xs[d:d+16] = xq[m0+r, it*128 + c*16: it*128 + c*16 + 16]
+                for r in range(128):
+                    for c in range(8):
+                        d = r*128 + ((c ^ ((r & 1) << 2)) << 4)
+                        ws[d:d+16] = wbytes[n0+r, it*128 + c*16: it*128 + c*16 + 16]
+                fw = scale[bx, it]
+                for warp in range(4*WM):
+                    wn, wr = warp & 3, (warp >> 2)*16*MT
+                    # B[(nt, s)]: the 32x8 operand of MMA s, from each lane's words 2s, 2s + 1.
+                    B = {(nt, s): np.zeros((32, 8)) for nt in range(4) for s in range(4)}
+                    for lane in range(32):
+                        g, t4 = lane >> 2, lane & 3
+                        for nt in range(4):
+                            r = wn*32 + nt*8 + g; sw = (r & 1) << 2
+                            offs = [r*128 + ((t4 ^ sw) << 4) + 4*i for i in range(4)] + \
+                                   [r*128 + (((t4 + 4) ^ sw) << 4) + 4*i for i in range(4)]
+                            for s in range(4):
+                                for j, b in enumerate(word(ws, offs[2*s])): B[(nt, s)][4*t4 + j, g] = table[b]
+                                for j, b in enumerate(word(ws, offs[2*s+1])): B[(nt, s)][16 + 4*t4 + j, g] = table[b]
+                    for mt in range(MT):
+                        P = {nt: np.zeros((16, 8)) for nt in range(4)}
+                        F = np.zeros(16)
+                        for s in range(4):
+                            A = np.zeros((16, 32))
+                            for lane in range(32):
+                                g, t4 = lane >> 2, lane & 3
+                                r0 = wr + mt*16 + g; r1 = r0 + 8; sw = (r0 & 1) << 2
+                                u = []
+                                for rr in (r0, r1):
+                                    u.append([rr*128 + ((t4 ^ sw) << 4) + 4*i for i in range(4)] +
+                                             [rr*128 + (((t4 + 4) ^ sw) << 4) + 4*i for i in range(4)])
+                                regs = [u[0][2*s], u[1][2*s], u[0][2*s+1], u[1][2*s+1]]
+                                for reg, (row, kofs) in zip(regs, [(g, 0), (g + 8, 0), (g, 16), (g + 8, 16)]):
+                                    for j, b in enumerate(word(xs, reg)): A[row, kofs + 4*t4 + j] = table[b]
+                                for row, rr in ((g, r0), (g + 8, r1)):
+                                    F[row] = xf[m0 + rr, it] * fw if rr < rows else 0.0
+                            for nt in range(4):
+                                P[nt] += A @ B[(nt, s)]
+                        for nt in range(4):
+                            key = (warp, mt, nt)
+                            acc[key] = acc.get(key, np.zeros((16, 8))) + P[nt] * F[:, None]
+            for (warp, mt, nt), C in acc.items():
+                wn, wr = warp & 3, (warp >> 2)*16*MT
+                for rr in range(16):
+                    if wr + mt*16 + rr < rows:
+                        y[m0 + wr + mt*16 + rr, n0 + wn*32 + nt*8: n0 + wn*32 + nt*8 + 8] = C[rr]
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    print(m, n, k, MT, WM, "w8a8 max rel err", err)
+    assert err < 1e-9
+
+run_a8(20, 128, 256, 2)
+run_a8(70, 128, 256, 2, WM=2)
+run_a8(100, 128, 384, 1, WM=4)

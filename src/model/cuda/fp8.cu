@@ -296,6 +296,174 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
     y[i] = from_f<T>(a);
 }
 
+constexpr float E4M3_MAX = 448.f;
+
+// Activations to E4M3 for gemm_fp8's W8A8 kernels, in DeepSeek-V3's 1x128 tiles: a warp takes one
+// 128-wide tile of one row, 4 values a lane, and writes its bytes to xq and its dequantization
+// factor (the tile's largest magnitude / 448; 1 for an all-zero tile) to xs[row, tile].
+// Requires k % 128 == 0. Grid: ceil(m * k / 128 / 8); block: 256.
+template <typename T>
+__device__ void fp8_quant_rows(const T* __restrict__ x, uint8_t* __restrict__ xq, float* __restrict__ xs, int m,
+                               int k) {
+    pdl_begin();
+    int tiles = k / G8_K;
+    long tile = (long)blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (tile >= (long)m * tiles) return;
+    size_t at = (size_t)tile * G8_K + lane * 4;  // rows are whole tiles, so tile * 128 is the offset
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) v[j] = to_f(x[at + j]);
+    float a = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+    // Divided by the factor (not multiplied by its inverse), as fp8.rs rounds them on the CPU.
+    float f = a > 0.f ? a / E4M3_MAX : 1.f;
+    uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v[0] / f, v[1] / f), __NV_SATFINITE, __NV_E4M3);
+    uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(v[2] / f, v[3] / f), __NV_SATFINITE, __NV_E4M3);
+    *(uint32_t*)(xq + at) = lo | (hi << 16);
+    if (lane == 0) xs[tile] = f;
+}
+
+// One m16n8k32 MMA of E4M3 operands into f32 (Ada and Hopper).
+__device__ __forceinline__ void mma_e4m3(float* c, const uint32_t* a, const uint32_t* b) {
+#if __CUDA_ARCH__ >= 890
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();  // fused.rs loads these kernels only on compute capability 8.9 and later
+#endif
+}
+
+// x · wᵀ with both operands in E4M3 (W8A8): xq and xs from fp8_quant_rows, w and scale as for
+// gemm_fp8. The bytes go to the MMA as they are, with no conversion, and each 128-wide step's
+// partial sums (the tensor cores' own accumulation, which keeps fewer bits than f32 for FP8) are
+// promoted to the f32 total multiplied by the row's activation factor and the block's weight
+// factor, as DeepSeek-V3 promotes every 128 elements. Block and warp tiling as gemm_fp8's (4 WM
+// warps, each 16 MT rows by 32 columns). Inside a step a lane (g, t4) holds bytes 16 t4 .. 16 t4 + 15
+// and 64 + 16 t4 .. + 15 of its rows of x and of w; MMA s takes their words 2 s and 2 s + 1 as its
+// k = 4 t4 .. 4 t4 + 3 and 16 + 4 t4 .. + 3 on both sides, which pairs every product correctly.
+// Shared-memory rows (128 bytes on both sides) put 16-byte chunk c at c ^ 4 (r & 1), so the reads of
+// a quarter warp (two rows) hit every bank once.
+// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / (16 MT WM)), splits); block:
+// 128 WM; dynamic shared memory: G8_STAGES * (16 MT WM * 128 + 16384) bytes.
+template <typename T, int MT, int WM>
+__device__ void gemm_w8a8(const uint8_t* __restrict__ xq, const float* __restrict__ xs, const uint8_t* __restrict__ w,
+                          const float* __restrict__ scale, float* __restrict__ part, T* __restrict__ y, int m, int n,
+                          int k) {
+    pdl_begin();
+    constexpr int ROWS = 16 * MT * WM;
+    constexpr int XS = ROWS * G8_K;  // a stage's activation tile: rows of 128 bytes
+    constexpr int WS = G8_N * G8_K;  // a stage's weight tile: rows of 128 bytes
+    extern __shared__ __align__(16) unsigned char smem[];
+    int n0 = blockIdx.x * G8_N, m0 = blockIdx.y * ROWS;
+    int kblocks = k / G8_K;
+    int per = (kblocks + gridDim.z - 1) / gridDim.z;
+    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
+    int steps = max(0, kb1 - kb0);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    int wn = warp & 3, wr = (warp >> 2) * 16 * MT;
+    int rows = min(ROWS, m - m0);
+    const float* factors = scale + (size_t)blockIdx.x * kblocks;
+    auto load = [&](int kb, int stage) {
+        unsigned char* xd = smem + stage * (XS + WS);
+        unsigned char* wd = xd + XS;
+        for (int i = threadIdx.x; i < ROWS * 8; i += blockDim.x) {
+            int r = i >> 3, c = i & 7;
+            uint4* dst = (uint4*)(xd + r * 128 + ((c ^ ((r & 1) << 2)) << 4));
+            if (r < rows)
+                __pipeline_memcpy_async(dst, (const uint4*)(xq + (size_t)(m0 + r) * k + kb * G8_K) + c, 16);
+            else
+                *dst = make_uint4(0, 0, 0, 0);
+        }
+        for (int i = threadIdx.x; i < G8_N * 8; i += blockDim.x) {
+            int r = i >> 3, c = i & 7;
+            __pipeline_memcpy_async((uint4*)(wd + r * 128 + ((c ^ ((r & 1) << 2)) << 4)),
+                                    (const uint4*)(w + (size_t)(n0 + r) * k + kb * G8_K) + c, 16);
+        }
+    };
+    float acc[MT][4][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < G8_STAGES - 1; s++) {
+        if (s < steps) load(kb0 + s, s);
+        __pipeline_commit();
+    }
+    for (int it = 0; it < steps; it++) {
+        int kb = kb0 + it;
+        float fw = __ldg(factors + kb);
+        __pipeline_wait_prior(G8_STAGES - 2);
+        __syncthreads();
+        if (it + G8_STAGES - 1 < steps) load(kb + G8_STAGES - 1, (it + G8_STAGES - 1) % G8_STAGES);
+        __pipeline_commit();
+        const unsigned char* xsm = smem + (it % G8_STAGES) * (XS + WS);
+        const unsigned char* wsm = xsm + XS;
+        uint32_t b[4][8];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            int r = wn * 32 + nt * 8 + g, sw = (r & 1) << 2;
+            uint4 lo = *(const uint4*)(wsm + r * 128 + ((t4 ^ sw) << 4));
+            uint4 hi = *(const uint4*)(wsm + r * 128 + (((t4 + 4) ^ sw) << 4));
+            b[nt][0] = lo.x, b[nt][1] = lo.y, b[nt][2] = lo.z, b[nt][3] = lo.w;
+            b[nt][4] = hi.x, b[nt][5] = hi.y, b[nt][6] = hi.z, b[nt][7] = hi.w;
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            int r0 = wr + mt * 16 + g, r1 = r0 + 8, sw = (r0 & 1) << 2;  // r0, r1: same parity
+            // Rows past m read zero bytes; their factor is never loaded.
+            float f0 = r0 < rows ? __ldg(xs + (size_t)(m0 + r0) * kblocks + kb) * fw : 0.f;
+            float f1 = r1 < rows ? __ldg(xs + (size_t)(m0 + r1) * kblocks + kb) * fw : 0.f;
+            uint4 lo0 = *(const uint4*)(xsm + r0 * 128 + ((t4 ^ sw) << 4));
+            uint4 hi0 = *(const uint4*)(xsm + r0 * 128 + (((t4 + 4) ^ sw) << 4));
+            uint4 lo1 = *(const uint4*)(xsm + r1 * 128 + ((t4 ^ sw) << 4));
+            uint4 hi1 = *(const uint4*)(xsm + r1 * 128 + (((t4 + 4) ^ sw) << 4));
+            uint32_t u0[8] = {lo0.x, lo0.y, lo0.z, lo0.w, hi0.x, hi0.y, hi0.z, hi0.w};
+            uint32_t u1[8] = {lo1.x, lo1.y, lo1.z, lo1.w, hi1.x, hi1.y, hi1.z, hi1.w};
+            float p[4][4];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.f;
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                uint32_t a[4] = {u0[2 * s], u1[2 * s], u0[2 * s + 1], u1[2 * s + 1]};
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    uint32_t bb[2] = {b[nt][2 * s], b[nt][2 * s + 1]};
+                    mma_e4m3(p[nt], a, bb);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                acc[mt][nt][0] = fmaf(p[nt][0], f0, acc[mt][nt][0]);
+                acc[mt][nt][1] = fmaf(p[nt][1], f0, acc[mt][nt][1]);
+                acc[mt][nt][2] = fmaf(p[nt][2], f1, acc[mt][nt][2]);
+                acc[mt][nt][3] = fmaf(p[nt][3], f1, acc[mt][nt][3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        int r0 = wr + mt * 16 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            int c = n0 + wn * 32 + nt * 8 + 2 * t4;
+            float* a = acc[mt][nt];
+            if (gridDim.z == 1) {
+                if (r0 < rows) *(uint32_t*)(y + (size_t)(m0 + r0) * n + c) = pack2<T>(a[0], a[1]);
+                if (r1 < rows) *(uint32_t*)(y + (size_t)(m0 + r1) * n + c) = pack2<T>(a[2], a[3]);
+            } else {
+                float* q = part + (size_t)blockIdx.z * m * n;
+                if (r0 < rows) *(float2*)(q + (size_t)(m0 + r0) * n + c) = make_float2(a[0], a[1]);
+                if (r1 < rows) *(float2*)(q + (size_t)(m0 + r1) * n + c) = make_float2(a[2], a[3]);
+            }
+        }
+    }
+}
+
 #define FP8_GEMV(T, S, M)                                                                                      \
     extern "C" __global__ void gemv_fp8_##M##_##S(const T* x, const uint8_t* w, const float* scale,            \
                                                   const T* res, T* y, int n, int k) {                          \
@@ -322,10 +490,23 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
                                                                       int m, int n, int k) {                    \
         gemm_fp8<T, MT, WM>(x, w, scale, part, y, m, n, k);                                                    \
     }
+// gemm_fp8_a8_m<MT>[x<WM>]_<S>: the W8A8 kernels (gemm_w8a8), fed by fp8_quant_rows_<S>.
+#define FP8_W8A8_K(T, S, NAME, MT, WM)                                                                         \
+    extern "C" __global__ void __launch_bounds__(128 * WM)                                                     \
+        NAME##_##S(const uint8_t* xq, const float* xs, const uint8_t* w, const float* scale, float* part, T* y, \
+                   int m, int n, int k) {                                                                      \
+        gemm_w8a8<T, MT, WM>(xq, xs, w, scale, part, y, m, n, k);                                              \
+    }
 #define FP8_GEMM(T, S)                                                                                         \
     FP8_GEMM_K(T, S, gemm_fp8_m1, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m2, 2, 1) FP8_GEMM_K(T, S, gemm_fp8_m3, 3, 1) \
     FP8_GEMM_K(T, S, gemm_fp8_m4, 4, 1) FP8_GEMM_K(T, S, gemm_fp8_m2x2, 2, 2)                                   \
     FP8_GEMM_K(T, S, gemm_fp8_m2x4, 2, 4) FP8_GEMM_K(T, S, gemm_fp8_m4x2, 4, 2)                                 \
+    FP8_W8A8_K(T, S, gemm_fp8_a8_m1, 1, 1) FP8_W8A8_K(T, S, gemm_fp8_a8_m2, 2, 1)                               \
+    FP8_W8A8_K(T, S, gemm_fp8_a8_m1x2, 1, 2) FP8_W8A8_K(T, S, gemm_fp8_a8_m2x2, 2, 2)                           \
+    FP8_W8A8_K(T, S, gemm_fp8_a8_m1x4, 1, 4) FP8_W8A8_K(T, S, gemm_fp8_a8_m2x4, 2, 4)                           \
+    extern "C" __global__ void fp8_quant_rows_##S(const T* x, uint8_t* xq, float* xs, int m, int k) {          \
+        fp8_quant_rows<T>(x, xq, xs, m, k);                                                                    \
+    }                                                                                                          \
     extern "C" __global__ void gemm_fp8_reduce_##S(const float* part, T* y, int splits, size_t total) {        \
         gemm_fp8_reduce<T>(part, y, splits, total);                                                            \
     }
