@@ -8,9 +8,6 @@
 //!   `benchmarks/data` (teacher forced, every position scored in one paged step);
 //! - batch-1 decode tokens/s and weight bytes, side by side.
 //!
-//! The `_a8` arms (`--arms fp8_weights_a8,fp8_weights_a8_kv`, not run by default) round each
-//! product's activations to E4M3 per 1×128 tile first, the arithmetic of CUDA's W8A8 GEMM.
-//!
 //! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N] [--arms fp8_weights,fp8_weights_kv]`
 //! prints one JSON object.
 
@@ -149,15 +146,11 @@ fn main() {
     // load, as a user's `--dtype fp8` does; f32 (the GGUF exactly) shows what bf16 itself costs.
     let bf16_dir = dir.path().join("bf16");
     subgoal::model::convert::gguf_to_hf(&subgoal::model::test_model_path(), &bf16_dir, DType::BF16).expect("convert");
-    // `_a8`: the activations rounded to E4M3 per 1×128 tile before each FP8 product, the
-    // arithmetic of CUDA's W8A8 GEMM kernels (`fp8::set_activation_tiles`).
     let arms = [
-        ("bf16", &bf16_dir, "f32", false, false),
-        ("f32", &dense, "f32", false, false),
-        ("fp8_weights", &bf16_dir, "fp8", false, false),
-        ("fp8_weights_kv", &bf16_dir, "fp8", true, false),
-        ("fp8_weights_a8", &bf16_dir, "fp8", false, true),
-        ("fp8_weights_a8_kv", &bf16_dir, "fp8", true, true),
+        ("bf16", &bf16_dir, "f32", false),
+        ("f32", &dense, "f32", false),
+        ("fp8_weights", &bf16_dir, "fp8", false),
+        ("fp8_weights_kv", &bf16_dir, "fp8", true),
     ];
     // `--arms a,b`: a subset (bf16 always runs: the others are measured against it).
     let only: Option<Vec<String>> = std::env::args()
@@ -165,25 +158,14 @@ fn main() {
         .windows(2)
         .find(|w| w[0] == "--arms")
         .map(|w| w[1].split(',').map(str::to_string).collect());
-    let models: Vec<(&str, Embedded, KvFormat, bool)> = arms
+    let models: Vec<(&str, Embedded, KvFormat)> = arms
         .iter()
-        .filter(|(name, ..)| {
-            *name == "bf16" || only.as_ref().map_or(!name.contains("a8"), |o| o.iter().any(|x| x == name))
-        })
-        .map(|(name, path, dtype, kv, a8)| (*name, load(path, dtype, *kv), KvFormat::of(DType::F32, *kv), *a8))
+        .filter(|(name, ..)| *name == "bf16" || only.as_ref().is_none_or(|o| o.iter().any(|x| x == name)))
+        .map(|(name, path, dtype, kv)| (*name, load(path, dtype, *kv), KvFormat::of(DType::F32, *kv)))
         .collect();
-    // Each model with its activation rounding on or off.
-    let arm = |a8: bool| subgoal::model::fp8::set_activation_tiles(a8);
 
     // Greedy agreement.
-    let texts: Vec<Vec<Vec<u32>>> = models
-        .iter()
-        .map(|(_, m, _, a8)| {
-            arm(*a8);
-            greedy(m, tokens)
-        })
-        .collect();
-    arm(false);
+    let texts: Vec<Vec<Vec<u32>>> = models.iter().map(|(_, m, _)| greedy(m, tokens)).collect();
     let reference = &models[0].1;
     let mut greedy_out = serde_json::Map::new();
     for (a, (name, ..)) in models.iter().enumerate().skip(1) {
@@ -209,8 +191,7 @@ fn main() {
     let corpus = proofs(n_proofs);
     let mut nll_out = serde_json::Map::new();
     let mut base = 0.0;
-    for (i, (name, m, format, a8)) in models.iter().enumerate() {
-        arm(*a8);
+    for (i, (name, m, format)) in models.iter().enumerate() {
         let (mut total, mut count) = (0.0, 0usize);
         let started = Instant::now();
         for code in &corpus {
@@ -245,8 +226,7 @@ fn main() {
     // Batch-1 decode speed.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut speed = serde_json::Map::new();
-    for (name, m, _, a8) in &models {
-        arm(*a8);
+    for (name, m, _) in &models {
         let params =
             SamplingParams { n: 1, temperature: 0.0, top_p: 1.0, max_new_tokens: 64, stop: vec![], seed: Some(0) };
         let req = GenRequest { prompts: vec![Prompt::Text("Proof:".into())], params };

@@ -209,37 +209,6 @@ fn each_128_block_is_scaled_to_its_own_largest_magnitude() {
 }
 
 #[test]
-fn activation_tiles_round_each_128_wide_piece_of_a_row_to_its_own_factor() {
-    // Rows of 300: tiles of 128, 128 and 44; magnitudes differing by 10^4 between tiles, and an
-    // all-zero tile.
-    let (rows, cols) = (3, 300);
-    let x: Vec<f32> = (0..rows * cols)
-        .map(|i| {
-            let (r, c) = (i / cols, i % cols);
-            if r == 2 && c < 128 {
-                return 0.0;
-            }
-            let mag = 10f32.powi((c / 128) as i32 * 2 - 2);
-            mag * (((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)
-        })
-        .collect();
-    let mut got = x.clone();
-    fp8::round_activation_tiles(&mut got, cols);
-    for r in 0..rows {
-        for (t, c0) in [0usize, 128, 256].into_iter().enumerate() {
-            let tile = &x[r * cols + c0..r * cols + (c0 + 128).min(cols)];
-            let amax = tile.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let f = if amax > 0.0 { amax / 448.0 } else { 1.0 };
-            for (j, v) in tile.iter().enumerate() {
-                let want = ref_value(ref_encode(v / f)) * f;
-                assert_eq!(got[r * cols + c0 + j], want, "row {r}, tile {t}, column {j}");
-            }
-        }
-    }
-    assert!(got[2 * cols..2 * cols + 128].iter().all(|&v| v == 0.0));
-}
-
-#[test]
 fn an_all_zero_block_gets_factor_one_and_stays_zero() {
     let w = vec![0f32; 130 * 3];
     let q = BlockFp8::quantize(&w, 130, 3).unwrap();
@@ -443,4 +412,27 @@ fn an_unknown_quantization_config_is_refused() {
     std::fs::write(dense.join("config.json"), config.to_string()).unwrap();
     let err = Embedded::load(&dense, &EmbeddedOptions::default()).err().expect("loaded a [1, 128] block layout");
     assert!(err.to_string().contains("weight_block_size"), "{err}");
+}
+
+// ---- picking the CUDA GEMM's kernel by row count (`fused::set_gemm_fp8_pick`) ----
+
+const KERNELS: [&str; 3] = ["gemm_fp8_m1", "gemm_fp8_m2", "gemm_fp8_m2x2"];
+
+#[test]
+fn a_kernel_pick_maps_row_counts_to_kernels_named_with_or_without_their_prefix() {
+    let pick = fp8::parse_pick("16:m1, 32:gemm_fp8_m2 ,max:m2x2", &KERNELS, "gemm_fp8_").unwrap();
+    assert_eq!(pick, vec![(16, 0), (32, 1), (usize::MAX, 2)]);
+}
+
+#[test]
+fn a_kernel_pick_naming_an_unknown_kernel_is_refused_with_its_name() {
+    let err = fp8::parse_pick("16:m1,max:m9", &KERNELS, "gemm_fp8_").unwrap_err().to_string();
+    assert!(err.contains("\"m9\"") && err.contains("gemm_fp8_m2x2"), "{err}");
+}
+
+#[test]
+fn a_kernel_pick_must_rise_and_end_with_max() {
+    for spec in ["32:m1,16:m2,max:m2x2", "16:m1,16:m2,max:m2x2", "16:m1,32:m2", "max:m1,max:m2", "", "m1", "x:m1"] {
+        assert!(fp8::parse_pick(spec, &KERNELS, "gemm_fp8_").is_err(), "{spec:?} was taken");
+    }
 }

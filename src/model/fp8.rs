@@ -9,7 +9,6 @@
 //! each block's 128 terms in `f32` and only then multiplies by the block's factor, as DeepSeek's
 //! kernels promote partial sums every 128 elements.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -82,6 +81,38 @@ pub enum Fp8Error {
     Scales(usize, usize, usize, usize),
     #[error("a weight holds {0} at ({1}, {2}): FP8 keeps finite values only")]
     NotFinite(f32, usize, usize),
+    #[error("GEMM kernel pick {0:?}: {1}")]
+    Pick(String, String),
+}
+
+/// A pick of kernel by row count, `ROWS:KERNEL,…,max:KERNEL` (up to ROWS rows that kernel, the
+/// last for any more), as indices into `kernels`, whose names may be given without `prefix`:
+/// `(most rows, index)` pairs, the row counts rising and the last `usize::MAX`. How CUDA's FP8
+/// GEMM is told which of its kernels to run (`fused::set_gemm_fp8_pick`).
+pub fn parse_pick(spec: &str, kernels: &[&str], prefix: &str) -> Result<Vec<(usize, usize)>, Fp8Error> {
+    let bad = |why: String| Fp8Error::Pick(spec.to_string(), why);
+    let mut pick: Vec<(usize, usize)> = Vec::new();
+    for part in spec.split(',') {
+        let Some((rows, name)) = part.split_once(':') else {
+            return Err(bad(format!("{part:?} is not ROWS:KERNEL")));
+        };
+        let rows = match rows.trim() {
+            "max" => usize::MAX,
+            r => r.parse().map_err(|_| bad(format!("{r:?} is not a row count")))?,
+        };
+        let name = name.trim();
+        let Some(i) = kernels.iter().position(|k| *k == name || k.strip_prefix(prefix) == Some(name)) else {
+            return Err(bad(format!("no kernel {name:?} (there are {})", kernels.join(", "))));
+        };
+        if pick.last().is_some_and(|&(last, _)| last >= rows) {
+            return Err(bad("row counts must rise".into()));
+        }
+        pick.push((rows, i));
+    }
+    if pick.last().is_none_or(|&(last, _)| last != usize::MAX) {
+        return Err(bad("the last entry must be max:KERNEL".into()));
+    }
+    Ok(pick)
 }
 
 /// A `rows × cols` weight in E4M3 with one dequantization factor per 128×128 block: element
@@ -266,38 +297,6 @@ pub fn quantize_rows(x: &[f32], width: usize) -> (Vec<u8>, Vec<f32>) {
         }
     }
     (bytes, scales)
-}
-
-/// Whether the CPU's FP8 products first round their activations to E4M3 per 1×128 tile of each
-/// row, as CUDA's W8A8 GEMM kernels (`gemm_fp8_a8_*`, fp8.cu) quantize them, so that arithmetic's
-/// accuracy can be measured on the CPU (`fp8_accuracy`'s `_a8` arms). Off unless set: the CPU
-/// itself gains no speed from it.
-static ACTIVATION_TILES: AtomicBool = AtomicBool::new(false);
-
-/// Turns the CPU's activation rounding (`ACTIVATION_TILES`) on or off for the whole process.
-pub fn set_activation_tiles(on: bool) {
-    ACTIVATION_TILES.store(on, Ordering::Relaxed);
-}
-
-/// Whether the CPU's FP8 products round their activations first.
-pub fn activation_tiles() -> bool {
-    ACTIVATION_TILES.load(Ordering::Relaxed)
-}
-
-/// Replaces every 128-wide tile of every row of `x` (rows of `cols`; a row's last tile may be
-/// shorter) by its E4M3 rounding: each value divided by the tile's factor (its largest magnitude
-/// / 448, 1 for an all-zero tile), encoded, decoded and multiplied back, as `fp8_quant_rows` on
-/// CUDA quantizes it.
-pub fn round_activation_tiles(x: &mut [f32], cols: usize) {
-    for row in x.chunks_mut(cols.max(1)) {
-        for tile in row.chunks_mut(BLOCK) {
-            let amax = tile.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
-            let f = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
-            for v in tile.iter_mut() {
-                *v = decode(encode(*v / f)) * f;
-            }
-        }
-    }
 }
 
 /// How many parts the many-row FP8 GEMM on CUDA splits k into (`gemm_fp8` in fused.rs): `tiles`

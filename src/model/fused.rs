@@ -80,17 +80,13 @@ const CASCADE: AttnFamily = [
 /// Keys per tile of the prefill and cascade kernels (`FA_K` in paged.cu): a cascade span is a
 /// whole number of tiles.
 const FA_K: usize = 64;
-/// One kernel of the FP8 GEMM for many rows (`gemm_fp8` and `gemm_w8a8`, fp8.cu): blocks of
-/// `4 * warps_m` warps, each warp `16 * mt` rows by 32 columns, so a block covers
-/// `16 * mt * warps_m` rows. `a8`: the activations are quantized to E4M3 too (per 1×128 tile, by
-/// `fp8_quant_rows`) and both operands go to FP8 tensor cores as bytes (W8A8), instead of the
-/// weight's bytes being made 16-bit in registers (W8A16).
+/// One kernel of the FP8 GEMM for many rows (`gemm_fp8`, fp8.cu): blocks of `4 * warps_m` warps,
+/// each warp `16 * mt` rows by 32 columns, so a block covers `16 * mt * warps_m` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmFp8Kernel {
     pub name: &'static str,
     pub mt: usize,
     pub warps_m: usize,
-    pub a8: bool,
 }
 
 impl GemmFp8Kernel {
@@ -104,15 +100,11 @@ impl GemmFp8Kernel {
 }
 
 const fn g8(name: &'static str, mt: usize, warps_m: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m, a8: false }
-}
-const fn a8(name: &'static str, mt: usize, warps_m: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m, a8: true }
+    GemmFp8Kernel { name, mt, warps_m }
 }
 
-/// Every FP8 GEMM kernel fp8.cu instantiates: W8A16 (`gemm_fp8`), then W8A8 (`gemm_w8a8`, loaded
-/// only where the PTX targets compute capability 8.9 or later, which has FP8 MMA).
-pub const GEMM_FP8: [GemmFp8Kernel; 13] = [
+/// Every `gemm_fp8` kernel fp8.cu instantiates.
+pub const GEMM_FP8: [GemmFp8Kernel; 7] = [
     g8("gemm_fp8_m1", 1, 1),
     g8("gemm_fp8_m2", 2, 1),
     g8("gemm_fp8_m3", 3, 1),
@@ -120,19 +112,13 @@ pub const GEMM_FP8: [GemmFp8Kernel; 13] = [
     g8("gemm_fp8_m2x2", 2, 2),
     g8("gemm_fp8_m2x4", 2, 4),
     g8("gemm_fp8_m4x2", 4, 2),
-    a8("gemm_fp8_a8_m1", 1, 1),
-    a8("gemm_fp8_a8_m2", 2, 1),
-    a8("gemm_fp8_a8_m1x2", 1, 2),
-    a8("gemm_fp8_a8_m2x2", 2, 2),
-    a8("gemm_fp8_a8_m1x4", 1, 4),
-    a8("gemm_fp8_a8_m2x4", 2, 4),
 ];
-/// The W8A8 kernels' activation quantizer.
-const FP8_QUANT_ROWS: &str = "fp8_quant_rows";
 /// The kernel `gemm_fp8` takes for up to so many rows (indices into `GEMM_FP8`), the last for
 /// any more (each block then takes its share of the rows). The kernels with more than one warp
-/// along m (8 and 16 warps a block, for 64 and 128 rows) are built and compared by
-/// `gpu_decode --gemm-only` but not measured yet, so none is picked.
+/// along m (8 and 16 warps a block, for 64 and 128 rows) were no faster on an H100 at the 7B
+/// shape's projections (`gpu_decode --gemm-only`, 2026-12-07: the best of them ran at 0.88–0.97×
+/// of `gemm_fp8_m4`'s speed at 64 and 128 rows, and the engine at 94 rows a step at 0.96×), so
+/// none is picked; they stay for comparison on other GPUs.
 const GEMM_FP8_PICK: [(usize, usize); 4] = [(16, 0), (32, 1), (48, 2), (usize::MAX, 3)];
 /// A pick that replaces `GEMM_FP8_PICK` for the whole process (`set_gemm_fp8_pick`), so a
 /// benchmark compares picks in one run, on one machine, without a rebuild.
@@ -146,29 +132,11 @@ pub fn set_gemm_fp8_pick(spec: Option<&str>) -> Result<Vec<(usize, &'static str)
     let pick = match spec {
         None => None,
         Some(spec) => {
-            let mut pick = Vec::new();
-            for part in spec.split(',') {
-                let Some((rows, name)) = part.split_once(':') else {
-                    bail!("gemm_fp8 pick {part:?}: expected ROWS:KERNEL")
-                };
-                let rows = match rows.trim() {
-                    "max" => usize::MAX,
-                    r => r
-                        .parse()
-                        .map_err(|_| candle_core::Error::Msg(format!("gemm_fp8 pick {part:?}: bad row count")))?,
-                };
-                let name = name.trim();
-                let Some(i) =
-                    GEMM_FP8.iter().position(|g| g.name == name || g.name.strip_prefix("gemm_fp8_") == Some(name))
-                else {
-                    bail!("gemm_fp8 pick {part:?}: no kernel {name}")
-                };
-                pick.push((rows, i));
-            }
-            if pick.windows(2).any(|w| w[0].0 >= w[1].0) || pick.last().is_none_or(|l| l.0 != usize::MAX) {
-                bail!("gemm_fp8 pick {spec:?}: row counts must rise and end with max")
-            }
-            Some(pick)
+            let names = GEMM_FP8.map(|g| g.name);
+            Some(
+                super::fp8::parse_pick(spec, &names, "gemm_fp8_")
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            )
         }
     };
     let shown = pick.as_deref().unwrap_or(&GEMM_FP8_PICK).iter().map(|&(r, i)| (r, GEMM_FP8[i].name)).collect();
@@ -449,11 +417,10 @@ fn dynamic_smem(short: &str) -> Option<usize> {
 /// Stages of `gemm_fp8` (`G8_STAGES` in fp8.cu).
 const GEMM_FP8_STAGES: usize = 3;
 
-/// A `GEMM_FP8` kernel's tiles (fp8.cu): per stage, its block's rows of x (128 activations each,
-/// 16-bit, or bytes for W8A8) and 128 weight rows of 128 bytes.
+/// A `GEMM_FP8` kernel's tiles (fp8.cu): per stage, its block's rows of x (128 16-bit activations
+/// each) and 128 weight rows of 128 bytes.
 fn gemm_fp8_smem(g: &GemmFp8Kernel) -> usize {
-    let x_bytes = if g.a8 { 1 } else { 2 };
-    GEMM_FP8_STAGES * (g.rows() * 128 * x_bytes + 128 * 128)
+    GEMM_FP8_STAGES * (g.rows() * 128 * 2 + 128 * 128)
 }
 
 /// The index of head size `d` in the attention kernels' lists.
@@ -531,8 +498,8 @@ impl Kernels {
                 .chain(&CASCADE)
                 .flatten()
                 .copied()
-                .chain(GEMM_FP8.iter().filter(|g| !g.a8 || ptx_target() >= 89).map(|g| g.name))
-                .chain([GEMM_FP8_REDUCE, FP8_QUANT_ROWS])
+                .chain(GEMM_FP8.iter().map(|g| g.name))
+                .chain([GEMM_FP8_REDUCE])
                 .collect()
         };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
@@ -608,7 +575,6 @@ impl Kernels {
                 DType::BF16 => CudaStorageSlice::BF16(self.dev.alloc::<half::bf16>(n)?),
                 DType::F16 => CudaStorageSlice::F16(self.dev.alloc::<half::f16>(n)?),
                 DType::U32 => CudaStorageSlice::U32(self.dev.alloc::<u32>(n)?),
-                DType::U8 => CudaStorageSlice::U8(self.dev.alloc::<u8>(n)?),
                 other => bail!("no fused buffer of {other:?}"),
             }
         };
@@ -909,7 +875,6 @@ impl Kernels {
         let g = GEMM_FP8[index];
         let fits = self.module.funcs.contains_key(g.name)
             && self.module.funcs.contains_key(GEMM_FP8_REDUCE)
-            && (!g.a8 || self.module.funcs.contains_key(FP8_QUANT_ROWS))
             && k % 128 == 0
             && n % 128 == 0
             && self.fp8_operands_fit(x, w, scale)?;
@@ -930,21 +895,7 @@ impl Kernels {
             block_dim: (g.threads(), 1, 1),
             shared_mem_bytes: gemm_fp8_smem(&g) as u32,
         };
-        if g.a8 {
-            // x to E4M3 bytes and one factor per 1×128 tile, then both operands to FP8 MMA.
-            let xq = self.empty((rows, k), DType::U8)?;
-            let xs = self.empty((rows, kb), DType::F32)?;
-            let (pq, pf) = (addr(&xq)?, addr(&xs)?);
-            let quant = LaunchConfig {
-                grid_dim: ((rows * kb).div_ceil(8) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            launch!(self, FP8_QUANT_ROWS, quant, &px, &pq, &pf, &m_i, &k_i);
-            launch!(self, g.name, cfg, &pq, &pf, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
-        } else {
-            launch!(self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
-        }
+        launch!(self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
         if splits > 1 {
             let total = rows * n;
             let cfg = LaunchConfig {
