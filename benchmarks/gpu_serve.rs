@@ -319,8 +319,7 @@ fn main() {
     // `--gemm-fp8-pick SPEC`: the FP8 GEMM's kernel by row count for the whole run
     // (`fused::set_gemm_fp8_pick`); `--gemm-fp8-picks A;B`: the TensorRT shapes' FP8 arm again
     // under each.
-    let gemm_pick: Option<String> = arg(&args, "--gemm-fp8-pick", String::new()).into();
-    let gemm_pick = gemm_pick.filter(|s| !s.is_empty());
+    let gemm_pick = Some(arg(&args, "--gemm-fp8-pick", String::new())).filter(|s| !s.is_empty());
     let gemm_default = set_gemm_fp8_pick(gemm_pick.as_deref());
     let gemm_picks: Vec<String> = arg(&args, "--gemm-fp8-picks", String::new())
         .split(';')
