@@ -407,7 +407,7 @@ fn prefill_smem(d: usize) -> usize {
 /// Dynamic shared memory of the kernels that take it (over the default 48 KiB), by short name.
 fn dynamic_smem(short: &str) -> Option<usize> {
     if let Some(g) = GEMM_FP8.iter().find(|g| g.name == short) {
-        return Some(gemm_fp8_smem(g));
+        return Some(gemm_fp8_smem(g.rows()));
     }
     let rest = short.strip_prefix("attn_prefill").or_else(|| short.strip_prefix("attn_cascade"))?;
     let d = rest.split('_').next()?.parse::<usize>().ok()?;
@@ -417,10 +417,10 @@ fn dynamic_smem(short: &str) -> Option<usize> {
 /// Stages of `gemm_fp8` (`G8_STAGES` in fp8.cu).
 const GEMM_FP8_STAGES: usize = 3;
 
-/// A `GEMM_FP8` kernel's tiles (fp8.cu): per stage, its block's rows of x (128 16-bit activations
-/// each) and 128 weight rows of 128 bytes.
-fn gemm_fp8_smem(g: &GemmFp8Kernel) -> usize {
-    GEMM_FP8_STAGES * (g.rows() * 128 * 2 + 128 * 128)
+/// `gemm_fp8`'s tiles for blocks of `rows` rows (fp8.cu): per stage, the rows of x (128 16-bit
+/// activations each) and 128 weight rows of 128 bytes.
+fn gemm_fp8_smem(rows: usize) -> usize {
+    GEMM_FP8_STAGES * (rows * 128 * 2 + 128 * 128)
 }
 
 /// The index of head size `d` in the attention kernels' lists.
@@ -548,7 +548,7 @@ impl Kernels {
         let mut gemm_fp8_resident = [1; GEMM_FP8.len()];
         for (resident, g) in gemm_fp8_resident.iter_mut().zip(&GEMM_FP8) {
             if module.funcs.contains_key(g.name) {
-                *resident = module.resident_blocks(g.name, g.threads(), gemm_fp8_smem(g))?.max(1);
+                *resident = module.resident_blocks(g.name, g.threads(), gemm_fp8_smem(g.rows()))?.max(1);
             }
         }
         Ok(Some(Kernels {
@@ -893,7 +893,7 @@ impl Kernels {
         let cfg = LaunchConfig {
             grid_dim: (nb as u32, mb as u32, splits as u32),
             block_dim: (g.threads(), 1, 1),
-            shared_mem_bytes: gemm_fp8_smem(&g) as u32,
+            shared_mem_bytes: gemm_fp8_smem(g.rows()) as u32,
         };
         launch!(self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
         if splits > 1 {
