@@ -145,14 +145,12 @@ pub fn set_gemm_fp8_pick(spec: Option<&str>) -> Result<Vec<(usize, &'static str)
 }
 
 /// The `GEMM_FP8` index `gemm_fp8` takes for `rows` rows: the pick set by `set_gemm_fp8_pick`,
-/// else the built-in one (also where the set pick names a kernel `loaded` says is absent).
-fn gemm_fp8_pick(rows: usize, loaded: impl Fn(&str) -> bool) -> usize {
-    let find = |pick: &[(usize, usize)]| pick.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i);
+/// else the built-in one. A kernel the GPU did not load is refused by `gemm_fp8_with`, whichever
+/// pick named it.
+fn gemm_fp8_pick(rows: usize) -> usize {
     let set = GEMM_FP8_PICK_SET.read().unwrap_or_else(|e| e.into_inner());
-    match set.as_deref().map(find) {
-        Some(i) if loaded(GEMM_FP8[i].name) => i,
-        _ => find(&GEMM_FP8_PICK),
-    }
+    let pick = set.as_deref().unwrap_or(&GEMM_FP8_PICK);
+    pick.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i)
 }
 const GEMM_FP8_REDUCE: &str = "gemm_fp8_reduce";
 /// Decode attention over the paged cache.
@@ -870,7 +868,7 @@ impl Kernels {
                 Some(i) => i,
                 None => bail!("gemm_fp8: no kernel {}", g.name),
             },
-            None => gemm_fp8_pick(rows, |name| self.module.funcs.contains_key(name)),
+            None => gemm_fp8_pick(rows),
         };
         let g = GEMM_FP8[index];
         let fits = self.module.funcs.contains_key(g.name)

@@ -127,12 +127,13 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
 // them. More warps along m (WM > 1) share one stage of weight bytes in shared memory (each decodes
 // its own fragments of it). They are meant for 64 and 128 rows, where one warp per 32 columns of
 // all rows leaves few warps per SM (the tiles' shared memory allows 2 blocks of 4 warps at 64 rows)
-// and 128 rows read the weight twice; not measured yet, so fused.rs picks none of them.
+// and 128 rows read the weight twice. On an H100 they were no faster than WM 1 (fused.rs's
+// GEMM_FP8_PICK says by how much), so fused.rs picks none of them.
 //
 // Inside each 16-wide MMA step k is permuted so that a lane's weight fragment is 4 consecutive
 // bytes of one weight row and its activation fragment 4 consecutive elements of one row (the same
-// permutation on both sides leaves the product unchanged): lane (g, t4) at step s of half q of the 128-wide step takes bytes and
-// elements 64 q + 16 t4 + 4 s + j, j = 0..3; the odd j form the MMA's k = 2 t4, 2 t4 + 1 and the
+// permutation on both sides leaves the product unchanged): lane (g, t4) at step s of half q of the
+// 128-wide step takes bytes and elements 64 q + 16 t4 + 4 s + j, j = 0..3; the odd j form the MMA's k = 2 t4, 2 t4 + 1 and the
 // even j its k = 2 t4 + 8, 2 t4 + 9. Shared-memory rows are swizzled in 16-byte chunks so these
 // reads are free of bank conflicts. With split-K (gridDim.z > 1) each block sums its share of k
 // and writes f32 partial sums to part[z][m][n], which gemm_fp8_reduce adds into y.
