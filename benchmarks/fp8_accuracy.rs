@@ -8,7 +8,7 @@
 //!   `benchmarks/data` (teacher forced, every position scored in one paged step);
 //! - batch-1 decode tokens/s and weight bytes, side by side.
 //!
-//! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N] [--arms fp8_weights,fp8_weights_kv]`
+//! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N] [--arms fp8_weights,fp8_weights_kv,…]`
 //! prints one JSON object.
 
 use std::time::Instant;
@@ -53,9 +53,10 @@ fn proofs(limit: usize) -> Vec<String> {
     corpus.into_iter().take(limit).map(|(_, code)| code).collect()
 }
 
-fn load(dir: &std::path::Path, dtype: &str, kv_fp8: bool) -> Embedded {
+fn load(dir: &std::path::Path, dtype: &str, kv_fp8: bool, dense_layers: &[i64]) -> Embedded {
     let opts = EmbeddedOptions {
         dtype: Some(dtype.into()),
+        fp8_dense_layers: dense_layers.to_vec(),
         engine: EngineOptions { kv_fp8, cache_mb: Some(256), ..Default::default() },
         ..Default::default()
     };
@@ -120,7 +121,7 @@ fn main() {
     if std::env::args().any(|a| a == "--kv-study") {
         // The FP8 cache alone (f32 weights), with and without the Hadamard rotation, on the
         // first 256 tokens of each proof.
-        let m = load(&dense, "f32", false);
+        let m = load(&dense, "f32", false, &[]);
         let corpus = proofs(n_proofs);
         let mut out = serde_json::Map::new();
         for (name, format, rotate) in [
@@ -146,11 +147,16 @@ fn main() {
     // load, as a user's `--dtype fp8` does; f32 (the GGUF exactly) shows what bf16 itself costs.
     let bf16_dir = dir.path().join("bf16");
     subgoal::model::convert::gguf_to_hf(&subgoal::model::test_model_path(), &bf16_dir, DType::BF16).expect("convert");
+    // `_dense_ends`: the first and last layers' projections kept in the compute type
+    // (`--fp8-dense-layers 0,-1`), the layers FP8 costs most on this small model.
+    let ends: &[i64] = &[0, -1];
     let arms = [
-        ("bf16", &bf16_dir, "f32", false),
-        ("f32", &dense, "f32", false),
-        ("fp8_weights", &bf16_dir, "fp8", false),
-        ("fp8_weights_kv", &bf16_dir, "fp8", true),
+        ("bf16", &bf16_dir, "f32", false, &[][..]),
+        ("f32", &dense, "f32", false, &[]),
+        ("fp8_weights", &bf16_dir, "fp8", false, &[]),
+        ("fp8_weights_kv", &bf16_dir, "fp8", true, &[]),
+        ("fp8_weights_dense_ends", &bf16_dir, "fp8", false, ends),
+        ("fp8_weights_kv_dense_ends", &bf16_dir, "fp8", true, ends),
     ];
     // `--arms a,b`: a subset (bf16 always runs: the others are measured against it).
     let only: Option<Vec<String>> = std::env::args()
@@ -161,7 +167,7 @@ fn main() {
     let models: Vec<(&str, Embedded, KvFormat)> = arms
         .iter()
         .filter(|(name, ..)| *name == "bf16" || only.as_ref().is_none_or(|o| o.iter().any(|x| x == name)))
-        .map(|(name, path, dtype, kv)| (*name, load(path, dtype, *kv), KvFormat::of(DType::F32, *kv)))
+        .map(|(name, path, dtype, kv, ends)| (*name, load(path, dtype, *kv, ends), KvFormat::of(DType::F32, *kv)))
         .collect();
 
     // Greedy agreement.

@@ -414,6 +414,91 @@ fn an_unknown_quantization_config_is_refused() {
     assert!(err.to_string().contains("weight_block_size"), "{err}");
 }
 
+// ---- layers kept dense under FP8 weights (`--fp8-dense-layers`) ----
+
+fn load_keeping(dir: &Path, layers: &[i64]) -> Result<Embedded, subgoal::model::GenError> {
+    let opts = EmbeddedOptions { dtype: Some("fp8".into()), fp8_dense_layers: layers.to_vec(), ..Default::default() };
+    Embedded::load(dir, &opts)
+}
+
+fn distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn fp8_with_every_layer_kept_dense_is_the_dense_model_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense_dir = dense_cut(dir.path());
+    let dense = load(&dense_dir, "f32");
+    let kept = load_keeping(&dense_dir, &[0, -1]).unwrap();
+    let ids = ids(&dense);
+    assert_eq!(dense.next_logits(&ids).unwrap(), kept.next_logits(&ids).unwrap());
+    assert_eq!(one_row_logits(&dense, &ids, ids.len() - 1), one_row_logits(&kept, &ids, ids.len() - 1));
+}
+
+#[test]
+fn one_layer_kept_dense_moves_fp8_logits_toward_the_dense_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense_dir = dense_cut(dir.path());
+    let (dense, fp8w) = (load(&dense_dir, "f32"), load(&dense_dir, "fp8"));
+    let last = load_keeping(&dense_dir, &[-1]).unwrap();
+    let ids = ids(&dense);
+    let (d, f, l) =
+        (dense.next_logits(&ids).unwrap(), fp8w.next_logits(&ids).unwrap(), last.next_logits(&ids).unwrap());
+    // Layer 0 is still in FP8, so not the dense model; layer 1 is dense, so nearer it.
+    assert!(distance(&l, &d) > 0.0, "keeping layer 1 dense made layer 0 dense too");
+    assert!(distance(&l, &d) < distance(&f, &d), "kept {} vs all FP8 {}", distance(&l, &d), distance(&f, &d));
+}
+
+#[test]
+fn a_dense_layer_past_the_model_s_layers_is_refused_with_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense_dir = dense_cut(dir.path());
+    let err = load_keeping(&dense_dir, &[2]).err().expect("layer 2 of a 2-layer model kept");
+    assert!(err.to_string().contains("dense layer 2: the model has 2 layers"), "{err}");
+    assert!(load_keeping(&dense_dir, &[-3]).is_err(), "layer -3 of a 2-layer model kept");
+}
+
+#[test]
+fn dense_layers_count_negative_indices_from_the_end() {
+    assert_eq!(fp8::resolve_layers(&[-1, 0, 29, -30], 30).unwrap(), vec![0, 29]);
+    assert_eq!(fp8::resolve_layers(&[], 30).unwrap(), Vec::<usize>::new());
+}
+
+#[test]
+fn dense_layers_without_fp8_weights_are_refused() {
+    let opts = EmbeddedOptions { fp8_dense_layers: vec![0], ..Default::default() };
+    let err = Embedded::load(&model_path(), &opts).err().expect("dense layers loaded without --dtype fp8");
+    assert!(err.to_string().contains("--dtype fp8"), "{err}");
+}
+
+#[test]
+fn convert_keeps_dense_layers_as_stored_and_lists_them_as_not_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = dense_cut(dir.path());
+    let out = dir.path().join("fp8-last-dense");
+    let run = Command::new(env!("CARGO_BIN_EXE_subgoal"))
+        .arg("convert")
+        .args([&dense, &out])
+        .args(["--dtype", "fp8", "--fp8-dense-layers", "-1"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "convert: {}", String::from_utf8_lossy(&run.stderr));
+    let (written, original) = (read_all(&out.join("model.safetensors")), read_all(&dense.join("model.safetensors")));
+    let (q0, q1) = ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight");
+    assert_eq!(written[q0].0, StDtype::F8_E4M3);
+    assert_eq!(written[q1], original[q1], "the kept layer's projection was rewritten");
+    assert!(!written.contains_key(&format!("{q1}_scale_inv")));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["modules_to_not_convert"], serde_json::json!(["model.layers.1."]));
+    // Loaded with --dtype fp8, the checkpoint's kept layer stays dense: the model that keeping
+    // the layer at load gives.
+    let (from_ckpt, at_load) = (load(&out, "fp8"), load_keeping(&dense, &[1]).unwrap());
+    let ids = ids(&from_ckpt);
+    assert_eq!(from_ckpt.next_logits(&ids).unwrap(), at_load.next_logits(&ids).unwrap());
+}
+
 // ---- picking the CUDA GEMM's kernel by row count (`fused::set_gemm_fp8_pick`) ----
 
 const KERNELS: [&str; 3] = ["gemm_fp8_m1", "gemm_fp8_m2", "gemm_fp8_m2x2"];

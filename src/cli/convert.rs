@@ -17,11 +17,16 @@ pub struct ConvertArgs {
     /// block (DeepSeek-V3's layout; embeddings, norms and the output projection as stored).
     #[arg(long, default_value = "fp8")]
     pub dtype: Target,
+    /// With --dtype fp8: layers whose projections stay as stored, by index (negative from the
+    /// end: `0,-1`); listed in `quantization_config.modules_to_not_convert`, so `--dtype fp8`
+    /// loads them dense.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', allow_negative_numbers = true)]
+    pub fp8_dense_layers: Vec<i64>,
 }
 
 pub async fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
-    let (src, out, target) = (a.src.clone(), a.out.clone(), a.dtype);
-    tokio::task::spawn_blocking(move || to_hf(&src, &out, target))
+    let (src, out, target, dense) = (a.src.clone(), a.out.clone(), a.dtype, a.fp8_dense_layers.clone());
+    tokio::task::spawn_blocking(move || to_hf(&src, &out, target, &dense))
         .await
         .context("the conversion thread")?
         .with_context(|| format!("converting {} into {}", a.src.display(), a.out.display()))?;

@@ -103,6 +103,11 @@ pub struct ModelOptions {
     /// on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// With --dtype fp8: layers whose projections stay in the compute type, by index (negative
+    /// from the end: `0,-1` keeps the first and the last, which on small models carry most of
+    /// FP8's loss).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', allow_negative_numbers = true)]
+    pub fp8_dense_layers: Vec<i64>,
     /// Embedded backend KV cache: auto (the compute type) or fp8 (E4M3, one scale per token and
     /// head; on CUDA with a bf16 or f16 model).
     #[arg(long, default_value = "auto", value_parser = ["auto", "fp8"])]
@@ -172,6 +177,7 @@ impl ModelOptions {
             embedded: EmbeddedOptions {
                 device: self.device.clone(),
                 dtype: self.dtype.clone(),
+                fp8_dense_layers: self.fp8_dense_layers.clone(),
                 tokenizer: self.tokenizer.clone(),
                 engine: subgoal::model::engine::EngineOptions {
                     block_size: self.kv_block_size.max(1),

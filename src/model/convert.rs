@@ -234,7 +234,14 @@ impl View for &Out<'_> {
 /// Writes `src` (a GGUF file, or a Hugging Face directory) as a Hugging Face directory at `out`
 /// in `target`. A directory is converted one shard at a time (a shard's tensors in memory at
 /// once), keeping its shard layout and every other file.
-pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
+///
+/// With `Fp8`, the layers `dense_layers` names (indices, negative from the end) keep their
+/// projections as stored, and `quantization_config.modules_to_not_convert` lists them, so that
+/// `--dtype fp8` loads them dense.
+pub fn to_hf(src: &Path, out: &Path, target: Target, dense_layers: &[i64]) -> Result<(), GenError> {
+    if target != Target::Fp8 && !dense_layers.is_empty() {
+        return Err(fail(out, "dense layers apply to --dtype fp8 only"));
+    }
     if src.is_file() {
         let dense = match target {
             Target::Dense(d) => d,
@@ -243,7 +250,7 @@ pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
         if target == Target::Fp8 {
             let tmp = tempfile::tempdir().map_err(|e| fail(out, e))?;
             gguf_to_hf(src, tmp.path(), dense)?;
-            return to_hf(tmp.path(), out, target);
+            return to_hf(tmp.path(), out, target, dense_layers);
         }
         return gguf_to_hf(src, out, dense).map(|_| ());
     }
@@ -264,6 +271,18 @@ pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
     if shards.is_empty() {
         return Err(fail(src, "no .safetensors files"));
     }
+    let text = std::fs::read_to_string(src.join("config.json")).map_err(|e| fail(src, e))?;
+    let mut config: Value = serde_json::from_str(&text).map_err(|e| fail(&src.join("config.json"), e))?;
+    let keep: Vec<String> = if dense_layers.is_empty() {
+        Vec::new()
+    } else {
+        let layers = super::load::config_from_hf(&config).map_err(|e| fail(&src.join("config.json"), e))?.layers;
+        super::fp8::resolve_layers(dense_layers, layers)
+            .map_err(|e| fail(src, e))?
+            .into_iter()
+            .map(super::load::layer_module)
+            .collect()
+    };
     // SAFETY: memory-mapped read-only; the source must not change while it is converted.
     let all = unsafe { MmapedSafetensors::multi(&shards) }.map_err(|e| fail(src, e))?;
     let mut weight_map = serde_json::Map::new();
@@ -273,7 +292,8 @@ pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
         let one = unsafe { MmapedSafetensors::new(shard) }.map_err(|e| fail(shard, e))?;
         let mut outs: Vec<(String, Out)> = Vec::new();
         for (name, view) in one.tensors() {
-            outs.extend(convert_tensor(&all, shard, name, view, target)?);
+            let kept = keep.iter().any(|k| name.starts_with(k.as_str()));
+            outs.extend(convert_tensor(&all, shard, name, view, target, kept)?);
         }
         for (name, _) in &outs {
             weight_map.insert(name.clone(), json!(file));
@@ -294,12 +314,14 @@ pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
         }
         std::fs::copy(&p, out.join(&name)).map_err(|e| fail(&p, e))?;
     }
-    let text = std::fs::read_to_string(src.join("config.json")).map_err(|e| fail(src, e))?;
-    let mut config: Value = serde_json::from_str(&text).map_err(|e| fail(&src.join("config.json"), e))?;
     if let Some(c) = config.as_object_mut() {
         match target {
             Target::Fp8 => {
-                c.insert("quantization_config".into(), fp8_quantization_config());
+                let mut q = fp8_quantization_config();
+                if !keep.is_empty() {
+                    q["modules_to_not_convert"] = json!(keep);
+                }
+                c.insert("quantization_config".into(), q);
             }
             Target::Dense(d) => {
                 c.remove("quantization_config");
@@ -324,16 +346,25 @@ pub fn to_hf(src: &Path, out: &Path, target: Target) -> Result<(), GenError> {
 }
 
 /// One source tensor as `target` writes it: itself, its conversion, or (FP8) its bytes and
-/// block factors; nothing for a factor tensor whose weight is dequantized.
+/// block factors; nothing for a factor tensor whose weight is dequantized. Under `Fp8`, a tensor
+/// of a layer `kept` dense stays as stored (an FP8 one dequantized to f32).
 fn convert_tensor<'a>(
     all: &MmapedSafetensors,
     shard: &Path,
     name: String,
     view: TensorView<'a>,
     target: Target,
+    kept: bool,
 ) -> Result<Vec<(String, Out<'a>)>, GenError> {
     let mut outs = Vec::new();
     let at = |e: candle_core::Error| fail(shard, format!("{name}: {e}"));
+    let scales = format!("{name}_scale_inv");
+    let stored_fp8 = view.dtype() == StDtype::F8_E4M3 && all.get(&scales).is_ok();
+    let target = match target {
+        Target::Fp8 if kept && (stored_fp8 || name.ends_with("_scale_inv")) => Target::Dense(DType::F32),
+        Target::Fp8 if kept => return Ok(vec![(name, Out::Same(view))]),
+        t => t,
+    };
     if name.ends_with("_scale_inv") {
         // Written beside their weight, or dropped with it dequantized.
         if target == Target::Fp8 {
@@ -341,8 +372,6 @@ fn convert_tensor<'a>(
         }
         return Ok(outs);
     }
-    let scales = format!("{name}_scale_inv");
-    let stored_fp8 = view.dtype() == StDtype::F8_E4M3 && all.get(&scales).is_ok();
     match target {
         Target::Fp8 if stored_fp8 => outs.push((name.clone(), Out::Same(view))),
         Target::Fp8 if is_projection(&name) && view.shape().len() == 2 => {

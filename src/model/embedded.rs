@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use super::engine::router::Router;
 use super::engine::{Engine, EngineOptions, Event, Job, MetricsSnapshot};
-use super::llama::{KvCache, Model};
+use super::llama::{KvCache, Model, WeightFormat};
 use super::tokenizer::ModelTokenizer;
 use super::{GenError, GenEvent, GenFuture, GenRequest, Generator, Prompt, SampleDone, SampleStream};
 
@@ -28,6 +28,9 @@ pub struct EmbeddedOptions {
     /// CUDA), or `fp8`: projections in E4M3 with 128×128 block factors, activations in f32 (CPU)
     /// or bf16 (CUDA).
     pub dtype: Option<String>,
+    /// With `fp8`: the layers whose projections stay dense (indices, negative from the end: the
+    /// first and last layers, `[0, -1]`, carry the most of FP8's loss on small models).
+    pub fp8_dense_layers: Vec<i64>,
     /// A `tokenizer.json` to use instead of the model's own.
     pub tokenizer: Option<PathBuf>,
     /// The serving engine's cache and batch sizes.
@@ -145,6 +148,11 @@ fn load_one(path: &Path, opts: &EmbeddedOptions, device: &Device) -> Result<(Mod
     let load = |d: String| GenError::Load { model: path.display().to_string(), detail: d };
     let device = device.clone();
     let (dtype, fp8) = parse_dtype(opts.dtype.as_deref(), &device)?;
+    if !fp8 && !opts.fp8_dense_layers.is_empty() {
+        return Err(GenError::Invalid("--fp8-dense-layers applies to --dtype fp8 only".into()));
+    }
+    let format =
+        if fp8 { WeightFormat::Fp8 { dense_layers: opts.fp8_dense_layers.clone() } } else { WeightFormat::Dense };
     let (model, tok, kind) = match gguf_in(path) {
         Some(file) => {
             let (ct, mut f) = super::llama::read_gguf(&file).map_err(|e| load(e.to_string()))?;
@@ -165,7 +173,7 @@ fn load_one(path: &Path, opts: &EmbeddedOptions, device: &Device) -> Result<(Mod
         None => {
             let tj = opts.tokenizer.clone().unwrap_or_else(|| path.join("tokenizer.json"));
             let tok = ModelTokenizer::from_tokenizer_json(&tj)?;
-            let model = Model::from_safetensors(path, &device, dtype, fp8).map_err(|e| load(e.to_string()))?;
+            let model = Model::from_safetensors(path, &device, dtype, format).map_err(|e| load(e.to_string()))?;
             (model, tok, "safetensors")
         }
     };
@@ -181,7 +189,11 @@ fn load_one(path: &Path, opts: &EmbeddedOptions, device: &Device) -> Result<(Mod
         path.display(),
         model.cfg.arch,
         model.cfg.layers,
-        if fp8 { format!("fp8 weights, {dtype:?}") } else { format!("{dtype:?}") },
+        match (fp8, opts.fp8_dense_layers.as_slice()) {
+            (false, _) => format!("{dtype:?}"),
+            (true, []) => format!("fp8 weights, {dtype:?}"),
+            (true, kept) => format!("fp8 weights (layers {kept:?} dense), {dtype:?}"),
+        },
         if device.is_cpu() { "cpu" } else { "cuda" },
         if opts.engine.kv_fp8 { ", fp8 KV cache" } else { "" }
     );

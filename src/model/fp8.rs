@@ -83,6 +83,25 @@ pub enum Fp8Error {
     NotFinite(f32, usize, usize),
     #[error("GEMM kernel pick {0:?}: {1}")]
     Pick(String, String),
+    #[error("dense layer {0}: the model has {1} layers (0 to {max}, or -1 to -{1})", max = .1.saturating_sub(1))]
+    Layer(i64, usize),
+}
+
+/// Layer indices as given (negative ones counted from the end: `-1` is the last) resolved
+/// against a model of `layers` layers: sorted, each once.
+pub fn resolve_layers(given: &[i64], layers: usize) -> Result<Vec<usize>, Fp8Error> {
+    let n = layers as i64;
+    let mut out: Vec<usize> = given
+        .iter()
+        .map(|&i| match i {
+            i if (0..n).contains(&i) => Ok(i as usize),
+            i if (-n..0).contains(&i) => Ok((n + i) as usize),
+            i => Err(Fp8Error::Layer(i, layers)),
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// A pick of kernel by row count, `ROWS:KERNEL,…,max:KERNEL` (up to ROWS rows that kernel, the

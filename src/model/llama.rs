@@ -18,7 +18,7 @@ use super::kv_cache::{LayerCache, CACHE_SPARE};
 #[cfg(feature = "cuda")]
 pub(super) use super::linear::{normalized, project, project_onto};
 pub(super) use super::linear::{Linear, Mlp};
-pub use super::load::{config_from_gguf, config_from_hf, read_gguf};
+pub use super::load::{config_from_gguf, config_from_hf, read_gguf, WeightFormat};
 use super::rope::rope_tables;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -77,7 +77,12 @@ impl Model {
     /// Loads a Hugging Face model directory: `config.json` and `*.safetensors`.
     /// With `fp8`, the projections are held in E4M3 with 128×128 block factors (quantized here
     /// unless the checkpoint already holds them so); without, an FP8 checkpoint is dequantized.
-    pub fn from_safetensors(dir: &Path, device: &Device, dtype: DType, fp8: bool) -> Result<Model> {
+    pub fn from_safetensors(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        format: impl Into<WeightFormat>,
+    ) -> Result<Model> {
         let text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.join("config.json").display())))?;
         let json: Value =
@@ -87,14 +92,14 @@ impl Model {
         let files = safetensors_files(dir)?;
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        Model::from_var_builder(cfg, &json, vb, device, dtype, fp8)
+        Model::from_var_builder(cfg, &json, vb, device, dtype, format.into())
     }
 
     /// A Llama-shaped model of `cfg` with random weights (normal, std 0.02; norms 1), made on the
     /// device without files: for benchmarks at a shape whose weights cannot be had.
     pub fn random(cfg: Config, device: &Device, dtype: DType) -> Result<Model> {
         let weights = Model::random_weights(&cfg, device, dtype)?;
-        Model::from_weights(cfg, weights, device, dtype, false)
+        Model::from_weights(cfg, weights, device, dtype, WeightFormat::Dense)
     }
 
     /// The model `weights` (Hugging Face names) hold; with `fp8` its projections in E4M3. Two
@@ -104,10 +109,10 @@ impl Model {
         weights: std::collections::HashMap<String, Tensor>,
         device: &Device,
         dtype: DType,
-        fp8: bool,
+        format: impl Into<WeightFormat>,
     ) -> Result<Model> {
         let vb = candle_nn::VarBuilder::from_tensors(weights, dtype, device);
-        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype, fp8)
+        Model::from_var_builder(cfg, &Value::Null, vb, device, dtype, format.into())
     }
 
     /// Random weights of `cfg`'s shape, as `Model::random` uses them.
@@ -142,17 +147,29 @@ impl Model {
         Ok(t)
     }
 
-    /// The model `vb` holds, laid out as Hugging Face names it (`json`: its config.json); with
-    /// `fp8` its projections in E4M3.
+    /// The model `vb` holds, laid out as Hugging Face names it (`json`: its config.json), its
+    /// projections as `format` says.
     fn from_var_builder(
         cfg: Config,
         json: &Value,
         vb: candle_nn::VarBuilder,
         device: &Device,
         dtype: DType,
-        fp8: bool,
+        format: WeightFormat,
     ) -> Result<Model> {
         let tie = json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
+        let fp8 = format != WeightFormat::Dense;
+        // What stays dense under FP8: the modules the checkpoint left unconverted, and the layers
+        // the caller names.
+        let mut keep_dense = modules_not_converted(json);
+        if let WeightFormat::Fp8 { dense_layers } = &format {
+            keep_dense.extend(
+                super::fp8::resolve_layers(dense_layers, cfg.layers)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                    .into_iter()
+                    .map(layer_module),
+            );
+        }
         let l = HfLoader {
             // FP8 on CUDA: the kernels that read the bytes, shared by every projection.
             #[cfg(feature = "cuda")]
@@ -169,6 +186,7 @@ impl Model {
             device,
             dtype,
             fp8,
+            keep_dense,
         };
         let embed = l.dense("model.embed_tokens.weight", l.cfg.vocab, l.cfg.hidden)?;
         let vocab = embed.dim(0)?;
@@ -193,6 +211,9 @@ struct HfLoader<'a> {
     device: &'a Device,
     dtype: DType,
     fp8: bool,
+    /// Module-name parts whose projections stay dense under `fp8` (Hugging Face's
+    /// `modules_to_not_convert`: a projection is kept when its name contains one).
+    keep_dense: Vec<String>,
     qkv_bias: bool,
     o_bias: bool,
     #[cfg(feature = "cuda")]
@@ -200,6 +221,11 @@ struct HfLoader<'a> {
 }
 
 impl HfLoader<'_> {
+    /// Whether the projection (or layer prefix) `name` is held in E4M3.
+    fn in_fp8(&self, name: &str) -> bool {
+        self.fp8 && !self.keep_dense.iter().any(|k| name.contains(k.as_str()))
+    }
+
     fn dense(&self, name: &str, out: usize, inp: usize) -> Result<Tensor> {
         read_weight(&self.vb, name, (out, inp))?.dense(self.dtype, self.device)
     }
@@ -220,7 +246,7 @@ impl HfLoader<'_> {
             Some(f) => b.map(|b| b * f).transpose()?,
             None => b,
         };
-        if self.fp8 {
+        if self.in_fp8(name) {
             let mut w = w.fp8(name)?;
             if let Some(f) = scale {
                 w.scale(f as f32);
@@ -247,8 +273,13 @@ impl HfLoader<'_> {
         // Without q/k norms the attention scale can live in q's weights (a norm would undo it).
         let q_scale = (!qk_norm).then(|| 1.0 / (cfg.head_dim as f64).sqrt());
         let attn = |name: &str| format!("{p}.self_attn.{name}");
-        let (qkv, q, k, v, mlp) =
-            if self.fp8 { self.fp8_projections(&p, q_scale)? } else { self.fused_projections(&p, q_scale)? };
+        // A layer kept dense whole gets the dense layout (fused q/k/v and gate/up); one with
+        // some projections kept dense gets FP8's separate ones, each in its own format.
+        let (qkv, q, k, v, mlp) = if self.in_fp8(&layer_module(i)) {
+            self.fp8_projections(&p, q_scale)?
+        } else {
+            self.fused_projections(&p, q_scale)?
+        };
         Ok(Layer {
             attn_norm: self.vb.get(cfg.hidden, &format!("{p}.input_layernorm.weight"))?,
             qkv,
@@ -312,6 +343,43 @@ impl HfLoader<'_> {
         let gate_up = Tensor::cat(&[&gate, &up], 0)?;
         Ok((Some(qkv), q, k, v, Mlp::Fused(Linear::Dense(candle_nn::Linear::new(gate_up, None)))))
     }
+}
+
+/// How a model's layer projections are held (embeddings, norms and the output projection stay
+/// dense either way).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    #[default]
+    Dense,
+    /// E4M3 with 128×128 block factors, except in the layers `dense_layers` names (indices,
+    /// negative ones counted from the end: `-1` is the last) and in any module the checkpoint's
+    /// `quantization_config.modules_to_not_convert` names.
+    Fp8 { dense_layers: Vec<i64> },
+}
+
+impl From<bool> for WeightFormat {
+    /// `true`: every layer in FP8.
+    fn from(fp8: bool) -> WeightFormat {
+        if fp8 {
+            WeightFormat::Fp8 { dense_layers: Vec::new() }
+        } else {
+            WeightFormat::Dense
+        }
+    }
+}
+
+/// Layer `i`'s name prefix, as `modules_to_not_convert` lists it: the trailing dot keeps layer 1
+/// from matching layer 10.
+pub fn layer_module(i: usize) -> String {
+    format!("model.layers.{i}.")
+}
+
+/// `quantization_config.modules_to_not_convert`: the modules an FP8 checkpoint holds dense.
+fn modules_not_converted(json: &Value) -> Vec<String> {
+    json.pointer("/quantization_config/modules_to_not_convert")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// A layer's attention and MLP input projections: the fused q/k/v matrix (dense only), q, k, v,
