@@ -6,7 +6,7 @@
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
 //!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic] [--fp8]
-//!              [--gemm-only]
+//!              [--gemm-only] [--fp8-dense-layers 0,-1]
 //!              [--kv-rows 32] [--kv-context 2048]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
@@ -16,6 +16,9 @@
 //! Decode runs twice, through the fused decode step and sampler and through the generic ones
 //! (`--no-generic` skips it), for their ratio in the same run, and the two steps' logits are
 //! compared (`fused_vs_generic_logits`). A checkpoint already in `--dir` is reused.
+//!
+//! With `--fp8 --fp8-dense-layers LIST`, `fp8.dense_layers`: FP8 again with those layers kept in
+//! bf16 (`--fp8-dense-layers` of the CLI), its rates beside all-FP8's and bf16's.
 //!
 //! `kv_cache` compares the serving engine's paged cache in bf16 and in FP8 (`--kv-dtype fp8`):
 //! decode steps of `--kv-rows` sequences at `--kv-context` positions each (each its own blocks,
@@ -36,7 +39,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
 use subgoal::model::fused::{Kernels, GEMM_FP8};
-use subgoal::model::llama::{KvCache, Model};
+use subgoal::model::llama::{KvCache, Model, WeightFormat};
 use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 
 #[path = "gpu_common.rs"]
@@ -160,8 +163,36 @@ fn main() {
             let (a, b) = (v["tokens_per_s"].as_f64().unwrap_or(0.0), decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0));
             ratios.insert(format!("decode_{k}_fp8_over_bf16"), json!(if b > 0.0 { r(a / b) } else { 0.0 }));
         }
+        // `--fp8-dense-layers 0,-1`: FP8 again with those layers' projections kept in bf16,
+        // what the accuracy they buy costs in speed, beside the all-FP8 rates of this run.
+        let dense_layers: Vec<i64> = arg(&args, "--fp8-dense-layers")
+            .map(|v| v.split(',').map(|i| i.trim().parse().expect("--fp8-dense-layers: layer indices")).collect())
+            .unwrap_or_default();
+        let kept = if dense_layers.is_empty() {
+            Value::Null
+        } else {
+            let format = WeightFormat::Fp8 { dense_layers: dense_layers.clone() };
+            let m =
+                Model::from_safetensors(&dir, &device, DType::BF16, format).expect("load the model in FP8, ends dense");
+            let kept_rates = decode_rates(&m, &batches, layers, new_tokens, cpu_sampling, &device);
+            let kept_cosine = fp8_cosine(&model, &m, layers, &device);
+            let mut over = serde_json::Map::new();
+            for (k, v) in &kept_rates {
+                let a = v["tokens_per_s"].as_f64().unwrap_or(0.0);
+                let (f, b) = (
+                    rates[k]["tokens_per_s"].as_f64().unwrap_or(0.0),
+                    decode[k]["tokens_per_s"].as_f64().unwrap_or(0.0),
+                );
+                over.insert(format!("decode_{k}_over_fp8"), json!(if f > 0.0 { r(a / f) } else { 0.0 }));
+                over.insert(format!("decode_{k}_over_bf16"), json!(if b > 0.0 { r(a / b) } else { 0.0 }));
+            }
+            let out =
+                json!({"layers": dense_layers, "decode": kept_rates, "ratios": over, "logits_vs_bf16": kept_cosine});
+            progress("fp8 decode, layers kept dense", &out);
+            out
+        };
         json!({"load_s": r(load8), "decode": rates, "gemm_fp8": gemm,
-               "ratios": ratios, "logits_vs_bf16": cosine,
+               "ratios": ratios, "logits_vs_bf16": cosine, "dense_layers": kept,
                // Bytes per token: the projections in one byte each, the output head in two (it
                // stays bf16), counted like the bf16 roofline (embeddings included): `params`.
                "roofline_batch1_tokens_per_s": r(hbm_bytes_per_s / params as f64)})
