@@ -75,8 +75,9 @@ impl Model {
     }
 
     /// Loads a Hugging Face model directory: `config.json` and `*.safetensors`.
-    /// With `fp8`, the projections are held in E4M3 with 128×128 block factors (quantized here
-    /// unless the checkpoint already holds them so); without, an FP8 checkpoint is dequantized.
+    /// With `WeightFormat::Fp8` (or `true`), the projections are held in E4M3 with 128×128 block
+    /// factors (quantized here unless the checkpoint already holds them so), but for the layers
+    /// and modules kept dense; with `Dense`, an FP8 checkpoint is dequantized.
     pub fn from_safetensors(
         dir: &Path,
         device: &Device,
@@ -102,7 +103,7 @@ impl Model {
         Model::from_weights(cfg, weights, device, dtype, WeightFormat::Dense)
     }
 
-    /// The model `weights` (Hugging Face names) hold; with `fp8` its projections in E4M3. Two
+    /// The model `weights` (Hugging Face names) hold, its projections as `format` says. Two
     /// models made from one set of weights (dense and FP8) share the tensors they both keep.
     pub fn from_weights(
         cfg: Config,
