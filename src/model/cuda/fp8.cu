@@ -299,11 +299,10 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
 // A block of two warpgroups owns 128 weight rows (one factor block along n) by N rows of x.
 // Weight rows are wgmma's M (64 a warpgroup), x's rows its N, k its K: the weight is the A
 // operand, made in registers from the E4M3 bytes in shared memory; x is B, read by the tensor
-// cores from shared memory through a descriptor. Each 128-wide step of k: its block factor f is
-// folded into the conversion (E4M3 bits shifted into a 16-bit value are the value times 2^-120
-// for bf16, 2^-8 for f16, so one fma by the 16-bit constant 2^120 f, or 2^8 f, gives the
-// weight's dequantized value rounded to the 16-bit type, as fp8_dequant writes it for prefill),
-// and the 8 MMAs of the step accumulate in f32 across all of k with no rescaling.
+// cores from shared memory through a descriptor. The weights enter exactly (e4m3x4_split, as in
+// gemm_fp8) and each 128-wide step's sums are scaled by its block factor in f32, the running sums
+// kept in units of the current factor and rescaled between steps, when no MMA is in flight: the
+// product gemm_fp8, gemv_fp8 and the CPU path compute, up to summation order.
 //
 // Shared memory per stage: x's tile in wgmma's canonical K-major layout without swizzle (16-byte
 // chunk c of row r at c * 16 N + 16 r: each 8 rows of a chunk form one 128-byte core matrix; the
@@ -387,33 +386,6 @@ template <int R> __device__ __forceinline__ void wg_pin(float* d) {
     for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// The 16-bit pair constant that turns shifted E4M3 bits into value times f (e4m3x4_split's
-// power of two times the block factor, rounded to the 16-bit type).
-template <typename T> __device__ __forceinline__ uint32_t wg_factor(float f);
-template <> __device__ __forceinline__ uint32_t wg_factor<__nv_bfloat16>(float f) {
-    uint32_t h = __bfloat16_as_ushort(__float2bfloat16_rn(f * 0x1p120f));
-    return h | (h << 16);
-}
-template <> __device__ __forceinline__ uint32_t wg_factor<__half>(float f) {
-    uint32_t h = __half_as_ushort(__float2half_rn(f * 256.f));
-    return h | (h << 16);
-}
-
-// e4m3x4_split with the constant `c` (from wg_factor) in place of the bare power of two.
-template <typename T> __device__ __forceinline__ void e4m3x4_scaled(uint32_t w, uint32_t c, uint32_t& odd, uint32_t& even);
-template <> __device__ __forceinline__ void e4m3x4_scaled<__nv_bfloat16>(uint32_t w, uint32_t c, uint32_t& odd, uint32_t& even) {
-    uint32_t o = (w & 0x80008000u) | ((w >> 4) & 0x07F007F0u);
-    uint32_t e = ((w << 8) & 0x80008000u) | ((w << 4) & 0x07F007F0u);
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(odd) : "r"(o), "r"(c), "r"(0x80008000u));
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(even) : "r"(e), "r"(c), "r"(0x80008000u));
-}
-template <> __device__ __forceinline__ void e4m3x4_scaled<__half>(uint32_t w, uint32_t c, uint32_t& odd, uint32_t& even) {
-    uint32_t o = (w & 0x80008000u) | ((w >> 1) & 0x3F803F80u);
-    uint32_t e = ((w << 8) & 0x80008000u) | ((w << 7) & 0x3F803F80u);
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(odd) : "r"(o), "r"(c), "r"(0x80008000u));
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(even) : "r"(e), "r"(c), "r"(0x80008000u));
-}
-
 template <typename T, int N>
 __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                             float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
@@ -450,6 +422,7 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
     float d[N / 2];
 #pragma unroll
     for (int i = 0; i < N / 2; i++) d[i] = 0.f;
+    float fcur = 1.f;  // the factor d is counted in
 #pragma unroll
     for (int s = 0; s < G8_STAGES - 1; s++) {
         if (s < steps) load(kb0 + s, s);
@@ -463,12 +436,18 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
         __syncthreads();  // every warp's MMAs of step it - 1 are done: its stage may be reloaded
         if (it + G8_STAGES - 1 < steps) load(kb0 + it + G8_STAGES - 1, (it + G8_STAGES - 1) % G8_STAGES);
         __pipeline_commit();
-        uint32_t c = wg_factor<T>(__ldg(factors + kb0 + it));
+        float f = __ldg(factors + kb0 + it);
+        if (f == 0.f) continue;  // a zero block adds nothing
+        // The sums are kept in units of the current step's factor (no MMA is in flight here).
+        float rescale = fcur / f;
+        fcur = f;
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) d[i] *= rescale;
         const unsigned char* xs = smem + (it % G8_STAGES) * (XS + WS);
         const unsigned char* ws = xs + XS;
         // The A fragments of the step's 8 MMAs: rows r0 and r0 + 8, k 2 t4, 2 t4 + 1 (even) and
         // 2 t4 + 8, 2 t4 + 9 (odd) of each 16-wide part: two 2-byte reads a row, packed so that
-        // e4m3x4_scaled's pairs are those.
+        // e4m3x4_split's pairs are those.
         uint32_t a[8][4];
 #pragma unroll
         for (int s = 0; s < 8; s++) {
@@ -476,7 +455,7 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
             for (int h = 0; h < 2; h++) {
                 const unsigned char* p = ws + (r0 + 8 * h) * 128 + ((s ^ g) << 4) + 2 * t4;
                 uint32_t word = prmt(*(const uint16_t*)p, *(const uint16_t*)(p + 8), 0x5140);
-                e4m3x4_scaled<T>(word, c, a[s][2 + h], a[s][h]);
+                e4m3x4_split<T>(word, a[s][2 + h], a[s][h]);
             }
         }
         wg_pin<N / 2>(d);
@@ -493,9 +472,9 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
         int row = 8 * (i >> 2) + 2 * t4 + (i & 1), col = n0 + r0 + 8 * ((i >> 1) & 1);
         if (row >= rows) continue;
         if (gridDim.z == 1)
-            y[(size_t)(m0 + row) * n + col] = from_f<T>(d[i]);
+            y[(size_t)(m0 + row) * n + col] = from_f<T>(d[i] * fcur);
         else
-            part[(size_t)blockIdx.z * m * n + (size_t)(m0 + row) * n + col] = d[i];
+            part[(size_t)blockIdx.z * m * n + (size_t)(m0 + row) * n + col] = d[i] * fcur;
     }
 }
 #define FP8_GEMM_WG(T, S, N)                                                                                   \
