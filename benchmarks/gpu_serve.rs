@@ -6,7 +6,8 @@
 //!   gpu_serve [--prompts 2] [--k 32] [--mean 4500] [--max 8192] [--trt-seqs-short 48]
 //!             [--trt-seqs-long 24] [--layers 30] [--only-trt] [--no-trt]
 //!             [--baseline-k 8] [--no-baseline] [--bandwidth TB/s] [--devices cuda:all] [--kv-fp8]
-//!             [--cascade-ab] [--fp8] [--gemm-fp8-pick SPEC] [--gemm-fp8-picks SPEC;SPEC]
+//!             [--cascade-ab] [--fp8] [--fp8-dense-layers 0,-1] [--gemm-fp8-pick SPEC]
+//!             [--gemm-fp8-picks SPEC;SPEC]
 //!
 //! Prints JSON:
 //! - `paged_vs_static`: the engine's fused paged step (tiled prefill attention, paged split-K
@@ -37,6 +38,8 @@
 //!   under `engine_fp8_weights_fp8_cache`, with its speed-up over the bf16 engine. The bf16 model
 //!   stays loaded beside it, so its cache gets the memory both models leave (as the bf16 runs'
 //!   does), not the 6.5 GB more an FP8 model alone would leave.
+//! - `--fp8-dense-layers LIST`: the FP8-weights arms with those layers kept in bf16 (the CLI's
+//!   option of that name).
 //! - `--gemm-fp8-pick 32:m2,64:m2x2,max:m4x2` sets which FP8 GEMM kernel runs up to how many rows
 //!   for the whole run (`fused::set_gemm_fp8_pick`); `--gemm-fp8-picks A;B` runs the TensorRT
 //!   shapes' FP8-weights arm again under each pick (`engine_fp8_weights_fp8_cache_by_pick`).
@@ -51,7 +54,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use subgoal::model::engine::router::{DeviceStats, Router};
 use subgoal::model::engine::{Engine, EngineOptions, Event, Job, MetricsSnapshot};
-use subgoal::model::llama::{Config, KvCache, Model};
+use subgoal::model::llama::{Config, KvCache, Model, WeightFormat};
 use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 use subgoal::model::tokenizer::ModelTokenizer;
 use subgoal::model::SamplingParams;
@@ -341,6 +344,14 @@ fn main() {
     let kv_bytes = kv_bytes_per_token(&cfg, false);
     let kv_fp8 = args.iter().any(|a| a == "--kv-fp8");
     let fp8 = args.iter().any(|a| a == "--fp8");
+    // `--fp8-dense-layers 0,-1`: the FP8 arms with those layers' projections kept in bf16.
+    let fp8_format = WeightFormat::Fp8 {
+        dense_layers: args
+            .windows(2)
+            .find(|w| w[0] == "--fp8-dense-layers")
+            .map(|w| w[1].split(',').map(|i| i.trim().parse().expect("--fp8-dense-layers: layer indices")).collect())
+            .unwrap_or_default(),
+    };
     let kv_bytes_fp8 = kv_bytes_per_token(&cfg, true);
     let t0 = Instant::now();
     let progress = |what: &str, v: &Value| eprintln!("[{:7.1}s] {what}: {v}", t0.elapsed().as_secs_f64());
@@ -431,7 +442,8 @@ fn main() {
         if fp8 {
             let t = Instant::now();
             let m8 = Arc::new(
-                Model::from_weights(cfg.clone(), weights.clone(), &device, DType::BF16, true).expect("the FP8 model"),
+                Model::from_weights(cfg.clone(), weights.clone(), &device, DType::BF16, fp8_format.clone())
+                    .expect("the FP8 model"),
             );
             progress("fp8 model", &json!({"quantize_s": r(t.elapsed().as_secs_f64())}));
             let v = passk_run(&m8, weight_bytes_fp8(&cfg), "passk engine, fp8 weights and cache", true, true);
@@ -513,7 +525,10 @@ fn main() {
     } else {
         let weights = Model::random_weights(&cfg2, &device, DType::BF16).expect("random weights");
         let m8 = fp8.then(|| {
-            Arc::new(Model::from_weights(cfg2.clone(), weights.clone(), &device, DType::BF16, true).expect("FP8 model"))
+            Arc::new(
+                Model::from_weights(cfg2.clone(), weights.clone(), &device, DType::BF16, fp8_format.clone())
+                    .expect("FP8 model"),
+            )
         });
         (Some(Arc::new(Model::from_weights(cfg2.clone(), weights, &device, DType::BF16, false).expect("model"))), m8)
     };
@@ -579,6 +594,7 @@ fn main() {
         "passk": passk,
         "trt_llama2_7b": trt,
         "gemm_fp8_pick": gemm_default,
+        "fp8_dense_layers": match &fp8_format { WeightFormat::Fp8 { dense_layers } => json!(dense_layers), _ => Value::Null },
         "published_trt_llm_v0_9_fp8_h200": {"128/2048": 8348, "2048/2048": 3522},
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
