@@ -42,6 +42,15 @@ pub fn fused_vs_generic(model: &mut Model, prompt: &Tensor, rows: usize, steps: 
 }
 
 /// The GPU's name, as nvidia-smi gives it (empty without it).
+/// `--fp8-dense-layers 0,-1` among `args`: the layers an FP8 arm keeps in bf16 (none if absent),
+/// as the CLI's option of that name takes them.
+pub fn fp8_dense_layers(args: &[String]) -> Vec<i64> {
+    args.windows(2)
+        .find(|w| w[0] == "--fp8-dense-layers")
+        .map(|w| w[1].split(',').map(|i| i.trim().parse().expect("--fp8-dense-layers: layer indices")).collect())
+        .unwrap_or_default()
+}
+
 pub fn gpu_name() -> String {
     std::process::Command::new("nvidia-smi")
         .args(["--query-gpu=name", "--format=csv,noheader"])

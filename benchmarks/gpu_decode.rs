@@ -165,9 +165,7 @@ fn main() {
         }
         // `--fp8-dense-layers 0,-1`: FP8 again with those layers' projections kept in bf16,
         // what the accuracy they buy costs in speed, beside the all-FP8 rates of this run.
-        let dense_layers: Vec<i64> = arg(&args, "--fp8-dense-layers")
-            .map(|v| v.split(',').map(|i| i.trim().parse().expect("--fp8-dense-layers: layer indices")).collect())
-            .unwrap_or_default();
+        let dense_layers = gpu_common::fp8_dense_layers(&args);
         let kept = if dense_layers.is_empty() {
             Value::Null
         } else {

@@ -345,13 +345,7 @@ fn main() {
     let kv_fp8 = args.iter().any(|a| a == "--kv-fp8");
     let fp8 = args.iter().any(|a| a == "--fp8");
     // `--fp8-dense-layers 0,-1`: the FP8 arms with those layers' projections kept in bf16.
-    let fp8_format = WeightFormat::Fp8 {
-        dense_layers: args
-            .windows(2)
-            .find(|w| w[0] == "--fp8-dense-layers")
-            .map(|w| w[1].split(',').map(|i| i.trim().parse().expect("--fp8-dense-layers: layer indices")).collect())
-            .unwrap_or_default(),
-    };
+    let fp8_format = WeightFormat::Fp8 { dense_layers: gpu_common::fp8_dense_layers(&args) };
     let kv_bytes_fp8 = kv_bytes_per_token(&cfg, true);
     let t0 = Instant::now();
     let progress = |what: &str, v: &Value| eprintln!("[{:7.1}s] {what}: {v}", t0.elapsed().as_secs_f64());

@@ -395,13 +395,13 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     })
 }
 
-/// The SM version `PTX` was compiled for (`.target sm_NN`; 0 if absent).
 /// Whether the PTX targets sm_90a (build.rs does for CUDA_COMPUTE_CAP=90), which alone holds
 /// the warpgroup-MMA kernels.
 fn ptx_sm90a() -> bool {
     PTX.lines().any(|l| l.trim().starts_with(".target sm_90a"))
 }
 
+/// The SM version `PTX` was compiled for (`.target sm_NN`; 0 if absent).
 fn ptx_target() -> u32 {
     PTX.lines()
         .find_map(|l| l.trim().strip_prefix(".target sm_"))
