@@ -169,6 +169,24 @@ __device__ __forceinline__ uint32_t prmt(uint32_t lo, uint32_t hi, uint32_t sel)
     return r;
 }
 
+// This block's share of k's 128-wide steps under split-K (gridDim.z parts): steps kb0 onwards.
+__device__ __forceinline__ void g8_split(int kblocks, int& kb0, int& steps) {
+    int per = (kblocks + gridDim.z - 1) / gridDim.z;
+    kb0 = blockIdx.z * per;
+    steps = max(0, min(kblocks, kb0 + per) - kb0);
+}
+
+// Moves the running sums acc[0, R) from units of fcur into units of the next step's factor f
+// (the sums are kept in the current factor's units); false for a zero block, which adds nothing.
+template <int R> __device__ __forceinline__ bool g8_rescale(float* acc, float f, float& fcur) {
+    if (f == 0.f) return false;
+    float rescale = fcur / f;
+    fcur = f;
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] *= rescale;
+    return true;
+}
+
 template <typename T, int MT, int WM>
 __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                          float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
@@ -179,9 +197,8 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     extern __shared__ __align__(16) unsigned char smem[];
     int n0 = blockIdx.x * G8_N, m0 = blockIdx.y * ROWS;
     int kblocks = k / G8_K;
-    int per = (kblocks + gridDim.z - 1) / gridDim.z;
-    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
-    int steps = max(0, kb1 - kb0);
+    int kb0, steps;
+    g8_split(kblocks, kb0, steps);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     int wn = warp & 3, wr = (warp >> 2) * 16 * MT;  // this warp's column group, its first row
     int rows = min(ROWS, m - m0);
@@ -221,15 +238,7 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         __syncthreads();  // step it has landed; every warp is done with the stage loaded next
         if (it + G8_STAGES - 1 < steps) load(kb0 + it + G8_STAGES - 1, (it + G8_STAGES - 1) % G8_STAGES);
         __pipeline_commit();
-        if (f == 0.f) continue;  // a zero block adds nothing
-        float rescale = fcur / f;
-        fcur = f;
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) acc[mt][nt][i] *= rescale;
+        if (!g8_rescale<MT * 16>(&acc[0][0][0], f, fcur)) continue;
         const unsigned char* xs = smem + (it % G8_STAGES) * (XS + WS);
         const unsigned char* ws = xs + XS;
 #pragma unroll
@@ -375,9 +384,8 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
     extern __shared__ __align__(16) unsigned char smem[];
     int n0 = blockIdx.x * G8_N, m0 = blockIdx.y * N;
     int kblocks = k / G8_K;
-    int per = (kblocks + gridDim.z - 1) / gridDim.z;
-    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
-    int steps = max(0, kb1 - kb0);
+    int kb0, steps;
+    g8_split(kblocks, kb0, steps);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     int rows = min(N, m - m0);
     const float* factors = scale + (size_t)blockIdx.x * kblocks;
@@ -417,12 +425,7 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
         if (it + G8_STAGES - 1 < steps) load(kb0 + it + G8_STAGES - 1, (it + G8_STAGES - 1) % G8_STAGES);
         __pipeline_commit();
         float f = __ldg(factors + kb0 + it);
-        if (f == 0.f) continue;  // a zero block adds nothing
-        // The sums are kept in units of the current step's factor (no MMA is in flight here).
-        float rescale = fcur / f;
-        fcur = f;
-#pragma unroll
-        for (int i = 0; i < N / 2; i++) d[i] *= rescale;
+        if (!g8_rescale<N / 2>(d, f, fcur)) continue;  // no MMA is in flight here
         const unsigned char* xs = smem + (it % G8_STAGES) * (XS + WS);
         const unsigned char* ws = xs + XS;
         // The A fragments of the step's 8 MMAs: rows r0 and r0 + 8, k 2 t4, 2 t4 + 1 (even) and
