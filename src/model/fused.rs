@@ -61,6 +61,8 @@ const GEMV: [&str; GEMV_MAX_ROWS] = ["gemv1", "gemv2", "gemv3", "gemv4", "gemv5"
 const GEMV1_SPLIT: [&str; 4] = ["gemv1", "gemv1_k2", "gemv1_k4", "gemv1_k8"];
 const GEMV_SILU_SPLIT: [&str; 4] = ["gemv_silu_k1", "gemv_silu_k2", "gemv_silu_k4", "gemv_silu_k8"];
 const GEMV_ROPE_SPLIT: [&str; 4] = ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k4", "gemv_rope_k8"];
+const GEMV_SILU_FP8_SPLIT: [&str; 4] = ["gemv_silu_fp8_k1", "gemv_silu_fp8_k2", "gemv_silu_fp8_k4", "gemv_silu_fp8_k8"];
+const GEMV_ROPE_FP8_SPLIT: [&str; 4] = ["gemv_rope_fp8_k1", "gemv_rope_fp8_k2", "gemv_rope_fp8_k4", "gemv_rope_fp8_k8"];
 const GEMV_FP8: [&str; GEMV_MAX_ROWS] =
     ["gemv_fp8_1", "gemv_fp8_2", "gemv_fp8_3", "gemv_fp8_4", "gemv_fp8_5", "gemv_fp8_6", "gemv_fp8_7", "gemv_fp8_8"];
 const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
@@ -360,6 +362,33 @@ pub struct NormIn<'a> {
     pub eps: f32,
 }
 
+/// The weight of a one-row projection with the norm in its loads (`gemv_silu`, `gemv_rope`,
+/// `gemv_rope_paged`): dense in the kernels' dtype, or E4M3 bytes with their 128×128 block
+/// factors (as `gemv_fp8` takes them).
+#[derive(Clone, Copy)]
+pub enum RowWeight<'a> {
+    Dense(&'a Tensor),
+    Fp8 { bytes: &'a Tensor, scale: &'a Tensor },
+}
+
+impl RowWeight<'_> {
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            RowWeight::Dense(w) => w.dims2(),
+            RowWeight::Fp8 { bytes, .. } => bytes.dims2(),
+        }
+    }
+
+    /// The kernel of `names` (the dense family, then the FP8 one) and the weight's and factors'
+    /// addresses (no factors for dense weights).
+    fn launch_parts(&self, names: [[&'static str; 4]; 2], split: usize) -> Result<(&'static str, u64, u64)> {
+        Ok(match self {
+            RowWeight::Dense(w) => (names[0][split], addr(w)?, 0),
+            RowWeight::Fp8 { bytes, scale } => (names[1][split], addr(bytes)?, addr(scale)?),
+        })
+    }
+}
+
 /// The one-row projections, each with its kernels per warps per unit.
 #[derive(Clone, Copy)]
 enum Split {
@@ -525,6 +554,8 @@ impl Kernels {
             .chain(GEMV1_SPLIT[1..].iter())
             .chain(GEMV_SILU_SPLIT.iter())
             .chain(GEMV_ROPE_SPLIT.iter())
+            .chain(GEMV_SILU_FP8_SPLIT.iter())
+            .chain(GEMV_ROPE_FP8_SPLIT.iter())
             .chain(std::iter::once(&"fp8_dequant"))
             .chain(GEMV_FP8.iter())
             .chain(GEMV_FP8_1_SPLIT[1..].iter())
@@ -535,7 +566,7 @@ impl Kernels {
             .collect();
         // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
         let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
-        // Warps per unit of the one-row projections (a tuning knob; unset: `split_launch` decides):
+        // Warps per unit of the one-row projections (a tuning knob; unset: `split_choice` decides):
         // one number for all, or three for q/k/v, gate/up and the others.
         let knob: Vec<Option<usize>> = std::env::var("SUBGOAL_CUDA_GEMV_SPLIT")
             .unwrap_or_default()
@@ -791,8 +822,8 @@ impl Kernels {
         let (px, pw, py) = (addr(x)?, addr(w)?, addr(&y)?);
         let (n_i, k_i) = (n as i32, k as i32);
         if rows == 1 {
-            let (name, cfg) = self.split_launch(n.div_ceil(GEMV_COLS), Split::Plain);
-            launch!(self, name, cfg, &px, &pw, &pr, &py, &n_i, &k_i);
+            let (split, cfg) = self.split_choice(n.div_ceil(GEMV_COLS), Split::Plain);
+            launch!(self, GEMV1_SPLIT[split], cfg, &px, &pw, &pr, &py, &n_i, &k_i);
         } else {
             // One warp per unit.
             let cfg = LaunchConfig {
@@ -946,20 +977,9 @@ impl Kernels {
         Ok(out)
     }
 
-    /// The kernel and launch geometry of a one-row projection of `kind` computing `units` units:
-    /// the fewest warps per unit (of `SPLITS`) that give the device the kind's `WARPS_PER_SM`,
-    /// unless `SUBGOAL_CUDA_GEMV_SPLIT` says otherwise.
-    fn split_launch(&self, units: usize, kind: Split) -> (&'static str, LaunchConfig) {
-        let (i, cfg) = self.split_choice(units, kind);
-        let names = match kind {
-            Split::Qkv => GEMV_ROPE_SPLIT,
-            Split::GateUp => GEMV_SILU_SPLIT,
-            Split::Plain => GEMV1_SPLIT,
-        };
-        (names[i], cfg)
-    }
-
-    /// The index into `SPLITS` (warps per unit) and the launch geometry `split_launch` picks.
+    /// The index into `SPLITS` (warps per unit) and the launch geometry of a one-row projection of
+    /// `kind` computing `units` units: the fewest warps per unit that give the device the kind's
+    /// `WARPS_PER_SM`, unless `SUBGOAL_CUDA_GEMV_SPLIT` says otherwise.
     fn split_choice(&self, units: usize, kind: Split) -> (usize, LaunchConfig) {
         let target = WARPS_PER_SM[kind as usize] * self.sms;
         let i = match self.gemv_split[kind as usize] {
@@ -998,53 +1018,61 @@ impl Kernels {
         t.dtype() == self.dtype && t.is_contiguous() && t.layout().start_offset() % self.per_load() == 0
     }
 
-    /// For the normalized row of `row` and `w` = `[gate; up]` (`[2 * inter, k]`): `silu(h @ gate^T) *
-    /// (h @ up^T)`, `[1, inter]`, in one launch; `None` where the kernel does not apply.
-    pub fn gemv_silu(&self, row: &NormIn, w: &Tensor) -> Result<Option<Tensor>> {
-        let (two, k) = w.dims2()?;
+    /// For the normalized row of `row` and `w` = `[gate; up]` (`[2 * inter, k]`, dense or FP8):
+    /// `silu(h @ gate^T) * (h @ up^T)`, `[1, inter]`, in one launch; `None` where the kernel does
+    /// not apply.
+    pub fn gemv_silu(&self, row: &NormIn, w: RowWeight) -> Result<Option<Tensor>> {
+        let (two, k) = w.dims()?;
         if two % 2 != 0 || !self.norm_fits(row, w)? {
             return Ok(None);
         }
         let inter = two / 2;
-        let (name, cfg) = self.split_launch(inter, Split::GateUp);
+        let (split, cfg) = self.split_choice(inter, Split::GateUp);
+        let (name, pw, ps) = w.launch_parts([GEMV_SILU_SPLIT, GEMV_SILU_FP8_SPLIT], split)?;
         let y = self.empty((1, inter), self.dtype)?;
-        let (px, pg, pw, py) = (addr(row.x)?, addr(row.g)?, addr(w)?, addr(&y)?);
+        let (px, pg, py) = (addr(row.x)?, addr(row.g)?, addr(&y)?);
         let (inter_i, k_i) = (inter as i32, k as i32);
-        launch!(self, name, cfg, &px, &pg, &row.eps, &pw, &py, &inter_i, &k_i);
+        launch!(self, name, cfg, &px, &pg, &row.eps, &pw, &ps, &py, &inter_i, &k_i);
         Ok(Some(y))
     }
 
     /// `rope_kv` of the projection `h @ w^T` of the normalized row of `row` (`w`: `[q; k; v]`):
     /// normalization, projection and rotation in one launch; returns q, or `None` where the kernel
     /// does not apply.
-    pub fn gemv_rope(&self, row: &NormIn, w: &Tensor, step: &RopeStep) -> Result<Option<Tensor>> {
+    pub fn gemv_rope(&self, row: &NormIn, w: RowWeight, step: &RopeStep) -> Result<Option<Tensor>> {
         let RopeStep { caches, tables, pos, heads, interleaved, q_scale } = *step;
-        let (n, k) = w.dims2()?;
+        let (n, k) = w.dims()?;
         let (crows, kv_heads, cap, d) = caches.0.dims4()?;
         if crows != 1 || n != (heads + 2 * kv_heads) * d || !self.norm_fits(row, w)? {
             return Ok(None);
         }
         self.check_step(caches, Some(tables), pos)?;
         let pairs = (heads + 2 * kv_heads) * d / 2;
-        let (name, cfg) = self.split_launch(pairs, Split::Qkv);
+        let (split, cfg) = self.split_choice(pairs, Split::Qkv);
+        let (name, pw, pf) = w.launch_parts([GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT], split)?;
         let q = self.empty((1, heads * d), self.dtype)?;
-        let (px, pg, pw, pq, pk, pv) =
-            (addr(row.x)?, addr(row.g)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (px, pg, pq, pk, pv) = (addr(row.x)?, addr(row.g)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);
         let ints = [heads as i32, kv_heads as i32, d as i32, cap as i32, interleaved as i32, k as i32];
         let (no_table, no_bs) = (0u64, 0i32);
         launch!(
-            self, name, cfg, &px, &pg, &row.eps, &pw, &pq, &pk, &pv, &pc, &ps, &pp, &ints[0], &ints[1], &ints[2],
+            self, name, cfg, &px, &pg, &row.eps, &pw, &pf, &pq, &pk, &pv, &pc, &ps, &pp, &ints[0], &ints[1], &ints[2],
             &ints[3], &ints[4], &q_scale, &ints[5], &no_table, &no_bs
         );
         Ok(Some(q))
     }
 
     /// Whether a normalizing projection takes `row` against `w`: one aligned row and a norm weight
-    /// of its length, of the kernels' dtype.
-    fn norm_fits(&self, row: &NormIn, w: &Tensor) -> Result<bool> {
+    /// of its length, of the kernels' dtype, and a weight the one-row kernels read.
+    fn norm_fits(&self, row: &NormIn, w: RowWeight) -> Result<bool> {
         let (rows, k) = row.x.dims2()?;
-        Ok(rows == 1 && row.g.dims() == [k] && self.aligned(row.g) && self.gemv_fits(row.x, w, k)?)
+        if rows != 1 || row.g.dims() != [k] || !self.aligned(row.g) {
+            return Ok(false);
+        }
+        match w {
+            RowWeight::Dense(w) => self.gemv_fits(row.x, w, k),
+            RowWeight::Fp8 { bytes, scale } => self.fp8_operands_fit(row.x, bytes, scale),
+        }
     }
 
     /// `gemv_rope` for one row of the serving engine: k and v go into the paged cache
@@ -1052,7 +1080,7 @@ impl Kernels {
     pub fn gemv_rope_paged(
         &self,
         row: &NormIn,
-        w: &Tensor,
+        w: RowWeight,
         step: &PagedRope,
         table: &Tensor,
     ) -> Result<Option<Tensor>> {
@@ -1062,21 +1090,21 @@ impl Kernels {
             return Ok(None);
         }
         let caches = (caches.k, caches.v);
-        let (n, k) = w.dims2()?;
+        let (n, k) = w.dims()?;
         let (_, kv_heads, bs, d) = caches.0.dims4()?;
         if n != (heads + 2 * kv_heads) * d || !self.norm_fits(row, w)? || pos.elem_count() != 1 {
             return Ok(None);
         }
         self.check_step(caches, Some(tables), pos)?;
         let pairs = (heads + 2 * kv_heads) * d / 2;
-        let (name, cfg) = self.split_launch(pairs, Split::Qkv);
+        let (split, cfg) = self.split_choice(pairs, Split::Qkv);
+        let (name, pw, pf) = w.launch_parts([GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT], split)?;
         let q = self.empty((1, heads * d), self.dtype)?;
-        let (px, pg, pw, pq, pk, pv) =
-            (addr(row.x)?, addr(row.g)?, addr(w)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
+        let (px, pg, pq, pk, pv) = (addr(row.x)?, addr(row.g)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp, pt) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?, addr(table)?);
         let ints = [heads as i32, kv_heads as i32, d as i32, 0, interleaved as i32, k as i32, bs as i32];
         launch!(
-            self, name, cfg, &px, &pg, &row.eps, &pw, &pq, &pk, &pv, &pc, &ps, &pp, &ints[0], &ints[1], &ints[2],
+            self, name, cfg, &px, &pg, &row.eps, &pw, &pf, &pq, &pk, &pv, &pc, &ps, &pp, &ints[0], &ints[1], &ints[2],
             &ints[3], &ints[4], &q_scale, &ints[5], &pt, &ints[6]
         );
         Ok(Some(q))

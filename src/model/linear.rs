@@ -51,6 +51,20 @@ impl DeviceFp8 {
         Ok(DeviceFp8 { bytes, scale, kernels })
     }
 
+    /// Rows `start..start + len` of this weight, sharing its memory (`start` and `len` whole
+    /// 128-row blocks, so the rows keep their own factors).
+    pub(super) fn rows(&self, start: usize, len: usize) -> Result<DeviceFp8> {
+        let b = super::fp8::BLOCK;
+        if start % b != 0 || len % b != 0 {
+            candle_core::bail!("FP8 rows {start}..{} do not lie on {b}-row blocks", start + len);
+        }
+        Ok(DeviceFp8 {
+            bytes: self.bytes.narrow(0, start, len)?,
+            scale: self.scale.narrow(0, start / b, len / b)?,
+            kernels: self.kernels.clone(),
+        })
+    }
+
     /// `x @ Wᵀ` for `x` of shape `[.., cols]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, cols) = self.bytes.dims2()?;
@@ -79,6 +93,16 @@ impl Linear {
         match self {
             Linear::Dense(l) if l.bias().is_none() => Some(l.weight()),
             _ => None,
+        }
+    }
+
+    /// The weight of a projection without bias as the norm-fused one-row kernels take it: dense,
+    /// or FP8 on the device.
+    #[cfg(feature = "cuda")]
+    pub(super) fn row_weight(&self) -> Option<super::fused::RowWeight<'_>> {
+        match self {
+            Linear::Fp8Cuda(w, None) => Some(super::fused::RowWeight::Fp8 { bytes: &w.bytes, scale: &w.scale }),
+            _ => self.plain_weight().map(super::fused::RowWeight::Dense),
         }
     }
 

@@ -71,8 +71,8 @@ impl Config {
 pub(super) struct Layer {
     pub(super) attn_norm: Tensor,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    /// `[q; k; v]` as one matrix (dense weights): the fused decode step's one GEMM. `q`, `k` and
-    /// `v` are then views of it.
+    /// `[q; k; v]` as one matrix (dense weights, and FP8 ones on CUDA where q, k and v are whole
+    /// 128-row blocks): the fused decode step's one GEMM. `q`, `k` and `v` are then views of it.
     pub(super) qkv: Option<Linear>,
     pub(super) q: Linear,
     pub(super) k: Linear,
@@ -343,7 +343,7 @@ impl Model {
                 (&mut x, &mut delta),
                 &layer.attn_norm,
                 eps,
-                |row| match layer.qkv.as_ref().and_then(Linear::plain_weight) {
+                |row| match layer.qkv.as_ref().and_then(Linear::row_weight) {
                     Some(w) => k.gemv_rope(row, w, &step),
                     None => Ok(None),
                 },
@@ -364,7 +364,7 @@ impl Model {
                 &layer.ffn_norm,
                 eps,
                 |row| match &layer.mlp {
-                    Mlp::Fused(gu) => gu.plain_weight().map_or(Ok(None), |w| k.gemv_silu(row, w)),
+                    Mlp::Fused(gu) => gu.row_weight().map_or(Ok(None), |w| k.gemv_silu(row, w)),
                     Mlp::Split { .. } => Ok(None),
                 },
                 |h| match &layer.mlp {

@@ -297,16 +297,92 @@ impl HfLoader<'_> {
         })
     }
 
-    /// FP8: separate projections (a fused matrix would put q's and k's rows in one block).
+    /// FP8: separate projections, except on CUDA where every part's rows are whole 128-row blocks
+    /// (so no block of factors straddles two parts): there q/k/v and gate/up are each one matrix,
+    /// q, k and v views of it, as with dense weights, so that a decode step projects each with one
+    /// launch and the norm-fused kernels take them.
     fn fp8_projections(&self, p: &str, q_scale: Option<f64>) -> Result<Projections> {
         let (cfg, hd) = (&self.cfg, self.cfg.head_dim);
         let attn = |name: &str| format!("{p}.self_attn.{name}");
-        let q = self.lin(&attn("q_proj"), cfg.heads * hd, cfg.hidden, self.qkv_bias, q_scale)?;
-        let k = self.lin(&attn("k_proj"), cfg.kv_heads * hd, cfg.hidden, self.qkv_bias, None)?;
-        let v = self.lin(&attn("v_proj"), cfg.kv_heads * hd, cfg.hidden, self.qkv_bias, None)?;
-        let gate = self.lin(&format!("{p}.mlp.gate_proj"), cfg.intermediate, cfg.hidden, false, None)?;
-        let up = self.lin(&format!("{p}.mlp.up_proj"), cfg.intermediate, cfg.hidden, false, None)?;
-        Ok((None, q, k, v, Mlp::Split { gate, up }))
+        let qkv_parts = [
+            (attn("q_proj"), cfg.heads * hd, q_scale),
+            (attn("k_proj"), cfg.kv_heads * hd, None),
+            (attn("v_proj"), cfg.kv_heads * hd, None),
+        ];
+        let mlp_parts = [
+            (format!("{p}.mlp.gate_proj"), cfg.intermediate, None),
+            (format!("{p}.mlp.up_proj"), cfg.intermediate, None),
+        ];
+        let (qkv, q, k, v) = match self.fp8_fused(&qkv_parts, self.qkv_bias)? {
+            Some((qkv, parts)) => {
+                let [q, k, v]: [Linear; 3] =
+                    parts.try_into().map_err(|_| candle_core::Error::Msg("three views of q/k/v".into()))?;
+                (Some(qkv), q, k, v)
+            }
+            None => {
+                let [q, k, v] = qkv_parts.map(|(name, out, f)| self.lin(&name, out, cfg.hidden, self.qkv_bias, f));
+                (None, q?, k?, v?)
+            }
+        };
+        let mlp = match self.fp8_fused(&mlp_parts, false)? {
+            Some((gate_up, _)) => Mlp::Fused(gate_up),
+            None => {
+                let [gate, up] = mlp_parts.map(|(name, out, _)| self.lin(&name, out, cfg.hidden, false, None));
+                Mlp::Split { gate: gate?, up: up? }
+            }
+        };
+        Ok((qkv, q, k, v, mlp))
+    }
+
+    /// The projections `parts` (name, output rows, a factor folded into the weight and bias) of
+    /// the hidden state as one FP8 matrix on the device, and each part as a view of it; `None`
+    /// off CUDA, where a part stays dense, or where a part's rows are not whole 128-row blocks.
+    fn fp8_fused(
+        &self,
+        parts: &[(String, usize, Option<f64>)],
+        with_bias: bool,
+    ) -> Result<Option<(Linear, Vec<Linear>)>> {
+        #[cfg(feature = "cuda")]
+        {
+            let block = super::fp8::BLOCK;
+            let Some(kernels) = &self.fp8_kernels else { return Ok(None) };
+            if !parts.iter().all(|(name, out, _)| self.in_fp8(name) && out % block == 0) {
+                return Ok(None);
+            }
+            let inp = self.cfg.hidden;
+            let (mut data, mut scale_inv, mut biases) = (Vec::new(), Vec::new(), Vec::new());
+            for (name, out, f) in parts {
+                let mut w = read_weight(&self.vb, &format!("{name}.weight"), (*out, inp))?.fp8(name)?;
+                let b = self.bias(name, *out, with_bias)?;
+                if let Some(f) = f {
+                    w.scale(*f as f32);
+                }
+                data.append(&mut w.data);
+                scale_inv.append(&mut w.scale_inv);
+                biases.extend(match f {
+                    Some(f) => b.map(|b| b * *f).transpose()?,
+                    None => b,
+                });
+            }
+            let rows = parts.iter().map(|p| p.1).sum();
+            let w =
+                BlockFp8::from_parts(rows, inp, data, scale_inv).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let fused = DeviceFp8::upload(w, self.device, kernels.clone())?;
+            let bias = if biases.is_empty() { None } else { Some(Tensor::cat(&biases, 0)?) };
+            let mut views = Vec::with_capacity(parts.len());
+            let mut at = 0;
+            for (_, out, _) in parts {
+                let b = bias.as_ref().map(|b| b.narrow(0, at, *out)).transpose()?;
+                views.push(Linear::Fp8Cuda(Arc::new(fused.rows(at, *out)?), b));
+                at += out;
+            }
+            Ok(Some((Linear::Fp8Cuda(Arc::new(fused), bias), views)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (parts, with_bias);
+            Ok(None)
+        }
     }
 
     /// Dense: q, k and v as one matrix (one GEMM; q, k and v are views of it), gate and up as one.
@@ -383,8 +459,8 @@ fn modules_not_converted(json: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A layer's attention and MLP input projections: the fused q/k/v matrix (dense only), q, k, v,
-/// and the MLP's gate and up.
+/// A layer's attention and MLP input projections: the fused q/k/v matrix (dense, or FP8 on CUDA
+/// where its parts are whole blocks), q, k, v, and the MLP's gate and up.
 type Projections = (Option<Linear>, Linear, Linear, Linear, Mlp);
 
 /// A projection weight as the checkpoint holds it.

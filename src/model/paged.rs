@@ -597,7 +597,7 @@ impl Model {
                 (&mut x, &mut delta),
                 &layer.attn_norm,
                 eps,
-                |row| match (layer.qkv.as_ref().and_then(Linear::plain_weight), &step.first_table) {
+                |row| match (layer.qkv.as_ref().and_then(Linear::row_weight), &step.first_table) {
                     (Some(w), Some(table)) => k.gemv_rope_paged(row, w, &rope, table),
                     _ => Ok(None),
                 },
@@ -639,7 +639,7 @@ impl Model {
                 &layer.ffn_norm,
                 eps,
                 |row| match &layer.mlp {
-                    Mlp::Fused(gu) => gu.plain_weight().map_or(Ok(None), |w| k.gemv_silu(row, w)),
+                    Mlp::Fused(gu) => gu.row_weight().map_or(Ok(None), |w| k.gemv_silu(row, w)),
                     Mlp::Split { .. } => Ok(None),
                 },
                 |h| match &layer.mlp {

@@ -523,37 +523,42 @@ __device__ __forceinline__ bool dot2_norm(const NormIn<T>& in, const T* __restri
     return true;
 }
 
-// The gated MLP's input projection of one normalized row (NormIn) with
-// SiLU × up in its epilogue: a unit computes gate column c and up column inter + c of w
-// ([gate; up], [2 * inter, k]) and writes y[c] = silu(gate) * up, the projections rounded to T
-// first as the unfused path stores them. Grid: ceil(inter / (8 / KS)); block: 256.
-template <typename T, int KS>
-__device__ void gemv_silu(NormIn<T> in, const T* w, T* y, int inter, int k) {
+// The one-row projections with the norm in their loads and work of their own in the epilogue take
+// their weights through `dot2(ra, rb, r)`: the normalized row's dot products with weight rows ra
+// and rb, summed over the unit (valid where it returns true, in one thread of the unit). Dense
+// weights pass dot2_norm; FP8 ones (fp8.cu) a reader of bytes and block factors.
+
+// The gated MLP's input projection of one normalized row with SiLU × up in its epilogue: a unit
+// computes gate column c and up column inter + c of [gate; up] ([2 * inter, k]) and writes y[c] =
+// silu(gate) * up, the projections rounded to T first as the unfused path stores them.
+// Grid: ceil(inter / (8 / KS)); block: 256.
+template <typename T, int KS, typename Dot2>
+__device__ void gemv_silu(Dot2 dot2, T* y, int inter) {
     pdl_begin();
     int c = gemv_unit<KS>(), cc = min(c, inter - 1);
     float r[2];
-    if (!dot2_norm<T, KS>(in, w + (size_t)cc * k, w + ((size_t)inter + cc) * k, k, r) || c >= inter) return;
+    if (!dot2(cc, inter + cc, r) || c >= inter) return;
     float g = to_f(from_f<T>(r[0])), u = to_f(from_f<T>(r[1]));
     y[c] = from_f<T>(g / (1.f + __expf(-g)) * u);
 }
 
-// The q/k/v projection of one normalized row (NormIn) with rope_kv's work in
-// its epilogue: a unit computes the two
-// columns of one rotation pair (q, k or v head; interleaved or half-split as the model rotates),
-// rotates q and k at *pos, scales q, and writes q to q_out [heads * d] and k, v into the caches
-// [kv_heads, cap, d] at *pos, or, with a block table, into the paged cache [blocks, kv_heads, bs,
-// d] (cap then unused). Grid: ceil((heads + 2 * kv_heads) * d / 2 / (8 / KS)); block: 256.
-template <typename T, int KS>
-__device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
-                          const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
-                          float q_scale, int k, const uint32_t* table, int bs) {
+// The q/k/v projection of one normalized row with rope_kv's work in its epilogue: a unit computes
+// the two columns of one rotation pair (q, k or v head; interleaved or half-split as the model
+// rotates), rotates q and k at *pos, scales q, and writes q to q_out [heads * d] and k, v into the
+// caches [kv_heads, cap, d] at *pos, or, with a block table, into the paged cache [blocks,
+// kv_heads, bs, d] (cap then unused). Grid: ceil((heads + 2 * kv_heads) * d / 2 / (8 / KS));
+// block: 256.
+template <typename T, int KS, typename Dot2>
+__device__ void gemv_rope(Dot2 dot2, T* q_out, T* kc, T* vc, const T* cos, const T* sin, const uint32_t* pos_p,
+                          int heads, int kv_heads, int d, int cap, int interleaved, float q_scale,
+                          const uint32_t* table, int bs) {
     pdl_begin();
     int half = d / 2, pairs = (heads + 2 * kv_heads) * half;
     int p = gemv_unit<KS>(), pc = min(p, pairs - 1);
     int head = pc / half, i = pc % half;
     int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
     float r[2];
-    if (!dot2_norm<T, KS>(in, w + ((size_t)head * d + a) * k, w + ((size_t)head * d + b) * k, k, r) || p >= pairs) return;
+    if (!dot2(head * d + a, head * d + b, r) || p >= pairs) return;
     float x0 = to_f(from_f<T>(r[0])), x1 = to_f(from_f<T>(r[1]));
     uint32_t pos = *pos_p;
     auto cache_row = [&](int kh) -> size_t {
@@ -578,19 +583,26 @@ __device__ void gemv_rope(NormIn<T> in, const T* w, T* q_out, T* kc, T* vc, cons
     dst[b] = from_f<T>((x0 * s + x1 * c) * scale);
 }
 
-#define GEMV_EPILOGUE(T, S, KS)                                                                                \
-    extern "C" __global__ void gemv_silu_k##KS##_##S(const T* x, const T* g, float eps, const T* w, T* y,      \
-                                                     int inter, int k) {                                       \
-        gemv_silu<T, KS>({x, g, eps}, w, y, inter, k);                                                         \
+// The entry points of both weight kinds share one argument list (`W`: the weight's element type;
+// `scale`: an FP8 weight's block factors, unread for dense ones), so fused.rs launches them alike.
+#define GEMV_EPILOGUE_ENTRIES(T, S, KS, W, NAME_SILU, NAME_ROPE, DOT2)                                        \
+    extern "C" __global__ void NAME_SILU(const T* x, const T* g, float eps, const W* w, const float* scale,    \
+                                         T* y, int inter, int k) {                                             \
+        NormIn<T> in{x, g, eps};                                                                               \
+        gemv_silu<T, KS>([&](int ra, int rb, float(&r)[2]) { return DOT2; }, y, inter);                        \
     }                                                                                                          \
-    extern "C" __global__ void gemv_rope_k##KS##_##S(const T* x, const T* g, float eps, const T* w,            \
-                                                     T* q_out, T* kc, T* vc, const T* cos,                     \
-                                                     const T* sin, const uint32_t* pos, int heads,             \
-                                                     int kv_heads, int d, int cap, int interleaved,            \
-                                                     float q_scale, int k, const uint32_t* table, int bs) {    \
-        gemv_rope<T, KS>({x, g, eps}, w, q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap,                \
-                         interleaved, q_scale, k, table, bs);                                                  \
+    extern "C" __global__ void NAME_ROPE(const T* x, const T* g, float eps, const W* w, const float* scale,    \
+                                         T* q_out, T* kc, T* vc, const T* cos, const T* sin,                   \
+                                         const uint32_t* pos, int heads, int kv_heads, int d, int cap,         \
+                                         int interleaved, float q_scale, int k, const uint32_t* table,         \
+                                         int bs) {                                                             \
+        NormIn<T> in{x, g, eps};                                                                               \
+        gemv_rope<T, KS>([&](int ra, int rb, float(&r)[2]) { return DOT2; }, q_out, kc, vc, cos, sin, pos,    \
+                         heads, kv_heads, d, cap, interleaved, q_scale, table, bs);                            \
     }
+#define GEMV_EPILOGUE(T, S, KS)                                                                                \
+    GEMV_EPILOGUE_ENTRIES(T, S, KS, T, gemv_silu_k##KS##_##S, gemv_rope_k##KS##_##S,                          \
+                          (dot2_norm<T, KS>(in, w + (size_t)ra * k, w + (size_t)rb * k, k, r)))
 #define GEMV_EPILOGUES(T, S)                                                                                   \
     GEMV_EPILOGUE(T, S, 1) GEMV_EPILOGUE(T, S, 2) GEMV_EPILOGUE(T, S, 4) GEMV_EPILOGUE(T, S, 8)
 GEMV_EPILOGUES(float, f32)

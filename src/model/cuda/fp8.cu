@@ -106,6 +106,55 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     gemv_store<T, M>(acc, res, y, col0, n);
 }
 
+// dot2_norm (decode.cu) over FP8 weights: the normalized row's dot products with E4M3 rows ra and
+// rb of w ([n, k], factors `scale`), for gemv_silu and gemv_rope. As in gemv_fp8 each 16-byte load
+// lies in one 128-column block, so its products are summed and then scaled once.
+template <typename T, int KS>
+__device__ __forceinline__ bool dot2_norm_fp8(const NormIn<T>& in, const uint8_t* __restrict__ w,
+                                              const float* __restrict__ scale, int ra, int rb, int k,
+                                              float (&r)[2]) {
+    constexpr int V = 16;  // weight bytes per load
+    constexpr int XV = 16 / sizeof(T);
+    int kb = (k + FP8_BLOCK - 1) / FP8_BLOCK;
+    const uint8_t* wa = w + (size_t)ra * k;
+    const uint8_t* wb = w + (size_t)rb * k;
+    const float* sa = scale + (size_t)(ra / FP8_BLOCK) * kb;
+    const float* sb = scale + (size_t)(rb / FP8_BLOCK) * kb;
+    float acc[3] = {0.f, 0.f, 0.f};  // the two dot products, and the sum of squares of x
+#pragma unroll 2
+    for (int i = slice_start<KS, V>(); i < k; i += KS * 32 * V) {
+        uint4 va = __ldcs((const uint4*)(wa + i)), vb = __ldcs((const uint4*)(wb + i));
+        float fa = __ldg(sa + i / FP8_BLOCK), fb = __ldg(sb + i / FP8_BLOCK);
+        float ea[V], eb[V];
+        fp8x8_to_f(va.x, va.y, ea);
+        fp8x8_to_f(va.z, va.w, ea + 8);
+        fp8x8_to_f(vb.x, vb.y, eb);
+        fp8x8_to_f(vb.z, vb.w, eb + 8);
+        float pa = 0.f, pb = 0.f;
+#pragma unroll
+        for (int h = 0; h < V / XV; h++) {
+            uint4 xv = __ldg((const uint4*)(in.x + i + h * XV)), gv = __ldg((const uint4*)(in.g + i + h * XV));
+            const T* xe = (const T*)&xv;
+            const T* ge = (const T*)&gv;
+#pragma unroll
+            for (int e = 0; e < XV; e++) {
+                float sv = to_f(xe[e]);
+                acc[2] += sv * sv;
+                float xf = sv * to_f(ge[e]);
+                pa += ea[h * XV + e] * xf;
+                pb += eb[h * XV + e] * xf;
+            }
+        }
+        acc[0] += pa * fa;
+        acc[1] += pb * fb;
+    }
+    if (!unit_sum<KS>(acc)) return false;
+    float inv = rsqrtf(acc[2] / k + in.eps);
+    r[0] = acc[0] * inv;
+    r[1] = acc[1] * inv;
+    return true;
+}
+
 // ---- Many rows: FP8 weights on tensor cores ----------------------------------------------
 //
 // y[m, n] = sum_k x[m, k] * e4m3(w[n, k]) * scale[n / 128, k / 128] for the rows a batch of
@@ -493,13 +542,19 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
                                                       const T* res, T* y, int n, int k) {                      \
         gemv_fp8<T, 1, KS>(x, w, scale, res, y, n, k);                                                         \
     }
+// gemv_silu_fp8_k<KS>_<S> and gemv_rope_fp8_k<KS>_<S>: the norm-fused one-row projections over
+// FP8 weights, with the dense ones' argument list.
+#define FP8_EPILOGUE(T, S, KS)                                                                                 \
+    GEMV_EPILOGUE_ENTRIES(T, S, KS, uint8_t, gemv_silu_fp8_k##KS##_##S, gemv_rope_fp8_k##KS##_##S,            \
+                          (dot2_norm_fp8<T, KS>(in, w, scale, ra, rb, k, r)))
 #define FP8_ALL(T, S)                                                                                          \
     extern "C" __global__ void fp8_dequant_##S(const uint8_t* w, const float* scale, T* out, int n, int k) {   \
         fp8_dequant<T>(w, scale, out, n, k);                                                                   \
     }                                                                                                          \
     FP8_GEMV(T, S, 1) FP8_GEMV(T, S, 2) FP8_GEMV(T, S, 3) FP8_GEMV(T, S, 4) FP8_GEMV(T, S, 5)                  \
     FP8_GEMV(T, S, 6) FP8_GEMV(T, S, 7) FP8_GEMV(T, S, 8) FP8_GEMV1(T, S, 2) FP8_GEMV1(T, S, 4)              \
-    FP8_GEMV1(T, S, 8)
+    FP8_GEMV1(T, S, 8) FP8_EPILOGUE(T, S, 1) FP8_EPILOGUE(T, S, 2) FP8_EPILOGUE(T, S, 4)                      \
+    FP8_EPILOGUE(T, S, 8)
 
 // gemm_fp8_m<MT>_<S> (one warp per column group, WM 1) and gemm_fp8_m<MT>x<WM>_<S>; fused.rs's
 // GEMM_FP8 lists them.
