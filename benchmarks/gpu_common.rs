@@ -41,7 +41,6 @@ pub fn fused_vs_generic(model: &mut Model, prompt: &Tensor, rows: usize, steps: 
     logit_agreement(&generic, &fused)
 }
 
-/// The GPU's name, as nvidia-smi gives it (empty without it).
 /// `--fp8-dense-layers 0,-1` among `args`: the layers an FP8 arm keeps in bf16 (none if absent),
 /// as the CLI's option of that name takes them.
 pub fn fp8_dense_layers(args: &[String]) -> Vec<i64> {
@@ -51,6 +50,7 @@ pub fn fp8_dense_layers(args: &[String]) -> Vec<i64> {
         .unwrap_or_default()
 }
 
+/// The GPU's name, as nvidia-smi gives it (empty without it).
 pub fn gpu_name() -> String {
     std::process::Command::new("nvidia-smi")
         .args(["--query-gpu=name", "--format=csv,noheader"])

@@ -6,7 +6,7 @@
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
 //!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic] [--fp8]
-//!              [--gemm-only] [--fp8-dense-layers 0,-1]
+//!              [--gemm-only] [--gemv-only] [--fp8-dense-layers 0,-1]
 //!              [--kv-rows 32] [--kv-context 2048]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
@@ -17,6 +17,8 @@
 //! (`--no-generic` skips it), for their ratio in the same run, and the two steps' logits are
 //! compared (`fused_vs_generic_logits`). A checkpoint already in `--dir` is reused.
 //!
+//! With `--fp8`, the FP8 model's fused step is compared with its own generic one too
+//! (`fp8.fused_vs_generic_logits`: one and two rows, the same weights, only the kernels differ).
 //! With `--fp8 --fp8-dense-layers LIST`, `fp8.dense_layers`: FP8 again with those layers kept in
 //! bf16 (`--fp8-dense-layers` of the CLI), its rates beside all-FP8's and bf16's.
 //!
@@ -29,7 +31,9 @@
 //! `--gemm-only` runs only the FP8 GEMM's check (no model): `gemm_fp8` at the 7B shape's
 //! projections and 16 to 256 rows against the f32 product, cuBLAS in bf16 and dequantizing for
 //! cuBLAS, a sweep of split counts, and every `gemm_fp8` kernel whose blocks hold half to twice
-//! the rows (`gemm_fp8_by_kernel`: time and difference from the f32 product).
+//! the rows (`gemm_fp8_by_kernel`: time and difference from the f32 product); and at one and four
+//! rows `gemv_fp8` beside the bf16 `gemv` (as weight bytes read per second). `--gemv-only` runs
+//! only those (with `SUBGOAL_CUDA_GEMV_SPLIT=N`, recorded as `gemv_split`, to compare splits).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,10 +78,13 @@ fn main() {
     let gpu = gpu_common::gpu_name();
     let hbm_bytes_per_s = gpu_common::hbm_tb_per_s(&gpu) * 1e12;
     // `--gemm-only`: the FP8 GEMM's check alone, no model (a quick look at a kernel change).
-    if args.iter().any(|a| a == "--gemm-only") {
+    // `--gemv-only`: its few-row part alone (the one-row kernels' split is `SUBGOAL_CUDA_GEMV_SPLIT`).
+    let gemv_only = args.iter().any(|a| a == "--gemv-only");
+    if gemv_only || args.iter().any(|a| a == "--gemm-only") {
         let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
         let v = json!({"benchmark": "gpu_decode", "gpu": gpu, "hbm_tb_per_s": hbm_bytes_per_s / 1e12,
-                       "gemm_fp8": gemm_fp8_check(&kernels, &device)});
+                       "gemv_split": std::env::var("SUBGOAL_CUDA_GEMV_SPLIT").ok(),
+                       "gemm_fp8": gemm_fp8_check(&kernels, &device, gemv_only)});
         println!("{}", serde_json::to_string_pretty(&v).unwrap());
         return;
     }
@@ -147,16 +154,21 @@ fn main() {
     // each of 16 greedy steps (the per-step logit cosine).
     // The FP8 model is loaded once, for this arm and the cache arm below.
     let t = Instant::now();
-    let m8 = args
+    let mut m8 = args
         .iter()
         .any(|a| a == "--fp8")
         .then(|| Model::from_safetensors(&dir, &device, DType::BF16, true).expect("load the model in FP8"));
     let load8 = t.elapsed().as_secs_f64();
-    let fp8 = if let Some(m8) = &m8 {
+    let fp8 = if let Some(m8) = &mut m8 {
         let rates = decode_rates(m8, &batches, layers, new_tokens, cpu_sampling, &device);
         let cosine = fp8_cosine(&model, m8, layers, &device);
-        progress("fp8 decode", &json!({"rates": &rates, "cosine": &cosine}));
-        let gemm = gemm_fp8_check(&kernels, &device);
+        // The FP8 model's fused step (its norm-fused one-row kernels, its fused q/k/v and
+        // gate/up) against its own generic path, the same weights: only the kernels differ.
+        let prompt = prompt_ids(1, 512, &device);
+        let fused_vs_generic = json!({"1": gpu_common::fused_vs_generic(m8, &prompt, 1, 16),
+                                      "2": gpu_common::fused_vs_generic(m8, &prompt, 2, 16)});
+        progress("fp8 decode", &json!({"rates": &rates, "cosine": &cosine, "fused_vs_generic": &fused_vs_generic}));
+        let gemm = gemm_fp8_check(&kernels, &device, false);
         progress("gemm_fp8", &gemm);
         let mut ratios = serde_json::Map::new();
         for (k, v) in &rates {
@@ -189,7 +201,7 @@ fn main() {
             progress("fp8 decode, layers kept dense", &out);
             out
         };
-        json!({"load_s": r(load8), "decode": rates, "gemm_fp8": gemm,
+        json!({"load_s": r(load8), "decode": rates, "gemm_fp8": gemm, "fused_vs_generic_logits": fused_vs_generic,
                "ratios": ratios, "logits_vs_bf16": cosine, "dense_layers": kept,
                // Bytes per token: the projections in one byte each, the output head in two (it
                // stays bf16), counted like the bf16 roofline (embeddings included): `params`.
@@ -352,7 +364,7 @@ fn attention_alone(k: &Kernels, p: usize, device: &Device) -> Value {
 /// over the largest output, which the bf16 output's rounding alone puts near 2^-9), and its time
 /// beside bf16 cuBLAS on the dense weight of the same shape and beside dequantizing the bytes for
 /// cuBLAS (best of 3 runs of 10 launches).
-fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
+fn gemm_fp8_check(k: &Kernels, device: &Device, gemv_only: bool) -> Value {
     let mut out = serde_json::Map::new();
     for (name, n, kk) in [
         ("qkv", 3 * HIDDEN, HIDDEN),
@@ -367,7 +379,26 @@ fn gemm_fp8_check(k: &Kernels, device: &Device) -> Value {
         let (rb, cb) = (q.row_blocks(), q.col_blocks());
         let bytes = Tensor::from_vec(q.data, (n, kk), device).unwrap();
         let scale = Tensor::from_vec(q.scale_inv, (rb, cb), device).unwrap();
-        for rows in [16usize, 32, 64, 128, 256] {
+        // Decode's few rows: `gemv_fp8` beside the bf16 `gemv` on the same values, each as the
+        // weight bytes it reads per second.
+        for rows in [1usize, 4] {
+            let x = Tensor::randn(0f32, 1.0, (rows, kk), device).unwrap().to_dtype(DType::BF16).unwrap();
+            let want = x.to_dtype(DType::F32).unwrap().matmul(&exact.t().unwrap()).unwrap();
+            let got = k.gemv_fp8(&x, &bytes, &scale, None).unwrap().expect("gemv_fp8 takes the 7B shapes");
+            let got = got.to_dtype(DType::F32).unwrap();
+            let diff = (&want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let time = |f: &dyn Fn()| best_of_3(device, 10, f);
+            let t8 = time(&|| drop(k.gemv_fp8(&x, &bytes, &scale, None).unwrap()));
+            let t16 = time(&|| drop(k.gemv(&x, &dense, None).unwrap()));
+            out.insert(
+                format!("{name}_{n}x{kk}_rows_{rows}"),
+                json!({"max_abs_diff_vs_f32": diff, "gemv_fp8_us": r(t8 * 1e6), "gemv_bf16_us": r(t16 * 1e6),
+                       "fp8_over_bf16_speed": r(t16 / t8),
+                       "fp8_weight_tb_per_s": r((n * kk) as f64 / t8 / 1e12),
+                       "bf16_weight_tb_per_s": r((2 * n * kk) as f64 / t16 / 1e12)}),
+            );
+        }
+        for rows in if gemv_only { vec![] } else { vec![16usize, 32, 64, 128, 256] } {
             let x = Tensor::randn(0f32, 1.0, (rows, kk), device).unwrap().to_dtype(DType::BF16).unwrap();
             let Some(got) = k.gemm_fp8(&x, &bytes, &scale).unwrap() else {
                 out.insert(format!("{name}_{rows}"), json!("gemm_fp8 does not take this shape"));
