@@ -132,7 +132,8 @@ pub const GEMM_FP8: [GemmFp8Kernel; 9] = [
 /// along m (8 and 16 warps a block, for 64 and 128 rows) were no faster on an H100 at the 7B
 /// shape's projections (`gpu_decode --gemm-only`, 2026-12-07: the best of them ran at 0.88–0.97×
 /// of `gemm_fp8_m4`'s speed at 64 and 128 rows, and the engine at 94 rows a step at 0.96×), so
-/// none is picked; they stay for comparison on other GPUs.
+/// none is picked; they stay for comparison on other GPUs. Nor the `wgmma` ones (exact, and
+/// 0.9–0.95× of `gemm_fp8_m4` at 64 and 128 rows; the engine 1.00×, H100, 2026-12-07).
 const GEMM_FP8_PICK: [(usize, usize); 4] = [(16, 0), (32, 1), (48, 2), (usize::MAX, 3)];
 /// A pick that replaces `GEMM_FP8_PICK` for the whole process (`set_gemm_fp8_pick`), so a
 /// benchmark compares picks in one run, on one machine, without a rebuild.
