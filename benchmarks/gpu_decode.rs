@@ -6,7 +6,7 @@
 //! Run by hand on a GPU machine (the CUDA build: `scripts/build-cuda.sh`):
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
 //!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic] [--fp8]
-//!              [--gemm-only] [--gemv-only] [--fp8-dense-layers 0,-1]
+//!              [--gemm-only] [--gemv-only] [--attention-only] [--fp8-dense-layers 0,-1]
 //!              [--kv-rows 32] [--kv-context 2048]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
@@ -34,6 +34,8 @@
 //! the rows (`gemm_fp8_by_kernel`: time and difference from the f32 product); and at one and four
 //! rows `gemv_fp8` beside the bf16 `gemv` (as weight bytes read per second). `--gemv-only` runs
 //! only those (with `SUBGOAL_CUDA_GEMV_SPLIT=N`, recorded as `gemv_split`, to compare splits).
+//! `--attention-only` runs only the prefill attention kernel's arm (`subgoal.attention`), at each
+//! `--prompts` length.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +80,15 @@ fn main() {
     let gpu = gpu_common::gpu_name();
     let hbm_bytes_per_s = gpu_common::hbm_tb_per_s(&gpu) * 1e12;
     // `--gemm-only`: the FP8 GEMM's check alone, no model (a quick look at a kernel change).
+    // `--attention-only`: the prefill attention kernel alone at each `--prompts` length (no model;
+    // PyTorch's SDPA beside it comes from a full run).
+    if args.iter().any(|a| a == "--attention-only") {
+        let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
+        let attention: serde_json::Map<String, Value> =
+            prompts.iter().map(|&p| (p.to_string(), attention_alone(&kernels, p, &device))).collect();
+        println!("{}", json!({"benchmark": "gpu_decode", "gpu": gpu, "attention": attention}));
+        return;
+    }
     // `--gemv-only`: its few-row part alone (the one-row kernels' split is `SUBGOAL_CUDA_GEMV_SPLIT`).
     let gemv_only = args.iter().any(|a| a == "--gemv-only");
     if gemv_only || args.iter().any(|a| a == "--gemm-only") {
