@@ -511,8 +511,6 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
             bool mask = (!CASCADE && k0 + FA_K - 1 > warp_first) || nk < FA_K;
 #pragma unroll
             for (int n = 0; n < FA_K / 8; n++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] *= LOG2E;
                 if (mask) {
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
@@ -529,7 +527,9 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
                 mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, o2));
                 mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, o2));
             }
-            float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            // Scores stay in natural units; the maxima, and each exponent's argument (one FMA),
+            // are in log2 units.
+            float n0 = fmaxf(m0, mx0 * LOG2E), n1 = fmaxf(m1, mx1 * LOG2E);
             // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
             float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
             float alpha0 = ex2(m0 - b0), alpha1 = ex2(m1 - b1);
@@ -540,8 +540,8 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
             float ls0 = 0.f, ls1 = 0.f;
 #pragma unroll
             for (int n = 0; n < FA_K / 8; n++) {
-                float p0 = ex2(s[n][0] - b0), p1 = ex2(s[n][1] - b0);
-                float p2 = ex2(s[n][2] - b1), p3 = ex2(s[n][3] - b1);
+                float p0 = ex2(fmaf(s[n][0], LOG2E, -b0)), p1 = ex2(fmaf(s[n][1], LOG2E, -b0));
+                float p2 = ex2(fmaf(s[n][2], LOG2E, -b1)), p3 = ex2(fmaf(s[n][3], LOG2E, -b1));
                 ls0 += p0 + p1;
                 ls1 += p2 + p3;
                 p[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
@@ -549,10 +549,14 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
             }
             l0 = l0 * alpha0 + ls0;
             l1 = l1 * alpha1 + ls1;
+            // Once the maxima settle (most tiles of a long prompt) no row of the warp moves and the
+            // rescale of its D / 2 outputs per lane is skipped.
+            if (__any_sync(0xffffffff, alpha0 != 1.f || alpha1 != 1.f)) {
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
-                o[dt][0] *= alpha0, o[dt][1] *= alpha0;
-                o[dt][2] *= alpha1, o[dt][3] *= alpha1;
+                for (int dt = 0; dt < D / 8; dt++) {
+                    o[dt][0] *= alpha0, o[dt][1] *= alpha0;
+                    o[dt][2] *= alpha1, o[dt][3] *= alpha1;
+                }
             }
             // O += P V: one transposed ldmatrix gives the fragments of two 8-dim groups.
 #pragma unroll
