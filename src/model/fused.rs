@@ -66,6 +66,10 @@ const GEMV_ROPE_FP8_SPLIT: [&str; 4] = ["gemv_rope_fp8_k1", "gemv_rope_fp8_k2", 
 const GEMV_FP8: [&str; GEMV_MAX_ROWS] =
     ["gemv_fp8_1", "gemv_fp8_2", "gemv_fp8_3", "gemv_fp8_4", "gemv_fp8_5", "gemv_fp8_6", "gemv_fp8_7", "gemv_fp8_8"];
 const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
+/// The one-row FP8 product with `GEMV_FP8_WIDE` columns a unit (`gemv_fp8_wide`), a candidate
+/// taken under `SUBGOAL_CUDA_GEMV_FP8_COLS=4`.
+const GEMV_FP8_1W_SPLIT: [&str; 4] = ["gemv_fp8_1w_k1", "gemv_fp8_1w_k2", "gemv_fp8_1w_k4", "gemv_fp8_1w_k8"];
+const GEMV_FP8_WIDE: usize = 4;
 /// An attention kernel family: per head size 64, 128 and 256 (`head_index`), over a cache in the
 /// model's dtype (`[0]`) and over an FP8 one (`[1]`).
 type AttnFamily = [[&'static str; 3]; 2];
@@ -407,6 +411,8 @@ pub struct Kernels {
     gemv_rows: usize,
     /// `SUBGOAL_CUDA_GEMV_SPLIT` per `Split`, where set to one of `SPLITS`.
     gemv_split: [Option<usize>; 3],
+    /// `SUBGOAL_CUDA_GEMV_FP8_COLS=4`: the one-row FP8 product takes `gemv_fp8_wide`.
+    gemv_fp8_wide: bool,
     /// Streaming multiprocessors of the device.
     sms: usize,
     /// Blocks of each `GEMM_FP8` kernel an SM holds at once (its shared memory and registers).
@@ -535,7 +541,7 @@ impl Kernels {
             "rope_kv_paged_kv8",
         ];
         // The tensor-core kernels (prefill and shared-prefix attention, the FP8 GEMM for many rows)
-        // take 16-bit inputs only.
+        // take 16-bit inputs only, as does the wide one-row FP8 product.
         let tensor_core: Vec<&'static str> = if dtype == DType::F32 {
             Vec::new()
         } else {
@@ -546,6 +552,7 @@ impl Kernels {
                 .copied()
                 .chain(GEMM_FP8.iter().filter(|g| !g.wgmma || ptx_sm90a()).map(|g| g.name))
                 .chain([GEMM_FP8_REDUCE])
+                .chain(GEMV_FP8_1W_SPLIT)
                 .collect()
         };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
@@ -606,6 +613,7 @@ impl Kernels {
             module,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
+            gemv_fp8_wide: std::env::var("SUBGOAL_CUDA_GEMV_FP8_COLS").is_ok_and(|v| v.trim() == "4"),
             sms: sms.max(1) as usize,
             gemm_fp8_resident,
             counters: Default::default(),
@@ -862,8 +870,10 @@ impl Kernels {
         let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale.contiguous()?)?, addr(&y)?);
         let (n_i, k_i) = (n as i32, k as i32);
         if rows == 1 {
-            let (i, cfg) = self.split_choice(n.div_ceil(GEMV_COLS), Split::Plain);
-            launch!(self, GEMV_FP8_1_SPLIT[i], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
+            let wide = self.gemv_fp8_wide && self.dtype != DType::F32 && n % GEMV_FP8_WIDE == 0;
+            let (cols, names) = if wide { (GEMV_FP8_WIDE, GEMV_FP8_1W_SPLIT) } else { (GEMV_COLS, GEMV_FP8_1_SPLIT) };
+            let (i, cfg) = self.split_choice(n.div_ceil(cols), Split::Plain);
+            launch!(self, names[i], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
         } else {
             let cfg = LaunchConfig {
                 grid_dim: (n.div_ceil(GEMV_COLS * GEMV_WARPS) as u32, 1, 1),

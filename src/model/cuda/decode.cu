@@ -408,12 +408,12 @@ __device__ __forceinline__ bool unit_sum(float (&v)[N]) {
 
 // Output columns of one few-row unit (`gemv`, `gemv_fp8`).
 constexpr int GEMV_COLS = 2;
-// The few-row projections' epilogue: the unit's sums (acc[c * M + m] for column col0 + c, row m)
-// written to y, plus res where given, columns past n left alone.
-template <typename T, int M>
+// The few-row projections' epilogue: the unit's C sums per row (acc[c * M + m] for column col0 + c,
+// row m) written to y, plus res where given, columns past n left alone.
+template <typename T, int M, int C = GEMV_COLS>
 __device__ __forceinline__ void gemv_store(const float* acc, const T* res, T* y, int col0, int n) {
 #pragma unroll
-    for (int c = 0; c < GEMV_COLS; c++)
+    for (int c = 0; c < C; c++)
 #pragma unroll
         for (int m = 0; m < M; m++)
             if (col0 + c < n) {

@@ -106,6 +106,68 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     gemv_store<T, M>(acc, res, y, col0, n);
 }
 
+// gemv_fp8 at one row with FP8_WIDE columns a unit (n a multiple of it): each load of x serves
+// twice the weight rows,
+// a warp streams twice the bytes between its start and its reduction, and each 16-byte weight load
+// is converted in two halves against one half of x at a time; 64 registers (4 blocks an SM, where
+// the two-column kernel's 48 allow 5). A candidate (`SUBGOAL_CUDA_GEMV_FP8_COLS=4`), measured
+// against it.
+// Grid: ceil(ceil(n / FP8_WIDE) / (8 / KS)); block: 256.
+constexpr int FP8_WIDE = 4;
+template <typename T, int KS>
+__device__ void gemv_fp8_wide(const T* __restrict__ x, const uint8_t* __restrict__ w,
+                              const float* __restrict__ scale, const T* __restrict__ res, T* __restrict__ y,
+                              int n, int k) {
+    pdl_begin();
+    constexpr int V = 16;  // weight bytes per load
+    constexpr int XV = 16 / sizeof(T);
+    // n is a multiple of FP8_WIDE, so a unit's columns share one row of factors; a unit past n
+    // reads the last one's and stores nothing.
+    int col0 = gemv_unit<KS>() * FP8_WIDE, c0 = min(col0, n - FP8_WIDE);
+    const uint8_t* w0 = w + (size_t)c0 * k;
+    const float* s0 = scale + (size_t)(c0 / FP8_BLOCK) * ((k + FP8_BLOCK - 1) / FP8_BLOCK);
+    float acc[FP8_WIDE];
+#pragma unroll
+    for (int c = 0; c < FP8_WIDE; c++) acc[c] = 0.f;
+#pragma unroll 2
+    for (int i = slice_start<KS, V>(); i < k; i += KS * 32 * V) {
+        uint4 b[FP8_WIDE];
+#pragma unroll
+        for (int c = 0; c < FP8_WIDE; c++) b[c] = __ldcs((const uint4*)(w0 + (size_t)c * k + i));
+        float part[FP8_WIDE];
+#pragma unroll
+        for (int c = 0; c < FP8_WIDE; c++) part[c] = 0.f;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            // Bytes 8h..8h+7 of each load against x[i + 8h ..]: one or two 16-byte loads of x.
+            float xf[8];
+#pragma unroll
+            for (int q = 0; q < 8 / XV; q++) {
+                uint4 xv = __ldg((const uint4*)(x + i + 8 * h + q * XV));
+                const T* xe = (const T*)&xv;
+#pragma unroll
+                for (int e = 0; e < XV; e++) xf[q * XV + e] = to_f(xe[e]);
+            }
+#pragma unroll
+            for (int c = 0; c < FP8_WIDE; c++) {
+                float wf[8];
+                if (h == 0) {
+                    fp8x8_to_f(b[c].x, b[c].y, wf);
+                } else {
+                    fp8x8_to_f(b[c].z, b[c].w, wf);
+                }
+#pragma unroll
+                for (int e = 0; e < 8; e++) part[c] += wf[e] * xf[e];
+            }
+        }
+        float f = __ldg(s0 + i / FP8_BLOCK);
+#pragma unroll
+        for (int c = 0; c < FP8_WIDE; c++) acc[c] += part[c] * f;
+    }
+    if (!unit_sum<KS>(acc)) return;
+    gemv_store<T, 1, FP8_WIDE>(acc, res, y, col0, n);
+}
+
 // dot2_norm (decode.cu) over FP8 weights: the normalized row's dot products with E4M3 rows ra and
 // rb of w ([n, k], factors `scale`), for gemv_silu and gemv_rope. As in gemv_fp8 each 16-byte load
 // lies in one 128-column block, so its products are summed and then scaled once.
@@ -542,6 +604,11 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
                                                       const T* res, T* y, int n, int k) {                      \
         gemv_fp8<T, 1, KS>(x, w, scale, res, y, n, k);                                                         \
     }
+#define FP8_GEMV1W(T, S, KS)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256, 4) gemv_fp8_1w_k##KS##_##S(                              \
+        const T* x, const uint8_t* w, const float* scale, const T* res, T* y, int n, int k) {                  \
+        gemv_fp8_wide<T, KS>(x, w, scale, res, y, n, k);                                                       \
+    }
 // gemv_silu_fp8_k<KS>_<S> and gemv_rope_fp8_k<KS>_<S>: the norm-fused one-row projections over
 // FP8 weights, with the dense ones' argument list.
 #define FP8_EPILOGUE(T, S, KS)                                                                                 \
@@ -575,6 +642,11 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
 FP8_ALL(float, f32)
 FP8_ALL(__nv_bfloat16, bf16)
 FP8_ALL(__half, f16)
+// FP8 weights on CUDA take 16-bit activations (fused.rs loads no f32 FP8 model), and the wide
+// one-row kernel's 64 registers hold them only.
+FP8_GEMV1W(__nv_bfloat16, bf16, 1) FP8_GEMV1W(__nv_bfloat16, bf16, 2) FP8_GEMV1W(__nv_bfloat16, bf16, 4)
+FP8_GEMV1W(__nv_bfloat16, bf16, 8) FP8_GEMV1W(__half, f16, 1) FP8_GEMV1W(__half, f16, 2)
+FP8_GEMV1W(__half, f16, 4) FP8_GEMV1W(__half, f16, 8)
 // Tensor cores take 16-bit inputs: f32 models dequantize and take cuBLAS.
 FP8_GEMM(__nv_bfloat16, bf16)
 FP8_GEMM(__half, f16)
