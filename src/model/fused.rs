@@ -66,8 +66,10 @@ const GEMV_ROPE_FP8_SPLIT: [&str; 4] = ["gemv_rope_fp8_k1", "gemv_rope_fp8_k2", 
 const GEMV_FP8: [&str; GEMV_MAX_ROWS] =
     ["gemv_fp8_1", "gemv_fp8_2", "gemv_fp8_3", "gemv_fp8_4", "gemv_fp8_5", "gemv_fp8_6", "gemv_fp8_7", "gemv_fp8_8"];
 const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
-/// The one-row FP8 product with `GEMV_FP8_WIDE` columns a unit (`gemv_fp8_wide`), a candidate
-/// taken under `SUBGOAL_CUDA_GEMV_FP8_COLS=4`.
+/// The one-row FP8 product with `GEMV_FP8_WIDE` columns a unit (`gemv_fp8_wide`), taken for 16-bit
+/// activations and n a multiple of it unless `SUBGOAL_CUDA_GEMV_FP8_COLS=2`. On an H100 at the 7B
+/// shape it took 0.93–0.97× of the two-column kernel's time on each projection (alternating runs
+/// of `gpu_decode --gemv-only`), and the batch-1 step 0.99× (2026-12-07).
 const GEMV_FP8_1W_SPLIT: [&str; 4] = ["gemv_fp8_1w_k1", "gemv_fp8_1w_k2", "gemv_fp8_1w_k4", "gemv_fp8_1w_k8"];
 const GEMV_FP8_WIDE: usize = 4;
 /// An attention kernel family: per head size 64, 128 and 256 (`head_index`), over a cache in the
@@ -411,7 +413,7 @@ pub struct Kernels {
     gemv_rows: usize,
     /// `SUBGOAL_CUDA_GEMV_SPLIT` per `Split`, where set to one of `SPLITS`.
     gemv_split: [Option<usize>; 3],
-    /// `SUBGOAL_CUDA_GEMV_FP8_COLS=4`: the one-row FP8 product takes `gemv_fp8_wide`.
+    /// Whether the one-row FP8 product takes `gemv_fp8_wide` (`SUBGOAL_CUDA_GEMV_FP8_COLS=2`: no).
     gemv_fp8_wide: bool,
     /// Streaming multiprocessors of the device.
     sms: usize,
@@ -613,7 +615,7 @@ impl Kernels {
             module,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
-            gemv_fp8_wide: std::env::var("SUBGOAL_CUDA_GEMV_FP8_COLS").is_ok_and(|v| v.trim() == "4"),
+            gemv_fp8_wide: std::env::var("SUBGOAL_CUDA_GEMV_FP8_COLS").map_or(true, |v| v.trim() != "2"),
             sms: sms.max(1) as usize,
             gemm_fp8_resident,
             counters: Default::default(),
