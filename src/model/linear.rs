@@ -219,8 +219,9 @@ pub(super) fn normalized<R>(
     generic(&h)
 }
 
-/// The gated MLP's input projections: apart (GGUF), or as one matrix `[gate; up]` (dense weights),
-/// one GEMM instead of two.
+/// The gated MLP's input projections: apart (GGUF; FP8 on the CPU, or where gate and up are not
+/// whole 128-row blocks), or as one matrix `[gate; up]` (dense weights, FP8 on CUDA), one GEMM
+/// instead of two.
 pub(super) enum Mlp {
     Split { gate: Linear, up: Linear },
     Fused(Linear),

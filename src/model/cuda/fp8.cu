@@ -642,8 +642,8 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
 FP8_ALL(float, f32)
 FP8_ALL(__nv_bfloat16, bf16)
 FP8_ALL(__half, f16)
-// FP8 weights on CUDA take 16-bit activations (fused.rs loads no f32 FP8 model), and the wide
-// one-row kernel's 64 registers hold them only.
+// The wide one-row kernel for 16-bit activations only: with f32 ones its 64 registers spill, and
+// fused.rs gives them the two-column kernel.
 FP8_GEMV1W(__nv_bfloat16, bf16, 1) FP8_GEMV1W(__nv_bfloat16, bf16, 2) FP8_GEMV1W(__nv_bfloat16, bf16, 4)
 FP8_GEMV1W(__nv_bfloat16, bf16, 8) FP8_GEMV1W(__half, f16, 1) FP8_GEMV1W(__half, f16, 2)
 FP8_GEMV1W(__half, f16, 4) FP8_GEMV1W(__half, f16, 8)
