@@ -63,6 +63,12 @@ const GEMV_SILU_SPLIT: [&str; 4] = ["gemv_silu_k1", "gemv_silu_k2", "gemv_silu_k
 const GEMV_ROPE_SPLIT: [&str; 4] = ["gemv_rope_k1", "gemv_rope_k2", "gemv_rope_k4", "gemv_rope_k8"];
 const GEMV_SILU_FP8_SPLIT: [&str; 4] = ["gemv_silu_fp8_k1", "gemv_silu_fp8_k2", "gemv_silu_fp8_k4", "gemv_silu_fp8_k8"];
 const GEMV_ROPE_FP8_SPLIT: [&str; 4] = ["gemv_rope_fp8_k1", "gemv_rope_fp8_k2", "gemv_rope_fp8_k4", "gemv_rope_fp8_k8"];
+/// The same over FP8 weights with two pairs a unit (16-bit activations only), unless
+/// `SUBGOAL_CUDA_GEMV_FP8_PAIRS=1`.
+const GEMV_SILU_FP8W_SPLIT: [&str; 4] =
+    ["gemv_silu_fp8w_k1", "gemv_silu_fp8w_k2", "gemv_silu_fp8w_k4", "gemv_silu_fp8w_k8"];
+const GEMV_ROPE_FP8W_SPLIT: [&str; 4] =
+    ["gemv_rope_fp8w_k1", "gemv_rope_fp8w_k2", "gemv_rope_fp8w_k4", "gemv_rope_fp8w_k8"];
 const GEMV_FP8: [&str; GEMV_MAX_ROWS] =
     ["gemv_fp8_1", "gemv_fp8_2", "gemv_fp8_3", "gemv_fp8_4", "gemv_fp8_5", "gemv_fp8_6", "gemv_fp8_7", "gemv_fp8_8"];
 const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_k4", "gemv_fp8_1_k8"];
@@ -386,12 +392,26 @@ impl RowWeight<'_> {
         }
     }
 
-    /// The kernel of `names` (the dense family, then the FP8 one) and the weight's and factors'
-    /// addresses (no factors for dense weights).
-    fn launch_parts(&self, names: [[&'static str; 4]; 2], split: usize) -> Result<(&'static str, u64, u64)> {
+    /// Output pairs a unit of the norm-fused kernels over this weight (`Kernels::fp8_pairs` for
+    /// FP8, one for dense weights).
+    fn pairs(&self, k: &Kernels) -> usize {
+        match self {
+            RowWeight::Dense(_) => 1,
+            RowWeight::Fp8 { .. } => k.fp8_pairs,
+        }
+    }
+
+    /// The kernel of `names` (the dense family, the FP8 one with one pair a unit, with two) and the
+    /// weight's and factors' addresses (no factors for dense weights).
+    fn launch_parts(
+        &self,
+        names: [[&'static str; 4]; 3],
+        pairs: usize,
+        split: usize,
+    ) -> Result<(&'static str, u64, u64)> {
         Ok(match self {
             RowWeight::Dense(w) => (names[0][split], addr(w)?, 0),
-            RowWeight::Fp8 { bytes, scale } => (names[1][split], addr(bytes)?, addr(scale)?),
+            RowWeight::Fp8 { bytes, scale } => (names[pairs][split], addr(bytes)?, addr(scale)?),
         })
     }
 }
@@ -415,6 +435,9 @@ pub struct Kernels {
     gemv_split: [Option<usize>; 3],
     /// Whether the one-row FP8 product takes `gemv_fp8_wide` (`SUBGOAL_CUDA_GEMV_FP8_COLS=2`: no).
     gemv_fp8_wide: bool,
+    /// Output pairs a unit of the norm-fused one-row kernels over FP8 weights: 2 for 16-bit
+    /// activations unless `SUBGOAL_CUDA_GEMV_FP8_PAIRS=1`, else 1.
+    fp8_pairs: usize,
     /// Streaming multiprocessors of the device.
     sms: usize,
     /// Blocks of each `GEMM_FP8` kernel an SM holds at once (its shared memory and registers).
@@ -555,6 +578,8 @@ impl Kernels {
                 .chain(GEMM_FP8.iter().filter(|g| !g.wgmma || ptx_sm90a()).map(|g| g.name))
                 .chain([GEMM_FP8_REDUCE])
                 .chain(GEMV_FP8_1W_SPLIT)
+                .chain(GEMV_SILU_FP8W_SPLIT)
+                .chain(GEMV_ROPE_FP8W_SPLIT)
                 .collect()
         };
         // The one-row kernels with one warp per unit (index 0) are the row-count lists' first.
@@ -616,6 +641,13 @@ impl Kernels {
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
             gemv_fp8_wide: std::env::var("SUBGOAL_CUDA_GEMV_FP8_COLS").map_or(true, |v| v.trim() != "2"),
+            fp8_pairs: if dtype != DType::F32
+                && std::env::var("SUBGOAL_CUDA_GEMV_FP8_PAIRS").map_or(true, |v| v.trim() != "1")
+            {
+                2
+            } else {
+                1
+            },
             sms: sms.max(1) as usize,
             gemm_fp8_resident,
             counters: Default::default(),
@@ -1039,9 +1071,10 @@ impl Kernels {
         if two % 2 != 0 || !self.norm_fits(row, w)? {
             return Ok(None);
         }
-        let inter = two / 2;
-        let (split, cfg) = self.split_choice(inter, Split::GateUp);
-        let (name, pw, ps) = w.launch_parts([GEMV_SILU_SPLIT, GEMV_SILU_FP8_SPLIT], split)?;
+        let (inter, pairs) = (two / 2, w.pairs(self));
+        let (split, cfg) = self.split_choice(inter.div_ceil(pairs), Split::GateUp);
+        let (name, pw, ps) =
+            w.launch_parts([GEMV_SILU_SPLIT, GEMV_SILU_FP8_SPLIT, GEMV_SILU_FP8W_SPLIT], pairs, split)?;
         let y = self.empty((1, inter), self.dtype)?;
         let (px, pg, py) = (addr(row.x)?, addr(row.g)?, addr(&y)?);
         let (inter_i, k_i) = (inter as i32, k as i32);
@@ -1060,9 +1093,10 @@ impl Kernels {
             return Ok(None);
         }
         self.check_step(caches, Some(tables), pos)?;
-        let pairs = (heads + 2 * kv_heads) * d / 2;
-        let (split, cfg) = self.split_choice(pairs, Split::Qkv);
-        let (name, pw, pf) = w.launch_parts([GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT], split)?;
+        let (pairs, per) = ((heads + 2 * kv_heads) * d / 2, w.pairs(self));
+        let (split, cfg) = self.split_choice(pairs.div_ceil(per), Split::Qkv);
+        let names = [GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT, GEMV_ROPE_FP8W_SPLIT];
+        let (name, pw, pf) = w.launch_parts(names, per, split)?;
         let q = self.empty((1, heads * d), self.dtype)?;
         let (px, pg, pq, pk, pv) = (addr(row.x)?, addr(row.g)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);
@@ -1109,9 +1143,10 @@ impl Kernels {
             return Ok(None);
         }
         self.check_step(caches, Some(tables), pos)?;
-        let pairs = (heads + 2 * kv_heads) * d / 2;
-        let (split, cfg) = self.split_choice(pairs, Split::Qkv);
-        let (name, pw, pf) = w.launch_parts([GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT], split)?;
+        let (pairs, per) = ((heads + 2 * kv_heads) * d / 2, w.pairs(self));
+        let (split, cfg) = self.split_choice(pairs.div_ceil(per), Split::Qkv);
+        let names = [GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT, GEMV_ROPE_FP8W_SPLIT];
+        let (name, pw, pf) = w.launch_parts(names, per, split)?;
         let q = self.empty((1, heads * d), self.dtype)?;
         let (px, pg, pq, pk, pv) = (addr(row.x)?, addr(row.g)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp, pt) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?, addr(table)?);

@@ -524,85 +524,118 @@ __device__ __forceinline__ bool dot2_norm(const NormIn<T>& in, const T* __restri
 }
 
 // The one-row projections with the norm in their loads and work of their own in the epilogue take
-// their weights through `dot2(ra, rb, r)`: the normalized row's dot products with weight rows ra
-// and rb, summed over the unit (valid where it returns true, in one thread of the unit). Dense
-// weights pass dot2_norm; FP8 ones (fp8.cu) a reader of bytes and block factors.
+// their weights through `dot(rows, r)`: the normalized row's dot products with the 2P weight rows
+// `rows`, summed over the unit (valid where it returns true, in one thread of the unit). A unit
+// takes P output pairs. Dense weights pass dot2_norm (P = 1); FP8 ones (fp8.cu) a reader of bytes
+// and block factors (P = 1, or 2 for 16-bit activations).
 
 // The gated MLP's input projection of one normalized row with SiLU × up in its epilogue: a unit
-// computes gate column c and up column inter + c of [gate; up] ([2 * inter, k]) and writes y[c] =
-// silu(gate) * up, the projections rounded to T first as the unfused path stores them.
-// Grid: ceil(inter / (8 / KS)); block: 256.
-template <typename T, int KS, typename Dot2>
-__device__ void gemv_silu(Dot2 dot2, T* y, int inter) {
+// computes gate columns c and up columns inter + c of [gate; up] ([2 * inter, k]) for its P
+// columns c and writes y[c] = silu(gate) * up, the projections rounded to T first as the unfused
+// path stores them. Grid: ceil(ceil(inter / P) / (8 / KS)); block: 256.
+template <typename T, int KS, int P, typename Dot>
+__device__ void gemv_silu(Dot dot, T* y, int inter) {
     pdl_begin();
-    int c = gemv_unit<KS>(), cc = min(c, inter - 1);
-    float r[2];
-    if (!dot2(cc, inter + cc, r) || c >= inter) return;
-    float g = to_f(from_f<T>(r[0])), u = to_f(from_f<T>(r[1]));
-    y[c] = from_f<T>(g / (1.f + __expf(-g)) * u);
+    int u = gemv_unit<KS>();
+    int rows[2 * P];
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        int c = min(u * P + j, inter - 1);
+        rows[j] = c;
+        rows[P + j] = inter + c;
+    }
+    float r[2 * P];
+    if (!dot(rows, r)) return;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        int c = u * P + j;
+        if (c >= inter) continue;
+        float g = to_f(from_f<T>(r[j])), up = to_f(from_f<T>(r[P + j]));
+        y[c] = from_f<T>(g / (1.f + __expf(-g)) * up);
+    }
+}
+
+// The two columns of rotation pair `pc` of q/k/v: within head pc / half, columns a and b
+// (interleaved or half-split as the model rotates).
+__device__ __forceinline__ void rope_pair(int pc, int half, int interleaved, int& head, int& i, int& a, int& b) {
+    head = pc / half, i = pc % half;
+    a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
 }
 
 // The q/k/v projection of one normalized row with rope_kv's work in its epilogue: a unit computes
-// the two columns of one rotation pair (q, k or v head; interleaved or half-split as the model
-// rotates), rotates q and k at *pos, scales q, and writes q to q_out [heads * d] and k, v into the
-// caches [kv_heads, cap, d] at *pos, or, with a block table, into the paged cache [blocks,
-// kv_heads, bs, d] (cap then unused). Grid: ceil((heads + 2 * kv_heads) * d / 2 / (8 / KS));
-// block: 256.
-template <typename T, int KS, typename Dot2>
-__device__ void gemv_rope(Dot2 dot2, T* q_out, T* kc, T* vc, const T* cos, const T* sin, const uint32_t* pos_p,
+// the two columns of each of its P rotation pairs (q, k or v head), rotates q and k at *pos,
+// scales q, and writes q to q_out [heads * d] and k, v into the caches [kv_heads, cap, d] at *pos,
+// or, with a block table, into the paged cache [blocks, kv_heads, bs, d] (cap then unused).
+// Grid: ceil(ceil((heads + 2 * kv_heads) * d / 2 / P) / (8 / KS)); block: 256.
+template <typename T, int KS, int P, typename Dot>
+__device__ void gemv_rope(Dot dot, T* q_out, T* kc, T* vc, const T* cos, const T* sin, const uint32_t* pos_p,
                           int heads, int kv_heads, int d, int cap, int interleaved, float q_scale,
                           const uint32_t* table, int bs) {
     pdl_begin();
     int half = d / 2, pairs = (heads + 2 * kv_heads) * half;
-    int p = gemv_unit<KS>(), pc = min(p, pairs - 1);
-    int head = pc / half, i = pc % half;
-    int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    float r[2];
-    if (!dot2(head * d + a, head * d + b, r) || p >= pairs) return;
-    float x0 = to_f(from_f<T>(r[0])), x1 = to_f(from_f<T>(r[1]));
+    int u = gemv_unit<KS>();
+    int rows[2 * P];
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        int head, i, a, b;
+        rope_pair(min(u * P + j, pairs - 1), half, interleaved, head, i, a, b);
+        rows[2 * j] = head * d + a;
+        rows[2 * j + 1] = head * d + b;
+    }
+    float r[2 * P];
+    if (!dot(rows, r)) return;
     uint32_t pos = *pos_p;
     auto cache_row = [&](int kh) -> size_t {
         return table ? paged_row(table, (int)pos, bs, kv_heads, kh) : (size_t)kh * cap + pos;
     };
-    if (head >= heads + kv_heads) {
-        T* dst = vc + cache_row(head - heads - kv_heads) * d;
-        dst[a] = from_f<T>(x0);
-        dst[b] = from_f<T>(x1);
-        return;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        int p = u * P + j;
+        if (p >= pairs) continue;
+        int head, i, a, b;
+        rope_pair(p, half, interleaved, head, i, a, b);
+        float x0 = to_f(from_f<T>(r[2 * j])), x1 = to_f(from_f<T>(r[2 * j + 1]));
+        if (head >= heads + kv_heads) {
+            T* dst = vc + cache_row(head - heads - kv_heads) * d;
+            dst[a] = from_f<T>(x0);
+            dst[b] = from_f<T>(x1);
+            continue;
+        }
+        float c = to_f(cos[(size_t)pos * half + i]), s = to_f(sin[(size_t)pos * half + i]);
+        T* dst;
+        float scale = 1.f;
+        if (head < heads) {
+            dst = q_out + (size_t)head * d;
+            scale = q_scale;
+        } else {
+            dst = kc + cache_row(head - heads) * d;
+        }
+        dst[a] = from_f<T>((x0 * c - x1 * s) * scale);
+        dst[b] = from_f<T>((x0 * s + x1 * c) * scale);
     }
-    float c = to_f(cos[(size_t)pos * half + i]), s = to_f(sin[(size_t)pos * half + i]);
-    T* dst;
-    float scale = 1.f;
-    if (head < heads) {
-        dst = q_out + (size_t)head * d;
-        scale = q_scale;
-    } else {
-        dst = kc + cache_row(head - heads) * d;
-    }
-    dst[a] = from_f<T>((x0 * c - x1 * s) * scale);
-    dst[b] = from_f<T>((x0 * s + x1 * c) * scale);
 }
 
 // The entry points of both weight kinds share one argument list (`W`: the weight's element type;
 // `scale`: an FP8 weight's block factors, unread for dense ones), so fused.rs launches them alike.
-#define GEMV_EPILOGUE_ENTRIES(T, S, KS, W, NAME_SILU, NAME_ROPE, DOT2)                                        \
-    extern "C" __global__ void NAME_SILU(const T* x, const T* g, float eps, const W* w, const float* scale,    \
-                                         T* y, int inter, int k) {                                             \
+// ATTR_SILU, ATTR_ROPE: launch bounds where a kernel needs them.
+#define GEMV_EPILOGUE_ENTRIES(T, S, KS, W, P, ATTR_SILU, ATTR_ROPE, NAME_SILU, NAME_ROPE, DOT)               \
+    extern "C" __global__ void ATTR_SILU NAME_SILU(const T* x, const T* g, float eps, const W* w,                   \
+                                              const float* scale, T* y, int inter, int k) {                    \
         NormIn<T> in{x, g, eps};                                                                               \
-        gemv_silu<T, KS>([&](int ra, int rb, float(&r)[2]) { return DOT2; }, y, inter);                        \
+        gemv_silu<T, KS, P>([&](const auto& rows, auto& r) { return DOT; }, y, inter);                         \
     }                                                                                                          \
-    extern "C" __global__ void NAME_ROPE(const T* x, const T* g, float eps, const W* w, const float* scale,    \
-                                         T* q_out, T* kc, T* vc, const T* cos, const T* sin,                   \
-                                         const uint32_t* pos, int heads, int kv_heads, int d, int cap,         \
-                                         int interleaved, float q_scale, int k, const uint32_t* table,         \
-                                         int bs) {                                                             \
+    extern "C" __global__ void ATTR_ROPE NAME_ROPE(const T* x, const T* g, float eps, const W* w,                   \
+                                              const float* scale, T* q_out, T* kc, T* vc, const T* cos,        \
+                                              const T* sin, const uint32_t* pos, int heads, int kv_heads,      \
+                                              int d, int cap, int interleaved, float q_scale, int k,           \
+                                              const uint32_t* table, int bs) {                                 \
         NormIn<T> in{x, g, eps};                                                                               \
-        gemv_rope<T, KS>([&](int ra, int rb, float(&r)[2]) { return DOT2; }, q_out, kc, vc, cos, sin, pos,    \
-                         heads, kv_heads, d, cap, interleaved, q_scale, table, bs);                            \
+        gemv_rope<T, KS, P>([&](const auto& rows, auto& r) { return DOT; }, q_out, kc, vc, cos, sin, pos,     \
+                            heads, kv_heads, d, cap, interleaved, q_scale, table, bs);                         \
     }
 #define GEMV_EPILOGUE(T, S, KS)                                                                                \
-    GEMV_EPILOGUE_ENTRIES(T, S, KS, T, gemv_silu_k##KS##_##S, gemv_rope_k##KS##_##S,                          \
-                          (dot2_norm<T, KS>(in, w + (size_t)ra * k, w + (size_t)rb * k, k, r)))
+    GEMV_EPILOGUE_ENTRIES(T, S, KS, T, 1, , , gemv_silu_k##KS##_##S, gemv_rope_k##KS##_##S,                   \
+                          (dot2_norm<T, KS>(in, w + (size_t)rows[0] * k, w + (size_t)rows[1] * k, k, r)))
 #define GEMV_EPILOGUES(T, S)                                                                                   \
     GEMV_EPILOGUE(T, S, 1) GEMV_EPILOGUE(T, S, 2) GEMV_EPILOGUE(T, S, 4) GEMV_EPILOGUE(T, S, 8)
 GEMV_EPILOGUES(float, f32)
