@@ -106,6 +106,23 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     gemv_store<T, M>(acc, res, y, col0, n);
 }
 
+// part[j] += the dot product of half h (bytes 8h..8h+7) of the 16 E4M3 bytes b[j] with v, for
+// each of R loads: the one-row kernels convert a load in two halves to keep their registers.
+template <int R>
+__device__ __forceinline__ void fp8_half_dots(const uint4 (&b)[R], int h, const float (&v)[8], float (&part)[R]) {
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        float wf[8];
+        if (h == 0) {
+            fp8x8_to_f(b[j].x, b[j].y, wf);
+        } else {
+            fp8x8_to_f(b[j].z, b[j].w, wf);
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) part[j] += wf[e] * v[e];
+    }
+}
+
 // gemv_fp8 at one row with FP8_WIDE columns a unit (n a multiple of it): each load of x serves
 // twice the weight rows,
 // a warp streams twice the bytes between its start and its reduction, and each 16-byte weight load
@@ -148,17 +165,7 @@ __device__ void gemv_fp8_wide(const T* __restrict__ x, const uint8_t* __restrict
 #pragma unroll
                 for (int e = 0; e < XV; e++) xf[q * XV + e] = to_f(xe[e]);
             }
-#pragma unroll
-            for (int c = 0; c < FP8_WIDE; c++) {
-                float wf[8];
-                if (h == 0) {
-                    fp8x8_to_f(b[c].x, b[c].y, wf);
-                } else {
-                    fp8x8_to_f(b[c].z, b[c].w, wf);
-                }
-#pragma unroll
-                for (int e = 0; e < 8; e++) part[c] += wf[e] * xf[e];
-            }
+            fp8_half_dots(b, h, xf, part);
         }
         float f = __ldg(s0 + i / FP8_BLOCK);
 #pragma unroll
@@ -203,17 +210,7 @@ __device__ __forceinline__ bool dotn_norm_fp8(const NormIn<T>& in, const uint8_t
                     xg[q * XV + e] = sv * to_f(ge[e]);
                 }
             }
-#pragma unroll
-            for (int j = 0; j < R; j++) {
-                float wf[8];
-                if (h == 0) {
-                    fp8x8_to_f(b[j].x, b[j].y, wf);
-                } else {
-                    fp8x8_to_f(b[j].z, b[j].w, wf);
-                }
-#pragma unroll
-                for (int e = 0; e < 8; e++) part[j] += wf[e] * xg[e];
-            }
+            fp8_half_dots(b, h, xg, part);
         }
 #pragma unroll
         for (int j = 0; j < R; j++) acc[j] += part[j] * __ldg(scale + (size_t)(rows[j] / FP8_BLOCK) * kb + i / FP8_BLOCK);
