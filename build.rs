@@ -20,12 +20,9 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
-    // Hopper's PTX targets sm_90a: the warpgroup MMA (`wgmma`, fp8.cu's gemm_fp8_wg) exists only
-    // there. Such PTX runs on compute capability 9.0 only, as a CUDA_COMPUTE_CAP=90 build does.
-    let arch = if cap == "90" { "compute_90a".to_string() } else { format!("compute_{cap}") };
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("decode.ptx");
     let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17", &format!("-arch={arch}"), "src/model/cuda/decode.cu", "-o"])
+        .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=compute_{cap}"), "src/model/cuda/decode.cu", "-o"])
         .arg(&out)
         .status()
         .unwrap_or_else(|e| panic!("cannot run {} for the cuda feature: {e}", nvcc.display()));

@@ -94,15 +94,13 @@ const CASCADE: AttnFamily = [
 /// Keys per tile of the prefill and cascade kernels (`FA_K` in paged.cu): a cascade span is a
 /// whole number of tiles.
 const FA_K: usize = 64;
-/// One kernel of the FP8 GEMM for many rows (fp8.cu). `gemm_fp8`: blocks of `4 * warps_m` warps,
-/// each warp `16 * mt` rows by 32 columns, so a block covers `16 * mt * warps_m` rows. With
-/// `wgmma` (`gemm_fp8_wg`, sm_90a PTX only): blocks of two warpgroups over `16 * mt` rows.
+/// One kernel of the FP8 GEMM for many rows (`gemm_fp8`, fp8.cu): blocks of `4 * warps_m` warps,
+/// each warp `16 * mt` rows by 32 columns, so a block covers `16 * mt * warps_m` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmFp8Kernel {
     pub name: &'static str,
     pub mt: usize,
     pub warps_m: usize,
-    pub wgmma: bool,
 }
 
 impl GemmFp8Kernel {
@@ -111,24 +109,16 @@ impl GemmFp8Kernel {
         16 * self.mt * self.warps_m
     }
     fn threads(&self) -> u32 {
-        if self.wgmma {
-            256
-        } else {
-            128 * self.warps_m as u32
-        }
+        128 * self.warps_m as u32
     }
 }
 
 const fn g8(name: &'static str, mt: usize, warps_m: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m, wgmma: false }
-}
-
-const fn wg8(name: &'static str, rows: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt: rows / 16, warps_m: 1, wgmma: true }
+    GemmFp8Kernel { name, mt, warps_m }
 }
 
 /// Every `gemm_fp8` kernel fp8.cu instantiates.
-pub const GEMM_FP8: [GemmFp8Kernel; 9] = [
+pub const GEMM_FP8: [GemmFp8Kernel; 7] = [
     g8("gemm_fp8_m1", 1, 1),
     g8("gemm_fp8_m2", 2, 1),
     g8("gemm_fp8_m3", 3, 1),
@@ -136,16 +126,13 @@ pub const GEMM_FP8: [GemmFp8Kernel; 9] = [
     g8("gemm_fp8_m2x2", 2, 2),
     g8("gemm_fp8_m2x4", 2, 4),
     g8("gemm_fp8_m4x2", 4, 2),
-    wg8("gemm_fp8_wg64", 64),
-    wg8("gemm_fp8_wg128", 128),
 ];
 /// The kernel `gemm_fp8` takes for up to so many rows (indices into `GEMM_FP8`), the last for
 /// any more (each block then takes its share of the rows). The kernels with more than one warp
 /// along m (8 and 16 warps a block, for 64 and 128 rows) were no faster on an H100 at the 7B
 /// shape's projections (`gpu_decode --gemm-only`, 2026-12-07: the best of them ran at 0.88–0.97×
 /// of `gemm_fp8_m4`'s speed at 64 and 128 rows, and the engine at 94 rows a step at 0.96×), so
-/// none is picked; they stay for comparison on other GPUs. Nor the `wgmma` ones (exact, and
-/// 0.9–0.95× of `gemm_fp8_m4` at 64 and 128 rows; the engine 1.00×, H100, 2026-12-07).
+/// none is picked; they stay for comparison on other GPUs.
 const GEMM_FP8_PICK: [(usize, usize); 4] = [(16, 0), (32, 1), (48, 2), (usize::MAX, 3)];
 /// A pick that replaces `GEMM_FP8_PICK` for the whole process (`set_gemm_fp8_pick`), so a
 /// benchmark compares picks in one run, on one machine, without a rebuild.
@@ -456,12 +443,6 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     })
 }
 
-/// Whether the PTX targets sm_90a (build.rs does for CUDA_COMPUTE_CAP=90), which alone holds
-/// the warpgroup-MMA kernels.
-fn ptx_sm90a() -> bool {
-    PTX.lines().any(|l| l.trim().starts_with(".target sm_90a"))
-}
-
 /// The SM version `PTX` was compiled for (`.target sm_NN`; 0 if absent).
 fn ptx_target() -> u32 {
     PTX.lines()
@@ -575,7 +556,7 @@ impl Kernels {
                 .chain(&CASCADE)
                 .flatten()
                 .copied()
-                .chain(GEMM_FP8.iter().filter(|g| !g.wgmma || ptx_sm90a()).map(|g| g.name))
+                .chain(GEMM_FP8.iter().map(|g| g.name))
                 .chain([GEMM_FP8_REDUCE])
                 .chain(GEMV_FP8_1W_SPLIT)
                 .chain(GEMV_SILU_FP8W_SPLIT)

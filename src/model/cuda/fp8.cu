@@ -285,24 +285,6 @@ __device__ __forceinline__ uint32_t prmt(uint32_t lo, uint32_t hi, uint32_t sel)
     return r;
 }
 
-// This block's share of k's 128-wide steps under split-K (gridDim.z parts): steps kb0 onwards.
-__device__ __forceinline__ void g8_split(int kblocks, int& kb0, int& steps) {
-    int per = (kblocks + gridDim.z - 1) / gridDim.z;
-    kb0 = blockIdx.z * per;
-    steps = max(0, min(kblocks, kb0 + per) - kb0);
-}
-
-// Moves the running sums acc[0, R) from units of fcur into units of the next step's factor f
-// (the sums are kept in the current factor's units); false for a zero block, which adds nothing.
-template <int R> __device__ __forceinline__ bool g8_rescale(float* acc, float f, float& fcur) {
-    if (f == 0.f) return false;
-    float rescale = fcur / f;
-    fcur = f;
-#pragma unroll
-    for (int i = 0; i < R; i++) acc[i] *= rescale;
-    return true;
-}
-
 template <typename T, int MT, int WM>
 __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                          float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
@@ -313,8 +295,9 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     extern __shared__ __align__(16) unsigned char smem[];
     int n0 = blockIdx.x * G8_N, m0 = blockIdx.y * ROWS;
     int kblocks = k / G8_K;
-    int kb0, steps;
-    g8_split(kblocks, kb0, steps);
+    int per = (kblocks + gridDim.z - 1) / gridDim.z;
+    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
+    int steps = max(0, kb1 - kb0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     int wn = warp & 3, wr = (warp >> 2) * 16 * MT;  // this warp's column group, its first row
     int rows = min(ROWS, m - m0);
@@ -354,7 +337,15 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         __syncthreads();  // step it has landed; every warp is done with the stage loaded next
         if (it + G8_STAGES - 1 < steps) load(kb0 + it + G8_STAGES - 1, (it + G8_STAGES - 1) % G8_STAGES);
         __pipeline_commit();
-        if (!g8_rescale<MT * 16>(&acc[0][0][0], f, fcur)) continue;
+        if (f == 0.f) continue;  // a zero block adds nothing
+        float rescale = fcur / f;
+        fcur = f;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[mt][nt][i] *= rescale;
         const unsigned char* xs = smem + (it % G8_STAGES) * (XS + WS);
         const unsigned char* ws = xs + XS;
 #pragma unroll
@@ -410,183 +401,6 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         }
     }
 }
-
-// ---- Many rows on Hopper: FP8 weights into wgmma --------------------------------------------
-//
-// The same product as gemm_fp8, for sm_90a (the PTX of a CUDA_COMPUTE_CAP=90 build; other builds
-// compile none of this and fused.rs lists none of it). Profiled on an H100 (ncu, 2026-12-07),
-// gemm_fp8_m4 at q/k/v's 12,288 x 4,096 and 64 rows kept 6 warps an SM (9 % occupancy, shared
-// memory bound), issued an instruction every 2.1 cycles a scheduler and moved 31 % of the DRAM
-// bandwidth: latency and instruction issue, not bytes, bounded it, and its mma.sync instruction
-// stream (16 MMAs, 16 activation permutes and the weight conversions per warp and 16-wide step)
-// is what a warpgroup MMA replaces with one instruction.
-//
-// A block of two warpgroups owns 128 weight rows (one factor block along n) by N rows of x.
-// Weight rows are wgmma's M (64 a warpgroup), x's rows its N, k its K: the weight is the A
-// operand, made in registers from the E4M3 bytes in shared memory; x is B, read by the tensor
-// cores from shared memory through a descriptor. The weights enter exactly (e4m3x4_split, as in
-// gemm_fp8) and each 128-wide step's sums are scaled by its block factor in f32, the running sums
-// kept in units of the current factor and rescaled between steps, when no MMA is in flight: the
-// product gemm_fp8, gemv_fp8 and the CPU path compute, up to summation order.
-//
-// Shared memory per stage: x's tile in wgmma's canonical K-major layout without swizzle (16-byte
-// chunk c of row r at c * 16 N + 16 r: each 8 rows of a chunk form one 128-byte core matrix; the
-// next chunk along k is 16 N bytes on, the next 8 rows 128), and the weight's 128 rows of 128
-// bytes with chunk c of row r at c ^ (r & 7), so the 32 lanes' 2-byte reads of one step are
-// free of bank conflicts. Three stages, as gemm_fp8 (so fused.rs's shared-memory formula and
-// split choice hold for both). Grid: (n / 128, ceil(m / N), splits); block: 256.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-template <typename T, int N> __device__ __forceinline__ void wgmma_rs(float* d, const uint32_t* a, uint64_t desc);
-// The register-A MMA of a 64 x N tile, one per shape and 16-bit type.
-#define WGMMA_RS_64(T, TY)                                                                                             \
-    template <> __device__ __forceinline__ void wgmma_rs<T, 64>(float* d, const uint32_t* a, uint64_t desc) {          \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                        \
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                                      \
-                     "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                          \
-                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"                                 \
-                     "}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"                                                     \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),             \
-                       "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),         \
-                       "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),      \
-                       "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),      \
-                       "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                              \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
-    }
-#define WGMMA_RS_128(T, TY)                                                                                            \
-    template <> __device__ __forceinline__ void wgmma_rs<T, 128>(float* d, const uint32_t* a, uint64_t desc) {         \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                        \
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                                     \
-                     "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                          \
-                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                                \
-                     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                                \
-                     "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"                                 \
-                     "}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"                                                     \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),             \
-                       "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),         \
-                       "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),      \
-                       "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),      \
-                       "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),      \
-                       "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),      \
-                       "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),      \
-                       "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),      \
-                       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),      \
-                       "+f"(d[63])                                                                                     \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                                         \
-    }
-WGMMA_RS_64(__nv_bfloat16, "bf16")
-WGMMA_RS_128(__nv_bfloat16, "bf16")
-WGMMA_RS_64(__half, "f16")
-WGMMA_RS_128(__half, "f16")
-
-// A shared-memory matrix descriptor without swizzle: start address, and the byte offsets from a
-// core matrix to the next along k (`lbo`) and along m or n (`sbo`), each in units of 16 bytes.
-__device__ __forceinline__ uint64_t wg_desc(const void* p, uint32_t lbo, uint32_t sbo) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
-}
-
-// Keeps the compiler from moving an accumulator across the asynchronous MMAs that write it.
-template <int R> __device__ __forceinline__ void wg_pin(float* d) {
-#pragma unroll
-    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-template <typename T, int N>
-__device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
-                            float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
-    pdl_begin();
-    constexpr int XS = N * G8_K * 2;  // a stage's activation tile: 16 chunks of N rows x 16 bytes
-    constexpr int WS = G8_N * G8_K;   // a stage's weight tile: 128 rows of 128 bytes
-    extern __shared__ __align__(16) unsigned char smem[];
-    int n0 = blockIdx.x * G8_N, m0 = blockIdx.y * N;
-    int kblocks = k / G8_K;
-    int kb0, steps;
-    g8_split(kblocks, kb0, steps);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    int rows = min(N, m - m0);
-    const float* factors = scale + (size_t)blockIdx.x * kblocks;
-    auto load = [&](int kb, int stage) {
-        unsigned char* xd = smem + stage * (XS + WS);
-        unsigned char* wd = xd + XS;
-        // Lanes in pairs take a row's two neighbouring chunks (one 32-byte sector).
-        for (int i = threadIdx.x; i < N * 16; i += blockDim.x) {
-            int c = ((i / (2 * N)) << 1) | (i & 1), r = (i >> 1) % N;
-            uint4* dst = (uint4*)(xd + c * (N * 16) + r * 16);
-            if (r < rows)
-                __pipeline_memcpy_async(dst, (const uint4*)(x + (size_t)(m0 + r) * k + kb * G8_K) + c, 16);
-            else
-                *dst = make_uint4(0, 0, 0, 0);
-        }
-        for (int i = threadIdx.x; i < G8_N * 8; i += blockDim.x) {
-            int r = i >> 3, c = i & 7;
-            __pipeline_memcpy_async((uint4*)(wd + r * 128 + ((c ^ (r & 7)) << 4)),
-                                    (const uint4*)(w + (size_t)(n0 + r) * k + kb * G8_K) + c, 16);
-        }
-    };
-    float d[N / 2];
-#pragma unroll
-    for (int i = 0; i < N / 2; i++) d[i] = 0.f;
-    float fcur = 1.f;  // the factor d is counted in
-#pragma unroll
-    for (int s = 0; s < G8_STAGES - 1; s++) {
-        if (s < steps) load(kb0 + s, s);
-        __pipeline_commit();
-    }
-    int r0 = (warp >> 2) * 64 + (warp & 3) * 16 + g;  // this lane's first weight row (the second: + 8)
-    for (int it = 0; it < steps; it++) {
-        __pipeline_wait_prior(G8_STAGES - 2);
-        // Step it's tiles, written through the generic proxy, are read by the tensor cores'.
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        __syncthreads();  // every warp's MMAs of step it - 1 are done: its stage may be reloaded
-        if (it + G8_STAGES - 1 < steps) load(kb0 + it + G8_STAGES - 1, (it + G8_STAGES - 1) % G8_STAGES);
-        __pipeline_commit();
-        float f = __ldg(factors + kb0 + it);
-        if (!g8_rescale<N / 2>(d, f, fcur)) continue;  // no MMA is in flight here
-        const unsigned char* xs = smem + (it % G8_STAGES) * (XS + WS);
-        const unsigned char* ws = xs + XS;
-        // The A fragments of the step's 8 MMAs: rows r0 and r0 + 8, k 2 t4, 2 t4 + 1 (even) and
-        // 2 t4 + 8, 2 t4 + 9 (odd) of each 16-wide part: two 2-byte reads a row, packed so that
-        // e4m3x4_split's pairs are those.
-        uint32_t a[8][4];
-#pragma unroll
-        for (int s = 0; s < 8; s++) {
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const unsigned char* p = ws + (r0 + 8 * h) * 128 + ((s ^ g) << 4) + 2 * t4;
-                uint32_t word = prmt(*(const uint16_t*)p, *(const uint16_t*)(p + 8), 0x5140);
-                e4m3x4_split<T>(word, a[s][2 + h], a[s][h]);
-            }
-        }
-        wg_pin<N / 2>(d);
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-        for (int s = 0; s < 8; s++) wgmma_rs<T, N>(d, a[s], wg_desc(xs + 2 * s * N * 16, N * 16, 128));
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-        wg_pin<N / 2>(d);
-    }
-    // Accumulator i of this lane: weight row r0 + 8 ((i >> 1) & 1), x row 8 (i >> 2) + 2 t4 + (i & 1).
-#pragma unroll
-    for (int i = 0; i < N / 2; i++) {
-        int row = 8 * (i >> 2) + 2 * t4 + (i & 1), col = n0 + r0 + 8 * ((i >> 1) & 1);
-        if (row >= rows) continue;
-        if (gridDim.z == 1)
-            y[(size_t)(m0 + row) * n + col] = from_f<T>(d[i] * fcur);
-        else
-            part[(size_t)blockIdx.z * m * n + (size_t)(m0 + row) * n + col] = d[i] * fcur;
-    }
-}
-#define FP8_GEMM_WG(T, S, N)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(256) gemm_fp8_wg##N##_##S(const T* x, const uint8_t* w,        \
-                                                                          const float* scale, float* part,      \
-                                                                          T* y, int m, int n, int k) {          \
-        gemm_fp8_wg<T, N>(x, w, scale, part, y, m, n, k);                                                      \
-    }
-FP8_GEMM_WG(__nv_bfloat16, bf16, 64)
-FP8_GEMM_WG(__nv_bfloat16, bf16, 128)
-FP8_GEMM_WG(__half, f16, 64)
-FP8_GEMM_WG(__half, f16, 128)
-#endif
 
 // y[i] = sum over the splits of part[z][i], for the m * n outputs. Grid: ceil(m * n / 256); block: 256.
 template <typename T>
@@ -654,15 +468,13 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
 FP8_ALL(float, f32)
 FP8_ALL(__nv_bfloat16, bf16)
 FP8_ALL(__half, f16)
-// The wide one-row kernel for 16-bit activations only: with f32 ones its 64 registers spill, and
-// fused.rs gives them the two-column kernel.
-FP8_GEMV1W(__nv_bfloat16, bf16, 1) FP8_GEMV1W(__nv_bfloat16, bf16, 2) FP8_GEMV1W(__nv_bfloat16, bf16, 4)
-FP8_GEMV1W(__nv_bfloat16, bf16, 8) FP8_GEMV1W(__half, f16, 1) FP8_GEMV1W(__half, f16, 2)
-FP8_GEMV1W(__half, f16, 4) FP8_GEMV1W(__half, f16, 8)
-FP8_EPILOGUE_WIDE(__nv_bfloat16, bf16, 1) FP8_EPILOGUE_WIDE(__nv_bfloat16, bf16, 2)
-FP8_EPILOGUE_WIDE(__nv_bfloat16, bf16, 4) FP8_EPILOGUE_WIDE(__nv_bfloat16, bf16, 8)
-FP8_EPILOGUE_WIDE(__half, f16, 1) FP8_EPILOGUE_WIDE(__half, f16, 2) FP8_EPILOGUE_WIDE(__half, f16, 4)
-FP8_EPILOGUE_WIDE(__half, f16, 8)
+// The wide one-row kernels (four columns, two pairs a unit) for 16-bit activations only: with f32
+// ones they spill in their registers, and fused.rs gives f32 models the narrow ones.
+#define FP8_WIDE_ALL(T, S)                                                                                     \
+    FP8_GEMV1W(T, S, 1) FP8_GEMV1W(T, S, 2) FP8_GEMV1W(T, S, 4) FP8_GEMV1W(T, S, 8)                            \
+    FP8_EPILOGUE_WIDE(T, S, 1) FP8_EPILOGUE_WIDE(T, S, 2) FP8_EPILOGUE_WIDE(T, S, 4) FP8_EPILOGUE_WIDE(T, S, 8)
+FP8_WIDE_ALL(__nv_bfloat16, bf16)
+FP8_WIDE_ALL(__half, f16)
 // Tensor cores take 16-bit inputs: f32 models dequantize and take cuBLAS.
 FP8_GEMM(__nv_bfloat16, bf16)
 FP8_GEMM(__half, f16)
