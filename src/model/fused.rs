@@ -420,7 +420,8 @@ pub struct Kernels {
     gemv_rows: usize,
     /// `SUBGOAL_CUDA_GEMV_SPLIT` per `Split`, where set to one of `SPLITS`.
     gemv_split: [Option<usize>; 3],
-    /// Whether the one-row FP8 product takes `gemv_fp8_wide` (`SUBGOAL_CUDA_GEMV_FP8_COLS=2`: no).
+    /// Whether the one-row FP8 product takes `gemv_fp8_wide` (16-bit activations, unless
+    /// `SUBGOAL_CUDA_GEMV_FP8_COLS=2`).
     gemv_fp8_wide: bool,
     /// Output pairs a unit of the norm-fused one-row kernels over FP8 weights: 2 for 16-bit
     /// activations unless `SUBGOAL_CUDA_GEMV_FP8_PAIRS=1`, else 1.
@@ -621,7 +622,8 @@ impl Kernels {
             module,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
-            gemv_fp8_wide: std::env::var("SUBGOAL_CUDA_GEMV_FP8_COLS").map_or(true, |v| v.trim() != "2"),
+            gemv_fp8_wide: dtype != DType::F32
+                && std::env::var("SUBGOAL_CUDA_GEMV_FP8_COLS").map_or(true, |v| v.trim() != "2"),
             fp8_pairs: if dtype != DType::F32
                 && std::env::var("SUBGOAL_CUDA_GEMV_FP8_PAIRS").map_or(true, |v| v.trim() != "1")
             {
@@ -885,7 +887,7 @@ impl Kernels {
         let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale.contiguous()?)?, addr(&y)?);
         let (n_i, k_i) = (n as i32, k as i32);
         if rows == 1 {
-            let wide = self.gemv_fp8_wide && self.dtype != DType::F32 && n % GEMV_FP8_WIDE == 0;
+            let wide = self.gemv_fp8_wide && n % GEMV_FP8_WIDE == 0;
             let (cols, names) = if wide { (GEMV_FP8_WIDE, GEMV_FP8_1W_SPLIT) } else { (GEMV_COLS, GEMV_FP8_1_SPLIT) };
             let (i, cfg) = self.split_choice(n.div_ceil(cols), Split::Plain);
             launch!(self, names[i], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
@@ -1074,10 +1076,7 @@ impl Kernels {
             return Ok(None);
         }
         self.check_step(caches, Some(tables), pos)?;
-        let (pairs, per) = ((heads + 2 * kv_heads) * d / 2, w.pairs(self));
-        let (split, cfg) = self.split_choice(pairs.div_ceil(per), Split::Qkv);
-        let names = [GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT, GEMV_ROPE_FP8W_SPLIT];
-        let (name, pw, pf) = w.launch_parts(names, per, split)?;
+        let (name, cfg, pw, pf) = self.rope_launch(w, heads, kv_heads, d)?;
         let q = self.empty((1, heads * d), self.dtype)?;
         let (px, pg, pq, pk, pv) = (addr(row.x)?, addr(row.g)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?);
@@ -1088,6 +1087,22 @@ impl Kernels {
             &ints[3], &ints[4], &q_scale, &ints[5], &no_table, &no_bs
         );
         Ok(Some(q))
+    }
+
+    /// The kernel, launch geometry and weight and factor addresses of a norm-fused q/k/v projection
+    /// (`gemv_rope`, `gemv_rope_paged`) over `w`.
+    fn rope_launch(
+        &self,
+        w: RowWeight,
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+    ) -> Result<(&'static str, LaunchConfig, u64, u64)> {
+        let (pairs, per) = ((heads + 2 * kv_heads) * d / 2, w.pairs(self));
+        let (split, cfg) = self.split_choice(pairs.div_ceil(per), Split::Qkv);
+        let names = [GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT, GEMV_ROPE_FP8W_SPLIT];
+        let (name, pw, pf) = w.launch_parts(names, per, split)?;
+        Ok((name, cfg, pw, pf))
     }
 
     /// Whether a normalizing projection takes `row` against `w`: one aligned row and a norm weight
@@ -1124,10 +1139,7 @@ impl Kernels {
             return Ok(None);
         }
         self.check_step(caches, Some(tables), pos)?;
-        let (pairs, per) = ((heads + 2 * kv_heads) * d / 2, w.pairs(self));
-        let (split, cfg) = self.split_choice(pairs.div_ceil(per), Split::Qkv);
-        let names = [GEMV_ROPE_SPLIT, GEMV_ROPE_FP8_SPLIT, GEMV_ROPE_FP8W_SPLIT];
-        let (name, pw, pf) = w.launch_parts(names, per, split)?;
+        let (name, cfg, pw, pf) = self.rope_launch(w, heads, kv_heads, d)?;
         let q = self.empty((1, heads * d), self.dtype)?;
         let (px, pg, pq, pk, pv) = (addr(row.x)?, addr(row.g)?, addr(&q)?, addr(caches.0)?, addr(caches.1)?);
         let (pc, ps, pp, pt) = (addr(tables.0)?, addr(tables.1)?, addr(pos)?, addr(table)?);
