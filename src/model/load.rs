@@ -239,26 +239,36 @@ impl HfLoader<'_> {
         }
     }
 
+    /// Projection `name`'s bias (where `with_bias`), times `scale`.
+    fn scaled_bias(&self, name: &str, out: usize, with_bias: bool, scale: Option<f64>) -> Result<Option<Tensor>> {
+        let b = self.bias(name, out, with_bias)?;
+        match scale {
+            Some(f) => b.map(|b| b * f).transpose(),
+            None => Ok(b),
+        }
+    }
+
+    /// Projection `name`'s weight in E4M3 (quantized here unless stored so), times `scale`.
+    fn fp8_weight(&self, name: &str, out: usize, inp: usize, scale: Option<f64>) -> Result<BlockFp8> {
+        let mut w = read_weight(&self.vb, &format!("{name}.weight"), (out, inp))?.fp8(name)?;
+        if let Some(f) = scale {
+            w.scale(f as f32);
+        }
+        Ok(w)
+    }
+
     /// A projection in the chosen format; `scale` folds a constant into its weight and bias.
     fn lin(&self, name: &str, out: usize, inp: usize, with_bias: bool, scale: Option<f64>) -> Result<Linear> {
-        let w = read_weight(&self.vb, &format!("{name}.weight"), (out, inp))?;
-        let b = self.bias(name, out, with_bias)?;
-        let b = match scale {
-            Some(f) => b.map(|b| b * f).transpose()?,
-            None => b,
-        };
+        let b = self.scaled_bias(name, out, with_bias, scale)?;
         if self.in_fp8(name) {
-            let mut w = w.fp8(name)?;
-            if let Some(f) = scale {
-                w.scale(f as f32);
-            }
+            let w = self.fp8_weight(name, out, inp, scale)?;
             #[cfg(feature = "cuda")]
             if let Some(k) = &self.fp8_kernels {
                 return Ok(Linear::Fp8Cuda(Arc::new(DeviceFp8::upload(w, self.device, k.clone())?), b));
             }
             return Ok(Linear::Fp8(Arc::new(w), b));
         }
-        let w = w.dense(self.dtype, self.device)?;
+        let w = self.dense(&format!("{name}.weight"), out, inp)?;
         let w = match scale {
             Some(f) => (w * f)?,
             None => w,
@@ -352,17 +362,10 @@ impl HfLoader<'_> {
             let inp = self.cfg.hidden;
             let (mut data, mut scale_inv, mut biases) = (Vec::new(), Vec::new(), Vec::new());
             for (name, out, f) in parts {
-                let mut w = read_weight(&self.vb, &format!("{name}.weight"), (*out, inp))?.fp8(name)?;
-                let b = self.bias(name, *out, with_bias)?;
-                if let Some(f) = f {
-                    w.scale(*f as f32);
-                }
+                let mut w = self.fp8_weight(name, *out, inp, *f)?;
                 data.append(&mut w.data);
                 scale_inv.append(&mut w.scale_inv);
-                biases.extend(match f {
-                    Some(f) => b.map(|b| b * *f).transpose()?,
-                    None => b,
-                });
+                biases.extend(self.scaled_bias(name, *out, with_bias, *f)?);
             }
             let rows = parts.iter().map(|p| p.1).sum();
             let w =
