@@ -112,6 +112,12 @@ fn read_all(path: &Path) -> HashMap<String, (StDtype, Vec<usize>, Vec<u8>)> {
     st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect()
 }
 
+/// `subgoal convert SRC OUT FLAGS…`, which must succeed.
+fn convert(src: &Path, out: &Path, flags: &[&str]) {
+    let run = Command::new(env!("CARGO_BIN_EXE_subgoal")).arg("convert").args([src, out]).args(flags).output().unwrap();
+    assert!(run.status.success(), "convert: {}", String::from_utf8_lossy(&run.stderr));
+}
+
 fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
@@ -357,16 +363,7 @@ fn convert_writes_deepseek_s_fp8_layout_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let dense = dense_cut(dir.path());
     let (fp8_dir, back_dir) = (dir.path().join("fp8"), dir.path().join("back"));
-    let run = |args: &[&Path], dtype: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_subgoal"))
-            .arg("convert")
-            .args(args)
-            .args(["--dtype", dtype])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "convert: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&[&dense, &fp8_dir], "fp8");
+    convert(&dense, &fp8_dir, &["--dtype", "fp8"]);
     let written = read_all(&fp8_dir.join("model.safetensors"));
     let original = read_all(&dense.join("model.safetensors"));
     let q = "model.layers.1.self_attn.q_proj.weight";
@@ -384,7 +381,7 @@ fn convert_writes_deepseek_s_fp8_layout_and_back() {
     assert_eq!(config["quantization_config"]["weight_block_size"], serde_json::json!([128, 128]));
     assert!(fp8_dir.join("tokenizer.json").exists());
     // And back to dense: each weight is its reference dequantization.
-    run(&[&fp8_dir, &back_dir], "f32");
+    convert(&fp8_dir, &back_dir, &["--dtype", "f32"]);
     let back = read_all(&back_dir.join("model.safetensors"));
     assert!(!back.keys().any(|k| k.ends_with("_scale_inv")));
     let want: Vec<f32> = ref_bytes
@@ -477,13 +474,7 @@ fn convert_keeps_dense_layers_as_stored_and_lists_them_as_not_converted() {
     let dir = tempfile::tempdir().unwrap();
     let dense = dense_cut(dir.path());
     let out = dir.path().join("fp8-last-dense");
-    let run = Command::new(env!("CARGO_BIN_EXE_subgoal"))
-        .arg("convert")
-        .args([&dense, &out])
-        .args(["--dtype", "fp8", "--fp8-dense-layers", "-1"])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "convert: {}", String::from_utf8_lossy(&run.stderr));
+    convert(&dense, &out, &["--dtype", "fp8", "--fp8-dense-layers", "-1"]);
     let (written, original) = (read_all(&out.join("model.safetensors")), read_all(&dense.join("model.safetensors")));
     let (q0, q1) = ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight");
     assert_eq!(written[q0].0, StDtype::F8_E4M3);
