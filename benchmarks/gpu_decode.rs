@@ -36,7 +36,8 @@
 //! bytes read per second. `--gemv-only` runs
 //! only those (with `SUBGOAL_CUDA_GEMV_SPLIT=N`, recorded as `gemv_split`, to compare splits).
 //! `--attention-only` runs only the prefill attention kernel's arm (`subgoal.attention`), at each
-//! `--prompts` length.
+//! `--prompts` length, and the same over an FP8 cache (`attention_kv8`, against the f32 product of
+//! what its bytes decode to); `SUBGOAL_CUDA_PREFILL_GROUPS=1` or `=2` picks the kernel.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -85,9 +86,15 @@ fn main() {
     // PyTorch's SDPA beside it comes from a full run).
     if args.iter().any(|a| a == "--attention-only") {
         let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
-        let attention: serde_json::Map<String, Value> =
-            prompts.iter().map(|&p| (p.to_string(), attention_alone(&kernels, p, &device))).collect();
-        println!("{}", json!({"benchmark": "gpu_decode", "gpu": gpu, "attention": attention}));
+        let arm = |fp8: bool| -> serde_json::Map<String, Value> {
+            prompts.iter().map(|&p| (p.to_string(), attention_alone(&kernels, p, fp8, &device))).collect()
+        };
+        let groups = std::env::var("SUBGOAL_CUDA_PREFILL_GROUPS").ok();
+        println!(
+            "{}",
+            json!({"benchmark": "gpu_decode", "gpu": gpu, "prefill_groups": groups,
+                   "attention": arm(false), "attention_kv8": arm(true)})
+        );
         return;
     }
     // `--gemv-only`: its few-row part alone (the one-row kernels' split is `SUBGOAL_CUDA_GEMV_SPLIT`).
@@ -145,7 +152,7 @@ fn main() {
     // Prefill attention alone, one layer's worth (all heads), against PyTorch's SDPA below.
     let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
     let attention: serde_json::Map<String, Value> =
-        prompts.iter().map(|&p| (p.to_string(), attention_alone(&kernels, p, &device))).collect();
+        prompts.iter().map(|&p| (p.to_string(), attention_alone(&kernels, p, false, &device))).collect();
     progress("attention", &Value::Object(attention.clone()));
 
     // Decode: a 512-token prompt, its cache copied to `b` rows, `new_tokens` sampled steps.
@@ -327,16 +334,41 @@ fn best_of_3(device: &Device, calls: usize, f: &dyn Fn()) -> f64 {
 /// at positions 0..p over a paged cache of 16-token blocks, random inputs): the best of 3 runs of
 /// 5 launches, its rate in causal TFLOP/s, and its output on two heads against attention computed
 /// in f32 with the score matrix materialized.
-fn attention_alone(k: &Kernels, p: usize, device: &Device) -> Value {
+fn attention_alone(k: &Kernels, p: usize, fp8: bool, device: &Device) -> Value {
     const D: usize = 128;
     let blocks = p.div_ceil(16);
     let rand = |shape: &[usize], scale: f64| {
         (Tensor::randn(0f32, 1.0, shape, device).unwrap() * scale).unwrap().to_dtype(DType::BF16).unwrap()
     };
     let q = rand(&[p, HEADS * D], 1.0 / (D as f64).sqrt());
-    let (kc, vc) = (rand(&[blocks, HEADS, 16, D], 1.0), rand(&[blocks, HEADS, 16, D], 1.0));
+    let (mut kc, mut vc) = (rand(&[blocks, HEADS, 16, D], 1.0), rand(&[blocks, HEADS, 16, D], 1.0));
+    // An FP8 cache: each row's bytes and factor, and (for the reference) what they decode to.
+    let mut fp8_cache = None;
+    if fp8 {
+        let quantize = |c: &Tensor| {
+            let host: Vec<f32> = c.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let (bytes, scales) = subgoal::model::fp8::quantize_rows(&host, D);
+            let decoded: Vec<f32> = bytes
+                .chunks(D)
+                .zip(&scales)
+                .flat_map(|(row, s)| row.iter().map(move |&b| subgoal::model::fp8::decode(b) * s))
+                .collect();
+            let shape = c.dims().to_vec();
+            (
+                Tensor::from_vec(bytes, shape.as_slice(), device).unwrap(),
+                Tensor::from_vec(scales, (blocks, HEADS, 16, 1), device).unwrap(),
+                Tensor::from_vec(decoded, shape.as_slice(), device).unwrap(),
+            )
+        };
+        let ((kb, ks, kd), (vb, vs, vd)) = (quantize(&kc), quantize(&vc));
+        (kc, vc) = (kd, vd);
+        fp8_cache = Some((kb, vb, ks, vs));
+    }
     let table = Tensor::arange(0u32, blocks as u32, device).unwrap();
-    let kv = subgoal::model::fused::PagedKv { k: &kc, v: &vc, scales: None };
+    let kv = match &fp8_cache {
+        Some((kb, vb, ks, vs)) => subgoal::model::fused::PagedKv { k: kb, v: vb, scales: Some((ks, vs)) },
+        None => subgoal::model::fused::PagedKv { k: &kc, v: &vc, scales: None },
+    };
     let launch = || k.attention_prefill(&q, kv, &table, 0, HEADS).unwrap().expect("a prefill kernel");
     let s = best_of_3(device, 5, &|| drop(launch()));
     let flops = 4.0 * (p * p) as f64 / 2.0 * (D * HEADS) as f64;

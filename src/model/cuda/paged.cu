@@ -274,9 +274,11 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
 //
 // The queries of one prompt chunk (`len` tokens at positions context..context+len-1, q already
 // scaled) against the sequence's cached positions up to each query's own, without a score matrix
-// in memory. A block holds 64 queries of one head and walks the keys 64 at a time (read through
-// the block table); each of its 4 warps owns 16 query rows throughout. The products run on tensor
-// cores (mma.sync m16n8k16, f32 accumulation) with everything a warp owns in registers: its
+// in memory. A block holds 64 WR queries of one head and walks the keys 64 at a time (read through
+// the block table); each of its 4 warps owns WR groups of 16 query rows throughout. With WR = 2
+// each key and value fragment a warp loads serves twice the products; WR = 1 makes twice the
+// blocks, which keeps more SMs busy on a short prompt (fused.rs chooses). The products run on
+// tensor cores (mma.sync m16n8k16, f32 accumulation) with everything a warp owns in registers: its
 // scores, its running max and sum, and its unnormalized output, rescaled as the max grows. The
 // scores' accumulator layout is the layout the second product takes its probabilities in, so P
 // never goes through shared memory (FlashAttention-2's arrangement).
@@ -286,10 +288,11 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
 // padded by 8 elements so that the 8 row addresses of an ldmatrix fall in distinct banks);
 // ldmatrix hands out the key fragments as they are and the value fragments transposed. With
 // D <= 128 a warp keeps its query fragments in registers (loaded once, through the second stage's
-// key buffer before it is first filled); with D = 256 they would not fit, and stay in shared
-// memory. Blocks go heaviest first (the last query block of every head, then the one before), so
-// the short diagonal blocks fill the tail rather than the long ones.
-// Grid: (heads, ceil(len / 64)); block: 128; dynamic shared memory: prefill_smem(D) in fused.rs.
+// key buffer before it is first filled); with D = 256 or WR = 2 they would not fit, and stay in
+// shared memory. Blocks go heaviest first (the last query block of every head, then the one
+// before), so the short diagonal blocks fill the tail rather than the long ones.
+// Grid: (heads, ceil(len / (64 WR))); block: FA_THREADS; dynamic shared memory: prefill_smem(D) or,
+// for WR = 2, prefill_wide_smem() in fused.rs.
 //
 // CASCADE: the same kernel serves decode rows that share a prefix (attn_cascade below). Its
 // queries are up to 64 decode rows of one group (their indices in `rows`), its keys one span of
@@ -299,6 +302,7 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
 
 constexpr int FA_Q = 64;
 constexpr int FA_K = 64;
+constexpr int FA_THREADS = 128;
 
 template <typename T> __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint32_t* b);
 template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float* c, const uint32_t* a, const uint32_t* b) {
@@ -328,20 +332,6 @@ __device__ __forceinline__ void ldsm4_trans(uint32_t* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
-}
-
-// acc[0..NT) += A (one 16x16 fragment) times NT 8-column tiles of B whose rows lie in shared
-// memory `stride` elements apart, 8 rows per tile (b: this lane's address in the first tile, as
-// ldsm4 wants it). The attention's S = Q K^T.
-template <typename T, int NT>
-__device__ __forceinline__ void mma_rows(float (*acc)[4], const uint32_t* a, const T* b, int stride) {
-#pragma unroll
-    for (int nt = 0; nt < NT; nt += 2) {
-        uint32_t f[4];
-        ldsm4(f, b + nt * 8 * stride);
-        mma16816<T>(acc[nt], a, f);
-        mma16816<T>(acc[nt + 1], a, f + 2);
-    }
 }
 
 // 2^x in one instruction (the special function unit's approximation; 2^-inf = 0).
@@ -382,10 +372,11 @@ struct CascadeBlock {
     int span, slots;
 };
 
-template <typename T, typename KT, int D, bool CASCADE>
+template <typename T, typename KT, int D, bool CASCADE, int WR>
 __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float* ksc, const float* vsc, T* y,
                              const uint32_t* table, int context, int len, int heads, int kv_heads, int bs,
                              CascadeBlock cb) {
+    static_assert(!CASCADE || WR == 1, "a cascade block holds one group of rows a warp");
     pdl_begin();
     // An FP8 cache (KT uint8_t) is decoded on the way in: its tiles are loaded, scaled by their
     // rows' factors and stored in T, synchronously (the copy of the next tile still overlaps
@@ -394,49 +385,60 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
     constexpr int RS = D + 8;  // padded row stride of every tile, in elements
     constexpr int VEC = 16 / sizeof(T);
     constexpr int CPR = D / VEC;  // 16-byte chunks per row
-    constexpr bool QREG = D <= 128;
+    constexpr int BQ = FA_Q * WR;  // this block's queries: WR groups of 16 rows per warp
+    constexpr bool QREG = D <= 128 && WR == 1;
     constexpr float LOG2E = 1.4426950408889634f;
     extern __shared__ __align__(16) unsigned char smem[];
     T* ks = (T*)smem;              // [2][FA_K][RS]: the key tiles of the two stages
     T* vs = ks + 2 * FA_K * RS;    // [2][FA_K][RS]: the value tiles
     T* qs = QREG ? ks + FA_K * RS  // the second stage's key tile until the loop first fills it
                  : vs + 2 * FA_K * RS;
-    int head = blockIdx.x, q0 = CASCADE ? 0 : (gridDim.y - 1 - blockIdx.y) * FA_Q;
+    int head = blockIdx.x, q0 = CASCADE ? 0 : (gridDim.y - 1 - blockIdx.y) * BQ;
     int kh = head / (heads / kv_heads);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // Fragment coordinates: g is the row (of 8) a lane holds, t4 its column pair.
     int g = lane >> 2, t4 = lane & 3;
     // Prefill: this block's queries, and keys from 0 to the last query's position. Cascade: `len`
     // rows, and the keys of span blockIdx.z of the `context` shared positions.
-    int nq = CASCADE ? len : min(FA_Q, len - q0);
+    int nq = CASCADE ? len : min(BQ, len - q0);
     int first_tile = CASCADE ? blockIdx.z * cb.span / FA_K : 0;
     int last_pos = CASCADE ? min(context, (int)(blockIdx.z + 1) * cb.span) - 1 : context + q0 + nq - 1;
     int tiles = last_pos / FA_K + 1;
     if (CASCADE && first_tile * FA_K > last_pos) return;
     auto q_row = [&](int r) -> size_t { return CASCADE ? (size_t)cb.rows[r] : (size_t)(q0 + r); };
+    // Each thread copies one 16-byte column of a tile's rows, every STEP-th row from its first: it
+    // finds its first row's place in the block table with one division and walks on from there,
+    // as each row costs a division and a table read otherwise (most of a tile's issue slots).
+    constexpr int CW = F8 ? D / 16 : CPR;  // 16-byte chunks of a cached row
+    constexpr int STEP = FA_THREADS / CW;
+    static_assert(FA_K % STEP == 0, "whole passes over a tile");
+    const int last_blk = last_pos / bs;
     auto load_tile = [&](int tile, int stage) {
         int k0 = tile * FA_K, nk = min(FA_K, last_pos + 1 - k0);
         T* kb = ks + stage * FA_K * RS;
         T* vb = vs + stage * FA_K * RS;
-        if constexpr (F8) {
-            for (int i = threadIdx.x; i < FA_K * D / 16; i += blockDim.x) {
-                int j = i / (D / 16), c = (i % (D / 16)) * 16;
+        const int j0 = threadIdx.x / CW, c8 = threadIdx.x % CW;  // first row, column in 16 bytes
+        int blk = (k0 + j0) / bs, off = (k0 + j0) - blk * bs;
+#pragma unroll
+        for (int it = 0; it < FA_K / STEP; it++) {
+            const int j = j0 + it * STEP;
+            // (rows past the last key read the last block's entry, unused)
+            size_t row = ((size_t)table[min(blk, last_blk)] * kv_heads + kh) * bs + off;
+            if constexpr (F8) {
+                int c = c8 * 16;
                 uint4 k8 = make_uint4(0, 0, 0, 0), v8 = make_uint4(0, 0, 0, 0);
                 float kf = 0.f, vf = 0.f;
                 if (j < nk) {
-                    size_t row = paged_row(table, k0 + j, bs, kv_heads, kh);
                     k8 = *(const uint4*)(kc + row * D + c);
                     v8 = *(const uint4*)(vc + row * D + c);
                     kf = ksc[row], vf = vsc[row];
                 }
                 f8x16_store<T>(k8, kf, kb + j * RS + c);
                 f8x16_store<T>(v8, vf, vb + j * RS + c);
-            }
-        } else {
-            for (int i = threadIdx.x; i < FA_K * CPR; i += blockDim.x) {
-                int j = i / CPR, c = (i % CPR) * VEC;
+            } else {
+                int c = c8 * VEC;
                 if (j < nk) {
-                    size_t at = paged_row(table, k0 + j, bs, kv_heads, kh) * D + c;
+                    const size_t at = row * D + c;
                     __pipeline_memcpy_async((uint4*)(kb + j * RS + c), (const uint4*)((const T*)kc + at), 16);
                     __pipeline_memcpy_async((uint4*)(vb + j * RS + c), (const uint4*)((const T*)vc + at), 16);
                 } else {
@@ -445,40 +447,47 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
                     *(uint4*)(vb + j * RS + c) = make_uint4(0, 0, 0, 0);
                 }
             }
+            for (off += STEP; off >= bs; off -= bs) blk++;
         }
         __pipeline_commit();
     };
     load_tile(first_tile, 0);
-    for (int i = threadIdx.x; i < FA_Q * CPR; i += blockDim.x) {
+    for (int i = threadIdx.x; i < BQ * CPR; i += FA_THREADS) {
         int r = i / CPR, c = (i % CPR) * VEC;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r < nq) v = *(const uint4*)(q + (q_row(r) * heads + head) * D + c);
         *(uint4*)(qs + r * RS + c) = v;
     }
     __syncthreads();
-    // This lane's row address for the query fragments (tiles: rows 0-7 | 8-15 by columns 0-7 | 8-15).
-    const T* qrow = qs + (warp * 16 + (lane & 15)) * RS + (lane >> 4) * 8;
+    // This lane's row address for the query fragments of its warp's first group of 16 rows (tiles:
+    // rows 0-7 | 8-15 by columns 0-7 | 8-15); group h is 16 h rows further.
+    const int wrow = warp * 16 * WR;
+    const T* qrow = qs + (wrow + (lane & 15)) * RS + (lane >> 4) * 8;
     uint32_t qf[QREG ? D / 16 : 1][4];
     if constexpr (QREG) {
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) ldsm4(qf[kk], qrow + kk * 16);
         __syncthreads();  // the second stage's key tile is free again
     }
-    const int r0 = warp * 16 + g, r1 = r0 + 8;
-    const int qpos0 = context + q0 + r0, qpos1 = qpos0 + 8;
     // The first and last positions of this warp's queries: tiles past the last are skipped, and
     // only tiles reaching past the first need the causal mask.
-    const int warp_first = context + q0 + warp * 16;
-    const int warp_last = context + q0 + min(warp * 16 + 15, nq - 1);
+    const int warp_first = context + q0 + wrow;
+    const int qpos = warp_first + g;  // the position of this lane's first row
+    const int warp_last = context + q0 + min(wrow + 16 * WR - 1, nq - 1);
     // Lane offsets of the key tiles' fragment rows (tiles: keys 0-7 | 8-15 of a pair of
     // 8-column groups, by dims 0-7 | 8-15) and of the value tiles' (keys 0-15 by dims 0-7 | 8-15).
     const int koff = (((lane >> 4) << 3) + (lane & 7)) * RS + ((lane >> 3) & 1) * 8;
     const int voff = (lane & 15) * RS + (lane >> 4) * 8;
-    float o[D / 8][4];
+    float o[WR][D / 8][4];
 #pragma unroll
-    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    // Running maxima in log2 units (scores times log2 e), and each lane's share of the row sums.
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    for (int h = 0; h < WR; h++)
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) o[h][i][0] = o[h][i][1] = o[h][i][2] = o[h][i][3] = 0.f;
+    // Per group, running maxima in log2 units (scores times log2 e) of its rows g and g + 8, and
+    // this lane's share of their sums.
+    float m[WR][2], l[WR][2];
+#pragma unroll
+    for (int h = 0; h < WR; h++) m[h][0] = m[h][1] = -INFINITY, l[h][0] = l[h][1] = 0.f;
     for (int tile = first_tile; tile < tiles; tile++) {
         int stage = (tile - first_tile) & 1;
         if (tile + 1 < tiles) {
@@ -492,114 +501,151 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
         int nk = min(FA_K, last_pos + 1 - k0);
         const T* kb = ks + stage * FA_K * RS;
         const T* vb = vs + stage * FA_K * RS;
-        if (CASCADE ? warp * 16 < nq : k0 <= warp_last) {
-            // S = Q K^T for this warp's 16 rows and the tile's 64 keys: 8 accumulators of 16x8.
-            float s[FA_K / 8][4];
+        if (CASCADE ? wrow < nq : k0 <= warp_last) {
+            // S = Q K^T for this warp's rows and the tile's 64 keys: per group, 8 accumulators of
+            // 16x8. Each key fragment serves every group.
+            float s[WR][FA_K / 8][4];
 #pragma unroll
-            for (int n = 0; n < FA_K / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            for (int h = 0; h < WR; h++)
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n++) s[h][n][0] = s[h][n][1] = s[h][n][2] = s[h][n][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
-                uint32_t a[4];
-                if constexpr (QREG) {
-                    a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
-                } else {
-                    ldsm4(a, qrow + kk * 16);
-                }
-                mma_rows<T, FA_K / 8>(s, a, kb + koff + kk * 16, RS);
-            }
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-            bool mask = (!CASCADE && k0 + FA_K - 1 > warp_first) || nk < FA_K;
+                uint32_t a[WR][4];
 #pragma unroll
-            for (int n = 0; n < FA_K / 8; n++) {
-                if (mask) {
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        int col = n * 8 + 2 * t4 + e;
-                        if (col >= nk || (!CASCADE && k0 + col > qpos0)) s[n][e] = -INFINITY;
-                        if (col >= nk || (!CASCADE && k0 + col > qpos1)) s[n][2 + e] = -INFINITY;
+                for (int h = 0; h < WR; h++) {
+                    if constexpr (QREG) {
+                        a[h][0] = qf[kk][0], a[h][1] = qf[kk][1], a[h][2] = qf[kk][2], a[h][3] = qf[kk][3];
+                    } else {
+                        ldsm4(a[h], qrow + h * 16 * RS + kk * 16);
                     }
                 }
-                mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
-                mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
-            }
 #pragma unroll
-            for (int o2 = 1; o2 < 4; o2 <<= 1) {
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, o2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, o2));
-            }
-            // Scores stay in natural units; the maxima, and each exponent's argument (one FMA),
-            // are in log2 units.
-            float n0 = fmaxf(m0, mx0 * LOG2E), n1 = fmaxf(m1, mx1 * LOG2E);
-            // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
-            float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
-            float alpha0 = ex2(m0 - b0), alpha1 = ex2(m1 - b1);
-            m0 = n0, m1 = n1;
-            // P = 2^(S - max), packed straight into the A fragments of the second product: keys
-            // 16kk..16kk+15 are accumulators 2kk (a0, a1) and 2kk+1 (a2, a3).
-            uint32_t p[FA_K / 16][4];
-            float ls0 = 0.f, ls1 = 0.f;
+                for (int nt = 0; nt < FA_K / 8; nt += 2) {
+                    uint32_t f[4];
+                    ldsm4(f, kb + koff + kk * 16 + nt * 8 * RS);
 #pragma unroll
-            for (int n = 0; n < FA_K / 8; n++) {
-                float p0 = ex2(fmaf(s[n][0], LOG2E, -b0)), p1 = ex2(fmaf(s[n][1], LOG2E, -b0));
-                float p2 = ex2(fmaf(s[n][2], LOG2E, -b1)), p3 = ex2(fmaf(s[n][3], LOG2E, -b1));
-                ls0 += p0 + p1;
-                ls1 += p2 + p3;
-                p[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
-                p[n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
-            }
-            l0 = l0 * alpha0 + ls0;
-            l1 = l1 * alpha1 + ls1;
-            // Once the maxima settle (most tiles of a long prompt) no row of the warp moves and the
-            // rescale of its D / 2 outputs per lane is skipped.
-            if (__any_sync(0xffffffff, alpha0 != 1.f || alpha1 != 1.f)) {
-#pragma unroll
-                for (int dt = 0; dt < D / 8; dt++) {
-                    o[dt][0] *= alpha0, o[dt][1] *= alpha0;
-                    o[dt][2] *= alpha1, o[dt][3] *= alpha1;
+                    for (int h = 0; h < WR; h++) {
+                        mma16816<T>(s[h][nt], a[h], f);
+                        mma16816<T>(s[h][nt + 1], a[h], f + 2);
+                    }
                 }
             }
-            // O += P V: one transposed ldmatrix gives the fragments of two 8-dim groups.
+            bool mask = (!CASCADE && k0 + FA_K - 1 > warp_first) || nk < FA_K;
+            // P = 2^(S - max), packed straight into the A fragments of the second product: keys
+            // 16kk..16kk+15 are accumulators 2kk (a0, a1) and 2kk+1 (a2, a3).
+            uint32_t p[WR][FA_K / 16][4];
+            float alpha[WR][2];
+#pragma unroll
+            for (int h = 0; h < WR; h++) {
+                const int qpos0 = qpos + h * 16, qpos1 = qpos0 + 8;
+                float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n++) {
+                    if (mask) {
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            int col = n * 8 + 2 * t4 + e;
+                            if (col >= nk || (!CASCADE && k0 + col > qpos0)) s[h][n][e] = -INFINITY;
+                            if (col >= nk || (!CASCADE && k0 + col > qpos1)) s[h][n][2 + e] = -INFINITY;
+                        }
+                    }
+                    mx0 = fmaxf(mx0, fmaxf(s[h][n][0], s[h][n][1]));
+                    mx1 = fmaxf(mx1, fmaxf(s[h][n][2], s[h][n][3]));
+                }
+#pragma unroll
+                for (int o2 = 1; o2 < 4; o2 <<= 1) {
+                    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, o2));
+                    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, o2));
+                }
+                // Scores stay in natural units; the maxima, and each exponent's argument (one FMA),
+                // are in log2 units.
+                float n0 = fmaxf(m[h][0], mx0 * LOG2E), n1 = fmaxf(m[h][1], mx1 * LOG2E);
+                // A row that sees no key yet stays at -inf: exponents against 0 then give 0, not NaN.
+                float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
+                alpha[h][0] = ex2(m[h][0] - b0), alpha[h][1] = ex2(m[h][1] - b1);
+                m[h][0] = n0, m[h][1] = n1;
+                float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+                for (int n = 0; n < FA_K / 8; n++) {
+                    float p0 = ex2(fmaf(s[h][n][0], LOG2E, -b0)), p1 = ex2(fmaf(s[h][n][1], LOG2E, -b0));
+                    float p2 = ex2(fmaf(s[h][n][2], LOG2E, -b1)), p3 = ex2(fmaf(s[h][n][3], LOG2E, -b1));
+                    ls0 += p0 + p1;
+                    ls1 += p2 + p3;
+                    p[h][n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
+                    p[h][n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
+                }
+                l[h][0] = l[h][0] * alpha[h][0] + ls0;
+                l[h][1] = l[h][1] * alpha[h][1] + ls1;
+            }
+            // Once the maxima settle (most tiles of a long prompt) no row of the warp moves and the
+            // rescale of its D / 2 outputs per lane and group is skipped.
+            bool moved = false;
+#pragma unroll
+            for (int h = 0; h < WR; h++) moved |= alpha[h][0] != 1.f || alpha[h][1] != 1.f;
+            if (__any_sync(0xffffffff, moved)) {
+#pragma unroll
+                for (int h = 0; h < WR; h++)
+#pragma unroll
+                    for (int dt = 0; dt < D / 8; dt++) {
+                        o[h][dt][0] *= alpha[h][0], o[h][dt][1] *= alpha[h][0];
+                        o[h][dt][2] *= alpha[h][1], o[h][dt][3] *= alpha[h][1];
+                    }
+            }
+            // O += P V: one transposed ldmatrix gives the fragments of two 8-dim groups, for every
+            // group of rows.
 #pragma unroll
             for (int kk = 0; kk < FA_K / 16; kk++) {
 #pragma unroll
                 for (int dt = 0; dt < D / 8; dt += 2) {
                     uint32_t b[4];
                     ldsm4_trans(b, vb + kk * 16 * RS + voff + dt * 8);
-                    mma16816<T>(o[dt], p[kk], b);
-                    mma16816<T>(o[dt + 1], p[kk], b + 2);
+#pragma unroll
+                    for (int h = 0; h < WR; h++) {
+                        mma16816<T>(o[h][dt], p[h][kk], b);
+                        mma16816<T>(o[h][dt + 1], p[h][kk], b + 2);
+                    }
                 }
             }
         }
         __syncthreads();  // this stage is refilled by the next iteration's prefetch
     }
 #pragma unroll
-    for (int o2 = 1; o2 < 4; o2 <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffff, l0, o2);
-        l1 += __shfl_xor_sync(0xffffffff, l1, o2);
-    }
+    for (int h = 0; h < WR; h++)
+#pragma unroll
+        for (int o2 = 1; o2 < 4; o2 <<= 1) {
+            l[h][0] += __shfl_xor_sync(0xffffffff, l[h][0], o2);
+            l[h][1] += __shfl_xor_sync(0xffffffff, l[h][1], o2);
+        }
     if constexpr (CASCADE) {
         // Unnormalized, with the max in natural-log units, as attn_paged's splits leave theirs.
         constexpr float LN2 = 0.6931471805599453f;
 #pragma unroll
         for (int h2 = 0; h2 < 2; h2++) {
-            int r = h2 ? r1 : r0;
+            int r = wrow + g + 8 * h2;
             if (r >= nq) continue;
             float* out = cb.part + ((q_row(r) * heads + head) * cb.slots + blockIdx.z) * (D + 2);
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt++)
-                *(float2*)(out + dt * 8 + 2 * t4) = make_float2(o[dt][2 * h2], o[dt][2 * h2 + 1]);
-            if (t4 == 0) out[D] = (h2 ? m1 : m0) * LN2, out[D + 1] = h2 ? l1 : l0;
+                *(float2*)(out + dt * 8 + 2 * t4) = make_float2(o[0][dt][2 * h2], o[0][dt][2 * h2 + 1]);
+            if (t4 == 0) out[D] = m[0][h2] * LN2, out[D + 1] = l[0][h2];
         }
-        return;
-    }
-    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    } else {
 #pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) {
-        int c = dt * 8 + 2 * t4;
-        if (r0 < nq)
-            *(uint32_t*)(y + (q_row(r0) * heads + head) * D + c) = pack2<T>(o[dt][0] * inv0, o[dt][1] * inv0);
-        if (r1 < nq)
-            *(uint32_t*)(y + (q_row(r1) * heads + head) * D + c) = pack2<T>(o[dt][2] * inv1, o[dt][3] * inv1);
+        for (int h = 0; h < WR; h++) {
+            const int r0 = wrow + h * 16 + g, r1 = r0 + 8;
+            float inv0 = l[h][0] > 0.f ? 1.f / l[h][0] : 0.f, inv1 = l[h][1] > 0.f ? 1.f / l[h][1] : 0.f;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                int c = dt * 8 + 2 * t4;
+                if (r0 < nq)
+                    *(uint32_t*)(y + (q_row(r0) * heads + head) * D + c) =
+                        pack2<T>(o[h][dt][0] * inv0, o[h][dt][1] * inv0);
+                if (r1 < nq)
+                    *(uint32_t*)(y + (q_row(r1) * heads + head) * D + c) =
+                        pack2<T>(o[h][dt][2] * inv1, o[h][dt][3] * inv1);
+            }
+        }
     }
 }
 
@@ -642,40 +688,58 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
     extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_##S(                             \
         const T* q, const T* kc, const T* vc, const float*, const float*, T* y, const uint32_t* table,         \
         int context, int len, int heads, int kv_heads, int bs) {                                               \
-        attn_prefill<T, T, D, false>(q, kc, vc, nullptr, nullptr, y, table, context, len, heads, kv_heads, bs, \
-                                     CascadeBlock{});                                                          \
+        attn_prefill<T, T, D, false, 1>(q, kc, vc, nullptr, nullptr, y, table, context, len, heads,            \
+                                        kv_heads, bs, CascadeBlock{});                                         \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128, MINB) attn_prefill##D##_kv8_##S(                         \
         const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, T* y,            \
         const uint32_t* table, int context, int len, int heads, int kv_heads, int bs) {                        \
-        attn_prefill<T, uint8_t, D, false>(q, kc, vc, ksc, vsc, y, table, context, len, heads, kv_heads, bs,   \
-                                           CascadeBlock{});                                                    \
+        attn_prefill<T, uint8_t, D, false, 1>(q, kc, vc, ksc, vsc, y, table, context, len, heads,              \
+                                              kv_heads, bs, CascadeBlock{});                                   \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128, CMINB) attn_cascade##D##_##S(                            \
         const T* q, const T* kc, const T* vc, const float*, const float*, float* part, const uint32_t* tables, \
         const uint32_t* groups, const uint32_t* rows, int span, int slots, int heads, int kv_heads, int bs) {  \
         const uint32_t* gr = groups + 4 * blockIdx.y;                                                          \
-        attn_prefill<T, T, D, true>(q, kc, vc, nullptr, nullptr, nullptr, tables + gr[2], (int)gr[3],          \
-                                    (int)gr[1], heads, kv_heads, bs, CascadeBlock{rows + gr[0], part, span,    \
-                                    slots});                                                                   \
+        attn_prefill<T, T, D, true, 1>(q, kc, vc, nullptr, nullptr, nullptr, tables + gr[2], (int)gr[3],       \
+                                       (int)gr[1], heads, kv_heads, bs, CascadeBlock{rows + gr[0], part, span, \
+                                       slots});                                                                \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128, CMINB) attn_cascade##D##_kv8_##S(                        \
         const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, float* part,     \
         const uint32_t* tables, const uint32_t* groups, const uint32_t* rows, int span, int slots, int heads,  \
         int kv_heads, int bs) {                                                                                \
         const uint32_t* gr = groups + 4 * blockIdx.y;                                                          \
-        attn_prefill<T, uint8_t, D, true>(q, kc, vc, ksc, vsc, nullptr, tables + gr[2], (int)gr[3],            \
-                                          (int)gr[1], heads, kv_heads, bs,                                     \
-                                          CascadeBlock{rows + gr[0], part, span, slots});                      \
+        attn_prefill<T, uint8_t, D, true, 1>(q, kc, vc, ksc, vsc, nullptr, tables + gr[2], (int)gr[3],         \
+                                             (int)gr[1], heads, kv_heads, bs,                                  \
+                                             CascadeBlock{rows + gr[0], part, span, slots});                   \
     }
 
 PAGED(float, f32)
 PAGED(__nv_bfloat16, bf16)
 PAGED(__half, f16)
 // Tensor cores take 16-bit inputs: no f32 prefill kernel (f32 models take the generic path).
+// WR = 2 (128 queries a block, the queries in shared memory) at head size 128, over 16-bit caches
+// and FP8 ones: 255 registers at most (a few bytes spill), two blocks an SM.
+#define PREFILL_WIDE(T, S)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_prefill128w_##S(                                 \
+        const T* q, const T* kc, const T* vc, const float*, const float*, T* y, const uint32_t* table,         \
+        int context, int len, int heads, int kv_heads, int bs) {                                               \
+        attn_prefill<T, T, 128, false, 2>(q, kc, vc, nullptr, nullptr, y, table, context, len, heads,          \
+                                          kv_heads, bs, CascadeBlock{});                                       \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_prefill128w_kv8_##S(                             \
+        const T* q, const uint8_t* kc, const uint8_t* vc, const float* ksc, const float* vsc, T* y,            \
+        const uint32_t* table, int context, int len, int heads, int kv_heads, int bs) {                        \
+        attn_prefill<T, uint8_t, 128, false, 2>(q, kc, vc, ksc, vsc, y, table, context, len, heads, kv_heads,  \
+                                                bs, CascadeBlock{});                                           \
+    }
+
 PREFILL(__nv_bfloat16, bf16, 64, 1, 1)
 PREFILL(__nv_bfloat16, bf16, 128, 3, 2)
 PREFILL(__nv_bfloat16, bf16, 256, 1, 1)
 PREFILL(__half, f16, 64, 1, 1)
 PREFILL(__half, f16, 128, 3, 2)
 PREFILL(__half, f16, 256, 1, 1)
+PREFILL_WIDE(__nv_bfloat16, bf16)
+PREFILL_WIDE(__half, f16)
