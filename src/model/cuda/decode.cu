@@ -69,6 +69,21 @@ __device__ __forceinline__ size_t paged_row(const uint32_t* table, int pos, int 
     return ((size_t)table[pos / bs] * kv_heads + kh) * bs + pos % bs;
 }
 
+// A thread's walk through a sequence's cached positions, `step` at a time from `pos`: one division
+// to find the first block, then a comparison a step. Each position's own paged_row costs a
+// division, a remainder and a table read, which in the attention kernels' tile loads took more
+// issue slots than the copies.
+struct TableWalk {
+    int blk, off;
+    __device__ __forceinline__ TableWalk(int pos, int bs) : blk(pos / bs), off(pos - (pos / bs) * bs) {}
+    __device__ __forceinline__ size_t row(const uint32_t* table, int bs, int kv_heads, int kh) const {
+        return ((size_t)table[blk] * kv_heads + kh) * bs + off;
+    }
+    __device__ __forceinline__ void advance(int step, int bs) {
+        for (off += step; off >= bs; off -= bs) blk++;
+    }
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);

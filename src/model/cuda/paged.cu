@@ -147,16 +147,29 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
     if (n <= 0) return;
     float* out = part + (((size_t)r * heads + head) * slots + pre + split) * (D + 2);
     int kh = head / (heads / kv_heads);
-    for (int i = threadIdx.x; i < n * PER_POS; i += ATTN_THREADS) {
-        int j = i / PER_POS, c = i % PER_POS;
-        size_t row = paged_row(table, begin + j, bs, kv_heads, kh);
-        __pipeline_memcpy_async((uint4*)(ks + j * D) + c, (const uint4*)(kc + row * D) + c, 16);
+    // Each thread copies one 16-byte column of every STEP-th position from its first, walking the
+    // block table (TableWalk); the values' copies reuse the keys' rows. A row index fits in 32
+    // bits: the cache's rows of D bytes or more fill the GPU's memory well before 2^32.
+    constexpr int STEP = ATTN_THREADS / PER_POS;
+    static_assert(ATTN_THREADS % PER_POS == 0 && CH % STEP == 0, "whole passes over a tile");
+    const int j0 = threadIdx.x / PER_POS, c = threadIdx.x % PER_POS;
+    uint32_t rows[CH / STEP];
+    TableWalk walk(begin + j0, bs);
+#pragma unroll
+    for (int it = 0; it < CH / STEP; it++) {
+        int j = j0 + it * STEP;
+        if (j < n) {
+            rows[it] = (uint32_t)walk.row(table, bs, kv_heads, kh);
+            __pipeline_memcpy_async((uint4*)(ks + j * D) + c, (const uint4*)(kc + (size_t)rows[it] * D) + c, 16);
+        }
+        walk.advance(STEP, bs);
     }
     __pipeline_commit();
-    for (int i = threadIdx.x; i < n * PER_POS; i += ATTN_THREADS) {
-        int j = i / PER_POS, c = i % PER_POS;
-        size_t row = paged_row(table, begin + j, bs, kv_heads, kh);
-        __pipeline_memcpy_async((uint4*)(vs + j * D) + c, (const uint4*)(vc + row * D) + c, 16);
+#pragma unroll
+    for (int it = 0; it < CH / STEP; it++) {
+        int j = j0 + it * STEP;
+        if (j < n)
+            __pipeline_memcpy_async((uint4*)(vs + j * D) + c, (const uint4*)(vc + (size_t)rows[it] * D) + c, 16);
     }
     __pipeline_commit();
     if constexpr (F8) {
@@ -406,29 +419,26 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
     int tiles = last_pos / FA_K + 1;
     if (CASCADE && first_tile * FA_K > last_pos) return;
     auto q_row = [&](int r) -> size_t { return CASCADE ? (size_t)cb.rows[r] : (size_t)(q0 + r); };
-    // Each thread copies one 16-byte column of a tile's rows, every STEP-th row from its first: it
-    // finds its first row's place in the block table with one division and walks on from there,
-    // as each row costs a division and a table read otherwise (most of a tile's issue slots).
+    // Each thread copies one 16-byte column of every STEP-th row of a tile from its first, walking
+    // the block table (TableWalk).
     constexpr int CW = F8 ? D / 16 : CPR;  // 16-byte chunks of a cached row
     constexpr int STEP = FA_THREADS / CW;
     static_assert(FA_K % STEP == 0, "whole passes over a tile");
-    const int last_blk = last_pos / bs;
     auto load_tile = [&](int tile, int stage) {
         int k0 = tile * FA_K, nk = min(FA_K, last_pos + 1 - k0);
         T* kb = ks + stage * FA_K * RS;
         T* vb = vs + stage * FA_K * RS;
         const int j0 = threadIdx.x / CW, c8 = threadIdx.x % CW;  // first row, column in 16 bytes
-        int blk = (k0 + j0) / bs, off = (k0 + j0) - blk * bs;
+        TableWalk walk(k0 + j0, bs);
 #pragma unroll
         for (int it = 0; it < FA_K / STEP; it++) {
             const int j = j0 + it * STEP;
-            // (rows past the last key read the last block's entry, unused)
-            size_t row = ((size_t)table[min(blk, last_blk)] * kv_heads + kh) * bs + off;
             if constexpr (F8) {
                 int c = c8 * 16;
                 uint4 k8 = make_uint4(0, 0, 0, 0), v8 = make_uint4(0, 0, 0, 0);
                 float kf = 0.f, vf = 0.f;
                 if (j < nk) {
+                    size_t row = walk.row(table, bs, kv_heads, kh);
                     k8 = *(const uint4*)(kc + row * D + c);
                     v8 = *(const uint4*)(vc + row * D + c);
                     kf = ksc[row], vf = vsc[row];
@@ -438,7 +448,7 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
             } else {
                 int c = c8 * VEC;
                 if (j < nk) {
-                    const size_t at = row * D + c;
+                    const size_t at = walk.row(table, bs, kv_heads, kh) * D + c;
                     __pipeline_memcpy_async((uint4*)(kb + j * RS + c), (const uint4*)((const T*)kc + at), 16);
                     __pipeline_memcpy_async((uint4*)(vb + j * RS + c), (const uint4*)((const T*)vc + at), 16);
                 } else {
@@ -447,7 +457,7 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
                     *(uint4*)(vb + j * RS + c) = make_uint4(0, 0, 0, 0);
                 }
             }
-            for (off += STEP; off >= bs; off -= bs) blk++;
+            walk.advance(STEP, bs);
         }
         __pipeline_commit();
     };
