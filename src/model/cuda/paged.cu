@@ -423,7 +423,7 @@ __device__ void attn_prefill(const T* q, const KT* kc, const KT* vc, const float
     // the block table (TableWalk).
     constexpr int CW = F8 ? D / 16 : CPR;  // 16-byte chunks of a cached row
     constexpr int STEP = FA_THREADS / CW;
-    static_assert(FA_K % STEP == 0, "whole passes over a tile");
+    static_assert(FA_THREADS % CW == 0 && FA_K % STEP == 0, "whole passes over a tile");
     auto load_tile = [&](int tile, int stage) {
         int k0 = tile * FA_K, nk = min(FA_K, last_pos + 1 - k0);
         T* kb = ks + stage * FA_K * RS;
@@ -730,7 +730,7 @@ PAGED(__nv_bfloat16, bf16)
 PAGED(__half, f16)
 // Tensor cores take 16-bit inputs: no f32 prefill kernel (f32 models take the generic path).
 // WR = 2 (128 queries a block, the queries in shared memory) at head size 128, over 16-bit caches
-// and FP8 ones: 255 registers at most (a few bytes spill), two blocks an SM.
+// and FP8 ones: 255 registers at most (no spills), two blocks an SM.
 #define PREFILL_WIDE(T, S)                                                                                     \
     extern "C" __global__ void __launch_bounds__(128, 2) attn_prefill128w_##S(                                 \
         const T* q, const T* kc, const T* vc, const float*, const float*, T* y, const uint32_t* table,         \
