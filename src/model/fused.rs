@@ -462,20 +462,25 @@ fn ptx_target() -> u32 {
         .unwrap_or(0)
 }
 
-/// Dynamic shared memory of `attn_prefill` for head size `d` (16-bit inputs): two stages of key
-/// and value tiles of 64 rows, rows padded by 8 elements, and past head size 128 the query tile
-/// (below it the queries live in registers) (paged.cu). An FP8 cache's tiles are decoded into
-/// the same buffers.
-fn prefill_smem(d: usize) -> usize {
-    const Q: usize = 64;
+/// Queries a block of `attn_prefill` takes with `groups` groups of 16 rows a warp (`64 WR` in
+/// paged.cu).
+fn prefill_queries(groups: usize) -> usize {
+    64 * groups
+}
+
+/// Dynamic shared memory of `attn_prefill` for head size `d` and `groups` groups of 16 query rows
+/// a warp (16-bit inputs): two stages of key and value tiles of 64 rows, rows padded by 8
+/// elements, and the query tile where the queries do not fit in registers (past head size 128, or
+/// two groups) (paged.cu). An FP8 cache's tiles are decoded into the same buffers.
+fn prefill_smem(d: usize, groups: usize) -> usize {
     const K: usize = 64;
-    let queries = if d <= 128 { 0 } else { Q * (d + 8) };
+    let queries = if d <= 128 && groups == 1 { 0 } else { prefill_queries(groups) * (d + 8) };
     (4 * K * (d + 8) + queries) * 2
 }
 
-/// The same for `PREFILL_WIDE` (head size 128), whose 128 queries live in shared memory.
-fn prefill_wide_smem() -> usize {
-    (4 * 64 + 128) * (128 + 8) * 2
+/// A numeric tuning knob from the environment (read when the kernels load), where set to a number.
+fn env_knob(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
 /// Dynamic shared memory of the kernels that take it (over the default 48 KiB), by short name.
@@ -484,11 +489,11 @@ fn dynamic_smem(short: &str) -> Option<usize> {
         return Some(gemm_fp8_smem(g.rows()));
     }
     if PREFILL_WIDE.contains(&short) {
-        return Some(prefill_wide_smem());
+        return Some(prefill_smem(128, 2));
     }
     let rest = short.strip_prefix("attn_prefill").or_else(|| short.strip_prefix("attn_cascade"))?;
     let d = rest.split('_').next()?.parse::<usize>().ok()?;
-    Some(prefill_smem(d))
+    Some(prefill_smem(d, 1))
 }
 
 /// Stages of `gemm_fp8` (`G8_STAGES` in fp8.cu).
@@ -601,7 +606,7 @@ impl Kernels {
             .chain(["sample_partial", "sample_pick", "sample_mass", "sample_accept"].map(|n| (n, n.to_string())))
             .collect();
         // Up to how many rows projections take `gemv` rather than cuBLAS (a tuning knob; 0: never).
-        let gemv_rows = std::env::var("SUBGOAL_CUDA_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_ROWS);
+        let gemv_rows = env_knob("SUBGOAL_CUDA_GEMV_ROWS").unwrap_or(GEMV_ROWS);
         // Warps per unit of the one-row projections (a tuning knob; unset: `split_choice` decides):
         // one number for all, or three for q/k/v, gate/up and the others.
         let knob: Vec<Option<usize>> = std::env::var("SUBGOAL_CUDA_GEMV_SPLIT")
@@ -637,7 +642,7 @@ impl Kernels {
         let mut prefill_wide_resident = [0; 2];
         for (resident, name) in prefill_wide_resident.iter_mut().zip(PREFILL_WIDE) {
             if module.funcs.contains_key(name) {
-                *resident = module.resident_blocks(name, 128, prefill_wide_smem())?;
+                *resident = module.resident_blocks(name, 128, prefill_smem(128, 2))?;
             }
         }
         Ok(Some(Kernels {
@@ -647,19 +652,9 @@ impl Kernels {
             module,
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
-            gemv_fp8_wide: dtype != DType::F32
-                && std::env::var("SUBGOAL_CUDA_GEMV_FP8_COLS").map_or(true, |v| v.trim() != "2"),
-            fp8_pairs: if dtype != DType::F32
-                && std::env::var("SUBGOAL_CUDA_GEMV_FP8_PAIRS").map_or(true, |v| v.trim() != "1")
-            {
-                2
-            } else {
-                1
-            },
-            prefill_groups: std::env::var("SUBGOAL_CUDA_PREFILL_GROUPS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|g| [1, 2].contains(g)),
+            gemv_fp8_wide: dtype != DType::F32 && env_knob("SUBGOAL_CUDA_GEMV_FP8_COLS") != Some(2),
+            fp8_pairs: if dtype != DType::F32 && env_knob("SUBGOAL_CUDA_GEMV_FP8_PAIRS") != Some(1) { 2 } else { 1 },
+            prefill_groups: env_knob("SUBGOAL_CUDA_PREFILL_GROUPS").filter(|g| [1, 2].contains(g)),
             prefill_wide_resident,
             sms: sms.max(1) as usize,
             gemm_fp8_resident,
@@ -1302,7 +1297,7 @@ impl Kernels {
             let cfg = LaunchConfig {
                 grid_dim: (heads as u32, c.query_blocks as u32, c.max_shared.div_ceil(span) as u32),
                 block_dim: (128, 1, 1),
-                shared_mem_bytes: prefill_smem(d) as u32,
+                shared_mem_bytes: prefill_smem(d, 1) as u32,
             };
             launch!(
                 self, name, cfg, &pq, &pk, &pv, &pks, &pvs, &ppart, &pt, &pb, &pr, span_i, slots_i, heads_i,
@@ -1355,7 +1350,8 @@ impl Kernels {
         if d != 128 || resident == 0 {
             return 1;
         }
-        self.prefill_groups.unwrap_or(if heads * len.div_ceil(128) > resident * self.sms { 2 } else { 1 })
+        let wide_blocks = heads * len.div_ceil(prefill_queries(2));
+        self.prefill_groups.unwrap_or(if wide_blocks > resident * self.sms { 2 } else { 1 })
     }
 
     /// Prefill attention of one prompt chunk: `q` (`[len, heads * d]`, scaled) at positions
@@ -1373,19 +1369,17 @@ impl Kernels {
         let fp8 = caches.scales.is_some();
         let Some(narrow) = self.loaded_attn(&PREFILL, d, fp8) else { return Ok(None) };
         let len = q.dim(0)?;
-        let (kernel, queries, smem) = match self.prefill_groups(d, fp8, heads, len) {
-            2 => (PREFILL_WIDE[usize::from(fp8)], 128, prefill_wide_smem()),
-            _ => (narrow, 64, prefill_smem(d)),
-        };
+        let groups = self.prefill_groups(d, fp8, heads, len);
+        let kernel = if groups == 2 { PREFILL_WIDE[usize::from(fp8)] } else { narrow };
         self.check(q)?;
         self.check_kv(&caches)?;
         let out = self.empty((len, heads * d), self.dtype)?;
         let (pq, pk, pv, po, pt) = (addr(q)?, addr(caches.k)?, addr(caches.v)?, addr(&out)?, addr(table)?);
         let ints = [context as i32, len as i32, heads as i32, kv_heads as i32, bs as i32];
         let cfg = LaunchConfig {
-            grid_dim: (heads as u32, len.div_ceil(queries) as u32, 1),
+            grid_dim: (heads as u32, len.div_ceil(prefill_queries(groups)) as u32, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: smem as u32,
+            shared_mem_bytes: prefill_smem(d, groups) as u32,
         };
         let [context, len, heads, kv_heads, bs] = ints.each_ref();
         let (pks, pvs) = factors(&caches)?;

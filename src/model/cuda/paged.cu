@@ -304,8 +304,8 @@ __device__ void attn_paged(const T* q, const KT* kc, const KT* vc, const float* 
 // key buffer before it is first filled); with D = 256 or WR = 2 they would not fit, and stay in
 // shared memory. Blocks go heaviest first (the last query block of every head, then the one
 // before), so the short diagonal blocks fill the tail rather than the long ones.
-// Grid: (heads, ceil(len / (64 WR))); block: FA_THREADS; dynamic shared memory: prefill_smem(D) or,
-// for WR = 2, prefill_wide_smem() in fused.rs.
+// Grid: (heads, ceil(len / (64 WR))); block: FA_THREADS; dynamic shared memory: prefill_smem(D, WR)
+// in fused.rs.
 //
 // CASCADE: the same kernel serves decode rows that share a prefix (attn_cascade below). Its
 // queries are up to 64 decode rows of one group (their indices in `rows`), its keys one span of
