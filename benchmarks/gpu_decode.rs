@@ -7,7 +7,7 @@
 //!   gpu_decode [--dir DIR] [--layers 30] [--new-tokens 256] [--batches 1,8,32] [--prompts 512,2048]
 //!              [--python /opt/torch/.venv/bin/python] [--no-torch] [--cpu-sampling] [--no-generic] [--fp8]
 //!              [--gemm-only] [--gemv-only] [--attention-only] [--fp8-dense-layers 0,-1]
-//!              [--kv-rows 32] [--kv-context 2048]
+//!              [--kv-rows 32] [--kv-context 2048] [--gemm-fp8-pick SPEC]
 //! Prints JSON: prefill tokens/s at each prompt length, decode tokens/s at each batch (one
 //! 512-token prompt, its cache copied to the batch: pass@k as one batch), PyTorch's
 //! `generate` on the same weights and shapes, the ratios, and the HBM roofline at batch 1
@@ -38,6 +38,10 @@
 //! `--attention-only` runs only the prefill attention kernel's arm (`subgoal.attention`), at each
 //! `--prompts` length, and the same over an FP8 cache (`attention_kv8`, against the f32 product of
 //! what its bytes decode to); `SUBGOAL_CUDA_PREFILL_GROUPS=1` or `=2` picks the kernel.
+//! `--gemm-fp8-pick 32:m2k2,max:m4` sets the FP8 GEMM's kernel by row count for the whole run
+//! (`fused::set_gemm_fp8_pick`, recorded as `gemm_fp8_pick`). Every report records
+//! `SUBGOAL_CUDA_PREFETCH` (the weight loads each projection asks into L2 before it waits for the
+//! kernel before it) as `prefetch`, so runs with different settings can be told apart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +85,9 @@ fn main() {
     // HBM bandwidth for the rooflines: an H200's 4.8 TB/s, else an H100 SXM's 3.35.
     let gpu = gpu_common::gpu_name();
     let hbm_bytes_per_s = gpu_common::hbm_tb_per_s(&gpu) * 1e12;
+    let pick = arg(&args, "--gemm-fp8-pick");
+    let gemm_fp8_pick = json!(subgoal::model::fused::set_gemm_fp8_pick(pick.as_deref()).expect("--gemm-fp8-pick"));
+    let prefetch = std::env::var("SUBGOAL_CUDA_PREFETCH").ok();
     // `--gemm-only`: the FP8 GEMM's check alone, no model (a quick look at a kernel change).
     // `--attention-only`: the prefill attention kernel alone at each `--prompts` length (no model;
     // PyTorch's SDPA beside it comes from a full run).
@@ -92,7 +99,7 @@ fn main() {
         let groups = std::env::var("SUBGOAL_CUDA_PREFILL_GROUPS").ok();
         println!(
             "{}",
-            json!({"benchmark": "gpu_decode", "gpu": gpu, "prefill_groups": groups,
+            json!({"benchmark": "gpu_decode", "gpu": gpu, "prefill_groups": groups, "prefetch": prefetch,
                    "attention": arm(false), "attention_kv8": arm(true)})
         );
         return;
@@ -102,6 +109,7 @@ fn main() {
     if gemv_only || args.iter().any(|a| a == "--gemm-only") {
         let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
         let v = json!({"benchmark": "gpu_decode", "gpu": gpu, "hbm_tb_per_s": hbm_bytes_per_s / 1e12,
+                       "prefetch": prefetch, "gemm_fp8_pick": gemm_fp8_pick,
                        "gemv_split": std::env::var("SUBGOAL_CUDA_GEMV_SPLIT").ok(),
                        "gemm_fp8": gemm_fp8_check(&kernels, &device, gemv_only)});
         println!("{}", serde_json::to_string_pretty(&v).unwrap());
@@ -296,6 +304,8 @@ fn main() {
     let report = json!({
         "benchmark": "gpu_decode",
         "gpu": gpu,
+        "prefetch": prefetch,
+        "gemm_fp8_pick": gemm_fp8_pick,
         "shape": {"layers": layers, "hidden": HIDDEN, "intermediate": INTERMEDIATE, "heads": HEADS, "vocab": VOCAB, "params": params, "dtype": "bf16"},
         "write_weights_s": r(write_s),
         "load_s": r(load_s),

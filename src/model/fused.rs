@@ -100,13 +100,15 @@ const CASCADE: AttnFamily = [
 /// Keys per tile of the prefill and cascade kernels (`FA_K` in paged.cu): a cascade span is a
 /// whole number of tiles.
 const FA_K: usize = 64;
-/// One kernel of the FP8 GEMM for many rows (`gemm_fp8`, fp8.cu): blocks of `4 * warps_m` warps,
-/// each warp `16 * mt` rows by 32 columns, so a block covers `16 * mt * warps_m` rows.
+/// One kernel of the FP8 GEMM for many rows (`gemm_fp8`, fp8.cu): blocks of
+/// `4 * warps_m * warps_k` warps, each warp `16 * mt` rows by 32 columns over `1 / warps_k` of
+/// every 128-wide step, so a block covers `16 * mt * warps_m` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmFp8Kernel {
     pub name: &'static str,
     pub mt: usize,
     pub warps_m: usize,
+    pub warps_k: usize,
 }
 
 impl GemmFp8Kernel {
@@ -115,23 +117,26 @@ impl GemmFp8Kernel {
         16 * self.mt * self.warps_m
     }
     fn threads(&self) -> u32 {
-        128 * self.warps_m as u32
+        128 * (self.warps_m * self.warps_k) as u32
     }
 }
 
-const fn g8(name: &'static str, mt: usize, warps_m: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m }
+const fn g8(name: &'static str, mt: usize, warps_m: usize, warps_k: usize) -> GemmFp8Kernel {
+    GemmFp8Kernel { name, mt, warps_m, warps_k }
 }
 
 /// Every `gemm_fp8` kernel fp8.cu instantiates.
-pub const GEMM_FP8: [GemmFp8Kernel; 7] = [
-    g8("gemm_fp8_m1", 1, 1),
-    g8("gemm_fp8_m2", 2, 1),
-    g8("gemm_fp8_m3", 3, 1),
-    g8("gemm_fp8_m4", 4, 1),
-    g8("gemm_fp8_m2x2", 2, 2),
-    g8("gemm_fp8_m2x4", 2, 4),
-    g8("gemm_fp8_m4x2", 4, 2),
+pub const GEMM_FP8: [GemmFp8Kernel; 10] = [
+    g8("gemm_fp8_m1", 1, 1, 1),
+    g8("gemm_fp8_m2", 2, 1, 1),
+    g8("gemm_fp8_m3", 3, 1, 1),
+    g8("gemm_fp8_m4", 4, 1, 1),
+    g8("gemm_fp8_m2x2", 2, 2, 1),
+    g8("gemm_fp8_m2x4", 2, 4, 1),
+    g8("gemm_fp8_m4x2", 4, 2, 1),
+    g8("gemm_fp8_m1k2", 1, 1, 2),
+    g8("gemm_fp8_m2k2", 2, 1, 2),
+    g8("gemm_fp8_m4k2", 4, 1, 2),
 ];
 /// The kernel `gemm_fp8` takes for up to so many rows (indices into `GEMM_FP8`), the last for
 /// any more (each block then takes its share of the rows). The kernels with more than one warp
@@ -256,7 +261,26 @@ impl Module {
             }
             m.funcs.insert(short, f);
         }
+        let depth = env_knob("SUBGOAL_CUDA_PREFETCH").unwrap_or(PREFETCH_DEPTH).min(PREFETCH_MAX) as i32;
+        m.set_int("subgoal_prefetch", depth)?;
         Ok(m)
+    }
+
+    /// Writes `value` into the module's `__constant__ int` named `name`.
+    fn set_int(&self, name: &str, value: i32) -> Result<()> {
+        let err = |e: DriverError| candle_core::Error::Msg(format!("{name}: {e}"));
+        let c_name = CString::new(name).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (mut ptr, mut bytes): (sys::CUdeviceptr, usize) = (0, 0);
+        // SAFETY: a loaded module, a NUL-terminated name, and places for the address and size.
+        unsafe { sys::cuModuleGetGlobal_v2(&mut ptr, &mut bytes, self.module, c_name.as_ptr()) }
+            .result()
+            .map_err(err)?;
+        if bytes != std::mem::size_of::<i32>() {
+            bail!("{name}: {bytes} bytes in the module, not an int");
+        }
+        // SAFETY: the global holds exactly one i32 (checked above), and `value` lives across the
+        // synchronous copy.
+        unsafe { sys::cuMemcpyHtoD_v2(ptr, (&value as *const i32).cast(), bytes) }.result().map_err(err)
     }
 
     /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel
@@ -479,6 +503,12 @@ fn prefill_smem(d: usize, groups: usize) -> usize {
 }
 
 /// A numeric tuning knob from the environment (read when the kernels load), where set to a number.
+/// The first weight loads each few-row projection asks into L2 before it waits for the kernel
+/// before it (`subgoal_prefetch`, decode.cu), unless `SUBGOAL_CUDA_PREFETCH` says otherwise.
+const PREFETCH_DEPTH: usize = 0;
+/// The most the kernels take (`PREFETCH_MAX` in decode.cu).
+const PREFETCH_MAX: usize = 4;
+
 fn env_knob(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }

@@ -56,10 +56,32 @@ template <int N> __device__ __forceinline__ void f8_raw(uint32_t w, float* out) 
 // so its launch overlaps this one's tail; each kernel then waits here, before its first read,
 // until the kernel before it has finished and its writes are visible. Both are no-ops for a
 // launch without the attribute, and every kernel calls this first.
-__device__ __forceinline__ void pdl_begin() {
+__device__ __forceinline__ void pdl_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_begin() {
+    pdl_launch();
+    pdl_wait();
+}
+
+// How many of its first weight loads a projection kernel asks into L2 between pdl_launch and
+// pdl_wait (0: none), set once per module load (fused.rs, `SUBGOAL_CUDA_PREFETCH`). Weights never
+// depend on the kernel before, so a block that is resident while that kernel drains can start
+// their fetch then: each projection of a decode step otherwise begins with every block waiting
+// out a full memory latency at once, and ends with the SMs idling one by one.
+__constant__ int subgoal_prefetch;
+constexpr int PREFETCH_MAX = 4;  // at most so many (fused.rs clamps the setting to it)
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 #endif
 }
 
@@ -393,6 +415,22 @@ __device__ __forceinline__ int slice_start() {
     return ((((threadIdx.x >> 5) % KS) << 5) + (threadIdx.x & 31)) * V;
 }
 
+// The first `subgoal_prefetch` 16-byte loads of this lane in each of the R weight rows `rows` (of
+// `row_bytes` bytes from `w`) into L2, as the few-row kernels' k-slices will make them; one lane
+// in eight asks, each for its 128-byte line. For the window between pdl_launch and pdl_wait.
+template <int KS, int R>
+__device__ __forceinline__ void prefetch_rows(const void* w, size_t row_bytes, const int (&rows)[R]) {
+    if ((threadIdx.x & 7) != 0) return;
+    int depth = subgoal_prefetch;
+#pragma unroll
+    for (int j = 0; j < PREFETCH_MAX; j++) {
+        size_t at = (size_t)slice_start<KS, 16>() + (size_t)j * KS * 32 * 16;
+        if (j >= depth || at >= row_bytes) break;
+#pragma unroll
+        for (int r = 0; r < R; r++) prefetch_l2((const unsigned char*)w + (size_t)rows[r] * row_bytes + at);
+    }
+}
+
 // Sums the N values of each warp over the warps of its unit. Every lane passes its partial sums;
 // returns true in the one thread (lane 0 of the unit's first warp) whose v then holds the unit's
 // totals. Every thread of the block must call it (it synchronizes the block when KS > 1).
@@ -447,13 +485,19 @@ __device__ __forceinline__ void gemv_store(const float* acc, const T* res, T* y,
 template <typename T, int M, int KS>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ res, T* __restrict__ y,
                      int n, int k) {
-    pdl_begin();
+    pdl_launch();
     constexpr int V = 16 / sizeof(T);
     int col0 = gemv_unit<KS>() * GEMV_COLS;
     // Units past n compute a clamped column and write nothing: they must reach unit_sum's barrier.
     const T* wr[GEMV_COLS];
+    int rows[GEMV_COLS];
 #pragma unroll
-    for (int c = 0; c < GEMV_COLS; c++) wr[c] = w + (size_t)min(col0 + c, n - 1) * k;
+    for (int c = 0; c < GEMV_COLS; c++) {
+        rows[c] = min(col0 + c, n - 1);
+        wr[c] = w + (size_t)rows[c] * k;
+    }
+    prefetch_rows<KS>(w, (size_t)k * sizeof(T), rows);
+    pdl_wait();
     float acc[GEMV_COLS * M];
 #pragma unroll
     for (int j = 0; j < GEMV_COLS * M; j++) acc[j] = 0.f;
@@ -548,9 +592,9 @@ __device__ __forceinline__ bool dot2_norm(const NormIn<T>& in, const T* __restri
 // computes gate columns c and up columns inter + c of [gate; up] ([2 * inter, k]) for its P
 // columns c and writes y[c] = silu(gate) * up, the projections rounded to T first as the unfused
 // path stores them. Grid: ceil(ceil(inter / P) / (8 / KS)); block: 256.
-template <typename T, int KS, int P, typename Dot>
-__device__ void gemv_silu(Dot dot, T* y, int inter) {
-    pdl_begin();
+template <typename T, int KS, int P, typename Dot, typename Pre>
+__device__ void gemv_silu(Dot dot, Pre pre, T* y, int inter) {
+    pdl_launch();
     int u = gemv_unit<KS>();
     int rows[2 * P];
 #pragma unroll
@@ -559,6 +603,8 @@ __device__ void gemv_silu(Dot dot, T* y, int inter) {
         rows[j] = c;
         rows[P + j] = inter + c;
     }
+    pre(rows);
+    pdl_wait();
     float r[2 * P];
     if (!dot(rows, r)) return;
 #pragma unroll
@@ -582,11 +628,11 @@ __device__ __forceinline__ void rope_pair(int pc, int half, int interleaved, int
 // scales q, and writes q to q_out [heads * d] and k, v into the caches [kv_heads, cap, d] at *pos,
 // or, with a block table, into the paged cache [blocks, kv_heads, bs, d] (cap then unused).
 // Grid: ceil(ceil((heads + 2 * kv_heads) * d / 2 / P) / (8 / KS)); block: 256.
-template <typename T, int KS, int P, typename Dot>
-__device__ void gemv_rope(Dot dot, T* q_out, T* kc, T* vc, const T* cos, const T* sin, const uint32_t* pos_p,
-                          int heads, int kv_heads, int d, int cap, int interleaved, float q_scale,
-                          const uint32_t* table, int bs) {
-    pdl_begin();
+template <typename T, int KS, int P, typename Dot, typename Pre>
+__device__ void gemv_rope(Dot dot, Pre pre, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
+                          const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
+                          float q_scale, const uint32_t* table, int bs) {
+    pdl_launch();
     int half = d / 2, pairs = (heads + 2 * kv_heads) * half;
     int u = gemv_unit<KS>();
     int rows[2 * P];
@@ -597,6 +643,8 @@ __device__ void gemv_rope(Dot dot, T* q_out, T* kc, T* vc, const T* cos, const T
         rows[2 * j] = head * d + a;
         rows[2 * j + 1] = head * d + b;
     }
+    pre(rows);
+    pdl_wait();
     float r[2 * P];
     if (!dot(rows, r)) return;
     uint32_t pos = *pos_p;
@@ -637,7 +685,9 @@ __device__ void gemv_rope(Dot dot, T* q_out, T* kc, T* vc, const T* cos, const T
     extern "C" __global__ void ATTR_SILU NAME_SILU(const T* x, const T* g, float eps, const W* w,                   \
                                               const float* scale, T* y, int inter, int k) {                    \
         NormIn<T> in{x, g, eps};                                                                               \
-        gemv_silu<T, KS, P>([&](const auto& rows, auto& r) { return DOT; }, y, inter);                         \
+        gemv_silu<T, KS, P>([&](const auto& rows, auto& r) { return DOT; },                                    \
+                            [&](const auto& rows) { prefetch_rows<KS>(w, (size_t)k * sizeof(W), rows); }, y,    \
+                            inter);                                                                            \
     }                                                                                                          \
     extern "C" __global__ void ATTR_ROPE NAME_ROPE(const T* x, const T* g, float eps, const W* w,                   \
                                               const float* scale, T* q_out, T* kc, T* vc, const T* cos,        \
@@ -645,8 +695,10 @@ __device__ void gemv_rope(Dot dot, T* q_out, T* kc, T* vc, const T* cos, const T
                                               int d, int cap, int interleaved, float q_scale, int k,           \
                                               const uint32_t* table, int bs) {                                 \
         NormIn<T> in{x, g, eps};                                                                               \
-        gemv_rope<T, KS, P>([&](const auto& rows, auto& r) { return DOT; }, q_out, kc, vc, cos, sin, pos,     \
-                            heads, kv_heads, d, cap, interleaved, q_scale, table, bs);                         \
+        gemv_rope<T, KS, P>([&](const auto& rows, auto& r) { return DOT; },                                    \
+                            [&](const auto& rows) { prefetch_rows<KS>(w, (size_t)k * sizeof(W), rows); },       \
+                            q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale, table, \
+                            bs);                                                                               \
     }
 #define GEMV_EPILOGUE(T, S, KS)                                                                                \
     GEMV_EPILOGUE_ENTRIES(T, S, KS, T, 1, , , gemv_silu_k##KS##_##S, gemv_rope_k##KS##_##S,                   \

@@ -54,19 +54,23 @@ __device__ void fp8_dequant(const uint8_t* __restrict__ w, const float* __restri
 template <typename T, int M, int KS>
 __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                          const T* __restrict__ res, T* __restrict__ y, int n, int k) {
-    pdl_begin();
+    pdl_launch();
     constexpr int V = 16;  // weight bytes per load
     constexpr int XV = 16 / sizeof(T);
     int col0 = gemv_unit<KS>() * GEMV_COLS;
     int kb = (k + FP8_BLOCK - 1) / FP8_BLOCK;
     const uint8_t* wr[GEMV_COLS];
     const float* sr[GEMV_COLS];
+    int rows[GEMV_COLS];
 #pragma unroll
     for (int c = 0; c < GEMV_COLS; c++) {
         int col = min(col0 + c, n - 1);
+        rows[c] = col;
         wr[c] = w + (size_t)col * k;
         sr[c] = scale + (size_t)(col / FP8_BLOCK) * kb;
     }
+    prefetch_rows<KS>(w, (size_t)k, rows);
+    pdl_wait();
     float acc[GEMV_COLS * M];
 #pragma unroll
     for (int j = 0; j < GEMV_COLS * M; j++) acc[j] = 0.f;
@@ -135,12 +139,17 @@ template <typename T, int KS>
 __device__ void gemv_fp8_wide(const T* __restrict__ x, const uint8_t* __restrict__ w,
                               const float* __restrict__ scale, const T* __restrict__ res, T* __restrict__ y,
                               int n, int k) {
-    pdl_begin();
+    pdl_launch();
     constexpr int V = 16;  // weight bytes per load
     constexpr int XV = 16 / sizeof(T);
     // n is a multiple of FP8_WIDE, so a unit's columns share one row of factors; a unit past n
     // reads the last one's and stores nothing.
     int col0 = gemv_unit<KS>() * FP8_WIDE, c0 = min(col0, n - FP8_WIDE);
+    int rows[FP8_WIDE];
+#pragma unroll
+    for (int c = 0; c < FP8_WIDE; c++) rows[c] = c0 + c;
+    prefetch_rows<KS>(w, (size_t)k, rows);
+    pdl_wait();
     const uint8_t* w0 = w + (size_t)c0 * k;
     const float* s0 = scale + (size_t)(c0 / FP8_BLOCK) * ((k + FP8_BLOCK - 1) / FP8_BLOCK);
     float acc[FP8_WIDE];
@@ -285,10 +294,11 @@ __device__ __forceinline__ uint32_t prmt(uint32_t lo, uint32_t hi, uint32_t sel)
     return r;
 }
 
-template <typename T, int MT, int WM>
+template <typename T, int MT, int WM, int KW>
 __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                          float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
-    pdl_begin();
+    static_assert(KW == 1 || (KW == 2 && WM == 1), "warps split k in two, and then only with one warp along m");
+    pdl_launch();
     constexpr int ROWS = 16 * MT * WM;
     constexpr int XS = ROWS * G8_K * 2;  // a stage's activation tile: rows of 256 bytes
     constexpr int WS = G8_N * G8_K;      // a stage's weight tile: rows of 128 bytes
@@ -299,13 +309,13 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
     int steps = max(0, kb1 - kb0);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    int wn = warp & 3, wr = (warp >> 2) * 16 * MT;  // this warp's column group, its first row
+    // This warp's column group, its half of each step (KW 2), its first row.
+    int wn = warp & 3, wk = KW == 2 ? warp >> 2 : 0, wr = KW == 2 ? 0 : (warp >> 2) * 16 * MT;
     int rows = min(ROWS, m - m0);
     const float* factors = scale + (size_t)blockIdx.x * kblocks;  // this block's row of factors
-    auto load = [&](int kb, int stage) {
+    // Row r's 16-byte chunk c at c ^ (r & 1) (activations) and c ^ 4 (r & 1) (weights).
+    auto load_x = [&](int kb, int stage) {
         unsigned char* xd = smem + stage * (XS + WS);
-        unsigned char* wd = xd + XS;
-        // Row r's 16-byte chunk c at c ^ (r & 1) (activations) and c ^ 4 (r & 1) (weights).
         for (int i = threadIdx.x; i < ROWS * 16; i += blockDim.x) {
             int r = i >> 4, c = i & 15;
             uint4* dst = (uint4*)(xd + r * 256 + ((c ^ (r & 1)) << 4));
@@ -314,11 +324,18 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
             else
                 *dst = make_uint4(0, 0, 0, 0);
         }
+    };
+    auto load_w = [&](int kb, int stage) {
+        unsigned char* wd = smem + stage * (XS + WS) + XS;
         for (int i = threadIdx.x; i < G8_N * 8; i += blockDim.x) {
             int r = i >> 3, c = i & 7;
             __pipeline_memcpy_async((uint4*)(wd + r * 128 + ((c ^ ((r & 1) << 2)) << 4)),
                                     (const uint4*)(w + (size_t)(n0 + r) * k + kb * G8_K) + c, 16);
         }
+    };
+    auto load = [&](int kb, int stage) {
+        load_x(kb, stage);
+        load_w(kb, stage);
     };
     float acc[MT][4][4];
 #pragma unroll
@@ -326,9 +343,20 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
     float fcur = 1.f;  // the factor acc is counted in
+    // The weight bytes of the first stages do not depend on the kernel before (pdl_wait): with
+    // `subgoal_prefetch` set they are on their way while it drains, in the first commit group.
+    bool early = subgoal_prefetch > 0;
+    if (early)
+#pragma unroll
+        for (int s = 0; s < G8_STAGES - 1; s++)
+            if (s < steps) load_w(kb0 + s, s);
+    pdl_wait();
 #pragma unroll
     for (int s = 0; s < G8_STAGES - 1; s++) {
-        if (s < steps) load(kb0 + s, s);
+        if (s < steps) {
+            load_x(kb0 + s, s);
+            if (!early) load_w(kb0 + s, s);
+        }
         __pipeline_commit();
     }
     for (int it = 0; it < steps; it++) {
@@ -349,7 +377,8 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         const unsigned char* xs = smem + (it % G8_STAGES) * (XS + WS);
         const unsigned char* ws = xs + XS;
 #pragma unroll
-        for (int q = 0; q < 2; q++) {
+        for (int qi = 0; qi < 2 / KW; qi++) {
+            const int q = KW == 2 ? wk : qi;
             // This lane's weight fragments of steps 4q .. 4q + 3, for its 4 column tiles.
             uint32_t bo[4][4], be[4][4];
 #pragma unroll
@@ -381,6 +410,30 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
                 }
             }
         }
+    }
+    if constexpr (KW == 2) {
+        // The warps of the second half hand their sums to those of the first, through the
+        // pipeline's shared memory (every stage read, no copy in flight).
+        __pipeline_wait_prior(0);
+        __syncthreads();
+        float4* red = (float4*)smem;
+        if (wk == 1) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+                    red[((wn * MT + mt) * 4 + nt) * 32 + lane] =
+                        make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
+        }
+        __syncthreads();
+        if (wk == 1) return;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                float4 o = red[((wn * MT + mt) * 4 + nt) * 32 + lane];
+                acc[mt][nt][0] += o.x, acc[mt][nt][1] += o.y, acc[mt][nt][2] += o.z, acc[mt][nt][3] += o.w;
+            }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -451,16 +504,19 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
 
 // gemm_fp8_m<MT>_<S> (one warp per column group, WM 1) and gemm_fp8_m<MT>x<WM>_<S>; fused.rs's
 // GEMM_FP8 lists them.
-#define FP8_GEMM_K(T, S, NAME, MT, WM)                                                                         \
-    extern "C" __global__ void __launch_bounds__(128 * WM) NAME##_##S(const T* x, const uint8_t* w,             \
-                                                                      const float* scale, float* part, T* y,    \
-                                                                      int m, int n, int k) {                    \
-        gemm_fp8<T, MT, WM>(x, w, scale, part, y, m, n, k);                                                    \
+#define FP8_GEMM_K(T, S, NAME, MT, WM, KW, MINB)                                                               \
+    extern "C" __global__ void __launch_bounds__(128 * WM * KW, MINB)                                          \
+        NAME##_##S(const T* x, const uint8_t* w, const float* scale, float* part, T* y, int m, int n, int k) { \
+        gemm_fp8<T, MT, WM, KW>(x, w, scale, part, y, m, n, k);                                                \
     }
+// The k2 kernels ask for registers that let the blocks their shared memory allows share an SM
+// (3 of 60 and 72 KiB, 2 of 96 KiB): the point of them is twice the warps an SM.
 #define FP8_GEMM(T, S)                                                                                         \
-    FP8_GEMM_K(T, S, gemm_fp8_m1, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m2, 2, 1) FP8_GEMM_K(T, S, gemm_fp8_m3, 3, 1) \
-    FP8_GEMM_K(T, S, gemm_fp8_m4, 4, 1) FP8_GEMM_K(T, S, gemm_fp8_m2x2, 2, 2)                                   \
-    FP8_GEMM_K(T, S, gemm_fp8_m2x4, 2, 4) FP8_GEMM_K(T, S, gemm_fp8_m4x2, 4, 2)                                 \
+    FP8_GEMM_K(T, S, gemm_fp8_m1, 1, 1, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m2, 2, 1, 1, 1)                        \
+    FP8_GEMM_K(T, S, gemm_fp8_m3, 3, 1, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m4, 4, 1, 1, 1)                        \
+    FP8_GEMM_K(T, S, gemm_fp8_m2x2, 2, 2, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m2x4, 2, 4, 1, 1)                    \
+    FP8_GEMM_K(T, S, gemm_fp8_m4x2, 4, 2, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m1k2, 1, 1, 2, 3)                    \
+    FP8_GEMM_K(T, S, gemm_fp8_m2k2, 2, 1, 2, 3) FP8_GEMM_K(T, S, gemm_fp8_m4k2, 4, 1, 2, 2)                    \
     extern "C" __global__ void gemm_fp8_reduce_##S(const float* part, T* y, int splits, size_t total) {        \
         gemm_fp8_reduce<T>(part, y, splits, total);                                                            \
     }
