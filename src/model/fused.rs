@@ -102,13 +102,16 @@ const CASCADE: AttnFamily = [
 const FA_K: usize = 64;
 /// One kernel of the FP8 GEMM for many rows (`gemm_fp8`, fp8.cu): blocks of
 /// `4 * warps_m * warps_k` warps, each warp `16 * mt` rows by 32 columns over `1 / warps_k` of
-/// every 128-wide step, so a block covers `16 * mt * warps_m` rows.
+/// every 128-wide step, so a block covers `16 * mt * warps_m` rows. With `cluster`, the blocks
+/// that split k between them form one thread block cluster and add their sums up in its shared
+/// memory, in place of partial sums in global memory and `gemm_fp8_reduce`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmFp8Kernel {
     pub name: &'static str,
     pub mt: usize,
     pub warps_m: usize,
     pub warps_k: usize,
+    pub cluster: bool,
 }
 
 impl GemmFp8Kernel {
@@ -122,11 +125,14 @@ impl GemmFp8Kernel {
 }
 
 const fn g8(name: &'static str, mt: usize, warps_m: usize, warps_k: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m, warps_k }
+    GemmFp8Kernel { name, mt, warps_m, warps_k, cluster: false }
+}
+const fn g8c(name: &'static str, mt: usize, warps_k: usize) -> GemmFp8Kernel {
+    GemmFp8Kernel { name, mt, warps_m: 1, warps_k, cluster: true }
 }
 
 /// Every `gemm_fp8` kernel fp8.cu instantiates.
-pub const GEMM_FP8: [GemmFp8Kernel; 10] = [
+pub const GEMM_FP8: [GemmFp8Kernel; 16] = [
     g8("gemm_fp8_m1", 1, 1, 1),
     g8("gemm_fp8_m2", 2, 1, 1),
     g8("gemm_fp8_m3", 3, 1, 1),
@@ -137,7 +143,16 @@ pub const GEMM_FP8: [GemmFp8Kernel; 10] = [
     g8("gemm_fp8_m1k2", 1, 1, 2),
     g8("gemm_fp8_m2k2", 2, 1, 2),
     g8("gemm_fp8_m4k2", 4, 1, 2),
+    g8c("gemm_fp8_m1c", 1, 1),
+    g8c("gemm_fp8_m2c", 2, 1),
+    g8c("gemm_fp8_m3c", 3, 1),
+    g8c("gemm_fp8_m4c", 4, 1),
+    g8c("gemm_fp8_m1k2c", 1, 2),
+    g8c("gemm_fp8_m2k2c", 2, 2),
 ];
+/// The most blocks a cluster holds on every GPU that has clusters (the splits of k of a cluster
+/// kernel are capped to it).
+const CLUSTER_MAX: usize = 8;
 /// The kernel `gemm_fp8` takes for up to so many rows (indices into `GEMM_FP8`), the last for
 /// any more (each block then takes its share of the rows). The kernels with more than one warp
 /// along m (8 and 16 warps a block, for 64 and 128 rows) were no faster on an H100 at the 7B
@@ -201,11 +216,15 @@ pub struct Cascade<'a> {
 /// Launches kernel `$name` of `$k` with `$cfg` and the arguments in order.
 macro_rules! launch {
     ($k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {
+        launch!(cluster 1; $k, $name, $cfg, $($arg),+)
+    };
+    // Blocks in clusters of `$z` along z.
+    (cluster $z:expr; $k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {
         // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu, with
         // addresses of live tensors whose sizes the launch geometry respects. The pointers are
         // taken in the launching statement, so even a temporary argument lives until the driver
         // has copied the values.
-        unsafe { $k.module.launch(&$k.stream, $name, $cfg, &mut [$( kernel_arg($arg) ),+]) }?
+        unsafe { $k.module.launch(&$k.stream, $name, $cfg, $z, &mut [$( kernel_arg($arg) ),+]) }?
     };
 }
 
@@ -298,7 +317,7 @@ impl Module {
     }
 
     /// Launches `name` on `stream`, with the programmatic-stream-serialization attribute when
-    /// `pdl`.
+    /// `pdl`, and its blocks in clusters of `cluster_z` along z where that is more than 1.
     ///
     /// # Safety
     /// `params` holds pointers to the kernel's arguments, in its signature's order and types.
@@ -307,15 +326,27 @@ impl Module {
         stream: &CudaStream,
         name: &str,
         cfg: LaunchConfig,
+        cluster_z: u32,
         params: &mut [*mut c_void],
     ) -> Result<()> {
         let f = *self.funcs.get(name).ok_or_else(|| candle_core::Error::Msg(format!("kernel {name} not loaded")))?;
         let err = |e: DriverError| candle_core::Error::Msg(format!("{name}: {e}"));
         self.ctx.bind_to_thread().map_err(err)?;
         // SAFETY: plain C data; zero is a valid value of every field.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut used = 0;
+        if self.pdl {
+            attrs[used].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[used].value.programmaticStreamSerializationAllowed = 1;
+            used += 1;
+        }
+        if cluster_z > 1 {
+            attrs[used].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[used].value.clusterDim.x = 1;
+            attrs[used].value.clusterDim.y = 1;
+            attrs[used].value.clusterDim.z = cluster_z;
+            used += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -325,10 +356,10 @@ impl Module {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.pdl),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: used as u32,
         };
-        // SAFETY: the caller's contract on `params`; `config` and `attr` outlive the call.
+        // SAFETY: the caller's contract on `params`; `config` and `attrs` outlive the call.
         unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }.result().map_err(err)
     }
 }
@@ -464,6 +495,9 @@ pub struct Kernels {
     sms: usize,
     /// Blocks of each `GEMM_FP8` kernel an SM holds at once (its shared memory and registers).
     gemm_fp8_resident: [usize; GEMM_FP8.len()],
+    /// Thread block clusters: compute capability 9.0 or later, and PTX built for it (the cluster
+    /// instructions are compiled out for older targets).
+    clusters: bool,
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
@@ -688,6 +722,7 @@ impl Kernels {
             prefill_wide_resident,
             sms: sms.max(1) as usize,
             gemm_fp8_resident,
+            clusters: major >= 9 && ptx_target() >= 90,
             counters: Default::default(),
         }))
     }
@@ -1005,6 +1040,7 @@ impl Kernels {
         let g = GEMM_FP8[index];
         let fits = self.module.funcs.contains_key(g.name)
             && self.module.funcs.contains_key(GEMM_FP8_REDUCE)
+            && (!g.cluster || self.clusters)
             && k % 128 == 0
             && n % 128 == 0
             && self.fp8_operands_fit(x, w, scale)?;
@@ -1013,9 +1049,13 @@ impl Kernels {
         }
         let (nb, mb, kb) = (n / 128, rows.div_ceil(g.rows()), k / 128);
         let slots = self.sms * self.gemm_fp8_resident[index];
-        let splits = splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
+        let mut splits =
+            splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
+        if g.cluster {
+            splits = splits.min(CLUSTER_MAX).min(kb);
+        }
         let y = self.empty((rows, n), self.dtype)?;
-        let part = if splits > 1 { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
+        let part = if splits > 1 && !g.cluster { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
         let scale = scale.contiguous()?;
         let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale)?, addr(&y)?);
         let pp = part.as_ref().map_or(Ok(0), addr)?;
@@ -1025,6 +1065,10 @@ impl Kernels {
             block_dim: (g.threads(), 1, 1),
             shared_mem_bytes: gemm_fp8_smem(g.rows()) as u32,
         };
+        if g.cluster {
+            launch!(cluster splits as u32; self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
+            return Ok(Some(y));
+        }
         launch!(self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
         if splits > 1 {
             let total = rows * n;

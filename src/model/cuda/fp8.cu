@@ -294,7 +294,27 @@ __device__ __forceinline__ uint32_t prmt(uint32_t lo, uint32_t hi, uint32_t sel)
     return r;
 }
 
-template <typename T, int MT, int WM, int KW>
+// Thread block clusters (sm_90): the cluster's barrier, and a 16-byte load from the shared memory
+// of CTA `rank` of this cluster at the place `local` has in this CTA's.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ float4 ld_cluster(uint32_t local, int rank) {
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote)
+                 : "memory");
+#endif
+    return v;
+}
+
+template <typename T, int MT, int WM, int KW, bool CL>
 __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                          float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
     static_assert(KW == 1 || (KW == 2 && WM == 1), "warps split k in two, and then only with one warp along m");
@@ -411,6 +431,59 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
             }
         }
     }
+    if constexpr (CL) {
+        // The splits of k are one cluster (gridDim.z CTAs along z, fused.rs launches them so):
+        // each CTA leaves its sums, in f32 and counted in units of 1, in its shared memory
+        // (rows padded to 136 floats, so a warp's float2 stores fall in distinct banks), and CTA z
+        // adds up rows z, z + splits, ... over every CTA of the cluster, in split order as
+        // gemm_fp8_reduce does, and writes them: no partial sums cross global memory and no
+        // second launch follows.
+        constexpr int LD = G8_N + 8;
+        float* tile = (float*)smem;
+        __pipeline_wait_prior(0);
+        __syncthreads();
+#pragma unroll
+        for (int half = 0; half < KW; half++) {
+            if (wk == half) {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    int r0 = wr + mt * 16 + g, r1 = r0 + 8;
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++) {
+                        int c = wn * 32 + nt * 8 + 2 * t4;
+                        float2* p0 = (float2*)(tile + r0 * LD + c);
+                        float2* p1 = (float2*)(tile + r1 * LD + c);
+                        float2 v0 = make_float2(acc[mt][nt][0] * fcur, acc[mt][nt][1] * fcur);
+                        float2 v1 = make_float2(acc[mt][nt][2] * fcur, acc[mt][nt][3] * fcur);
+                        if (half == 0) {
+                            *p0 = v0, *p1 = v1;
+                        } else {
+                            float2 o0 = *p0, o1 = *p1;
+                            *p0 = make_float2(o0.x + v0.x, o0.y + v0.y), *p1 = make_float2(o1.x + v1.x, o1.y + v1.y);
+                        }
+                    }
+                }
+            }
+            __syncthreads();
+        }
+        cluster_sync();
+        int splits = gridDim.z, z = blockIdx.z;
+        int mine = z < ROWS ? (ROWS - 1 - z) / splits + 1 : 0;  // rows z, z + splits, ... of the tile
+        for (int i = threadIdx.x; i < mine * (G8_N / 4); i += blockDim.x) {
+            int r = z + splits * (i / (G8_N / 4)), c = 4 * (i % (G8_N / 4));
+            if (r >= rows) continue;
+            uint32_t local = (uint32_t)__cvta_generic_to_shared(tile + r * LD + c);
+            float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int q = 0; q < splits; q++) {
+                float4 v = ld_cluster(local, q);
+                t.x += v.x, t.y += v.y, t.z += v.z, t.w += v.w;
+            }
+            uint2 o = make_uint2(pack2<T>(t.x, t.y), pack2<T>(t.z, t.w));
+            *(uint2*)(y + (size_t)(m0 + r) * n + n0 + c) = o;
+        }
+        cluster_sync();  // no CTA leaves while another still reads its shared memory
+        return;
+    }
     if constexpr (KW == 2) {
         // The warps of the second half hand their sums to those of the first, through the
         // pipeline's shared memory (every stage read, no copy in flight).
@@ -507,16 +580,23 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
 #define FP8_GEMM_K(T, S, NAME, MT, WM, KW, MINB)                                                               \
     extern "C" __global__ void __launch_bounds__(128 * WM * KW, MINB)                                          \
         NAME##_##S(const T* x, const uint8_t* w, const float* scale, float* part, T* y, int m, int n, int k) { \
-        gemm_fp8<T, MT, WM, KW>(x, w, scale, part, y, m, n, k);                                                \
+        gemm_fp8<T, MT, WM, KW, false>(x, w, scale, part, y, m, n, k);                                         \
+    }
+// The same and its cluster form (NAME c: the splits of k summed in the cluster's shared memory).
+#define FP8_GEMM_KC(T, S, NAME, MT, WM, KW, MINB)                                                              \
+    FP8_GEMM_K(T, S, NAME, MT, WM, KW, MINB)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128 * WM * KW, MINB)                                          \
+        NAME##c_##S(const T* x, const uint8_t* w, const float* scale, float* part, T* y, int m, int n, int k) { \
+        gemm_fp8<T, MT, WM, KW, true>(x, w, scale, part, y, m, n, k);                                          \
     }
 // The k2 kernels ask for registers that let the blocks their shared memory allows share an SM
 // (3 of 60 and 72 KiB, 2 of 96 KiB): the point of them is twice the warps an SM.
 #define FP8_GEMM(T, S)                                                                                         \
-    FP8_GEMM_K(T, S, gemm_fp8_m1, 1, 1, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m2, 2, 1, 1, 1)                        \
-    FP8_GEMM_K(T, S, gemm_fp8_m3, 3, 1, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m4, 4, 1, 1, 1)                        \
+    FP8_GEMM_KC(T, S, gemm_fp8_m1, 1, 1, 1, 1) FP8_GEMM_KC(T, S, gemm_fp8_m2, 2, 1, 1, 1)                      \
+    FP8_GEMM_KC(T, S, gemm_fp8_m3, 3, 1, 1, 1) FP8_GEMM_KC(T, S, gemm_fp8_m4, 4, 1, 1, 1)                      \
     FP8_GEMM_K(T, S, gemm_fp8_m2x2, 2, 2, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m2x4, 2, 4, 1, 1)                    \
-    FP8_GEMM_K(T, S, gemm_fp8_m4x2, 4, 2, 1, 1) FP8_GEMM_K(T, S, gemm_fp8_m1k2, 1, 1, 2, 3)                    \
-    FP8_GEMM_K(T, S, gemm_fp8_m2k2, 2, 1, 2, 3) FP8_GEMM_K(T, S, gemm_fp8_m4k2, 4, 1, 2, 2)                    \
+    FP8_GEMM_K(T, S, gemm_fp8_m4x2, 4, 2, 1, 1) FP8_GEMM_KC(T, S, gemm_fp8_m1k2, 1, 1, 2, 3)                   \
+    FP8_GEMM_KC(T, S, gemm_fp8_m2k2, 2, 1, 2, 3) FP8_GEMM_K(T, S, gemm_fp8_m4k2, 4, 1, 2, 2)                   \
     extern "C" __global__ void gemm_fp8_reduce_##S(const float* part, T* y, int splits, size_t total) {        \
         gemm_fp8_reduce<T>(part, y, splits, total);                                                            \
     }
