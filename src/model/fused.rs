@@ -298,8 +298,11 @@ impl Module {
             bail!("{name}: {bytes} bytes in the module, not an int");
         }
         // SAFETY: the global holds exactly one i32 (checked above), and `value` lives across the
-        // synchronous copy.
-        unsafe { sys::cuMemcpyHtoD_v2(ptr, (&value as *const i32).cast(), bytes) }.result().map_err(err)
+        // copy.
+        unsafe { sys::cuMemcpyHtoD_v2(ptr, (&value as *const i32).cast(), bytes) }.result().map_err(err)?;
+        // From pageable memory the copy may still be in flight when the call returns, and the
+        // kernels run on a non-blocking stream: let it land before any launch.
+        self.ctx.synchronize().map_err(err)
     }
 
     /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel
@@ -536,12 +539,13 @@ fn prefill_smem(d: usize, groups: usize) -> usize {
     (4 * K * (d + 8) + queries) * 2
 }
 
-/// A numeric tuning knob from the environment (read when the kernels load), where set to a number.
 /// The first weight loads each few-row projection asks into L2 before it waits for the kernel
 /// before it (`subgoal_prefetch`, decode.cu), unless `SUBGOAL_CUDA_PREFETCH` says otherwise.
 const PREFETCH_DEPTH: usize = 0;
 /// The most the kernels take (`PREFETCH_MAX` in decode.cu).
 const PREFETCH_MAX: usize = 4;
+
+/// A numeric tuning knob from the environment (read when the kernels load), where set to a number.
 
 fn env_knob(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -1052,7 +1056,9 @@ impl Kernels {
         let mut splits =
             splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
         if g.cluster {
-            splits = splits.min(CLUSTER_MAX).min(kb);
+            // As many k-steps in each split as the cap allows, none left idle.
+            let per = kb.div_ceil(splits.min(CLUSTER_MAX).max(1)).max(1);
+            splits = kb.div_ceil(per).max(1);
         }
         let y = self.empty((rows, n), self.dtype)?;
         let part = if splits > 1 && !g.cluster { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };

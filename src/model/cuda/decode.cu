@@ -55,7 +55,9 @@ template <int N> __device__ __forceinline__ void f8_raw(uint32_t w, float* out) 
 // it): the next kernel on the stream may be scheduled once every block of this one has started,
 // so its launch overlaps this one's tail; each kernel then waits here, before its first read,
 // until the kernel before it has finished and its writes are visible. Both are no-ops for a
-// launch without the attribute, and every kernel calls this first.
+// launch without the attribute. Every kernel calls pdl_begin first, or pdl_launch first and
+// pdl_wait before its first read of anything a kernel writes: what comes between may touch only
+// the weights, which no kernel on the stream writes (the launch can overlap several kernels back).
 __device__ __forceinline__ void pdl_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

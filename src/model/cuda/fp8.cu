@@ -261,10 +261,13 @@ __device__ __forceinline__ bool dotn_norm_fp8(const NormIn<T>& in, const uint8_t
 // 128-wide step takes bytes and elements 64 q + 16 t4 + 4 s + j, j = 0..3; the odd j form the MMA's k = 2 t4, 2 t4 + 1 and the
 // even j its k = 2 t4 + 8, 2 t4 + 9. Shared-memory rows are swizzled in 16-byte chunks so these
 // reads are free of bank conflicts. With split-K (gridDim.z > 1) each block sums its share of k
-// and writes f32 partial sums to part[z][m][n], which gemm_fp8_reduce adds into y.
-// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / (16 MT WM)), splits); block:
-// 128 WM; dynamic shared memory: G8_STAGES * (16 MT WM * 256 + 16384) bytes (gemm_fp8_smem in
-// fused.rs).
+// and writes f32 partial sums to part[z][m][n], which gemm_fp8_reduce adds into y; or, with CL,
+// the splits are one thread block cluster and add their sums in its shared memory (below).
+// KW = 2: two groups of 4 warps take the two halves of each 128-wide step, their sums added
+// through shared memory at the end: twice the warps an SM at the same shared memory.
+// Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / (16 MT WM)), splits), in
+// clusters of (1, 1, splits) with CL; block: 128 WM KW; dynamic shared memory:
+// G8_STAGES * (16 MT WM * 256 + 16384) bytes (gemm_fp8_smem in fused.rs).
 constexpr int G8_N = 128, G8_K = 128, G8_STAGES = 3;
 
 // A 32-bit word of four E4M3 bytes as two pairs of 16-bit values: `odd` holds bytes 1 and 3,
