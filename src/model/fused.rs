@@ -546,7 +546,6 @@ const PREFETCH_DEPTH: usize = 0;
 const PREFETCH_MAX: usize = 4;
 
 /// A numeric tuning knob from the environment (read when the kernels load), where set to a number.
-
 fn env_knob(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -1057,7 +1056,7 @@ impl Kernels {
             splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
         if g.cluster {
             // As many k-steps in each split as the cap allows, none left idle.
-            let per = kb.div_ceil(splits.min(CLUSTER_MAX).max(1)).max(1);
+            let per = kb.div_ceil(splits.clamp(1, CLUSTER_MAX)).max(1);
             splits = kb.div_ceil(per).max(1);
         }
         let y = self.empty((rows, n), self.dtype)?;
