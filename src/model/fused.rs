@@ -281,7 +281,10 @@ impl Module {
             m.funcs.insert(short, f);
         }
         let depth = env_knob("SUBGOAL_CUDA_PREFETCH").unwrap_or(PREFETCH_DEPTH).min(PREFETCH_MAX) as i32;
-        m.set_int("subgoal_prefetch", depth)?;
+        // The constant starts at 0 (no prefetch): a failure to set it costs speed, not the module.
+        if let Err(e) = m.set_int("subgoal_prefetch", depth) {
+            tracing::warn!(error = %e, "SUBGOAL_CUDA_PREFETCH not applied");
+        }
         Ok(m)
     }
 
