@@ -328,6 +328,15 @@ pub fn gemm_splits(tiles: usize, steps: usize, slots: usize, stages: usize) -> u
     (slots / tiles.max(1)).min(steps / stages.max(1)).max(1)
 }
 
+/// `splits` (as `gemm_splits` chose) for a kernel whose splits of k form one thread block cluster
+/// of at most `cap` blocks, over `steps` 128-wide steps: within the cap, with the steps spread so
+/// that every block of the cluster gets some (each block takes `ceil(steps / splits)` of them, so
+/// 9 steps in 8 parts would leave 3 blocks idle), and at least 1.
+pub fn cluster_splits(splits: usize, steps: usize, cap: usize) -> usize {
+    let per = steps.div_ceil(splits.clamp(1, cap.max(1))).max(1);
+    steps.div_ceil(per).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +391,27 @@ mod tests {
         assert_eq!(gemm_splits(32, 32, 396, 3), 10);
         assert_eq!(gemm_splits(344, 32, 264, 3), 1);
         assert_eq!(gemm_splits(8, 2, 264, 3), 1);
+    }
+
+    #[test]
+    fn a_cluster_kernels_splits_stay_within_the_cap_and_leave_no_block_without_steps() {
+        assert_eq!(cluster_splits(12, 86, 8), 8);
+        assert_eq!(cluster_splits(8, 9, 8), 5);
+        assert_eq!(cluster_splits(10, 32, 8), 8);
+        for steps in 1..200 {
+            for splits in 1..20 {
+                let s = cluster_splits(splits, steps, 8);
+                let per = steps.div_ceil(s);
+                assert!((1..=8).contains(&s) && s <= splits.max(1), "{splits} splits of {steps}: {s}");
+                assert!((s - 1) * per < steps, "{splits} splits of {steps}: block {} idle", s - 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cluster_kernel_over_no_steps_still_launches_one_block_along_k() {
+        assert_eq!(cluster_splits(4, 0, 8), 1);
+        assert_eq!(cluster_splits(0, 5, 8), 1);
     }
 
     #[test]

@@ -1058,9 +1058,7 @@ impl Kernels {
         let mut splits =
             splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
         if g.cluster {
-            // As many k-steps in each split as the cap allows, none left idle.
-            let per = kb.div_ceil(splits.clamp(1, CLUSTER_MAX)).max(1);
-            splits = kb.div_ceil(per).max(1);
+            splits = super::fp8::cluster_splits(splits, kb, CLUSTER_MAX);
         }
         let y = self.empty((rows, n), self.dtype)?;
         let part = if splits > 1 && !g.cluster { Some(self.empty((splits, rows, n), DType::F32)?) } else { None };
