@@ -1071,12 +1071,9 @@ impl Kernels {
             block_dim: (g.threads(), 1, 1),
             shared_mem_bytes: gemm_fp8_smem(g.rows()) as u32,
         };
-        if g.cluster {
-            launch!(cluster splits as u32; self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
-            return Ok(Some(y));
-        }
-        launch!(self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
-        if splits > 1 {
+        let cluster_z = if g.cluster { splits as u32 } else { 1 };
+        launch!(cluster cluster_z; self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
+        if part.is_some() {
             let total = rows * n;
             let cfg = LaunchConfig {
                 grid_dim: (total.div_ceil(256) as u32, 1, 1),

@@ -87,11 +87,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 #endif
 }
 
-// Row of (head kh, position pos) of a sequence with block table `table` in the serving engine's
-// paged cache [blocks, kv_heads, bs, d] (paged.cu).
-__device__ __forceinline__ size_t paged_row(const uint32_t* table, int pos, int bs, int kv_heads, int kh) {
-    return ((size_t)table[pos / bs] * kv_heads + kh) * bs + pos % bs;
-}
 
 // A thread's walk through a sequence's cached positions, `step` at a time from `pos`: one division
 // to find the first block, then a comparison a step. Each position's own paged_row costs a
@@ -107,6 +102,12 @@ struct TableWalk {
         for (off += step; off >= bs; off -= bs) blk++;
     }
 };
+
+// Row of (head kh, position pos) of a sequence with block table `table` in the serving engine's
+// paged cache [blocks, kv_heads, bs, d] (paged.cu).
+__device__ __forceinline__ size_t paged_row(const uint32_t* table, int pos, int bs, int kv_heads, int kh) {
+    return TableWalk(pos, bs).row(table, bs, kv_heads, kh);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -594,8 +595,9 @@ __device__ __forceinline__ bool dot2_norm(const NormIn<T>& in, const T* __restri
 // computes gate columns c and up columns inter + c of [gate; up] ([2 * inter, k]) for its P
 // columns c and writes y[c] = silu(gate) * up, the projections rounded to T first as the unfused
 // path stores them. Grid: ceil(ceil(inter / P) / (8 / KS)); block: 256.
-template <typename T, int KS, int P, typename Dot, typename Pre>
-__device__ void gemv_silu(Dot dot, Pre pre, T* y, int inter) {
+// `w` and `row_bytes`: the weight's bytes and the length of a row of them, for prefetch_rows.
+template <typename T, int KS, int P, typename Dot>
+__device__ void gemv_silu(Dot dot, const void* w, size_t row_bytes, T* y, int inter) {
     pdl_launch();
     int u = gemv_unit<KS>();
     int rows[2 * P];
@@ -605,7 +607,7 @@ __device__ void gemv_silu(Dot dot, Pre pre, T* y, int inter) {
         rows[j] = c;
         rows[P + j] = inter + c;
     }
-    pre(rows);
+    prefetch_rows<KS>(w, row_bytes, rows);
     pdl_wait();
     float r[2 * P];
     if (!dot(rows, r)) return;
@@ -630,8 +632,8 @@ __device__ __forceinline__ void rope_pair(int pc, int half, int interleaved, int
 // scales q, and writes q to q_out [heads * d] and k, v into the caches [kv_heads, cap, d] at *pos,
 // or, with a block table, into the paged cache [blocks, kv_heads, bs, d] (cap then unused).
 // Grid: ceil(ceil((heads + 2 * kv_heads) * d / 2 / P) / (8 / KS)); block: 256.
-template <typename T, int KS, int P, typename Dot, typename Pre>
-__device__ void gemv_rope(Dot dot, Pre pre, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
+template <typename T, int KS, int P, typename Dot>
+__device__ void gemv_rope(Dot dot, const void* w, size_t row_bytes, T* q_out, T* kc, T* vc, const T* cos, const T* sin,
                           const uint32_t* pos_p, int heads, int kv_heads, int d, int cap, int interleaved,
                           float q_scale, const uint32_t* table, int bs) {
     pdl_launch();
@@ -645,7 +647,7 @@ __device__ void gemv_rope(Dot dot, Pre pre, T* q_out, T* kc, T* vc, const T* cos
         rows[2 * j] = head * d + a;
         rows[2 * j + 1] = head * d + b;
     }
-    pre(rows);
+    prefetch_rows<KS>(w, row_bytes, rows);
     pdl_wait();
     float r[2 * P];
     if (!dot(rows, r)) return;
@@ -687,9 +689,7 @@ __device__ void gemv_rope(Dot dot, Pre pre, T* q_out, T* kc, T* vc, const T* cos
     extern "C" __global__ void ATTR_SILU NAME_SILU(const T* x, const T* g, float eps, const W* w,                   \
                                               const float* scale, T* y, int inter, int k) {                    \
         NormIn<T> in{x, g, eps};                                                                               \
-        gemv_silu<T, KS, P>([&](const auto& rows, auto& r) { return DOT; },                                    \
-                            [&](const auto& rows) { prefetch_rows<KS>(w, (size_t)k * sizeof(W), rows); }, y,    \
-                            inter);                                                                            \
+        gemv_silu<T, KS, P>([&](const auto& rows, auto& r) { return DOT; }, w, (size_t)k * sizeof(W), y, inter); \
     }                                                                                                          \
     extern "C" __global__ void ATTR_ROPE NAME_ROPE(const T* x, const T* g, float eps, const W* w,                   \
                                               const float* scale, T* q_out, T* kc, T* vc, const T* cos,        \
@@ -697,10 +697,8 @@ __device__ void gemv_rope(Dot dot, Pre pre, T* q_out, T* kc, T* vc, const T* cos
                                               int d, int cap, int interleaved, float q_scale, int k,           \
                                               const uint32_t* table, int bs) {                                 \
         NormIn<T> in{x, g, eps};                                                                               \
-        gemv_rope<T, KS, P>([&](const auto& rows, auto& r) { return DOT; },                                    \
-                            [&](const auto& rows) { prefetch_rows<KS>(w, (size_t)k * sizeof(W), rows); },       \
-                            q_out, kc, vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale, table, \
-                            bs);                                                                               \
+        gemv_rope<T, KS, P>([&](const auto& rows, auto& r) { return DOT; }, w, (size_t)k * sizeof(W), q_out, kc, \
+                            vc, cos, sin, pos, heads, kv_heads, d, cap, interleaved, q_scale, table, bs);      \
     }
 #define GEMV_EPILOGUE(T, S, KS)                                                                                \
     GEMV_EPILOGUE_ENTRIES(T, S, KS, T, 1, , , gemv_silu_k##KS##_##S, gemv_rope_k##KS##_##S,                   \

@@ -434,6 +434,32 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
             }
         }
     }
+    if constexpr (KW == 2) {
+        // The warps of the second half hand their sums to those of the first, through the
+        // pipeline's shared memory (every stage read, no copy in flight). They stay for the
+        // cluster's barriers, but write nothing.
+        __pipeline_wait_prior(0);
+        __syncthreads();
+        float4* red = (float4*)smem;
+        if (wk == 1) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+                    red[((wn * MT + mt) * 4 + nt) * 32 + lane] =
+                        make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
+        }
+        __syncthreads();
+        if (wk == 0) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    float4 o = red[((wn * MT + mt) * 4 + nt) * 32 + lane];
+                    acc[mt][nt][0] += o.x, acc[mt][nt][1] += o.y, acc[mt][nt][2] += o.z, acc[mt][nt][3] += o.w;
+                }
+        }
+    }
     if constexpr (CL) {
         // The splits of k are one cluster (gridDim.z CTAs along z, fused.rs launches them so):
         // each CTA leaves its sums, in f32 and counted in units of 1, in its shared memory
@@ -444,30 +470,18 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         constexpr int LD = G8_N + 8;
         float* tile = (float*)smem;
         __pipeline_wait_prior(0);
-        __syncthreads();
+        __syncthreads();  // every stage (and the halves' exchange) read before the tile overwrites it
+        if (wk == 0) {
 #pragma unroll
-        for (int half = 0; half < KW; half++) {
-            if (wk == half) {
+            for (int mt = 0; mt < MT; mt++) {
+                int r0 = wr + mt * 16 + g, r1 = r0 + 8;
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    int r0 = wr + mt * 16 + g, r1 = r0 + 8;
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++) {
-                        int c = wn * 32 + nt * 8 + 2 * t4;
-                        float2* p0 = (float2*)(tile + r0 * LD + c);
-                        float2* p1 = (float2*)(tile + r1 * LD + c);
-                        float2 v0 = make_float2(acc[mt][nt][0] * fcur, acc[mt][nt][1] * fcur);
-                        float2 v1 = make_float2(acc[mt][nt][2] * fcur, acc[mt][nt][3] * fcur);
-                        if (half == 0) {
-                            *p0 = v0, *p1 = v1;
-                        } else {
-                            float2 o0 = *p0, o1 = *p1;
-                            *p0 = make_float2(o0.x + v0.x, o0.y + v0.y), *p1 = make_float2(o1.x + v1.x, o1.y + v1.y);
-                        }
-                    }
+                for (int nt = 0; nt < 4; nt++) {
+                    int c = wn * 32 + nt * 8 + 2 * t4;
+                    *(float2*)(tile + r0 * LD + c) = make_float2(acc[mt][nt][0] * fcur, acc[mt][nt][1] * fcur);
+                    *(float2*)(tile + r1 * LD + c) = make_float2(acc[mt][nt][2] * fcur, acc[mt][nt][3] * fcur);
                 }
             }
-            __syncthreads();
         }
         cluster_sync();
         int splits = gridDim.z, z = blockIdx.z;
@@ -485,47 +499,24 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
             *(uint2*)(y + (size_t)(m0 + r) * n + n0 + c) = o;
         }
         cluster_sync();  // no CTA leaves while another still reads its shared memory
-    } else {
-        if constexpr (KW == 2) {
-            // The warps of the second half hand their sums to those of the first, through the
-            // pipeline's shared memory (every stage read, no copy in flight).
-            __pipeline_wait_prior(0);
-            __syncthreads();
-            float4* red = (float4*)smem;
-            if (wk == 1) {
+        return;
+    }
+    if (wk != 0) return;
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++)
+    for (int mt = 0; mt < MT; mt++) {
+        int r0 = wr + mt * 16 + g, r1 = r0 + 8;
 #pragma unroll
-                    for (int nt = 0; nt < 4; nt++)
-                        red[((wn * MT + mt) * 4 + nt) * 32 + lane] =
-                            make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
-            }
-            __syncthreads();
-            if (wk == 1) return;
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < 4; nt++) {
-                    float4 o = red[((wn * MT + mt) * 4 + nt) * 32 + lane];
-                    acc[mt][nt][0] += o.x, acc[mt][nt][1] += o.y, acc[mt][nt][2] += o.z, acc[mt][nt][3] += o.w;
-                }
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            int r0 = wr + mt * 16 + g, r1 = r0 + 8;
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                int c = n0 + wn * 32 + nt * 8 + 2 * t4;
-                float v0 = acc[mt][nt][0] * fcur, v1 = acc[mt][nt][1] * fcur;
-                float v2 = acc[mt][nt][2] * fcur, v3 = acc[mt][nt][3] * fcur;
-                if (gridDim.z == 1) {
-                    if (r0 < rows) *(uint32_t*)(y + (size_t)(m0 + r0) * n + c) = pack2<T>(v0, v1);
-                    if (r1 < rows) *(uint32_t*)(y + (size_t)(m0 + r1) * n + c) = pack2<T>(v2, v3);
-                } else {
-                    float* p = part + (size_t)blockIdx.z * m * n;
-                    if (r0 < rows) *(float2*)(p + (size_t)(m0 + r0) * n + c) = make_float2(v0, v1);
-                    if (r1 < rows) *(float2*)(p + (size_t)(m0 + r1) * n + c) = make_float2(v2, v3);
-                }
+        for (int nt = 0; nt < 4; nt++) {
+            int c = n0 + wn * 32 + nt * 8 + 2 * t4;
+            float v0 = acc[mt][nt][0] * fcur, v1 = acc[mt][nt][1] * fcur;
+            float v2 = acc[mt][nt][2] * fcur, v3 = acc[mt][nt][3] * fcur;
+            if (gridDim.z == 1) {
+                if (r0 < rows) *(uint32_t*)(y + (size_t)(m0 + r0) * n + c) = pack2<T>(v0, v1);
+                if (r1 < rows) *(uint32_t*)(y + (size_t)(m0 + r1) * n + c) = pack2<T>(v2, v3);
+            } else {
+                float* p = part + (size_t)blockIdx.z * m * n;
+                if (r0 < rows) *(float2*)(p + (size_t)(m0 + r0) * n + c) = make_float2(v0, v1);
+                if (r1 < rows) *(float2*)(p + (size_t)(m0 + r1) * n + c) = make_float2(v2, v3);
             }
         }
     }
