@@ -9,8 +9,9 @@
 //!
 //! Addresses are taken without cudarc's per-use events: candle runs every kernel on one stream,
 //! and frees are ordered on it. Under programmatic dependent launch a kernel may start before the
-//! one before it ends, which stays safe only because every kernel in decode.cu calls `pdl_begin`
-//! (and so waits) before it touches memory: a new kernel must do the same.
+//! one before it ends, which stays safe only because every kernel in decode.cu waits (`pdl_wait`,
+//! or `pdl_begin`) before it reads anything a kernel writes, touching only the weights before
+//! that: a new kernel must do the same.
 //!
 //! Every tensor passed in must be contiguous and on the kernels' device; outputs are fresh
 //! tensors of the inputs' dtype.
