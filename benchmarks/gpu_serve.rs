@@ -297,6 +297,9 @@ fn engine_report(wall: f64, tokens: u64, m: &MetricsSnapshot, blocks: usize, wei
             "forward": r(m.forward_us as f64 / 1e3 / m.steps.max(1) as f64),
             "after": r(m.after_us as f64 / 1e3 / m.steps.max(1) as f64),
         },
+        // The device's own time from a step's first upload to the end of its forward pass: the
+        // rest of `ms_per_step` is sampling and the device waiting for the host.
+        "device_forward_ms_per_step": r(m.device_forward_us as f64 / 1e3 / m.steps.max(1) as f64),
     })
 }
 

@@ -108,6 +108,8 @@ async fn each_steps_time_is_split_into_planning_the_forward_pass_and_what_follow
     assert!(m.steps > 0 && m.plan_us > 0 && m.forward_us > 0 && m.after_us > 0, "{m:?}");
     // The three parts are disjoint stretches of the engine thread's time.
     assert!(m.plan_us + m.forward_us + m.after_us <= wall_us, "{m:?} in {wall_us} us");
+    // The device's own clock is read only where there is a device stream to mark.
+    assert_eq!(m.device_forward_us, 0, "{m:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUdevice_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
-    result, CudaContext, CudaStream, DevicePtr, DriverError, LaunchConfig,
+    result, CudaContext, CudaEvent, CudaStream, DevicePtr, DriverError, LaunchConfig,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
 use candle_core::op::BackpropOp;
@@ -626,7 +626,24 @@ fn addr(t: &Tensor) -> Result<u64> {
     Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
 }
 
+/// A point in the kernels' stream (a timed event), to measure the device's time over a span of
+/// launches.
+pub struct Mark(CudaEvent);
+
+impl Mark {
+    /// Milliseconds of the device's clock from this mark to `end`, once both are reached
+    /// (blocks until then).
+    pub fn ms_until(&self, end: &Mark) -> Option<f64> {
+        self.0.elapsed_ms(&end.0).ok().map(f64::from)
+    }
+}
+
 impl Kernels {
+    /// A mark at this point of the stream, or none where the driver refuses an event.
+    pub fn mark(&self) -> Option<Mark> {
+        self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).ok().map(Mark)
+    }
+
     /// Loads the kernels for `dtype` on `device`; `None` off CUDA or for other dtypes.
     pub fn load(device: &Device, dtype: DType) -> Result<Option<Kernels>> {
         let Device::Cuda(dev) = device else { return Ok(None) };

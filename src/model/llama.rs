@@ -88,6 +88,26 @@ pub(super) struct Layer {
     pub(super) q_scaled: bool,
 }
 
+/// A point in the device's stream of work (CUDA with the fused kernels), for timing a span of it
+/// on the device's clock: where the host's time per step and the device's part.
+pub struct DeviceMark {
+    #[cfg(feature = "cuda")]
+    mark: super::fused::Mark,
+}
+
+impl DeviceMark {
+    /// Milliseconds the device took from this mark to `end`; waits until it has reached both.
+    pub fn ms_until(&self, end: &DeviceMark) -> Option<f64> {
+        #[cfg(feature = "cuda")]
+        return self.mark.ms_until(&end.mark);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = end;
+            None
+        }
+    }
+}
+
 pub struct Model {
     pub cfg: Config,
     pub(super) embed: Tensor,
@@ -226,6 +246,15 @@ impl Model {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// A mark at this point of the device's stream of work; none on the CPU, or without the
+    /// fused kernels.
+    pub fn device_mark(&self) -> Option<DeviceMark> {
+        #[cfg(feature = "cuda")]
+        return self.kernels.as_ref().and_then(|k| k.mark()).map(|mark| DeviceMark { mark });
+        #[cfg(not(feature = "cuda"))]
+        None
     }
 
     /// Activation and dense-weight precision.

@@ -118,6 +118,12 @@ pub struct Metrics {
     pub plan_us: AtomicU64,
     pub forward_us: AtomicU64,
     pub after_us: AtomicU64,
+    /// Microseconds of the device's clock over all steps from a step's first upload to the end
+    /// of its forward pass (CUDA with the fused kernels; 0 elsewhere). Against the wall time per
+    /// step it splits off what the device spends outside the model (sampling) and waits for the
+    /// host (the step's bookkeeping and planning); against `forward_us`, whether the launches
+    /// keep ahead of it.
+    pub device_forward_us: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -140,6 +146,7 @@ pub struct MetricsSnapshot {
     pub plan_us: u64,
     pub forward_us: u64,
     pub after_us: u64,
+    pub device_forward_us: u64,
 }
 
 impl MetricsSnapshot {
@@ -162,6 +169,7 @@ impl MetricsSnapshot {
         self.plan_us += o.plan_us;
         self.forward_us += o.forward_us;
         self.after_us += o.after_us;
+        self.device_forward_us += o.device_forward_us;
     }
 }
 
@@ -187,6 +195,7 @@ impl Metrics {
             plan_us: g(&self.plan_us),
             forward_us: g(&self.forward_us),
             after_us: g(&self.after_us),
+            device_forward_us: g(&self.device_forward_us),
         }
     }
 }

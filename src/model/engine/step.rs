@@ -314,15 +314,25 @@ impl Loop {
             );
         }
         let planned = Instant::now();
+        let mut marks = (None, None);
         let result = if self.failed.load(Ordering::Relaxed) {
             Err(candle_core::Error::Msg("the device is marked failed".into()))
         } else {
-            self.model.forward_paged(&batch, &self.cache)
+            marks.0 = self.model.device_mark();
+            let r = self.model.forward_paged(&batch, &self.cache);
+            marks.1 = self.model.device_mark();
+            r
         };
         let launched = Instant::now();
         match result {
             Ok(logits) => self.after_step(&members, &logits),
             Err(e) => self.fail_running(&format!("the model failed: {e}")),
+        }
+        // Sampling has read the tokens back by now, so both marks are passed: no wait.
+        if let (Some(a), Some(b)) = marks {
+            if let Some(ms) = a.ms_until(&b) {
+                self.metrics.device_forward_us.fetch_add((ms * 1e3) as u64, Ordering::Relaxed);
+            }
         }
         let us = |a: Instant, b: Instant| b.duration_since(a).as_micros() as u64;
         self.metrics.plan_us.fetch_add(us(started, planned), Ordering::Relaxed);
