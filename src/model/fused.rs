@@ -155,12 +155,13 @@ pub const GEMM_FP8: [GemmFp8Kernel; 16] = [
 /// kernel are capped to it).
 const CLUSTER_MAX: usize = 8;
 /// The kernel `gemm_fp8` takes for up to so many rows (indices into `GEMM_FP8`), the last for
-/// any more (each block then takes its share of the rows). The kernels with more than one warp
-/// along m (8 and 16 warps a block, for 64 and 128 rows) were no faster on an H100 at the 7B
-/// shape's projections (`gpu_decode --gemm-only`, 2026-12-07: the best of them ran at 0.88–0.97×
-/// of `gemm_fp8_m4`'s speed at 64 and 128 rows, and the engine at 94 rows a step at 0.96×), so
-/// none is picked; they stay for comparison on other GPUs.
-const GEMM_FP8_PICK: [(usize, usize); 4] = [(16, 0), (32, 1), (48, 2), (usize::MAX, 3)];
+/// any more (each block then takes its share of the rows). Past 48 rows, `gemm_fp8_m4k2` (two
+/// warp groups along k): on an H100 at the 7B shape's four projections (`gpu_decode
+/// --gemm-only`, 2026-12-07) it took 0.96× `gemm_fp8_m4`'s time at 64 rows and 0.90× at 128, and
+/// the engine at 94 rows a step ran 1.04× faster with it. The kernels with more warps along m
+/// (0.88–0.97× `m4`'s speed) and the cluster forms (no faster than their plain forms at any row
+/// count there) are not picked; they stay for comparison on other GPUs.
+const GEMM_FP8_PICK: [(usize, usize); 4] = [(16, 0), (32, 1), (48, 2), (usize::MAX, 9)];
 /// A pick that replaces `GEMM_FP8_PICK` for the whole process (`set_gemm_fp8_pick`), so a
 /// benchmark compares picks in one run, on one machine, without a rebuild.
 static GEMM_FP8_PICK_SET: std::sync::RwLock<Option<Vec<(usize, usize)>>> = std::sync::RwLock::new(None);
