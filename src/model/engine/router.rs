@@ -84,6 +84,30 @@ struct Shared {
     block_size: usize,
 }
 
+/// What routing weighs of one healthy engine, read once per decision.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    index: usize,
+    /// Samples routed there and not yet answered.
+    load: usize,
+    /// Leading blocks of the prompt it most recently took.
+    matched: usize,
+    /// Free KV blocks.
+    free: usize,
+}
+
+/// Among engines within `slack` samples of the least loaded, the one with the longest run of
+/// the prompt's leading blocks, then the least loaded, then the most free blocks, then the
+/// lowest index; none only when there is no candidate.
+fn choose(candidates: &[Candidate], slack: usize) -> Option<usize> {
+    let least = candidates.iter().map(|c| c.load).min()?;
+    candidates
+        .iter()
+        .filter(|c| c.load <= least.saturating_add(slack))
+        .max_by_key(|c| (c.matched, std::cmp::Reverse(c.load), c.free, std::cmp::Reverse(c.index)))
+        .map(|c| c.index)
+}
+
 /// The engines of every device, one `submit`.
 pub struct Router {
     shared: Arc<Shared>,
@@ -214,24 +238,23 @@ struct Spec {
 impl Shared {
     /// The engine for `spec` (never `avoid`).
     fn pick(&self, spec: &Spec, avoid: Option<usize>) -> Option<usize> {
-        let healthy: Vec<usize> = (0..self.replicas.len())
+        // Each engine's load is read once: other submissions move it meanwhile, and a second
+        // read could put every engine past the bound the first read set (so none would be
+        // picked with one healthy engine under a burst of requests).
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let candidates: Vec<Candidate> = (0..self.replicas.len())
             .filter(|&i| Some(i) != avoid && self.replicas[i].healthy.load(Ordering::Relaxed))
-            .collect();
-        let load = |i: usize| self.replicas[i].outstanding.load(Ordering::Relaxed);
-        let least = healthy.iter().map(|&i| load(i)).min()?;
-        let slack = spec.params.n.max(8);
-        let seen = self.seen.lock().ok()?;
-        healthy
-            .into_iter()
-            .filter(|&i| load(i) <= least + slack)
             .map(|i| {
-                let matched = spec.hashes.iter().take_while(|h| seen[i].set.contains(h)).count();
                 let m = self.replicas[i].engine.metrics.snapshot();
-                let free = m.blocks_total.saturating_sub(m.blocks_used);
-                (i, (matched, std::cmp::Reverse(load(i)), free, std::cmp::Reverse(i)))
+                Candidate {
+                    index: i,
+                    load: self.replicas[i].outstanding.load(Ordering::Relaxed),
+                    matched: spec.hashes.iter().take_while(|h| seen[i].set.contains(h)).count(),
+                    free: m.blocks_total.saturating_sub(m.blocks_used),
+                }
             })
-            .max_by_key(|(_, key)| *key)
-            .map(|(i, _)| i)
+            .collect();
+        choose(&candidates, spec.params.n.max(8))
     }
 
     /// Submits `spec` to a healthy engine other than `avoid`, counting it there.
@@ -382,6 +405,27 @@ mod tests {
     fn only_a_model_failure_counts_against_the_device() {
         assert!(device_failure(&Completion::failed("the model failed: CUDA_ERROR_ILLEGAL_ADDRESS", 0)));
         assert!(!device_failure(&Completion::failed("the prompt has 9000 tokens; the model's context is 4096", 0)));
+    }
+
+    fn candidate(index: usize, load: usize, matched: usize, free: usize) -> Candidate {
+        Candidate { index, load, matched, free }
+    }
+
+    #[test]
+    fn the_least_loaded_engine_is_always_a_candidate_however_loaded() {
+        assert_eq!(choose(&[candidate(0, usize::MAX, 0, 0)], 8), Some(0));
+        assert_eq!(choose(&[candidate(3, 1_000, 0, 0), candidate(5, 2_000, 9, 0)], 8), Some(3));
+        assert_eq!(choose(&[], 8), None);
+    }
+
+    #[test]
+    fn within_the_slack_the_longest_cached_prefix_wins_then_the_least_loaded_then_free_blocks() {
+        let c = [candidate(0, 10, 0, 50), candidate(1, 14, 3, 0), candidate(2, 30, 9, 0)];
+        assert_eq!(choose(&c, 8), Some(1), "engine 2 is past the slack");
+        let c = [candidate(0, 12, 2, 0), candidate(1, 10, 2, 0), candidate(2, 10, 2, 7)];
+        assert_eq!(choose(&c, 8), Some(2));
+        let c = [candidate(4, 10, 0, 0), candidate(1, 10, 0, 0)];
+        assert_eq!(choose(&c, 8), Some(1), "ties go to the lower index");
     }
 
     #[test]
