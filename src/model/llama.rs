@@ -89,7 +89,7 @@ pub(super) struct Layer {
 }
 
 /// A point in the device's stream of work (CUDA with the fused kernels), for timing a span of it
-/// on the device's clock: where the host's time per step and the device's part.
+/// on the device's clock: to tell the device's part of a step's time from the host's.
 pub struct DeviceMark {
     #[cfg(feature = "cuda")]
     mark: super::fused::Mark,
