@@ -72,7 +72,7 @@ def frag(C, lane):
     g, t4 = lane >> 2, lane & 3
     return [C[g, 2*t4], C[g, 2*t4+1], C[g+8, 2*t4], C[g+8, 2*t4+1]]
 
-def cta(x, xcode, wbytes, scale, kind, MT, WM, KW, bx, m0, rows, kb0, kb1):
+def cta(xcode, wbytes, scale, kind, MT, WM, KW, bx, m0, rows, kb0, kb1):
     """One CTA's warps over steps kb0..kb1: each warp's 16x8 sums by (warp, mt, nt), in units of
     the last factor, and that factor."""
     ROWS = 16*MT*WM
@@ -178,7 +178,7 @@ def run(m, n, k, MT, kind, WM=1, KW=1, splits=1, cluster=False):
             # shared memory (rows padded to LD floats).
             tiles = []
             for z in range(splits):
-                acc, fcur = cta(x, xcode, wbytes, scale, kind, MT, WM, KW, bx, m0, rows, z*per, min(kb, z*per + per))
+                acc, fcur = cta(xcode, wbytes, scale, kind, MT, WM, KW, bx, m0, rows, z*per, min(kb, z*per + per))
                 t = np.full(ROWS*LD, np.nan) if cluster else np.zeros((ROWS, 128))
                 for (warp, mt, nt), C in acc.items():
                     wr = 0 if KW == 2 else (warp >> 2)*16*MT

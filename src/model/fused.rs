@@ -161,7 +161,32 @@ const CLUSTER_MAX: usize = 8;
 /// the engine at 94 rows a step ran 1.04× faster with it. The kernels with more warps along m
 /// (0.88–0.97× `m4`'s speed) and the cluster forms (no faster than their plain forms at any row
 /// count there) are not picked; they stay for comparison on other GPUs.
-const GEMM_FP8_PICK: [(usize, usize); 4] = [(16, 0), (32, 1), (48, 2), (usize::MAX, 9)];
+const GEMM_FP8_PICK: [(usize, usize); 4] = [
+    (16, gemm_fp8_index("gemm_fp8_m1")),
+    (32, gemm_fp8_index("gemm_fp8_m2")),
+    (48, gemm_fp8_index("gemm_fp8_m3")),
+    (usize::MAX, gemm_fp8_index("gemm_fp8_m4k2")),
+];
+
+/// The index of the `GEMM_FP8` kernel named `name`, at compile time (a name not there fails the
+/// build), so the pick above names kernels rather than positions in the list.
+const fn gemm_fp8_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < GEMM_FP8.len() {
+        let (a, b) = (GEMM_FP8[i].name.as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("no such gemm_fp8 kernel")
+}
 /// A pick that replaces `GEMM_FP8_PICK` for the whole process (`set_gemm_fp8_pick`), so a
 /// benchmark compares picks in one run, on one machine, without a rebuild.
 static GEMM_FP8_PICK_SET: std::sync::RwLock<Option<Vec<(usize, usize)>>> = std::sync::RwLock::new(None);
@@ -627,8 +652,7 @@ fn addr(t: &Tensor) -> Result<u64> {
     Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
 }
 
-/// A point in the kernels' stream (a timed event), to measure the device's time over a span of
-/// launches.
+/// A timed event of the kernels' stream, to measure the device's time over a span of launches.
 pub struct Mark(CudaEvent);
 
 impl Mark {
@@ -640,9 +664,15 @@ impl Mark {
 }
 
 impl Kernels {
-    /// A mark at this point of the stream, or none where the driver refuses an event.
-    pub fn mark(&self) -> Option<Mark> {
-        self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).ok().map(Mark)
+    /// A timed event on the kernels' context, recorded at a point of their stream by `record` as
+    /// often as wanted; none where the driver refuses one.
+    pub fn new_mark(&self) -> Option<Mark> {
+        self.stream.context().new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).ok().map(Mark)
+    }
+
+    /// Records `mark` at this point of the stream; false where the driver refuses.
+    pub fn record(&self, mark: &Mark) -> bool {
+        mark.0.record(&self.stream).is_ok()
     }
 
     /// Loads the kernels for `dtype` on `device`; `None` off CUDA or for other dtypes.

@@ -88,8 +88,9 @@ pub(super) struct Layer {
     pub(super) q_scaled: bool,
 }
 
-/// A point in the device's stream of work (CUDA with the fused kernels), for timing a span of it
-/// on the device's clock: to tell the device's part of a step's time from the host's.
+/// A point in the device's stream of work (CUDA with the fused kernels; `Model::record_mark` sets
+/// it), for timing a span of it on the device's clock: to tell the device's part of a step's time
+/// from the host's.
 pub struct DeviceMark {
     #[cfg(feature = "cuda")]
     mark: super::fused::Mark,
@@ -248,13 +249,24 @@ impl Model {
         &self.device
     }
 
-    /// A mark at this point of the device's stream of work; none on the CPU, or without the
-    /// fused kernels.
+    /// A mark for `record_mark`, made once and recorded as often as wanted; none on the CPU, or
+    /// without the fused kernels.
     pub fn device_mark(&self) -> Option<DeviceMark> {
         #[cfg(feature = "cuda")]
-        return self.kernels.as_ref().and_then(|k| k.mark()).map(|mark| DeviceMark { mark });
+        return self.kernels.as_ref().and_then(|k| k.new_mark()).map(|mark| DeviceMark { mark });
         #[cfg(not(feature = "cuda"))]
         None
+    }
+
+    /// Sets `mark` to this point of the device's stream of work; false where it cannot.
+    pub fn record_mark(&self, mark: &DeviceMark) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.kernels.as_ref().is_some_and(|k| k.record(&mark.mark));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = mark;
+            false
+        }
     }
 
     /// Activation and dense-weight precision.

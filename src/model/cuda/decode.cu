@@ -87,7 +87,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 #endif
 }
 
-
 // A thread's walk through a sequence's cached positions, `step` at a time from `pos`: one division
 // to find the first block, then a comparison a step. Each position's own paged_row costs a
 // division, a remainder and a table read, which in the attention kernels' tile loads took more

@@ -12,7 +12,7 @@ use candle_core::{IndexOp, Tensor};
 use super::blocks::BlockPool;
 use super::sequence::{Request, Role, Seq};
 use super::{EngineOptions, Event, Job, Metrics};
-use crate::model::llama::Model;
+use crate::model::llama::{DeviceMark, Model};
 use crate::model::paged::{Batch, PagedCache};
 use crate::model::stop::StopMatcher;
 use crate::model::tokenizer::ModelTokenizer;
@@ -35,6 +35,8 @@ pub struct Loop {
     context: usize,
     /// Set by `Engine::fail_device`: every step fails as on a lost device.
     failed: Arc<AtomicBool>,
+    /// Two marks of the device's stream (CUDA), made once, set around each step's forward pass.
+    marks: Option<(DeviceMark, DeviceMark)>,
 }
 
 /// What one running sequence does in a step.
@@ -54,6 +56,7 @@ impl Loop {
         failed: Arc<AtomicBool>,
     ) -> Loop {
         let context = model.context();
+        let marks = model.device_mark().zip(model.device_mark());
         Loop {
             pool: BlockPool::new(cache.blocks, cache.block_size),
             model,
@@ -68,6 +71,7 @@ impl Loop {
             admissions: 0,
             context,
             failed,
+            marks,
         }
     }
 
@@ -314,13 +318,14 @@ impl Loop {
             );
         }
         let planned = Instant::now();
-        let mut marks = (None, None);
+        let mut timed = false;
         let result = if self.failed.load(Ordering::Relaxed) {
             Err(candle_core::Error::Msg("the device is marked failed".into()))
         } else {
-            marks.0 = self.model.device_mark();
+            let marks = self.marks.as_ref();
+            timed = marks.is_some_and(|(a, _)| self.model.record_mark(a));
             let r = self.model.forward_paged(&batch, &self.cache);
-            marks.1 = self.model.device_mark();
+            timed &= marks.is_some_and(|(_, b)| self.model.record_mark(b));
             r
         };
         let launched = Instant::now();
@@ -329,8 +334,8 @@ impl Loop {
             Err(e) => self.fail_running(&format!("the model failed: {e}")),
         }
         // Sampling has read the tokens back by now, so both marks are passed: no wait.
-        if let (Some(a), Some(b)) = marks {
-            if let Some(ms) = a.ms_until(&b) {
+        if let (true, Some((a, b))) = (timed, &self.marks) {
+            if let Some(ms) = a.ms_until(b) {
                 self.metrics.device_forward_us.fetch_add((ms * 1e3) as u64, Ordering::Relaxed);
             }
         }
