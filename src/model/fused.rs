@@ -29,6 +29,9 @@ use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
+/// The Hopper-only kernels (`cuda/hopper.cu`, compiled for sm_90a): loaded beside `PTX` on a GPU
+/// of compute capability 9.0, where they run, and nowhere else.
+const HOPPER_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/hopper.ptx"));
 const ATTN_THREADS: u32 = 128;
 /// Bytes of keys per attention split (`TILE_BYTES` in decode.cu): a split covers
 /// `ATTN_TILE_BYTES / (head_dim * dtype size)` positions, loaded to shared memory at once.
@@ -105,7 +108,9 @@ const FA_K: usize = 64;
 /// `4 * warps_m * warps_k` warps, each warp `16 * mt` rows by 32 columns over `1 / warps_k` of
 /// every 128-wide step, so a block covers `16 * mt * warps_m` rows. With `cluster`, the blocks
 /// that split k between them form one thread block cluster and add their sums up in its shared
-/// memory, in place of partial sums in global memory and `gemm_fp8_reduce`.
+/// memory, in place of partial sums in global memory and `gemm_fp8_reduce`. With `hopper`, a
+/// kernel of `gemm_fp8_wg` (hopper.cu, compute capability 9.0 only): one warpgroup of wgmma,
+/// `16 * mt` rows a block, `stages` steps of k in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmFp8Kernel {
     pub name: &'static str,
@@ -113,6 +118,8 @@ pub struct GemmFp8Kernel {
     pub warps_m: usize,
     pub warps_k: usize,
     pub cluster: bool,
+    pub hopper: bool,
+    pub stages: usize,
 }
 
 impl GemmFp8Kernel {
@@ -123,17 +130,25 @@ impl GemmFp8Kernel {
     fn threads(&self) -> u32 {
         128 * (self.warps_m * self.warps_k) as u32
     }
+    /// Dynamic shared memory: per stage, the block's rows of x (128 16-bit activations each) and
+    /// 128 weight rows of 128 bytes (fp8.cu and hopper.cu alike).
+    fn smem(&self) -> usize {
+        self.stages * (self.rows() * 128 * 2 + 128 * 128)
+    }
 }
 
 const fn g8(name: &'static str, mt: usize, warps_m: usize, warps_k: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m, warps_k, cluster: false }
+    GemmFp8Kernel { name, mt, warps_m, warps_k, cluster: false, hopper: false, stages: GEMM_FP8_STAGES }
 }
 const fn g8c(name: &'static str, mt: usize, warps_k: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m: 1, warps_k, cluster: true }
+    GemmFp8Kernel { name, mt, warps_m: 1, warps_k, cluster: true, hopper: false, stages: GEMM_FP8_STAGES }
+}
+const fn g8w(name: &'static str, rows: usize, stages: usize) -> GemmFp8Kernel {
+    GemmFp8Kernel { name, mt: rows / 16, warps_m: 1, warps_k: 1, cluster: false, hopper: true, stages }
 }
 
 /// Every `gemm_fp8` kernel fp8.cu instantiates.
-pub const GEMM_FP8: [GemmFp8Kernel; 16] = [
+pub const GEMM_FP8: [GemmFp8Kernel; 19] = [
     g8("gemm_fp8_m1", 1, 1, 1),
     g8("gemm_fp8_m2", 2, 1, 1),
     g8("gemm_fp8_m3", 3, 1, 1),
@@ -150,6 +165,9 @@ pub const GEMM_FP8: [GemmFp8Kernel; 16] = [
     g8c("gemm_fp8_m4c", 4, 1),
     g8c("gemm_fp8_m1k2c", 1, 2),
     g8c("gemm_fp8_m2k2c", 2, 2),
+    g8w("gemm_fp8_w32", 32, 4),
+    g8w("gemm_fp8_w64", 64, 3),
+    g8w("gemm_fp8_w128", 128, 2),
 ];
 /// The most blocks a cluster holds on every GPU that has clusters (the splits of k of a cluster
 /// kernel are capped to it).
@@ -262,6 +280,8 @@ macro_rules! launch {
 /// kernel before it.
 struct Module {
     module: sys::CUmodule,
+    /// Modules loaded after the first (`add`), unloaded with it.
+    extra: Vec<sys::CUmodule>,
     funcs: HashMap<&'static str, sys::CUfunction>,
     ctx: Arc<CudaContext>,
     pdl: bool,
@@ -278,14 +298,42 @@ impl Module {
         let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
         let ctx = stream.context().clone();
         ctx.bind_to_thread().map_err(err)?;
-        let image = CString::new(PTX).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        // SAFETY: a NUL-terminated PTX image; the module lives until `drop`.
-        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(err)?;
-        let mut m = Module { module, funcs: HashMap::new(), ctx, pdl };
+        let module = load_image(PTX)?;
+        let mut m = Module { module, extra: Vec::new(), funcs: HashMap::new(), ctx, pdl };
+        m.look_up(module, names)?;
+        let depth = env_knob("SUBGOAL_CUDA_PREFETCH").unwrap_or(PREFETCH_DEPTH).min(PREFETCH_MAX) as i32;
+        // The constant starts at 0 (no prefetch): a failure to set it costs speed, not the module.
+        if let Err(e) = m.set_int("subgoal_prefetch", depth) {
+            tracing::warn!(error = %e, "SUBGOAL_CUDA_PREFETCH not applied");
+        }
+        Ok(m)
+    }
+
+    /// Loads a second PTX image into the same context and looks up `names` in it; on failure
+    /// (a driver that cannot compile it, say) nothing of it is kept.
+    fn add(&mut self, image: &str, names: &[(&'static str, String)]) -> Result<()> {
+        let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
+        self.ctx.bind_to_thread().map_err(err)?;
+        let module = load_image(image)?;
+        let before = self.funcs.clone();
+        if let Err(e) = self.look_up(module, names) {
+            self.funcs = before;
+            // SAFETY: loaded just above; none of its functions was kept or launched.
+            let _ = unsafe { result::module::unload(module) };
+            return Err(e);
+        }
+        self.extra.push(module);
+        Ok(())
+    }
+
+    /// Looks up `names` (short name, PTX entry) in `module`, giving each kernel that needs it its
+    /// dynamic shared memory.
+    fn look_up(&mut self, module: sys::CUmodule, names: &[(&'static str, String)]) -> Result<()> {
+        let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
         for (short, entry) in names {
             let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             // SAFETY: `module` is loaded.
-            let f = unsafe { result::module::get_function(m.module, name) }.map_err(err)?;
+            let f = unsafe { result::module::get_function(module, name) }.map_err(err)?;
             if let Some(bytes) = dynamic_smem(short) {
                 // These kernels' tiles take more than the 48 KiB of shared memory a launch gets by
                 // default; a GPU without that much goes without them (prompts take the generic
@@ -305,14 +353,9 @@ impl Module {
                     continue;
                 }
             }
-            m.funcs.insert(short, f);
+            self.funcs.insert(short, f);
         }
-        let depth = env_knob("SUBGOAL_CUDA_PREFETCH").unwrap_or(PREFETCH_DEPTH).min(PREFETCH_MAX) as i32;
-        // The constant starts at 0 (no prefetch): a failure to set it costs speed, not the module.
-        if let Err(e) = m.set_int("subgoal_prefetch", depth) {
-            tracing::warn!(error = %e, "SUBGOAL_CUDA_PREFETCH not applied");
-        }
-        Ok(m)
+        Ok(())
     }
 
     /// Writes `value` into the module's `__constant__ int` named `name`.
@@ -397,6 +440,14 @@ impl Module {
     }
 }
 
+/// Loads a PTX image into the current context.
+fn load_image(image: &str) -> Result<sys::CUmodule> {
+    let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
+    let image = CString::new(image).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    // SAFETY: a NUL-terminated PTX image; the caller unloads the module.
+    unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(err)
+}
+
 impl Drop for Module {
     fn drop(&mut self) {
         // Queued launches may still use the module (say, after an error mid-step): let them finish.
@@ -404,6 +455,10 @@ impl Drop for Module {
             // SAFETY: loaded in `load`, unloaded once, after every launch has finished; none can
             // follow (the owner is dropping).
             let _ = unsafe { result::module::unload(self.module) };
+            for &m in &self.extra {
+                // SAFETY: as above, for the modules `add` loaded.
+                let _ = unsafe { result::module::unload(m) };
+            }
         }
     }
 }
@@ -583,7 +638,7 @@ fn env_knob(name: &str) -> Option<usize> {
 /// Dynamic shared memory of the kernels that take it (over the default 48 KiB), by short name.
 fn dynamic_smem(short: &str) -> Option<usize> {
     if let Some(g) = GEMM_FP8.iter().find(|g| g.name == short) {
-        return Some(gemm_fp8_smem(g.rows()));
+        return Some(g.smem());
     }
     if PREFILL_WIDE.contains(&short) {
         return Some(prefill_smem(128, 2));
@@ -595,12 +650,6 @@ fn dynamic_smem(short: &str) -> Option<usize> {
 
 /// Stages of `gemm_fp8` (`G8_STAGES` in fp8.cu).
 const GEMM_FP8_STAGES: usize = 3;
-
-/// `gemm_fp8`'s tiles for blocks of `rows` rows (fp8.cu): per stage, the rows of x (128 16-bit
-/// activations each) and 128 weight rows of 128 bytes.
-fn gemm_fp8_smem(rows: usize) -> usize {
-    GEMM_FP8_STAGES * (rows * 128 * 2 + 128 * 128)
-}
 
 /// The index of head size `d` in the attention kernels' lists.
 fn head_index(d: usize) -> Option<usize> {
@@ -700,7 +749,7 @@ impl Kernels {
                 .flatten()
                 .copied()
                 .chain(PREFILL_WIDE)
-                .chain(GEMM_FP8.iter().map(|g| g.name))
+                .chain(GEMM_FP8.iter().filter(|g| !g.hopper).map(|g| g.name))
                 .chain([GEMM_FP8_REDUCE])
                 .chain(GEMV_FP8_1W_SPLIT)
                 .chain(GEMV_SILU_FP8W_SPLIT)
@@ -751,11 +800,23 @@ impl Kernels {
         // `SUBGOAL_CUDA_PDL=0`. It needs the PTX at sm_90 or later too: PTX for an older target has
         // no `griddepcontrol.wait` (decode.cu compiles it out), and its kernels must not overlap.
         let pdl = major >= 9 && ptx_target() >= 90 && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0");
-        let module = Module::load(&stream, &entries, pdl)?;
+        let mut module = Module::load(&stream, &entries, pdl)?;
+        let minor = stream
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+            .map_err(|e| candle_core::Error::Msg(format!("compute capability: {e}")))?;
+        // The wgmma kernels: sm_90a code runs on compute capability 9.0 and no other.
+        if (major, minor) == (9, 0) && dtype != DType::F32 && HOPPER_PTX.contains(".entry") {
+            let names: Vec<(&'static str, String)> =
+                GEMM_FP8.iter().filter(|g| g.hopper).map(|g| (g.name, format!("{}_{sfx}", g.name))).collect();
+            if let Err(e) = module.add(HOPPER_PTX, &names) {
+                tracing::warn!(error = %e, "the Hopper FP8 GEMM kernels did not load; gemm_fp8 goes without them");
+            }
+        }
         let mut gemm_fp8_resident = [1; GEMM_FP8.len()];
         for (resident, g) in gemm_fp8_resident.iter_mut().zip(&GEMM_FP8) {
             if module.funcs.contains_key(g.name) {
-                *resident = module.resident_blocks(g.name, g.threads(), gemm_fp8_smem(g.rows()))?.max(1);
+                *resident = module.resident_blocks(g.name, g.threads(), g.smem())?.max(1);
             }
         }
         let mut prefill_wide_resident = [0; 2];
@@ -1104,8 +1165,7 @@ impl Kernels {
         }
         let (nb, mb, kb) = (n / 128, rows.div_ceil(g.rows()), k / 128);
         let slots = self.sms * self.gemm_fp8_resident[index];
-        let mut splits =
-            splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, GEMM_FP8_STAGES), |s| s.max(1));
+        let mut splits = splits.map_or_else(|| super::fp8::gemm_splits(nb * mb, kb, slots, g.stages), |s| s.max(1));
         if g.cluster {
             splits = super::fp8::cluster_splits(splits, kb, CLUSTER_MAX);
         }
@@ -1115,11 +1175,11 @@ impl Kernels {
         let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale)?, addr(&y)?);
         let pp = part.as_ref().map_or(Ok(0), addr)?;
         let (m_i, n_i, k_i) = (rows as i32, n as i32, k as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (nb as u32, mb as u32, splits as u32),
-            block_dim: (g.threads(), 1, 1),
-            shared_mem_bytes: gemm_fp8_smem(g.rows()) as u32,
-        };
+        // The Hopper kernels take the row blocks along x, so that those sharing a weight tile run
+        // side by side and read it from memory once.
+        let grid_dim =
+            if g.hopper { (mb as u32, nb as u32, splits as u32) } else { (nb as u32, mb as u32, splits as u32) };
+        let cfg = LaunchConfig { grid_dim, block_dim: (g.threads(), 1, 1), shared_mem_bytes: g.smem() as u32 };
         let cluster_z = if g.cluster { splits as u32 } else { 1 };
         launch!(cluster cluster_z; self, g.name, cfg, &px, &pw, &ps, &pp, &py, &m_i, &n_i, &k_i);
         if part.is_some() {

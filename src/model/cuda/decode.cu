@@ -10,11 +10,7 @@
 //
 // Arithmetic is in f32; values are rounded to the storage type where the generic path stores them.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-#include <cuda_pipeline.h>
-#include <stdint.h>
+#include "common.cuh"
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -49,28 +45,6 @@ __device__ __forceinline__ float f8_raw_top(uint32_t t) { return __int_as_float(
 template <int N> __device__ __forceinline__ void f8_raw(uint32_t w, float* out) {
 #pragma unroll
     for (int e = 0; e < N; e++) out[e] = f8_raw_top(w << (24 - 8 * e));
-}
-
-// Programmatic dependent launch (sm_90 and later; `fused.rs` launches with it where the device has
-// it): the next kernel on the stream may be scheduled once every block of this one has started,
-// so its launch overlaps this one's tail; each kernel then waits here, before its first read,
-// until the kernel before it has finished and its writes are visible. Both are no-ops for a
-// launch without the attribute. Every kernel calls pdl_begin first, or pdl_launch first and
-// pdl_wait before its first read of anything a kernel writes: what comes between may touch only
-// the weights, which no kernel on the stream writes (the launch can overlap several kernels back).
-__device__ __forceinline__ void pdl_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_begin() {
-    pdl_launch();
-    pdl_wait();
 }
 
 // How many of its first weight loads a projection kernel asks into L2 between pdl_launch and

@@ -270,33 +270,6 @@ __device__ __forceinline__ bool dotn_norm_fp8(const NormIn<T>& in, const uint8_t
 // G8_STAGES * (16 MT WM * 256 + 16384) bytes (gemm_fp8_smem in fused.rs).
 constexpr int G8_N = 128, G8_K = 128, G8_STAGES = 3;
 
-// A 32-bit word of four E4M3 bytes as two pairs of 16-bit values: `odd` holds bytes 1 and 3,
-// `even` bytes 0 and 2 (the lower byte in the lower half).
-template <typename T> __device__ __forceinline__ void e4m3x4_split(uint32_t w, uint32_t& odd, uint32_t& even);
-template <> __device__ __forceinline__ void e4m3x4_split<__nv_bfloat16>(uint32_t w, uint32_t& odd, uint32_t& even) {
-    // Sign to bit 15, exponent and mantissa to bits 4..10: the value times 2^-120, then times
-    // 2^120 (0x7B80) by fma with -0.
-    uint32_t o = (w & 0x80008000u) | ((w >> 4) & 0x07F007F0u);
-    uint32_t e = ((w << 8) & 0x80008000u) | ((w << 4) & 0x07F007F0u);
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(odd) : "r"(o), "r"(0x7B807B80u), "r"(0x80008000u));
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(even) : "r"(e), "r"(0x7B807B80u), "r"(0x80008000u));
-}
-template <> __device__ __forceinline__ void e4m3x4_split<__half>(uint32_t w, uint32_t& odd, uint32_t& even) {
-    // Sign to bit 15, exponent and mantissa to bits 7..13: the value times 2^-8, then times 2^8
-    // (0x5C00).
-    uint32_t o = (w & 0x80008000u) | ((w >> 1) & 0x3F803F80u);
-    uint32_t e = ((w << 8) & 0x80008000u) | ((w << 7) & 0x3F803F80u);
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(odd) : "r"(o), "r"(0x5C005C00u), "r"(0x80008000u));
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(even) : "r"(e), "r"(0x5C005C00u), "r"(0x80008000u));
-}
-
-// Bytes [a, b] and [c, d] of two 32-bit words as one (prmt's selector, lowest byte first).
-__device__ __forceinline__ uint32_t prmt(uint32_t lo, uint32_t hi, uint32_t sel) {
-    uint32_t r;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(lo), "r"(hi), "r"(sel));
-    return r;
-}
-
 // Thread block clusters (sm_90): the cluster's barrier, and a 16-byte load from the shared memory
 // of CTA `rank` of this cluster at the place `local` has in this CTA's.
 __device__ __forceinline__ void cluster_sync() {

@@ -354,17 +354,6 @@ __device__ __forceinline__ float ex2(float x) {
     return y;
 }
 
-// Two values as one 32-bit fragment register: the lower column in the lower half.
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t*)&v;
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *(uint32_t*)&v;
-}
-
 // Sixteen E4M3 bytes times f, as sixteen T at dst (16-byte aligned).
 template <typename T> __device__ __forceinline__ void f8x16_store(uint4 w, float f, T* dst) {
     const uint16_t* h = (const uint16_t*)&w;

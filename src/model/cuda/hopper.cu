@@ -1,0 +1,282 @@
+// The FP8 GEMM for many rows on Hopper (compute capability 9.0 only: wgmma is an sm_90a
+// instruction, so build.rs compiles this file to a PTX module of its own, and fused.rs loads it
+// only on such a GPU, beside decode.cu's, whose kernels run everywhere).
+//
+// Why: gemm_fp8 (fp8.cu) feeds mma.sync, which on an H100 tops out near half the tensor rate and
+// makes each warp issue every 16x8 product itself; past 48 rows it ran below cuBLAS on the bf16
+// weight (0.62x at 128 rows, gpu_decode --gemm-only, 2026-12-07) although it reads half the bytes.
+// Here one warpgroup's wgmma multiplies 64 weight rows by up to 128 activation rows per
+// instruction, asynchronously, so the warps spend their issue slots on decoding the weights.
+//
+// The product is computed transposed, y^T = W x^T: the weight is wgmma's A operand, taken from
+// registers, where each warp decodes its own fragments from the E4M3 bytes (the integer decoding
+// of e4m3x4_split, exact, as gemm_fp8 does); the activations are the B operand, read by the
+// tensor cores from shared memory in the canonical K-major layout without swizzle (8-row by
+// 16-byte core matrices; within a 128-wide step, the 16 core matrices of 8 rows lie side by side,
+// 128 bytes apart along k, and groups of 8 rows 2,048 bytes apart). Each 128-wide step of k is
+// summed in units of its block's factor and the running sum rescaled when the factor changes,
+// as in gemm_fp8: the dequantized product, up to summation order.
+//
+// A block is one warpgroup (128 threads) and covers 128 weight rows (one factor block along n,
+// two 64-row tiles, warp w taking rows 16 w .. 16 w + 15 of each) by NT activation rows. The
+// weight bytes pass through shared memory (cp.async, 16-byte chunks swizzled by row) so that each
+// lane can read the two bytes of each 8-byte group its fragment needs. Each step's eight 16-wide
+// k slices go out as two groups of four; the fragments of one group are decoded while the other
+// group's products run. Requires n % 128 == 0 and k % 128 == 0. Grid: (ceil(m / NT), n / 128,
+// splits) - the blocks that share a weight tile run together, so the tile is read from memory
+// once; block: 128; dynamic shared memory: STAGES * (NT * 256 + 16384) bytes.
+
+#include "common.cuh"
+
+// d (+)= a b for one 16-wide slice of k: a 64x16 tile of A in registers (four 16-bit pairs a thread,
+// as mma.sync's A fragment, warp w of the warpgroup holding rows 16 w ..), B NTx16 in shared memory
+// (`desc`), d the thread's NT / 2 accumulators; with acc = 0, d = a b (d is not read).
+template <typename T, int NT> __device__ __forceinline__ void wgmma(float* d, const uint32_t* a, uint64_t desc, int acc);
+#define WG_D8(d, i)                                                                                                \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),    \
+        "+f"(d[i + 7])
+
+#define WGMMA_N32(T, S)                                                                                             \
+    template <> __device__ __forceinline__ void wgmma<T, 32>(float* d, const uint32_t* a, uint64_t desc, int acc) {          \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32." S "." S " {"                                     \
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "                      \
+                     "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                                  \
+                     : WG_D8(d, 0), WG_D8(d, 8)                                                                     \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));                              \
+    }
+#define WGMMA_N64(T, S)                                                                                             \
+    template <> __device__ __forceinline__ void wgmma<T, 64>(float* d, const uint32_t* a, uint64_t desc, int acc) {          \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." S "." S " {"                                     \
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                       \
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "            \
+                     "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                                  \
+                     : WG_D8(d, 0), WG_D8(d, 8), WG_D8(d, 16), WG_D8(d, 24)                                         \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));                              \
+    }
+#define WGMMA_N128(T, S)                                                                                                             \
+    template <> __device__ __forceinline__ void wgmma<T, 128>(float* d, const uint32_t* a, uint64_t desc, int acc) {                          \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                                    \
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." S "." S " {"                                                     \
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                        \
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                              \
+                     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                              \
+                     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "                             \
+                     "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                                                   \
+                     : WG_D8(d, 0), WG_D8(d, 8), WG_D8(d, 16), WG_D8(d, 24),                                                          \
+                       WG_D8(d, 32), WG_D8(d, 40), WG_D8(d, 48), WG_D8(d, 56)                                            \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));                                               \
+    }
+
+WGMMA_N32(__nv_bfloat16, "bf16")
+WGMMA_N32(__half, "f16")
+WGMMA_N64(__nv_bfloat16, "bf16")
+WGMMA_N64(__half, "f16")
+WGMMA_N128(__nv_bfloat16, "bf16")
+WGMMA_N128(__half, "f16")
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+// Until at most N of this warpgroup's committed groups are still running.
+template <int N> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// Makes this thread's writes to shared memory (cp.async copies, stores) visible to the async
+// proxy, through which wgmma reads its shared-memory operand.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Keeps the compiler from moving reads or writes of v across the point where it stands (the
+// accumulators are written by the tensor cores between a wgmma and its wait).
+__device__ __forceinline__ void pin(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+
+// The shared-memory descriptor of a K-major operand without swizzle at shared address `addr`:
+// core matrices 128 bytes apart along k (leading dimension) and 2,048 bytes apart along the rows
+// (stride dimension), both in 16-byte units.
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)(128 >> 4) << 16) | ((uint64_t)(2048 >> 4) << 32);
+}
+
+constexpr int WG_N = 128, WG_K = 128;
+
+template <typename T, int NT, int STAGES>
+__device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
+                            float* __restrict__ part, T* __restrict__ y, int m, int n, int k) {
+    static_assert(NT % 32 == 0 && NT <= 128 && STAGES >= 2, "32, 64 or 128 rows; at least two stages");
+    pdl_launch();
+    constexpr int XS = NT * WG_K * 2;  // a stage's activations: NT / 8 groups of 16 core matrices
+    constexpr int WS = WG_N * WG_K;    // a stage's weights: 128 rows of 128 bytes
+    constexpr int ND = NT / 2;         // accumulators a thread holds per 64-row tile
+    extern __shared__ __align__(128) unsigned char smem[];
+    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
+    int m0 = blockIdx.x * NT, n0 = blockIdx.y * WG_N;
+    int kblocks = k / WG_K;
+    int per = (kblocks + gridDim.z - 1) / gridDim.z;
+    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
+    int steps = max(0, kb1 - kb0);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    int rows = min(NT, m - m0);
+    const float* factors = scale + (size_t)blockIdx.y * kblocks;
+    // Activation row r's 16-byte chunk c (8 values of k) at (r / 8) 2048 + c 128 + (r % 8) 16:
+    // consecutive threads take consecutive rows of one chunk, so a warp's copies fill whole core
+    // matrices (no bank conflicts) and read 64 contiguous bytes of each of 8 rows.
+    auto load_x = [&](int kb, int stage) {
+        unsigned char* xd = smem + stage * (XS + WS);
+        for (int i = threadIdx.x; i < NT * 16; i += 128) {
+            int r8 = i & 7, c = (i >> 3) & 15, r = (i >> 7) * 8 + r8;
+            uint4* dst = (uint4*)(xd + (r >> 3) * 2048 + c * 128 + r8 * 16);
+            if (r < rows)
+                __pipeline_memcpy_async(dst, (const uint4*)(x + (size_t)(m0 + r) * k + kb * WG_K) + c, 16);
+            else
+                *dst = make_uint4(0, 0, 0, 0);
+        }
+    };
+    // Weight row r's chunk c (16 bytes of k) at r 128 + (c ^ (r % 8)) 16.
+    auto load_w = [&](int kb, int stage) {
+        unsigned char* wd = smem + stage * (XS + WS) + XS;
+        for (int i = threadIdx.x; i < WG_N * 8; i += 128) {
+            int r = i >> 3, c = i & 7;
+            __pipeline_memcpy_async((uint4*)(wd + r * 128 + ((c ^ (r & 7)) << 4)),
+                                    (const uint4*)(w + (size_t)(n0 + r) * k + kb * WG_K) + c, 16);
+        }
+    };
+    // The A fragments of slices 4 h .. 4 h + 3 of a stage, for both tiles: lane (g, t4) holds
+    // weight rows 16 warp + g and + 8, columns 2 t4, 2 t4 + 1 and those + 8 of each slice. Those
+    // four bytes of a row lie in two 32-bit words of the slice's chunk (words t4 / 2 and 2 + t4 / 2,
+    // the half t4 % 2): one prmt gathers them in the order e4m3x4_split pairs them in.
+    const uint32_t sel = (t4 & 1) ? 0x7362u : 0x5140u;
+    auto decode = [&](int stage, int h, uint32_t (&a)[2][4][4]) {
+        const unsigned char* ws = smem + stage * (XS + WS) + XS;
+#pragma unroll
+        for (int ft = 0; ft < 2; ft++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int s = 4 * h + j;
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    int r = ft * 64 + warp * 16 + half * 8 + g;
+                    const unsigned char* p = ws + r * 128 + ((s ^ g) << 4);
+                    uint32_t lo = *(const uint32_t*)(p + 4 * (t4 >> 1)), hi = *(const uint32_t*)(p + 8 + 4 * (t4 >> 1));
+                    uint32_t odd, even;
+                    e4m3x4_split<T>(prmt(lo, hi, sel), odd, even);
+                    a[ft][j][half] = even;     // columns 2 t4, 2 t4 + 1
+                    a[ft][j][2 + half] = odd;  // columns 2 t4 + 8, 2 t4 + 9
+                }
+            }
+    };
+    // `fresh`: the first slice overwrites the accumulators instead of adding to them.
+    auto issue = [&](int stage, int h, const uint32_t (&a)[2][4][4], float (&acc)[2][ND], bool fresh) {
+        uint32_t xaddr = sbase + stage * (XS + WS);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint64_t desc = wg_desc(xaddr + (4 * h + j) * 256);
+#pragma unroll
+            for (int ft = 0; ft < 2; ft++) wgmma<T, NT>(acc[ft], a[ft][j], desc, fresh && j == 0 ? 0 : 1);
+        }
+    };
+    // The accumulators start undefined and the first product overwrites them: any other
+    // instruction that wrote them (zeroing them first, say) would make ptxas serialize every
+    // wgmma of the loop (its warning C7515).
+    float acc[2][ND];
+    bool fresh = true;
+    uint32_t a0[2][4][4], a1[2][4][4];
+    float fcur = 1.f;  // the factor acc is counted in
+    pdl_wait();
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < steps) {
+            load_x(kb0 + s, s);
+            load_w(kb0 + s, s);
+        }
+        __pipeline_commit();
+    }
+    for (int it = 0; it < steps; it++) {
+        int stage = it % STAGES;
+        float f = __ldg(factors + kb0 + it);
+        __pipeline_wait_prior(STAGES - 2);
+        fence_async_shared();
+        __syncthreads();  // step it has landed, visible to the tensor cores
+        // The first group's fragments, while the previous step's second group runs (its first
+        // group, which read a0, is done).
+        wg_wait<1>();
+        decode(stage, 0, a0);
+        wg_wait<0>();
+#pragma unroll
+        for (int ft = 0; ft < 2; ft++)
+#pragma unroll
+            for (int i = 0; i < ND; i++) pin(acc[ft][i]);
+        __syncthreads();  // every warp's products of the previous step are done: its stage is free
+        if (it + STAGES - 1 < steps) {
+            int next = it + STAGES - 1;
+            load_x(kb0 + next, next % STAGES);
+            load_w(kb0 + next, next % STAGES);
+        }
+        __pipeline_commit();
+        if (f == 0.f) continue;  // a zero block adds nothing
+        float rescale = fcur / f;
+        fcur = f;
+#pragma unroll
+        for (int ft = 0; ft < 2; ft++)
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                acc[ft][i] *= rescale;
+                pin(acc[ft][i]);
+            }
+        wg_fence();
+        issue(stage, 0, a0, acc, fresh);
+        wg_commit();
+        fresh = false;
+        decode(stage, 1, a1);
+        wg_fence();
+        issue(stage, 1, a1, acc, false);
+        wg_commit();
+    }
+    wg_wait<0>();
+#pragma unroll
+    for (int ft = 0; ft < 2; ft++)
+#pragma unroll
+        for (int i = 0; i < ND; i++) pin(acc[ft][i]);
+    // Through shared memory (every stage read, no copy in flight) as an f32 tile of NT rows by
+    // 128 columns, rows padded to 132 floats, then out in 16-byte pieces along the rows.
+    constexpr int LD = WG_N + 4;
+    float* tile = (float*)smem;
+    __pipeline_wait_prior(0);
+    __syncthreads();
+#pragma unroll
+    for (int ft = 0; ft < 2; ft++)
+#pragma unroll
+        for (int j = 0; j < NT / 8; j++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                int c = ft * 64 + warp * 16 + half * 8 + g, r = 8 * j + 2 * t4;
+                // No product at all (no steps, or every factor zero): the sum is 0.
+                tile[r * LD + c] = fresh ? 0.f : acc[ft][4 * j + 2 * half] * fcur;
+                tile[(r + 1) * LD + c] = fresh ? 0.f : acc[ft][4 * j + 2 * half + 1] * fcur;
+            }
+    __syncthreads();
+    if (gridDim.z == 1) {
+        for (int i = threadIdx.x; i < rows * (WG_N / 8); i += 128) {
+            int r = i / (WG_N / 8), c = 8 * (i % (WG_N / 8));
+            const float* t = tile + r * LD + c;
+            uint4 o = make_uint4(pack2<T>(t[0], t[1]), pack2<T>(t[2], t[3]), pack2<T>(t[4], t[5]), pack2<T>(t[6], t[7]));
+            *(uint4*)(y + (size_t)(m0 + r) * n + n0 + c) = o;
+        }
+    } else {
+        float* p = part + (size_t)blockIdx.z * m * n;
+        for (int i = threadIdx.x; i < rows * (WG_N / 4); i += 128) {
+            int r = i / (WG_N / 4), c = 4 * (i % (WG_N / 4));
+            *(float4*)(p + (size_t)(m0 + r) * n + n0 + c) = *(const float4*)(tile + r * LD + c);
+        }
+    }
+}
+
+// gemm_fp8_w<NT>_<S>: NT activation rows a block, STAGES steps in flight; fused.rs's GEMM_FP8
+// lists them. The stages are chosen so that two blocks share an SM (96 KiB of shared memory each).
+#define FP8_WGMMA_K(T, S, NT, STAGES)                                                                                \
+    extern "C" __global__ void __launch_bounds__(128, 2)                                                         \
+        gemm_fp8_w##NT##_##S(const T* x, const uint8_t* w, const float* scale, float* part, T* y, int m, int n,  \
+                             int k) {                                                                            \
+        gemm_fp8_wg<T, NT, STAGES>(x, w, scale, part, y, m, n, k);                                               \
+    }
+#define FP8_WGMMA(T, S) FP8_WGMMA_K(T, S, 32, 4) FP8_WGMMA_K(T, S, 64, 3) FP8_WGMMA_K(T, S, 128, 2)
+FP8_WGMMA(__nv_bfloat16, bf16)
+FP8_WGMMA(__half, f16)
