@@ -25,6 +25,10 @@
 // group's products run. Requires n % 128 == 0 and k % 128 == 0. Grid: (ceil(m / NT), n / 128,
 // splits) - the blocks that share a weight tile run together, so the tile is read from memory
 // once; block: 128; dynamic shared memory: STAGES * (NT * 256 + 16384) bytes.
+//
+// Measured on an H100 (docs/models.md), exact as gemm_fp8 and slower than it at 16 to 128 rows:
+// fused.rs picks none of these kernels, which stay for comparison and as the base of a
+// deeper-pipelined one.
 
 #include "common.cuh"
 
