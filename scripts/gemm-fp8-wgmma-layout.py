@@ -13,6 +13,10 @@ defines them for K-major without swizzle), and follows the factor handling (the 
 overwriting undefined accumulators, the sum kept in units of the current factor, zero blocks
 skipped), the f32 tile of the epilogue and the stores, and split k's partial sums. It compares
 the output with a float64 product of the dequantized weight: a wrong index gives an O(1) error.
+The activations are f16 codes in every run (the kernel only moves them as 16-bit values; the
+`bf16` runs check the weights' bf16 decode), and the epilogue reads the accumulators by their
+place in the tile: the order of the accumulator registers (the PTX D fragment) is the kernel's
+alone, checked by the GPU run.
 
     python3 scripts/gemm-fp8-wgmma-layout.py    # needs numpy; exits 1 on a mismatch
 

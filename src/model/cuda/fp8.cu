@@ -267,7 +267,7 @@ __device__ __forceinline__ bool dotn_norm_fp8(const NormIn<T>& in, const uint8_t
 // through shared memory at the end: twice the warps an SM at the same shared memory.
 // Requires n % 128 == 0 and k % 128 == 0. Grid: (n / 128, ceil(m / (16 MT WM)), splits), in
 // clusters of (1, 1, splits) with CL; block: 128 WM KW; dynamic shared memory:
-// G8_STAGES * (16 MT WM * 256 + 16384) bytes (gemm_fp8_smem in fused.rs).
+// G8_STAGES * (16 MT WM * 256 + 16384) bytes (GemmFp8Kernel::smem in fused.rs).
 constexpr int G8_N = 128, G8_K = 128, G8_STAGES = 3;
 
 // Thread block clusters (sm_90): the cluster's barrier, and a 16-byte load from the shared memory

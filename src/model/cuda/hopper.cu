@@ -26,6 +26,9 @@
 // splits) - the blocks that share a weight tile run together, so the tile is read from memory
 // once; block: 128; dynamic shared memory: STAGES * (NT * 256 + 16384) bytes.
 //
+// Unlike gemm_fp8, it starts no weight copies before pdl_wait (SUBGOAL_CUDA_PREFETCH, off by
+// default, reaches decode.cu's module only).
+//
 // Measured on an H100 (docs/models.md), exact as gemm_fp8 and slower than it at 16 to 128 rows:
 // fused.rs picks none of these kernels, which stay for comparison and as the base of a
 // deeper-pipelined one.
