@@ -155,19 +155,26 @@ def cta(xcode, wbytes, scale, kind, MT, WM, KW, bx, m0, rows, kb0, kb1):
         acc = {key: C for key, C in acc.items() if key[0] >> 2 == 0}
     return acc, fcur
 
-def run(m, n, k, MT, kind, WM=1, KW=1, splits=1, cluster=False):
-    ROWS = 16*MT*WM
+def problem(m, n, k, rng):
+    """Random E4M3 weight bytes [n, k] (no NaN codes), their 128x128 block factors (one block
+    zero), activations [m, k] as f16 codes, and the float64 product of the dequantized weight."""
     wbytes = rng.integers(0, 256, size=(n, k), dtype=np.uint8)
     wbytes[(wbytes & 0x7F) == 0x7F] = 0x3C
     kb = k // 128
     scale = rng.uniform(0.5, 2.0, size=(n // 128, kb)); scale[0, 1 % kb] = 0.0
     x = rng.standard_normal((m, k)).astype(np.float32)
-    # The activations as f16 codes: the kernel only moves them as 16-bit lanes, so one format
+    # The activations as f16 codes: the kernels only move them as 16-bit lanes, so one format
     # stands for both (the weights' decode is checked in each).
     xv = x.astype(np.float16).astype(np.float64)
     xcode = x.astype(np.float16).view(np.uint16)
     table = np.array([e4m3_val(b) if b & 0x7F != 0x7F else 0 for b in range(256)])
     ref = xv @ (table[wbytes] * np.repeat(np.repeat(scale, 128, 0), 128, 1)).T
+    return wbytes, scale, xcode, ref
+
+def run(m, n, k, MT, kind, WM=1, KW=1, splits=1, cluster=False):
+    ROWS = 16*MT*WM
+    wbytes, scale, xcode, ref = problem(m, n, k, rng)
+    kb = k // 128
     y = np.full((m, n), np.nan)
     per = -(-kb // splits)
     for bx in range(n // 128):
@@ -214,22 +221,23 @@ def run(m, n, k, MT, kind, WM=1, KW=1, splits=1, cluster=False):
     print(m, n, k, f"MT={MT} WM={WM} KW={KW} splits={splits}{' cluster' if cluster else ''}", kind, "max rel err", err)
     assert err < 1e-9
 
-run(20, 128, 256, 2, 'bf16')
-run(9, 256, 128, 1, 'f16')
-run(50, 128, 384, 4, 'bf16')
-# Warps along m (gemm_fp8_m2x2, m2x4, m4x2): rows past one block's, and a partial last block.
-run(70, 128, 256, 2, 'bf16', WM=2)
-run(100, 128, 256, 2, 'f16', WM=4)
-run(150, 128, 256, 4, 'bf16', WM=2)
-# Two warp groups along k (gemm_fp8_m1k2, m2k2, m4k2), the zero factor block in the first's half.
-run(20, 256, 384, 1, 'bf16', KW=2)
-run(40, 128, 256, 2, 'f16', KW=2)
-run(70, 128, 256, 4, 'bf16', KW=2)
-# Split k with partial sums (gemm_fp8_reduce), and as one cluster (gemm_fp8_m<MT>c, m1k2c, m2k2c):
-# more splits than a block has rows, a last split with fewer steps, a split whose one block has
-# factor 0.
-run(20, 128, 640, 2, 'bf16', splits=3)
-run(9, 128, 640, 1, 'bf16', splits=3, cluster=True)
-run(36, 256, 384, 3, 'f16', splits=3, cluster=True)
-run(30, 128, 512, 2, 'bf16', KW=2, splits=4, cluster=True)
-run(5, 128, 1024, 1, 'f16', KW=2, splits=8, cluster=True)
+if __name__ == '__main__':
+    run(20, 128, 256, 2, 'bf16')
+    run(9, 256, 128, 1, 'f16')
+    run(50, 128, 384, 4, 'bf16')
+    # Warps along m (gemm_fp8_m2x2, m2x4, m4x2): rows past one block's, and a partial last block.
+    run(70, 128, 256, 2, 'bf16', WM=2)
+    run(100, 128, 256, 2, 'f16', WM=4)
+    run(150, 128, 256, 4, 'bf16', WM=2)
+    # Two warp groups along k (gemm_fp8_m1k2, m2k2, m4k2), the zero factor block in the first's half.
+    run(20, 256, 384, 1, 'bf16', KW=2)
+    run(40, 128, 256, 2, 'f16', KW=2)
+    run(70, 128, 256, 4, 'bf16', KW=2)
+    # Split k with partial sums (gemm_fp8_reduce), and as one cluster (gemm_fp8_m<MT>c, m1k2c, m2k2c):
+    # more splits than a block has rows, a last split with fewer steps, a split whose one block has
+    # factor 0.
+    run(20, 128, 640, 2, 'bf16', splits=3)
+    run(9, 128, 640, 1, 'bf16', splits=3, cluster=True)
+    run(36, 256, 384, 3, 'f16', splits=3, cluster=True)
+    run(30, 128, 512, 2, 'bf16', KW=2, splits=4, cluster=True)
+    run(5, 128, 1024, 1, 'f16', KW=2, splits=8, cluster=True)

@@ -28,9 +28,9 @@ import importlib.util, os
 import numpy as np
 
 spec = importlib.util.spec_from_file_location("mma_layout", os.path.join(os.path.dirname(__file__), "gemm-fp8-layout.py"))
-# The decode and prmt helpers of the mma.sync kernel's emulation (its own checks run on import).
+# The decode and prmt helpers of the mma.sync kernel's emulation, and its random problems.
 base = importlib.util.module_from_spec(spec); spec.loader.exec_module(base)
-split, prmt, word, e4m3_val, f16_val = base.split, base.prmt, base.word, base.e4m3_val, base.f16_val
+split, prmt, word, f16_val = base.split, base.prmt, base.word, base.f16_val
 rng = np.random.default_rng(2)
 
 WG_N, WG_K = 128, 128
@@ -123,15 +123,8 @@ def block(xcode, wbytes, scale, kind, NT, STAGES, bx, by, m, kb0, kb1):
     return tile, rows
 
 def run(m, n, k, NT, STAGES, kind, splits=1):
-    wbytes = rng.integers(0, 256, size=(n, k), dtype=np.uint8)
-    wbytes[(wbytes & 0x7F) == 0x7F] = 0x3C
+    wbytes, scale, xcode, ref = base.problem(m, n, k, rng)
     kb = k // 128
-    scale = rng.uniform(0.5, 2.0, size=(n // 128, kb)); scale[0, 1 % kb] = 0.0
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    xv = x.astype(np.float16).astype(np.float64)
-    xcode = x.astype(np.float16).view(np.uint16)
-    table = np.array([e4m3_val(b) if b & 0x7F != 0x7F else 0 for b in range(256)])
-    ref = xv @ (table[wbytes] * np.repeat(np.repeat(scale, 128, 0), 128, 1)).T
     y = np.full((m, n), np.nan)
     part = np.zeros((splits, m, n))
     per = -(-kb // splits)
