@@ -2,8 +2,8 @@
 // instruction, so build.rs compiles this file to a PTX module of its own, and fused.rs loads it
 // only on such a GPU, beside decode.cu's, whose kernels run everywhere).
 //
-// Why: gemm_fp8 (fp8.cu) feeds mma.sync, which on an H100 tops out near half the tensor rate and
-// makes each warp issue every 16x8 product itself; past 48 rows it ran below cuBLAS on the bf16
+// Why: gemm_fp8 (fp8.cu) feeds mma.sync, which on Hopper does not reach the tensor cores' full
+// rate and makes each warp issue every 16x8 product itself; past 48 rows it ran below cuBLAS on the bf16
 // weight (0.62x at 128 rows, gpu_decode --gemm-only, 2026-12-07) although it reads half the bytes.
 // Here one warpgroup's wgmma multiplies 64 weight rows by up to 128 activation rows per
 // instruction, asynchronously, so the warps spend their issue slots on decoding the weights.
