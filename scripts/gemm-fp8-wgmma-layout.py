@@ -65,17 +65,20 @@ def block(xcode, wbytes, scale, kind, NT, STAGES, bx, by, m, kb0, kb1):
         stage = (it - kb0) % STAGES
         xd, wd = stage * (XS + WS), stage * (XS + WS) + XS
         written = set()
-        for i in range(NT * 16):  # load_x, thread by thread
-            r8, c = i & 7, (i >> 3) & 15
-            r = (i >> 7) * 8 + r8
-            d = xd + (r >> 3) * 2048 + c * 128 + r8 * 16
-            assert d not in written; written.add(d)
-            smem[d:d + 16] = xcode[m0 + r, it * 128 + c * 8: it * 128 + c * 8 + 8].view(np.uint8) if r < rows else 0
-        for i in range(WG_N * 8):  # load_w
-            r, c = i >> 3, i & 7
-            d = wd + r * 128 + ((c ^ (r & 7)) << 4)
-            assert d not in written; written.add(d)
-            smem[d:d + 16] = wbytes[n0 + r, it * 128 + c * 16: it * 128 + c * 16 + 16]
+        for t in range(128):  # load_x and load_w, thread by thread and copy by copy
+            xc, xr = (t >> 3) & 15, t & 7
+            for j in range(NT // 8):
+                d = xd + xc * 128 + xr * 16 + j * 2048
+                src = m0 + min(8 * j + xr, rows - 1)  # rows past m re-read the last one
+                assert d not in written; written.add(d)
+                smem[d:d + 16] = xcode[src, it * 128 + xc * 8: it * 128 + xc * 8 + 8].view(np.uint8)
+            wr, wc = t >> 3, t & 7
+            for j in range(WG_N // 16):
+                d = wd + wr * 128 + ((wc ^ (wr & 7)) << 4) + j * 2048
+                assert d not in written; written.add(d)
+                r = wr + 16 * j
+                smem[d:d + 16] = wbytes[n0 + r, it * 128 + wc * 16: it * 128 + wc * 16 + 16]
+        assert len(written) == (NT * 16 + WG_N * 8)  # every chunk of the stage, once
         f = scale[by, it]
         if f == 0: continue
         rs = fcur / f; fcur = f

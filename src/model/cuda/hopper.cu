@@ -125,26 +125,31 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
     const float* factors = scale + (size_t)blockIdx.y * kblocks;
     // Activation row r's 16-byte chunk c (8 values of k) at (r / 8) 2048 + c 128 + (r % 8) 16:
     // consecutive threads take consecutive rows of one chunk, so a warp's copies fill whole core
-    // matrices (no bank conflicts) and read 64 contiguous bytes of each of 8 rows.
+    // matrices (no bank conflicts) and read 64 contiguous bytes of each of 8 rows. Thread t copies
+    // chunk (t / 8) % 16 of rows 8 j + t % 8, j < NT / 8. Rows past m read x's last row instead of
+    // zeros: their products land in columns the epilogue never stores, and no copy is predicated.
+    // The loops are unrolled with each thread's offsets fixed before the main loop: written as
+    // strided loops over the tile, they took about 380 instructions a step (of about 980).
+    const int xc = (threadIdx.x >> 3) & 15, xr = threadIdx.x & 7;
+    const uint32_t xdst = xc * 128 + xr * 16;  // + 2048 j
+    const T* xsrc[NT / 8];
+#pragma unroll
+    for (int j = 0; j < NT / 8; j++) xsrc[j] = x + (size_t)(m0 + min(8 * j + xr, rows - 1)) * k + xc * 8;
     auto load_x = [&](int kb, int stage) {
-        unsigned char* xd = smem + stage * (XS + WS);
-        for (int i = threadIdx.x; i < NT * 16; i += 128) {
-            int r8 = i & 7, c = (i >> 3) & 15, r = (i >> 7) * 8 + r8;
-            uint4* dst = (uint4*)(xd + (r >> 3) * 2048 + c * 128 + r8 * 16);
-            if (r < rows)
-                __pipeline_memcpy_async(dst, (const uint4*)(x + (size_t)(m0 + r) * k + kb * WG_K) + c, 16);
-            else
-                *dst = make_uint4(0, 0, 0, 0);
-        }
+        unsigned char* xd = smem + stage * (XS + WS) + xdst;
+#pragma unroll
+        for (int j = 0; j < NT / 8; j++) __pipeline_memcpy_async(xd + j * 2048, xsrc[j] + kb * WG_K, 16);
     };
-    // Weight row r's chunk c (16 bytes of k) at r 128 + (c ^ (r % 8)) 16.
+    // Weight row r's chunk c (16 bytes of k) at r 128 + (c ^ (r % 8)) 16. Thread t copies chunk
+    // t % 8 of rows t / 8 + 16 j, j < 8 (16 j keeps r % 8, so one swizzled offset serves all).
+    const int wr = threadIdx.x >> 3, wc = threadIdx.x & 7;
+    const uint32_t wdst = XS + wr * 128 + ((wc ^ (wr & 7)) << 4);  // + 2048 j
+    const uint8_t* wsrc = w + (size_t)(n0 + wr) * k + wc * 16;      // + 16 k j
     auto load_w = [&](int kb, int stage) {
-        unsigned char* wd = smem + stage * (XS + WS) + XS;
-        for (int i = threadIdx.x; i < WG_N * 8; i += 128) {
-            int r = i >> 3, c = i & 7;
-            __pipeline_memcpy_async((uint4*)(wd + r * 128 + ((c ^ (r & 7)) << 4)),
-                                    (const uint4*)(w + (size_t)(n0 + r) * k + kb * WG_K) + c, 16);
-        }
+        unsigned char* wd = smem + stage * (XS + WS) + wdst;
+        const uint8_t* src = wsrc + kb * WG_K;
+#pragma unroll
+        for (int j = 0; j < WG_N / 16; j++) __pipeline_memcpy_async(wd + j * 2048, src + (size_t)j * 16 * k, 16);
     };
     // The A fragments of slices 4 h .. 4 h + 3 of a stage, for both tiles: lane (g, t4) holds
     // weight rows 16 warp + g and + 8, columns 2 t4, 2 t4 + 1 and those + 8 of each slice. Those
