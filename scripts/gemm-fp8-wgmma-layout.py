@@ -153,6 +153,9 @@ run(20, 128, 256, 32, 4, 'bf16')
 run(40, 256, 384, 32, 4, 'f16')
 run(64, 128, 256, 64, 3, 'bf16')
 run(100, 128, 512, 128, 2, 'f16')
+# The o3 forms' stages (gemm_fp8_w32o3, w64o3).
+run(40, 128, 512, 32, 3, 'bf16')
+run(64, 128, 384, 64, 2, 'f16')
 # A last block of rows partly empty, a split with fewer steps, a split whose one block has factor 0
 # (its sum is the epilogue's zero).
 run(70, 128, 640, 64, 3, 'bf16', splits=3)

@@ -149,7 +149,7 @@ const fn g8w(name: &'static str, rows: usize, stages: usize) -> GemmFp8Kernel {
 }
 
 /// Every `gemm_fp8` kernel fp8.cu and hopper.cu instantiate.
-pub const GEMM_FP8: [GemmFp8Kernel; 19] = [
+pub const GEMM_FP8: [GemmFp8Kernel; 21] = [
     g8("gemm_fp8_m1", 1, 1, 1),
     g8("gemm_fp8_m2", 2, 1, 1),
     g8("gemm_fp8_m3", 3, 1, 1),
@@ -169,6 +169,8 @@ pub const GEMM_FP8: [GemmFp8Kernel; 19] = [
     g8w("gemm_fp8_w32", 32, 4),
     g8w("gemm_fp8_w64", 64, 3),
     g8w("gemm_fp8_w128", 128, 2),
+    g8w("gemm_fp8_w32o3", 32, 3),
+    g8w("gemm_fp8_w64o3", 64, 2),
 ];
 /// The most blocks a cluster holds on every GPU that has clusters (the splits of k of a cluster
 /// kernel are capped to it).

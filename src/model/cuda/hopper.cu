@@ -282,13 +282,17 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
 }
 
 // gemm_fp8_w<NT>_<S>: NT activation rows a block, STAGES steps in flight; fused.rs's GEMM_FP8
-// lists them. The stages are chosen so that two blocks share an SM (96 KiB of shared memory each).
-#define FP8_WGMMA_K(T, S, NT, STAGES)                                                                                \
-    extern "C" __global__ void __launch_bounds__(128, 2)                                                         \
-        gemm_fp8_w##NT##_##S(const T* x, const uint8_t* w, const float* scale, float* part, T* y, int m, int n,  \
-                             int k) {                                                                            \
+// lists them. The stages are chosen so that two blocks share an SM (96 KiB of shared memory each);
+// the o3 forms take fewer stages and registers so that three do (the profile found 2 warps a
+// scheduler too few to hide each one's latency).
+#define FP8_WGMMA_K(T, S, NAME, NT, STAGES, MINB)                                                                \
+    extern "C" __global__ void __launch_bounds__(128, MINB)                                                      \
+        NAME##_##S(const T* x, const uint8_t* w, const float* scale, float* part, T* y, int m, int n, int k) {   \
         gemm_fp8_wg<T, NT, STAGES>(x, w, scale, part, y, m, n, k);                                               \
     }
-#define FP8_WGMMA(T, S) FP8_WGMMA_K(T, S, 32, 4) FP8_WGMMA_K(T, S, 64, 3) FP8_WGMMA_K(T, S, 128, 2)
+#define FP8_WGMMA(T, S)                                                                                          \
+    FP8_WGMMA_K(T, S, gemm_fp8_w32, 32, 4, 2) FP8_WGMMA_K(T, S, gemm_fp8_w64, 64, 3, 2)                          \
+    FP8_WGMMA_K(T, S, gemm_fp8_w128, 128, 2, 2) FP8_WGMMA_K(T, S, gemm_fp8_w32o3, 32, 3, 3)                      \
+    FP8_WGMMA_K(T, S, gemm_fp8_w64o3, 64, 2, 3)
 FP8_WGMMA(__nv_bfloat16, bf16)
 FP8_WGMMA(__half, f16)
