@@ -8,6 +8,15 @@
 #include <cuda_pipeline.h>
 #include <stdint.h>
 
+// This block's share of the kblocks 128-wide steps of k that the gridDim.z blocks along z split
+// between them (the FP8 GEMMs' split-k): its first step and how many it takes (none for a block
+// past the last step).
+__device__ __forceinline__ void k_share(int kblocks, int& kb0, int& steps) {
+    int per = (kblocks + gridDim.z - 1) / gridDim.z;
+    kb0 = blockIdx.z * per;
+    steps = max(0, min(kblocks, kb0 + per) - kb0);
+}
+
 // Programmatic dependent launch (sm_90 and later; `fused.rs` launches with it where the device has
 // it): the next kernel on the stream may be scheduled once every block of this one has started,
 // so its launch overlaps this one's tail; each kernel then waits here, before its first read,

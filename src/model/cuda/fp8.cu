@@ -301,9 +301,8 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
     extern __shared__ __align__(16) unsigned char smem[];
     int n0 = blockIdx.x * G8_N, m0 = blockIdx.y * ROWS;
     int kblocks = k / G8_K;
-    int per = (kblocks + gridDim.z - 1) / gridDim.z;
-    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
-    int steps = max(0, kb1 - kb0);
+    int kb0, steps;
+    k_share(kblocks, kb0, steps);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     // This warp's column group, its half of each step (KW 2), its first row.
     int wn = warp & 3, wk = KW == 2 ? warp >> 2 : 0, wr = KW == 2 ? 0 : (warp >> 2) * 16 * MT;

@@ -117,9 +117,8 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
     int m0 = blockIdx.x * NT, n0 = blockIdx.y * WG_N;
     int kblocks = k / WG_K;
-    int per = (kblocks + gridDim.z - 1) / gridDim.z;
-    int kb0 = blockIdx.z * per, kb1 = min(kblocks, kb0 + per);
-    int steps = max(0, kb1 - kb0);
+    int kb0, steps;
+    k_share(kblocks, kb0, steps);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     int rows = min(NT, m - m0);
     const float* factors = scale + (size_t)blockIdx.y * kblocks;
