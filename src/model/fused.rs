@@ -271,8 +271,7 @@ macro_rules! launch {
     // Blocks in clusters of `$z` along z.
     (cluster $z:expr; $k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {
         // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu or
-        // hopper.cu, with
-        // addresses of live tensors whose sizes the launch geometry respects. The pointers are
+        // hopper.cu, with addresses of live tensors whose sizes the launch geometry respects. The pointers are
         // taken in the launching statement, so even a temporary argument lives until the driver
         // has copied the values.
         unsafe { $k.module.launch(&$k.stream, $name, $cfg, $z, &mut [$( kernel_arg($arg) ),+]) }?
@@ -281,8 +280,7 @@ macro_rules! launch {
 
 /// The kernels' modules (decode.cu's, and hopper.cu's where it loads), loaded into the stream's
 /// context through the driver API (cudarc's launcher cannot set launch attributes), with their
-/// functions by short name. With `pdl`, every
-/// launch asks for programmatic dependent launch (`pdl_begin` in decode.cu): on an H200 a decode
+/// functions by short name. With `pdl`, every launch asks for programmatic dependent launch (`pdl_begin` in decode.cu): on an H200 a decode
 /// step is about 160 dependent launches, and this overlaps each one's launch with the tail of the
 /// kernel before it.
 struct Module {
@@ -307,7 +305,7 @@ impl Module {
         ctx.bind_to_thread().map_err(err)?;
         let module = load_image(PTX)?;
         let mut m = Module { module, extra: Vec::new(), funcs: HashMap::new(), ctx, pdl };
-        m.look_up(module, names)?;
+        m.funcs.extend(look_up(module, names)?);
         let depth = env_knob("SUBGOAL_CUDA_PREFETCH").unwrap_or(PREFETCH_DEPTH).min(PREFETCH_MAX) as i32;
         // The constant starts at 0 (no prefetch): a failure to set it costs speed, not the module.
         if let Err(e) = m.set_int("subgoal_prefetch", depth) {
@@ -322,47 +320,18 @@ impl Module {
         let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
         self.ctx.bind_to_thread().map_err(err)?;
         let module = load_image(image)?;
-        let before = self.funcs.clone();
-        if let Err(e) = self.look_up(module, names) {
-            self.funcs = before;
-            // SAFETY: loaded just above; none of its functions was kept or launched.
-            let _ = unsafe { result::module::unload(module) };
-            return Err(e);
-        }
-        self.extra.push(module);
-        Ok(())
-    }
-
-    /// Looks up `names` (short name, PTX entry) in `module`, giving each kernel that needs it its
-    /// dynamic shared memory.
-    fn look_up(&mut self, module: sys::CUmodule, names: &[(&'static str, String)]) -> Result<()> {
-        let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
-        for (short, entry) in names {
-            let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            // SAFETY: `module` is loaded.
-            let f = unsafe { result::module::get_function(module, name) }.map_err(err)?;
-            if let Some(bytes) = dynamic_smem(short) {
-                // These kernels' tiles take more than the 48 KiB of shared memory a launch gets by
-                // default; a GPU without that much goes without them (prompts take the generic
-                // path, FP8 products the dequantized weight), keeping every other kernel.
-                let bytes = bytes as i32;
-                // SAFETY: a function of the loaded module and a documented attribute.
-                let set = unsafe {
-                    sys::cuFuncSetAttribute(
-                        f,
-                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        bytes,
-                    )
-                }
-                .result();
-                if let Err(e) = set {
-                    tracing::warn!(kernel = short, bytes, error = %e, "kernel unavailable on this GPU");
-                    continue;
-                }
+        match look_up(module, names) {
+            Ok(found) => {
+                self.funcs.extend(found);
+                self.extra.push(module);
+                Ok(())
             }
-            self.funcs.insert(short, f);
+            Err(e) => {
+                // SAFETY: loaded just above; none of its functions was kept or launched.
+                let _ = unsafe { result::module::unload(module) };
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// Writes `value` into the module's `__constant__ int` named `name`.
@@ -445,6 +414,39 @@ impl Module {
         // SAFETY: the caller's contract on `params`; `config` and `attrs` outlive the call.
         unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }.result().map_err(err)
     }
+}
+
+/// Looks up `names` (short name, PTX entry) in `module`, giving each kernel that needs it its
+/// dynamic shared memory; a kernel whose shared memory the GPU refuses is left out.
+fn look_up(module: sys::CUmodule, names: &[(&'static str, String)]) -> Result<Vec<(&'static str, sys::CUfunction)>> {
+    let err = |e: DriverError| candle_core::Error::Msg(format!("loading the fused kernels: {e}"));
+    let mut found = Vec::with_capacity(names.len());
+    for (short, entry) in names {
+        let name = CString::new(entry.as_str()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // SAFETY: `module` is loaded.
+        let f = unsafe { result::module::get_function(module, name) }.map_err(err)?;
+        if let Some(bytes) = dynamic_smem(short) {
+            // These kernels' tiles take more than the 48 KiB of shared memory a launch gets by
+            // default; a GPU without that much goes without them (prompts take the generic
+            // path, FP8 products the dequantized weight), keeping every other kernel.
+            let bytes = bytes as i32;
+            // SAFETY: a function of the loaded module and a documented attribute.
+            let set = unsafe {
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes,
+                )
+            }
+            .result();
+            if let Err(e) = set {
+                tracing::warn!(kernel = short, bytes, error = %e, "kernel unavailable on this GPU");
+                continue;
+            }
+        }
+        found.push((*short, f));
+    }
+    Ok(found)
 }
 
 /// Loads a PTX image into the current context.
@@ -810,9 +812,9 @@ impl Kernels {
         let mut module = Module::load(&stream, &entries, pdl)?;
         // The wgmma kernels: sm_90a code runs on compute capability 9.0 and no other (a minor
         // version the driver does not tell counts as another). They are optional: nothing about
-        // them fails the load.
+        // them fails the load, and build.rs leaves their module empty where nvcc cannot build it.
         let minor = stream.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).ok();
-        if (major, minor) == (9, Some(0)) && dtype != DType::F32 && HOPPER_PTX.contains(".entry") {
+        if (major, minor) == (9, Some(0)) && dtype != DType::F32 && !HOPPER_PTX.is_empty() {
             let names: Vec<(&'static str, String)> =
                 GEMM_FP8.iter().filter(|g| g.hopper).map(|g| (g.name, format!("{}_{sfx}", g.name))).collect();
             if let Err(e) = module.add(HOPPER_PTX, &names) {

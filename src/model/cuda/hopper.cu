@@ -43,45 +43,34 @@ template <typename T, int NT> __device__ __forceinline__ void wgmma(float* d, co
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]),    \
         "+f"(d[i + 7])
 
-#define WGMMA_N32(T, S)                                                                                             \
-    template <> __device__ __forceinline__ void wgmma<T, 32>(float* d, const uint32_t* a, uint64_t desc, int acc) {          \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                                   \
-                     "wgmma.mma_async.sync.aligned.m64n32k16.f32." S "." S " {"                                     \
-                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "                      \
-                     "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                                  \
-                     : WG_D8(d, 0), WG_D8(d, 8)                                                                     \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));                              \
+// One specialization of wgmma for each 16-bit type, from NT, the asm operand numbers of the
+// accumulators (DREGS, a string), of A's four registers (AREGS), of the descriptor (DESC) and of
+// the accumulate flag (ACC, which sets the predicate wgmma's scale-d takes), and the accumulators
+// as asm operands (...).
+#define WGMMA_T(T, S, NT, DREGS, AREGS, DESC, ACC, ...)                                                         \
+    template <> __device__ __forceinline__ void wgmma<T, NT>(float* d, const uint32_t* a, uint64_t desc, int acc) { \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #ACC ", 0;\n"                                       \
+                     "wgmma.mma_async.sync.aligned.m64n" #NT "k16.f32." S "." S " {" DREGS "}, {" AREGS "}, %" #DESC \
+                     ", p, 1, 1, 0;\n}\n"                                                                      \
+                     : __VA_ARGS__                                                                               \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));                        \
     }
-#define WGMMA_N64(T, S)                                                                                             \
-    template <> __device__ __forceinline__ void wgmma<T, 64>(float* d, const uint32_t* a, uint64_t desc, int acc) {          \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                   \
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." S "." S " {"                                     \
-                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                       \
-                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "            \
-                     "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                                  \
-                     : WG_D8(d, 0), WG_D8(d, 8), WG_D8(d, 16), WG_D8(d, 24)                                         \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));                              \
-    }
-#define WGMMA_N128(T, S)                                                                                                             \
-    template <> __device__ __forceinline__ void wgmma<T, 128>(float* d, const uint32_t* a, uint64_t desc, int acc) {                          \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                                    \
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." S "." S " {"                                                     \
-                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                        \
-                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                              \
-                     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                              \
-                     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "                             \
-                     "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                                                   \
-                     : WG_D8(d, 0), WG_D8(d, 8), WG_D8(d, 16), WG_D8(d, 24),                                                          \
-                       WG_D8(d, 32), WG_D8(d, 40), WG_D8(d, 48), WG_D8(d, 56)                                            \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));                                               \
-    }
-
-WGMMA_N32(__nv_bfloat16, "bf16")
-WGMMA_N32(__half, "f16")
-WGMMA_N64(__nv_bfloat16, "bf16")
-WGMMA_N64(__half, "f16")
-WGMMA_N128(__nv_bfloat16, "bf16")
-WGMMA_N128(__half, "f16")
+#define WGMMA(NT, DREGS, AREGS, DESC, ACC, ...)                                                                  \
+    WGMMA_T(__nv_bfloat16, "bf16", NT, DREGS, AREGS, DESC, ACC, __VA_ARGS__)                                     \
+    WGMMA_T(__half, "f16", NT, DREGS, AREGS, DESC, ACC, __VA_ARGS__)
+// Sixteen asm operand numbers as the list an instruction takes.
+#define WG_R16(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p)                                                   \
+    "%" #a ", %" #b ", %" #c ", %" #d ", %" #e ", %" #f ", %" #g ", %" #h ", %" #i ", %" #j ", %" #k ", %" #l    \
+    ", %" #m ", %" #n ", %" #o ", %" #p
+#define WG_R0_15 WG_R16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define WG_R16_31 WG_R16(16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)
+#define WG_R32_47 WG_R16(32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47)
+#define WG_R48_63 WG_R16(48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63)
+WGMMA(32, WG_R0_15, "%16, %17, %18, %19", 20, 21, WG_D8(d, 0), WG_D8(d, 8))
+WGMMA(64, WG_R0_15 ", " WG_R16_31, "%32, %33, %34, %35", 36, 37, WG_D8(d, 0), WG_D8(d, 8), WG_D8(d, 16),
+      WG_D8(d, 24))
+WGMMA(128, WG_R0_15 ", " WG_R16_31 ", " WG_R32_47 ", " WG_R48_63, "%64, %65, %66, %67", 68, 69, WG_D8(d, 0),
+      WG_D8(d, 8), WG_D8(d, 16), WG_D8(d, 24), WG_D8(d, 32), WG_D8(d, 40), WG_D8(d, 48), WG_D8(d, 56))
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
@@ -228,10 +217,7 @@ __device__ void gemm_fp8_wg(const T* __restrict__ x, const uint8_t* __restrict__
 #pragma unroll
         for (int ft = 0; ft < 2; ft++)
 #pragma unroll
-            for (int i = 0; i < ND; i++) {
-                acc[ft][i] *= rescale;
-                pin(acc[ft][i]);
-            }
+            for (int i = 0; i < ND; i++) acc[ft][i] *= rescale;  // the wgmma's "+f" operands order these
         wg_fence();
         issue(stage, 0, a0, acc, fresh);
         wg_commit();
