@@ -83,15 +83,27 @@ def cta(xcode, wbytes, scale, kind, MT, WM, KW, bx, m0, rows, kb0, kb1):
     for it in range(kb0, kb1):
         f = scale[bx, it]
         xs = np.zeros(ROWS*256, dtype=np.uint8); ws = np.zeros(128*128, dtype=np.uint8)
-        for r in range(ROWS):
-            for c in range(16):
-                d = r*256 + ((c ^ (r & 1)) << 4)
-                if r < rows:
-                    xs[d:d+16] = xcode[m0+r, it*128 + c*8: it*128 + c*8 + 8].view(np.uint8)
-        for r in range(128):
-            for c in range(8):
-                d = r*128 + ((c ^ ((r & 1) << 2)) << 4)
-                ws[d:d+16] = wbytes[n0+r, it*128 + c*16: it*128 + c*16 + 16]
+        # Each thread's unrolled copies, as the kernel places them: chunk t % 16 of activation
+        # rows t / 16 + (NT / 16) j (rows past m read the last row), chunk t % 8 of weight rows
+        # t / 8 + (NT / 8) j; every 16-byte chunk of the stage written once.
+        NT = 128*WM*KW
+        xw = np.zeros(ROWS*16, dtype=int); ww = np.zeros(128*8, dtype=int)
+        for t in range(NT):
+            xc, xr = t & 15, t >> 4
+            xdst = xr*256 + ((xc ^ (xr & 1)) << 4)
+            for j in range(ROWS*16 // NT):
+                d = xdst + j*256*(NT // 16)
+                r = min(xr + (NT // 16)*j, rows - 1)
+                xs[d:d+16] = xcode[m0+r, it*128 + xc*8: it*128 + xc*8 + 8].view(np.uint8)
+                xw[d // 16] += 1
+            wc, wrow = t & 7, t >> 3
+            wdst = wrow*128 + ((wc ^ ((wrow & 1) << 2)) << 4)
+            for j in range(128*8 // NT):
+                d = wdst + j*128*(NT // 8)
+                r = wrow + (NT // 8)*j
+                ws[d:d+16] = wbytes[n0+r, it*128 + wc*16: it*128 + wc*16 + 16]
+                ww[d // 16] += 1
+        assert (xw == 1).all() and (ww == 1).all()
         if f == 0: continue
         rs = fcur / f; fcur = f
         for key in acc: acc[key] = acc[key] * rs
