@@ -176,19 +176,20 @@ pub const GEMM_FP8: [GemmFp8Kernel; 21] = [
 /// kernel are capped to it).
 const CLUSTER_MAX: usize = 8;
 /// The kernel `gemm_fp8` takes for up to so many rows (indices into `GEMM_FP8`), the last for
-/// any more (each block then takes its share of the rows). Past 48 rows, `gemm_fp8_m4k2` (two
-/// warp groups along k): on an H100 at the 7B shape's four projections (`gpu_decode
-/// --gemm-only`, 2026-12-07) it took 0.96× `gemm_fp8_m4`'s time at 64 rows and 0.90× at 128, and
-/// the engine at 94 rows a step ran 1.04× faster with it. The kernels with more warps along m
-/// (0.88–0.97× `m4`'s speed) and the cluster forms (no faster than their plain forms at any row
-/// count there) are not picked; they stay for comparison on other GPUs. So do hopper.cu's wgmma
-/// kernels, `gemm_fp8_w…` (1.16–1.24× `gemm_fp8`'s time there, 16 to 128 rows, as first written;
-/// their copies rewritten since and the `o3` forms are not measured yet).
+/// any more (each block then takes its share of the rows). Past 48 rows, `gemm_fp8_m4`: on an
+/// H200 at the 7B shape's four projections (`gpu_decode --gemm-only`, 2026-12-07, the copies
+/// unrolled) it took 0.94× `gemm_fp8_m4k2`'s time at 64 rows and 0.92× at 128, and the engine at
+/// 96 rows a step ran 1.02× faster with it. (On an H100 before the copies were unrolled `m4k2`
+/// had been the faster, by 4 and 11 %; unrolling them sped up `m4` by 1.23× and 1.34× there on
+/// the H200, `m4k2` by 1.11× and 1.12×; the H100 is not measured since.) The kernels with more
+/// warps along m and the cluster forms are not picked; they stay for comparison on other GPUs.
+/// So do hopper.cu's wgmma kernels, `gemm_fp8_w…` (on the same H200 the best of them,
+/// `w32o3` and `w64o3`, took 1.18× and 1.25× the picked kernels' time at 32 and 64 rows).
 const GEMM_FP8_PICK: [(usize, usize); 4] = [
     (16, gemm_fp8_index("gemm_fp8_m1")),
     (32, gemm_fp8_index("gemm_fp8_m2")),
     (48, gemm_fp8_index("gemm_fp8_m3")),
-    (usize::MAX, gemm_fp8_index("gemm_fp8_m4k2")),
+    (usize::MAX, gemm_fp8_index("gemm_fp8_m4")),
 ];
 
 /// The index of the `GEMM_FP8` kernel named `name`, at compile time (a name not there fails the
