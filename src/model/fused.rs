@@ -182,8 +182,8 @@ const CLUSTER_MAX: usize = 8;
 /// 96 rows a step ran 1.02× faster with it. (On an H100 before the copies were unrolled `m4k2`
 /// had been the faster, by 4 and 11 %; unrolling them sped up `m4` by 1.23× and 1.34× there on
 /// the H200, `m4k2` by 1.11× and 1.12×; the H100 is not measured since.) The kernels with more
-/// warps along m (on that H100 0.88–0.97× `m4`'s speed; on the H200, unrolled, 0.47–0.87× at 64 and 128 rows) and
-/// the cluster forms are not picked; they stay for comparison on other GPUs.
+/// warps along m (on that H100 0.88–0.97× `m4`'s speed; on the H200, unrolled, 0.47–0.87× at
+/// 64 and 128 rows) and the cluster forms are not picked; they stay for comparison on other GPUs.
 /// So do hopper.cu's wgmma kernels, `gemm_fp8_w…` (on the same H200 the best of them,
 /// `w32o3` and `w64o3`, took 1.18× and 1.25× the picked kernels' time at 32 and 64 rows).
 const GEMM_FP8_PICK: [(usize, usize); 4] = [
