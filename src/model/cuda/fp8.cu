@@ -336,7 +336,8 @@ __device__ void gemm_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
         unsigned char* wd = smem + stage * (XS + WS) + wdst;
         const uint8_t* src = wsrc + kb * G8_K;
 #pragma unroll
-        for (int j = 0; j < WJ; j++) __pipeline_memcpy_async(wd + j * 128 * (NT / 8), src + (size_t)j * (NT / 8) * k, 16);
+        for (int j = 0; j < WJ; j++)
+            __pipeline_memcpy_async(wd + j * 128 * (NT / 8), src + (size_t)j * (NT / 8) * k, 16);
     };
     auto load = [&](int kb, int stage) {
         load_x(kb, stage);
