@@ -24,7 +24,7 @@ fn main() {
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    // The kernels for every GPU, at the named compute capability.
+    // nvcc: `src` to PTX for `arch`; whether it succeeded.
     let nvcc_ptx = |src: &str, arch: &str, ptx: &str| {
         Command::new(&nvcc)
             .args(["--ptx", "-O3", "-std=c++17", &format!("-arch={arch}"), &format!("src/model/cuda/{src}"), "-o"])
@@ -33,6 +33,7 @@ fn main() {
             .unwrap_or_else(|e| panic!("cannot run {} for the cuda feature: {e}", nvcc.display()))
             .success()
     };
+    // The kernels for every GPU, at the named compute capability.
     assert!(nvcc_ptx("decode.cu", &format!("compute_{cap}"), "decode.ptx"), "nvcc failed on src/model/cuda/decode.cu");
     // The Hopper-only ones (wgmma), for sm_90a whatever the capability named, since fused.rs loads
     // them only on a GPU of compute capability 9.0. An nvcc before CUDA 12 has no sm_90a: the

@@ -273,18 +273,18 @@ macro_rules! launch {
     // Blocks in clusters of `$z` along z.
     (cluster $z:expr; $k:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {
         // SAFETY: every caller passes the argument list of the kernel's signature in decode.cu or
-        // hopper.cu, with addresses of live tensors whose sizes the launch geometry respects. The pointers are
-        // taken in the launching statement, so even a temporary argument lives until the driver
-        // has copied the values.
+        // hopper.cu, with addresses of live tensors whose sizes the launch geometry respects. The
+        // pointers are taken in the launching statement, so even a temporary argument lives until
+        // the driver has copied the values.
         unsafe { $k.module.launch(&$k.stream, $name, $cfg, $z, &mut [$( kernel_arg($arg) ),+]) }?
     };
 }
 
 /// The kernels' modules (decode.cu's, and hopper.cu's where it loads), loaded into the stream's
 /// context through the driver API (cudarc's launcher cannot set launch attributes), with their
-/// functions by short name. With `pdl`, every launch asks for programmatic dependent launch (`pdl_begin` in decode.cu): on an H200 a decode
-/// step is about 160 dependent launches, and this overlaps each one's launch with the tail of the
-/// kernel before it.
+/// functions by short name. With `pdl`, every launch asks for programmatic dependent launch
+/// (`pdl_begin` in decode.cu): on an H200 a decode step is about 160 dependent launches, and this
+/// overlaps each one's launch with the tail of the kernel before it.
 struct Module {
     module: sys::CUmodule,
     /// Modules loaded after the first (`add`), unloaded with it.

@@ -3,8 +3,9 @@
 // only on such a GPU, beside decode.cu's, whose kernels run everywhere).
 //
 // Why: gemm_fp8 (fp8.cu) feeds mma.sync, which on Hopper does not reach the tensor cores' full
-// rate and makes each warp issue every 16x8 product itself; past 48 rows it ran below cuBLAS on the bf16
-// weight (0.62x at 128 rows, gpu_decode --gemm-only, 2026-12-07) although it reads half the bytes.
+// rate and makes each warp issue every 16x8 product itself; past 48 rows it ran below cuBLAS on
+// the bf16 weight (0.62x at 128 rows, gpu_decode --gemm-only, 2026-12-07) although it reads half
+// the bytes.
 // Here one warpgroup's wgmma multiplies 64 weight rows by up to 128 activation rows per
 // instruction, asynchronously, so the warps spend their issue slots on decoding the weights.
 //
@@ -29,8 +30,8 @@
 // Unlike gemm_fp8, it starts no weight copies before pdl_wait (SUBGOAL_CUDA_PREFETCH, off by
 // default, reaches decode.cu's module only).
 //
-// Measured on an H100 (docs/models.md), exact as gemm_fp8 and slower than it at 16 to 128 rows:
-// fused.rs picks none of these kernels, which stay for comparison and as the base of a
+// Measured on an H100 and an H200 (docs/models.md), exact as gemm_fp8 and slower than it at 16 to
+// 128 rows: fused.rs picks none of these kernels, which stay for comparison and as the base of a
 // deeper-pipelined one.
 
 #include "common.cuh"
