@@ -121,6 +121,10 @@ pub struct GemmFp8Kernel {
     pub cluster: bool,
     pub hopper: bool,
     pub stages: usize,
+    /// Not a kernel of ours: the rows quantized to E4M3 in 1×128 tiles (`fp8_quant_rows`) and
+    /// the product taken by cuBLASLt's block-scaled FP8 GEMM (`cublaslt.rs`, W8A8), for any
+    /// number of rows; the other fields mean nothing for it.
+    pub lt: bool,
 }
 
 impl GemmFp8Kernel {
@@ -139,17 +143,17 @@ impl GemmFp8Kernel {
 }
 
 const fn g8(name: &'static str, mt: usize, warps_m: usize, warps_k: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m, warps_k, cluster: false, hopper: false, stages: GEMM_FP8_STAGES }
+    GemmFp8Kernel { name, mt, warps_m, warps_k, cluster: false, hopper: false, stages: GEMM_FP8_STAGES, lt: false }
 }
 const fn g8c(name: &'static str, mt: usize, warps_k: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m: 1, warps_k, cluster: true, hopper: false, stages: GEMM_FP8_STAGES }
+    GemmFp8Kernel { name, mt, warps_m: 1, warps_k, cluster: true, hopper: false, stages: GEMM_FP8_STAGES, lt: false }
 }
 const fn g8w(name: &'static str, rows: usize, stages: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt: rows / 16, warps_m: 1, warps_k: 1, cluster: false, hopper: true, stages }
+    GemmFp8Kernel { name, mt: rows / 16, warps_m: 1, warps_k: 1, cluster: false, hopper: true, stages, lt: false }
 }
 
-/// Every `gemm_fp8` kernel fp8.cu and hopper.cu instantiate.
-pub const GEMM_FP8: [GemmFp8Kernel; 21] = [
+/// Every `gemm_fp8` kernel fp8.cu and hopper.cu instantiate, and cuBLASLt's (`gemm_fp8_lt`).
+pub const GEMM_FP8: [GemmFp8Kernel; 22] = [
     g8("gemm_fp8_m1", 1, 1, 1),
     g8("gemm_fp8_m2", 2, 1, 1),
     g8("gemm_fp8_m3", 3, 1, 1),
@@ -171,6 +175,16 @@ pub const GEMM_FP8: [GemmFp8Kernel; 21] = [
     g8w("gemm_fp8_w128", 128, 2),
     g8w("gemm_fp8_w32o3", 32, 3),
     g8w("gemm_fp8_w64o3", 64, 2),
+    GemmFp8Kernel {
+        name: "gemm_fp8_lt",
+        mt: 1,
+        warps_m: 1,
+        warps_k: 1,
+        cluster: false,
+        hopper: false,
+        stages: 1,
+        lt: true,
+    },
 ];
 /// The most blocks a cluster holds on every GPU that has clusters (the splits of k of a cluster
 /// kernel are capped to it).
@@ -245,6 +259,8 @@ fn gemm_fp8_pick(rows: usize) -> usize {
     pick.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i)
 }
 const GEMM_FP8_REDUCE: &str = "gemm_fp8_reduce";
+/// Rows to E4M3 in 1×128 tiles for `gemm_fp8_lt`.
+const FP8_QUANT_ROWS: &str = "fp8_quant_rows";
 /// Decode attention over the paged cache.
 const PAGED: AttnFamily = [
     ["attn_paged64", "attn_paged128", "attn_paged256"],
@@ -600,6 +616,14 @@ pub struct Kernels {
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
+    /// cuBLASLt's FP8 GEMM and its workspace, made at its first use (`None` inside where the
+    /// library could not be set up).
+    lt: std::sync::OnceLock<Option<std::sync::Mutex<LtState>>>,
+}
+
+struct LtState {
+    gemm: super::cublaslt::LtGemm,
+    _workspace: Tensor,
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
@@ -760,8 +784,8 @@ impl Kernels {
                 .flatten()
                 .copied()
                 .chain(PREFILL_WIDE)
-                .chain(GEMM_FP8.iter().filter(|g| !g.hopper).map(|g| g.name))
-                .chain([GEMM_FP8_REDUCE])
+                .chain(GEMM_FP8.iter().filter(|g| !g.hopper && !g.lt).map(|g| g.name))
+                .chain([GEMM_FP8_REDUCE, FP8_QUANT_ROWS])
                 .chain(GEMV_FP8_1W_SPLIT)
                 .chain(GEMV_SILU_FP8W_SPLIT)
                 .chain(GEMV_ROPE_FP8W_SPLIT)
@@ -851,6 +875,7 @@ impl Kernels {
             gemm_fp8_resident,
             clusters: major >= 9 && ptx_target() >= 90,
             counters: Default::default(),
+            lt: Default::default(),
         }))
     }
 
@@ -1164,7 +1189,18 @@ impl Kernels {
             },
             None => gemm_fp8_pick(rows),
         };
-        let g = GEMM_FP8[index];
+        let mut g = GEMM_FP8[index];
+        if g.lt {
+            if let Some(y) = self.gemm_fp8_lt(x, w, scale)? {
+                return Ok(Some(y));
+            }
+            if kernel.is_some() {
+                return Ok(None);
+            }
+            // cuBLASLt has no algorithm here: the kernel the built-in pick takes instead.
+            g = GEMM_FP8[GEMM_FP8_PICK.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i)];
+        }
+        let index = GEMM_FP8.iter().position(|&c| c == g).unwrap_or(index);
         let fits = self.module.funcs.contains_key(g.name)
             && self.module.funcs.contains_key(GEMM_FP8_REDUCE)
             && (!g.cluster || self.clusters)
@@ -1204,6 +1240,63 @@ impl Kernels {
             launch!(self, GEMM_FP8_REDUCE, cfg, &pp, &py, &s_i, &t_u);
         }
         Ok(Some(y))
+    }
+
+    /// `gemm_fp8` through cuBLASLt (W8A8): the rows quantized to E4M3 per 1×128 tile, then the
+    /// library's block-scaled product. `None` where it does not run: f32, shapes off its
+    /// multiples (k of 128, n of 16), or no algorithm from cuBLASLt (before cuBLAS 12.9, or off
+    /// compute capability 9.0).
+    fn gemm_fp8_lt(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        if self.dtype == DType::F32
+            || k % 128 != 0
+            || n % 16 != 0
+            || !self.module.funcs.contains_key(FP8_QUANT_ROWS)
+            || !self.fp8_operands_fit(x, w, scale)?
+        {
+            return Ok(None);
+        }
+        let Some(lt) = self.lt.get_or_init(|| self.lt_state()) else { return Ok(None) };
+        let mut lt = lt.lock().unwrap_or_else(|e| e.into_inner());
+        let shape = (rows, n, k);
+        let lt_err = |e: super::cublaslt::CublasError| candle_core::Error::Msg(format!("cuBLASLt FP8 GEMM: {e:?}"));
+        if !lt.gemm.supports(shape).map_err(lt_err)? {
+            return Ok(None);
+        }
+        let xq = self.empty((rows, k), DType::U8)?;
+        let xs = self.empty((rows, k / 128), DType::F32)?;
+        let (px, pq, ps) = (addr(x)?, addr(&xq)?, addr(&xs)?);
+        let (m_i, k_i) = (rows as i32, k as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * k).div_ceil(1024) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, FP8_QUANT_ROWS, cfg, &px, &pq, &ps, &m_i, &k_i);
+        let y = self.empty((rows, n), self.dtype)?;
+        let scale = scale.contiguous()?;
+        let ops = super::cublaslt::Operands { x: pq, x_scale: ps, w: addr(w)?, w_scale: addr(&scale)?, y: addr(&y)? };
+        // SAFETY: the operands are live tensors of the shapes named, and the temporaries among
+        // them are freed in stream order, after the product that reads them.
+        let queued = unsafe { lt.gemm.matmul(shape, &ops, self.stream.cu_stream().cast()) }.map_err(lt_err)?;
+        Ok(queued.then_some(y))
+    }
+
+    /// cuBLASLt's handle and workspace; `None` (said once in the log) where they cannot be had.
+    fn lt_state(&self) -> Option<std::sync::Mutex<LtState>> {
+        let made = self.empty((super::cublaslt::WORKSPACE_BYTES,), DType::U8).and_then(|ws| {
+            let gemm = super::cublaslt::LtGemm::new(addr(&ws)?, self.dtype == DType::BF16)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:?}")))?;
+            Ok(LtState { gemm, _workspace: ws })
+        });
+        match made {
+            Ok(state) => Some(std::sync::Mutex::new(state)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cuBLASLt did not set up; gemm_fp8 goes without it");
+                None
+            }
+        }
     }
 
     /// An FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its block factors) in the kernels' dtype,

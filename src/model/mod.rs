@@ -14,6 +14,8 @@
 pub mod cascade;
 pub mod chat;
 pub mod convert;
+#[cfg(feature = "cuda")]
+mod cublaslt;
 pub mod device_memory;
 pub mod embedded;
 pub mod engine;
