@@ -8,6 +8,10 @@
 //!   `benchmarks/data` (teacher forced, every position scored in one paged step);
 //! - batch-1 decode tokens/s and weight bytes, side by side.
 //!
+//! The `_a8` arms (`--arms fp8_weights_a8,fp8_weights_a8_kv`, not run by default) round each
+//! product's activations to E4M3 per 1×128 tile first, the arithmetic of CUDA's FP8 GEMM through
+//! cuBLASLt (`gemm_fp8_lt`).
+//!
 //! `cargo bench --bench fp8_accuracy -- [--proofs N] [--tokens N] [--arms fp8_weights,fp8_weights_kv,…]`
 //! prints one JSON object.
 
@@ -150,13 +154,18 @@ fn main() {
     // `_dense_ends`: the first and last layers' projections kept in the compute type
     // (`--fp8-dense-layers 0,-1`), the layers FP8 costs most on this small model.
     let ends: &[i64] = &[0, -1];
+    // `_a8`: the activations rounded to E4M3 per 1×128 tile before each FP8 product, the
+    // arithmetic of the FP8 GEMM through cuBLASLt (`fp8::set_activation_tiles`); run only when
+    // `--arms` names them.
     let arms = [
-        ("bf16", &bf16_dir, "f32", false, &[][..]),
-        ("f32", &dense, "f32", false, &[]),
-        ("fp8_weights", &bf16_dir, "fp8", false, &[]),
-        ("fp8_weights_kv", &bf16_dir, "fp8", true, &[]),
-        ("fp8_weights_dense_ends", &bf16_dir, "fp8", false, ends),
-        ("fp8_weights_kv_dense_ends", &bf16_dir, "fp8", true, ends),
+        ("bf16", &bf16_dir, "f32", false, &[][..], false),
+        ("f32", &dense, "f32", false, &[], false),
+        ("fp8_weights", &bf16_dir, "fp8", false, &[], false),
+        ("fp8_weights_kv", &bf16_dir, "fp8", true, &[], false),
+        ("fp8_weights_dense_ends", &bf16_dir, "fp8", false, ends, false),
+        ("fp8_weights_kv_dense_ends", &bf16_dir, "fp8", true, ends, false),
+        ("fp8_weights_a8", &bf16_dir, "fp8", false, &[], true),
+        ("fp8_weights_a8_kv", &bf16_dir, "fp8", true, &[], true),
     ];
     // `--arms a,b`: a subset (bf16 always runs: the others are measured against it).
     let only: Option<Vec<String>> = std::env::args()
@@ -164,14 +173,25 @@ fn main() {
         .windows(2)
         .find(|w| w[0] == "--arms")
         .map(|w| w[1].split(',').map(str::to_string).collect());
-    let models: Vec<(&str, Embedded, KvFormat)> = arms
+    let models: Vec<(&str, Embedded, KvFormat, bool)> = arms
         .iter()
-        .filter(|(name, ..)| *name == "bf16" || only.as_ref().is_none_or(|o| o.iter().any(|x| x == name)))
-        .map(|(name, path, dtype, kv, ends)| (*name, load(path, dtype, *kv, ends), KvFormat::of(DType::F32, *kv)))
+        .filter(|(name, .., a8)| *name == "bf16" || only.as_ref().map_or(!a8, |o| o.iter().any(|x| x == name)))
+        .map(|(name, path, dtype, kv, ends, a8)| {
+            (*name, load(path, dtype, *kv, ends), KvFormat::of(DType::F32, *kv), *a8)
+        })
         .collect();
+    // Each model with its activation rounding on or off.
+    let arm = |a8: bool| subgoal::model::fp8::set_activation_tiles(a8);
 
     // Greedy agreement.
-    let texts: Vec<Vec<Vec<u32>>> = models.iter().map(|(_, m, _)| greedy(m, tokens)).collect();
+    let texts: Vec<Vec<Vec<u32>>> = models
+        .iter()
+        .map(|(_, m, _, a8)| {
+            arm(*a8);
+            greedy(m, tokens)
+        })
+        .collect();
+    arm(false);
     let reference = &models[0].1;
     let mut greedy_out = serde_json::Map::new();
     for (a, (name, ..)) in models.iter().enumerate().skip(1) {
@@ -197,7 +217,8 @@ fn main() {
     let corpus = proofs(n_proofs);
     let mut nll_out = serde_json::Map::new();
     let mut base = 0.0;
-    for (i, (name, m, format)) in models.iter().enumerate() {
+    for (i, (name, m, format, a8)) in models.iter().enumerate() {
+        arm(*a8);
         let (mut total, mut count) = (0.0, 0usize);
         let started = Instant::now();
         for code in &corpus {
@@ -232,7 +253,8 @@ fn main() {
     // Batch-1 decode speed.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut speed = serde_json::Map::new();
-    for (name, m, _) in &models {
+    for (name, m, _, a8) in &models {
+        arm(*a8);
         let params =
             SamplingParams { n: 1, temperature: 0.0, top_p: 1.0, max_new_tokens: 64, stop: vec![], seed: Some(0) };
         let req = GenRequest { prompts: vec![Prompt::Text("Proof:".into())], params };

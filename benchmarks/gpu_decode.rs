@@ -455,7 +455,7 @@ fn gemm_fp8_check(k: &Kernels, device: &Device, gemv_only: bool) -> Value {
             }
             out.insert(format!("{name}_{n}x{kk}_rows_{rows}"), v);
         }
-        for rows in if gemv_only { vec![] } else { vec![16usize, 32, 64, 128, 256] } {
+        for rows in if gemv_only { vec![] } else { vec![16usize, 32, 64, 128, 256, 1024] } {
             let x = Tensor::randn(0f32, 1.0, (rows, kk), device).unwrap().to_dtype(DType::BF16).unwrap();
             let Some(got) = k.gemm_fp8(&x, &bytes, &scale).unwrap() else {
                 out.insert(format!("{name}_{rows}"), json!("gemm_fp8 does not take this shape"));

@@ -215,6 +215,37 @@ fn each_128_block_is_scaled_to_its_own_largest_magnitude() {
 }
 
 #[test]
+fn activation_tiles_round_each_128_wide_piece_of_a_row_to_its_own_factor() {
+    // Rows of 300: tiles of 128, 128 and 44; magnitudes 10^4 apart between tiles, and an all-zero
+    // tile.
+    let (rows, cols) = (3, 300);
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            if r == 2 && c < 128 {
+                return 0.0;
+            }
+            let mag = 10f32.powi((c / 128) as i32 * 2 - 2);
+            mag * (((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+        })
+        .collect();
+    let mut got = x.clone();
+    fp8::round_activation_tiles(&mut got, cols);
+    for r in 0..rows {
+        for (t, c0) in [0usize, 128, 256].into_iter().enumerate() {
+            let tile = &x[r * cols + c0..r * cols + (c0 + 128).min(cols)];
+            let amax = tile.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let f = if amax > 0.0 { amax / 448.0 } else { 1.0 };
+            for (j, v) in tile.iter().enumerate() {
+                let want = ref_value(ref_encode(v / f)) * f;
+                assert_eq!(got[r * cols + c0 + j], want, "row {r}, tile {t}, column {j}");
+            }
+        }
+    }
+    assert!(got[2 * cols..2 * cols + 128].iter().all(|&v| v == 0.0));
+}
+
+#[test]
 fn an_all_zero_block_gets_factor_one_and_stays_zero() {
     let w = vec![0f32; 130 * 3];
     let q = BlockFp8::quantize(&w, 130, 3).unwrap();

@@ -9,6 +9,7 @@
 //! each block's 128 terms in `f32` and only then multiplies by the block's factor, as DeepSeek's
 //! kernels promote partial sums every 128 elements.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -316,6 +317,38 @@ pub fn quantize_rows(x: &[f32], width: usize) -> (Vec<u8>, Vec<f32>) {
         }
     }
     (bytes, scales)
+}
+
+/// Whether the CPU's FP8 products first round their activations to E4M3 per 1×128 tile of each
+/// row, as CUDA's FP8 GEMM through cuBLASLt (`gemm_fp8_lt`, W8A8) quantizes them, so that its
+/// accuracy can be measured on the CPU (`fp8_accuracy`'s `_a8` arms). Off unless set: the CPU
+/// itself gains no speed from it.
+static ACTIVATION_TILES: AtomicBool = AtomicBool::new(false);
+
+/// Turns the CPU's activation rounding (`ACTIVATION_TILES`) on or off for the whole process.
+pub fn set_activation_tiles(on: bool) {
+    ACTIVATION_TILES.store(on, Ordering::Relaxed);
+}
+
+/// Whether the CPU's FP8 products round their activations first.
+pub fn activation_tiles() -> bool {
+    ACTIVATION_TILES.load(Ordering::Relaxed)
+}
+
+/// Replaces every 128-wide tile of every row of `x` (rows of `cols`; a row's last tile may be
+/// shorter) by its E4M3 rounding: each value divided by the tile's factor (its largest magnitude
+/// / 448, 1 for an all-zero tile), encoded, decoded and multiplied back, as `fp8_quant_rows`
+/// (fp8.cu) quantizes the rows for cuBLASLt.
+pub fn round_activation_tiles(x: &mut [f32], cols: usize) {
+    for row in x.chunks_mut(cols.max(1)) {
+        for tile in row.chunks_mut(BLOCK) {
+            let amax = tile.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
+            let f = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+            for v in tile.iter_mut() {
+                *v = decode(encode(*v / f)) * f;
+            }
+        }
+    }
 }
 
 /// How many parts the many-row FP8 GEMM on CUDA splits k into (`gemm_fp8` in fused.rs): `tiles`

@@ -124,7 +124,10 @@ impl Linear {
                 }
                 let dims = x.dims().to_vec();
                 let n = x.elem_count() / w.cols.max(1);
-                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                if super::fp8::activation_tiles() {
+                    super::fp8::round_activation_tiles(&mut xs, w.cols);
+                }
                 let y = if n <= super::fp8::DIRECT_ROWS {
                     Tensor::from_vec(w.matmul_t(&xs, n), (n, w.rows), x.device())?
                 } else {
