@@ -108,9 +108,14 @@ fn main() {
     let gemv_only = args.iter().any(|a| a == "--gemv-only");
     if gemv_only || args.iter().any(|a| a == "--gemm-only") {
         let kernels = Kernels::load(&device, DType::BF16).ok().flatten().expect("the fused kernels");
+        // Which of cuBLASLt's FP8 scale modes have an algorithm at q/k/v's shape and 64 rows
+        // (`gemm_fp8_lt` takes the 128×128 weight blocks with 1×128 row tiles).
+        let probe: serde_json::Map<String, Value> =
+            kernels.gemm_fp8_lt_probe(64, 12288, 4096).into_iter().map(|(k, v)| (k, json!(v))).collect();
         let v = json!({"benchmark": "gpu_decode", "gpu": gpu, "hbm_tb_per_s": hbm_bytes_per_s / 1e12,
                        "prefetch": prefetch, "gemm_fp8_pick": gemm_fp8_pick,
                        "gemv_split": std::env::var("SUBGOAL_CUDA_GEMV_SPLIT").ok(),
+                       "cublaslt_fp8_probe": probe,
                        "gemm_fp8": gemm_fp8_check(&kernels, &device, gemv_only)});
         println!("{}", serde_json::to_string_pretty(&v).unwrap());
         return;

@@ -72,10 +72,15 @@ impl Plan {
     /// column-major over their operand's blocks as stored, which is how fp8.rs keeps the weight's
     /// (`[n / 128, k / 128]` row-major) and how `fp8_quant_rows` writes the rows' (`[rows, k / 128]`).
     /// `None` where the heuristic has no algorithm.
+    /// `modes`: the scale modes of A and B; `scales`: device addresses the scale pointers hold
+    /// while the heuristic is asked (it checks that block-scaled operands have them, so they must
+    /// be real and aligned, though it reads nothing there).
     fn new(
         handle: sys::cublasLtHandle_t,
         out: sys::cudaDataType,
         (rows, n, k): (usize, usize, usize),
+        modes: (i32, i32),
+        scales: u64,
     ) -> Result<Option<Plan>, CublasError> {
         let e4m3 = sys::cudaDataType::CUDA_R_8F_E4M3;
         let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)?;
@@ -101,8 +106,9 @@ impl Plan {
                 std::mem::size_of::<i32>(),
             )?;
             let size = std::mem::size_of::<i32>();
-            check(set_desc_attribute(desc, A_SCALE_MODE, (&SCALE_BLK128X128_32F as *const i32).cast(), size))?;
-            check(set_desc_attribute(desc, B_SCALE_MODE, (&SCALE_VEC128_32F as *const i32).cast(), size))?;
+            check(set_desc_attribute(desc, A_SCALE_MODE, (&modes.0 as *const i32).cast(), size))?;
+            check(set_desc_attribute(desc, B_SCALE_MODE, (&modes.1 as *const i32).cast(), size))?;
+            plan.set_scales(scales, scales)?;
         }
         let pref = lt::create_matmul_pref()?;
         // SAFETY: `pref` is live until destroyed below; the layouts and descriptor are the plan's.
@@ -126,6 +132,28 @@ impl Plan {
             Err(CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Plan {
+    /// Points the descriptor at the weight's and the rows' factors.
+    ///
+    /// # Safety
+    /// The descriptor is live (it is, for a plan's life).
+    unsafe fn set_scales(&self, a: u64, b: u64) -> Result<(), CublasError> {
+        let pointer = std::mem::size_of::<u64>();
+        lt::set_matmul_desc_attribute(
+            self.desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+            (&a as *const u64).cast(),
+            pointer,
+        )?;
+        lt::set_matmul_desc_attribute(
+            self.desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+            (&b as *const u64).cast(),
+            pointer,
+        )
     }
 }
 
@@ -179,10 +207,39 @@ impl LtGemm {
 
     fn plan(&mut self, shape: (usize, usize, usize)) -> Result<Option<&Plan>, CublasError> {
         if !self.plans.contains_key(&shape) {
-            let plan = Plan::new(self.handle, self.out, shape)?;
+            let modes = (SCALE_BLK128X128_32F, SCALE_VEC128_32F);
+            let plan = Plan::new(self.handle, self.out, shape, modes, self.workspace)?;
+            if plan.is_none() {
+                tracing::warn!(?shape, "cuBLASLt has no block-scaled FP8 algorithm for this shape");
+            }
             self.plans.insert(shape, plan);
         }
         Ok(self.plans.get(&shape).and_then(Option::as_ref))
+    }
+
+    /// Which scale modes of (A, B) cuBLASLt has an algorithm for at `shape`, with 16-bit and f32
+    /// output, each as `"A/B out": "ok" or the status`: what a benchmark reports where the
+    /// block-scaled product does not run.
+    pub fn probe(&self, shape: (usize, usize, usize)) -> Vec<(String, String)> {
+        let modes = [
+            ("blk128x128/vec128", (SCALE_BLK128X128_32F, SCALE_VEC128_32F)),
+            ("vec128/blk128x128", (SCALE_VEC128_32F, SCALE_BLK128X128_32F)),
+            ("vec128/vec128", (SCALE_VEC128_32F, SCALE_VEC128_32F)),
+            ("scalar/scalar", (0, 0)),
+        ];
+        let outs = [("16-bit", self.out), ("f32", sys::cudaDataType::CUDA_R_32F)];
+        let mut found = Vec::new();
+        for (name, m) in modes {
+            for (out_name, out) in outs {
+                let r = match Plan::new(self.handle, out, shape, m, self.workspace) {
+                    Ok(Some(_)) => "ok".to_string(),
+                    Ok(None) => "no algorithm".to_string(),
+                    Err(e) => format!("{e:?}"),
+                };
+                found.push((format!("{name} {out_name}"), r));
+            }
+        }
+        found
     }
 
     /// Queues `y = x · wᵀ` on `stream`; `Ok(false)` (nothing queued) where cuBLASLt has no
@@ -199,19 +256,7 @@ impl LtGemm {
     ) -> Result<bool, CublasError> {
         let (handle, workspace) = (self.handle, self.workspace);
         let Some(plan) = self.plan((rows, n, k))? else { return Ok(false) };
-        let pointer = std::mem::size_of::<u64>();
-        lt::set_matmul_desc_attribute(
-            plan.desc,
-            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-            (&ops.w_scale as *const u64).cast(),
-            pointer,
-        )?;
-        lt::set_matmul_desc_attribute(
-            plan.desc,
-            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-            (&ops.x_scale as *const u64).cast(),
-            pointer,
-        )?;
+        plan.set_scales(ops.w_scale, ops.x_scale)?;
         let (alpha, beta) = (1f32, 0f32);
         lt::matmul(
             handle,

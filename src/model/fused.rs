@@ -1283,6 +1283,15 @@ impl Kernels {
         Ok(queued.then_some(y))
     }
 
+    /// Which scale modes cuBLASLt's FP8 GEMM has an algorithm for at `rows` × `n` × `k`
+    /// (`cublaslt::LtGemm::probe`), for benchmarks to report; empty where cuBLASLt did not set up.
+    pub fn gemm_fp8_lt_probe(&self, rows: usize, n: usize, k: usize) -> Vec<(String, String)> {
+        match self.lt.get_or_init(|| self.lt_state()) {
+            Some(lt) => lt.lock().unwrap_or_else(|e| e.into_inner()).gemm.probe((rows, n, k)),
+            None => Vec::new(),
+        }
+    }
+
     /// cuBLASLt's handle and workspace; `None` (said once in the log) where they cannot be had.
     fn lt_state(&self) -> Option<std::sync::Mutex<LtState>> {
         let made = self.empty((super::cublaslt::WORKSPACE_BYTES,), DType::U8).and_then(|ws| {
