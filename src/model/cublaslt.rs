@@ -71,10 +71,10 @@ impl Plan {
     /// matrix, transposed; B is x as k × rows; D is y as n × rows. Both scale tensors are then
     /// column-major over their operand's blocks as stored, which is how fp8.rs keeps the weight's
     /// (`[n / 128, k / 128]` row-major) and how `fp8_quant_rows` writes the rows' (`[rows, k / 128]`).
-    /// `None` where the heuristic has no algorithm.
-    /// `modes`: the scale modes of A and B; `scales`: device addresses the scale pointers hold
-    /// while the heuristic is asked (it checks that block-scaled operands have them, so they must
-    /// be real and aligned, though it reads nothing there).
+    ///
+    /// `modes`: the scale modes of A and B; `scales`: a device address the scale pointers hold
+    /// while the heuristic is asked (block-scaled operands need one there, real and aligned,
+    /// though nothing is read from it). `None` where the heuristic has no algorithm.
     fn new(
         handle: sys::cublasLtHandle_t,
         out: sys::cudaDataType,
@@ -90,6 +90,7 @@ impl Plan {
             a: std::ptr::null_mut(),
             b: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
+            // SAFETY: a plain C struct of integers, for which all zeros is a value.
             algo: unsafe { std::mem::zeroed() },
         };
         plan.a = lt::create_matrix_layout(e4m3, k as u64, n as u64, k as i64)?;
@@ -133,9 +134,7 @@ impl Plan {
             Err(e) => Err(e),
         }
     }
-}
 
-impl Plan {
     /// Points the descriptor at the weight's and the rows' factors.
     ///
     /// # Safety

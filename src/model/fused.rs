@@ -195,7 +195,8 @@ const CLUSTER_MAX: usize = 8;
 /// unrolled) it took 0.94× `gemm_fp8_m4k2`'s time at 64 rows and 0.92× at 128, and the engine at
 /// 96 rows a step ran 1.02× faster with it. (On an H100 before the copies were unrolled `m4k2`
 /// had been the faster, by 4 and 11 %; unrolling them sped up `m4` by 1.23× and 1.34× on
-/// the H200, `m4k2` by 1.11× and 1.12×; the H100 is not measured since.) The kernels with more
+/// the H200, `m4k2` by 1.11× and 1.12×; on the H100, measured the same day, `m4` took 0.95× and
+/// 0.93× `m4k2`'s time unrolled.) The kernels with more
 /// warps along m (on that H100 0.88–0.97× `m4`'s speed; on the H200, unrolled, 0.47–0.87× at
 /// 64 and 128 rows) and the cluster forms are not picked; they stay for comparison on other GPUs.
 /// So do hopper.cu's wgmma kernels, `gemm_fp8_w…` (on the same H200 the best of them,
