@@ -73,6 +73,13 @@ fn list(args: &[String], name: &str, default: &[usize]) -> Vec<usize> {
 }
 
 fn main() {
+    // Warnings (a kernel family that did not load, cuBLASLt not setting up) on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "subgoal=warn".into()),
+        )
+        .try_init();
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| "/tmp/prover-v2-7b-random".into()));
     let layers: usize = arg(&args, "--layers").and_then(|v| v.parse().ok()).unwrap_or(30);

@@ -68,9 +68,12 @@ fn check(status: sys::cublasStatus_t) -> Result<(), CublasError> {
 
 impl Plan {
     /// `y [rows, n] = x [rows, k] · w [n, k]ᵀ` in cuBLAS's column-major terms: A is w as a k × n
-    /// matrix, transposed; B is x as k × rows; D is y as n × rows. Both scale tensors are then
-    /// column-major over their operand's blocks as stored, which is how fp8.rs keeps the weight's
-    /// (`[n / 128, k / 128]` row-major) and how `fp8_quant_rows` writes the rows' (`[rows, k / 128]`).
+    /// matrix, transposed; B is x as k × rows; D is y as n × rows. The factors as cuBLASLt reads
+    /// them, the layouts PyTorch's `_scaled_mm` hands it for the same blockwise modes: the
+    /// weight's row-major `[n / 128, k / 128]` with each row padded to a multiple of 4 blocks
+    /// (`fused::lt_scale`), the rows' outer-dimension-major `[k / 128, rows]` with rows a multiple
+    /// of 4 (`fp8_quant_rows`). (Not yet checked on a GPU: `gpu_decode --gemm-only` measures this
+    /// product's difference from the f32 one beside every kernel's.)
     ///
     /// `modes`: the scale modes of A and B; `scales`: a device address the scale pointers hold
     /// while the heuristic is asked (block-scaled operands need one there, real and aligned,
@@ -180,10 +183,11 @@ impl Drop for LtGemm {
 
 /// Device addresses of one product's operands.
 pub struct Operands {
-    /// E4M3 activations `[rows, k]` and their f32 tile factors `[rows, k / 128]`.
+    /// E4M3 activations `[rows, k]` and their f32 tile factors `[k / 128, rows]`.
     pub x: u64,
     pub x_scale: u64,
-    /// E4M3 weight `[n, k]` and its f32 block factors `[n / 128, k / 128]`.
+    /// E4M3 weight `[n, k]` and its f32 block factors `[n / 128, k / 128]`, rows padded to a
+    /// multiple of 4.
     pub w: u64,
     pub w_scale: u64,
     /// The output `[rows, n]` in the dtype `LtGemm::new` was given.

@@ -617,14 +617,37 @@ pub struct Kernels {
     /// Per (row, head) counts of finished attention splits, zero between launches (the last split
     /// resets its count); grown on demand.
     counters: std::sync::Mutex<Option<Tensor>>,
-    /// cuBLASLt's FP8 GEMM and its workspace, made at its first use (`None` inside where the
+    /// cuBLASLt's FP8 GEMM and its workspace, made at its first use (the error inside where the
     /// library could not be set up).
-    lt: std::sync::OnceLock<Option<std::sync::Mutex<LtState>>>,
+    lt: std::sync::OnceLock<std::result::Result<std::sync::Mutex<LtState>, String>>,
 }
 
 struct LtState {
     gemm: super::cublaslt::LtGemm,
     _workspace: Tensor,
+    /// Weight factors with their rows padded for cuBLASLt, by the tensor they were made from.
+    scales: HashMap<candle_core::TensorId, Tensor>,
+}
+
+/// `scale` (`[n / 128, k / 128]` f32) as cuBLASLt's BLK128x128_32F factors take it: rows of a
+/// multiple of 4 blocks, the padding zero. The same tensor when k / 128 is one already; else a
+/// padded copy, made once per tensor (a model's weights pass the same tensor at every call).
+fn lt_scale(cache: &mut HashMap<candle_core::TensorId, Tensor>, scale: &Tensor) -> Result<Tensor> {
+    let (_, blocks) = scale.dims2()?;
+    if blocks % 4 == 0 {
+        return scale.contiguous();
+    }
+    if let Some(padded) = cache.get(&scale.id()) {
+        return Ok(padded.clone());
+    }
+    // Benchmarks make weights by the hundred; a model holds a few hundred. Past that the cache
+    // starts again rather than keep the factors of weights long gone.
+    if cache.len() >= 4096 {
+        cache.clear();
+    }
+    let padded = scale.pad_with_zeros(1, 0, blocks.div_ceil(4) * 4 - blocks)?.contiguous()?;
+    cache.insert(scale.id(), padded.clone());
+    Ok(padded)
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
@@ -884,13 +907,15 @@ impl Kernels {
     fn empty<S: Into<Shape>>(&self, shape: S, dtype: DType) -> Result<Tensor> {
         let shape = shape.into();
         let n = shape.elem_count();
-        // SAFETY: callers launch a kernel that writes every element before the tensor is read.
+        // SAFETY: callers launch a kernel that writes every element before the tensor is read (or,
+        // for cuBLASLt's workspace, hand it to the library as scratch it writes before reading).
         let slice = unsafe {
             match dtype {
                 DType::F32 => CudaStorageSlice::F32(self.dev.alloc::<f32>(n)?),
                 DType::BF16 => CudaStorageSlice::BF16(self.dev.alloc::<half::bf16>(n)?),
                 DType::F16 => CudaStorageSlice::F16(self.dev.alloc::<half::f16>(n)?),
                 DType::U32 => CudaStorageSlice::U32(self.dev.alloc::<u32>(n)?),
+                DType::U8 => CudaStorageSlice::U8(self.dev.alloc::<u8>(n)?),
                 other => bail!("no fused buffer of {other:?}"),
             }
         };
@@ -1258,55 +1283,60 @@ impl Kernels {
         {
             return Ok(None);
         }
-        let Some(lt) = self.lt.get_or_init(|| self.lt_state()) else { return Ok(None) };
+        let Ok(lt) = self.lt.get_or_init(|| self.lt_state()) else { return Ok(None) };
         let mut lt = lt.lock().unwrap_or_else(|e| e.into_inner());
-        let shape = (rows, n, k);
+        // cuBLASLt's factor layouts are aligned to 4 along their outer dimension: the rows go in
+        // padded to a multiple of 4 (the padding quantized as zeros, its products not returned),
+        // and the weight's factors with rows of a multiple of 4 blocks (`lt_scale`).
+        let padded = rows.div_ceil(4) * 4;
+        let shape = (padded, n, k);
         let lt_err = |e: super::cublaslt::CublasError| candle_core::Error::Msg(format!("cuBLASLt FP8 GEMM: {e:?}"));
         if !lt.gemm.supports(shape).map_err(lt_err)? {
             return Ok(None);
         }
-        let xq = self.empty((rows, k), DType::U8)?;
-        let xs = self.empty((rows, k / 128), DType::F32)?;
+        let w_scale = lt_scale(&mut lt.scales, scale)?;
+        let xq = self.empty((padded, k), DType::U8)?;
+        let xs = self.empty((k / 128, padded), DType::F32)?;
         let (px, pq, ps) = (addr(x)?, addr(&xq)?, addr(&xs)?);
-        let (m_i, k_i) = (rows as i32, k as i32);
+        let (m_i, mp_i, k_i) = (rows as i32, padded as i32, k as i32);
         let cfg = LaunchConfig {
-            grid_dim: ((rows * k).div_ceil(1024) as u32, 1, 1),
+            grid_dim: ((padded * k).div_ceil(1024) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, FP8_QUANT_ROWS, cfg, &px, &pq, &ps, &m_i, &k_i);
-        let y = self.empty((rows, n), self.dtype)?;
-        let scale = scale.contiguous()?;
-        let ops = super::cublaslt::Operands { x: pq, x_scale: ps, w: addr(w)?, w_scale: addr(&scale)?, y: addr(&y)? };
+        launch!(self, FP8_QUANT_ROWS, cfg, &px, &pq, &ps, &m_i, &mp_i, &k_i);
+        let y = self.empty((padded, n), self.dtype)?;
+        let ops = super::cublaslt::Operands { x: pq, x_scale: ps, w: addr(w)?, w_scale: addr(&w_scale)?, y: addr(&y)? };
         // SAFETY: the operands are live tensors of the shapes named, and the temporaries among
         // them are freed in stream order, after the product that reads them.
         let queued = unsafe { lt.gemm.matmul(shape, &ops, self.stream.cu_stream().cast()) }.map_err(lt_err)?;
-        Ok(queued.then_some(y))
+        if !queued {
+            return Ok(None);
+        }
+        Ok(Some(if padded == rows { y } else { y.narrow(0, 0, rows)? }))
     }
 
     /// Which scale modes cuBLASLt's FP8 GEMM has an algorithm for at `rows` × `n` × `k`
-    /// (`cublaslt::LtGemm::probe`), for benchmarks to report; empty where cuBLASLt did not set up.
+    /// (`cublaslt::LtGemm::probe`), for benchmarks to report; where cuBLASLt did not set up, one
+    /// entry `setup` with the error.
     pub fn gemm_fp8_lt_probe(&self, rows: usize, n: usize, k: usize) -> Vec<(String, String)> {
         match self.lt.get_or_init(|| self.lt_state()) {
-            Some(lt) => lt.lock().unwrap_or_else(|e| e.into_inner()).gemm.probe((rows, n, k)),
-            None => Vec::new(),
+            Ok(lt) => lt.lock().unwrap_or_else(|e| e.into_inner()).gemm.probe((rows, n, k)),
+            Err(e) => vec![("setup".into(), e.clone())],
         }
     }
 
-    /// cuBLASLt's handle and workspace; `None` (said once in the log) where they cannot be had.
-    fn lt_state(&self) -> Option<std::sync::Mutex<LtState>> {
+    /// cuBLASLt's handle and workspace, or (said once in the log) why they cannot be had.
+    fn lt_state(&self) -> std::result::Result<std::sync::Mutex<LtState>, String> {
         let made = self.empty((super::cublaslt::WORKSPACE_BYTES,), DType::U8).and_then(|ws| {
             let gemm = super::cublaslt::LtGemm::new(addr(&ws)?, self.dtype == DType::BF16)
                 .map_err(|e| candle_core::Error::Msg(format!("{e:?}")))?;
-            Ok(LtState { gemm, _workspace: ws })
+            Ok(LtState { gemm, _workspace: ws, scales: HashMap::new() })
         });
-        match made {
-            Ok(state) => Some(std::sync::Mutex::new(state)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cuBLASLt did not set up; gemm_fp8 goes without it");
-                None
-            }
-        }
+        made.map(std::sync::Mutex::new).map_err(|e| {
+            tracing::warn!(error = %e, "cuBLASLt did not set up; gemm_fp8 goes without it");
+            e.to_string()
+        })
     }
 
     /// An FP8 weight (`w`: E4M3 bytes `[n, k]`, `scale` its block factors) in the kernels' dtype,
