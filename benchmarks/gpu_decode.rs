@@ -29,9 +29,11 @@
 //! both caches too.
 //!
 //! `--gemm-only` runs only the FP8 GEMM's check (no model): `gemm_fp8` at the 7B shape's
-//! projections and 16 to 256 rows against the f32 product, cuBLAS in bf16 and dequantizing for
+//! projections and 16 to 1,024 rows against the f32 product, cuBLAS in bf16 and dequantizing for
 //! cuBLAS, a sweep of split counts, and every `gemm_fp8` kernel whose blocks hold half to twice
-//! the rows (`gemm_fp8_by_kernel`: time and difference from the f32 product); and at one and four
+//! the rows, and cuBLASLt's (`gemm_fp8_lt`) at every count (`gemm_fp8_by_kernel`: time and
+//! difference from the f32 product), with the scale modes cuBLASLt has an algorithm for
+//! (`cublaslt_fp8_probe`); and at one and four
 //! rows `gemv_fp8` beside the bf16 `gemv` where that takes the rows (one, by default), as weight
 //! bytes read per second. `--gemv-only` runs
 //! only those (with `SUBGOAL_CUDA_GEMV_SPLIT=N`, recorded as `gemv_split`, to compare splits).
@@ -425,7 +427,7 @@ fn attention_alone(k: &Kernels, p: usize, fp8: bool, device: &Device) -> Value {
     json!({"ms": r(s * 1e3), "causal_tflops": r(flops / s / 1e12), "max_abs_diff_vs_f32": diff, "max_abs_f32": scale})
 }
 
-/// `gemm_fp8` on its own at the 7B shape's projection sizes and at 16 to 256 rows: against the
+/// `gemm_fp8` on its own at the 7B shape's projection sizes and at 16 to 1,024 rows: against the
 /// same product in f32 (the weight dequantized on the host, cuBLAS in f32: the largest difference
 /// over the largest output, which the bf16 output's rounding alone puts near 2^-9), and its time
 /// beside bf16 cuBLAS on the dense weight of the same shape and beside dequantizing the bytes for
