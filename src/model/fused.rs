@@ -259,6 +259,11 @@ fn gemm_fp8_pick(rows: usize) -> usize {
     let pick = set.as_deref().unwrap_or(&GEMM_FP8_PICK);
     pick.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i)
 }
+/// Whether the pick gives `rows` rows to cuBLASLt (`gemm_fp8_lt`), which takes any number of
+/// rows, prefill's too.
+pub fn gemm_fp8_picks_lt(rows: usize) -> bool {
+    GEMM_FP8[gemm_fp8_pick(rows)].lt
+}
 const GEMM_FP8_REDUCE: &str = "gemm_fp8_reduce";
 /// Rows to E4M3 in 1×128 tiles for `gemm_fp8_lt`.
 const FP8_QUANT_ROWS: &str = "fp8_quant_rows";
@@ -1220,10 +1225,12 @@ impl Kernels {
             if let Some(y) = self.gemm_fp8_lt(x, w, scale)? {
                 return Ok(Some(y));
             }
-            if kernel.is_some() {
+            // Where cuBLASLt has no algorithm: nothing for a kernel asked for by name, the
+            // dequantized weight for prefill's many rows (the caller's), else the kernel the
+            // built-in pick takes.
+            if kernel.is_some() || rows > super::linear::FP8_GEMM_ROWS {
                 return Ok(None);
             }
-            // cuBLASLt has no algorithm here: the kernel the built-in pick takes instead.
             g = GEMM_FP8[GEMM_FP8_PICK.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i)];
         }
         let index = GEMM_FP8.iter().position(|&c| c == g).unwrap_or(index);

@@ -27,9 +27,10 @@ pub(super) enum Linear {
 /// few-row kernel (up to 8 rows) does not; past it (prefill) the weight is dequantized once per
 /// call for cuBLAS, which is compute-bound there. Measured on an H100 at the 7B shape's
 /// projections: `gemm_fp8` is faster than dequantizing and then cuBLAS at 128 rows (0.66x of
-/// its time for q/k/v), slower at 256 (1.1x).
+/// its time for q/k/v), slower at 256 (1.1x). A pick that gives those rows to cuBLASLt's FP8
+/// GEMM (`gemm_fp8_lt`, compute-bound there too but on FP8 tensor cores) takes them at any count.
 #[cfg(feature = "cuda")]
-const FP8_GEMM_ROWS: usize = 128;
+pub(super) const FP8_GEMM_ROWS: usize = 128;
 
 /// An FP8 weight on a CUDA device: E4M3 bytes `[rows, cols]` (u8), the f32 factors of its 128×128
 /// blocks, and the kernels that read them (the few-row product, the tensor-core GEMM and the
@@ -73,7 +74,9 @@ impl DeviceFp8 {
         // Up to 8 rows `gemv_fp8` reads the bytes once in registers; more rows on it would read
         // them again per 8 (on an H100 at 32 rows, four launches ran at 0.43x of `gemm_fp8`).
         let fast = match self.kernels.gemv_fp8(&x2, &self.bytes, &self.scale, None)? {
-            None if x2.dim(0)? <= FP8_GEMM_ROWS => self.kernels.gemm_fp8(&x2, &self.bytes, &self.scale)?,
+            None if x2.dim(0)? <= FP8_GEMM_ROWS || super::fused::gemm_fp8_picks_lt(x2.dim(0)?) => {
+                self.kernels.gemm_fp8(&x2, &self.bytes, &self.scale)?
+            }
             y => y,
         };
         let y = match fast {
