@@ -864,6 +864,15 @@ impl Kernels {
         // `SUBGOAL_CUDA_PDL=0`. It needs the PTX at sm_90 or later too: PTX for an older target has
         // no `griddepcontrol.wait` (decode.cu compiles it out), and its kernels must not overlap.
         let pdl = major >= 9 && ptx_target() >= 90 && std::env::var("SUBGOAL_CUDA_PDL").map_or(true, |v| v != "0");
+        // `SUBGOAL_CUDA_GEMM_FP8_PICK`: the FP8 GEMM's kernel by row count, where no pick is set yet
+        // (a benchmark's flag is).
+        if let Ok(spec) = std::env::var("SUBGOAL_CUDA_GEMM_FP8_PICK") {
+            let unset = GEMM_FP8_PICK_SET.read().unwrap_or_else(|e| e.into_inner()).is_none();
+            if unset {
+                set_gemm_fp8_pick(Some(&spec))
+                    .map_err(|e| candle_core::Error::Msg(format!("SUBGOAL_CUDA_GEMM_FP8_PICK: {e}")))?;
+            }
+        }
         let mut module = Module::load(&stream, &entries, pdl)?;
         // The wgmma kernels: sm_90a code runs on compute capability 9.0 and no other (a minor
         // version the driver does not tell counts as another). They are optional: nothing about
