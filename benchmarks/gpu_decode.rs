@@ -494,7 +494,7 @@ fn gemm_fp8_check(k: &Kernels, device: &Device, gemv_only: bool) -> Value {
             // choice: its time and its largest difference from the f32 product.
             let kernels: serde_json::Map<String, Value> = GEMM_FP8
                 .iter()
-                .filter(|g| g.lt || (2 * g.rows() >= rows && g.rows() <= 2 * rows))
+                .filter(|g| g.lt.is_some() || (2 * g.rows() >= rows && g.rows() <= 2 * rows))
                 .map(|&g| {
                     let run = || k.gemm_fp8_with(&x, &bytes, &scale, Some(g), None).unwrap();
                     // A GPU without the kernel's shared memory did not load it.

@@ -123,8 +123,19 @@ pub struct GemmFp8Kernel {
     pub stages: usize,
     /// Not a kernel of ours: the rows quantized to E4M3 in 1×128 tiles (`fp8_quant_rows`) and
     /// the product taken by cuBLASLt's block-scaled FP8 GEMM (`cublaslt.rs`, W8A8), for any
-    /// number of rows; the other fields mean nothing for it.
-    pub lt: bool,
+    /// number of rows, the rows' factors laid out as given; the other fields mean nothing for it.
+    pub lt: Option<LtFactors>,
+}
+
+/// How `gemm_fp8_lt` lays out the rows' 1×128 factors for cuBLASLt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LtFactors {
+    /// `[k / 128, rows]`, rows padded to 4: the layout PyTorch's `_scaled_mm` hands cuBLASLt.
+    OuterMajor,
+    /// `[rows, k / 128]`: the other reading of cuBLAS's documentation, built beside it so that
+    /// one GPU run (`gpu_decode --gemm-only`'s difference from the f32 product) tells which is
+    /// right.
+    KMajor,
 }
 
 impl GemmFp8Kernel {
@@ -143,17 +154,21 @@ impl GemmFp8Kernel {
 }
 
 const fn g8(name: &'static str, mt: usize, warps_m: usize, warps_k: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m, warps_k, cluster: false, hopper: false, stages: GEMM_FP8_STAGES, lt: false }
+    GemmFp8Kernel { name, mt, warps_m, warps_k, cluster: false, hopper: false, stages: GEMM_FP8_STAGES, lt: None }
 }
 const fn g8c(name: &'static str, mt: usize, warps_k: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt, warps_m: 1, warps_k, cluster: true, hopper: false, stages: GEMM_FP8_STAGES, lt: false }
+    GemmFp8Kernel { name, mt, warps_m: 1, warps_k, cluster: true, hopper: false, stages: GEMM_FP8_STAGES, lt: None }
 }
 const fn g8w(name: &'static str, rows: usize, stages: usize) -> GemmFp8Kernel {
-    GemmFp8Kernel { name, mt: rows / 16, warps_m: 1, warps_k: 1, cluster: false, hopper: true, stages, lt: false }
+    GemmFp8Kernel { name, mt: rows / 16, warps_m: 1, warps_k: 1, cluster: false, hopper: true, stages, lt: None }
 }
 
-/// Every `gemm_fp8` kernel fp8.cu and hopper.cu instantiate, and cuBLASLt's (`gemm_fp8_lt`).
-pub const GEMM_FP8: [GemmFp8Kernel; 22] = [
+const fn g8lt(name: &'static str, factors: LtFactors) -> GemmFp8Kernel {
+    GemmFp8Kernel { name, mt: 1, warps_m: 1, warps_k: 1, cluster: false, hopper: false, stages: 1, lt: Some(factors) }
+}
+
+/// Every `gemm_fp8` kernel fp8.cu and hopper.cu instantiate, and cuBLASLt's (`gemm_fp8_lt…`).
+pub const GEMM_FP8: [GemmFp8Kernel; 23] = [
     g8("gemm_fp8_m1", 1, 1, 1),
     g8("gemm_fp8_m2", 2, 1, 1),
     g8("gemm_fp8_m3", 3, 1, 1),
@@ -175,16 +190,8 @@ pub const GEMM_FP8: [GemmFp8Kernel; 22] = [
     g8w("gemm_fp8_w128", 128, 2),
     g8w("gemm_fp8_w32o3", 32, 3),
     g8w("gemm_fp8_w64o3", 64, 2),
-    GemmFp8Kernel {
-        name: "gemm_fp8_lt",
-        mt: 1,
-        warps_m: 1,
-        warps_k: 1,
-        cluster: false,
-        hopper: false,
-        stages: 1,
-        lt: true,
-    },
+    g8lt("gemm_fp8_lt", LtFactors::OuterMajor),
+    g8lt("gemm_fp8_lt_k", LtFactors::KMajor),
 ];
 /// The most blocks a cluster holds on every GPU that has clusters (the splits of k of a cluster
 /// kernel are capped to it).
@@ -262,7 +269,7 @@ fn gemm_fp8_pick(rows: usize) -> usize {
 /// Whether the pick gives `rows` rows to cuBLASLt (`gemm_fp8_lt`), which takes any number of
 /// rows, prefill's too.
 pub fn gemm_fp8_picks_lt(rows: usize) -> bool {
-    GEMM_FP8[gemm_fp8_pick(rows)].lt
+    GEMM_FP8[gemm_fp8_pick(rows)].lt.is_some()
 }
 const GEMM_FP8_REDUCE: &str = "gemm_fp8_reduce";
 /// Rows to E4M3 in 1×128 tiles for `gemm_fp8_lt`.
@@ -813,7 +820,7 @@ impl Kernels {
                 .flatten()
                 .copied()
                 .chain(PREFILL_WIDE)
-                .chain(GEMM_FP8.iter().filter(|g| !g.hopper && !g.lt).map(|g| g.name))
+                .chain(GEMM_FP8.iter().filter(|g| !g.hopper && g.lt.is_none()).map(|g| g.name))
                 .chain([GEMM_FP8_REDUCE, FP8_QUANT_ROWS])
                 .chain(GEMV_FP8_1W_SPLIT)
                 .chain(GEMV_SILU_FP8W_SPLIT)
@@ -1230,8 +1237,8 @@ impl Kernels {
             None => gemm_fp8_pick(rows),
         };
         let mut g = GEMM_FP8[index];
-        if g.lt {
-            if let Some(y) = self.gemm_fp8_lt(x, w, scale)? {
+        if let Some(factors) = g.lt {
+            if let Some(y) = self.gemm_fp8_lt(x, w, scale, factors)? {
                 return Ok(Some(y));
             }
             // Where cuBLASLt has no algorithm: nothing for a kernel asked for by name, the
@@ -1288,7 +1295,7 @@ impl Kernels {
     /// library's block-scaled product. `None` where it does not run: f32, shapes off its
     /// multiples (k of 128, n of 16), or no algorithm from cuBLASLt (before cuBLAS 12.9, or off
     /// compute capability 9.0).
-    fn gemm_fp8_lt(&self, x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Option<Tensor>> {
+    fn gemm_fp8_lt(&self, x: &Tensor, w: &Tensor, scale: &Tensor, factors: LtFactors) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
         if self.dtype == DType::F32
@@ -1312,15 +1319,19 @@ impl Kernels {
         }
         let w_scale = lt_scale(&mut lt.scales, scale)?;
         let xq = self.empty((padded, k), DType::U8)?;
-        let xs = self.empty((k / 128, padded), DType::F32)?;
+        let xs_shape = match factors {
+            LtFactors::OuterMajor => (k / 128, padded),
+            LtFactors::KMajor => (padded, k / 128),
+        };
+        let xs = self.empty(xs_shape, DType::F32)?;
         let (px, pq, ps) = (addr(x)?, addr(&xq)?, addr(&xs)?);
-        let (m_i, mp_i, k_i) = (rows as i32, padded as i32, k as i32);
+        let (m_i, mp_i, k_i, k_major) = (rows as i32, padded as i32, k as i32, i32::from(factors == LtFactors::KMajor));
         let cfg = LaunchConfig {
             grid_dim: ((padded * k).div_ceil(1024) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, FP8_QUANT_ROWS, cfg, &px, &pq, &ps, &m_i, &mp_i, &k_i);
+        launch!(self, FP8_QUANT_ROWS, cfg, &px, &pq, &ps, &m_i, &mp_i, &k_i, &k_major);
         let y = self.empty((padded, n), self.dtype)?;
         let ops = super::cublaslt::Operands { x: pq, x_scale: ps, w: addr(w)?, w_scale: addr(&w_scale)?, y: addr(&y)? };
         // SAFETY: the operands are live tensors of the shapes named, and the temporaries among

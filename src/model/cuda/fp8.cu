@@ -555,13 +555,13 @@ __device__ void gemm_fp8_reduce(const float* __restrict__ part, T* __restrict__ 
 // Activations to E4M3 in DeepSeek-V3's 1x128 tiles, for the FP8 GEMM through cuBLASLt (fused.rs's
 // `gemm_fp8_lt`, W8A8): a warp takes one 128-wide tile of one row, 4 values a lane, writes its
 // bytes to xq ([mp, k]) and its factor (the tile's largest magnitude / 448; 1 for an all-zero
-// tile) to xs[tile * mp + row], the outer-dimension-major layout cuBLASLt takes for VEC128_32F
-// factors. mp is m rounded up to a multiple of 4 (cuBLASLt's alignment of that layout); rows m to
-// mp - 1 are written as zeros with factor 1. Requires k % 128 == 0. Grid: ceil(mp * k / 1024);
-// block: 256.
+// tile) to xs[tile * mp + row], the outer-dimension-major layout PyTorch hands cuBLASLt for
+// VEC128_32F factors, or with k_major to xs[row * k / 128 + tile] (fused.rs's `LtFactors`). mp is m
+// rounded up to a multiple of 4 (cuBLASLt's alignment of that layout); rows m to mp - 1 are
+// written as zeros with factor 1. Requires k % 128 == 0. Grid: ceil(mp * k / 1024); block: 256.
 template <typename T>
 __device__ void fp8_quant_rows(const T* __restrict__ x, uint8_t* __restrict__ xq, float* __restrict__ xs, int m,
-                               int mp, int k) {
+                               int mp, int k, int k_major) {
     pdl_begin();
     int tiles = k / 128;
     long tile = (long)blockIdx.x * 8 + (threadIdx.x >> 5);
@@ -579,7 +579,7 @@ __device__ void fp8_quant_rows(const T* __restrict__ x, uint8_t* __restrict__ xq
     uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v[0] / f, v[1] / f), __NV_SATFINITE, __NV_E4M3);
     uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(v[2] / f, v[3] / f), __NV_SATFINITE, __NV_E4M3);
     *(uint32_t*)(xq + at) = lo | (hi << 16);
-    if (lane == 0) xs[(size_t)t * mp + row] = f;
+    if (lane == 0) xs[k_major ? (size_t)row * tiles + t : (size_t)t * mp + row] = f;
 }
 
 // gemm_fp8_m<MT>_<S> (one warp per column group, WM 1) and gemm_fp8_m<MT>x<WM>_<S>; fused.rs's
@@ -607,8 +607,9 @@ __device__ void fp8_quant_rows(const T* __restrict__ x, uint8_t* __restrict__ xq
     extern "C" __global__ void gemm_fp8_reduce_##S(const float* part, T* y, int splits, size_t total) {        \
         gemm_fp8_reduce<T>(part, y, splits, total);                                                            \
     }                                                                                                          \
-    extern "C" __global__ void fp8_quant_rows_##S(const T* x, uint8_t* xq, float* xs, int m, int mp, int k) {  \
-        fp8_quant_rows<T>(x, xq, xs, m, mp, k);                                                                \
+    extern "C" __global__ void fp8_quant_rows_##S(const T* x, uint8_t* xq, float* xs, int m, int mp, int k,    \
+                                                  int k_major) {                                               \
+        fp8_quant_rows<T>(x, xq, xs, m, mp, k, k_major);                                                       \
     }
 
 FP8_ALL(float, f32)
