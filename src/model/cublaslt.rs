@@ -59,13 +59,6 @@ impl Drop for Plan {
     }
 }
 
-fn check(status: sys::cublasStatus_t) -> Result<(), CublasError> {
-    match status {
-        sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
-        e => Err(CublasError(e)),
-    }
-}
-
 impl Plan {
     /// `y [rows, n] = x [rows, k] · w [n, k]ᵀ` in cuBLAS's column-major terms: A is w as a k × n
     /// matrix, transposed; B is x as k × rows; D is y as n × rows. The factors as cuBLASLt reads
@@ -110,8 +103,8 @@ impl Plan {
                 std::mem::size_of::<i32>(),
             )?;
             let size = std::mem::size_of::<i32>();
-            check(set_desc_attribute(desc, A_SCALE_MODE, (&modes.0 as *const i32).cast(), size))?;
-            check(set_desc_attribute(desc, B_SCALE_MODE, (&modes.1 as *const i32).cast(), size))?;
+            set_desc_attribute(desc, A_SCALE_MODE, (&modes.0 as *const i32).cast(), size).result()?;
+            set_desc_attribute(desc, B_SCALE_MODE, (&modes.1 as *const i32).cast(), size).result()?;
             plan.set_scales(scales, scales)?;
         }
         let pref = lt::create_matmul_pref()?;

@@ -308,15 +308,23 @@ pub fn quantize_rows(x: &[f32], width: usize) -> (Vec<u8>, Vec<f32>) {
     let mut bytes = vec![0u8; x.len()];
     let mut scales = vec![1f32; rows];
     for ((row, out), s) in x.chunks(width).zip(bytes.chunks_mut(width)).zip(scales.iter_mut()) {
-        let amax = row.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
-        if amax > 0.0 {
-            *s = amax / E4M3_MAX;
-        }
+        *s = tile_factor(row);
         for (o, v) in out.iter_mut().zip(row) {
             *o = encode(v / *s);
         }
     }
     (bytes, scales)
+}
+
+/// The dequantization factor of one row or tile quantized on its own: its largest finite magnitude
+/// over 448, or 1 where every value is zero.
+fn tile_factor(values: &[f32]) -> f32 {
+    let amax = values.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
+    if amax > 0.0 {
+        amax / E4M3_MAX
+    } else {
+        1.0
+    }
 }
 
 /// Whether the CPU's FP8 products first round their activations to E4M3 per 1×128 tile of each
@@ -342,8 +350,7 @@ pub fn activation_tiles() -> bool {
 pub fn round_activation_tiles(x: &mut [f32], cols: usize) {
     for row in x.chunks_mut(cols.max(1)) {
         for tile in row.chunks_mut(BLOCK) {
-            let amax = tile.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
-            let f = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+            let f = tile_factor(tile);
             for v in tile.iter_mut() {
                 *v = decode(encode(*v / f)) * f;
             }

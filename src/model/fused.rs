@@ -263,7 +263,11 @@ pub fn set_gemm_fp8_pick(spec: Option<&str>) -> Result<Vec<(usize, &'static str)
 /// pick named it.
 fn gemm_fp8_pick(rows: usize) -> usize {
     let set = GEMM_FP8_PICK_SET.read().unwrap_or_else(|e| e.into_inner());
-    let pick = set.as_deref().unwrap_or(&GEMM_FP8_PICK);
+    pick_for(set.as_deref().unwrap_or(&GEMM_FP8_PICK), rows)
+}
+
+/// The `GEMM_FP8` index `pick` gives `rows` rows.
+fn pick_for(pick: &[(usize, usize)], rows: usize) -> usize {
     pick.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i)
 }
 /// Whether the pick gives `rows` rows to cuBLASLt (`gemm_fp8_lt`), which takes any number of
@@ -1229,15 +1233,14 @@ impl Kernels {
     ) -> Result<Option<Tensor>> {
         let (rows, k) = x.dims2()?;
         let n = w.dim(0)?;
-        let index = match kernel {
+        let mut index = match kernel {
             Some(g) => match GEMM_FP8.iter().position(|&c| c == g) {
                 Some(i) => i,
                 None => bail!("gemm_fp8: no kernel {}", g.name),
             },
             None => gemm_fp8_pick(rows),
         };
-        let mut g = GEMM_FP8[index];
-        if let Some(factors) = g.lt {
+        if let Some(factors) = GEMM_FP8[index].lt {
             if let Some(y) = self.gemm_fp8_lt(x, w, scale, factors)? {
                 return Ok(Some(y));
             }
@@ -1247,9 +1250,9 @@ impl Kernels {
             if kernel.is_some() || rows > super::linear::FP8_GEMM_ROWS {
                 return Ok(None);
             }
-            g = GEMM_FP8[GEMM_FP8_PICK.iter().find(|&&(max, _)| rows <= max).map_or(0, |&(_, i)| i)];
+            index = pick_for(&GEMM_FP8_PICK, rows);
         }
-        let index = GEMM_FP8.iter().position(|&c| c == g).unwrap_or(index);
+        let g = GEMM_FP8[index];
         let fits = self.module.funcs.contains_key(g.name)
             && self.module.funcs.contains_key(GEMM_FP8_REDUCE)
             && (!g.cluster || self.clusters)
