@@ -35,7 +35,8 @@
 //! difference from the f32 product), with the scale modes cuBLASLt has an algorithm for
 //! (`cublaslt_fp8_probe`); and at one and four
 //! rows `gemv_fp8` beside the bf16 `gemv` where that takes the rows (one, by default), as weight
-//! bytes read per second. `--gemv-only` runs
+//! bytes read per second, and at one row the tensor-core products (`tc_bits`, `tc_hw`: time,
+//! difference, speed over the default, time at each split). `--gemv-only` runs
 //! only those (with `SUBGOAL_CUDA_GEMV_SPLIT=N`, recorded as `gemv_split`, to compare splits).
 //! `--attention-only` runs only the prefill attention kernel's arm (`subgoal.attention`), at each
 //! `--prompts` length, and the same over an FP8 cache (`attention_kv8`, against the f32 product of
@@ -52,7 +53,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde_json::{json, Value};
-use subgoal::model::fused::{Kernels, GEMM_FP8};
+use subgoal::model::fused::{GemvFp8Path, Kernels, GEMM_FP8};
 use subgoal::model::llama::{KvCache, Model, WeightFormat};
 use subgoal::model::paged::{Batch, KvFormat, PagedCache};
 
@@ -466,6 +467,26 @@ fn gemm_fp8_check(k: &Kernels, device: &Device, gemv_only: bool) -> Value {
                 v["gemv_bf16_us"] = json!(r(t16 * 1e6));
                 v["fp8_over_bf16_speed"] = json!(r(t16 / t8));
                 v["bf16_weight_tb_per_s"] = json!(r((2 * n * kk) as f64 / t16 / 1e12));
+            }
+            // At one row, the tensor-core products beside it (`SUBGOAL_CUDA_GEMV_FP8_TC`): each
+            // path's time and difference at its default split and at every split.
+            if rows == 1 {
+                for (label, path) in [("tc_bits", GemvFp8Path::TcBits), ("tc_hw", GemvFp8Path::TcHw)] {
+                    let Some(got) = k.gemv_fp8_with(&x, &bytes, &scale, path, None).unwrap() else { continue };
+                    let got = got.to_dtype(DType::F32).unwrap();
+                    let diff = (&want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    let t = time(&|| drop(k.gemv_fp8_with(&x, &bytes, &scale, path, None).unwrap()));
+                    let by_split: serde_json::Map<String, Value> = [2usize, 4, 8, 16]
+                        .iter()
+                        .map(|&s| {
+                            let ts = time(&|| drop(k.gemv_fp8_with(&x, &bytes, &scale, path, Some(s)).unwrap()));
+                            (s.to_string(), json!(r(ts * 1e6)))
+                        })
+                        .collect();
+                    v[label] = json!({"us": r(t * 1e6), "max_abs_diff_vs_f32": diff,
+                                      "weight_tb_per_s": r((n * kk) as f64 / t / 1e12),
+                                      "over_default_speed": r(t8 / t), "us_by_split": by_split});
+                }
             }
             out.insert(format!("{name}_{n}x{kk}_rows_{rows}"), v);
         }

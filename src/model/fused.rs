@@ -82,6 +82,25 @@ const GEMV_FP8_1_SPLIT: [&str; 4] = ["gemv_fp8_1", "gemv_fp8_1_k2", "gemv_fp8_1_
 /// of `gpu_decode --gemv-only`), and the batch-1 step 0.99× (2026-12-07).
 const GEMV_FP8_1W_SPLIT: [&str; 4] = ["gemv_fp8_1w_k1", "gemv_fp8_1w_k2", "gemv_fp8_1w_k4", "gemv_fp8_1w_k8"];
 const GEMV_FP8_WIDE: usize = 4;
+/// The one-row FP8 product on tensor cores (`gemv_fp8_tc` / `gemv_fp8_tch` in fp8.cu, 16-bit
+/// activations), by warps per group of 16 outputs: the weight's bytes made 16-bit by integer
+/// operations (`Tc::Bits`) or by the hardware's pair conversion with x in f16 (`Tc::Hw`).
+const GEMV_FP8_TC: [&str; 4] = ["gemv_fp8_tc_k2", "gemv_fp8_tc_k4", "gemv_fp8_tc_k8", "gemv_fp8_tc_k16"];
+const GEMV_FP8_TCH: [&str; 4] = ["gemv_fp8_tch_k2", "gemv_fp8_tch_k4", "gemv_fp8_tch_k8", "gemv_fp8_tch_k16"];
+const GEMV_FP8_TC_SPLITS: [usize; 4] = [2, 4, 8, 16];
+/// Warps a block of those kernels (`FP8_TC_WARPS` in fp8.cu).
+const GEMV_FP8_TC_WARPS: usize = 16;
+
+/// Which one-row FP8 product `gemv_fp8` takes (`SUBGOAL_CUDA_GEMV_FP8_TC`: 0, 1 or 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvFp8Path {
+    /// FMA on f32 values (`gemv_fp8_wide`, `gemv_fp8`).
+    Fma,
+    /// Tensor cores, the bytes made 16-bit by integer operations (`gemv_fp8_tc`).
+    TcBits,
+    /// Tensor cores, the hardware's pair conversion and x in f16 (`gemv_fp8_tch`).
+    TcHw,
+}
 /// An attention kernel family: per head size 64, 128 and 256 (`head_index`), over a cache in the
 /// model's dtype (`[0]`) and over an FP8 one (`[1]`).
 type AttnFamily = [[&'static str; 3]; 2];
@@ -616,6 +635,8 @@ pub struct Kernels {
     /// Whether the one-row FP8 product takes `gemv_fp8_wide` (16-bit activations, unless
     /// `SUBGOAL_CUDA_GEMV_FP8_COLS=2`).
     gemv_fp8_wide: bool,
+    /// The one-row FP8 product's path (`SUBGOAL_CUDA_GEMV_FP8_TC`).
+    gemv_fp8_path: GemvFp8Path,
     /// Output pairs a unit of the norm-fused one-row kernels over FP8 weights: 2 for 16-bit
     /// activations unless `SUBGOAL_CUDA_GEMV_FP8_PAIRS=1`, else 1.
     fp8_pairs: usize,
@@ -827,6 +848,8 @@ impl Kernels {
                 .chain(GEMM_FP8.iter().filter(|g| !g.hopper && g.lt.is_none()).map(|g| g.name))
                 .chain([GEMM_FP8_REDUCE, FP8_QUANT_ROWS])
                 .chain(GEMV_FP8_1W_SPLIT)
+                .chain(GEMV_FP8_TC)
+                .chain(GEMV_FP8_TCH)
                 .chain(GEMV_SILU_FP8W_SPLIT)
                 .chain(GEMV_ROPE_FP8W_SPLIT)
                 .collect()
@@ -917,6 +940,11 @@ impl Kernels {
             gemv_rows: gemv_rows.min(GEMV_MAX_ROWS),
             gemv_split,
             gemv_fp8_wide: dtype != DType::F32 && env_knob("SUBGOAL_CUDA_GEMV_FP8_COLS") != Some(2),
+            gemv_fp8_path: match env_knob("SUBGOAL_CUDA_GEMV_FP8_TC") {
+                Some(1) if dtype != DType::F32 => GemvFp8Path::TcBits,
+                Some(2) if dtype != DType::F32 => GemvFp8Path::TcHw,
+                _ => GemvFp8Path::Fma,
+            },
             fp8_pairs: if dtype != DType::F32 && env_knob("SUBGOAL_CUDA_GEMV_FP8_PAIRS") != Some(1) { 2 } else { 1 },
             prefill_groups: env_knob("SUBGOAL_CUDA_PREFILL_GROUPS").filter(|g| [1, 2].contains(g)),
             prefill_wide_resident,
@@ -1179,7 +1207,9 @@ impl Kernels {
         let y = self.empty((rows, n), self.dtype)?;
         let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale.contiguous()?)?, addr(&y)?);
         let (n_i, k_i) = (n as i32, k as i32);
-        if rows == 1 {
+        if rows == 1 && self.gemv_fp8_path != GemvFp8Path::Fma && self.gemv_fp8_tc_fits(n, k) {
+            self.launch_gemv_fp8_tc(self.gemv_fp8_path, None, [px, pw, ps, pr, py], n, k)?;
+        } else if rows == 1 {
             let wide = self.gemv_fp8_wide && n % GEMV_FP8_WIDE == 0;
             let (cols, names) = if wide { (GEMV_FP8_WIDE, GEMV_FP8_1W_SPLIT) } else { (GEMV_COLS, GEMV_FP8_1_SPLIT) };
             let (i, cfg) = self.split_choice(n.div_ceil(cols), Split::Plain);
@@ -1193,6 +1223,77 @@ impl Kernels {
             launch!(self, GEMV_FP8[rows - 1], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
         }
         Ok(Some(y))
+    }
+
+    /// `gemv_fp8` at one row through `path` with `split` warps per group of 16 outputs (`None`: as
+    /// `gemv_fp8` chooses), for benchmarks that compare them; `None` where the path does not take
+    /// the shapes (its dtype, n a multiple of 16, k of 64).
+    pub fn gemv_fp8_with(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        scale: &Tensor,
+        path: GemvFp8Path,
+        split: Option<usize>,
+    ) -> Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        if path == GemvFp8Path::Fma {
+            return self.gemv_fp8(x, w, scale, None);
+        }
+        if rows != 1
+            || self.dtype == DType::F32
+            || !self.gemv_fp8_tc_fits(n, k)
+            || !self.fp8_operands_fit(x, w, scale)?
+        {
+            return Ok(None);
+        }
+        let y = self.empty((1, n), self.dtype)?;
+        let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale.contiguous()?)?, addr(&y)?);
+        self.launch_gemv_fp8_tc(path, split, [px, pw, ps, 0, py], n, k)?;
+        Ok(Some(y))
+    }
+
+    /// Whether the tensor-core one-row FP8 products take `[1, k] @ [n, k]^T`: n a multiple of 16,
+    /// k of 64, and x in f16 within the default 48 KiB of shared memory.
+    fn gemv_fp8_tc_fits(&self, n: usize, k: usize) -> bool {
+        n % 16 == 0 && k % 64 == 0 && 2 * k <= 48 * 1024
+    }
+
+    /// Launches the tensor-core one-row FP8 product of `path` on the addresses `[x, w, scale,
+    /// residual (0: none), y]`. Warps per group: `split`, else `SUBGOAL_CUDA_GEMV_TC_SPLIT`, else
+    /// the fewest that give the GPU 32 warps an SM.
+    fn launch_gemv_fp8_tc(
+        &self,
+        path: GemvFp8Path,
+        split: Option<usize>,
+        a: [u64; 5],
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let groups = n / 16;
+        let ks = split.or_else(|| env_knob("SUBGOAL_CUDA_GEMV_TC_SPLIT")).filter(|s| GEMV_FP8_TC_SPLITS.contains(s));
+        let i = match ks {
+            Some(s) => GEMV_FP8_TC_SPLITS.iter().position(|&x| x == s).unwrap_or(0),
+            None => GEMV_FP8_TC_SPLITS
+                .iter()
+                .position(|&s| groups * s >= 32 * self.sms)
+                .unwrap_or(GEMV_FP8_TC_SPLITS.len() - 1),
+        };
+        let per_block = GEMV_FP8_TC_WARPS / GEMV_FP8_TC_SPLITS[i];
+        let (names, smem) = match path {
+            GemvFp8Path::TcHw => (GEMV_FP8_TCH, 2 * k as u32),
+            _ => (GEMV_FP8_TC, 0),
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (groups.div_ceil(per_block) as u32, 1, 1),
+            block_dim: (32 * GEMV_FP8_TC_WARPS as u32, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let (n_i, k_i) = (n as i32, k as i32);
+        let [px, pw, ps, pr, py] = a;
+        launch!(self, names[i], cfg, &px, &pw, &ps, &pr, &py, &n_i, &k_i);
+        Ok(())
     }
 
     /// What both FP8 products take: some rows `x` `[m, k]` (k a multiple of 16, aligned), E4M3

@@ -24,6 +24,31 @@ __device__ __forceinline__ void fp8x8_to_f(uint32_t lo, uint32_t hi, float* out)
     }
 }
 
+// The E4M3 byte in bits 24..31 of v (the rest ignored) as a float 2^-120 times its value: its sign
+// moved to bit 31 by the arithmetic shift, its exponent and mantissa bits to the top of an f32's,
+// where the difference of the biases (127 - 7) leaves the factor; a subnormal lands on an f32
+// subnormal, exactly. (NaN, 0x7F/0xFF, reads as 480: the weights hold none.)
+__device__ __forceinline__ float e4m3_top_scaled(uint32_t v) { return __int_as_float(((int)v >> 4) & (int)0x87F00000); }
+// Two factors of 2^60 take back e4m3_top_scaled's 2^-120, one on a partial sum and one on its block
+// factor, so that no product leaves f32's range whatever the factor: the result is the unscaled
+// arithmetic's to the bit (scaling by powers of two is exact), short of products below 2^-126.
+constexpr float FP8_UNSCALE_HALF = 0x1p60f;
+
+// fp8x8_to_f times 2^-120, in integer operations (three a byte, two for the top one). Why: the
+// hardware conversion (e4m3x2 to f16x2, then each half to f32) runs at a quarter of the integer
+// rate, 1.5 conversions a byte, and held the one-row projections near 2.7 TB/s on any Hopper (132
+// SMs at 1.98 GHz convert about 2.8 TB/s of bytes), short of an H200's 4.8.
+__device__ __forceinline__ void fp8x8_to_f_scaled(uint32_t lo, uint32_t hi, float* out) {
+    out[0] = e4m3_top_scaled(lo << 24);
+    out[1] = e4m3_top_scaled(lo << 16);
+    out[2] = e4m3_top_scaled(lo << 8);
+    out[3] = e4m3_top_scaled(lo);
+    out[4] = e4m3_top_scaled(hi << 24);
+    out[5] = e4m3_top_scaled(hi << 16);
+    out[6] = e4m3_top_scaled(hi << 8);
+    out[7] = e4m3_top_scaled(hi);
+}
+
 // out[r, c] = e4m3(w[r, c]) * scale[r / 128, c / 128]. Each thread converts 16 bytes.
 // Requires k % 16 == 0. Grid: ceil(n * k / 16 / 256); block: 256.
 template <typename T>
@@ -80,12 +105,12 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
 #pragma unroll
         for (int c = 0; c < GEMV_COLS; c++) {
             uint4 b = __ldcs((const uint4*)(wr[c] + i));
-            fp8x8_to_f(b.x, b.y, wf[c]);
-            fp8x8_to_f(b.z, b.w, wf[c] + 8);
+            fp8x8_to_f_scaled(b.x, b.y, wf[c]);
+            fp8x8_to_f_scaled(b.z, b.w, wf[c] + 8);
         }
         float f[GEMV_COLS];
 #pragma unroll
-        for (int c = 0; c < GEMV_COLS; c++) f[c] = __ldg(sr[c] + i / FP8_BLOCK);
+        for (int c = 0; c < GEMV_COLS; c++) f[c] = __ldg(sr[c] + i / FP8_BLOCK) * FP8_UNSCALE_HALF;
 #pragma unroll
         for (int m = 0; m < M; m++) {
             float part[GEMV_COLS];
@@ -103,24 +128,24 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
                 }
             }
 #pragma unroll
-            for (int c = 0; c < GEMV_COLS; c++) acc[c * M + m] += part[c] * f[c];
+            for (int c = 0; c < GEMV_COLS; c++) acc[c * M + m] += part[c] * FP8_UNSCALE_HALF * f[c];
         }
     }
     if (!unit_sum<KS>(acc)) return;
     gemv_store<T, M>(acc, res, y, col0, n);
 }
 
-// part[j] += the dot product of half h (bytes 8h..8h+7) of the 16 E4M3 bytes b[j] with v, for
-// each of R loads: the one-row kernels convert a load in two halves to keep their registers.
+// part[j] += 2^-120 times the dot product of half h (bytes 8h..8h+7) of the 16 E4M3 bytes b[j] with
+// v, for each of R loads: the one-row kernels convert a load in two halves to keep their registers.
 template <int R>
 __device__ __forceinline__ void fp8_half_dots(const uint4 (&b)[R], int h, const float (&v)[8], float (&part)[R]) {
 #pragma unroll
     for (int j = 0; j < R; j++) {
         float wf[8];
         if (h == 0) {
-            fp8x8_to_f(b[j].x, b[j].y, wf);
+            fp8x8_to_f_scaled(b[j].x, b[j].y, wf);
         } else {
-            fp8x8_to_f(b[j].z, b[j].w, wf);
+            fp8x8_to_f_scaled(b[j].z, b[j].w, wf);
         }
 #pragma unroll
         for (int e = 0; e < 8; e++) part[j] += wf[e] * v[e];
@@ -176,12 +201,220 @@ __device__ void gemv_fp8_wide(const T* __restrict__ x, const uint8_t* __restrict
             }
             fp8_half_dots(b, h, xf, part);
         }
-        float f = __ldg(s0 + i / FP8_BLOCK);
+        float f = __ldg(s0 + i / FP8_BLOCK) * FP8_UNSCALE_HALF;
 #pragma unroll
-        for (int c = 0; c < FP8_WIDE; c++) acc[c] += part[c] * f;
+        for (int c = 0; c < FP8_WIDE; c++) acc[c] += part[c] * FP8_UNSCALE_HALF * f;
     }
     if (!unit_sum<KS>(acc)) return;
     gemv_store<T, 1, FP8_WIDE>(acc, res, y, col0, n);
+}
+
+// e4m3x4_split without its last multiplication: the pairs as 16-bit values 2^-120 (bf16) or 2^-8
+// (f16) times the bytes' values; E4M3_BITS_UNSCALE<T> squared takes that back. E4M3 subnormals
+// become bf16 subnormals, which the tensor cores may flush: at most 2^-6 of a unit in a block
+// whose largest weight is 448.
+template <typename T> __device__ __forceinline__ void e4m3x4_bits(uint32_t w, uint32_t& odd, uint32_t& even);
+template <> __device__ __forceinline__ void e4m3x4_bits<__nv_bfloat16>(uint32_t w, uint32_t& odd, uint32_t& even) {
+    odd = (w & 0x80008000u) | ((w >> 4) & 0x07F007F0u);
+    even = ((w << 8) & 0x80008000u) | ((w << 4) & 0x07F007F0u);
+}
+template <> __device__ __forceinline__ void e4m3x4_bits<__half>(uint32_t w, uint32_t& odd, uint32_t& even) {
+    odd = (w & 0x80008000u) | ((w >> 1) & 0x3F803F80u);
+    even = ((w << 8) & 0x80008000u) | ((w << 7) & 0x3F803F80u);
+}
+template <typename T> constexpr float E4M3_BITS_UNSCALE = 0x1p60f;
+template <> constexpr float E4M3_BITS_UNSCALE<__half> = 0x1p4f;
+
+// gemv_fp8 at one row on tensor cores (16-bit activations): the weight is mma.sync's A operand, 16
+// weight rows (outputs) a warp, and x every column of B, so D's 8 columns hold the same 16 sums:
+// the tensor cores have compute to spare, and a weight byte costs about two integer operations
+// (e4m3x4_split, as in gemm_fp8) where gemv_fp8_wide spends 3.5 instructions on it (a conversion,
+// a half-to-float conversion and an FMA, and x's share). Lane (g, t) loads 16 bytes of rows g and
+// g + 8 at k = 64 c + 16 t of chunk c; word s of a load is MMA step s's fragment, its bytes j = 0..3
+// taken in the order 0, 2 | 1, 3 for the MMA's k = 2t, 2t + 1 | 2t + 8, 2t + 9, and x's elements
+// 64 c + 16 t + 4 s + j in the same order. A chunk's 64 products are summed by the tensor cores in
+// f32 and scaled by its block's factor. The KS warps of a group take chunks c = ks, ks + KS, ...
+// and add their sums through shared memory.
+// Requires n % 16 == 0, k % 64 == 0 and 16-byte aligned rows.
+// Grid: ceil(n / 16 / (FP8_TC_WARPS / KS)); block: 32 FP8_TC_WARPS.
+constexpr int FP8_TC_WARPS = 16;
+template <typename T, int KS>
+__device__ void gemv_fp8_tc(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
+                            const T* __restrict__ res, T* __restrict__ y, int n, int k) {
+    pdl_launch();
+    constexpr int GROUPS = FP8_TC_WARPS / KS, U = 4;  // U chunks' loads in flight a lane
+    __shared__ float red[FP8_TC_WARPS][16];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int grp = warp / KS, ks = warp % KS;
+    // A group past n (n is a multiple of 16) reads the last one's rows and stores nothing.
+    int row0 = min((int)(blockIdx.x * GROUPS + grp) * 16, n - 16);
+    const uint8_t* w0 = w + (size_t)(row0 + g) * k + 16 * t;
+    const uint8_t* w1 = w0 + (size_t)8 * k;
+    const float* sc = scale + (size_t)(row0 / FP8_BLOCK) * ((k + FP8_BLOCK - 1) / FP8_BLOCK);
+    const T* xt = x + 16 * t;
+    int chunks = k / 64;
+    pdl_wait();
+    float s0 = 0.f, s1 = 0.f;
+    for (int c0 = ks; c0 < chunks; c0 += KS * U) {
+        uint4 a[U], b[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = min(c0 + u * KS, chunks - 1);  // past the end: loaded, then skipped
+            a[u] = __ldcs((const uint4*)(w0 + (size_t)c * 64));
+            b[u] = __ldcs((const uint4*)(w1 + (size_t)c * 64));
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = c0 + u * KS;
+            if (c >= chunks) break;
+            // x from L1 (every lane of a t reads the same 32 bytes), after the weight's loads.
+            uint4 xa = __ldg((const uint4*)(xt + c * 64)), xb = __ldg((const uint4*)(xt + c * 64 + 8));
+            uint32_t wa[4] = {a[u].x, a[u].y, a[u].z, a[u].w}, wb[4] = {b[u].x, b[u].y, b[u].z, b[u].w};
+            uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+            float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                uint32_t fa[4], fb[2];
+                e4m3x4_bits<T>(wa[s], fa[2], fa[0]);
+                e4m3x4_bits<T>(wb[s], fa[3], fa[1]);
+                fb[0] = prmt(xw[2 * s], xw[2 * s + 1], 0x5410);
+                fb[1] = prmt(xw[2 * s], xw[2 * s + 1], 0x7632);
+                mma16816<T>(d, fa, fb);
+            }
+            float f = __ldg(sc + c / 2) * E4M3_BITS_UNSCALE<T>;
+            s0 += d[0] * E4M3_BITS_UNSCALE<T> * f;
+            s1 += d[2] * E4M3_BITS_UNSCALE<T> * f;
+        }
+    }
+    if (t == 0) {
+        red[warp][g] = s0;
+        red[warp][g + 8] = s1;
+    }
+    __syncthreads();
+    if (threadIdx.x < GROUPS * 16) {
+        int gi = threadIdx.x >> 4, r = threadIdx.x & 15;
+        int row = (blockIdx.x * GROUPS + gi) * 16 + r;
+        if (row < n) {
+            float acc = 0.f;
+#pragma unroll
+            for (int j = 0; j < KS; j++) acc += red[gi * KS + j][r];
+            // With a residual, the sum of the two as the unfused path rounds them: each to T.
+            y[row] = res ? from_f<T>(to_f(res[row]) + to_f(from_f<T>(acc))) : from_f<T>(acc);
+        }
+    }
+}
+
+// gemv_fp8_tc with the hardware's conversion: a pair of weight bytes becomes an f16 pair in one
+// instruction (cvt e4m3x2 to f16x2, bytes in their natural order: j = 0, 1 | 2, 3 for the MMA's
+// k = 2t, 2t + 1 | 2t + 8, 2t + 9), and x, made f16 once per block in shared memory, is B, so a
+// weight byte costs half an instruction. Activations beyond f16's range are scaled by a power of
+// two first (the block's largest magnitude brought under 65504), which the factor takes back;
+// below it f16 holds every bf16 value but those under 2^-14, which lose bits.
+// The first round of weight loads is issued before the wait for the kernel before (it touches
+// only the weight). Requires n % 16 == 0, k % 64 == 0, 16-byte aligned rows; dynamic shared
+// memory: 2 k bytes. Grid: ceil(n / 16 / (FP8_TC_WARPS / KS)); block: 32 FP8_TC_WARPS.
+__device__ __forceinline__ uint32_t e4m3x2_h2(uint32_t pair) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(pair & 0xFFFF), __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+template <typename T, int KS>
+__device__ void gemv_fp8_tch(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
+                             const T* __restrict__ res, T* __restrict__ y, int n, int k) {
+    pdl_launch();
+    constexpr int GROUPS = FP8_TC_WARPS / KS, U = 4;
+    extern __shared__ __align__(16) unsigned char smem[];
+    __half* xh = (__half*)smem;
+    __shared__ float red[FP8_TC_WARPS][16];
+    __shared__ float wmax[FP8_TC_WARPS];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int grp = warp / KS, ks = warp % KS;
+    int row0 = min((int)(blockIdx.x * GROUPS + grp) * 16, n - 16);
+    const uint8_t* w0 = w + (size_t)(row0 + g) * k + 16 * t;
+    const uint8_t* w1 = w0 + (size_t)8 * k;
+    const float* sc = scale + (size_t)(row0 / FP8_BLOCK) * ((k + FP8_BLOCK - 1) / FP8_BLOCK);
+    int chunks = k / 64;
+    uint4 a[U], b[U];
+    auto load = [&](int c0) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = min(c0 + u * KS, chunks - 1);  // past the end: loaded, then skipped
+            a[u] = __ldcs((const uint4*)(w0 + (size_t)c * 64));
+            b[u] = __ldcs((const uint4*)(w1 + (size_t)c * 64));
+        }
+    };
+    load(ks);
+    pdl_wait();
+    // x to f16 in shared memory, scaled by `down` where its largest magnitude needs it.
+    constexpr int XV = 16 / sizeof(T);
+    float mx = 0.f;
+    for (int i = threadIdx.x * XV; i < k; i += blockDim.x * XV) {
+        uint4 v = __ldg((const uint4*)(x + i));
+        const T* e = (const T*)&v;
+#pragma unroll
+        for (int j = 0; j < XV; j++) mx = fmaxf(mx, fabsf(to_f(e[j])));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) wmax[warp] = mx;
+    __syncthreads();
+    mx = 0.f;
+#pragma unroll
+    for (int j = 0; j < FP8_TC_WARPS; j++) mx = fmaxf(mx, wmax[j]);
+    float down = 1.f;
+    if (mx > 65504.f) {
+        int ex;
+        frexpf(mx / 65504.f, &ex);
+        down = ldexpf(1.f, -ex);
+    }
+    for (int i = threadIdx.x * XV; i < k; i += blockDim.x * XV) {
+        uint4 v = __ldg((const uint4*)(x + i));
+        const T* e = (const T*)&v;
+#pragma unroll
+        for (int j = 0; j < XV; j += 2) {
+            __half2 h = __floats2half2_rn(to_f(e[j]) * down, to_f(e[j + 1]) * down);
+            *(__half2*)(xh + i + j) = h;
+        }
+    }
+    __syncthreads();
+    float up = 1.f / down;
+    const __half* xt = xh + 16 * t;
+    float s0 = 0.f, s1 = 0.f;
+    for (int c0 = ks; c0 < chunks; c0 += KS * U) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = c0 + u * KS;
+            if (c >= chunks) break;
+            uint4 xa = *(const uint4*)(xt + c * 64), xb = *(const uint4*)(xt + c * 64 + 8);
+            uint32_t wa[4] = {a[u].x, a[u].y, a[u].z, a[u].w}, wb[4] = {b[u].x, b[u].y, b[u].z, b[u].w};
+            uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+            float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                uint32_t fa[4] = {e4m3x2_h2(wa[s]), e4m3x2_h2(wb[s]), e4m3x2_h2(wa[s] >> 16), e4m3x2_h2(wb[s] >> 16)};
+                uint32_t fb[2] = {xw[2 * s], xw[2 * s + 1]};
+                mma16816<__half>(d, fa, fb);
+            }
+            float f = __ldg(sc + c / 2) * up;
+            s0 += d[0] * f;
+            s1 += d[2] * f;
+        }
+        if (c0 + KS * U < chunks) load(c0 + KS * U);
+    }
+    if (t == 0) {
+        red[warp][g] = s0;
+        red[warp][g + 8] = s1;
+    }
+    __syncthreads();
+    if (threadIdx.x < GROUPS * 16) {
+        int gi = threadIdx.x >> 4, r = threadIdx.x & 15;
+        int row = (blockIdx.x * GROUPS + gi) * 16 + r;
+        if (row < n) {
+            float acc = 0.f;
+#pragma unroll
+            for (int j = 0; j < KS; j++) acc += red[gi * KS + j][r];
+            y[row] = res ? from_f<T>(to_f(res[row]) + to_f(from_f<T>(acc))) : from_f<T>(acc);
+        }
+    }
 }
 
 // dot2_norm (decode.cu) over FP8 weights and R rows: the normalized row's dot products with the
@@ -222,7 +455,9 @@ __device__ __forceinline__ bool dotn_norm_fp8(const NormIn<T>& in, const uint8_t
             fp8_half_dots(b, h, xg, part);
         }
 #pragma unroll
-        for (int j = 0; j < R; j++) acc[j] += part[j] * __ldg(scale + (size_t)(rows[j] / FP8_BLOCK) * kb + i / FP8_BLOCK);
+        for (int j = 0; j < R; j++)
+            acc[j] += part[j] * FP8_UNSCALE_HALF *
+                      (__ldg(scale + (size_t)(rows[j] / FP8_BLOCK) * kb + i / FP8_BLOCK) * FP8_UNSCALE_HALF);
     }
     if (!unit_sum<KS>(acc)) return false;
     float inv = rsqrtf(acc[R] / k + in.eps);
@@ -615,11 +850,22 @@ __device__ void fp8_quant_rows(const T* __restrict__ x, uint8_t* __restrict__ xq
 FP8_ALL(float, f32)
 FP8_ALL(__nv_bfloat16, bf16)
 FP8_ALL(__half, f16)
+// gemv_fp8_tc_k<KS>_<S> and gemv_fp8_tch_k<KS>_<S>: the one-row FP8 product on tensor cores.
+#define FP8_TC(T, S, KS)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * FP8_TC_WARPS, 2) gemv_fp8_tc_k##KS##_##S(                 \
+        const T* x, const uint8_t* w, const float* scale, const T* res, T* y, int n, int k) {                  \
+        gemv_fp8_tc<T, KS>(x, w, scale, res, y, n, k);                                                         \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * FP8_TC_WARPS, 2) gemv_fp8_tch_k##KS##_##S(                \
+        const T* x, const uint8_t* w, const float* scale, const T* res, T* y, int n, int k) {                  \
+        gemv_fp8_tch<T, KS>(x, w, scale, res, y, n, k);                                                        \
+    }
 // The wide one-row kernels (four columns, two pairs a unit) for 16-bit activations only: with f32
 // ones they spill in their registers, and fused.rs gives f32 models the narrow ones.
 #define FP8_WIDE_ALL(T, S)                                                                                     \
     FP8_GEMV1W(T, S, 1) FP8_GEMV1W(T, S, 2) FP8_GEMV1W(T, S, 4) FP8_GEMV1W(T, S, 8)                            \
-    FP8_EPILOGUE_WIDE(T, S, 1) FP8_EPILOGUE_WIDE(T, S, 2) FP8_EPILOGUE_WIDE(T, S, 4) FP8_EPILOGUE_WIDE(T, S, 8)
+    FP8_EPILOGUE_WIDE(T, S, 1) FP8_EPILOGUE_WIDE(T, S, 2) FP8_EPILOGUE_WIDE(T, S, 4) FP8_EPILOGUE_WIDE(T, S, 8) \
+    FP8_TC(T, S, 2) FP8_TC(T, S, 4) FP8_TC(T, S, 8) FP8_TC(T, S, 16)
 FP8_WIDE_ALL(__nv_bfloat16, bf16)
 FP8_WIDE_ALL(__half, f16)
 // Tensor cores take 16-bit inputs: f32 models dequantize and take cuBLAS.
