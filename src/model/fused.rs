@@ -84,7 +84,8 @@ const GEMV_FP8_1W_SPLIT: [&str; 4] = ["gemv_fp8_1w_k1", "gemv_fp8_1w_k2", "gemv_
 const GEMV_FP8_WIDE: usize = 4;
 /// The one-row FP8 product on tensor cores (`gemv_fp8_tc` / `gemv_fp8_tch` in fp8.cu, 16-bit
 /// activations), by warps per group of 16 outputs: the weight's bytes made 16-bit by integer
-/// operations (`Tc::Bits`) or by the hardware's pair conversion with x in f16 (`Tc::Hw`).
+/// operations (`GemvFp8Path::TcBits`) or by the hardware's pair conversion with x in f16
+/// (`GemvFp8Path::TcHw`).
 const GEMV_FP8_TC: [&str; 4] = ["gemv_fp8_tc_k2", "gemv_fp8_tc_k4", "gemv_fp8_tc_k8", "gemv_fp8_tc_k16"];
 const GEMV_FP8_TCH: [&str; 4] = ["gemv_fp8_tch_k2", "gemv_fp8_tch_k4", "gemv_fp8_tch_k8", "gemv_fp8_tch_k16"];
 const GEMV_FP8_TC_SPLITS: [usize; 4] = [2, 4, 8, 16];
@@ -635,8 +636,10 @@ pub struct Kernels {
     /// Whether the one-row FP8 product takes `gemv_fp8_wide` (16-bit activations, unless
     /// `SUBGOAL_CUDA_GEMV_FP8_COLS=2`).
     gemv_fp8_wide: bool,
-    /// The one-row FP8 product's path (`SUBGOAL_CUDA_GEMV_FP8_TC`).
+    /// The one-row FP8 product's path (`SUBGOAL_CUDA_GEMV_FP8_TC`), and the tensor-core paths'
+    /// warps per group (`SUBGOAL_CUDA_GEMV_TC_SPLIT`; unset: `launch_gemv_fp8_tc` decides).
     gemv_fp8_path: GemvFp8Path,
+    gemv_tc_split: Option<usize>,
     /// Output pairs a unit of the norm-fused one-row kernels over FP8 weights: 2 for 16-bit
     /// activations unless `SUBGOAL_CUDA_GEMV_FP8_PAIRS=1`, else 1.
     fp8_pairs: usize,
@@ -945,6 +948,7 @@ impl Kernels {
                 Some(2) if dtype != DType::F32 => GemvFp8Path::TcHw,
                 _ => GemvFp8Path::Fma,
             },
+            gemv_tc_split: env_knob("SUBGOAL_CUDA_GEMV_TC_SPLIT").filter(|s| GEMV_FP8_TC_SPLITS.contains(s)),
             fp8_pairs: if dtype != DType::F32 && env_knob("SUBGOAL_CUDA_GEMV_FP8_PAIRS") != Some(1) { 2 } else { 1 },
             prefill_groups: env_knob("SUBGOAL_CUDA_PREFILL_GROUPS").filter(|g| [1, 2].contains(g)),
             prefill_wide_resident,
@@ -1255,14 +1259,15 @@ impl Kernels {
     }
 
     /// Whether the tensor-core one-row FP8 products take `[1, k] @ [n, k]^T`: n a multiple of 16,
-    /// k of 64, and x in f16 within the default 48 KiB of shared memory.
+    /// k of 64, and x in f16 beside the kernel's own 1,088 bytes within the default 48 KiB of
+    /// shared memory.
     fn gemv_fp8_tc_fits(&self, n: usize, k: usize) -> bool {
-        n % 16 == 0 && k % 64 == 0 && 2 * k <= 48 * 1024
+        n % 16 == 0 && k % 64 == 0 && 2 * k + 2048 <= 48 * 1024
     }
 
     /// Launches the tensor-core one-row FP8 product of `path` on the addresses `[x, w, scale,
     /// residual (0: none), y]`. Warps per group: `split`, else `SUBGOAL_CUDA_GEMV_TC_SPLIT`, else
-    /// the fewest that give the GPU 32 warps an SM.
+    /// the fewest that give the GPU 32 warps an SM (16 where none does).
     fn launch_gemv_fp8_tc(
         &self,
         path: GemvFp8Path,
@@ -1272,7 +1277,7 @@ impl Kernels {
         k: usize,
     ) -> Result<()> {
         let groups = n / 16;
-        let ks = split.or_else(|| env_knob("SUBGOAL_CUDA_GEMV_TC_SPLIT")).filter(|s| GEMV_FP8_TC_SPLITS.contains(s));
+        let ks = split.or(self.gemv_tc_split).filter(|s| GEMV_FP8_TC_SPLITS.contains(s));
         let i = match ks {
             Some(s) => GEMV_FP8_TC_SPLITS.iter().position(|&x| x == s).unwrap_or(0),
             None => GEMV_FP8_TC_SPLITS
