@@ -24,31 +24,6 @@ __device__ __forceinline__ void fp8x8_to_f(uint32_t lo, uint32_t hi, float* out)
     }
 }
 
-// The E4M3 byte in bits 24..31 of v (the rest ignored) as a float 2^-120 times its value: its sign
-// moved to bit 31 by the arithmetic shift, its exponent and mantissa bits to the top of an f32's,
-// where the difference of the biases (127 - 7) leaves the factor; a subnormal lands on an f32
-// subnormal, exactly. (NaN, 0x7F/0xFF, reads as 480: the weights hold none.)
-__device__ __forceinline__ float e4m3_top_scaled(uint32_t v) { return __int_as_float(((int)v >> 4) & (int)0x87F00000); }
-// Two factors of 2^60 take back e4m3_top_scaled's 2^-120, one on a partial sum and one on its block
-// factor, so that no product leaves f32's range whatever the factor: the result is the unscaled
-// arithmetic's to the bit (scaling by powers of two is exact), short of products below 2^-126.
-constexpr float FP8_UNSCALE_HALF = 0x1p60f;
-
-// fp8x8_to_f times 2^-120, in integer operations (three a byte, two for the top one). Why: the
-// hardware conversion (e4m3x2 to f16x2, then each half to f32) runs at a quarter of the integer
-// rate, 1.5 conversions a byte, and held the one-row projections near 2.7 TB/s on any Hopper (132
-// SMs at 1.98 GHz convert about 2.8 TB/s of bytes), short of an H200's 4.8.
-__device__ __forceinline__ void fp8x8_to_f_scaled(uint32_t lo, uint32_t hi, float* out) {
-    out[0] = e4m3_top_scaled(lo << 24);
-    out[1] = e4m3_top_scaled(lo << 16);
-    out[2] = e4m3_top_scaled(lo << 8);
-    out[3] = e4m3_top_scaled(lo);
-    out[4] = e4m3_top_scaled(hi << 24);
-    out[5] = e4m3_top_scaled(hi << 16);
-    out[6] = e4m3_top_scaled(hi << 8);
-    out[7] = e4m3_top_scaled(hi);
-}
-
 // out[r, c] = e4m3(w[r, c]) * scale[r / 128, c / 128]. Each thread converts 16 bytes.
 // Requires k % 16 == 0. Grid: ceil(n * k / 16 / 256); block: 256.
 template <typename T>
@@ -105,12 +80,12 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
 #pragma unroll
         for (int c = 0; c < GEMV_COLS; c++) {
             uint4 b = __ldcs((const uint4*)(wr[c] + i));
-            fp8x8_to_f_scaled(b.x, b.y, wf[c]);
-            fp8x8_to_f_scaled(b.z, b.w, wf[c] + 8);
+            fp8x8_to_f(b.x, b.y, wf[c]);
+            fp8x8_to_f(b.z, b.w, wf[c] + 8);
         }
         float f[GEMV_COLS];
 #pragma unroll
-        for (int c = 0; c < GEMV_COLS; c++) f[c] = __ldg(sr[c] + i / FP8_BLOCK) * FP8_UNSCALE_HALF;
+        for (int c = 0; c < GEMV_COLS; c++) f[c] = __ldg(sr[c] + i / FP8_BLOCK);
 #pragma unroll
         for (int m = 0; m < M; m++) {
             float part[GEMV_COLS];
@@ -128,24 +103,24 @@ __device__ void gemv_fp8(const T* __restrict__ x, const uint8_t* __restrict__ w,
                 }
             }
 #pragma unroll
-            for (int c = 0; c < GEMV_COLS; c++) acc[c * M + m] += part[c] * FP8_UNSCALE_HALF * f[c];
+            for (int c = 0; c < GEMV_COLS; c++) acc[c * M + m] += part[c] * f[c];
         }
     }
     if (!unit_sum<KS>(acc)) return;
     gemv_store<T, M>(acc, res, y, col0, n);
 }
 
-// part[j] += 2^-120 times the dot product of half h (bytes 8h..8h+7) of the 16 E4M3 bytes b[j] with
-// v, for each of R loads: the one-row kernels convert a load in two halves to keep their registers.
+// part[j] += the dot product of half h (bytes 8h..8h+7) of the 16 E4M3 bytes b[j] with v, for
+// each of R loads: the one-row kernels convert a load in two halves to keep their registers.
 template <int R>
 __device__ __forceinline__ void fp8_half_dots(const uint4 (&b)[R], int h, const float (&v)[8], float (&part)[R]) {
 #pragma unroll
     for (int j = 0; j < R; j++) {
         float wf[8];
         if (h == 0) {
-            fp8x8_to_f_scaled(b[j].x, b[j].y, wf);
+            fp8x8_to_f(b[j].x, b[j].y, wf);
         } else {
-            fp8x8_to_f_scaled(b[j].z, b[j].w, wf);
+            fp8x8_to_f(b[j].z, b[j].w, wf);
         }
 #pragma unroll
         for (int e = 0; e < 8; e++) part[j] += wf[e] * v[e];
@@ -201,9 +176,9 @@ __device__ void gemv_fp8_wide(const T* __restrict__ x, const uint8_t* __restrict
             }
             fp8_half_dots(b, h, xf, part);
         }
-        float f = __ldg(s0 + i / FP8_BLOCK) * FP8_UNSCALE_HALF;
+        float f = __ldg(s0 + i / FP8_BLOCK);
 #pragma unroll
-        for (int c = 0; c < FP8_WIDE; c++) acc[c] += part[c] * FP8_UNSCALE_HALF * f;
+        for (int c = 0; c < FP8_WIDE; c++) acc[c] += part[c] * f;
     }
     if (!unit_sum<KS>(acc)) return;
     gemv_store<T, 1, FP8_WIDE>(acc, res, y, col0, n);
@@ -226,15 +201,18 @@ template <typename T> constexpr float E4M3_BITS_UNSCALE = 0x1p60f;
 template <> constexpr float E4M3_BITS_UNSCALE<__half> = 0x1p4f;
 
 // gemv_fp8 at one row on tensor cores (16-bit activations): the weight is mma.sync's A operand, 16
-// weight rows (outputs) a warp, and x every column of B, so D's 8 columns hold the same 16 sums:
-// the tensor cores have compute to spare, and a weight byte costs about two integer operations
-// (e4m3x4_split, as in gemm_fp8) where gemv_fp8_wide spends 3.5 instructions on it (a conversion,
-// a half-to-float conversion and an FMA, and x's share). Lane (g, t) loads 16 bytes of rows g and
-// g + 8 at k = 64 c + 16 t of chunk c; word s of a load is MMA step s's fragment, its bytes j = 0..3
-// taken in the order 0, 2 | 1, 3 for the MMA's k = 2t, 2t + 1 | 2t + 8, 2t + 9, and x's elements
-// 64 c + 16 t + 4 s + j in the same order. A chunk's 64 products are summed by the tensor cores in
-// f32 and scaled by its block's factor. The KS warps of a group take chunks c = ks, ks + KS, ...
-// and add their sums through shared memory.
+// weight rows (outputs) a warp, and x every column of B, so D's 8 columns hold the same 16 sums.
+// Why: at one row the FMA kernels spend about 3.5 instructions a weight byte (gemv_fp8_wide's
+// main loop on sm_90: 445 for 128 bytes a lane: a conversion per pair, a half-to-float per value,
+// an FMA, x's share), against bf16's 1.5, and read their bytes at 0.6-0.75 of an H200's bandwidth
+// where bf16 reads at 0.8. Here the tensor cores do the products, which they have compute to spare
+// for, and a byte costs its conversion: 390 instructions for 128 bytes a lane with e4m3x4_bits
+// (this kernel), 230 with the hardware's pair conversion (gemv_fp8_tch). Lane (g, t) loads 16
+// bytes of rows g and g + 8 at k = 64 c + 16 t of chunk c; word s of a load is MMA step s's
+// fragment, its bytes j = 0..3 taken in the order 0, 2 | 1, 3 for the MMA's k = 2t, 2t + 1 |
+// 2t + 8, 2t + 9, and x's elements 64 c + 16 t + 4 s + j in the same order. A chunk's 64 products
+// are summed by the tensor cores in f32 and scaled by its block's factor. The KS warps of a group
+// take chunks c = ks, ks + KS, ... and add their sums through shared memory.
 // Requires n % 16 == 0, k % 64 == 0 and 16-byte aligned rows.
 // Grid: ceil(n / 16 / (FP8_TC_WARPS / KS)); block: 32 FP8_TC_WARPS.
 constexpr int FP8_TC_WARPS = 16;
@@ -455,9 +433,7 @@ __device__ __forceinline__ bool dotn_norm_fp8(const NormIn<T>& in, const uint8_t
             fp8_half_dots(b, h, xg, part);
         }
 #pragma unroll
-        for (int j = 0; j < R; j++)
-            acc[j] += part[j] * FP8_UNSCALE_HALF *
-                      (__ldg(scale + (size_t)(rows[j] / FP8_BLOCK) * kb + i / FP8_BLOCK) * FP8_UNSCALE_HALF);
+        for (int j = 0; j < R; j++) acc[j] += part[j] * __ldg(scale + (size_t)(rows[j] / FP8_BLOCK) * kb + i / FP8_BLOCK);
     }
     if (!unit_sum<KS>(acc)) return false;
     float inv = rsqrtf(acc[R] / k + in.eps);
