@@ -200,6 +200,34 @@ template <> __device__ __forceinline__ void e4m3x4_bits<__half>(uint32_t w, uint
 template <typename T> constexpr float E4M3_BITS_UNSCALE = 0x1p60f;
 template <> constexpr float E4M3_BITS_UNSCALE<__half> = 0x1p4f;
 
+// Warps a block of the tensor-core one-row kernels (GEMV_FP8_TC_WARPS in fused.rs).
+constexpr int FP8_TC_WARPS = 16;
+// The end of the tensor-core one-row kernels: each warp's sums for its group's rows g and g + 8
+// (lanes t = 0 hold them) through shared memory, the KS warps of a group added per row in order,
+// and the row stored with the residual as the unfused path rounds them (each to T).
+template <typename T, int KS>
+__device__ __forceinline__ void gemv_fp8_tc_store(float s0, float s1, const T* __restrict__ res, T* __restrict__ y,
+                                                  int n) {
+    constexpr int GROUPS = FP8_TC_WARPS / KS;
+    __shared__ float red[FP8_TC_WARPS][16];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if ((lane & 3) == 0) {
+        red[warp][lane >> 2] = s0;
+        red[warp][(lane >> 2) + 8] = s1;
+    }
+    __syncthreads();
+    if (threadIdx.x < GROUPS * 16) {
+        int gi = threadIdx.x >> 4, r = threadIdx.x & 15;
+        int row = (blockIdx.x * GROUPS + gi) * 16 + r;
+        if (row < n) {
+            float acc = 0.f;
+#pragma unroll
+            for (int j = 0; j < KS; j++) acc += red[gi * KS + j][r];
+            y[row] = res ? from_f<T>(to_f(res[row]) + to_f(from_f<T>(acc))) : from_f<T>(acc);
+        }
+    }
+}
+
 // gemv_fp8 at one row on tensor cores (16-bit activations): the weight is mma.sync's A operand, 16
 // weight rows (outputs) a warp, and x every column of B, so D's 8 columns hold the same 16 sums.
 // Why: at one row the FMA kernels spend about 3.5 instructions a weight byte (gemv_fp8_wide's
@@ -215,13 +243,11 @@ template <> constexpr float E4M3_BITS_UNSCALE<__half> = 0x1p4f;
 // take chunks c = ks, ks + KS, ... and add their sums through shared memory.
 // Requires n % 16 == 0, k % 64 == 0 and 16-byte aligned rows.
 // Grid: ceil(n / 16 / (FP8_TC_WARPS / KS)); block: 32 FP8_TC_WARPS.
-constexpr int FP8_TC_WARPS = 16;
 template <typename T, int KS>
 __device__ void gemv_fp8_tc(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                             const T* __restrict__ res, T* __restrict__ y, int n, int k) {
     pdl_launch();
     constexpr int GROUPS = FP8_TC_WARPS / KS, U = 4;  // U chunks' loads in flight a lane
-    __shared__ float red[FP8_TC_WARPS][16];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int grp = warp / KS, ks = warp % KS;
     // A group past n (n is a multiple of 16) reads the last one's rows and stores nothing.
@@ -264,22 +290,7 @@ __device__ void gemv_fp8_tc(const T* __restrict__ x, const uint8_t* __restrict__
             s1 += d[2] * E4M3_BITS_UNSCALE<T> * f;
         }
     }
-    if (t == 0) {
-        red[warp][g] = s0;
-        red[warp][g + 8] = s1;
-    }
-    __syncthreads();
-    if (threadIdx.x < GROUPS * 16) {
-        int gi = threadIdx.x >> 4, r = threadIdx.x & 15;
-        int row = (blockIdx.x * GROUPS + gi) * 16 + r;
-        if (row < n) {
-            float acc = 0.f;
-#pragma unroll
-            for (int j = 0; j < KS; j++) acc += red[gi * KS + j][r];
-            // With a residual, the sum of the two as the unfused path rounds them: each to T.
-            y[row] = res ? from_f<T>(to_f(res[row]) + to_f(from_f<T>(acc))) : from_f<T>(acc);
-        }
-    }
+    gemv_fp8_tc_store<T, KS>(s0, s1, res, y, n);
 }
 
 // gemv_fp8_tc with the hardware's conversion: a pair of weight bytes becomes an f16 pair in one
@@ -302,7 +313,6 @@ __device__ void gemv_fp8_tch(const T* __restrict__ x, const uint8_t* __restrict_
     constexpr int GROUPS = FP8_TC_WARPS / KS, U = 4;
     extern __shared__ __align__(16) unsigned char smem[];
     __half* xh = (__half*)smem;
-    __shared__ float red[FP8_TC_WARPS][16];
     __shared__ float wmax[FP8_TC_WARPS];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int grp = warp / KS, ks = warp % KS;
@@ -378,21 +388,7 @@ __device__ void gemv_fp8_tch(const T* __restrict__ x, const uint8_t* __restrict_
         }
         if (c0 + KS * U < chunks) load(c0 + KS * U);
     }
-    if (t == 0) {
-        red[warp][g] = s0;
-        red[warp][g + 8] = s1;
-    }
-    __syncthreads();
-    if (threadIdx.x < GROUPS * 16) {
-        int gi = threadIdx.x >> 4, r = threadIdx.x & 15;
-        int row = (blockIdx.x * GROUPS + gi) * 16 + r;
-        if (row < n) {
-            float acc = 0.f;
-#pragma unroll
-            for (int j = 0; j < KS; j++) acc += red[gi * KS + j][r];
-            y[row] = res ? from_f<T>(to_f(res[row]) + to_f(from_f<T>(acc))) : from_f<T>(acc);
-        }
-    }
+    gemv_fp8_tc_store<T, KS>(s0, s1, res, y, n);
 }
 
 // dot2_norm (decode.cu) over FP8 weights and R rows: the normalized row's dot products with the
