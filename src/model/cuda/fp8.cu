@@ -202,6 +202,23 @@ template <> constexpr float E4M3_BITS_UNSCALE<__half> = 0x1p4f;
 
 // Warps a block of the tensor-core one-row kernels (GEMV_FP8_TC_WARPS in fused.rs).
 constexpr int FP8_TC_WARPS = 16;
+// A warp of the tensor-core one-row kernels: lane (g, t)'s first bytes in its group's rows g and
+// g + 8, the group's row of block factors, and the warp's place among the KS that split k. A
+// group past n (n is a multiple of 16) reads the last one's rows and stores nothing.
+struct Fp8TcLane {
+    const uint8_t* w0;
+    const uint8_t* w1;
+    const float* sc;
+    int ks;
+};
+template <int KS>
+__device__ __forceinline__ Fp8TcLane fp8_tc_lane(const uint8_t* w, const float* scale, int n, int k) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row0 = min((int)(blockIdx.x * (FP8_TC_WARPS / KS) + warp / KS) * 16, n - 16);
+    const uint8_t* w0 = w + (size_t)(row0 + (lane >> 2)) * k + 16 * (lane & 3);
+    return {w0, w0 + (size_t)8 * k, scale + (size_t)(row0 / FP8_BLOCK) * ((k + FP8_BLOCK - 1) / FP8_BLOCK), warp % KS};
+}
+
 // The end of the tensor-core one-row kernels: each warp's sums for its group's rows g and g + 8
 // (lanes t = 0 hold them) through shared memory, the KS warps of a group added per row in order,
 // and the row stored with the residual as the unfused path rounds them (each to T).
@@ -247,15 +264,12 @@ template <typename T, int KS>
 __device__ void gemv_fp8_tc(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                             const T* __restrict__ res, T* __restrict__ y, int n, int k) {
     pdl_launch();
-    constexpr int GROUPS = FP8_TC_WARPS / KS, U = 4;  // U chunks' loads in flight a lane
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    int grp = warp / KS, ks = warp % KS;
-    // A group past n (n is a multiple of 16) reads the last one's rows and stores nothing.
-    int row0 = min((int)(blockIdx.x * GROUPS + grp) * 16, n - 16);
-    const uint8_t* w0 = w + (size_t)(row0 + g) * k + 16 * t;
-    const uint8_t* w1 = w0 + (size_t)8 * k;
-    const float* sc = scale + (size_t)(row0 / FP8_BLOCK) * ((k + FP8_BLOCK - 1) / FP8_BLOCK);
-    const T* xt = x + 16 * t;
+    constexpr int U = 4;  // U chunks' loads in flight a lane
+    const Fp8TcLane L = fp8_tc_lane<KS>(w, scale, n, k);
+    const uint8_t *w0 = L.w0, *w1 = L.w1;
+    const float* sc = L.sc;
+    const int ks = L.ks;
+    const T* xt = x + 16 * (threadIdx.x & 3);
     int chunks = k / 64;
     pdl_wait();
     float s0 = 0.f, s1 = 0.f;
@@ -310,16 +324,15 @@ template <typename T, int KS>
 __device__ void gemv_fp8_tch(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ scale,
                              const T* __restrict__ res, T* __restrict__ y, int n, int k) {
     pdl_launch();
-    constexpr int GROUPS = FP8_TC_WARPS / KS, U = 4;
+    constexpr int U = 4;
     extern __shared__ __align__(16) unsigned char smem[];
     __half* xh = (__half*)smem;
     __shared__ float wmax[FP8_TC_WARPS];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    int grp = warp / KS, ks = warp % KS;
-    int row0 = min((int)(blockIdx.x * GROUPS + grp) * 16, n - 16);
-    const uint8_t* w0 = w + (size_t)(row0 + g) * k + 16 * t;
-    const uint8_t* w1 = w0 + (size_t)8 * k;
-    const float* sc = scale + (size_t)(row0 / FP8_BLOCK) * ((k + FP8_BLOCK - 1) / FP8_BLOCK);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+    const Fp8TcLane L = fp8_tc_lane<KS>(w, scale, n, k);
+    const uint8_t *w0 = L.w0, *w1 = L.w1;
+    const float* sc = L.sc;
+    const int ks = L.ks;
     int chunks = k / 64;
     uint4 a[U], b[U];
     auto load = [&](int c0) {
