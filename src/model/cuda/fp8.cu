@@ -249,10 +249,10 @@ __device__ __forceinline__ void gemv_fp8_tc_store(float s0, float s1, const T* _
 // weight rows (outputs) a warp, and x every column of B, so D's 8 columns hold the same 16 sums.
 // Why: at one row the FMA kernels spend about 3.5 instructions a weight byte (gemv_fp8_wide's
 // main loop on sm_90: 445 for 128 bytes a lane: a conversion per pair, a half-to-float per value,
-// an FMA, x's share), against bf16's 1.5, and read their bytes at 0.6-0.75 of an H200's bandwidth
-// where bf16 reads at 0.8. Here the tensor cores do the products, which they have compute to spare
-// for, and a byte costs its conversion: 390 instructions for 128 bytes a lane with e4m3x4_bits
-// (this kernel), 230 with the hardware's pair conversion (gemv_fp8_tch). Lane (g, t) loads 16
+// an FMA, x's share), against bf16's 1.5, and read their bytes at 0.42-0.72 of an H200's 4.8 TB/s
+// where bf16 reads at 0.63-0.82. Here the tensor cores do the products, which they have compute to
+// spare for, and a byte costs its conversion: about 400 instructions for 128 bytes a lane with
+// e4m3x4_bits (this kernel), 230 with the hardware's pair conversion (gemv_fp8_tch). Lane (g, t) loads 16
 // bytes of rows g and g + 8 at k = 64 c + 16 t of chunk c; word s of a load is MMA step s's
 // fragment, its bytes j = 0..3 taken in the order 0, 2 | 1, 3 for the MMA's k = 2t, 2t + 1 |
 // 2t + 8, 2t + 9, and x's elements 64 c + 16 t + 4 s + j in the same order. A chunk's 64 products
