@@ -189,6 +189,11 @@ fn e4m3_encoding_matches_the_reference_at_every_tie_and_edge() {
     }
 }
 
+/// A value in [-1, 1) that varies with `i` without pattern along a block (a multiplicative hash).
+fn spread(i: usize) -> f32 {
+    ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0
+}
+
 #[test]
 fn each_128_block_is_scaled_to_its_own_largest_magnitude() {
     // 300 × 200: partial blocks on both edges; blocks whose magnitudes differ by 10^6.
@@ -197,7 +202,7 @@ fn each_128_block_is_scaled_to_its_own_largest_magnitude() {
         .map(|i| {
             let (r, c) = (i / cols, i % cols);
             let mag = 10f32.powi(((r / 128) * 2 + c / 128) as i32 - 3);
-            mag * (((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+            mag * spread(i)
         })
         .collect();
     let q = BlockFp8::quantize(&w, rows, cols).unwrap();
@@ -226,7 +231,7 @@ fn activation_tiles_round_each_128_wide_piece_of_a_row_to_its_own_factor() {
                 return 0.0;
             }
             let mag = 10f32.powi((c / 128) as i32 * 2 - 2);
-            mag * (((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+            mag * spread(i)
         })
         .collect();
     let mut got = x.clone();

@@ -690,6 +690,12 @@ fn lt_scale(cache: &mut HashMap<candle_core::TensorId, Tensor>, scale: &Tensor) 
     Ok(padded)
 }
 
+/// Whether the tensor-core one-row FP8 products take `[1, k] @ [n, k]^T`: n a multiple of 16, k of
+/// 64, and x in f16 beside the kernel's own 1,088 bytes within the default 48 KiB of shared memory.
+fn gemv_fp8_tc_fits(n: usize, k: usize) -> bool {
+    n % 16 == 0 && k % 64 == 0 && 2 * k + 2048 <= 48 * 1024
+}
+
 fn suffix(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
         DType::F32 => "f32",
@@ -1211,7 +1217,7 @@ impl Kernels {
         let y = self.empty((rows, n), self.dtype)?;
         let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale.contiguous()?)?, addr(&y)?);
         let (n_i, k_i) = (n as i32, k as i32);
-        if rows == 1 && self.gemv_fp8_path != GemvFp8Path::Fma && self.gemv_fp8_tc_fits(n, k) {
+        if rows == 1 && self.gemv_fp8_path != GemvFp8Path::Fma && gemv_fp8_tc_fits(n, k) {
             self.launch_gemv_fp8_tc(self.gemv_fp8_path, None, [px, pw, ps, pr, py], n, k)?;
         } else if rows == 1 {
             let wide = self.gemv_fp8_wide && n % GEMV_FP8_WIDE == 0;
@@ -1245,24 +1251,13 @@ impl Kernels {
         if path == GemvFp8Path::Fma {
             return self.gemv_fp8(x, w, scale, None);
         }
-        if rows != 1
-            || self.dtype == DType::F32
-            || !self.gemv_fp8_tc_fits(n, k)
-            || !self.fp8_operands_fit(x, w, scale)?
-        {
+        if rows != 1 || self.dtype == DType::F32 || !gemv_fp8_tc_fits(n, k) || !self.fp8_operands_fit(x, w, scale)? {
             return Ok(None);
         }
         let y = self.empty((1, n), self.dtype)?;
         let (px, pw, ps, py) = (addr(x)?, addr(w)?, addr(&scale.contiguous()?)?, addr(&y)?);
         self.launch_gemv_fp8_tc(path, split, [px, pw, ps, 0, py], n, k)?;
         Ok(Some(y))
-    }
-
-    /// Whether the tensor-core one-row FP8 products take `[1, k] @ [n, k]^T`: n a multiple of 16,
-    /// k of 64, and x in f16 beside the kernel's own 1,088 bytes within the default 48 KiB of
-    /// shared memory.
-    fn gemv_fp8_tc_fits(&self, n: usize, k: usize) -> bool {
-        n % 16 == 0 && k % 64 == 0 && 2 * k + 2048 <= 48 * 1024
     }
 
     /// Launches the tensor-core one-row FP8 product of `path` on the addresses `[x, w, scale,
